@@ -1,0 +1,46 @@
+"""Names and numbers users see: ports, paths, label keys, env names. Imported everywhere else."""
+
+from typing import Final
+
+GROUP: Final = "llm.localai-operator.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "llm"
+FIELD_MANAGER: Final = "localai-operator"
+APP_NAME: Final = "localai-operator"
+
+# LocalAI server
+LOCALAI_PORT: Final = 8080
+LOCALAI_READY_PATH: Final = "/readyz"
+LOCALAI_HEALTH_PATH: Final = "/healthz"
+MODELS_PATH: Final = "/models"
+
+# Router (data plane)
+ROUTER_PORT: Final = 8080
+ROUTER_SERVICE_PORT: Final = 80
+ROUTER_CONFIG_FILE: Final = "router.yaml"
+ROUTER_CONFIG_DIR: Final = "/etc/localai-operator/router"
+FALLBACK_API_KEY_ENV: Final = "LOCALAI_OPERATOR_FALLBACK_API_KEY"
+SERVED_BY_HEADER: Final = "X-Served-By"
+SERVED_BY_LOCAL: Final = "local"
+SERVED_BY_FALLBACK: Final = "fallback"
+
+# Labels and annotations
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+ANNOTATION_APPLIED: Final = f"{GROUP}/applied-hash"  # on owned objects only, never on the user's resources
+
+# GPUs
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+GPU_PRESENT_LABEL: Final = "nvidia.com/gpu.present"
+
+# Default cloud fallback (from the seed: HolySheep, OpenAI-compatible)
+HOLYSHEEP_BASE_URL: Final = "https://api.holysheep.ai/v1"
+HOLYSHEEP_DEFAULT_MODEL: Final = "deepseek-v3.2"
+HOLYSHEEP_PRICE_PER_MILLION: Final = 0.42
