@@ -73,12 +73,19 @@ class RouterConfig(_Model):
     @model_validator(mode="after")
     def _sensitive_has_no_fallback(self) -> RouterConfig:
         if self.policy.sensitive and self.fallback is not None:
-            raise ValueError("policy.sensitive is true, so fallback must be omitted: sensitive traffic never leaves")
+            raise ValueError(
+                "policy.sensitive is true, so fallback must be omitted: sensitive traffic never leaves"
+            )
         return self
 
     @classmethod
     def load(cls, path: str | Path) -> RouterConfig:
-        data = yaml.safe_load(Path(path).read_text())
+        return cls.from_yaml(Path(path).read_bytes())
+
+    @classmethod
+    def from_yaml(cls, text: str | bytes) -> RouterConfig:
+        """Parse the file's content; raises yaml.YAMLError or pydantic.ValidationError (a ValueError)."""
+        data = yaml.safe_load(text)
         return cls.model_validate(data or {})
 
     def to_yaml(self) -> str:
