@@ -1,0 +1,85 @@
+"""The base model every CR schema uses, plus metadata, conditions and small shared types."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+# An object name that LocalAI also uses as a model name and a file stem.
+ResourceName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+Quantity = Annotated[str | int, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+class Spec(BaseModel):
+    """camelCase on the wire, frozen, and tolerant of fields a newer CRD may add."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class SecretKeyRef(Spec):
+    name: ResourceName = Field(description="Name of a Secret in the same namespace.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class LocalObjectRef(Spec):
+    name: ResourceName = Field(description="Name of an object in the same namespace.")
+
+
+class Resources(Spec):
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Container requests (cpu, memory)."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Container limits.")
+
+
+class ObjectMeta(Spec):
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Condition(Spec):
+    """A Kubernetes API convention condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class CustomResource(Spec):
+    """A parsed custom resource: metadata + spec. Subclasses set KIND, PLURAL and the spec type."""
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[list[str]]
+    api_version: str = "llm.localai-operator.io/v1alpha1"
+    kind: str = ""
+    metadata: ObjectMeta
+
+    @classmethod
+    def parse(cls, body: Any) -> Self:
+        """Validate a CR body (a dict or Kopf's Body mapping); raises pydantic.ValidationError."""
+        data = dict(body)
+        data["metadata"] = dict(body.get("metadata") or {})
+        data.setdefault("spec", {})
+        return cls.model_validate(data)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
