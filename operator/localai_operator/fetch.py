@@ -1,0 +1,162 @@
+"""`localai-operator fetch-models`: the init container that downloads and verifies every model of a pool.
+
+Streams to a `.partial` file, resumes it with HTTP Range, verifies sha256, then renames atomically, so a crashed
+download never leaves a file that looks complete. Standard library only: it runs in the operator's image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+ATTEMPTS = 5
+
+
+class FetchError(Exception):
+    """A failure the user can act on; the message names the model."""
+
+
+@dataclass(frozen=True)
+class Download:
+    model: str
+    file: str
+    url: str
+    sha256: str | None = None
+    token_env: str | None = None
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Download:
+        return cls(entry["model"], entry["file"], entry["url"], entry.get("sha256"), entry.get("tokenEnv"))
+
+
+def _hash_file(path: Path, digest: Any = None) -> Any:
+    digest = digest or hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp(path: Path, sha: str) -> str:
+    st = path.stat()
+    return f"{sha} {st.st_size} {st.st_mtime_ns}"
+
+
+def already_present(item: Download, target: Path) -> bool:
+    if not target.exists():
+        return False
+    if item.sha256 is None:
+        return True
+    marker = _marker(target)
+    # Hashing 4 GB on every restart costs a minute: trust a marker written after the last verification.
+    if marker.exists() and marker.read_text() == _stamp(target, item.sha256):
+        return True
+    if _hash_file(target).hexdigest() == item.sha256:
+        marker.write_text(_stamp(target, item.sha256))
+        return True
+    print(
+        f"model {item.model}: {target.name} is present but its sha256 differs; downloading again", flush=True
+    )
+    target.unlink()
+    return False
+
+
+def _request(item: Download, offset: int) -> urllib.request.Request:
+    request = urllib.request.Request(item.url, headers={"User-Agent": "localai-operator-fetch"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    token = os.environ.get(item.token_env) if item.token_env else None
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
+def _download_once(item: Download, partial: Path) -> None:
+    offset = partial.stat().st_size if partial.exists() else 0
+    try:
+        response = urllib.request.urlopen(_request(item, offset), timeout=60)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:
+            return  # the partial file already holds every byte
+        raise
+    with response:
+        mode = "ab" if offset and response.status == 206 else "wb"
+        with partial.open(mode) as out:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def fetch(item: Download, models_dir: Path) -> str:
+    """Make `models_dir/item.file` present and verified; returns what was done."""
+    target = models_dir / item.file
+    if already_present(item, target):
+        return "present"
+    partial = models_dir / f".{item.file}.partial"
+    last_error: Exception | None = None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _download_once(item, partial)
+            break
+        except urllib.error.HTTPError as err:
+            if 400 <= err.code < 500 and err.code not in (408, 429):
+                hint = " (is the token Secret set?)" if err.code in (401, 403) else ""
+                raise FetchError(
+                    f"model {item.model}: GET {item.url} returned HTTP {err.code}{hint}"
+                ) from err
+            last_error = err
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            last_error = err
+        print(f"model {item.model}: attempt {attempt} failed ({last_error}); resuming", flush=True)
+        time.sleep(min(30, 2**attempt))
+    else:
+        raise FetchError(f"model {item.model}: download failed after {ATTEMPTS} attempts: {last_error}")
+    if item.sha256 is not None:
+        actual = _hash_file(partial).hexdigest()
+        if actual != item.sha256:
+            partial.unlink()
+            raise FetchError(
+                f"model {item.model}: checksum mismatch for {item.file}: expected sha256 {item.sha256}, got {actual}."
+                " Fix spec.source.sha256 or the source URL."
+            )
+    os.replace(partial, target)
+    if item.sha256 is not None:
+        _marker(target).write_text(_stamp(target, item.sha256))
+    return "downloaded"
+
+
+def install_configs(config_dir: Path, models_dir: Path) -> None:
+    """Copy the rendered LocalAI model YAMLs next to the model files, atomically."""
+    for source in sorted(config_dir.glob("*.yaml")):
+        tmp = models_dir / f".{source.name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, models_dir / source.name)
+
+
+def main(manifest: str, config_dir: str, models_dir: str) -> int:
+    out = Path(models_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = [Download.from_json(e) for e in json.loads(Path(manifest).read_text())]
+    try:
+        for item in items:
+            print(f"model {item.model}: {fetch(item, out)} {item.file}", flush=True)
+    except FetchError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    install_configs(Path(config_dir), out)
+    return 0
