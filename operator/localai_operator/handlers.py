@@ -1,0 +1,117 @@
+"""Thin Kopf wiring: every watch event becomes a level-based reconcile of the objects it affects.
+
+Only `on.event` handlers and one resync task: Kopf then stores no progress or diff-base annotations on the
+user's resources and adds no finalizers, which keeps GitOps tools from seeing drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from localai_operator.constants import APP_NAME, GROUP, LABEL_MANAGED_BY, VERSION
+from localai_operator.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+MANAGED = {LABEL_MANAGED_BY: APP_NAME}
+RESYNC_SECONDS = float(os.environ.get("LOCALAI_OPERATOR_RESYNC_SECONDS", "60"))
+
+# Set by main.run() before Kopf starts; handlers run in Kopf's thread pool.
+STATE: dict[str, Any] = {}
+
+
+def _rec() -> Reconciler:
+    reconciler: Reconciler = STATE["reconciler"]
+    return reconciler
+
+
+def _deleted(event: kopf.RawEvent) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "llmmodels", id="llmmodel")
+def on_model(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    rec = _rec()
+    if not _deleted(event):
+        rec.reconcile("LLMModel", namespace, name, dict(body))
+    for pool in rec.pools_serving(namespace, name):
+        rec.reconcile("InferencePool", namespace, pool)
+
+
+@kopf.on.event(GROUP, VERSION, "inferencepools", id="inferencepool")
+def on_pool(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    rec = _rec()
+    if not _deleted(event):
+        rec.reconcile("InferencePool", namespace, name, dict(body))
+    for model in body.get("spec", {}).get("models") or []:
+        rec.reconcile("LLMModel", namespace, model)
+    for route in rec.routes_using(namespace, pool=name):
+        rec.reconcile("FallbackRoute", namespace, route)
+
+
+@kopf.on.event(GROUP, VERSION, "fallbackroutes", id="fallbackroute")
+def on_route(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    if not _deleted(event):
+        _rec().reconcile("FallbackRoute", namespace, name, dict(body))
+
+
+def _owner(body: kopf.Body) -> tuple[str, str] | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref["kind"]), str(ref["name"])
+    return None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="owned-deployment")
+def on_deployment(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    owner = _owner(body)
+    if owner is not None:
+        _rec().reconcile(owner[0], namespace, owner[1])
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="owned-pod")
+def on_pod(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    # Pods carry the pool's name as instance; scheduling failures show up here first.
+    status = body.get("status", {})
+    scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+    if scheduled is not None and scheduled.get("reason") == "Unschedulable":
+        instance = body.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/instance")
+        if instance:
+            _rec().reconcile("InferencePool", namespace, instance)
+
+
+@kopf.on.event("", "v1", "secrets", id="referenced-secret")
+def on_secret(namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace is not None, "every kind watched here is namespaced"
+    rec = _rec()
+    for route in rec.routes_using(namespace, secret=name):
+        rec.reconcile("FallbackRoute", namespace, route)
+
+
+async def resync_forever(namespaces: list[str] | None) -> None:
+    """Reconcile everything periodically: catches what a missed event or a failed pass left behind."""
+    rec = _rec()
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            await asyncio.to_thread(resync_once, rec, namespaces)
+        except Exception:
+            log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)
+
+
+def resync_once(rec: Reconciler, namespaces: list[str] | None) -> None:
+    scopes: list[str | None] = list(namespaces) if namespaces else [None]
+    for namespace in scopes:
+        for kind in ("LLMModel", "InferencePool", "FallbackRoute"):
+            for obj in rec.kube.list(kind, namespace):
+                meta = obj["metadata"]
+                rec.reconcile(kind, meta["namespace"], meta["name"], obj)
