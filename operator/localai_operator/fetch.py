@@ -7,6 +7,7 @@ download never leaves a file that looks complete. Standard library only: it runs
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -81,7 +82,8 @@ def _request(item: Download, offset: int) -> urllib.request.Request:
         request.add_header("Range", f"bytes={offset}-")
     token = os.environ.get(item.token_env) if item.token_env else None
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        # Not copied onto redirects: the CDN a hub redirects to gets a signed URL, never the token.
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     return request
 
 
@@ -95,11 +97,17 @@ def _download_once(item: Download, partial: Path) -> None:
         raise
     with response:
         mode = "ab" if offset and response.status == 206 else "wb"
+        expected = response.headers.get("Content-Length")
+        received = 0
         with partial.open(mode) as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
+                received += len(chunk)
             out.flush()
             os.fsync(out.fileno())
+    # http.client returns b"" instead of raising when the connection closes early: check the length ourselves.
+    if expected is not None and received < int(expected):
+        raise ConnectionError(f"connection closed after {received} of {expected} bytes")
 
 
 def fetch(item: Download, models_dir: Path) -> str:
@@ -120,7 +128,7 @@ def fetch(item: Download, models_dir: Path) -> str:
                     f"model {item.model}: GET {item.url} returned HTTP {err.code}{hint}"
                 ) from err
             last_error = err
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:
             last_error = err
         print(f"model {item.model}: attempt {attempt} failed ({last_error}); resuming", flush=True)
         time.sleep(min(30, 2**attempt))
