@@ -26,10 +26,11 @@ from localai_operator.render.common import content_hash
 log = logging.getLogger(__name__)
 
 _CORE = {"ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
-         "Secret": "secrets", "Pod": "pods", "Event": "events", "Node": "nodes"}  # fmt: skip
+         "Secret": "secrets", "Pod": "pods", "Event": "events", "Node": "nodes", "Namespace": "namespaces"}  # fmt: skip
 _GROUPED = {"Deployment": ("apps/v1", "deployments"), "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
             "LLMModel": (f"{GROUP}/{VERSION}", "llmmodels"), "InferencePool": (f"{GROUP}/{VERSION}", "inferencepools"),
-            "FallbackRoute": (f"{GROUP}/{VERSION}", "fallbackroutes")}  # fmt: skip
+            "FallbackRoute": (f"{GROUP}/{VERSION}", "fallbackroutes"),
+            "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}  # fmt: skip
 # Kinds a custom resource may own at one time and not the next (storage removed, replicas down to 1).
 PRUNABLE = ("PersistentVolumeClaim", "PodDisruptionBudget")
 

@@ -26,7 +26,7 @@ def route_body(**spec: Any) -> dict[str, Any]:
 
 def test_a_model_with_both_sources_is_rejected() -> None:
     body = model_body(source={"url": "https://x/m.gguf", "huggingFace": {"repo": "a/b", "file": "m.gguf"}})
-    with pytest.raises(ValidationError, match="exactly one of source.huggingFace or source.url"):
+    with pytest.raises(ValidationError, match=r"exactly one of source\.huggingFace or source\.url"):
         LLMModel.parse(body)
 
 
@@ -42,8 +42,16 @@ def test_a_sha256_that_is_not_64_hex_characters_is_rejected() -> None:
 
 def test_model_defaults_encode_the_tuning_advice() -> None:
     spec = LLMModel.parse(model_body()).spec
-    assert (spec.batch, spec.mmap, spec.numa, spec.mlock, spec.kv_cache_type) == (512, True, False, False, "f16")
-    assert spec.gpu_layers is None and spec.f16 is None  # decided by the pool: all layers and f16 on GPU pools
+    assert (spec.batch, spec.mmap, spec.numa, spec.mlock, spec.kv_cache_type) == (
+        512,
+        True,
+        False,
+        False,
+        "f16",
+    )
+    assert (
+        spec.gpu_layers is None and spec.f16 is None
+    )  # decided by the pool: all layers and f16 on GPU pools
 
 
 def test_gpu_layers_accepts_all_or_a_number_only() -> None:
@@ -72,19 +80,22 @@ def test_a_pool_needs_at_least_one_model() -> None:
 
 def test_a_route_with_both_primaries_is_rejected() -> None:
     body = route_body(primary={"poolRef": {"name": "p"}, "url": "http://h:8080/v1"})
-    with pytest.raises(ValidationError, match="exactly one of primary.poolRef or primary.url"):
+    with pytest.raises(ValidationError, match=r"exactly one of primary\.poolRef or primary\.url"):
         FallbackRoute.parse(body)
 
 
 def test_a_sensitive_route_with_an_enabled_fallback_is_rejected() -> None:
-    body = route_body(fallback={"apiKeySecretRef": {"name": "k", "key": "api-key"}}, policy={"sensitive": True})
+    body = route_body(
+        fallback={"apiKeySecretRef": {"name": "k", "key": "api-key"}}, policy={"sensitive": True}
+    )
     with pytest.raises(ValidationError, match="sensitive route never calls the cloud"):
         FallbackRoute.parse(body)
 
 
 def test_a_sensitive_route_may_keep_a_disabled_fallback() -> None:
     body = route_body(
-        fallback={"enabled": False, "apiKeySecretRef": {"name": "k", "key": "api-key"}}, policy={"sensitive": True}
+        fallback={"enabled": False, "apiKeySecretRef": {"name": "k", "key": "api-key"}},
+        policy={"sensitive": True},
     )
     assert not FallbackRoute.parse(body).fallback_active
 

@@ -17,11 +17,15 @@ def test_crds_directory_matches_the_models() -> None:
 
 
 def _walk(node: dict[str, Any], path: str, problems: list[str]) -> None:
-    if not (node.get("type") or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")):
+    if not (
+        node.get("type")
+        or node.get("x-kubernetes-int-or-string")
+        or node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         problems.append(f"{path}: no type")
-    if node.get("type") == "object":
-        if not ("properties" in node or "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields")):
-            problems.append(f"{path}: an object with no properties")
+    has_fields = "properties" in node or "additionalProperties" in node
+    if node.get("type") == "object" and not (has_fields or node.get("x-kubernetes-preserve-unknown-fields")):
+        problems.append(f"{path}: an object with no properties")
     for name, sub in node.get("properties", {}).items():
         _walk(sub, f"{path}.{name}", problems)
     if isinstance(node.get("items"), dict):

@@ -23,7 +23,16 @@ LOCALAI_TOP_LEVEL = {
     "name", "backend", "parameters", "context_size", "f16", "gpu_layers", "mmap", "mmlock", "low_vram", "numa",
     "cache_type_k", "cache_type_v", "flash_attention", "template", "stopwords", "description", "threads",
 }  # fmt: skip
-LOCALAI_PARAMETERS = {"model", "batch", "temperature", "top_p", "top_k", "max_tokens", "seed", "repeat_penalty"}
+LOCALAI_PARAMETERS = {
+    "model",
+    "batch",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "seed",
+    "repeat_penalty",
+}
 
 
 def model(name: str = "mistral", **spec: Any) -> LLMModel:
@@ -39,7 +48,9 @@ def pool(gpus: int = 1, labels: dict[str, str] | None = None, **spec: Any) -> In
 
 def route(**spec: Any) -> FallbackRoute:
     body = {"primary": {"poolRef": {"name": "gpu-pool"}}, **spec}
-    return FallbackRoute.parse({"metadata": {"name": "chat", "namespace": "ai", "uid": "r-uid"}, "spec": body})
+    return FallbackRoute.parse(
+        {"metadata": {"name": "chat", "namespace": "ai", "uid": "r-uid"}, "spec": body}
+    )
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -94,7 +105,9 @@ def test_probes_use_localai_health_endpoints() -> None:
 
 
 def test_model_yaml_uses_only_localai_field_names() -> None:
-    cm = by_kind(render_pool(m=model(kvCacheType="q8_0", parameters={"temperature": 0, "seed": 1})), "ConfigMap")
+    cm = by_kind(
+        render_pool(m=model(kvCacheType="q8_0", parameters={"temperature": 0, "seed": 1})), "ConfigMap"
+    )
     config = yaml.safe_load(cm["data"]["mistral.yaml"])
     assert set(config) <= LOCALAI_TOP_LEVEL
     assert set(config["parameters"]) <= LOCALAI_PARAMETERS
@@ -118,11 +131,15 @@ def test_threads_default_to_the_cpu_request_in_whole_cores() -> None:
 
 
 def _config_hash(objects: list[dict[str, Any]]) -> str:
-    return str(by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH])
+    return str(
+        by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
+    )
 
 
 def test_editing_a_model_changes_the_pod_template_hash() -> None:
-    assert _config_hash(render_pool(m=model(contextSize=4096))) != _config_hash(render_pool(m=model(contextSize=8192)))
+    assert _config_hash(render_pool(m=model(contextSize=4096))) != _config_hash(
+        render_pool(m=model(contextSize=8192))
+    )
 
 
 def test_editing_only_labels_on_the_pool_changes_nothing_rendered() -> None:
@@ -142,7 +159,9 @@ def test_children_are_owned_by_the_pool_as_controller() -> None:
 
 def test_pdb_only_when_more_than_one_replica_and_pvc_only_with_storage() -> None:
     assert {o["kind"] for o in render_pool(pool(replicas=1))} == {"ConfigMap", "Deployment", "Service"}
-    kinds = {o["kind"] for o in render_pool(pool(replicas=3, storage={"size": "20Gi", "storageClassName": "fast"}))}
+    kinds = {
+        o["kind"] for o in render_pool(pool(replicas=3, storage={"size": "20Gi", "storageClassName": "fast"}))
+    }
     assert {"PodDisruptionBudget", "PersistentVolumeClaim"} <= kinds
 
 
@@ -154,10 +173,20 @@ def test_init_container_downloads_every_model_with_its_checksum() -> None:
 
 
 def test_a_hugging_face_token_comes_from_its_secret_never_the_configmap() -> None:
-    m = model(source={"huggingFace": {"repo": "o/r", "file": "mistral.gguf", "tokenSecretRef": {"name": "hf", "key": "token"}}})
+    m = model(
+        source={
+            "huggingFace": {
+                "repo": "o/r",
+                "file": "mistral.gguf",
+                "tokenSecretRef": {"name": "hf", "key": "token"},
+            }
+        }
+    )
     objects = render_pool(m=m)
     init = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["initContainers"][0]
-    assert init["env"] == [{"name": "MODEL_TOKEN_0", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    assert init["env"] == [
+        {"name": "MODEL_TOKEN_0", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    ]
 
 
 def test_service_listens_on_8080_named_http() -> None:
@@ -186,7 +215,9 @@ def test_a_sensitive_route_renders_no_fallback_and_no_key() -> None:
 def test_the_rendered_route_config_is_what_the_router_loads(tmp_path: Path) -> None:
     from localai_operator.router.config import RouterConfig
 
-    objects = route_objects(route(fallback={"apiKeySecretRef": {"name": "k", "key": "k"}, "modelMap": {"a": "b"}}))
+    objects = route_objects(
+        route(fallback={"apiKeySecretRef": {"name": "k", "key": "k"}, "modelMap": {"a": "b"}})
+    )
     path = tmp_path / "router.yaml"
     path.write_text(by_kind(objects, "ConfigMap")["data"]["router.yaml"])
     loaded = RouterConfig.load(path)

@@ -11,7 +11,7 @@ from localai_operator.api.base import DNS_SUBDOMAIN, Condition, CustomResource, 
 
 class Accelerator(Spec):
     gpus: int = Field(
-        default=0, ge=0, le=16, description="nvidia.com/gpu per replica (limits; requests equal)."
+        default=0, ge=0, le=128, description="nvidia.com/gpu per replica (limits; requests equal)."
     )
     product: str | None = Field(
         default=None,

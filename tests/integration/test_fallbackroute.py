@@ -1,0 +1,88 @@
+"""FallbackRoute on the real control plane: the router objects, the Secret dependency, name conflicts."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.helpers import ClusterAccess, wait_for
+from tests.operator_process import CustomResources, model, pool, route
+
+pytestmark = pytest.mark.cluster
+T = 60
+FALLBACK = {"apiKeySecretRef": {"name": "cloud-key", "key": "api-key"}}
+
+
+def test_a_route_missing_its_secret_names_it_and_becomes_ready_once_it_exists(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("local", ["m"]))
+    crs.create(route("chat", "local", fallback=FALLBACK))
+
+    def secret_missing() -> dict[str, str] | None:
+        condition = crs.condition("FallbackRoute", "chat")
+        return condition if condition and condition["reason"] == "SecretMissing" else None
+
+    condition = wait_for(secret_missing, T, "chat to report SecretMissing")
+    assert condition["status"] == "False" and '"cloud-key"' in condition["message"]
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": "sk-test-123"}
+    )
+    cluster.core.create_namespaced_secret(namespace, secret)
+    wait_for(lambda: crs.is_ready("FallbackRoute", "chat"), T, "chat Ready without touching it")
+    assert crs.get("FallbackRoute", "chat")["status"]["endpoint"] == f"http://chat.{namespace}.svc/v1"
+
+
+def test_the_router_config_holds_no_secret_and_the_key_comes_from_the_secret(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    key = "sk-never-in-a-configmap"
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": key})
+    cluster.core.create_namespaced_secret(namespace, secret)
+    crs.create(route("chat", "somewhere", fallback=FALLBACK))
+    wait_for(lambda: cluster.core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/instance=chat").items,
+             T, "the router ConfigMap")  # fmt: skip
+    [config_map] = cluster.core.list_namespaced_config_map(
+        namespace, label_selector="app.kubernetes.io/instance=chat"
+    ).items
+    text = yaml.safe_dump(config_map.data)
+    assert key not in text and base64.b64encode(key.encode()).decode() not in text
+    status = yaml.safe_dump(crs.get("FallbackRoute", "chat").get("status"))
+    assert key not in status
+    deployment = cluster.apps.read_namespaced_deployment("chat-router", namespace)
+    [env] = deployment.spec.template.spec.containers[0].env
+    assert env.value_from.secret_key_ref.name == "cloud-key" and env.value is None
+
+
+def test_a_route_to_a_missing_pool_still_deploys_the_router_but_is_not_ready(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(route("private", "no-such-pool", policy={"sensitive": True}))
+
+    def pool_missing() -> dict[str, str] | None:
+        condition = crs.condition("FallbackRoute", "private")
+        return condition if condition and condition["reason"] == "PoolMissing" else None
+
+    condition = wait_for(pool_missing, T, "private to report PoolMissing")
+    assert '"no-such-pool"' in condition["message"]
+    assert cluster.apps.read_namespaced_deployment("private-router", namespace) is not None
+
+
+def test_a_route_named_like_a_pool_is_reported_instead_of_fighting_over_the_service(
+    crs: CustomResources,
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("same", ["m"]))
+    crs.create(route("same", "same", policy={"sensitive": True}))
+
+    def conflict() -> dict[str, str] | None:
+        condition = crs.condition("FallbackRoute", "same")
+        return condition if condition and condition["reason"] == "NameConflict" else None
+
+    condition = wait_for(conflict, T, "the route to report NameConflict")
+    assert "another name" in condition["message"]
+    wait_for(lambda: crs.is_ready("InferencePool", "same"), T, "the pool to stay Ready")

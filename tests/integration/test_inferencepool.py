@@ -1,0 +1,136 @@
+"""InferencePool on the real control plane: GPU scheduling, rollouts, dependencies, deletion, GPU fit."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from localai_operator.constants import ANNOTATION_CONFIG_HASH
+from tests.helpers import ClusterAccess, wait_for
+from tests.operator_process import CustomResources, OperatorProcess, model, pool
+
+pytestmark = pytest.mark.cluster
+T = 60
+
+
+def _deployment(cluster: ClusterAccess, namespace: str, name: str) -> object | None:
+    try:
+        return cluster.apps.read_namespaced_deployment(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def test_a_gpu_pool_gets_gpu_limits_scheduled_pods_and_becomes_ready(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("mistral"))
+    crs.create(pool("gpu-pool", ["mistral"], gpus=2))
+    wait_for(lambda: crs.is_ready("InferencePool", "gpu-pool"), T, "gpu-pool Ready",
+             describe=lambda: crs.get("InferencePool", "gpu-pool").get("status"))  # fmt: skip
+    deployment = cluster.apps.read_namespaced_deployment("gpu-pool", namespace)
+    limits = deployment.spec.template.spec.containers[0].resources.limits
+    assert limits["nvidia.com/gpu"] == "2"
+    [pod] = cluster.core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/instance=gpu-pool"
+    ).items
+    node = cluster.core.read_node(pod.spec.node_name)
+    assert int(node.status.allocatable.get("nvidia.com/gpu", "0")) >= 2
+    status = crs.get("InferencePool", "gpu-pool")["status"]
+    assert status["readyReplicas"] == 1
+    assert status["endpoint"] == f"http://gpu-pool.{namespace}.svc:8080/v1"
+
+
+def test_a_pool_asking_more_gpus_than_any_node_has_is_not_ready_and_says_so_in_numbers(
+    crs: CustomResources,
+) -> None:
+    crs.create(model("big"))
+    crs.create(pool("huge", ["big"], gpus=64))
+
+    def insufficient() -> dict[str, str] | None:
+        condition = crs.condition("InferencePool", "huge")
+        return condition if condition and condition["reason"] == "InsufficientGPU" else None
+
+    condition = wait_for(insufficient, T, "huge to report InsufficientGPU",
+                         describe=lambda: crs.condition("InferencePool", "huge"))  # fmt: skip
+    assert condition["status"] == "False"
+    assert "nvidia.com/gpu" in condition["message"]
+    assert "64" in condition["message"] and "offers 4" in condition["message"]
+
+
+def test_editing_a_model_rolls_every_pool_that_serves_it(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("shared", contextSize=2048))
+    crs.create(pool("a", ["shared"]))
+    crs.create(pool("b", ["shared"]))
+    for name in ("a", "b"):
+        wait_for(lambda n=name: crs.is_ready("InferencePool", n), T, f"pool {name} Ready")
+    before = {n: cluster.apps.read_namespaced_deployment(n, namespace).spec.template.metadata.annotations[
+        ANNOTATION_CONFIG_HASH] for n in ("a", "b")}  # fmt: skip
+    crs.patch("LLMModel", "shared", {"spec": {"contextSize": 4096}})
+
+    def rolled(name: str) -> bool:
+        dep = cluster.apps.read_namespaced_deployment(name, namespace)
+        changed = dep.spec.template.metadata.annotations[ANNOTATION_CONFIG_HASH] != before[name]
+        return bool(changed and dep.status.updated_replicas == 1 and dep.status.ready_replicas == 1)
+
+    for name in ("a", "b"):
+        wait_for(lambda n=name: rolled(n), T, f"pool {name} to roll to the new model config")
+
+
+def test_editing_only_labels_on_a_pool_does_not_roll_it(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, operator: OperatorProcess
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("p", ["m"]))
+    wait_for(lambda: crs.is_ready("InferencePool", "p"), T, "p Ready")
+    generation = cluster.apps.read_namespaced_deployment("p", namespace).metadata.generation
+    passes = operator.reconciles()
+    crs.patch("InferencePool", "p", {"metadata": {"labels": {"team": "search"}}})
+    # The label edit's own event plus a resync: the operator has looked at the edited pool by then.
+    wait_for(lambda: operator.reconciles() >= passes + 4, T, "the operator to reconcile after the label edit")
+    assert cluster.apps.read_namespaced_deployment("p", namespace).metadata.generation == generation
+    assert "team" not in (cluster.apps.read_namespaced_deployment("p", namespace).metadata.labels or {})
+
+
+def test_a_pool_waits_for_a_missing_model_and_becomes_ready_when_it_appears(crs: CustomResources) -> None:
+    crs.create(pool("early", ["late-model"]))
+
+    def missing() -> dict[str, str] | None:
+        condition = crs.condition("InferencePool", "early")
+        return condition if condition and condition["reason"] == "ModelMissing" else None
+
+    condition = wait_for(missing, T, "early to report ModelMissing")
+    assert condition["status"] == "False" and '"late-model"' in condition["message"]
+    crs.create(model("late-model"))
+    wait_for(lambda: crs.is_ready("InferencePool", "early"), T, "early Ready once its model exists")
+
+
+def test_deleting_a_pool_removes_its_deployment_service_and_configmap(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("gone", ["m"]))
+    wait_for(lambda: crs.is_ready("InferencePool", "gone"), T, "gone Ready")
+    crs.delete("InferencePool", "gone")
+
+    def all_gone() -> bool:
+        services = cluster.core.list_namespaced_service(
+            namespace, label_selector="app.kubernetes.io/instance=gone"
+        )
+        maps = cluster.core.list_namespaced_config_map(
+            namespace, label_selector="app.kubernetes.io/instance=gone"
+        )
+        return _deployment(cluster, namespace, "gone") is None and not services.items and not maps.items
+
+    wait_for(all_gone, T, "the garbage collector to delete the pool's Deployment, Service and ConfigMap")
+
+
+def test_models_report_the_pools_that_serve_them(crs: CustomResources) -> None:
+    crs.create(model("m1"))
+    crs.create(pool("p1", ["m1"]))
+    crs.create(pool("p2", ["m1"]))
+    wait_for(lambda: (crs.get("LLMModel", "m1").get("status") or {}).get("servedBy") == ["p1", "p2"], T,
+             "m1.status.servedBy == [p1, p2]")  # fmt: skip

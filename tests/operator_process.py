@@ -1,0 +1,185 @@
+"""The operator as the user runs it (`localai-operator run`), in a subprocess the tests can kill and restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from localai_operator.api.crd import crds
+from localai_operator.constants import GROUP, VERSION
+from localai_operator.kube import Kube
+from tests.helpers import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def install_crds(api: client.ApiClient) -> None:
+    kube = Kube(api)
+    for crd in crds():
+        kube.apply(crd)
+    ext = client.ApiextensionsV1Api(api)
+
+    def established() -> bool:
+        for crd in crds():
+            live = ext.read_custom_resource_definition(crd["metadata"]["name"])
+            conditions = {c.type: c.status for c in (live.status.conditions or [])}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    wait_for(established, 30, "the CRDs to be Established")
+
+
+@dataclass
+class OperatorProcess:
+    kubeconfig: Path
+    log_path: Path
+    resync_seconds: float = 3.0
+    args: list[str] = field(default_factory=lambda: ["-A"])
+    metrics_port: int = 0
+    health_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+               "LOCALAI_OPERATOR_RESYNC_SECONDS": str(self.resync_seconds)}  # fmt: skip
+        argv = [sys.executable, "-m", "localai_operator.cli", "run", *self.args,
+                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for(self._healthy, 60, "the operator's liveness endpoint", describe=self.log_tail)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.process.returncode}: {self.log_tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        out = {}
+        for line in text.splitlines():
+            match = re.match(r"^(localai_operator_\w+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+            if match:
+                out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+        return out
+
+    def writes(self) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith("localai_operator_api_writes"))
+
+    def reconciles(self) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith("localai_operator_reconciles_total"))
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class CustomResources:
+    """Create, read, patch and delete the three kinds in the test's namespace."""
+
+    PLURALS = {"LLMModel": "llmmodels", "InferencePool": "inferencepools", "FallbackRoute": "fallbackroutes"}
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = client.CustomObjectsApi(api)
+        self.namespace = namespace
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "apiVersion": f"{GROUP}/{VERSION}",
+                "metadata": {**body.get("metadata", {}), "namespace": self.namespace}}  # fmt: skip
+        plural = self.PLURALS[body["kind"]]
+        result: dict[str, Any] = self.api.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, body
+        )
+        return result
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.PLURALS[kind], name
+        )
+        return result
+
+    def patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.PLURALS[kind], name, patch
+        )
+
+    def replace(self, body: dict[str, Any]) -> None:
+        self.api.replace_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.PLURALS[body["kind"]], body["metadata"]["name"], body
+        )
+
+    def delete(self, kind: str, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, self.PLURALS[kind], name)
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        result = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, self.PLURALS[kind])
+        items: list[dict[str, Any]] = result["items"]
+        return items
+
+    def condition(self, kind: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
+        for condition in (self.get(kind, name).get("status") or {}).get("conditions") or []:
+            if condition["type"] == type_:
+                return dict(condition)
+        return None
+
+    def is_ready(self, kind: str, name: str) -> bool:
+        condition = self.condition(kind, name)
+        return condition is not None and condition["status"] == "True"
+
+
+def model(name: str, **spec: Any) -> dict[str, Any]:
+    source = {"url": f"https://models.example/{name}.gguf", "sha256": "c" * 64}
+    return {"kind": "LLMModel", "metadata": {"name": name}, "spec": {"source": source, **spec}}
+
+
+def pool(name: str, models: list[str], gpus: int = 0, **spec: Any) -> dict[str, Any]:
+    body = {"models": models, "accelerator": {"gpus": gpus},
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}, **spec}  # fmt: skip
+    return {"kind": "InferencePool", "metadata": {"name": name}, "spec": body}
+
+
+def route(name: str, pool_name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "kind": "FallbackRoute",
+        "metadata": {"name": name},
+        "spec": {"primary": {"poolRef": {"name": pool_name}}, **spec},
+    }
