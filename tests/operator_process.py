@@ -79,6 +79,9 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""
         if self.process is not None and self.process.poll() is None:

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0 disables)")
     run.add_argument("--health-port", type=int, default=8082, help="liveness/readiness port (0 disables)")
+    run.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a Lease so extra replicas stand by (lease namespace: $POD_NAMESPACE or default)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
 

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from localai_operator.constants import APP_NAME, GROUP, LABEL_MANAGED_BY, VERSION
+from localai_operator.kube import LeaderElector
 from localai_operator.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ def _rec() -> Reconciler:
     return reconciler
 
 
+def _leading() -> bool:
+    """A standby replica watches like the leader but writes nothing until it holds the lease."""
+    elector: LeaderElector | None = STATE.get("elector")
+    return elector is None or elector.leading.is_set()
+
+
 def _deleted(event: kopf.RawEvent) -> bool:
     return event.get("type") == "DELETED"
 
@@ -36,6 +43,8 @@ def _deleted(event: kopf.RawEvent) -> bool:
 @kopf.on.event(GROUP, VERSION, "llmmodels", id="llmmodel")
 def on_model(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     rec = _rec()
     if not _deleted(event):
         rec.reconcile("LLMModel", namespace, name, dict(body))
@@ -46,6 +55,8 @@ def on_model(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name:
 @kopf.on.event(GROUP, VERSION, "inferencepools", id="inferencepool")
 def on_pool(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     rec = _rec()
     if not _deleted(event):
         rec.reconcile("InferencePool", namespace, name, dict(body))
@@ -58,6 +69,8 @@ def on_pool(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: 
 @kopf.on.event(GROUP, VERSION, "fallbackroutes", id="fallbackroute")
 def on_route(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     if not _deleted(event):
         _rec().reconcile("FallbackRoute", namespace, name, dict(body))
 
@@ -72,6 +85,8 @@ def _owner(body: kopf.Body) -> tuple[str, str] | None:
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="owned-deployment")
 def on_deployment(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     owner = _owner(body)
     if owner is not None:
         _rec().reconcile(owner[0], namespace, owner[1])
@@ -80,6 +95,8 @@ def on_deployment(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("", "v1", "pods", labels=MANAGED, id="owned-pod")
 def on_pod(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     # Pods carry the pool's name as instance; scheduling failures show up here first.
     status = body.get("status", {})
     scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
@@ -92,6 +109,8 @@ def on_pod(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("", "v1", "secrets", id="referenced-secret")
 def on_secret(namespace: str | None, name: str, **_: Any) -> None:
     assert namespace is not None, "every kind watched here is namespaced"
+    if not _leading():
+        return
     rec = _rec()
     for route in rec.routes_using(namespace, secret=name):
         rec.reconcile("FallbackRoute", namespace, route)
@@ -102,6 +121,8 @@ async def resync_forever(namespaces: list[str] | None) -> None:
     rec = _rec()
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
+        if not _leading():
+            continue
         try:
             await asyncio.to_thread(resync_once, rec, namespaces)
         except Exception:
@@ -115,3 +136,23 @@ def resync_once(rec: Reconciler, namespaces: list[str] | None) -> None:
             for obj in rec.kube.list(kind, namespace):
                 meta = obj["metadata"]
                 rec.reconcile(kind, meta["namespace"], meta["name"], obj)
+
+
+async def lead_forever(
+    elector: LeaderElector, namespaces: list[str] | None, renew_seconds: float = 5.0
+) -> None:
+    """Hold or wait for the lease; on becoming leader, reconcile everything at once instead of at the next resync."""
+    while True:
+        was_leading = elector.leading.is_set()
+        try:
+            leading = await asyncio.to_thread(elector.try_acquire_or_renew)
+        except Exception:
+            log.exception("leader election failed; standing by")
+            elector.leading.clear()
+            leading = False
+        if leading and not was_leading:
+            log.info("became the leader (lease %s/%s)", elector.namespace, elector.name)
+            await asyncio.to_thread(resync_once, _rec(), namespaces)
+        elif was_leading and not leading:
+            log.warning("lost the lease %s/%s: standing by", elector.namespace, elector.name)
+        await asyncio.sleep(renew_seconds)

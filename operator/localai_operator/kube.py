@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
@@ -30,7 +32,8 @@ _CORE = {"ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClai
 _GROUPED = {"Deployment": ("apps/v1", "deployments"), "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
             "LLMModel": (f"{GROUP}/{VERSION}", "llmmodels"), "InferencePool": (f"{GROUP}/{VERSION}", "inferencepools"),
             "FallbackRoute": (f"{GROUP}/{VERSION}", "fallbackroutes"),
-            "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions")}  # fmt: skip
+            "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
+            "Lease": ("coordination.k8s.io/v1", "leases")}  # fmt: skip
 # Kinds a custom resource may own at one time and not the next (storage removed, replicas down to 1).
 PRUNABLE = ("PersistentVolumeClaim", "PodDisruptionBudget")
 
@@ -191,3 +194,68 @@ def contains(live: Any, want: Any) -> bool:
     if isinstance(want, list):
         return isinstance(live, list) and len(live) == len(want) and all(map(contains, live, want))
     return _same_scalar(want, live)
+
+
+def _micro_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class LeaderElector:
+    """Lease-based leader election (coordination.k8s.io), so a second replica stays a hot standby.
+
+    Lease renewals are not counted as reconcile writes: they are the price of having a standby at all.
+    """
+
+    def __init__(self, kube: Kube, namespace: str, name: str, identity: str, lease_seconds: int = 15) -> None:
+        self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
+        self.lease_seconds = lease_seconds
+        self.leading = threading.Event()
+
+    def try_acquire_or_renew(self, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        url = path("Lease", self.namespace, self.name)
+        lease = self.kube.get("Lease", self.namespace, self.name)
+        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
+                "renewTime": _micro_time(now)}  # fmt: skip
+        try:
+            if lease is None:
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": self.name, "namespace": self.namespace},
+                        "spec": {**spec, "acquireTime": _micro_time(now), "leaseTransitions": 0}}  # fmt: skip
+                self.kube._call("POST", path("Lease", self.namespace), body)
+            else:
+                current = lease.get("spec") or {}
+                holder = current.get("holderIdentity")
+                renewed = _parse_time(current.get("renewTime"))
+                duration = int(current.get("leaseDurationSeconds") or self.lease_seconds)
+                expired = renewed is None or renewed + timedelta(seconds=duration) < now
+                if holder not in (None, "", self.identity) and not expired:
+                    self.leading.clear()
+                    return False
+                if holder != self.identity:
+                    spec["acquireTime"] = _micro_time(now)
+                    spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
+                lease["spec"] = {**current, **spec}
+                # PUT with the read resourceVersion: two candidates racing for an expired lease cannot both win.
+                self.kube._call("PUT", url, lease)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            self.leading.clear()
+            return False
+        self.leading.set()
+        return True
+
+    def release(self) -> None:
+        lease = self.kube.get("Lease", self.namespace, self.name)
+        if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+            lease["spec"]["holderIdentity"] = None
+            with contextlib.suppress(ApiException):
+                self.kube._call("PUT", path("Lease", self.namespace, self.name), lease)
+        self.leading.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Any
 
 import kopf
@@ -12,13 +13,15 @@ from kubernetes import client, config
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from localai_operator import handlers
-from localai_operator.kube import WRITES, Kube
+from localai_operator.kube import WRITES, Kube, LeaderElector
 from localai_operator.reconcile import Reconciler
 from localai_operator.render import RenderSettings
+from localai_operator.render.common import content_hash
 
 RECONCILES = Counter("localai_operator_reconciles_total", "Reconcile passes", ["kind", "result"])
 DURATION = Histogram("localai_operator_reconcile_duration_seconds", "Reconcile pass duration", ["kind"],
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+LEADER = Gauge("localai_operator_leader", "1 while this replica holds the lease (or runs without election)")
 API_WRITES = Gauge("localai_operator_api_writes", "API writes sent since start", ["write"])
 
 
@@ -48,16 +51,38 @@ def settings_from_env() -> RenderSettings:
     )
 
 
+def lease_name(namespaces: list[str] | None) -> str:
+    """One lease per watched scope: operators watching different namespaces do not stand by for each other."""
+    if not namespaces:
+        return "localai-operator"
+    return f"localai-operator-{content_hash(sorted(namespaces))[:10]}"
+
+
 def run(
-    *, namespaces: list[str], all_namespaces: bool, metrics_port: int, health_port: int, verbose: bool
+    *,
+    namespaces: list[str],
+    all_namespaces: bool,
+    metrics_port: int,
+    health_port: int,
+    verbose: bool,
+    leader_election: bool = True,
 ) -> int:
     level = os.environ.get("LOCALAI_OPERATOR_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event is noise
     watched = None if all_namespaces or not namespaces else list(namespaces)
-    handlers.STATE["reconciler"] = Reconciler(Kube(api_client()), settings_from_env(), _observe)
+    kube = Kube(api_client())
+    handlers.STATE["reconciler"] = Reconciler(kube, settings_from_env(), _observe)
     handlers.STATE["namespaces"] = watched
+    if leader_election:
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        lease_namespace = os.environ.get("POD_NAMESPACE", "default")
+        elector = LeaderElector(kube, lease_namespace, lease_name(watched), identity)
+        handlers.STATE["elector"] = elector
+        LEADER.set_function(lambda: 1.0 if elector.leading.is_set() else 0.0)
+    else:
+        LEADER.set(1)
     if metrics_port:
         start_http_server(metrics_port)
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
@@ -78,4 +103,16 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 30, 60]  # bounded: never a retry storm
     settings.execution.max_workers = 8
     if handlers.STATE.get("reconciler") is not None:
-        asyncio.get_running_loop().create_task(handlers.resync_forever(handlers.STATE.get("namespaces")))
+        loop = asyncio.get_running_loop()
+        namespaces = handlers.STATE.get("namespaces")
+        tasks = handlers.STATE.setdefault("tasks", [])  # referenced, so the loop cannot drop them
+        tasks.append(loop.create_task(handlers.resync_forever(namespaces)))
+        if handlers.STATE.get("elector") is not None:
+            tasks.append(loop.create_task(handlers.lead_forever(handlers.STATE["elector"], namespaces)))
+
+
+@kopf.on.cleanup()
+async def release_lease(**_: Any) -> None:
+    elector: LeaderElector | None = handlers.STATE.get("elector")
+    if elector is not None:
+        await asyncio.to_thread(elector.release)

@@ -135,3 +135,31 @@ def test_killing_the_operator_mid_reconcile_then_restarting_converges_without_du
         assert owner.kind == "InferencePool" and owner.name == deployment.metadata.name
     config_maps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(namespace).items]
     assert sorted(c for c in config_maps if c.endswith("-models")) == sorted(f"{n}-models" for n in names)
+
+
+def test_a_second_replica_stands_by_and_takes_over_when_the_leader_dies(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, tmp_path: Path
+) -> None:
+    replicas = [OperatorProcess(cluster.kubeconfig, tmp_path / f"{i}.log", args=["-n", namespace]).start()
+                for i in range(2)]  # fmt: skip
+    try:
+
+        def leader() -> OperatorProcess | None:
+            alive = [r for r in replicas if r.alive()]
+            leading = [r for r in alive if r.metrics().get("localai_operator_leader") == 1.0]
+            assert len(leading) <= 1, "two replicas hold the lease"
+            return leading[0] if leading else None
+
+        first = wait_for(leader, 30, "one replica to take the lease")
+        standby = next(r for r in replicas if r is not first)
+        crs.create(model("m"))
+        crs.create(pool("p", ["m"]))
+        wait_for(lambda: first.reconciles() > 0, 30, "the leader to reconcile")
+        assert standby.reconciles() == 0 and standby.writes() == 0
+        first.kill()
+        # The dead leader's lease expires after 15 s; then the standby leads and reconciles everything.
+        wait_for(lambda: leader() is standby, 45, "the standby to take over the lease")
+        wait_for(lambda: standby.reconciles() > 0, 30, "the new leader to reconcile")
+    finally:
+        for replica in replicas:
+            replica.stop()
