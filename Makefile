@@ -1,0 +1,70 @@
+# Every developer command. `make help` lists them; the README uses the same ones.
+PYTHON ?= python3
+STAMP := .tools/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install cluster-binaries tools lint typecheck unit integration e2e test crds golden install-manifest \
+        dev-up dev-status dev-down bench-router bench-operator clean
+
+help: ## list every developer command
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install --quiet -e '.[test,fast]'
+	@mkdir -p .tools && touch $(STAMP)
+
+install: $(STAMP) ## install the package and the test tools (editable)
+
+cluster-binaries: install ## build (once) and cache kube-apiserver, controller-manager, scheduler, kubectl, kwok, etcd
+	$(PYTHON) -m localai_operator.devcluster.binaries
+
+tools: ## put helm into .tools/bin
+	./hack/tools.sh
+
+lint: install ## ruff lint + format check, import-linter layer contracts
+	ruff check operator tests benchmarks
+	ruff format --check operator tests benchmarks
+	lint-imports
+
+typecheck: install ## mypy --strict on the package
+	mypy
+
+unit: install tools ## fast tests: render golden files, API, router, chart (no cluster)
+	$(PYTHON) -m pytest tests/unit
+
+integration: install cluster-binaries ## tests on the local control plane (or --kubeconfig)
+	$(PYTHON) -m pytest tests/integration
+
+e2e: install cluster-binaries tools ## the user's path: helm install, kubectl apply, dev up
+	$(PYTHON) -m pytest tests/e2e
+
+test: install cluster-binaries tools lint typecheck ## everything CI runs: lint, types, every test tier
+	$(PYTHON) -m pytest
+
+crds: install ## regenerate crds/ and the chart's crds/ from the API models
+	localai-operator crds --output-dir crds
+	localai-operator crds --output-dir charts/localai-operator/crds
+
+golden: install ## regenerate tests/golden/ from manifests/samples (review the diff)
+	UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/unit/test_render.py -k golden
+
+install-manifest: tools ## regenerate manifests/install.yaml from the chart
+	./hack/gen-install.sh
+
+dev-up: install ## the demo: local control plane + operator + samples + router demo (prints export KUBECONFIG=...)
+	localai-operator dev up
+
+dev-status: install ## what dev up started, and the export KUBECONFIG line
+	localai-operator dev status
+
+dev-down: install ## stop everything dev up started and remove its files
+	localai-operator dev down
+
+bench-router: install ## router overhead vs a minimal aiohttp relay (by hand; figures go in notes)
+	$(PYTHON) benchmarks/router_bench.py
+
+bench-operator: install cluster-binaries ## operator at 1,000 models / 100 pools vs a naive Kopf peer (by hand)
+	$(PYTHON) benchmarks/operator_scale.py
+
+clean: ## remove caches and local tools (not the cached control-plane binaries)
+	rm -rf .tools .pytest_cache .mypy_cache .ruff_cache
