@@ -3,7 +3,7 @@ PYTHON ?= python3
 STAMP := .tools/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install cluster-binaries tools lint typecheck unit integration e2e test crds golden install-manifest \
+.PHONY: help install cluster-binaries tools lint typecheck unit integration e2e test crds docs golden install-manifest \
         dev-up dev-status dev-down bench-router bench-operator clean
 
 help: ## list every developer command
@@ -44,6 +44,9 @@ test: install cluster-binaries tools lint typecheck ## everything CI runs: lint,
 crds: install ## regenerate crds/ and the chart's crds/ from the API models
 	localai-operator crds --output-dir crds
 	localai-operator crds --output-dir charts/localai-operator/crds
+
+docs: install ## regenerate docs/reference.md from the API models
+	localai-operator crds --reference > docs/reference.md
 
 golden: install ## regenerate tests/golden/ from manifests/samples (review the diff)
 	UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/unit/test_render.py -k golden

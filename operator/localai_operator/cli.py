@@ -10,6 +10,11 @@ from collections.abc import Sequence
 def _cmd_crds(args: argparse.Namespace) -> int:
     from localai_operator.api.crd import crds_yaml, write_crds
 
+    if args.reference:
+        from localai_operator.api.reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+        return 0
     if args.output_dir:
         for path in write_crds(args.output_dir):
             print(path)
@@ -84,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--output-dir", help="write one file per CRD into this directory instead of stdout")
+    crds.add_argument(
+        "--reference", action="store_true", help="print the field reference (docs/reference.md)"
+    )
     crds.set_defaults(func=_cmd_crds)
 
     render = sub.add_parser("render", help="print every object the operator would create, offline")

@@ -67,3 +67,11 @@ def test_cross_field_rules_are_cel_validations() -> None:
     assert "has(self.huggingFace) != has(self.url)" in text
     assert "has(self.poolRef) != has(self.url)" in text
     assert "a sensitive route never calls the cloud" in text
+
+
+def test_docs_reference_matches_the_models() -> None:
+    from localai_operator.api.reference import reference_markdown
+
+    assert (ROOT / "docs" / "reference.md").read_text() == reference_markdown(), (
+        "docs/reference.md is stale: make docs"
+    )

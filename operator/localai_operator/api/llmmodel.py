@@ -129,7 +129,7 @@ class LLMModelSpec(Spec):
     )
     mmap: bool = Field(default=True, description="Memory-map the model file.")
     mlock: bool = Field(default=False, description="Lock the model in memory (LocalAI mmlock).")
-    low_vram: bool = Field(default=False, description="Trade speed for GPU memory.")
+    low_vram: bool = Field(default=False, alias="lowVRAM", description="Trade speed for GPU memory.")
     numa: bool = Field(default=False, description="NUMA optimisations; leave off on single-socket nodes.")
     batch: int = Field(default=512, ge=1, le=65536, description="Prompt-processing batch size.")
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
