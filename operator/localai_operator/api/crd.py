@@ -192,7 +192,9 @@ def crds() -> list[dict[str, Any]]:
 
 def crd_files() -> dict[str, str]:
     """File name -> YAML, as `crds/` and the chart's `crds/` hold them."""
-    return {f"{obj['metadata']['name']}.yaml": yaml.safe_dump(obj, sort_keys=False, width=120) for obj in crds()}
+    return {
+        f"{obj['metadata']['name']}.yaml": yaml.safe_dump(obj, sort_keys=False, width=120) for obj in crds()
+    }
 
 
 def write_crds(directory: str | Path) -> list[Path]:

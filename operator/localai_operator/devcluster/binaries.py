@@ -1,0 +1,324 @@
+"""Finds, or builds from pinned Go modules, the control-plane binaries the harness runs, cached per version.
+
+`python -m localai_operator.devcluster [--print-dir]` is the one build command (`hack/cluster-binaries.sh` and
+`make cluster-binaries` call it), so an installed package can build without the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+K8S_VERSION: Final = "v1.34.4"
+KWOK_VERSION: Final = "v0.7.0"
+ETCD_VERSION: Final = "v3.6.16"
+
+KUBERNETES_COMMANDS: Final = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+NAMES: Final = ("etcd", *KUBERNETES_COMMANDS, "kwok")
+
+_LOG_PREFIX = "[cluster-binaries]"
+
+
+class BinariesError(RuntimeError):
+    """The binaries are neither found nor buildable; the message says what to install or set."""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The pinned versions; the environment variables of the same names override them (e.g. to try a new one)."""
+
+    kubernetes: str = K8S_VERSION
+    kwok: str = KWOK_VERSION
+    etcd: str = ETCD_VERSION
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Versions:
+        return cls(
+            kubernetes=env.get("K8S_VERSION", K8S_VERSION),
+            kwok=env.get("KWOK_VERSION", KWOK_VERSION),
+            etcd=env.get("ETCD_VERSION", ETCD_VERSION),
+        )
+
+    @property
+    def directory_name(self) -> str:
+        return f"k8s-{self.kubernetes}-kwok-{self.kwok}-etcd-{self.etcd}"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Absolute paths of the six executables (they may come from different directories)."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+
+    @classmethod
+    def from_paths(cls, paths: Mapping[str, Path]) -> Binaries:
+        return cls(**{name.replace("-", "_"): paths[name] for name in NAMES})
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: str(getattr(self, name.replace("-", "_"))) for name in NAMES}
+
+
+def cache_root(env: Mapping[str, str] = os.environ) -> Path:
+    if root := env.get("LOCALAI_OPERATOR_CACHE"):
+        return Path(root)
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "localai-operator"
+
+
+def cache_dir(versions: Versions | None = None, env: Mapping[str, str] = os.environ) -> Path:
+    return cache_root(env) / "bin" / (versions or Versions.from_env(env)).directory_name
+
+
+def find(*, build: bool = True, env: Mapping[str, str] = os.environ) -> Binaries:
+    """Each binary from `KUBEBUILDER_ASSETS`, then `PATH` (if its `--version` matches), then the cache.
+
+    Whatever is still missing is built into the cache when `build` is true (about 10 minutes on 2 cores, once).
+    """
+    versions = Versions.from_env(env)
+    cached = cache_dir(versions, env)
+    found: dict[str, Path] = {}
+    for name in NAMES:
+        path = _find_installed(name, versions, env) or _executable(cached / name)
+        if path is not None:
+            found[name] = path
+    missing = [name for name in NAMES if name not in found]
+    if missing and build:
+        build_all(versions, env=env)
+        found.update({name: cached / name for name in missing})
+    elif missing:
+        raise BinariesError(
+            f"missing {', '.join(missing)} for Kubernetes {versions.kubernetes}, kwok {versions.kwok}, "
+            f"etcd {versions.etcd}: run `make cluster-binaries`, or set KUBEBUILDER_ASSETS to a directory holding them"
+        )
+    return Binaries.from_paths(found)
+
+
+def _find_installed(name: str, versions: Versions, env: Mapping[str, str]) -> Path | None:
+    candidates: list[Path] = []
+    if assets := env.get("KUBEBUILDER_ASSETS"):
+        candidates.append(Path(assets) / name)
+    if on_path := shutil.which(name, path=env.get("PATH")):
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        path = _executable(candidate)
+        if path is not None and version_matches(name, path, versions):
+            return path
+    return None
+
+
+def _executable(path: Path) -> Path | None:
+    return path.resolve() if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def reported_version(name: str, path: Path) -> str | None:
+    """The version a binary prints, normalised to `vX.Y.Z`, or None when it prints none we recognise."""
+    argv = [str(path), "version", "--client"] if name == "kubectl" else [str(path), "--version"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"v?(\d+\.\d+\.\d+)", out)
+    return f"v{match.group(1)}" if match else None
+
+
+def version_matches(name: str, path: Path, versions: Versions) -> bool:
+    found = reported_version(name, path)
+    if found is None:
+        return False
+    if name == "etcd":
+        # The apiserver supports etcd 3.5 and 3.6 alike, and envtest's KUBEBUILDER_ASSETS ships either.
+        return re.fullmatch(r"v3\.[56]\.\d+", found) is not None
+    wanted = versions.kwok if name == "kwok" else versions.kubernetes
+    return found == wanted
+
+
+def build_all(versions: Versions | None = None, *, env: Mapping[str, str] = os.environ) -> Path:
+    """Builds whatever is missing from the cache directory and returns it; a lock serialises concurrent builds."""
+    versions = versions or Versions.from_env(env)
+    root = cache_root(env)
+    bin_dir = cache_dir(versions, env)
+    work = root / "build"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    with _lock(root / "build.lock"):
+        missing = [name for name in NAMES if _executable(bin_dir / name) is None]
+        if not missing:
+            _log(f"cached in {bin_dir}")
+            return bin_dir
+        go = shutil.which("go", path=env.get("PATH"))
+        if go is None:
+            raise BinariesError("Go is required to build the control plane (or set KUBEBUILDER_ASSETS)")
+        go_env = {
+            **env,
+            "GOTOOLCHAIN": "local",
+            "CGO_ENABLED": "0",
+            "GOFLAGS": "-buildvcs=false",
+            "GONOSUMDB": env.get("GONOSUMDB", "k8s.io,sigs.k8s.io,go.etcd.io"),
+        }
+        builder = _Builder(go, go_env, versions, bin_dir, work, jobs=env.get("JOBS", "2"))
+        if any(name in missing for name in KUBERNETES_COMMANDS):
+            builder.kubernetes([name for name in KUBERNETES_COMMANDS if name in missing])
+        if "kwok" in missing:
+            builder.kwok()
+        if "etcd" in missing:
+            builder.etcd()
+    _log(f"ready in {bin_dir}")
+    return bin_dir
+
+
+@dataclass(frozen=True)
+class _Builder:
+    go: str
+    env: Mapping[str, str]
+    versions: Versions
+    bin_dir: Path
+    work: Path
+    jobs: str
+
+    def kubernetes(self, commands: list[str]) -> None:
+        # k8s.io/kubernetes requires its staging modules at v0.0.0 with local replaces, so `go install` refuses
+        # it: a wrapper module replaces each with its published v0.X.Y twin.
+        version = self.versions.kubernetes
+        module_dir = self.work / f"k8s-{version}"
+        module_dir.mkdir(parents=True, exist_ok=True)
+        _log(f"downloading k8s.io/kubernetes@{version} (first time: several minutes)")
+        info = self._go(
+            ["mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            module_dir,
+            extra_env={"GOFLAGS": "-mod=mod"},
+            capture=True,
+        )
+        upstream_mod = Path(json.loads(info)["GoMod"]).read_text()
+        (module_dir / "go.mod").write_text(wrapper_go_mod(upstream_mod, version))
+        (module_dir / "go.sum").write_text("")
+        self._go(
+            ["get", *(f"k8s.io/kubernetes/cmd/{cmd}@{version}" for cmd in KUBERNETES_COMMANDS)], module_dir
+        )
+        for cmd in commands:
+            _log(f"building {cmd} {version} (a few minutes each on 2 cores)")
+            self._build(
+                module_dir,
+                f"k8s.io/kubernetes/cmd/{cmd}",
+                cmd,
+                [
+                    "-tags",
+                    "selinux,notest",
+                    "-ldflags",
+                    f"-s -w -buildid= {kubernetes_version_ldflags(version)}",
+                ],
+            )
+
+    def kwok(self) -> None:
+        version = self.versions.kwok
+        _log(f"building kwok {version}")
+        gobin = self.work / "gobin"
+        self._go(
+            ["install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{version}"],
+            self.work,
+            extra_env={"GOBIN": str(gobin)},
+        )
+        shutil.move(gobin / "kwok", self.bin_dir / "kwok")
+
+    def etcd(self) -> None:
+        # go.etcd.io/etcd/server/v3 is itself package main; a wrapper module pins it.
+        version = self.versions.etcd
+        _log(f"building etcd {version}")
+        module_dir = self.work / f"etcd-{version}"
+        module_dir.mkdir(parents=True, exist_ok=True)
+        (module_dir / "go.mod").write_text("module local/etcdbuild\n\ngo 1.24\n")
+        (module_dir / "go.sum").write_text("")
+        self._go(["get", f"go.etcd.io/etcd/server/v3@{version}"], module_dir)
+        self._build(module_dir, "go.etcd.io/etcd/server/v3", "etcd", ["-ldflags", "-s -w"])
+
+    def _build(self, module_dir: Path, package: str, name: str, flags: list[str]) -> None:
+        partial = self.bin_dir / f"{name}.tmp"
+        self._go(["build", "-p", self.jobs, "-trimpath", *flags, "-o", str(partial), package], module_dir)
+        # Renamed only when complete, so an interrupted build never leaves a binary the cache lookup trusts.
+        partial.replace(self.bin_dir / name)
+
+    def _go(
+        self, args: list[str], cwd: Path, *, extra_env: Mapping[str, str] | None = None, capture: bool = False
+    ) -> str:
+        result = subprocess.run(
+            [self.go, *args],
+            cwd=cwd,
+            env={**self.env, **(extra_env or {})},
+            stdout=subprocess.PIPE if capture else sys.stderr,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BinariesError(
+                f"`go {' '.join(args)}` failed with exit code {result.returncode} (see its output)"
+            )
+        return result.stdout if capture else ""
+
+
+def wrapper_go_mod(upstream_go_mod: str, version: str) -> str:
+    """go.mod of a module that can build k8s.io/kubernetes commands at `version` (a `v1.Y.Z` tag)."""
+    staging = "v0." + version.removeprefix("v1.")
+    lines = ["module local/k8sbuild", ""]
+    lines += [line for line in upstream_go_mod.splitlines() if re.match(r"(go|godebug) ", line)]
+    lines += ["", f"require k8s.io/kubernetes {version}", ""]
+    for module in re.findall(r"^\s+(k8s\.io/[a-z0-9-]+) v0\.0\.0\s*$", upstream_go_mod, re.MULTILINE):
+        lines.append(f"replace {module} => {module} {staging}")
+    return "\n".join(lines) + "\n"
+
+
+def kubernetes_version_ldflags(version: str) -> str:
+    # Unstamped builds report v0.0.0-master, which breaks helm's kubeVersion checks and kubectl's skew warning.
+    minor = version.removeprefix("v1.").split(".")[0]
+    flags = []
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor=1",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+            f"-X {package}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _log(message: str) -> None:
+    print(f"{_LOG_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cluster-binaries", description=__doc__)
+    parser.add_argument("--print-dir", action="store_true", help="print the cache directory and exit")
+    args = parser.parse_args(argv)
+    if args.print_dir:
+        print(cache_dir())
+        return 0
+    try:
+        print(build_all())
+    except BinariesError as err:
+        _log(str(err))
+        return 1
+    return 0

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests: polling with a timeout that names what it waited for, and access to the cluster."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from kubernetes import client, config
+
+from localai_operator.devcluster import Cluster
+
+T = TypeVar("T")
+
+# Every local control plane `open_cluster` started in this process: the session-end check looks at each.
+started_harnesses: list[Cluster] = []
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.2,
+    describe: Callable[[], object] | None = None,
+) -> T:
+    """Polls `predicate` until it returns something truthy and returns that.
+
+    On timeout fails with "timed out after Ns waiting for <what>", plus `describe()` (the state worth seeing).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            detail = f"; last seen: {describe()}" if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class ClusterAccess:
+    """What the `cluster` fixture yields: an admin kubeconfig file and a client for it.
+
+    `harness` is the local control plane, or None when the tests run against an existing cluster (--kubeconfig).
+    """
+
+    kubeconfig: Path
+    api: client.ApiClient
+    harness: Cluster | None = None
+
+    @classmethod
+    def connect(cls, kubeconfig: Path, harness: Cluster | None = None) -> ClusterAccess:
+        return cls(kubeconfig, config.new_client_from_config(config_file=str(kubeconfig)), harness)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    def client_for_token(self, token: str) -> client.ApiClient:
+        """A client for the same server and CA that authenticates with `token` only (e.g. a ServiceAccount's)."""
+        admin = self.api.configuration
+        configuration = client.Configuration()
+        configuration.host = admin.host
+        configuration.ssl_ca_cert = admin.ssl_ca_cert
+        configuration.verify_ssl = admin.verify_ssl
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+        return client.ApiClient(configuration)
+
+
+@contextmanager
+def open_cluster(kubeconfig: str | None) -> Iterator[ClusterAccess]:
+    """The existing cluster at `kubeconfig` (e.g. kind) or, without one, a new local control plane that is
+    stopped on exit, on SIGTERM/SIGHUP and at interpreter exit. A harness that cannot start raises."""
+    if kubeconfig:
+        access = ClusterAccess.connect(Path(kubeconfig).expanduser())
+        try:
+            yield access
+        finally:
+            access.api.close()
+        return
+    harness = Cluster.start()
+    started_harnesses.append(harness)
+    undo = harness.stop_on_exit()
+    try:
+        access = ClusterAccess.connect(harness.kubeconfig, harness)
+        try:
+            yield access
+        finally:
+            access.api.close()
+    finally:
+        try:
+            harness.stop()
+        finally:
+            undo()
