@@ -1,0 +1,71 @@
+"""`localai-operator router --config PATH`: serves, stops cleanly on SIGTERM, refuses an invalid config."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from localai_operator.constants import FALLBACK_API_KEY_ENV
+from localai_operator.router.standins import OpenAIStandIn
+from tests.unit.router.conftest import API_KEY, eventually, route_config
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_router_command_serves_and_exits_cleanly_on_sigterm(
+    local: OpenAIStandIn, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(route_config(local.url)))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        "--host", "127.0.0.1", "--port", str(port),
+        env={"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: API_KEY},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    async def ready() -> bool:
+        try:
+            async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    try:
+        await eventually(ready, 30, "the router process to be ready")
+        async with client.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"}
+        ) as response:
+            assert response.headers["X-Served-By"] == "local"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
+        assert b"listening on 127.0.0.1" in stderr and API_KEY.encode() not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_router_command_refuses_an_invalid_config(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text("local: {endpoints: []}\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"local.endpoints" in stderr
