@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,3 +102,25 @@ def open_cluster(kubeconfig: str | None) -> Iterator[ClusterAccess]:
             harness.stop()
         finally:
             undo()
+
+
+def kubectl_binary(access: ClusterAccess) -> str:
+    """$KUBECTL, else the harness's version-matched kubectl, else the one on PATH (e.g. on kind)."""
+    import os
+    import shutil
+
+    from localai_operator.devcluster import find
+
+    if os.environ.get("KUBECTL"):
+        return os.environ["KUBECTL"]
+    if access.harness is not None:
+        return str(find(build=False).kubectl)
+    found = shutil.which("kubectl")
+    assert found, "kubectl is not on PATH (set KUBECTL)"
+    return found
+
+
+def kubectl(access: ClusterAccess, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs kubectl against the test cluster; never raises on a non-zero exit (callers assert on it)."""
+    argv = [kubectl_binary(access), f"--kubeconfig={access.kubeconfig}", *args]
+    return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=120, check=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from localai_operator.api.base import DNS_SUBDOMAIN, Condition, CustomResource, Quantity, Resources, Spec
 
@@ -44,7 +44,25 @@ class Toleration(Spec):
     toleration_seconds: int | None = None
 
 
+GPU_IMAGE_RULE = (
+    "!has(self.image) || !(self.image.contains('cuda') || self.image.contains('gpu-nvidia'))"
+    " || (has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
+)
+GPU_IMAGE_MESSAGE = "image is a GPU (CUDA) image but accelerator.gpus is 0: set accelerator.gpus or use a CPU image"
+
+
 class InferencePoolSpec(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [{"rule": GPU_IMAGE_RULE, "message": GPU_IMAGE_MESSAGE}]}
+    }
+
+    @model_validator(mode="after")
+    def _gpu_image_needs_gpus(self) -> InferencePoolSpec:
+        image = self.image or ""
+        if ("cuda" in image or "gpu-nvidia" in image) and self.accelerator.gpus == 0:
+            raise ValueError(GPU_IMAGE_MESSAGE)
+        return self
+
     models: list[str] = Field(
         min_length=1,
         max_length=32,
