@@ -41,9 +41,10 @@ e2e: install cluster-binaries tools ## the user's path: helm install, kubectl ap
 test: install cluster-binaries tools lint typecheck ## everything CI runs: lint, types, every test tier
 	$(PYTHON) -m pytest
 
-crds: install ## regenerate crds/ and the chart's crds/ from the API models
+crds: install tools ## regenerate crds/, the chart's crds/ and manifests/install.yaml from the API models
 	localai-operator crds --output-dir crds
 	localai-operator crds --output-dir charts/localai-operator/crds
+	./hack/gen-install.sh
 
 docs: install ## regenerate docs/reference.md from the API models
 	localai-operator crds --reference > docs/reference.md
