@@ -77,6 +77,8 @@ class OpenAIStandIn:
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: deque[Recorded] = field(default_factory=lambda: deque(maxlen=_RECORDED_MAX))
     counters: Counters = field(default_factory=Counters)
+    # What `/standin/behaviour` changes are applied on top of (the CLI's flags), None: the defaults.
+    initial: Behaviour | None = None
     port: int = field(default=0, init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
@@ -92,7 +94,19 @@ class OpenAIStandIn:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/readyz", self._ok)
         app.router.add_get("/healthz", self._ok)
+        # Lets another process (the `dev up` demo) make this stand-in slow or failing, e.g.
+        # {"delay_before_first_chunk": 5, "delay_before_headers": 5}; {} restores the defaults.
+        app.router.add_post("/standin/behaviour", self._set_behaviour)
         return app
+
+    async def _set_behaviour(self, request: web.Request) -> web.Response:
+        changes = await request.json()
+        base = self.initial if self.initial is not None else Behaviour()
+        try:
+            self.behaviour = replace(base, **changes)
+        except TypeError as err:
+            return web.json_response({"error": str(err)}, status=400)
+        return web.json_response({"behaviour": self.behaviour.__dict__})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(
@@ -350,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         key = os.environ.get(args.api_key_env, "") if args.api_key_env else None
         standin = cloud_standin(api_key=key or None, behaviour=behaviour)
+    standin.initial = behaviour
     if args.models:
         standin.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     asyncio.run(_serve(standin, args.host, args.port))
