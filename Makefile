@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## install the package and the test tools (editable)
 
 cluster-binaries: install ## build (once) and cache kube-apiserver, controller-manager, scheduler, kubectl, kwok, etcd
-	$(PYTHON) -m localai_operator.devcluster.binaries
+	$(PYTHON) -m localai_operator.devcluster
 
 tools: ## put helm into .tools/bin
 	./hack/tools.sh
@@ -65,7 +65,7 @@ dev-down: install ## stop everything dev up started and remove its files
 	localai-operator dev down
 
 bench-router: install ## router overhead vs a minimal aiohttp relay (by hand; figures go in notes)
-	$(PYTHON) benchmarks/router_bench.py
+	$(PYTHON) benchmarks/router.py
 
 bench-operator: install cluster-binaries ## operator at 1,000 models / 100 pools vs a naive Kopf peer (by hand)
 	$(PYTHON) benchmarks/operator_scale.py

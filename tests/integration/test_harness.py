@@ -260,7 +260,13 @@ def test_a_harness_dies_with_its_starter_even_when_the_starter_is_sigkilled() ->
             10,
             "the components to die with their starter",
         )
-        assert [name for name, port in harness.ports.items() if not port_is_free(port)] == []
+        # A killed process's listening sockets are released by the kernel just after it is reaped.
+        wait_for(
+            lambda: not [name for name, port in harness.ports.items() if not port_is_free(port)],
+            10,
+            "the dead components' ports to be released",
+            describe=lambda: [name for name, port in harness.ports.items() if not port_is_free(port)],
+        )
     finally:
         starter.kill()
         starter.wait()

@@ -163,3 +163,21 @@ def test_a_second_replica_stands_by_and_takes_over_when_the_leader_dies(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_deleting_a_custom_resource_does_not_hang_while_the_operator_is_down(
+    cluster: ClusterAccess, namespace: str, operator: OperatorProcess, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("p", ["m"]))
+    wait_for(lambda: crs.is_ready("InferencePool", "p"), 60, "p Ready")
+    operator.kill()
+    try:
+        crs.delete("InferencePool", "p")
+        crs.delete("LLMModel", "m")
+        wait_for(lambda: not crs.list("InferencePool") and not crs.list("LLMModel"), 30,
+                 "both resources gone with no operator running (no finalizer)")  # fmt: skip
+        wait_for(lambda: not cluster.apps.list_namespaced_deployment(namespace).items, 60,
+                 "the garbage collector to remove the pool's Deployment")  # fmt: skip
+    finally:
+        operator.start()

@@ -48,12 +48,16 @@ GPU_IMAGE_RULE = (
     "!has(self.image) || !(self.image.contains('cuda') || self.image.contains('gpu-nvidia'))"
     " || (has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
 )
-GPU_IMAGE_MESSAGE = "image is a GPU (CUDA) image but accelerator.gpus is 0: set accelerator.gpus or use a CPU image"
+GPU_IMAGE_MESSAGE = (
+    "image is a GPU (CUDA) image but accelerator.gpus is 0: set accelerator.gpus or use a CPU image"
+)
 
 
 class InferencePoolSpec(Spec):
     model_config = Spec.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [{"rule": GPU_IMAGE_RULE, "message": GPU_IMAGE_MESSAGE}]}
+        "json_schema_extra": {
+            "x-kubernetes-validations": [{"rule": GPU_IMAGE_RULE, "message": GPU_IMAGE_MESSAGE}]
+        }
     }
 
     @model_validator(mode="after")

@@ -307,8 +307,14 @@ def up() -> int:
     _apply_samples(cluster, kube)
     _router_demo(state)
     print(table(kube), flush=True)
-    print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+    _print_access(cluster)
     return 0
+
+
+def _print_access(cluster: Cluster) -> None:
+    kubectl = binaries_module.find(build=False).kubectl
+    print(f"kubectl matching this control plane: {kubectl} (any kubectl >= 1.33 works)", flush=True)
+    print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
 
 
 def status() -> int:
@@ -326,7 +332,7 @@ def status() -> int:
     for name in ("operator", "standin-local", "standin-cloud", "router"):
         print(f"{name:<14} {'running' if state.running(name) else 'stopped'}", flush=True)
     print(table(_api(cluster)), flush=True)
-    print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+    _print_access(cluster)
     return 0
 
 
