@@ -126,6 +126,16 @@ class Kube:
         WRITES.add("apply", kind)
         return True
 
+    def create(self, obj: dict[str, Any]) -> bool:
+        """POST `obj` as it is (status included, as a node registers itself); False if it already exists."""
+        try:
+            self._call("POST", path(obj["kind"], obj["metadata"].get("namespace")), obj)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
     def apply_all(self, objects: Iterable[dict[str, Any]]) -> int:
         return sum(self.apply(obj) for obj in objects)
 

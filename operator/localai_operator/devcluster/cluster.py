@@ -376,19 +376,24 @@ def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int
             f"--secure-port={ports['kube-scheduler']}",
             f"--cert-dir={state_dir / 'kube-scheduler'}",
         ],
-        "kwok": [
-            str(found.kwok),
-            f"--kubeconfig={kubeconfig}",
-            f"--config={state_dir / 'kwok.yaml'}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}",
-            "--manage-nodes-with-label-selector=",
-            "--node-ip=127.0.0.1",
-            "--node-lease-duration-seconds=40",
-            f"--cidr={POD_CIDR}",
-            f"--server-address=127.0.0.1:{ports['kwok']}",
-        ],
+        "kwok": kwok_command(found.kwok, state_dir, kubeconfig, ports["kwok"]),
     }
+
+
+def kwok_command(kwok: Path, state_dir: Path, kubeconfig: str, port: int, cidr: str = POD_CIDR) -> list[str]:
+    """kwok managing only the nodes annotated as fake; its config file is `state_dir/kwok.yaml`."""
+    return [
+        str(kwok),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={state_dir / 'kwok.yaml'}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}",
+        "--manage-nodes-with-label-selector=",
+        "--node-ip=127.0.0.1",
+        "--node-lease-duration-seconds=40",
+        f"--cidr={cidr}",
+        f"--server-address=127.0.0.1:{port}",
+    ]
 
 
 # Passed explicitly so a user's ~/.kwok/kwok.yaml never changes the harness. No Stage documents: kwok v0.7 then
