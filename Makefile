@@ -64,7 +64,7 @@ dev-status: install ## what dev up started, and the export KUBECONFIG line
 dev-down: install ## stop everything dev up started and remove its files
 	localai-operator dev down
 
-bench-router: install ## router overhead vs a minimal aiohttp relay (by hand; figures go in notes)
+bench-router: install ## router vs direct, a minimal aiohttp relay, nginx (Debian) and LiteLLM (by hand; see benchmarks/README.md)
 	$(PYTHON) benchmarks/router.py
 
 bench-operator: install cluster-binaries ## operator at 1,000 models / 100 pools vs a naive Kopf peer (by hand)
