@@ -164,6 +164,16 @@ class CustomResources:
                 return dict(condition)
         return None
 
+    def wait_for_reason(self, kind: str, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+        """Waits until the Ready condition carries `reason`; returns that condition."""
+
+        def reported() -> dict[str, Any] | None:
+            condition = self.condition(kind, name)
+            return condition if condition and condition["reason"] == reason else None
+
+        return wait_for(reported, timeout, f"{kind} {name} to report {reason}",
+                        describe=lambda: self.condition(kind, name))  # fmt: skip
+
     def is_ready(self, kind: str, name: str) -> bool:
         condition = self.condition(kind, name)
         return condition is not None and condition["status"] == "True"

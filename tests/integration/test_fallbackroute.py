@@ -23,11 +23,7 @@ def test_a_route_missing_its_secret_names_it_and_becomes_ready_once_it_exists(
     crs.create(pool("local", ["m"]))
     crs.create(route("chat", "local", fallback=FALLBACK))
 
-    def secret_missing() -> dict[str, str] | None:
-        condition = crs.condition("FallbackRoute", "chat")
-        return condition if condition and condition["reason"] == "SecretMissing" else None
-
-    condition = wait_for(secret_missing, T, "chat to report SecretMissing")
+    condition = crs.wait_for_reason("FallbackRoute", "chat", "SecretMissing")
     assert condition["status"] == "False" and '"cloud-key"' in condition["message"]
     secret = client.V1Secret(
         metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": "sk-test-123"}
@@ -63,11 +59,7 @@ def test_a_route_to_a_missing_pool_still_deploys_the_router_but_is_not_ready(
 ) -> None:
     crs.create(route("private", "no-such-pool", policy={"sensitive": True}))
 
-    def pool_missing() -> dict[str, str] | None:
-        condition = crs.condition("FallbackRoute", "private")
-        return condition if condition and condition["reason"] == "PoolMissing" else None
-
-    condition = wait_for(pool_missing, T, "private to report PoolMissing")
+    condition = crs.wait_for_reason("FallbackRoute", "private", "PoolMissing")
     assert '"no-such-pool"' in condition["message"]
     assert cluster.apps.read_namespaced_deployment("private-router", namespace) is not None
 
@@ -79,10 +71,6 @@ def test_a_route_named_like_a_pool_is_reported_instead_of_fighting_over_the_serv
     crs.create(pool("same", ["m"]))
     crs.create(route("same", "same", policy={"sensitive": True}))
 
-    def conflict() -> dict[str, str] | None:
-        condition = crs.condition("FallbackRoute", "same")
-        return condition if condition and condition["reason"] == "NameConflict" else None
-
-    condition = wait_for(conflict, T, "the route to report NameConflict")
+    condition = crs.wait_for_reason("FallbackRoute", "same", "NameConflict")
     assert "another name" in condition["message"]
     wait_for(lambda: crs.is_ready("InferencePool", "same"), T, "the pool to stay Ready")

@@ -48,12 +48,7 @@ def test_a_pool_asking_more_gpus_than_any_node_has_is_not_ready_and_says_so_in_n
     crs.create(model("big"))
     crs.create(pool("huge", ["big"], gpus=64))
 
-    def insufficient() -> dict[str, str] | None:
-        condition = crs.condition("InferencePool", "huge")
-        return condition if condition and condition["reason"] == "InsufficientGPU" else None
-
-    condition = wait_for(insufficient, T, "huge to report InsufficientGPU",
-                         describe=lambda: crs.condition("InferencePool", "huge"))  # fmt: skip
+    condition = crs.wait_for_reason("InferencePool", "huge", "InsufficientGPU")
     assert condition["status"] == "False"
     assert "nvidia.com/gpu" in condition["message"]
     assert "64" in condition["message"] and "offers 4" in condition["message"]
@@ -98,11 +93,7 @@ def test_editing_only_labels_on_a_pool_does_not_roll_it(
 def test_a_pool_waits_for_a_missing_model_and_becomes_ready_when_it_appears(crs: CustomResources) -> None:
     crs.create(pool("early", ["late-model"]))
 
-    def missing() -> dict[str, str] | None:
-        condition = crs.condition("InferencePool", "early")
-        return condition if condition and condition["reason"] == "ModelMissing" else None
-
-    condition = wait_for(missing, T, "early to report ModelMissing")
+    condition = crs.wait_for_reason("InferencePool", "early", "ModelMissing")
     assert condition["status"] == "False" and '"late-model"' in condition["message"]
     crs.create(model("late-model"))
     wait_for(lambda: crs.is_ready("InferencePool", "early"), T, "early Ready once its model exists")

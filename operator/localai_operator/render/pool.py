@@ -39,8 +39,13 @@ def config_map_name(pool: InferencePool) -> str:
     return f"{pool.name}-models"
 
 
+def service_url(name: str, namespace: str) -> str:
+    """The OpenAI base URL of the pool named `name`, inside the cluster."""
+    return f"http://{name}.{namespace}.svc:{LOCALAI_PORT}/v1"
+
+
 def endpoint(pool: InferencePool) -> str:
-    return f"http://{pool.name}.{pool.namespace}.svc:{LOCALAI_PORT}/v1"
+    return service_url(pool.name, pool.namespace)
 
 
 def cpu_cores(quantity: str | int | None) -> float | None:

@@ -20,6 +20,7 @@ from localai_operator.render.common import (
     restricted_container_security,
     selector,
 )
+from localai_operator.render.pool import service_url
 from localai_operator.router import config as rc
 
 APP = "localai-router"
@@ -38,7 +39,7 @@ def endpoint(route: FallbackRoute) -> str:
 def primary_url(route: FallbackRoute) -> str:
     primary = route.spec.primary
     if primary.pool_ref is not None:
-        return f"http://{primary.pool_ref.name}.{route.namespace}.svc:8080/v1"
+        return service_url(primary.pool_ref.name, route.namespace)
     assert primary.url is not None, "the schema requires exactly one primary"
     return primary.url.rstrip("/")
 

@@ -134,13 +134,18 @@ class Proxy:
         self.metrics = metrics
         self.clock = clock
 
+    def _over_rate_limit(self, route: Route, started: float) -> web.Response | None:
+        if route.limiter is None:
+            return None
+        wait = route.limiter.take(started)
+        return self._rate_limited(wait, started) if wait else None
+
     async def relay(self, request: web.Request) -> web.StreamResponse:
         route = self.holder.route
         started = self.clock()
-        if route.limiter is not None:
-            wait = route.limiter.take(started)
-            if wait:
-                return self._rate_limited(wait, started)
+        limited = self._over_rate_limit(route, started)
+        if limited is not None:
+            return limited
         path = request.path[len(API_PREFIX) :]
         body = await request.read()
 
@@ -404,10 +409,9 @@ class Proxy:
         cannot answer. Listing never touches a breaker: it is not inference traffic."""
         route = self.holder.route
         started = self.clock()
-        if route.limiter is not None:
-            wait = route.limiter.take(started)
-            if wait:
-                return self._rate_limited(wait, started)
+        limited = self._over_rate_limit(route, started)
+        if limited is not None:
+            return limited
         local_headers = local_request_headers(request.headers)
         listings = [
             self._list_models(e.urls["/models"], local_headers, route)
