@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from typing import Any
 
 import kopf
@@ -32,12 +33,59 @@ def _rec() -> Reconciler:
 
 def _leading() -> bool:
     """A standby replica watches like the leader but writes nothing until it holds the lease."""
+    if STOPPING.is_set():
+        return False
     elector: LeaderElector | None = STATE.get("elector")
     return elector is None or elector.leading.is_set()
 
 
-def _deleted(event: kopf.RawEvent) -> bool:
-    return event.get("type") == "DELETED"
+STOPPING = threading.Event()
+
+
+class Generations:
+    """The generation (and pool models) each custom resource was last reconciled at.
+
+    Status writes, ours included, do not bump `metadata.generation`: their echoes then cost nothing, and an
+    object's dependents are reconciled only when its spec really changed, it appeared, or it went away.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], tuple[int | None, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> tuple[int | None, frozenset[str]] | None:
+        with self._lock:
+            return self._seen.get(key)
+
+    def mark(self, key: tuple[str, str, str], generation: int | None, models: frozenset[str]) -> None:
+        with self._lock:
+            self._seen[key] = (generation, models)
+
+    def forget(self, key: tuple[str, str, str]) -> tuple[int | None, frozenset[str]] | None:
+        with self._lock:
+            return self._seen.pop(key, None)
+
+
+SEEN = Generations()
+
+
+def _handle(kind: str, event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str) -> set[str] | None:
+    """Reconcile the object if its spec is new to us. Returns the models whose servedBy may have changed
+    (pools only), or None when dependents need no pass."""
+    key = (kind, namespace, name)
+    models = frozenset(body.get("spec", {}).get("models") or [])
+    if event.get("type") == "DELETED":
+        previous = SEEN.forget(key)
+        return set(models | (previous[1] if previous else frozenset()))
+    generation = body.get("metadata", {}).get("generation")
+    previous = SEEN.get(key)
+    if previous is not None and previous[0] == generation:
+        return None  # a status or metadata change: nothing in the spec to act on
+    if _rec().reconcile(kind, namespace, name, dict(body)):
+        SEEN.mark(key, generation, models)
+    if event.get("type") is None:
+        return None  # the start-up listing: the object did not change, its dependents get their own pass
+    return set(models | (previous[1] if previous else frozenset()))
 
 
 @kopf.on.event(GROUP, VERSION, "llmmodels", id="llmmodel")
@@ -46,10 +94,9 @@ def on_model(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name:
     if not _leading():
         return
     rec = _rec()
-    if not _deleted(event):
-        rec.reconcile("LLMModel", namespace, name, dict(body))
-    for pool in rec.pools_serving(namespace, name):
-        rec.reconcile("InferencePool", namespace, pool)
+    if _handle("LLMModel", event, body, namespace, name) is not None:
+        for pool in rec.pools_serving(namespace, name):
+            rec.reconcile("InferencePool", namespace, pool)
 
 
 @kopf.on.event(GROUP, VERSION, "inferencepools", id="inferencepool")
@@ -58,9 +105,11 @@ def on_pool(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: 
     if not _leading():
         return
     rec = _rec()
-    if not _deleted(event):
-        rec.reconcile("InferencePool", namespace, name, dict(body))
-    for model in body.get("spec", {}).get("models") or []:
+    rec.forget_pools(namespace)
+    affected = _handle("InferencePool", event, body, namespace, name)
+    if affected is None:
+        return
+    for model in sorted(affected):
         rec.reconcile("LLMModel", namespace, model)
     for route in rec.routes_using(namespace, pool=name):
         rec.reconcile("FallbackRoute", namespace, route)
@@ -71,8 +120,7 @@ def on_route(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name:
     assert namespace is not None, "every kind watched here is namespaced"
     if not _leading():
         return
-    if not _deleted(event):
-        _rec().reconcile("FallbackRoute", namespace, name, dict(body))
+    _handle("FallbackRoute", event, body, namespace, name)
 
 
 def _owner(body: kopf.Body) -> tuple[str, str] | None:
@@ -134,6 +182,8 @@ def resync_once(rec: Reconciler, namespaces: list[str] | None) -> None:
     for namespace in scopes:
         for kind in ("LLMModel", "InferencePool", "FallbackRoute"):
             for obj in rec.kube.list(kind, namespace):
+                if not _leading():
+                    return  # shutting down or lost the lease: stop at once, the next leader starts over
                 meta = obj["metadata"]
                 rec.reconcile(kind, meta["namespace"], meta["name"], obj)
 
@@ -142,7 +192,7 @@ async def lead_forever(
     elector: LeaderElector, namespaces: list[str] | None, renew_seconds: float = 5.0
 ) -> None:
     """Hold or wait for the lease; on becoming leader, reconcile everything at once instead of at the next resync."""
-    while True:
+    while not STOPPING.is_set():
         was_leading = elector.leading.is_set()
         try:
             leading = await asyncio.to_thread(elector.try_acquire_or_renew)

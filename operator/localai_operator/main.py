@@ -113,6 +113,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def release_lease(**_: Any) -> None:
+    handlers.STOPPING.set()  # no new reconcile, no resync, no re-acquiring after the release below
     elector: LeaderElector | None = handlers.STATE.get("elector")
     if elector is not None:
         await asyncio.to_thread(elector.release)

@@ -31,6 +31,7 @@ from localai_operator.render.route import primary_url
 
 log = logging.getLogger(__name__)
 API = "llm.localai-operator.io/v1alpha1"
+POOL_LIST_TTL = 5.0
 
 
 def now() -> str:
@@ -61,6 +62,7 @@ class Reconciler:
         self.settings = settings
         self._locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._pool_lists: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._observe = observe or (lambda kind, seconds, result: None)
 
     def _lock(self, kind: str, namespace: str, name: str) -> threading.Lock:
@@ -69,14 +71,15 @@ class Reconciler:
 
     # --- entry points -------------------------------------------------------------------------------------------
 
-    def reconcile(self, kind: str, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
-        """Reconcile one custom resource by name; reads it first unless a fresh body is given."""
+    def reconcile(self, kind: str, namespace: str, name: str, body: dict[str, Any] | None = None) -> bool:
+        """Reconcile one custom resource by name; reads it first unless a fresh body is given. False when the
+        pass failed (it is logged; the next event or resync tries again)."""
         with self._lock(kind, namespace, name):
             started, result = time.perf_counter(), "ok"
             try:
                 body = body if body is not None else self.kube.get(kind, namespace, name)
                 if body is None or body["metadata"].get("deletionTimestamp"):
-                    return
+                    return True
                 {"LLMModel": self._model, "InferencePool": self._pool, "FallbackRoute": self._route}[kind](
                     body
                 )
@@ -90,9 +93,26 @@ class Reconciler:
                 log.exception("reconcile %s %s/%s failed", kind, namespace, name)
             finally:
                 self._observe(kind, time.perf_counter() - started, result)
+            return result == "ok"
+
+    def _pools(self, namespace: str) -> list[dict[str, Any]]:
+        # Many models reconciled in a burst each ask which pools serve them: one LIST serves them all until
+        # a pool event says the list changed.
+        with self._locks_guard:
+            cached = self._pool_lists.get(namespace)
+        if cached is not None and time.monotonic() - cached[0] < POOL_LIST_TTL:
+            return cached[1]
+        items = self.kube.list("InferencePool", namespace)
+        with self._locks_guard:
+            self._pool_lists[namespace] = (time.monotonic(), items)
+        return items
+
+    def forget_pools(self, namespace: str) -> None:
+        with self._locks_guard:
+            self._pool_lists.pop(namespace, None)
 
     def pools_serving(self, namespace: str, model: str) -> list[str]:
-        return [p["metadata"]["name"] for p in self.kube.list("InferencePool", namespace)
+        return [p["metadata"]["name"] for p in self._pools(namespace)
                 if model in (p.get("spec", {}).get("models") or [])]  # fmt: skip
 
     def routes_using(
@@ -120,7 +140,9 @@ class Reconciler:
         meta = body["metadata"]
         self.kube.patch_status(kind, meta["namespace"], meta["name"], new)
         before, after = st.ready_of(old), st.ready_of(new)
-        if before != after:
+        # A model turning Ready is routine (one per model); everything turning not Ready, and pools and routes
+        # turning Ready, is worth an Event.
+        if before != after and (kind != "LLMModel" or after != "True"):
             ready = next(c for c in new["conditions"] if c["type"] == st.READY)
             self.kube.event(body, type_="Normal" if after == "True" else "Warning", reason=ready["reason"],
                             message=ready["message"], now=now())  # fmt: skip
