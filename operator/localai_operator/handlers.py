@@ -69,6 +69,39 @@ class Generations:
 SEEN = Generations()
 
 
+class Dependents:
+    """Reconciles owed to objects affected by another's change, run by one background thread, de-duplicated
+    and off the event path: a burst of pool events then never waits behind the models they serve."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str, str], None] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, kind: str, namespace: str, name: str) -> None:
+        with self._cond:
+            self._pending[(kind, namespace, name)] = None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dependents", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while not STOPPING.is_set():
+            with self._cond:
+                while not self._pending and not STOPPING.is_set():
+                    self._cond.wait(timeout=1.0)
+                if not self._pending:
+                    continue
+                key = next(iter(self._pending))
+                del self._pending[key]
+            if _leading():
+                _rec().reconcile(*key)
+
+
+DEPENDENTS = Dependents()
+
+
 def _handle(kind: str, event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str) -> set[str] | None:
     """Reconcile the object if its spec is new to us. Returns the models whose servedBy may have changed
     (pools only), or None when dependents need no pass."""
@@ -96,7 +129,7 @@ def on_model(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name:
     rec = _rec()
     if _handle("LLMModel", event, body, namespace, name) is not None:
         for pool in rec.pools_serving(namespace, name):
-            rec.reconcile("InferencePool", namespace, pool)
+            DEPENDENTS.add("InferencePool", namespace, pool)
 
 
 @kopf.on.event(GROUP, VERSION, "inferencepools", id="inferencepool")
@@ -110,9 +143,9 @@ def on_pool(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: 
     if affected is None:
         return
     for model in sorted(affected):
-        rec.reconcile("LLMModel", namespace, model)
+        DEPENDENTS.add("LLMModel", namespace, model)
     for route in rec.routes_using(namespace, pool=name):
-        rec.reconcile("FallbackRoute", namespace, route)
+        DEPENDENTS.add("FallbackRoute", namespace, route)
 
 
 @kopf.on.event(GROUP, VERSION, "fallbackroutes", id="fallbackroute")
