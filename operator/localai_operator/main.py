@@ -35,11 +35,14 @@ def _observe(kind: str, seconds: float, result: str) -> None:
 
 
 def api_client() -> client.ApiClient:
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # Kopf's worker threads and the dependents worker share this client: one connection each, no churn.
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
 
 
 def settings_from_env() -> RenderSettings:
