@@ -75,6 +75,21 @@ def meta(owner: CustomResource, obj_name: str, *, name: str, component: str) -> 
     return out
 
 
+def http_service(
+    owner: CustomResource, obj_name: str, *, name: str, component: str, port: int
+) -> dict[str, Any]:
+    """A ClusterIP Service on `port`, to the pods' port named http."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(owner, obj_name, name=name, component=component),
+        "spec": {
+            "selector": selector(owner, name=name, component=component),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
 def content_hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -21,6 +21,7 @@ from localai_operator.constants import (
 from localai_operator.render.common import (
     RenderSettings,
     content_hash,
+    http_service,
     meta,
     restricted_container_security,
     selector,
@@ -99,15 +100,7 @@ def config_map(pool: InferencePool, models: list[LLMModel]) -> dict[str, Any]:
 
 
 def service(pool: InferencePool) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT),
-        "spec": {
-            "selector": selector(pool, name=APP, component=COMPONENT),
-            "ports": [{"name": "http", "port": LOCALAI_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
+    return http_service(pool, pool.name, name=APP, component=COMPONENT, port=LOCALAI_PORT)
 
 
 def persistent_volume_claim(pool: InferencePool) -> dict[str, Any] | None:

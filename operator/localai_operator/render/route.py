@@ -16,6 +16,7 @@ from localai_operator.constants import (
 from localai_operator.render.common import (
     RenderSettings,
     content_hash,
+    http_service,
     meta,
     restricted_container_security,
     selector,
@@ -93,15 +94,7 @@ def config_map(route: FallbackRoute) -> dict[str, Any]:
 
 
 def service(route: FallbackRoute) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta(route, route.name, name=APP, component=COMPONENT),
-        "spec": {
-            "selector": selector(route, name=APP, component=COMPONENT),
-            "ports": [{"name": "http", "port": ROUTER_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
+    return http_service(route, route.name, name=APP, component=COMPONENT, port=ROUTER_SERVICE_PORT)
 
 
 def deployment(
