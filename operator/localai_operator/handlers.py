@@ -70,20 +70,24 @@ SEEN = Generations()
 
 
 class Dependents:
-    """Reconciles owed to objects affected by another's change, run by one background thread, de-duplicated
-    and off the event path: a burst of pool events then never waits behind the models they serve."""
+    """Reconciles owed to objects affected by another's change, run by a few background threads, de-duplicated
+    and off the event path: a burst of pool events then never waits behind the models they serve, and a
+    Deployment's many status updates during a rollout collapse into one pass of its owner."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 4) -> None:
         self._pending: dict[tuple[str, str, str], None] = {}
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
 
     def add(self, kind: str, namespace: str, name: str) -> None:
         with self._cond:
             self._pending[(kind, namespace, name)] = None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="dependents", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                for index in range(self._workers):
+                    thread = threading.Thread(target=self._run, name=f"dependents-{index}", daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
             self._cond.notify()
 
     def _run(self) -> None:
@@ -96,6 +100,7 @@ class Dependents:
                 key = next(iter(self._pending))
                 del self._pending[key]
             if _leading():
+                # The per-object lock in the reconciler keeps two workers off the same object.
                 _rec().reconcile(*key)
 
 
@@ -170,7 +175,7 @@ def on_deployment(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         return
     owner = _owner(body)
     if owner is not None:
-        _rec().reconcile(owner[0], namespace, owner[1])
+        DEPENDENTS.add(owner[0], namespace, owner[1])
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, id="owned-pod")
@@ -184,7 +189,7 @@ def on_pod(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     if scheduled is not None and scheduled.get("reason") == "Unschedulable":
         instance = body.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/instance")
         if instance:
-            _rec().reconcile("InferencePool", namespace, instance)
+            DEPENDENTS.add("InferencePool", namespace, instance)
 
 
 @kopf.on.event("", "v1", "secrets", id="referenced-secret")
