@@ -15,7 +15,6 @@ from typing import Any
 
 from kubernetes import client
 
-from localai_operator.api.crd import crds
 from localai_operator.constants import GROUP, VERSION
 from localai_operator.kube import Kube
 from tests.helpers import wait_for
@@ -28,20 +27,7 @@ def free_port() -> int:
 
 
 def install_crds(api: client.ApiClient) -> None:
-    kube = Kube(api)
-    for crd in crds():
-        kube.apply(crd)
-    ext = client.ApiextensionsV1Api(api)
-
-    def established() -> bool:
-        for crd in crds():
-            live = ext.read_custom_resource_definition(crd["metadata"]["name"])
-            conditions = {c.type: c.status for c in (live.status.conditions or [])}
-            if conditions.get("Established") != "True":
-                return False
-        return True
-
-    wait_for(established, 30, "the CRDs to be Established")
+    assert Kube(api).install_crds(), "the CRDs did not become Established within 30 s"
 
 
 @dataclass

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -135,6 +136,24 @@ class Kube:
                 return False
             raise
         return True
+
+    def install_crds(self, timeout: float = 30.0) -> bool:
+        """Apply the generated CRDs and wait until the API server serves them; False on timeout."""
+        from localai_operator.api.crd import crds
+
+        wanted = crds()
+        for crd in wanted:
+            self.apply(crd)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [self.get("CustomResourceDefinition", None, c["metadata"]["name"]) or {} for c in wanted]
+            conditions = [(obj.get("status") or {}).get("conditions") or [] for obj in live]
+            if all(
+                any(c["type"] == "Established" and c["status"] == "True" for c in cs) for cs in conditions
+            ):
+                return True
+            time.sleep(0.2)
+        return False
 
     def apply_all(self, objects: Iterable[dict[str, Any]]) -> int:
         return sum(self.apply(obj) for obj in objects)

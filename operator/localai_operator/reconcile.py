@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from localai_operator import status as st
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
+from localai_operator.api.base import validation_problems
 from localai_operator.constants import (
     APP_NAME,
     GPU_RESOURCE,
@@ -36,12 +37,6 @@ POOL_LIST_TTL = 5.0
 
 def now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def problems(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
-    )
 
 
 def _gpus(node: dict[str, Any]) -> int:
@@ -154,7 +149,7 @@ class Reconciler:
             model = LLMModel.parse(body)
             file = model.spec.source.file_name()
         except ValidationError as err:
-            invalid = problems(err)
+            invalid = validation_problems(err)
         served = sorted(self.pools_serving(meta["namespace"], meta["name"]))
         new = st.model_status(invalid_message=invalid, served_by=served, file=file, previous=body.get("status"),
                               generation=meta.get("generation"), now=now())  # fmt: skip
@@ -168,7 +163,12 @@ class Reconciler:
         except ValidationError as err:
             spec = body.get("spec") or {}
             facts = st.PoolFacts(
-                meta["name"], namespace, 0, 0, list(spec.get("models") or []), invalid=problems(err)
+                meta["name"],
+                namespace,
+                0,
+                0,
+                list(spec.get("models") or []),
+                invalid=validation_problems(err),
             )
             self._write_status(
                 "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
@@ -235,7 +235,7 @@ class Reconciler:
         try:
             route = FallbackRoute.parse(body)
         except ValidationError as err:
-            facts = st.RouteFacts(meta["name"], namespace, invalid=problems(err))
+            facts = st.RouteFacts(meta["name"], namespace, invalid=validation_problems(err))
             self._write_status(
                 "FallbackRoute", body, st.route_status(facts, body.get("status"), generation, now())
             )

@@ -132,18 +132,8 @@ def _api(cluster: Cluster) -> Kube:
 
 
 def _install_crds(kube: Kube) -> None:
-    from localai_operator.api.crd import crds
-
-    for crd in crds():
-        kube.apply(crd)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        live = [kube.get("CustomResourceDefinition", None, c["metadata"]["name"]) or {} for c in crds()]
-        conditions = [(obj.get("status") or {}).get("conditions") or [] for obj in live]
-        if all(any(c["type"] == "Established" and c["status"] == "True" for c in cs) for cs in conditions):
-            return
-        time.sleep(0.2)
-    raise SystemExit("the CRDs did not become Established")
+    if not kube.install_crds():
+        raise SystemExit("the CRDs did not become Established")
 
 
 def _operator(state: DevState, cluster: Cluster) -> None:

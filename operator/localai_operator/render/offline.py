@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
+from localai_operator.api.base import validation_problems
 from localai_operator.constants import API_VERSION
 from localai_operator.render.common import RenderSettings
 from localai_operator.render.pool import pool_objects
@@ -49,7 +50,7 @@ def parse(
         try:
             parsed[cls.KIND].append(cls.parse(doc))
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            problems = validation_problems(err)
             raise ValueError(f"{source}: {cls.KIND} {name!r} is invalid: {problems}") from err
     return parsed["LLMModel"], parsed["InferencePool"], parsed["FallbackRoute"]
 
