@@ -304,6 +304,30 @@ class Cluster:
     def _all_log_tails(self) -> str:
         return "\n".join(f"--- {p.name} log:\n{self.log_tail(p.name, 15)}" for p in self.processes)
 
+    def restart_component(self, name: str, down_seconds: float, *, timeout: float = 60.0) -> None:
+        """Stops one component (SIGTERM, SIGKILL after a grace), leaves it down for `down_seconds`, starts it again
+        with the same command line and ports, and returns once it serves again (the apiserver's /readyz, the
+        others' /healthz): for tests of clients that must ride out an outage."""
+        [old] = [p for p in self.processes if p.name == name]
+        stop_groups([old], self._children)
+        self.processes.remove(old)
+        time.sleep(down_seconds)
+        detach = old.pid not in self._children
+        commands = component_commands(find_binaries(build=False), self.state_dir, self.ports)
+        self._spawn(name, commands[name], detach=detach)
+        pki = self.state_dir / "pki"
+        api = _Api.admin(self.server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+        health = {
+            "etcd": f"http://127.0.0.1:{self.ports['etcd']}/health",
+            "kube-controller-manager": f"https://127.0.0.1:{self.ports['kube-controller-manager']}/healthz",
+            "kube-scheduler": f"https://127.0.0.1:{self.ports['kube-scheduler']}/healthz",
+            "kwok": f"http://127.0.0.1:{self.ports['kwok']}/healthz",
+        }
+        serving = (
+            (lambda: api.get("/readyz")[0] == 200) if name == "kube-apiserver" else _Api.healthy(health[name])
+        )
+        self._wait(f"{name} serving again", serving, time.monotonic() + timeout)
+
 
 def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int]) -> dict[str, list[str]]:
     """The command line of each component, all state under `state_dir`, all ports on loopback."""
