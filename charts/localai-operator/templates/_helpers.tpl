@@ -79,6 +79,9 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, update, patch, delete]
 {{- end -}}
 
 {{/* Operator arguments after `run`: the namespaces to watch, ports, leader election, verbosity. */}}
