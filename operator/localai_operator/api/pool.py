@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from localai_operator.api.base import DNS_SUBDOMAIN, Condition, CustomResource, Quantity, Resources, Spec
+from localai_operator.api.kinds import INFERENCE_POOL
 
 
 class Accelerator(Spec):
@@ -124,8 +125,8 @@ class InferencePoolStatus(Spec):
 
 
 class InferencePool(CustomResource):
-    KIND: ClassVar[str] = "InferencePool"
-    PLURAL: ClassVar[str] = "inferencepools"
+    KIND: ClassVar[str] = INFERENCE_POOL.kind
+    PLURAL: ClassVar[str] = INFERENCE_POOL.plural
     SHORT_NAMES: ClassVar[list[str]] = ["ipool"]
     spec: InferencePoolSpec
     status: InferencePoolStatus | None = None

@@ -1,0 +1,133 @@
+"""The pure plan: from what the caches observed to the objects to own and the facts of the status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localai_operator import plan as pl
+from localai_operator.constants import ANNOTATION_APPLIED
+from localai_operator.render import RenderSettings
+
+SETTINGS = RenderSettings()
+
+
+def model(name: str, generation: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "LLMModel",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid", "generation": generation},
+        "spec": {"source": {"url": f"https://models.example/{name}.gguf"}},
+    }
+
+
+def pool(name: str = "p", models: tuple[str, ...] = ("m",), **spec: Any) -> dict[str, Any]:
+    return {
+        "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid", "generation": 1},
+        "spec": {"models": list(models), **spec},
+    }
+
+
+def route(name: str = "chat", pool_name: str = "p", **spec: Any) -> dict[str, Any]:
+    return {
+        "kind": "FallbackRoute",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid", "generation": 1},
+        "spec": {"primary": {"poolRef": {"name": pool_name}}, **spec},
+    }
+
+
+def pool_observed(body: dict[str, Any], models: dict[str, Any], **extra: Any) -> pl.PoolObserved:
+    return pl.PoolObserved(body=body, models=models, owned={}, unschedulable=None, gpu_nodes=(), **extra)
+
+
+def route_observed(
+    body: dict[str, Any], pools: dict[str, Any], secrets: dict[str, Any] | None = None
+) -> pl.RouteObserved:
+    names = pl.route_pool_names(body)
+    return pl.RouteObserved(body, {n: pools.get(n) for n in names}, secrets or {}, owned={})
+
+
+def test_a_pool_whose_models_all_exist_plans_its_objects_each_carrying_its_own_hash() -> None:
+    planned = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, pl.Renders())
+    assert planned.objects is not None
+    assert {o["kind"] for o in planned.objects} >= {"ConfigMap", "Deployment", "Service"}
+    assert all(ANNOTATION_APPLIED in o["metadata"]["annotations"] for o in planned.objects)
+
+
+def test_a_pool_with_a_missing_model_plans_nothing_and_names_the_model() -> None:
+    observed = pool_observed(pool(models=("m", "gone")), {"m": model("m"), "gone": None})
+    planned = pl.plan_pool(observed, SETTINGS, pl.Renders())
+    assert planned.objects is None
+    assert planned.facts.missing_models == ("gone",)
+
+
+def test_renders_are_reused_until_a_models_generation_changes() -> None:
+    renders = pl.Renders()
+    first = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
+    again = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
+    edited = pl.plan_pool(pool_observed(pool(), {"m": model("m", generation=2)}), SETTINGS, renders).objects
+    assert again is first
+    assert edited is not first
+
+
+def test_a_quantity_the_renderer_cannot_use_ends_as_an_invalid_spec_not_a_crash() -> None:
+    body = pool(resources={"requests": {"cpu": "1Ki"}})
+    planned = pl.plan_pool(pool_observed(body, {"m": model("m")}), SETTINGS, pl.Renders())
+    assert planned.objects is None and planned.facts.invalid is not None
+
+
+def test_a_gpu_pool_fits_only_nodes_matching_its_product() -> None:
+    nodes = [({"nvidia.com/gpu.product": "A100"}, 4), ({"nvidia.com/gpu.product": "H100"}, 8)]
+    body = pool(accelerator={"gpus": 2, "product": "A100"})
+    planned = pl.plan_pool(pool_observed(body, {"m": model("m")}), SETTINGS, pl.Renders())
+    assert planned.facts.largest_node_gpus == 0  # no node observed
+    observed = pl.PoolObserved(body, {"m": model("m")}, {}, None, nodes)
+    assert pl.plan_pool(observed, SETTINGS, pl.Renders()).facts.largest_node_gpus == 4
+
+
+def test_a_route_named_like_a_pool_is_refused_and_owns_nothing() -> None:
+    planned = pl.plan_route(route_observed(route("p"), {"p": pool("p")}), SETTINGS, pl.Renders())
+    assert planned.objects == ()
+    assert "another name" in (planned.facts.name_conflict or "")
+
+
+def test_a_route_named_like_a_pools_headless_service_is_refused() -> None:
+    planned = pl.plan_route(route_observed(route("p-pods"), {"p": pool("p")}), SETTINGS, pl.Renders())
+    assert planned.objects == ()
+    assert '"p-pods"' in (planned.facts.name_conflict or "")
+
+
+def test_a_route_whose_deployment_name_a_pool_has_is_refused() -> None:
+    observed = route_observed(route("chat"), {"chat-router": pool("chat-router")})
+    planned = pl.plan_route(observed, SETTINGS, pl.Renders())
+    assert planned.objects == ()
+
+
+def test_a_route_to_a_missing_pool_still_plans_its_router() -> None:
+    planned = pl.plan_route(route_observed(route("chat", "gone"), {}), SETTINGS, pl.Renders())
+    assert planned.objects and planned.facts.missing_pool == "gone"
+
+
+def test_a_route_without_its_fallback_secret_plans_nothing() -> None:
+    body = route(fallback={"apiKeySecretRef": {"name": "key", "key": "api-key"}})
+    planned = pl.plan_route(route_observed(body, {"p": pool()}), SETTINGS, pl.Renders())
+    assert planned.objects is None
+    assert '"key"' in (planned.facts.secret_problem or "")
+
+
+def test_a_rotated_key_changes_the_routers_pod_template() -> None:
+    body = route(fallback={"apiKeySecretRef": {"name": "key", "key": "api-key"}})
+
+    def template(version: str) -> Any:
+        secrets = {"key": pl.SecretInfo(version, frozenset({"api-key"}))}
+        objects = pl.plan_route(route_observed(body, {"p": pool()}, secrets), SETTINGS, pl.Renders()).objects
+        assert objects is not None
+        [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+        return deployment["spec"]["template"]
+
+    assert template("1") != template("2")
+
+
+def test_a_models_status_names_the_pools_serving_it() -> None:
+    planned = pl.plan_model(pl.ModelObserved(model("m"), served_by=("a", "b")))
+    assert planned.objects is None
+    assert (planned.facts.served_by, planned.facts.file) == (("a", "b"), "m.gguf")
