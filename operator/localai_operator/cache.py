@@ -121,6 +121,8 @@ class Cache:
     _written: dict[tuple[str, str, str], _Written] = field(default_factory=dict)
     _written_by_owner: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
     _pool_models: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    _generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    _in_flight: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
 
     def bind(self, indexes: Mapping[str, Index]) -> None:
         missing = set(INDEXES) - set(indexes)
@@ -171,14 +173,24 @@ class Cache:
     def pools_using_secret(self, namespace: str, secret: str) -> list[str]:
         return sorted(set(self._values(POOLS_BY_SECRET, (namespace, secret))))
 
-    def pool_models_changed(self, namespace: str, pool: str, models: Collection[str], gone: bool) -> set[str]:
-        """The models whose servedBy a pool's event may change: those it serves now and those it served at its
-        previous event (a model dropped from spec.models must drop the pool)."""
-        key = (namespace, pool)
-        before = self._pool_models.pop(key, frozenset()) if gone else self._pool_models.get(key, frozenset())
+    def spec_changed(self, kind: Kind, namespace: str, name: str, generation: Any, gone: bool) -> bool:
+        """True at a custom resource's first event, at a new generation (a spec edit) and at its deletion: when
+        the resources depending on it need a pass. Status writes, ours or anyone's, keep the generation."""
+        key = (kind.kind, namespace, name)
+        before = self._generations.pop(key, None) if gone else self._generations.get(key)
         if not gone:
-            self._pool_models[key] = frozenset(models)
-        return set(before) | set(models)
+            self._generations[key] = generation
+        return gone or before is None or before != generation
+
+    def pool_models_changed(self, namespace: str, pool: str, models: Collection[str], gone: bool) -> set[str]:
+        """The models whose servedBy a pool's event changes: all of them when it appears or goes, the ones added
+        to or dropped from spec.models otherwise."""
+        key = (namespace, pool)
+        before = self._pool_models.pop(key, None) if gone else self._pool_models.get(key)
+        if gone:
+            return set(before or models)
+        self._pool_models[key] = frozenset(models)
+        return set(models) if before is None else set(before) ^ set(models)
 
     # --- what the custom resources own and depend on
 
@@ -207,15 +219,32 @@ class Cache:
         return next(iter(self._values(SECRETS, (namespace, name))), None)
 
     # --- the operator's own writes
+    #
+    # A write's watch event can arrive before its response does. Events for an object while our write to it is
+    # in flight are held back and judged when the response comes: the one carrying our write's resourceVersion is
+    # its echo (nothing to do), any other is someone else's change, and the caller runs the pass again.
 
-    def wrote(self, body: dict[str, Any]) -> None:
-        """Remember what a write returned, so the next pass does not act on the watch's older copy."""
+    def writing(self, kind: str, namespace: str, name: str) -> None:
+        """A write to this object is about to be sent."""
+        self._in_flight[(kind, namespace, name)] = []
+
+    def wrote(self, body: dict[str, Any]) -> bool:
+        """Remember what a write returned, so the next pass does not act on the watch's older copy. True when an
+        event held back during the write was not its echo: the caller must run the pass again."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace", ""), meta["name"])
         self._written[key] = _Written(slim(body), self.clock())
         owner = owner_of(body)
         if owner is not None:
             self._written_by_owner.setdefault(owner[2], set()).add(key)
+        held = self._in_flight.pop(key, [])
+        if meta.get("resourceVersion") in held:
+            self.deleted(*key)  # the watch already holds this very version
+        return any(version != meta.get("resourceVersion") for version in held)
+
+    def write_failed(self, kind: str, namespace: str, name: str) -> bool:
+        """The write was refused or lost: True when events were held back meanwhile (run the pass again)."""
+        return bool(self._in_flight.pop((kind, namespace, name), []))
 
     def deleted(self, kind: str, namespace: str, name: str) -> None:
         """An object this operator deleted, or whose deletion the watch reported: forget our copy of it."""
@@ -225,10 +254,14 @@ class Cache:
             self._written_by_owner.get(owner[2], set()).discard((kind, namespace, name))
 
     def is_echo(self, body: Mapping[str, Any]) -> bool:
-        """True when a watch event only reports this operator's own write: nothing new to act on. The copy we
-        kept is dropped then, as the watch now holds the same version."""
+        """True when a watch event needs no pass: it reports this operator's own write (or is held back until
+        the write in flight says whether it does). The copy we kept is dropped once the watch caught up."""
         meta = body.get("metadata") or {}
         key = (str(body.get("kind")), str(meta.get("namespace", "")), str(meta.get("name")))
+        held = self._in_flight.get(key)
+        if held is not None:
+            held.append(str(meta.get("resourceVersion")))
+            return True
         written = self._written.get(key)
         if written is None:
             return False

@@ -99,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="hold a Lease so extra replicas stand by (lease namespace: $POD_NAMESPACE or default)",
     )
-    run.add_argument("--workers", type=int, default=8, help="passes run at once (async workers)")
+    run.add_argument("--workers", type=int, default=32, help="passes run at once (async workers)")
     run.add_argument(
-        "--api-qps", type=float, default=100.0, help="sustained API requests per second the operator may send"
+        "--api-qps", type=float, default=200.0, help="sustained API requests per second the operator may send"
     )
-    run.add_argument("--api-burst", type=int, default=200, help="API requests it may send at once")
+    run.add_argument("--api-burst", type=int, default=400, help="API requests it may send at once")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Options:
-    workers: int = 8
+    workers: int = 32
     resync_seconds: float = 60.0
     metrics_port: int = 0
 
@@ -49,6 +49,7 @@ class Controller:
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
+    last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
     active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -56,7 +57,14 @@ class Controller:
 
     @property
     def context(self) -> Context:
-        return Context(self.api, self.cache, self.renders, self.settings)
+        return Context(
+            self.api,
+            self.cache,
+            self.renders,
+            self.settings,
+            again=self.queue.add,
+            last_inputs=self.last_inputs,
+        )
 
     def enqueue(
         self, kind: str, namespace: str, names: str | list[str] | set[str], *, background: bool = False

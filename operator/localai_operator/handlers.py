@@ -45,9 +45,25 @@ def _on(kind: Kind) -> tuple[str, str]:
 # --- Kopf's settings, credentials and the controller's life -----------------------------------------------------
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf builds a diff base of every event's body (a deep copy) even when no handler needs one; only
+    on.create/on.update/on.field handlers do, and there are none here. An empty one skips that work (a fifth of
+    the operator's CPU at 1,100 objects) and, as before, stores nothing on the user's resources."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: Controller, **indexes: Any) -> None:
     settings.posting.enabled = False  # the passes record their own Events, one per Ready transition
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 5
@@ -142,21 +158,27 @@ async def secrets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -
 
 @kopf.on.event(*_on(LLM_MODEL), id="llmmodel")
 async def model_changed(
-    type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: Controller, **_: Any
+    type: str | None,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    namespace: str | None,
+    name: str,
+    memo: Controller,
+    **_: Any,
 ) -> None:
     memo.synced.set()
-    if type != DELETED and memo.cache.is_echo(body):
-        return
-    ns = _ns(namespace)
-    if type != DELETED:
+    ns, gone = _ns(namespace), type == DELETED
+    if memo.cache.spec_changed(LLM_MODEL, ns, name, meta.get("generation"), gone):
+        memo.enqueue(INFERENCE_POOL.kind, ns, set(memo.cache.served_by(ns, name)))  # they render it
+    if not gone and not memo.cache.is_echo(body):
         memo.enqueue(LLM_MODEL.kind, ns, name)
-    memo.enqueue(INFERENCE_POOL.kind, ns, set(memo.cache.served_by(ns, name)))
 
 
 @kopf.on.event(*_on(INFERENCE_POOL), id="inferencepool")
 async def pool_changed(
     type: str | None,
     body: kopf.Body,
+    meta: kopf.Meta,
     spec: kopf.Spec,
     namespace: str | None,
     name: str,
@@ -165,19 +187,17 @@ async def pool_changed(
     **_: Any,
 ) -> None:
     memo.synced.set()
-    gone = type == DELETED
-    if not gone and memo.cache.is_echo(body):
-        return
-    ns = _ns(namespace)
+    ns, gone = _ns(namespace), type == DELETED
     served = memo.cache.pool_models_changed(ns, name, spec.get("models") or [], gone)
     memo.enqueue(LLM_MODEL.kind, ns, served, background=True)  # their servedBy
+    if memo.cache.spec_changed(INFERENCE_POOL, ns, name, meta.get("generation"), gone):
+        routes = set(memo.cache.routes_using_pool(ns, name))
+        routes |= {r for r in routes_clashing_with(name) if memo.cache.get(FALLBACK_ROUTE, ns, r)}
+        memo.enqueue(FALLBACK_ROUTE.kind, ns, routes)
     if gone:
         memo.renders.forget(uid)
-    else:
+    elif not memo.cache.is_echo(body):
         memo.enqueue(INFERENCE_POOL.kind, ns, name)
-    routes = set(memo.cache.routes_using_pool(ns, name))
-    routes |= {r for r in routes_clashing_with(name) if memo.cache.get(FALLBACK_ROUTE, ns, r)}
-    memo.enqueue(FALLBACK_ROUTE.kind, ns, routes)
 
 
 @kopf.on.event(*_on(FALLBACK_ROUTE), id="fallbackroute")

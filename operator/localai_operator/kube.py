@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON = "application/json"
-# A request counter: (verb, kind, HTTP status or 0 when no response came back).
-Count = Callable[[str, str, int], None]
+# A request counter: (verb, kind, HTTP status or 0 when no response came back, seconds it took).
+Count = Callable[[str, str, int, float], None]
 
 
 class ApiError(Exception):
@@ -114,8 +114,8 @@ class Api:
         credentials: Callable[[], kopf.ConnectionInfo],
         *,
         count: Count,
-        rate: float = 100.0,
-        burst: int = 200,
+        rate: float = 200.0,
+        burst: int = 400,
         timeout: float = 30.0,
     ) -> None:
         self._credentials = credentials
@@ -156,6 +156,7 @@ class Api:
         """One request: rate-limited, counted by verb and kind; raises ApiError unless the answer is 2xx."""
         payload = None if body is None else json.dumps(body, separators=(",", ":"))
         for attempt in (1, 2):
+            started = time.monotonic()
             await self._bucket.take()
             session = self._open()
             try:
@@ -169,9 +170,9 @@ class Api:
                     text = await response.text()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError):
-                self._count(verb, kind.kind, 0)
+                self._count(verb, kind.kind, 0, time.monotonic() - started)
                 raise
-            self._count(verb, kind.kind, status)
+            self._count(verb, kind.kind, status, time.monotonic() - started)
             if status == 401 and attempt == 1:
                 await self.close()  # a rotated ServiceAccount token: log in again and retry once
                 continue

@@ -18,6 +18,7 @@ from localai_operator.leader import LeaderElector
 from localai_operator.metrics import Metrics
 from localai_operator.render import RenderSettings
 from localai_operator.render.common import content_hash
+from localai_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ class RunOptions:
     health_port: int = 8082
     verbose: bool = False
     leader_election: bool = True
-    workers: int = 8
-    api_qps: float = 100.0
-    api_burst: int = 200
+    workers: int = 32
+    api_qps: float = 200.0
+    api_burst: int = 400
 
     @property
     def watched(self) -> list[str] | None:
@@ -81,6 +82,12 @@ def controller(options: RunOptions, settings: kopf.OperatorSettings) -> Controll
         metrics=metrics,
         options=Options(workers=options.workers, resync_seconds=resync, metrics_port=options.metrics_port),
         elector=elector,
+        # A few workers at most for resyncs and derived fields (servedBy): the rest are always free for changes,
+        # and a burst of pools does not compete at the API server with a thousand servedBy updates.
+        queue=WorkQueue(
+            background_limit=max(1, options.workers // 8),
+            waited=lambda key, seconds: metrics.queue_wait.labels(key.kind).observe(seconds),
+        ),
     )
 
 

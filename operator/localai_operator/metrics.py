@@ -52,9 +52,24 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("localai_operator_queue_depth", "Keys waiting for a worker", registry=r)
+        self.queue_wait = Histogram(
+            "localai_operator_queue_wait_seconds",
+            "How long a key waited in the work queue for a worker",
+            ["kind"],
+            buckets=PASS_BUCKETS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "localai_operator_api_request_duration_seconds",
+            "API request latency as the operator saw it, rate limiting included",
+            ["verb"],
+            buckets=PASS_BUCKETS,
+            registry=r,
+        )
 
-    def count_request(self, verb: str, kind: str, code: int) -> None:
+    def count_request(self, verb: str, kind: str, code: int, seconds: float) -> None:
         self.requests.labels(verb, kind, str(code)).inc()
+        self.request_duration.labels(verb).observe(seconds)
 
     async def serve(self, port: int) -> web.AppRunner:
         """GET /metrics on `port`, in the running loop (no thread of its own)."""

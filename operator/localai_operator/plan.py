@@ -69,6 +69,29 @@ class ModelObserved:
     served_by: tuple[str, ...]
 
 
+def _version(body: Body | None) -> tuple[Any, Any] | None:
+    if body is None:
+        return None
+    meta = body.get("metadata") or {}
+    return meta.get("uid"), meta.get("resourceVersion")
+
+
+def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
+    """What a pass depends on, by identity: every input object's resourceVersion and the facts derived from the
+    caches. Equal fingerprints make equal plans and statuses, so a pass over unchanged inputs (most of a resync)
+    has nothing to do and can stop here."""
+    if isinstance(observed, ModelObserved):
+        return (_version(observed.body), observed.served_by)
+    owned = tuple(sorted((key, _version(body)) for key, body in observed.owned.items()))
+    secrets = tuple(sorted(observed.secrets.items()))
+    if isinstance(observed, RouteObserved):
+        pools = tuple(sorted((name, _version(body)) for name, body in observed.pools.items()))
+        return (_version(observed.body), pools, secrets, owned)
+    models = tuple((name, _version(body)) for name, body in observed.models.items())
+    nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
+    return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets)
+
+
 class Renders:
     """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
 

@@ -7,9 +7,10 @@ prune what is no longer planned, write the status once. A failure a user can cau
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +33,15 @@ def now() -> str:
 
 @dataclass(frozen=True)
 class Context:
-    """What a pass needs: the client, the caches, the render memo and the operator's render settings."""
+    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and a way to
+    run a pass again (when someone else changed an object while we were writing it)."""
 
     api: Api
     cache: Cache
     renders: pl.Renders
     settings: RenderSettings
+    again: Callable[[Key], None]
+    last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
     clock: Callable[[], str] = now
 
 
@@ -46,123 +50,151 @@ async def reconcile(key: Key, ctx: Context) -> str | None:
     kind = of(key.kind)
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        ctx.last_inputs.pop(key, None)
         return None  # gone or going: the garbage collector removes what it owned
-    if kind is INFERENCE_POOL:
-        return await _pool(ctx, body)
-    if kind is FALLBACK_ROUTE:
-        return await _route(ctx, body)
-    assert kind is LLM_MODEL, f"no pass for {key}"
-    return await _model(ctx, body)
+    observed = _gather(ctx.cache, kind, key, body)
+    inputs = pl.fingerprint(observed)
+    if ctx.last_inputs.get(key) == inputs:
+        return None  # the last pass saw exactly this and succeeded
+    if isinstance(observed, pl.PoolObserved):
+        error = await _pool(ctx, key, observed)
+    elif isinstance(observed, pl.RouteObserved):
+        error = await _route(ctx, key, observed)
+    else:
+        error = await _model(ctx, key, observed)
+    if error is None:
+        ctx.last_inputs[key] = inputs
+    else:
+        ctx.last_inputs.pop(key, None)
+    return error
 
 
-async def _pool(ctx: Context, body: pl.Body) -> str | None:
+def _gather(
+    cache: Cache, kind: Kind, key: Key, body: pl.Body
+) -> pl.PoolObserved | pl.RouteObserved | pl.ModelObserved:
+    """Everything a pass reads, from the caches: no API request."""
     meta, spec = body["metadata"], body.get("spec") or {}
-    namespace, name = meta["namespace"], meta["name"]
-    gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
-    observed = pl.PoolObserved(
-        body=body,
-        models={m: ctx.cache.get(LLM_MODEL, namespace, m) for m in spec.get("models") or []},
-        owned=ctx.cache.owned(meta["uid"]),
-        unschedulable=ctx.cache.unschedulable(namespace, name),
-        gpu_nodes=ctx.cache.gpu_nodes() if gpus else (),
-        secrets={s: ctx.cache.secret(namespace, s) for s in pl.pool_secret_names(body)},
-    )
+    if kind is INFERENCE_POOL:
+        gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
+        return pl.PoolObserved(
+            body=body,
+            models={m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []},
+            owned=cache.owned(meta["uid"]),
+            unschedulable=cache.unschedulable(key.namespace, key.name),
+            gpu_nodes=cache.gpu_nodes() if gpus else (),
+            secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
+        )
+    if kind is FALLBACK_ROUTE:
+        pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
+        primary = pools.get(pl.primary_pool(body) or "")
+        secrets = pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
+        return pl.RouteObserved(
+            body=body,
+            pools=pools,
+            secrets={s: cache.secret(key.namespace, s) for s in secrets},
+            owned=cache.owned(meta["uid"]),
+        )
+    assert kind is LLM_MODEL, f"no pass for {key}"
+    return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))
+
+
+async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> str | None:
     planned = pl.plan_pool(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, planned.objects, observed.owned, namespace)
+    error = await _converge(ctx, key, planned.objects, observed.owned)
     facts = dataclasses.replace(planned.facts, apply_error=error)
-    await _write_status(
-        ctx,
-        INFERENCE_POOL,
-        body,
-        st.pool_status(facts, body.get("status"), meta.get("generation"), ctx.clock()),
-    )
+    await _write_status(ctx, key, observed.body, st.pool_status(facts, *_previous(observed.body, ctx)))
     return error
 
 
-async def _route(ctx: Context, body: pl.Body) -> str | None:
-    meta = body["metadata"]
-    namespace = meta["namespace"]
-    pools = {p: ctx.cache.get(INFERENCE_POOL, namespace, p) for p in pl.route_pool_names(body)}
-    primary = pools.get(pl.primary_pool(body) or "")
-    secrets = pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
-    observed = pl.RouteObserved(
-        body=body,
-        pools=pools,
-        secrets={s: ctx.cache.secret(namespace, s) for s in secrets},
-        owned=ctx.cache.owned(meta["uid"]),
-    )
+async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> str | None:
     planned = pl.plan_route(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, planned.objects, observed.owned, namespace)
+    error = await _converge(ctx, key, planned.objects, observed.owned)
     facts = dataclasses.replace(planned.facts, apply_error=error)
-    await _write_status(
-        ctx,
-        FALLBACK_ROUTE,
-        body,
-        st.route_status(facts, body.get("status"), meta.get("generation"), ctx.clock()),
-    )
+    await _write_status(ctx, key, observed.body, st.route_status(facts, *_previous(observed.body, ctx)))
     return error
 
 
-async def _model(ctx: Context, body: pl.Body) -> str | None:
-    meta = body["metadata"]
-    observed = pl.ModelObserved(body=body, served_by=ctx.cache.served_by(meta["namespace"], meta["name"]))
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> str | None:
     planned = pl.plan_model(observed)
     await _write_status(
-        ctx,
-        LLM_MODEL,
-        body,
-        st.model_status(planned.facts, body.get("status"), meta.get("generation"), ctx.clock()),
+        ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
     )
     return None
+
+
+def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
+    """The stored status (for transition times), the generation observed, and now."""
+    return body.get("status"), body["metadata"].get("generation"), ctx.clock()
+
+
+async def _write(
+    ctx: Context, key: Key, target: tuple[str, str, str], send: Awaitable[dict[str, Any]]
+) -> None:
+    """Sends one write to `target` (kind, namespace, name) and tells the cache, which holds back the watch's
+    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change."""
+    ctx.cache.writing(*target)
+    try:
+        live = await send
+    except BaseException:
+        if ctx.cache.write_failed(*target):
+            ctx.again(key)
+        raise
+    if ctx.cache.wrote(live):
+        ctx.again(key)
 
 
 async def _converge(
-    ctx: Context, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned, namespace: str
+    ctx: Context, key: Key, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
 ) -> str | None:
-    """Server-side applies each planned object the live one does not already match, then deletes owned objects
-    no longer planned. Stops at the first refusal and returns it, naming the object and quoting the server."""
+    """Server-side applies, all at once, each planned object the live one does not already match, then deletes
+    owned objects no longer planned. Returns the first refusal in plan order, naming the object and quoting the
+    server (the Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
     if objects is None:
         return None
-    for obj in objects:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        live = owned.get((kind, name))
-        if live is not None and contains(live, obj):
-            continue
-        try:
-            ctx.cache.wrote(await ctx.api.apply(obj))
-        except ApiError as err:
-            return f"{kind} {name} was refused: {err.message}"
+    changed = [o for o in objects if not contains(owned.get((o["kind"], o["metadata"]["name"])), o)]
+    results = await asyncio.gather(
+        *(
+            _write(ctx, key, (o["kind"], key.namespace, o["metadata"]["name"]), ctx.api.apply(o))
+            for o in changed
+        ),
+        return_exceptions=True,
+    )
+    for obj, result in zip(changed, results, strict=True):
+        if isinstance(result, ApiError):
+            return f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
+        if isinstance(result, BaseException):
+            raise result
     planned = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for kind, name in sorted(set(owned) - planned):
         try:
-            await ctx.api.delete(of(kind), namespace, name)
+            await ctx.api.delete(of(kind), key.namespace, name)
         except ApiError as err:
             return f"deleting {kind} {name} was refused: {err.message}"
-        ctx.cache.deleted(kind, namespace, name)
+        ctx.cache.deleted(kind, key.namespace, name)
     return None
 
 
-async def _write_status(ctx: Context, kind: Kind, body: pl.Body, status: Spec) -> None:
+async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:
     """One status write, only if it changes something; an Event when Ready turns False or (for pools and
     routes) True."""
     patch = st.patch_of(status)
     stored = body.get("status")
     if st.unchanged(stored, patch):
         return
-    meta = body["metadata"]
+    kind = of(key.kind)
     try:
-        live = await ctx.api.patch_status(kind, meta["namespace"], meta["name"], patch)
+        send = ctx.api.patch_status(kind, key.namespace, key.name, patch)
+        await _write(ctx, key, (key.kind, key.namespace, key.name), send)
     except ApiError as err:
         if err.status == 404:
             return  # deleted meanwhile
         raise
-    ctx.cache.wrote(live)
     before, after = st.ready_of(stored), st.ready_of(patch)
     if after is None or (before is not None and before[:2] == after[:2]):
         return
     ready, reason, message = after
     if ready == "False" or (ready == "True" and kind is not LLM_MODEL):
-        involved = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta}
+        involved = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": body["metadata"]}
         await ctx.api.event(
             involved,
             type_="Warning" if ready == "False" else "Normal",

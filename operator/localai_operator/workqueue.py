@@ -3,13 +3,17 @@
 A key is queued at most once however many events name it; a key being processed is never handed to a second
 worker, and one added meanwhile comes back once the first pass is done. Failed keys return after a capped,
 jittered exponential backoff. Urgent keys (something the user or the cluster changed) go before background ones
-(resyncs, derived fields such as a model's servedBy).
+(resyncs, derived fields such as a model's servedBy). Background keys wait while urgent passes run (at most
+`patience` seconds, then one at a time) and never take more than `background_limit` workers: a resync or a
+thousand servedBy updates do not compete with a burst of new pools, at the workers or at the API server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,11 +59,22 @@ class Backoff:
 
 
 class WorkQueue:
-    def __init__(self, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        backoff: Backoff | None = None,
+        *,
+        background_limit: int = 4,
+        patience: float = 5.0,
+        waited: Callable[[Key, float], None] | None = None,
+    ) -> None:
         self.backoff = backoff or Backoff()
+        self.background_limit, self.patience = background_limit, patience
+        self._waited = waited or (lambda key, seconds: None)  # how long each key sat in the queue
+        self._since: dict[Key, float] = {}
         self._urgent: dict[Key, None] = {}  # insertion-ordered sets
         self._background: dict[Key, None] = {}
         self._processing: set[Key] = set()
+        self._processing_background: set[Key] = set()
         self._again: dict[Key, bool] = {}  # added while processing -> urgent?
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._wakeup = asyncio.Event()
@@ -81,6 +96,7 @@ class WorkQueue:
         else:
             self._background.pop(key, None)
             self._urgent[key] = None
+        self._since.setdefault(key, time.monotonic())
         self._wakeup.set()
 
     def add_after(self, key: Key, delay: float) -> None:
@@ -114,17 +130,42 @@ class WorkQueue:
         while True:
             if self._shut:
                 raise ShutDown
-            for pending in (self._urgent, self._background):
-                if pending:
-                    key = next(iter(pending))
-                    del pending[key]
-                    self._processing.add(key)
-                    return key
+            if self._urgent:
+                key = next(iter(self._urgent))
+                del self._urgent[key]
+                return self._take(key)
+            wait = self._background_wait()
+            if wait == 0:
+                key = next(iter(self._background))
+                del self._background[key]
+                self._processing_background.add(key)
+                return self._take(key)
             self._wakeup.clear()
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):  # the oldest background key ran out of patience
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+
+    def _background_wait(self) -> float | None:
+        """0 if a background key may run now, else how long until the oldest one may anyway (None: never
+        without another event)."""
+        if not self._background or len(self._processing_background) >= self.background_limit:
+            return None
+        if not self._processing - self._processing_background:
+            return 0  # no urgent pass running
+        if self._processing_background:
+            return None  # already one running past its patience; the next waits for it
+        waited = time.monotonic() - self._since.get(next(iter(self._background)), time.monotonic())
+        return max(0.0, self.patience - waited)
+
+    def _take(self, key: Key) -> Key:
+        self._processing.add(key)
+        self._waited(key, time.monotonic() - self._since.pop(key, time.monotonic()))
+        return key
 
     def done(self, key: Key) -> None:
         self._processing.discard(key)
+        self._processing_background.discard(key)
+        if self._background:
+            self._wakeup.set()  # a background key may be free to run now
         if key in self._again:
             self.add(key, background=not self._again.pop(key))
 

@@ -71,13 +71,13 @@ def test_an_apply_refused_by_a_resource_quota_is_reported_and_retried_with_backo
 ) -> None:
     quota = client.V1ResourceQuota(
         metadata=client.V1ObjectMeta(name="no-more-configmaps"),
-        spec=client.V1ResourceQuotaSpec(hard={"count/configmaps": "1"}),  # kube-root-ca.crt is the one
+        spec=client.V1ResourceQuotaSpec(hard={"configmaps": "1"}),  # kube-root-ca.crt is the one
     )
     cluster.core.create_namespaced_resource_quota(namespace, quota)
 
     def counted() -> bool:
         used = cluster.core.read_namespaced_resource_quota("no-more-configmaps", namespace).status.used
-        return bool((used or {}).get("count/configmaps") == "1")
+        return bool((used or {}).get("configmaps") == "1")
 
     wait_for(counted, 30, "the quota to count the namespace's ConfigMaps")
     crs.create(model("m"))

@@ -92,11 +92,43 @@ def test_an_object_deleted_by_hand_is_no_longer_owned() -> None:
     assert cache.owned("p-uid") == {}
 
 
-def test_a_pool_event_names_the_models_it_serves_now_and_those_it_served_before() -> None:
+def test_a_pool_event_names_the_models_whose_served_by_it_changes() -> None:
     cache = bound()
-    assert cache.pool_models_changed("ns", "p", ["a", "b"], gone=False) == {"a", "b"}
-    assert cache.pool_models_changed("ns", "p", ["b", "c"], gone=False) == {"a", "b", "c"}
+    assert cache.pool_models_changed("ns", "p", ["a", "b"], gone=False) == {"a", "b"}  # it appeared
+    assert cache.pool_models_changed("ns", "p", ["a", "b"], gone=False) == set()  # a status write
+    assert cache.pool_models_changed("ns", "p", ["b", "c"], gone=False) == {"a", "c"}
     assert cache.pool_models_changed("ns", "p", ["b", "c"], gone=True) == {"b", "c"}
+
+
+def test_dependents_are_due_at_a_first_event_a_new_generation_and_a_deletion_only() -> None:
+    cache = bound()
+    assert cache.spec_changed(INFERENCE_POOL, "ns", "p", 1, gone=False)
+    assert not cache.spec_changed(INFERENCE_POOL, "ns", "p", 1, gone=False)
+    assert cache.spec_changed(INFERENCE_POOL, "ns", "p", 2, gone=False)
+    assert cache.spec_changed(INFERENCE_POOL, "ns", "p", 2, gone=True)
+
+
+def test_the_echo_of_a_write_in_flight_is_held_back_and_dropped_when_the_response_comes() -> None:
+    cache = bound()
+    cache.writing("InferencePool", "ns", "p")
+    assert cache.is_echo(obj("InferencePool", "p", "11"))  # held: the response will say
+    assert not cache.wrote(obj("InferencePool", "p", "11"))  # it was our own: no pass needed
+
+
+def test_someone_elses_change_during_our_write_asks_for_another_pass() -> None:
+    cache = bound()
+    cache.writing("InferencePool", "ns", "p")
+    assert cache.is_echo(obj("InferencePool", "p", "11"))
+    assert cache.wrote(obj("InferencePool", "p", "12"))
+
+
+def test_a_refused_write_with_events_meanwhile_asks_for_another_pass() -> None:
+    cache = bound()
+    cache.writing("ConfigMap", "ns", "p-models")
+    assert not cache.write_failed("ConfigMap", "ns", "p-models")
+    cache.writing("ConfigMap", "ns", "p-models")
+    cache.is_echo(obj("ConfigMap", "p-models", "3"))
+    assert cache.write_failed("ConfigMap", "ns", "p-models")
 
 
 def test_gpu_capacity_is_read_per_node_label_set() -> None:

@@ -131,3 +131,13 @@ def test_a_models_status_names_the_pools_serving_it() -> None:
     planned = pl.plan_model(pl.ModelObserved(model("m"), served_by=("a", "b")))
     assert planned.objects is None
     assert (planned.facts.served_by, planned.facts.file) == (("a", "b"), "m.gguf")
+
+
+def test_a_pass_over_unchanged_inputs_is_recognised_and_any_new_version_is_not() -> None:
+    def observed(model_version: str) -> pl.PoolObserved:
+        m = model("m")
+        m["metadata"]["resourceVersion"] = model_version
+        return pool_observed(pool(), {"m": m})
+
+    assert pl.fingerprint(observed("1")) == pl.fingerprint(observed("1"))
+    assert pl.fingerprint(observed("1")) != pl.fingerprint(observed("2"))

@@ -44,6 +44,33 @@ async def test_an_urgent_add_promotes_a_background_key() -> None:
     assert await drain(queue) == [A, C]
 
 
+async def test_background_keys_leave_workers_free_for_urgent_ones() -> None:
+    queue = WorkQueue(background_limit=1)
+    queue.add(B, background=True)
+    queue.add(C, background=True)
+    first = await queue.get()
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the second background key waits for the first to be done
+    queue.add(A)
+    urgent = await asyncio.wait_for(waiting, timeout=1)
+    assert urgent == A
+    queue.done(first)
+    queue.done(urgent)
+    assert await asyncio.wait_for(queue.get(), timeout=1) == C
+
+
+async def test_background_keys_yield_to_urgent_passes_until_their_patience_runs_out() -> None:
+    queue = WorkQueue(patience=0.2)
+    queue.add(A)
+    urgent = await queue.get()
+    queue.add(C, background=True)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(queue.get(), timeout=2) == C  # while A's pass still runs
+    assert asyncio.get_running_loop().time() - started >= 0.15
+    queue.done(urgent)
+
+
 async def test_a_key_in_flight_is_not_handed_out_again_until_done_and_then_comes_back_once() -> None:
     queue = WorkQueue()
     queue.add(A)
