@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import kopf
 
-from localai_operator import handlers  # noqa: F401  (registers the handlers with Kopf)
+from localai_operator import (
+    handlers,  # noqa: F401  (registers the handlers with Kopf)
+    startgate,
+)
 from localai_operator.controller import Controller, Options
 from localai_operator.kube import Api, login
 from localai_operator.leader import LeaderElector
@@ -33,7 +36,7 @@ class RunOptions:
     health_port: int = 8082
     verbose: bool = False
     leader_election: bool = True
-    workers: int = 32
+    workers: int = 64
     api_qps: float = 200.0
     api_burst: int = 400
 
@@ -98,6 +101,7 @@ def run(options: RunOptions) -> int:
         # Kopf's per-event lines and the liveness probe's access log are noise at INFO.
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    startgate.make_linear()
     settings = kopf.OperatorSettings()
     watched = options.watched
     operator = kopf.operator(
