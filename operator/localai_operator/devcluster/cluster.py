@@ -37,7 +37,8 @@ from localai_operator.devcluster.process import (
 )
 
 STATE_FILE: Final = "state.json"
-SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
+# Room for thousands of Services (the operator benchmark makes 2,000 at its large size); 10.0.0.1 stays first.
+SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/16"
 SERVICE_ACCOUNT_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 POD_CIDR: Final = "10.244.0.1/16"
 # kwok leaves pods carrying this annotation alone, so a test can write a pod status itself (e.g. a crash loop).
