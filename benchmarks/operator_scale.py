@@ -600,6 +600,16 @@ def measure_peer(
     return figures
 
 
+def namespace_exists(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespace(name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
 def ratio(ours: float | None, peer: float | None) -> str:
     if ours is None or peer is None:
         return "-"
@@ -770,10 +780,16 @@ def main() -> int:
         core = client.CoreV1Api(api)
         for name in namespaces.values():
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        # The peer first: whatever the first run leaves in the cluster (pods, etcd size) weighs on ours.
+        # The peer first; its namespace is then deleted and gone before ours starts, so its pods and Services
+        # (ClusterIPs) weigh on neither run. What stays (etcd's history) weighs on ours.
         print("peer ...", flush=True)
         peer = measure_peer(api, kubeconfig, namespaces["peer"], args, logs)
-        print("ours ...", flush=True)
+        started = time.monotonic()
+        core.delete_namespace(namespaces["peer"])
+        wait_for(
+            lambda: not namespace_exists(core, namespaces["peer"]), args.timeout, "the peer's namespace to go"
+        )
+        print(f"peer's namespace deleted in {time.monotonic() - started:.0f} s; ours ...", flush=True)
         ours = measure_ours(api, kubeconfig, namespaces["ours"], args, logs)
         report(ours, peer, args)
     finally:

@@ -14,35 +14,25 @@ from typing import Any
 
 from localai_operator.api.kinds import Kind
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
-from localai_operator.plan import Body, SecretInfo
+from localai_operator.plan import Body, SecretInfo, pool_secret_names, primary_pool, route_secret_names
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
 
-# Index names: the ids of the @kopf.index handlers, and the kwargs Kopf passes them to handlers under.
-MODELS = "models"  # (namespace, name) -> the LLMModel
-POOLS = "pools"  # (namespace, name) -> the InferencePool
-ROUTES = "routes"  # (namespace, name) -> the FallbackRoute
-POOLS_BY_MODEL = "pools_by_model"  # (namespace, model) -> names of the pools serving it
-ROUTES_BY_POOL = "routes_by_pool"  # (namespace, pool) -> names of the routes whose primary it is
-ROUTES_BY_SECRET = "routes_by_secret"  # (namespace, secret) -> names of the routes reading it
-POOLS_BY_SECRET = "pools_by_secret"  # (namespace, secret) -> names of the pools reading it
+# Index names: the ids of the @kopf.index handlers, and the kwargs Kopf passes them to handlers under. One index
+# per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,
+# under keys tagged with what they are.
+MODELS = "models"  # ("model", namespace, name) -> the LLMModel
+POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model"|"secret", ns, name) -> pools naming it
+ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool"|"secret", ns, name) -> routes naming it
 OWNED = "owned"  # owner uid -> the objects it controls (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
 SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
-INDEXES = (
-    MODELS,
-    POOLS,
-    ROUTES,
-    POOLS_BY_MODEL,
-    ROUTES_BY_POOL,
-    ROUTES_BY_SECRET,
-    POOLS_BY_SECRET,
-    OWNED,
-    UNSCHEDULABLE,
-    GPU_NODES,
-    SECRETS,
-)
-INDEX_OF = {"LLMModel": MODELS, "InferencePool": POOLS, "FallbackRoute": ROUTES}
+INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS)
+INDEX_OF = {
+    "LLMModel": (MODELS, "model"),
+    "InferencePool": (POOLS, "pool"),
+    "FallbackRoute": (ROUTES, "route"),
+}
 
 # How long an object this operator wrote stands in for the watch's copy: far above the watch's delay, and short
 # enough that nothing stale outlives an outage of the watch.
@@ -58,6 +48,26 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     """A watched object without its managedFields, which are large and never read."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     return {**body, "metadata": meta}
+
+
+def model_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
+    return {("model", namespace, name): slim(body)}
+
+
+def pool_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
+    entries: dict[Any, Any] = {("pool", namespace, name): slim(body)}
+    entries.update({("model", namespace, str(m)): name for m in (body.get("spec") or {}).get("models") or []})
+    entries.update({("secret", namespace, s): name for s in pool_secret_names(body)})
+    return entries
+
+
+def route_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
+    entries: dict[Any, Any] = {("route", namespace, name): slim(body)}
+    pool = primary_pool(body)
+    if pool:
+        entries[("pool", namespace, pool)] = name
+    entries.update({("secret", namespace, s): name for s in route_secret_names(body)})
+    return entries
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
@@ -138,7 +148,8 @@ class Cache:
 
     def get(self, kind: Kind, namespace: str, name: str) -> Body | None:
         """The custom resource as last seen, or as this operator last wrote it if that is newer."""
-        values = list(self._values(INDEX_OF[kind.kind], (namespace, name)))
+        index, tag = INDEX_OF[kind.kind]
+        values = list(self._values(index, (tag, namespace, name)))
         if not values:
             return None
         seen: Body = values[-1]
@@ -150,28 +161,30 @@ class Cache:
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""
-        return list(self.indexes.get(INDEX_OF[kind.kind], {}))
+        index, tag = INDEX_OF[kind.kind]
+        return [(key[1], key[2]) for key in self.indexes.get(index, {}) if key[0] == tag]
 
     def gpu_pools(self) -> list[tuple[str, str]]:
         """(namespace, name) of the pools asking for GPUs: those a GPU node's arrival or departure concerns."""
         index = self.indexes.get(POOLS, {})
         return [
-            key
+            (key[1], key[2])
             for key in index
-            if any(((p.get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
+            if key[0] == "pool"
+            and any(((p.get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
         ]
 
     def served_by(self, namespace: str, model: str) -> tuple[str, ...]:
-        return tuple(sorted(set(self._values(POOLS_BY_MODEL, (namespace, model)))))
+        return tuple(sorted(set(self._values(POOLS, ("model", namespace, model)))))
 
     def routes_using_pool(self, namespace: str, pool: str) -> list[str]:
-        return sorted(set(self._values(ROUTES_BY_POOL, (namespace, pool))))
+        return sorted(set(self._values(ROUTES, ("pool", namespace, pool))))
 
     def routes_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(ROUTES_BY_SECRET, (namespace, secret))))
+        return sorted(set(self._values(ROUTES, ("secret", namespace, secret))))
 
     def pools_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(POOLS_BY_SECRET, (namespace, secret))))
+        return sorted(set(self._values(POOLS, ("secret", namespace, secret))))
 
     def spec_changed(self, kind: Kind, namespace: str, name: str, generation: Any, gone: bool) -> bool:
         """True at a custom resource's first event, at a new generation (a spec edit) and at its deletion: when

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="hold a Lease so extra replicas stand by (lease namespace: $POD_NAMESPACE or default)",
     )
-    run.add_argument("--workers", type=int, default=32, help="passes run at once (async workers)")
+    run.add_argument("--workers", type=int, default=64, help="passes run at once (async workers)")
     run.add_argument(
         "--api-qps", type=float, default=200.0, help="sustained API requests per second the operator may send"
     )

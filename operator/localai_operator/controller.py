@@ -8,6 +8,7 @@ Workers wait until Kopf has indexed everything once, and pass nothing while anot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Options:
-    workers: int = 32
+    workers: int = 64
     resync_seconds: float = 60.0
     metrics_port: int = 0
 
@@ -104,7 +105,9 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.elector is not None:
-            await self.elector.release()
+            # Within a second of SIGTERM: a standby that misses the hand-back waits for the Lease to expire.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.elector.release(), timeout=0.5)
         self.metrics.leader.set(0)
         for runner in self._servers:
             await runner.cleanup()

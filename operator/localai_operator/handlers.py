@@ -14,6 +14,7 @@ import kopf
 
 from localai_operator import cache
 from localai_operator.api.kinds import (
+    DEPLOYMENT,
     FALLBACK_ROUTE,
     INFERENCE_POOL,
     LLM_MODEL,
@@ -22,11 +23,12 @@ from localai_operator.api.kinds import (
     POD,
     SECRET,
     Kind,
+    of,
 )
 from localai_operator.constants import APP_NAME, LABEL_MANAGED_BY
 from localai_operator.controller import Controller
 from localai_operator.kube import login as kube_login
-from localai_operator.plan import pool_secret_names, primary_pool, route_secret_names, routes_clashing_with
+from localai_operator.plan import routes_clashing_with
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
 DELETED = "DELETED"
@@ -70,9 +72,11 @@ async def start(settings: kopf.OperatorSettings, memo: Controller, **indexes: An
     settings.networking.request_timeout = 30
     # A restarted API server is reached again within seconds, never with a retry storm.
     settings.networking.error_backoffs = [0.5, 1, 2, 3, 5, *[5] * 60]
-    # Owned objects and pods are watched only if they carry our managed-by label: the API server filters.
+    # Owned objects and pods are watched only if they carry our managed-by label, and pods only while Pending
+    # (the only phase in which they can be unschedulable): the API server filters.
     for kind in (*OWNED, POD):
         settings.watching.label_selectors[_on(kind)] = MANAGED
+    settings.watching.field_selectors[_on(POD)] = "status.phase=Pending"
     await memo.start({name: indexes[name] for name in cache.INDEXES})
 
 
@@ -93,38 +97,17 @@ async def stop(memo: Controller, **_: Any) -> None:
 
 @kopf.index(*_on(LLM_MODEL), id=cache.MODELS)
 async def models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): cache.slim(body)}
+    return cache.model_entries(_ns(namespace), name, body)
 
 
 @kopf.index(*_on(INFERENCE_POOL), id=cache.POOLS)
 async def pools(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): cache.slim(body)}
-
-
-@kopf.index(*_on(INFERENCE_POOL), id=cache.POOLS_BY_MODEL)
-async def pools_by_model(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    return {(namespace, str(model)): name for model in spec.get("models") or []}
+    return cache.pool_entries(_ns(namespace), name, body)
 
 
 @kopf.index(*_on(FALLBACK_ROUTE), id=cache.ROUTES)
 async def routes(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): cache.slim(body)}
-
-
-@kopf.index(*_on(FALLBACK_ROUTE), id=cache.ROUTES_BY_POOL)
-async def routes_by_pool(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    pool = primary_pool(body)
-    return {(namespace, pool): name} if pool else {}
-
-
-@kopf.index(*_on(FALLBACK_ROUTE), id=cache.ROUTES_BY_SECRET)
-async def routes_by_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, secret): name for secret in route_secret_names(body)}
-
-
-@kopf.index(*_on(INFERENCE_POOL), id=cache.POOLS_BY_SECRET)
-async def pools_by_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, secret): name for secret in pool_secret_names(body)}
+    return cache.route_entries(_ns(namespace), name, body)
 
 
 async def owned(body: kopf.Body, **_: Any) -> dict[Any, Any]:
@@ -212,18 +195,22 @@ async def route_changed(
 
 
 async def owned_changed(
-    type: str | None, body: kopf.Body, namespace: str | None, memo: Controller, **_: Any
+    type: str | None, body: kopf.Body, meta: kopf.Meta, namespace: str | None, memo: Controller, **_: Any
 ) -> None:
-    """An owned object changed or went away (by hand, by another controller): its owner's pass repairs it."""
+    """An owned object changed or went away (by hand, by another controller): its owner's pass repairs it at
+    once. A Deployment's status moving along a rollout only feeds the owner's status: that pass waits behind
+    urgent ones."""
     memo.synced.set()
-    ns = _ns(namespace)
-    if type == DELETED:
-        memo.cache.deleted(body["kind"], ns, body["metadata"]["name"])
+    ns, name, gone = _ns(namespace), body["metadata"]["name"], type == DELETED
+    kind = of(body["kind"])
+    rollout = kind is DEPLOYMENT and not memo.cache.spec_changed(kind, ns, name, meta.get("generation"), gone)
+    if gone:
+        memo.cache.deleted(kind.kind, ns, name)
     elif memo.cache.is_echo(body):
         return
     owner = cache.owner_of(body)
     if owner is not None:
-        memo.enqueue(owner[0], ns, owner[1])
+        memo.enqueue(owner[0], ns, owner[1], background=rollout)
 
 
 for _kind in OWNED:

@@ -130,7 +130,7 @@ class Api:
             info = self._credentials()
             self._server = info.server.rstrip("/")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=64),
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=128, keepalive_timeout=60),
                 headers={**info.as_http_headers(), "User-Agent": f"{APP_NAME}/controller"},
                 timeout=self._timeout,
                 trust_env=info.trust_env,

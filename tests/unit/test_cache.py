@@ -37,16 +37,16 @@ def bound(clock: Clock | None = None, **indexes: dict[Any, list[Any]]) -> Cache:
 
 
 def test_a_status_write_newer_than_the_watch_copy_is_what_the_next_pass_sees() -> None:
-    cache = bound(pools={("ns", "p"): [obj("InferencePool", "p", "10")]})
+    cache = bound(pools={("pool", "ns", "p"): [obj("InferencePool", "p", "10")]})
     cache.wrote(obj("InferencePool", "p", "11", generation=1))
     assert cache.get(INFERENCE_POOL, "ns", "p")["metadata"]["resourceVersion"] == "11"
 
 
 def test_the_watch_copy_wins_once_it_is_as_new_as_our_write() -> None:
-    pools = {("ns", "p"): [obj("InferencePool", "p", "10")]}
+    pools = {("pool", "ns", "p"): [obj("InferencePool", "p", "10")]}
     cache = bound(pools=pools)
     cache.wrote(obj("InferencePool", "p", "11"))
-    pools[("ns", "p")] = [obj("InferencePool", "p", "12", labels={"new": "yes"})]
+    pools[("pool", "ns", "p")] = [obj("InferencePool", "p", "12", labels={"new": "yes"})]
     assert cache.get(INFERENCE_POOL, "ns", "p")["metadata"]["labels"] == {"new": "yes"}
 
 
