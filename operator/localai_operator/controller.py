@@ -137,9 +137,8 @@ class Controller:
                 key = await self.queue.get()
             except ShutDown:
                 return
-            if (
-                not self.active.is_set()
-            ):  # the Lease was lost while waiting: the key waits for the next leader
+            if not self.active.is_set():
+                # The Lease was lost while this worker waited: the key waits for the next leader.
                 self.queue.done(key)
                 self.queue.add(key)
                 continue
