@@ -11,9 +11,9 @@ thousand servedBy updates do not compete with a burst of new pools, at the worke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,7 +77,8 @@ class WorkQueue:
         self._processing_background: set[Key] = set()
         self._again: dict[Key, bool] = {}  # added while processing -> urgent?
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
-        self._wakeup = asyncio.Event()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._patience: asyncio.TimerHandle | None = None
         self._shut = False
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class WorkQueue:
             self._background.pop(key, None)
             self._urgent[key] = None
         self._since.setdefault(key, time.monotonic())
-        self._wakeup.set()
+        self._wake_one()
 
     def add_after(self, key: Key, delay: float) -> None:
         """Adds `key` in `delay` seconds (as urgent), unless an earlier add of it is already scheduled."""
@@ -127,6 +128,7 @@ class WorkQueue:
         self.backoff.forget(key)
 
     async def get(self) -> Key:
+        loop = asyncio.get_running_loop()
         while True:
             if self._shut:
                 raise ShutDown
@@ -140,9 +142,27 @@ class WorkQueue:
                 del self._background[key]
                 self._processing_background.add(key)
                 return self._take(key)
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):  # the oldest background key ran out of patience
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            if wait is not None and self._patience is None:
+                self._patience = loop.call_later(wait, self._out_of_patience)
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _wake_one(self) -> None:
+        """One waiting worker, not all of them: every wakeup costs a look at the queue."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _out_of_patience(self) -> None:
+        self._patience = None
+        self._wake_one()
 
     def _background_wait(self) -> float | None:
         """0 if a background key may run now, else how long until the oldest one may anyway (None: never
@@ -158,20 +178,25 @@ class WorkQueue:
 
     def _take(self, key: Key) -> Key:
         self._processing.add(key)
+        if self._urgent or self._background_wait() == 0:
+            self._wake_one()  # more to do: pass the wakeup on
         self._waited(key, time.monotonic() - self._since.pop(key, time.monotonic()))
         return key
 
     def done(self, key: Key) -> None:
         self._processing.discard(key)
         self._processing_background.discard(key)
-        if self._background:
-            self._wakeup.set()  # a background key may be free to run now
         if key in self._again:
             self.add(key, background=not self._again.pop(key))
+        elif self._urgent or self._background_wait() == 0:
+            self._wake_one()  # a waiting background key may run now
 
     def shutdown(self) -> None:
         self._shut = True
         for _, timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        self._wakeup.set()
+        if self._patience is not None:
+            self._patience.cancel()
+        while self._waiters:
+            self._wake_one()

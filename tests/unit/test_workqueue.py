@@ -117,3 +117,13 @@ async def test_shutdown_wakes_waiting_workers() -> None:
     queue.shutdown()
     with pytest.raises(ShutDown):
         await asyncio.wait_for(waiting, timeout=1)
+
+
+async def test_waiting_workers_all_get_work_when_a_batch_arrives() -> None:
+    queue = WorkQueue(background_limit=4)
+    workers = [asyncio.ensure_future(queue.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    for key in (A, B, C):
+        queue.add(key, background=True)
+    done, _ = await asyncio.wait(workers, timeout=1)
+    assert {task.result() for task in done} == {A, B, C}
