@@ -30,8 +30,13 @@ def _constraints(node: dict[str, Any]) -> str:
     parts = []
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
-    for key, label in (("minimum", ">="), ("maximum", "<="), ("minItems", "items >="), ("maxItems", "items <="),
-                       ("maxLength", "length <=")):  # fmt: skip
+    for key, label in (
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("minItems", "items >="),
+        ("maxItems", "items <="),
+        ("maxLength", "length <="),
+    ):
         if key in node:
             parts.append(f"{label} {node[key]}")
     if node.get("pattern") == QUANTITY:
