@@ -755,6 +755,8 @@ def main() -> int:
     args = parser.parse_args()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="operator-scale-"))
     logs.mkdir(parents=True, exist_ok=True)
+    if any(logs.iterdir()):  # the operators append to their logs: an old run's lines would be counted
+        parser.error(f"--logs {logs} is not empty")
     print(f"logs: {logs}", flush=True)
 
     cluster: Cluster | None = None

@@ -44,9 +44,16 @@ Index = Mapping[Any, Collection[Any]]  # what kopf.Index is, as far as reading g
 # --- what the indexes hold -----------------------------------------------------------------------------------------
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A watched object without its managedFields, which are large and never read."""
+    """A watched object without what is large and never read: its managedFields, and the copy of the whole
+    object that `kubectl apply` keeps in an annotation."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations") or {}
+    if LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     return {**body, "metadata": meta}
 
 

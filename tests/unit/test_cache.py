@@ -155,3 +155,10 @@ def test_router_pods_are_not_pool_pods() -> None:
     assert c.pool_of_pod({"metadata": {"labels": labels}}) is None
     labels["app.kubernetes.io/component"] = "inference-server"
     assert c.pool_of_pod({"metadata": {"labels": labels}}) == "chat"
+
+
+def test_the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object() -> None:
+    annotations = {c.LAST_APPLIED: "{...}", "team": "search"}
+    body = obj("LLMModel", "m", "1", managedFields=[{"manager": "kubectl"}], annotations=annotations)
+    kept = c.slim(body)["metadata"]
+    assert "managedFields" not in kept and kept["annotations"] == {"team": "search"}
