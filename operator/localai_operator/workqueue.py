@@ -3,9 +3,10 @@
 A key is queued at most once however many events name it; a key being processed is never handed to a second
 worker, and one added meanwhile comes back once the first pass is done. Failed keys return after a capped,
 jittered exponential backoff. Urgent keys (something the user or the cluster changed) go before background ones
-(resyncs, derived fields such as a model's servedBy). Background keys wait while urgent passes run (at most
-`patience` seconds, then one at a time) and never take more than `background_limit` workers: a resync or a
-thousand servedBy updates do not compete with a burst of new pools, at the workers or at the API server.
+(resyncs, derived fields such as a model's servedBy, a Deployment's rollout). Background keys wait while urgent
+passes run (the oldest at most `patience` seconds) and never take more than `background_limit` workers: a
+resync or a thousand servedBy updates do not compete with a burst of new pools, at the workers or at the API
+server, and are not starved by it either.
 """
 
 from __future__ import annotations
@@ -171,8 +172,6 @@ class WorkQueue:
             return None
         if not self._processing - self._processing_background:
             return 0  # no urgent pass running
-        if self._processing_background:
-            return None  # already one running past its patience; the next waits for it
         waited = time.monotonic() - self._since.get(next(iter(self._background)), time.monotonic())
         return max(0.0, self.patience - waited)
 
