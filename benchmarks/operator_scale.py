@@ -710,7 +710,11 @@ def report(ours: Figures, peer: Figures, args: argparse.Namespace) -> None:
             ms(ours.to_deployment, 0.5) <= ms(peer.to_deployment, 0.5),
         ),
         ("create -> Deployment p99 <= 1 s", ms(ours.to_deployment, 0.99) <= 1000),
-        (f"{args.models} models + {args.pools} pools all Ready <= 30 s", all_ready <= 30),
+        (f"{args.models} models + {args.pools} pools all Ready <= 30 s, both phases added", all_ready <= 30),
+        (
+            f"{args.pools} pools Ready <= 30 s after their first create, the models in place",
+            (ours.pools_ready or 1e9) <= 30,
+        ),
         ("RSS <= 150 MiB (peak)", ours.peak_rss_mib <= 150),
         ("CPU seconds <= 1.5x the peer's", ours.cpu_seconds <= 1.5 * peer.cpu_seconds),
         ("SIGTERM -> exit <= 1 s", ours.stop_seconds <= 1.0),
