@@ -3,6 +3,7 @@ with kwok's fake GPU nodes, no Docker."""
 
 from localai_operator.devcluster.binaries import Binaries, BinariesError, find
 from localai_operator.devcluster.cluster import Cluster, ClusterError
+from localai_operator.devcluster.images import Image, ImageError
 from localai_operator.devcluster.nodes import (
     GPU_TAINT,
     GPU_TOLERATION,
@@ -20,6 +21,8 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "FakeNode",
+    "Image",
+    "ImageError",
     "cpu_node",
     "default_nodes",
     "find",
