@@ -191,7 +191,7 @@ class LLMModelSpec(Spec):
         default=False,
         description="Make this an embedding model serving /v1/embeddings (LocalAI embeddings: true). The llama-cpp "
         "backend then refuses chat and completion requests to it: for both, declare a second LLMModel with the "
-        "same source.",
+        "same source. An input is embedded in one batch: set batch to the longest input in tokens.",
     )
     mmproj: ModelSource | None = Field(
         default=None,

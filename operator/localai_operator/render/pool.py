@@ -409,7 +409,7 @@ def _localai_security(pool: InferencePool, models: list[LLMModel]) -> dict[str, 
         # core/application/startup.go at v4.9.0).
         return {**security, "runAsNonRoot": True, "runAsUser": pool.spec.run_as_user, "runAsGroup": FETCH_UID}
     if any(m.spec.mlock for m in models):
-        # As root with every capability dropped, mlock is capped by RLIMIT_MEMLOCK (8 MiB by default) and llama.cpp
+        # As root with every capability dropped, mlock is capped by RLIMIT_MEMLOCK (a few MiB by default) and llama.cpp
         # only warns; with CAP_IPC_LOCK no limit applies (mlock(2)). Locked pages count against the memory limit.
         security["capabilities"] = {"drop": ["ALL"], "add": ["IPC_LOCK"]}
     # LocalAI's images run as root (no USER in its Dockerfile): no runAsNonRoot unless spec.runAsUser.
