@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "manifests" / "samples"
 SHA = "b" * 64
 OTHER_SHA = "c" * 64
+# LOCALAI_* variables of `local-ai run` at v4.9.0 that the pool may set, each checked against the kong `env:` tags of
+# core/cli/run.go and core/cli/context (LOG_LEVEL): a name missing there is silently ignored by LocalAI.
+LOCALAI_RUN_ENV = {f"LOCALAI_{name}" for name in (
+    "ADDRESS", "MODELS_PATH", "BACKENDS_PATH", "DATA_PATH", "CONFIG_DIR", "THREADS", "LOG_LEVEL", "BACKEND_GALLERIES",
+    "AUTOLOAD_BACKEND_GALLERIES", "GALLERIES", "AUTOLOAD_GALLERIES", "DISABLE_GALLERY_ENDPOINT", "DISABLE_WEBUI",
+    "DISABLE_RUNTIME_SETTINGS", "DISABLE_AGENTS", "DISABLE_ASSISTANT", "DISABLE_MCP", "EXTERNAL_BACKENDS",
+    "MAX_ACTIVE_BACKENDS", "LOAD_TO_MEMORY", "API_KEY", "ALLOW_INSECURE_PUBLIC_BIND",
+)}  # fmt: skip
 
 
 def model(name: str = "mistral", file: str | None = None, **spec: Any) -> LLMModel:
@@ -144,6 +152,12 @@ def test_without_storage_the_backends_are_an_empty_dir_downloaded_at_the_pinned_
     objects = render()
     assert mounts(objects)["/backends"]["name"] == "backends"
     assert {"name": "backends", "emptyDir": {}} in pod(objects)["volumes"]
+
+
+def test_every_localai_variable_a_pool_sets_is_one_localai_v4_9_0_reads() -> None:
+    for p in (pool(maxActiveBackends=2, apiKeySecretRef={"name": "k", "key": "k"}), pool(gpus=0)):
+        names = {name for name in env(render(p)) if name.startswith("LOCALAI_")}
+        assert names <= LOCALAI_RUN_ENV, names - LOCALAI_RUN_ENV
 
 
 # --- air-gapped ----------------------------------------------------------------------------------------------------
