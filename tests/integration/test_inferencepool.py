@@ -3,6 +3,9 @@ NetworkPolicy in front of LocalAI, models that cannot share a directory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import yaml
 from kubernetes import client
@@ -18,13 +21,18 @@ pytestmark = pytest.mark.cluster
 T = 60
 
 
-def _deployment(cluster: ClusterAccess, namespace: str, name: str) -> object | None:
+def _or_none(read: Callable[[str, str], Any], namespace: str, name: str) -> Any:
+    """The object `read(name, namespace)` returns, or None when it does not exist."""
     try:
-        return cluster.apps.read_namespaced_deployment(name, namespace)
+        return read(name, namespace)
     except ApiException as err:
         if err.status == 404:
             return None
         raise
+
+
+def _deployment(cluster: ClusterAccess, namespace: str, name: str) -> Any:
+    return _or_none(cluster.apps.read_namespaced_deployment, namespace, name)
 
 
 def test_a_gpu_pool_gets_gpu_limits_scheduled_pods_and_becomes_ready(
@@ -132,13 +140,8 @@ def test_models_report_the_pools_that_serve_them(crs: CustomResources) -> None:
              "m1.status.servedBy == [p1, p2]")  # fmt: skip
 
 
-def _network_policy(cluster: ClusterAccess, namespace: str, name: str) -> object | None:
-    try:
-        return client.NetworkingV1Api(cluster.api).read_namespaced_network_policy(name, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
+def _network_policy(cluster: ClusterAccess, namespace: str, name: str) -> Any:
+    return _or_none(client.NetworkingV1Api(cluster.api).read_namespaced_network_policy, namespace, name)
 
 
 def test_each_pool_gets_a_network_policy_that_admits_its_namespaces_routers_to_port_8080(
