@@ -42,7 +42,8 @@ def test_the_released_chart_installs_the_released_image_by_default(released: tup
     container = _operator_container(list(yaml.safe_load_all(rendered)))
     assert container["image"] == f"{IMAGE}:{VERSION}"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["LOCALAI_OPERATOR_IMAGE"] == f"{IMAGE}:{VERSION}", "routers and init containers use it too"
+    assert env["LOCALAI_OPERATOR_IMAGE"] == f"{IMAGE}:{VERSION}", "the routers use it too"
+    assert env["LOCALAI_OPERATOR_DOWNLOADER_IMAGE"].startswith(f"{IMAGE}:"), "and the pools' init containers"
 
 
 def test_the_released_chart_carries_the_release_version(released: tuple[Path, Path]) -> None:
