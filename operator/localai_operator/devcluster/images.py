@@ -246,8 +246,10 @@ class _Builder:
                 SUITE,
                 str(partial),
             ]
+            started = time.monotonic()
             self._run([*argv, *mirror], what=f"mmdebstrap for the {base.name} base")
             partial.replace(tarball)
+            _log(f"base {base.name!r} made in {time.monotonic() - started:.0f} s ({tarball})")
         container = self._buildah(["from", "scratch"], capture=True).stdout.strip()
         try:
             self._buildah(["add", container, str(tarball), "/"])
