@@ -49,7 +49,7 @@ import yaml
 from aiohttp import web
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
-from localai_operator.router.standins import Behaviour, cloud_standin, local_standin
+from localai_operator.testing.standins import Behaviour, cloud_standin, local_standin
 
 HOST = "127.0.0.1"
 API_KEY = "sk-bench-cloud-key"

@@ -103,6 +103,18 @@ def service(pool: InferencePool) -> dict[str, Any]:
     return http_service(pool, pool.name, name=APP, component=COMPONENT, port=LOCALAI_PORT)
 
 
+def pods_service_name(pool_name: str) -> str:
+    return f"{pool_name}-pods"
+
+
+def pods_service(pool: InferencePool) -> dict[str, Any]:
+    """A headless Service: its DNS name resolves to one address per ready pod, which is how a route's
+    router balances over the pool's pods and keeps one breaker per pod without any API access."""
+    obj = http_service(pool, pods_service_name(pool.name), name=APP, component=COMPONENT, port=LOCALAI_PORT)
+    obj["spec"] |= {"clusterIP": "None", "publishNotReadyAddresses": False}
+    return obj
+
+
 def persistent_volume_claim(pool: InferencePool) -> dict[str, Any] | None:
     storage = pool.spec.storage
     if storage is None:
@@ -304,5 +316,5 @@ def pool_objects(
     settings = settings or RenderSettings()
     served = [models[name] for name in pool.spec.models]
     objects = [config_map(pool, served), persistent_volume_claim(pool), deployment(pool, served, settings),
-               service(pool), pod_disruption_budget(pool)]  # fmt: skip
+               service(pool), pod_disruption_budget(pool), pods_service(pool)]  # fmt: skip
     return [obj for obj in objects if obj is not None]
