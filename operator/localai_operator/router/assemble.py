@@ -32,10 +32,15 @@ class Assembler:
         self.head: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None  # Responses API: the terminal event's response
+        self.finished = False  # a finish_reason was seen
         self._choices: dict[int, _Choice] = {}
 
+    def add_all(self, payloads: list[Any]) -> None:
+        for payload in payloads:
+            self.add(payload)
+
     def add(self, payload: Any) -> None:
-        if not isinstance(payload, dict):
+        if payload.__class__ is not dict:
             return
         if self.fmt is StreamFormat.RESPONSES:
             response = payload.get("response")
@@ -50,11 +55,26 @@ class Assembler:
             }
         usage = payload.get("usage")
         # LocalAI v3.12.0 puts a usage object of zeros on every chunk; the last one with counts wins.
-        if isinstance(usage, dict) and (usage.get("completion_tokens") or usage.get("prompt_tokens")):
+        if (
+            usage
+            and usage.__class__ is dict
+            and (usage.get("completion_tokens") or usage.get("prompt_tokens"))
+        ):
             self.usage = usage
         for raw in payload.get("choices") or ():
-            if isinstance(raw, dict):
-                self._add_choice(raw)
+            if raw.__class__ is not dict:
+                continue
+            delta = raw.get("delta")
+            # The common chunk, one token of text: nothing else to merge.
+            if (
+                delta is not None and delta.__class__ is dict and len(delta) == 1 and raw.get("finish_reason") is None
+                and raw.get("logprobs") is None and raw.get("index", 0) in self._choices
+            ):  # fmt: skip
+                content = delta.get("content")
+                if content.__class__ is str:
+                    self._choices[raw.get("index", 0)].parts.setdefault("content", []).append(content)
+                    continue
+            self._add_choice(raw)
 
     def _add_choice(self, raw: dict[str, Any]) -> None:
         index = raw.get("index", 0)
@@ -63,6 +83,7 @@ class Assembler:
             choice = self._choices[index] = _Choice()
         if raw.get("finish_reason") is not None:
             choice.finish_reason = raw["finish_reason"]
+            self.finished = True
         logprobs = raw.get("logprobs")
         if isinstance(logprobs, dict):
             merged = choice.logprobs if choice.logprobs is not None else {}

@@ -38,6 +38,8 @@ class Attempt:
     fallback_reason: FallbackReason | None = None
     # Router clock when the first content token (or first byte) reached the client or was read.
     first_token_at: float | None = None
+    # Response headers went to the client: from here on a failure can only end or cut the answer.
+    committed: bool = False
 
     @property
     def client_stream(self) -> bool:

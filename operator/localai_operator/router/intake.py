@@ -59,12 +59,19 @@ class BodyBuffer:
             else:
                 break
 
-    async def take(self, size: int, timeout: float) -> bool:
-        """Reserve `size` bytes (at most the whole budget); False when no room came within `timeout`."""
+    def try_take(self, size: int) -> bool:
+        """Reserve `size` bytes if there is room now and nobody is waiting."""
         size = min(size, self.capacity)
         if not self._waiters and self.used + size <= self.capacity:
             self.used += size
             return True
+        return False
+
+    async def take(self, size: int, timeout: float) -> bool:
+        """Reserve `size` bytes (at most the whole budget); False when no room came within `timeout`."""
+        if self.try_take(size):
+            return True
+        size = min(size, self.capacity)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((size, waiter))
         try:
@@ -156,6 +163,13 @@ class Intake:
             401, message, headers={"WWW-Authenticate": 'Bearer realm="localai-operator-router"'}
         )
 
+    async def not_found(self, request: web.Request) -> web.Response:
+        """Every path outside /v1 and the operational endpoints (and any method those do not take)."""
+        return self._refuse(
+            404, f"no such endpoint: {request.method} {request.path} (the router serves the OpenAI API under /v1)",
+            code="unknown_endpoint",
+        )  # fmt: skip
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = self.route()
         started = self.clock()
@@ -207,16 +221,21 @@ class Intake:
         known = length is not None and "Content-Encoding" not in request.headers
         reserved = length if known and length is not None else (limit if request.body_exists else 0)
         timeout = route.config.policy.request_timeout_seconds
-        if not await self.buffer.take(reserved, timeout):
+        if not self.buffer.try_take(reserved):
             self.metrics.buffer_waits.inc()
-            return self._refuse(
-                503, "the router is holding as many request bodies as its memory allows; retry shortly",
-                code="router_busy", headers={"Retry-After": "1"},
-            )  # fmt: skip
+            if not await self.buffer.take(reserved, timeout):
+                return self._refuse(
+                    503, "the router is holding as many request bodies as its memory allows; retry shortly",
+                    code="router_busy", headers={"Retry-After": "1"},
+                )  # fmt: skip
+        attempt: Attempt | None = None
         try:
             try:
-                async with asyncio.timeout(timeout):
-                    raw = await read_body(request, limit)
+                if request.content.is_eof():
+                    raw = await read_body(request, limit)  # already received: nothing to wait for
+                else:
+                    async with asyncio.timeout(timeout):
+                        raw = await read_body(request, limit)
             except BodyTooLarge:
                 return self._too_large(limit)
             except TimeoutError:
@@ -234,6 +253,13 @@ class Intake:
             deadline = asyncio.get_running_loop().time() + budget if budget is not None else None
             attempt = Attempt(request, route, api, path, started, raw, parsed, key_name, cloud, deadline)
             return await self.relay.run(attempt)
+        except Exception:
+            if attempt is not None and attempt.committed:
+                raise  # the answer has started: aiohttp closes the connection
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return self._refuse(
+                500, "the router failed to handle this request; see its log", code="router_error"
+            )
         finally:
             self.buffer.give(reserved)
 

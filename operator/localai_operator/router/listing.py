@@ -13,13 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_HEADER, SERVED_BY_LOCAL, SERVED_BY_ROUTER
-from localai_operator.router import replies
+from localai_operator.router import http, replies
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.upstream import Route, local_request_headers
 
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 # How often the catalog is refreshed in the background, and how old a list may be to be trusted.
 REFRESH_SECONDS: Final = 30.0
 TRUSTED_SECONDS: Final = 120.0
-_LIST_ERRORS: Final = (aiohttp.ClientError, TimeoutError, ValueError)
+_LIST_ERRORS: Final = (http.UpstreamError, TimeoutError, ValueError)
 
 Entries = list[dict[str, Any]]
 
@@ -61,9 +60,9 @@ def _ids(entries: Entries) -> frozenset[str]:
 
 
 class Listing:
-    """The model endpoints. `session` is the router's upstream session, set when the app starts."""
+    """The model endpoints. `client` is the router's upstream client, set when the app starts."""
 
-    session: aiohttp.ClientSession
+    client: http.Client
 
     def __init__(self, metrics: RouterMetrics, clock: Callable[[], float]) -> None:
         self.metrics = metrics
@@ -71,17 +70,25 @@ class Listing:
         self.catalog = Catalog()
 
     async def _fetch(self, url: URL, headers: CIMultiDict[str], route: Route) -> Entries | None:
+        upstream = None
         try:
-            async with self.session.get(
-                url, headers=headers, timeout=route.listing_timeout, allow_redirects=False
-            ) as upstream:
-                if upstream.status != 200:
-                    log.info("model list from %s answered %d", url.origin(), upstream.status)
-                    return None
-                payload = json.loads(await upstream.read())
+            upstream = await self.client.request(
+                "GET",
+                url,
+                headers.items(),
+                connect_timeout=route.connect_timeout,
+                timeout=route.listing_timeout,
+            )
+            if upstream.status != 200:
+                log.info("model list from %s answered %d", url.origin(), upstream.status)
+                return None
+            payload = json.loads(await upstream.read())
         except _LIST_ERRORS as err:
             log.info("model list from %s failed: %s", url.origin(), type(err).__name__)
             return None
+        finally:
+            if upstream is not None:
+                upstream.close()
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             return None

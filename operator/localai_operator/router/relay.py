@@ -19,21 +19,22 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL, SERVED_BY_ROUTER
 from localai_operator.router import body as bodies
-from localai_operator.router import replies, sse
+from localai_operator.router import http, replies, sse
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
-from localai_operator.router.paths import Budget, StreamFormat
+from localai_operator.router.paths import StreamFormat
 from localai_operator.router.policy import FallbackReason, falls_back_on_status, retry_after_header
 from localai_operator.router.upstream import Cloud, Endpoint, local_request_headers, response_headers
 from localai_operator.router.usage import Usage, usage_of
@@ -49,7 +50,8 @@ _JOIN_LIMIT: Final = 256 * 1024
 # A stream's last events are kept to read the final `usage`; per-stream memory stays bounded.
 _TAIL_EVENTS: Final = 4
 _ERROR_EXCERPT: Final = 500
-_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
+_UPSTREAM_ERRORS: Final = (http.UpstreamError, TimeoutError)
+# Writing to a client that left: aiohttp raises ClientConnectionResetError (a ConnectionResetError).
 _CLIENT_GONE: Final = (ConnectionError, aiohttp.ClientConnectionError)
 _CONNECT_FAILURES: Final = frozenset({FallbackReason.CONNECT_ERROR, FallbackReason.CONNECT_TIMEOUT})
 
@@ -95,7 +97,11 @@ class _Held:
     events: list[bytes]
     payloads: list[Any]
     splitter: sse.EventSplitter
+    # Events that arrived in the same read after the first content, and their payloads when that read was
+    # decoded in one go (None: decode them from `rest`); whether [DONE] ended that read.
     rest: list[bytes] = field(default_factory=list)
+    rest_payloads: list[Any] | None = None
+    rest_done: bool = False
 
 
 def _describe(err: BaseException) -> str:
@@ -116,35 +122,31 @@ def _upstream_message(body: bytes) -> str:
 def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
     if budget_expired:
         return FallbackReason.FIRST_TOKEN_TIMEOUT
-    if isinstance(err, aiohttp.ConnectionTimeoutError):
+    if isinstance(err, http.ConnectTimeout):
         return FallbackReason.CONNECT_TIMEOUT
+    if isinstance(err, http.ConnectError):
+        return FallbackReason.CONNECT_ERROR
     if isinstance(err, TimeoutError):
         return FallbackReason.REQUEST_TIMEOUT
-    if isinstance(err, aiohttp.ClientConnectorError):
-        return FallbackReason.CONNECT_ERROR
     return FallbackReason.RESET
 
 
-def _payload(segments: list[bodies.Segment] | bytes | bytearray) -> tuple[Any, dict[str, str]]:
-    """What aiohttp sends: one buffer, or the segments of a large rewritten body with its length set."""
-    if not isinstance(segments, list):
-        return segments, {}
-    total = bodies.size(segments)
-    if total <= _JOIN_LIMIT:
-        return bodies.joined(segments), {}
-
-    async def chunks() -> AsyncIterator[bodies.Segment]:
-        for segment in segments:
-            yield segment
-
-    return chunks(), {"Content-Length": str(total)}
+def _segments(
+    body: list[bodies.Segment] | bytes | bytearray,
+) -> list[bodies.Segment] | tuple[bytes | bytearray, ...]:
+    """The body as the client sends it: one buffer, or a small rewritten body joined into one."""
+    if not isinstance(body, list):
+        return (body,) if body else ()
+    if bodies.size(body) <= _JOIN_LIMIT:
+        return (bodies.joined(body),)
+    return body
 
 
 class Relay:
-    """Local and cloud attempts for admitted requests. `session` is set when the app starts (aiohttp wants
-    a ClientSession created inside the running loop)."""
+    """Local and cloud attempts for admitted requests. `client` is set when the app starts (its pool
+    belongs to the running loop)."""
 
-    session: aiohttp.ClientSession
+    client: http.Client
 
     def __init__(self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog) -> None:
         self.metrics = metrics
@@ -220,44 +222,53 @@ class Relay:
         if endpoint.breaker.success(probe):
             log.info("local %s: probe succeeded, circuit breaker closed", endpoint.base_url)
 
+    async def _send(self, a: Attempt, endpoint: Endpoint) -> http.Response:
+        request = a.request
+        route = a.route
+        headers = local_request_headers(request.headers, route.local_key, route.config.auth is None)
+        url = endpoint.url(a.path)
+        if request.query_string:
+            url = URL(str(url) + "?" + request.query_string, encoded=True)
+        return await self.client.request(
+            request.method, url, headers.items(), _segments(a.local_body()),
+            connect_timeout=route.connect_timeout, timeout=route.request_timeout,
+        )  # fmt: skip
+
+    async def _prelude(self, a: Attempt, upstream: http.Response) -> _Held | bytes | LocalFailure:
+        """What must arrive within the budget: a status that is not a failure, then the first content event
+        of a stream (held) or the first bytes of any other answer."""
+        status = upstream.status
+        if falls_back_on_status(status) or 300 <= status < 400:
+            return await self._status_failure(a, upstream)
+        if status >= 300:
+            return b""
+        if upstream.content_type == SSE_CONTENT_TYPE:
+            return await self._first_content(a, upstream) if a.deadline is not None else b""
+        if a.deadline is None or a.request.method == "HEAD":
+            return b""
+        first = await upstream.readany()
+        if not first:
+            raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local answered an empty 200")
+        return first
+
     async def _local_once(
         self, a: Attempt, endpoint: Endpoint, probe: bool
     ) -> web.StreamResponse | LocalFailure:
-        route = a.route
-        request = a.request
         endpoint.outstanding += 1
         verdict = False
-        upstream: aiohttp.ClientResponse | None = None
-        held: _Held | None = None
-        first = b""
-        budget = asyncio.timeout_at(a.deadline)
+        upstream: http.Response | None = None
+        budget = asyncio.timeout_at(a.deadline) if a.deadline is not None else None
         try:
             try:
-                async with budget:
-                    data, extra = _payload(a.local_body())
-                    headers = local_request_headers(
-                        request.headers, route.local_key, route.config.auth is None
-                    )
-                    if extra:
-                        headers.update(extra)
-                    url = endpoint.url(a.path)
-                    upstream = await self.session.request(
-                        request.method, url.with_query(request.query_string) if request.query_string else url,
-                        data=data, headers=headers, timeout=route.local_timeout, allow_redirects=False,
-                    )  # fmt: skip
-                    status = upstream.status
-                    if falls_back_on_status(status) or 300 <= status < 400:
-                        verdict = True
-                        self._failed(endpoint, probe)
-                        return await self._status_failure(a, upstream)
-                    if status < 300 and upstream.content_type == SSE_CONTENT_TYPE and a.deadline is not None:
-                        held = await self._first_content(a, upstream)
-                    elif status < 300 and a.budget_kind is not Budget.NONE:
-                        first = await upstream.content.readany()
-                        if not first and a.request.method != "HEAD":
-                            raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local answered an empty 200")
+                if budget is None:
+                    upstream = await self._send(a, endpoint)
+                    opened = await self._prelude(a, upstream)
+                else:
+                    async with budget:
+                        upstream = await self._send(a, endpoint)
+                        opened = await self._prelude(a, upstream)
             except _UPSTREAM_ERRORS as err:
-                reason = _reason_of(err, budget.expired())
+                reason = _reason_of(err, budget is not None and budget.expired())
                 # Without a stream, no token shows whether a pod that takes this long is sick or busy.
                 if reason is not FallbackReason.REQUEST_TIMEOUT or a.client_stream or a.streamed_from_local:
                     verdict = True
@@ -270,16 +281,21 @@ class Relay:
                 log.info("local %s failed: %s (%s)", endpoint.base_url, err.reason.value, err.detail)
                 return LocalFailure(err.reason, err.detail)
             verdict = True
+            if isinstance(opened, LocalFailure):
+                self._failed(endpoint, probe)
+                return opened
             self._succeeded(endpoint, probe)
-            if held is not None:
+            if isinstance(opened, _Held):
                 a.first_token_at = self.clock()
                 self.metrics.ttft.observe((SERVED_BY_LOCAL,), a.first_token_at - a.started)
                 if a.streamed_from_local:
-                    return await self._assembled(a, upstream, held, endpoint)
-                return await self._stream(a, upstream, held, on_failure=lambda: self._failed(endpoint, False))
+                    return await self._assembled(a, upstream, opened, endpoint)
+                return await self._stream(
+                    a, upstream, opened, on_failure=lambda: self._failed(endpoint, False)
+                )
             if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
                 return await self._stream(a, upstream, None, on_failure=lambda: self._failed(endpoint, False))
-            answer = await self._answer(a, upstream, first)
+            answer = await self._answer(a, upstream, opened)
             if isinstance(answer, LocalFailure) and answer.counted:
                 self._failed(endpoint, False)
             return answer
@@ -290,7 +306,7 @@ class Relay:
             if upstream is not None:
                 upstream.close()
 
-    async def _status_failure(self, a: Attempt, upstream: aiohttp.ClientResponse) -> LocalFailure:
+    async def _status_failure(self, a: Attempt, upstream: http.Response) -> LocalFailure:
         status = upstream.status
         if 300 <= status < 400:
             location = upstream.headers.get("Location", "")
@@ -302,31 +318,49 @@ class Relay:
             reason, f"local answered {status}", status, error, upstream.headers.get("Retry-After")
         )
 
-    async def _first_content(self, a: Attempt, upstream: aiohttp.ClientResponse) -> _Held:
+    async def _first_content(self, a: Attempt, upstream: http.Response) -> _Held:
         """Read a stream until its first content event; raises _StreamFailure when it fails first."""
         fmt = a.api.stream
         held = _Held([], [], sse.EventSplitter())
         while True:
-            chunk = await upstream.content.readany()
+            chunk = await upstream.readany()
             if not chunk:
                 raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content")
             events = held.splitter.feed(chunk)
-            for index, event in enumerate(events):
-                kind, payload = sse.classify(sse.event_data(event), fmt)
+            fast = sse.payloads_of(b"".join(events)) if fmt is not StreamFormat.RESPONSES and events else None
+            if fast is not None:
+                payloads, done = fast
+                for index, payload in enumerate(payloads):
+                    kind = sse.kind_of(payload, fmt)
+                    if kind is sse.Kind.ERROR:
+                        raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                    held.events.append(events[index])
+                    held.payloads.append(payload)
+                    if kind is sse.Kind.CONTENT:
+                        held.rest = events[index + 1 :]
+                        held.rest_payloads = payloads[index + 1 :]
+                        held.rest_done = done
+                        return held
+                if done:
+                    raise _StreamFailure(
+                        FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content"
+                    )
+                continue
+            for index, (kind, payload) in enumerate(sse.classify_all(events, fmt)):
                 if kind is sse.Kind.ERROR:
                     raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
                 if kind is sse.Kind.DONE:
                     raise _StreamFailure(
                         FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content"
                     )
-                held.events.append(event)
+                held.events.append(events[index])
                 held.payloads.append(payload)
                 if kind is sse.Kind.CONTENT:
                     held.rest = events[index + 1 :]
                     return held
 
     async def _assembled(
-        self, a: Attempt, upstream: aiohttp.ClientResponse, held: _Held, endpoint: Endpoint
+        self, a: Attempt, upstream: http.Response, held: _Held, endpoint: Endpoint
     ) -> web.StreamResponse | LocalFailure:
         """The rest of a stream local sent for a non-stream request, as the one JSON answer."""
         fmt = a.api.stream
@@ -334,13 +368,27 @@ class Relay:
         for payload in held.payloads:
             assembler.add(payload)
         done = False
-        finished = False
         last = a.first_token_at
         try:
             events = held.rest
+            if held.rest_payloads is not None:
+                if sse.may_be_error(b"".join(events)):
+                    for payload in held.rest_payloads:
+                        if sse.kind_of(payload, fmt) is sse.Kind.ERROR:
+                            raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                assembler.add_all(held.rest_payloads)
+                done = held.rest_done
+                events = []
             while True:
-                for event in events:
-                    kind, payload = sse.classify(sse.event_data(event), fmt)
+                raw = b"".join(events)
+                fast = sse.payloads_of(raw) if fmt is not StreamFormat.RESPONSES else None
+                if fast is not None and not sse.may_be_error(raw):
+                    payloads, done = fast
+                    assembler.add_all(payloads)
+                    if payloads:
+                        last = self.clock()
+                    events = []
+                for kind, payload in sse.classify_all(events, fmt):
                     if kind is sse.Kind.ERROR:
                         raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
                     if kind is sse.Kind.DONE:
@@ -349,18 +397,14 @@ class Relay:
                     assembler.add(payload)
                     if kind is sse.Kind.CONTENT:
                         last = self.clock()
-                        finished = finished or any(
-                            isinstance(c, dict) and c.get("finish_reason") is not None
-                            for c in (payload or {}).get("choices") or ()
-                        )
                         if fmt is StreamFormat.RESPONSES and assembler.final is not None:
                             done = True
                 if done:
                     # Read the end of the body too, so the connection goes back to the pool.
-                    while await upstream.content.readany():
+                    while await upstream.readany():
                         pass
                     break
-                chunk = await upstream.content.readany()
+                chunk = await upstream.readany()
                 if not chunk:
                     break
                 events = held.splitter.feed(chunk)
@@ -381,7 +425,7 @@ class Relay:
             return LocalFailure(
                 reason, f"{reason.value} after the first token: {_describe(err)}", counted=False
             )
-        if not (done or finished) or (fmt is StreamFormat.RESPONSES and assembler.final is None):
+        if not (done or assembler.finished) or (fmt is StreamFormat.RESPONSES and assembler.final is None):
             self._failed(endpoint, False)
             return LocalFailure(
                 FallbackReason.EMPTY_RESPONSE,
@@ -395,8 +439,7 @@ class Relay:
         response = web.Response(
             body=json.dumps(answer).encode(), content_type="application/json", headers=headers
         )
-        usage = answer.get("usage")
-        self._finish(a, 200, usage_from(usage), last)
+        self._finish(a, 200, usage_from(answer.get("usage")), last)
         return response
 
     # ------------------------------------------------------------------ cloud
@@ -404,18 +447,14 @@ class Relay:
     async def _cloud(self, a: Attempt, cloud: Cloud, failure: LocalFailure) -> web.StreamResponse:
         reason = failure.reason.value
         request = a.request
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: http.Response | None = None
         model = a.body.model if a.body is not None else None
         try:
             try:
-                data, extra = _payload(
-                    a.cloud_body(cloud, model is not None and self.catalog.cloud_lists(model))
-                )
-                headers = cloud.request_headers(request.headers)
-                headers.update(extra)
-                upstream = await self.session.request(
-                    request.method, cloud.url(a.path), data=data, headers=headers,
-                    timeout=a.route.cloud_timeout, allow_redirects=False,
+                body = _segments(a.cloud_body(cloud, model is not None and self.catalog.cloud_lists(model)))
+                upstream = await self.client.request(
+                    request.method, cloud.url(a.path), cloud.request_headers(request.headers).items(), body,
+                    connect_timeout=a.route.connect_timeout, timeout=a.route.request_timeout,
                 )  # fmt: skip
                 if 300 <= upstream.status < 400:
                     location = upstream.headers.get("Location", "")
@@ -449,16 +488,26 @@ class Relay:
     # ------------------------------------------------------------------ answers
 
     async def _answer(
-        self, a: Attempt, upstream: aiohttp.ClientResponse, first: bytes
+        self, a: Attempt, upstream: http.Response, first: bytes
     ) -> web.StreamResponse | LocalFailure:
         """A non-stream answer: read whole when small (a failure while reading still falls back), relayed
         as it arrives when large, so a big answer is never held at once."""
-        status = upstream.status
+        length = upstream.content_length
+        if not first and length is not None and length <= BUFFERED_ANSWER_BYTES:
+            try:
+                body = await upstream.read()
+            except _UPSTREAM_ERRORS as err:
+                reason = _reason_of(err, False)
+                return LocalFailure(
+                    reason, f"{reason.value} while reading the answer: {_describe(err)}",
+                    counted=reason is not FallbackReason.REQUEST_TIMEOUT,
+                )  # fmt: skip
+            return self._whole(a, upstream, body)
         parts = [first] if first else []
         size = len(first)
         try:
             while size <= BUFFERED_ANSWER_BYTES:
-                chunk = await upstream.content.readany()
+                chunk = await upstream.readany()
                 if not chunk:
                     break
                 parts.append(chunk)
@@ -471,17 +520,19 @@ class Relay:
                 reason, f"{reason.value} while reading the answer: {_describe(err)}",
                 counted=reason is not FallbackReason.REQUEST_TIMEOUT,
             )  # fmt: skip
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._whole(a, upstream, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _whole(self, a: Attempt, upstream: http.Response, body: bytes) -> web.Response | LocalFailure:
+        status = upstream.status
         if not body and status == 200 and a.request.method != "HEAD":
             return LocalFailure(FallbackReason.EMPTY_RESPONSE, "answered an empty 200")
-        response = web.Response(
-            status=status, body=body, headers=response_headers(upstream.headers, a.served_by, self._reason(a))
-        )
-        self._finish(a, status, usage_of(body) if status < 300 else None, None, started_stream=False)
+        headers = response_headers(upstream.headers, a.served_by, self._reason(a))
+        response = web.Response(status=status, body=body, headers=headers)
+        self._finish(a, status, usage_of(body) if status < 300 else None, None)
         return response
 
     async def _relay_large(
-        self, a: Attempt, upstream: aiohttp.ClientResponse, parts: list[bytes]
+        self, a: Attempt, upstream: http.Response, parts: list[bytes]
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers, a.served_by, self._reason(a))
         length = upstream.headers.get("Content-Length")
@@ -490,6 +541,7 @@ class Relay:
             response.content_length = int(length)
         last = b""
         try:
+            a.committed = True
             await response.prepare(a.request)
             for part in parts:
                 await response.write(part)
@@ -497,7 +549,7 @@ class Relay:
             last = parts[-1]
             while True:
                 try:
-                    chunk = await upstream.content.readany()
+                    chunk = await upstream.readany()
                 except _UPSTREAM_ERRORS as err:
                     # No error event exists for a JSON body: cut the connection so the client sees it broke.
                     self._stream_failed(response, a.served_by, err)
@@ -517,7 +569,7 @@ class Relay:
         return response
 
     async def _stream(
-        self, a: Attempt, upstream: aiohttp.ClientResponse, held: _Held | None,
+        self, a: Attempt, upstream: http.Response, held: _Held | None,
         on_failure: Callable[[], None] | None = None,
     ) -> web.StreamResponse:  # fmt: skip
         """Relay an SSE stream event by event; the held events (content included) go first."""
@@ -533,6 +585,7 @@ class Relay:
         last_token = a.first_token_at
         pending = [*held.events, *held.rest] if held is not None else []
         try:
+            a.committed = True
             await response.prepare(a.request)
             self.metrics.ttfb.observe((a.served_by,), self.clock() - a.started)
             while True:
@@ -568,7 +621,7 @@ class Relay:
                     ))  # fmt: skip
                     break
                 try:
-                    chunk = await upstream.content.readany()
+                    chunk = await upstream.readany()
                 except _UPSTREAM_ERRORS as err:
                     self._broken_stream(response, a.served_by, on_failure, err)
                     await response.write(replies.sse_error_event(

@@ -1,22 +1,15 @@
-"""Responses the router writes itself: OpenAI error objects with `X-Served-By: router`, the SSE error event
-that ends a stream the upstream broke, and the middleware that turns every other error aiohttp or a bug
-would produce (404, 405, 413, a bare 500) into the same shape."""
+"""Responses the router writes itself: OpenAI error objects with `X-Served-By: router` (404, 405, 413, 429,
+5xx and every other refusal), and the SSE error event that ends a stream the upstream broke."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER, SERVED_BY_ROUTER
-from localai_operator.router.metrics import RouterMetrics
-
-log = logging.getLogger(__name__)
 
 INVALID_REQUEST: Final = "invalid_request_error"
 UPSTREAM_ERROR: Final = "upstream_error"
@@ -61,43 +54,3 @@ def error(
         content_type="application/json",
         headers=out,
     )
-
-
-def _message_of(exc: web.HTTPException, request: web.Request) -> str:
-    if exc.status == 404:
-        return (
-            f"no such endpoint: {request.method} {request.path} (the router serves the OpenAI API under /v1)"
-        )
-    if exc.status == 405:
-        return f"{request.method} is not allowed on {request.path}"
-    if exc.status == 413:
-        return "the request body is larger than this route accepts (policy.maxRequestBytes)"
-    return exc.reason or "request refused"
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def middleware(metrics: RouterMetrics) -> Middleware:
-    """OpenAI error objects for aiohttp's own refusals and for anything a handler did not expect."""
-
-    @web.middleware
-    async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = error(exc.status, _message_of(exc, request), headers=headers)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unexpected error answering %s %s", request.method, request.path)
-            response = error(
-                500, "the router failed to handle this request; see its log", code="router_error"
-            )
-        metrics.requests.inc((SERVED_BY_ROUTER, str(response.status)))
-        return response
-
-    return openai_errors

@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import yaml
 from aiohttp import web
 
 from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
-from localai_operator.router import redact, replies
+from localai_operator.router import http, redact
 from localai_operator.router.auth import ClientKeys
 from localai_operator.router.config import RouterConfig
 from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
@@ -225,20 +224,18 @@ def create_app(
     """The router app; with `config_path`, the file is watched and reloaded when its content changes."""
     router = Router(config, os.environ if env is None else env, redaction, resolver=resolver)
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
-    app = web.Application(client_max_size=2**63, middlewares=[replies.middleware(router.metrics)])
+    app = web.Application(client_max_size=2**63)
     app[ROUTER] = router
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", router.intake.handle)
     app.router.add_get(LOCALAI_READY_PATH, router.readyz)
     app.router.add_get(LOCALAI_HEALTH_PATH, router.healthz)
     app.router.add_get(METRICS_PATH, router.metrics_text)
+    # Last: aiohttp's own 404 and 405 are plain text; this answers every other path with an OpenAI error.
+    app.router.add_route("*", "/{tail:.*}", router.intake.not_found)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS)
-        # No cookie jar: cookies set by one client's upstream answer must never reach another client.
-        session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False
-        )
-        router.relay.session = router.listing.session = session
+        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS)
+        router.relay.client = router.listing.client = client
         await router.start()
         watcher = None
         if config_path is not None:
@@ -255,7 +252,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await router.stop()
-        await session.close()
+        client.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -57,6 +57,17 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + chunk if self._pending else chunk
+        if b"\r" in data:
+            return self._feed_crlf(data)
+        events: list[bytes] = []
+        start = 0
+        while (end := data.find(b"\n\n", start)) >= 0:
+            events.append(data[start : end + 2])
+            start = end + 2
+        self._pending = data[start:] if start else data
+        return events
+
+    def _feed_crlf(self, data: bytes) -> list[bytes]:
         events: list[bytes] = []
         start = 0
         while True:
@@ -90,14 +101,18 @@ def event_data(event: bytes) -> bytes | None:
 
 
 def _choice_has_content(choice: Any, fmt: StreamFormat) -> bool:
-    if not isinstance(choice, dict):
+    if choice.__class__ is not dict:
         return False
     if choice.get("finish_reason") is not None:
         return True
     if fmt is StreamFormat.COMPLETION:
         return bool(choice.get("text"))
     delta = choice.get("delta")
-    return isinstance(delta, dict) and any(delta.get(key) for key in _DELTA_CONTENT_KEYS)
+    if delta.__class__ is not dict:
+        return False
+    if delta.get("content"):
+        return True
+    return any(delta.get(key) for key in _DELTA_CONTENT_KEYS)
 
 
 def _is_localai_error_chunk(payload: dict[str, Any], fmt: StreamFormat) -> bool:
@@ -124,24 +139,72 @@ def classify(data: bytes | None, fmt: StreamFormat) -> tuple[Kind, Any]:
         payload = json.loads(data)
     except ValueError:
         return Kind.CONTENT, None
-    if not isinstance(payload, dict):
-        return Kind.CONTENT, payload
-    if "error" in payload and payload.get("error"):
-        return Kind.ERROR, payload
+    return kind_of(payload, fmt), payload
+
+
+def payloads_of(raw: bytes) -> tuple[list[Any], bool] | None:
+    """The decoded payloads of complete events in the canonical framing every OpenAI-compatible server and
+    LocalAI use (`data: <one-line JSON>` and a blank line, repeated, maybe `data: [DONE]` last), with whether
+    [DONE] ended them; None for any other framing (comments, `event:` lines, CRLF, multi-line data), which
+    `classify_all` then reads event by event. One C call decodes the whole read."""
+    if not raw.startswith(b"data: {") or b"\r" in raw:
+        return None
+    done = raw.endswith(b"data: [DONE]\n\n")
+    body = raw[6 : -14 if done else None]
+    if done and not body.endswith(b"\n\n"):
+        return None
+    joined = body.rstrip(b"\n").replace(b"\n\ndata: ", b",")
+    if b"\n" in joined:
+        return None
+    try:
+        payloads = json.loads(b"[" + joined + b"]")
+    except ValueError:
+        return None
+    return payloads, done
+
+
+def classify_all(events: list[bytes], fmt: StreamFormat) -> list[tuple[Kind, Any]]:
+    """`classify` for every event of one read, decoding their JSON in one call."""
+    datas = [event_data(event) for event in events]
+    done = bool(datas) and datas[-1] == b"[DONE]"
+    objects = [d for d in (datas[:-1] if done else datas) if d is not None and d.startswith(b"{")]
+    if len(objects) > 1 and len(objects) == len(datas) - done:
+        try:
+            payloads = json.loads(b"[" + b",".join(objects) + b"]")
+        except ValueError:
+            pass
+        else:
+            out = [(kind_of(p, fmt), p) for p in payloads]
+            if done:
+                out.append((Kind.DONE, None))
+            return out
+    return [classify(d, fmt) for d in datas]
+
+
+def kind_of(payload: Any, fmt: StreamFormat) -> Kind:
+    """What a decoded event payload is."""
+    if payload.__class__ is not dict:
+        return Kind.CONTENT
+    if payload.get("error"):
+        return Kind.ERROR
     if fmt is StreamFormat.RESPONSES:
         kind = payload.get("type")
         if kind in _RESPONSES_ERRORS:
-            return Kind.ERROR, payload
-        return (Kind.EMPTY if kind in _RESPONSES_PREAMBLE else Kind.CONTENT), payload
+            return Kind.ERROR
+        return Kind.EMPTY if kind in _RESPONSES_PREAMBLE else Kind.CONTENT
     if fmt is StreamFormat.OTHER:
-        return Kind.CONTENT, payload
+        return Kind.CONTENT
     choices = payload.get("choices")
     if not choices:
         # The include_usage trailer has no choices; anything else without choices carries no token.
-        return (Kind.CONTENT if payload.get("usage") else Kind.EMPTY), payload
-    if _is_localai_error_chunk(payload, fmt):
-        return Kind.ERROR, payload
-    return (Kind.CONTENT if any(_choice_has_content(c, fmt) for c in choices) else Kind.EMPTY), payload
+        return Kind.CONTENT if payload.get("usage") else Kind.EMPTY
+    content = False
+    for choice in choices:
+        if _choice_has_content(choice, fmt):
+            content = True
+            if choice.get("finish_reason") is not None and _is_localai_error_chunk(payload, fmt):
+                return Kind.ERROR
+    return Kind.CONTENT if content else Kind.EMPTY
 
 
 def error_message(payload: Any) -> str:
@@ -163,6 +226,11 @@ def error_message(payload: Any) -> str:
     return "the upstream reported an error in the stream"
 
 
+def may_be_error(raw: bytes) -> bool:
+    """False when no event in `raw` can be an error (checked on the bytes, before decoding)."""
+    return b'"error"' in raw or b"Internal error" in raw or b'"response.failed"' in raw
+
+
 class Tail:
     """What the bytes after the first content say about the end of a stream, without decoding tokens."""
 
@@ -176,7 +244,7 @@ class Tail:
 
     def suspicious(self, event: bytes) -> bool:
         """True when the event may be an error and must be classified."""
-        return b'"error"' in event or b"Internal error" in event or b'"response.failed"' in event
+        return may_be_error(event)
 
     def see(self, event: bytes) -> None:
         self.events += 1

@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -30,11 +29,13 @@ _HOP_BY_HOP: Final = (
 )  # fmt: skip
 # Expect: the body is already read in full. Content-Encoding: aiohttp has decoded the body, so the header
 # would no longer describe what is sent.
-_REQUEST_DROPPED: Final = (
-    *_HOP_BY_HOP, "Host", "Content-Length", "Content-Encoding", "Accept-Encoding", "Expect",
-)  # fmt: skip
-_CLIENT_CREDENTIALS: Final = ("Authorization", "X-Api-Key", "Api-Key", "Cookie")
-_RESPONSE_DROPPED: Final = (*_HOP_BY_HOP, "Content-Length", "Date", "Server")
+_REQUEST_DROPPED: Final = frozenset(
+    h.lower()
+    for h in (*_HOP_BY_HOP, "Host", "Content-Length", "Content-Encoding", "Accept-Encoding", "Expect")
+)
+_CLIENT_CREDENTIALS: Final = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
+_REQUEST_DROPPED_WITH_CREDENTIALS: Final = _REQUEST_DROPPED | _CLIENT_CREDENTIALS
+_RESPONSE_DROPPED: Final = frozenset(h.lower() for h in (*_HOP_BY_HOP, "Content-Length", "Date", "Server"))
 # The cloud gets an allow-list, not a deny-list: the client's Authorization, cookies and any other
 # credential-bearing header (x-api-key, api-key, ...) must never leave the cluster.
 _CLOUD_FORWARDED: Final = ("Content-Type", "Accept", "X-Request-Id")
@@ -131,13 +132,10 @@ class Route:
         self.problems = problems
         # A body larger than everything the router may hold at once would not fit in its memory limit.
         self.max_request_bytes = min(policy.max_request_bytes, config.server.body_buffer_bytes)
-        connect = policy.connect_timeout_ms / 1000
-        # aiohttp's `total` also bounds reading the body, so it is the whole request timeout.
-        self.local_timeout = aiohttp.ClientTimeout(total=policy.request_timeout_seconds, sock_connect=connect)
-        self.cloud_timeout = aiohttp.ClientTimeout(total=policy.request_timeout_seconds, sock_connect=connect)
-        self.listing_timeout = aiohttp.ClientTimeout(
-            total=min(policy.request_timeout_seconds, 10.0), sock_connect=connect
-        )
+        self.connect_timeout = policy.connect_timeout_ms / 1000
+        # For each attempt, from sending the request to the answer's last byte.
+        self.request_timeout = policy.request_timeout_seconds
+        self.listing_timeout = min(policy.request_timeout_seconds, 10.0)
         # Abandoning a slow local answer only helps when there is somewhere else to go.
         self.budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
         self._rotation = itertools.count()
@@ -213,16 +211,15 @@ def local_request_headers(
 ) -> CIMultiDict[str]:
     """The client's headers for the local hop: everything end-to-end. The client's own credentials go
     through only when the route checks no client key and the pool has no key of its own."""
-    headers = CIMultiDict(client)
+    dropped = (
+        _REQUEST_DROPPED
+        if keep_client_credentials and local_key is None
+        else _REQUEST_DROPPED_WITH_CREDENTIALS
+    )
     connection = client.get("Connection")
-    for name in _REQUEST_DROPPED:
-        headers.popall(name, None)
     if connection:
-        for name in connection.split(","):
-            headers.popall(name.strip(), None)
-    if local_key is not None or not keep_client_credentials:
-        for name in _CLIENT_CREDENTIALS:
-            headers.popall(name, None)
+        dropped = dropped | {name.strip().lower() for name in connection.split(",")}
+    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in client.items() if k.lower() not in dropped])
     if local_key is not None:
         headers["Authorization"] = f"Bearer {local_key}"
     headers[_ACCEPT_ENCODING[0]] = _ACCEPT_ENCODING[1]
@@ -232,9 +229,9 @@ def local_request_headers(
 def response_headers(
     upstream: CIMultiDictProxy[str], served_by: str, fallback_reason: str | None
 ) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream)
-    for name in _RESPONSE_DROPPED:
-        headers.popall(name, None)
+    headers: CIMultiDict[str] = CIMultiDict(
+        [(k, v) for k, v in upstream.items() if k.lower() not in _RESPONSE_DROPPED]
+    )
     headers[SERVED_BY_HEADER] = served_by
     if fallback_reason is not None:
         headers[FALLBACK_REASON_HEADER] = fallback_reason
