@@ -404,11 +404,11 @@ class Response:
 class Pool:
     """Idle keep-alive connections per origin."""
 
-    def __init__(self, keepalive: float) -> None:
+    def __init__(self, keepalive: float, tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
-        self._tls = ssl.create_default_context()
+        self._tls = tls or ssl.create_default_context()
 
     def release(self, connection: _Connection) -> None:
         if connection.closed:
@@ -470,8 +470,9 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 class Client:
     """`request` sends one request and returns once the answer's status and headers arrived."""
 
-    def __init__(self, keepalive: float = 10.0) -> None:
-        self.pool = Pool(keepalive)
+    def __init__(self, keepalive: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the context for https upstreams (default: the system's CAs, hostnames checked)."""
+        self.pool = Pool(keepalive, tls)
 
     async def request(
         self, method: str, url: URL, headers: Iterable[tuple[str, str]], body: Sequence[Segment] = (),

@@ -36,19 +36,24 @@ RELAXED_BUDGET_MS = 10_000
 
 
 def route_config(
-    local: str | list[str], cloud: str | None = None, *, sensitive: bool = False, **policy: Any
-) -> dict[str, Any]:
-    """A router config as the operator renders it; `policy` takes camelCase keys."""
+    local: str | list[str], cloud: str | None = None, *, sensitive: bool = False,
+    auth: list[str] | None = None, server: dict[str, Any] | None = None, local_extra: dict[str, Any] | None = None,
+    defaults: bool = False, **policy: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """A router config as the operator renders it; `policy` takes camelCase keys. `defaults`: the production
+    connect timeout and first-token budget instead of the relaxed ones; `auth`: client-key directories."""
+    relaxed = (
+        {} if defaults else {"firstTokenTimeoutMs": RELAXED_BUDGET_MS, "connectTimeoutMs": RELAXED_BUDGET_MS}
+    )
     config: dict[str, Any] = {
         "route": {"name": "chat", "namespace": "team-a"},
-        "local": {"endpoints": [local] if isinstance(local, str) else local},
-        "policy": {
-            "firstTokenTimeoutMs": RELAXED_BUDGET_MS,
-            "connectTimeoutMs": RELAXED_BUDGET_MS,
-            "sensitive": sensitive,
-            **policy,
-        },
+        "local": {"endpoints": [local] if isinstance(local, str) else local, **(local_extra or {})},
+        "policy": {**relaxed, "sensitive": sensitive, **policy},
     }
+    if auth is not None:
+        config["auth"] = {"keyDirectories": auth}
+    if server is not None:
+        config["server"] = server
     if cloud is not None:
         config["fallback"] = {
             "provider": "stand-in",
