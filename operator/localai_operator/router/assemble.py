@@ -36,8 +36,48 @@ class Assembler:
         self._choices: dict[int, _Choice] = {}
 
     def add_all(self, payloads: list[Any]) -> None:
+        if self.fmt is StreamFormat.CHAT and self.head and 0 in self._choices and self._only_text(payloads):
+            # The common read: one choice, text deltas, then the finish chunk and usage: no merging needed.
+            parts = self._choices[0].parts.setdefault("content", [])
+            for payload in payloads:
+                choices = payload.get("choices")
+                if choices:
+                    choice = choices[0]
+                    content = choice["delta"].get("content")
+                    if content:
+                        parts.append(content)
+                    if choice.get("finish_reason") is not None:
+                        self._choices[0].finish_reason = choice["finish_reason"]
+                        self.finished = True
+                usage = payload.get("usage")
+                if usage and (usage.get("completion_tokens") or usage.get("prompt_tokens")):
+                    self.usage = usage
+            return
         for payload in payloads:
             self.add(payload)
+
+    @staticmethod
+    def _only_text(payloads: list[Any]) -> bool:
+        """Every payload is a dict with at most one choice at index 0 whose delta holds only content."""
+        for payload in payloads:
+            if payload.__class__ is not dict:
+                return False
+            choices = payload.get("choices")
+            if not choices:
+                continue
+            if len(choices) != 1:
+                return False
+            choice = choices[0]
+            delta = choice.get("delta") if choice.__class__ is dict else None
+            if (
+                delta is None or delta.__class__ is not dict or choice.get("index", 0) != 0
+                or choice.get("logprobs") is not None or (delta and delta.keys() - {"content"})
+            ):  # fmt: skip
+                return False
+            usage = payload.get("usage")
+            if usage is not None and usage.__class__ is not dict:
+                return False
+        return True
 
     def add(self, payload: Any) -> None:
         if payload.__class__ is not dict:

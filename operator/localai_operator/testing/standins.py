@@ -118,6 +118,26 @@ def _sse(payload: dict[str, Any], event: str | None = None) -> bytes:
     return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _instant_chat_stream(model: str, tokens: list[str], usage_trailer: bool) -> bytes:
+    """What `_stream` writes for a chat answer with no delay, without a json.dumps per chunk: when it is
+    the upstream of a benchmark, a stand-in that streams dearer than it answers would mislead."""
+    name = json.dumps(model).encode()
+    head = (b'data: {"created": ' + str(int(time.time())).encode() + b', "object": "chat.completion.chunk", '
+            b'"id": "chunk-standin", "model": ' + name + b', "choices": [{"index": 0, "finish_reason": ')  # fmt: skip
+    parts = [
+        head + b'null, "delta": {"content": ' + json.dumps(token).encode() + b'}}], "usage": '
+        + json.dumps(_usage(i + 1)).encode() + b"}\n\n"
+        for i, token in enumerate(tokens)
+    ]  # fmt: skip
+    usage = json.dumps(_usage(len(tokens))).encode()
+    parts.append(head + b'"stop", "delta": {}}], "usage": ' + usage + b"}\n\n")
+    if usage_trailer:
+        parts.append(b'data: {"id": "chunk-standin", "object": "chat.completion.chunk", "model": ' + name
+                     + b', "choices": [], "usage": ' + usage + b"}\n\n")  # fmt: skip
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
 @dataclass
 class OpenAIStandIn:
     """A LocalAI-like (or cloud-like) OpenAI-compatible server. Change `behaviour` at any time; it applies
@@ -340,6 +360,12 @@ class OpenAIStandIn:
         if role and b.role_chunk == "at_once":
             await response.write(role)
             role = b""
+        if chat and b == Behaviour(tokens=b.tokens, role_chunk=b.role_chunk) and not payload.get("logprobs"):
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            tokens = [self._token(i) for i in range(b.tokens)]
+            await response.write(role + _instant_chat_stream(model, tokens, include_usage))
+            await response.write_eof()
+            return response
         await self._wait_first_token(b, response)
         pieces = _tool_call_pieces() if b.tool_call and chat else [self._token(i) for i in range(b.tokens)]
         out = [role] if role else []
