@@ -57,7 +57,8 @@ def test_a_pool_renders_a_headless_service_for_its_ready_pods() -> None:
     [main] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "gpu-pool"]
     headless = pods_service(pool())
     assert headless in objects and headless["metadata"]["name"] == "gpu-pool-pods"
-    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
+    assert headless["spec"]["clusterIP"] == "None"
+    assert not headless["spec"].get("publishNotReadyAddresses")  # only ready pods resolve
     assert headless["spec"]["selector"] == main["spec"]["selector"]
     assert headless["spec"]["ports"] == [
         {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}

@@ -109,9 +109,11 @@ def pods_service_name(pool_name: str) -> str:
 
 def pods_service(pool: InferencePool) -> dict[str, Any]:
     """A headless Service: its DNS name resolves to one address per ready pod, which is how a route's
-    router balances over the pool's pods and keeps one breaker per pod without any API access."""
+    router balances over the pool's pods and keeps one breaker per pod without any API access. Not-ready
+    pods are left out by default (`publishNotReadyAddresses` unset: the API server drops a false, and the
+    drift check would then re-apply it on every pass)."""
     obj = http_service(pool, pods_service_name(pool.name), name=APP, component=COMPONENT, port=LOCALAI_PORT)
-    obj["spec"] |= {"clusterIP": "None", "publishNotReadyAddresses": False}
+    obj["spec"]["clusterIP"] = "None"
     return obj
 
 

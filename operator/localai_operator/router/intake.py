@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Bodies up to this size are read with aiohttp's own reader; larger ones straight into their final buffer.
 _SMALL_BODY: Final = 64 * 1024
-_JSON_TYPES: Final = frozenset({"application/json", ""})
+_JSON_TYPES: Final = frozenset({"application/json", "text/json"})
 
 
 class BodyTooLarge(Exception):
@@ -140,9 +140,11 @@ class Intake:
         self.metrics = metrics
         self.clock = clock
 
-    def _refuse(self, status: int, message: str, **kwargs: object) -> web.Response:
+    def _refuse(
+        self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self.metrics.requests.inc((SERVED_BY_ROUTER, str(status)))
-        return replies.error(status, message, **kwargs)  # type: ignore[arg-type]
+        return replies.error(status, message, code=code, headers=headers)
 
     def _client_key(self, request: web.Request) -> str | web.Response:
         keys = self.keys()
@@ -243,11 +245,18 @@ class Intake:
                     408, "the request body did not arrive within policy.requestTimeoutSeconds"
                 )
             parsed: bodies.JsonBody | None = None
-            if raw and request.content_type in _JSON_TYPES:
+            content_type = request.content_type
+            if raw and (content_type in _JSON_TYPES or content_type.endswith("+json")):
                 try:
                     parsed = bodies.parse(raw)
                 except bodies.BodyError as err:
                     return self._refuse(400, str(err), code="invalid_json")
+            elif raw and not content_type.startswith("multipart/") and raw[:64].lstrip()[:1] == b"{":
+                # JSON sent without saying so (`curl -d` says form data): routed as JSON when it is JSON.
+                try:
+                    parsed = bodies.parse(raw)
+                except bodies.BodyError:
+                    parsed = None
             cloud = route.cloud if route.cloud is not None and route.cloud.serves(path) else None
             budget = route.budget if cloud is not None and api.budget is not Budget.NONE else None
             deadline = asyncio.get_running_loop().time() + budget if budget is not None else None

@@ -169,6 +169,12 @@ class Relay:
         if a.cloud is None:
             return self._no_fallback(a, failure)
         self.metrics.fallbacks.inc((failure.reason,))
+        # Every request skips an open breaker: one line per request would drown the log in an outage.
+        log.log(
+            logging.DEBUG if failure.reason is FallbackReason.BREAKER_OPEN else logging.INFO,
+            "%s %s%s goes to the cloud: %s", a.request.method, a.request.path,
+            f" (client key {a.key_name})" if a.key_name else "", failure.reason.value,
+        )  # fmt: skip
         a.fallback_reason = failure.reason
         a.served_by = SERVED_BY_FALLBACK
         return await self._cloud(a, a.cloud, failure)

@@ -155,6 +155,13 @@ class Router:
                     await self.discovery.resolve_once()
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
+        self._spawn("idle-connections", self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        """Upstream connections idle past their keep-alive time are closed, not left to the server."""
+        while True:
+            await asyncio.sleep(UPSTREAM_KEEPALIVE_SECONDS / 2)
+            self.relay.client.pool.sweep()
 
     async def _reload_keys(self) -> None:
         while True:

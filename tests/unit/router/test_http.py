@@ -19,6 +19,7 @@ from yarl import URL
 
 from localai_operator.router import http
 from localai_operator.testing.standins import UnacceptingListener, refused_url
+from tests.unit.router.conftest import eventually
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -29,6 +30,7 @@ class RawServer:
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.connections = 0
+        self.closed = 0
         self.server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -47,6 +49,7 @@ class RawServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     async def __aenter__(self) -> URL:
@@ -93,6 +96,24 @@ async def test_a_content_length_answer_is_read_and_the_connection_reused(client:
             response, body = await get(client, url)
             assert (response.status, response.content_type, body) == (200, "application/json", b'{"a":1}')
     assert server.connections == 1
+
+
+async def test_connections_idle_past_the_keep_alive_time_are_closed_by_the_sweep() -> None:
+    client = http.Client(keepalive=0.1)
+    server = RawServer(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    try:
+        async with server as url:
+            await get(client, url)
+            assert server.closed == 0
+
+            async def swept() -> bool:
+                client.pool.sweep()
+                await asyncio.sleep(0.02)
+                return server.closed == 1
+
+            await eventually(swept, 5, "the idle connection to be closed")
+    finally:
+        client.close()
 
 
 async def test_a_chunked_answer_with_extensions_and_trailers_is_decoded(client: http.Client) -> None:

@@ -96,6 +96,20 @@ async def test_a_200000_deep_nested_body_is_answered_400_not_a_bare_500(
     assert "nests" in answer.json()["error"]["message"]
 
 
+async def test_json_sent_as_form_data_is_still_routed_as_json(
+    local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    # What `curl -d '{...}'` sends: the body is JSON, the Content-Type says form data.
+    local.set(status=500)
+    router = await start_router(route_config(local.url, cloud.url))
+    data = json.dumps(chat_body()).encode()
+    answer = await post(
+        client, router, data=data, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.served_by == "fallback"
+    assert cloud.requests[-1].json()["model"] == "deepseek-v3.2"
+
+
 async def test_a_gzip_request_reaches_local_decoded_and_without_content_encoding(
     local: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
