@@ -6,7 +6,7 @@ bounds, default and description, for the CRD and the router alike.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,8 @@ from localai_operator.constants import (
     HOLYSHEEP_PRICE_PER_MILLION,
 )
 from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy
+
+ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
 
 class Primary(Spec):
@@ -77,10 +79,9 @@ class Fallback(Spec):
         ge=0,
         description="USD per million output tokens, for the cost metric.",
     )
-    paths: list[str] = Field(
+    paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
         max_length=64,
-        json_schema_extra={"items": {"type": "string", "pattern": r"^/[A-Za-z0-9/_.-]+$", "maxLength": 256}},
         description=(
             "API paths (relative to /v1) the provider serves; a request on another path never goes to the "
             "cloud. Default: OpenAI's chat, completions, embeddings, responses, moderations, audio and "

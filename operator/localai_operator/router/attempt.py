@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from localai_operator.constants import SERVED_BY_LOCAL
 from localai_operator.router import body as bodies
-from localai_operator.router.paths import ApiPath, Budget
+from localai_operator.router.paths import ApiPath
 from localai_operator.router.policy import FallbackReason
 from localai_operator.router.upstream import Cloud, Route
 
@@ -34,7 +35,7 @@ class Attempt:
     cloud: Cloud | None
     # Event-loop time when the first-token budget ends (None: no budget applies).
     deadline: float | None
-    served_by: str = "local"
+    served_by: str = SERVED_BY_LOCAL
     fallback_reason: FallbackReason | None = None
     # Router clock when the first content token (or first byte) reached the client or was read.
     first_token_at: float | None = None
@@ -52,10 +53,6 @@ class Attempt:
             self.deadline is not None and self.api.converts_to_stream and self.body is not None
             and not self.body.stream
         )  # fmt: skip
-
-    @property
-    def budget_kind(self) -> Budget:
-        return self.api.budget if self.deadline is not None else Budget.NONE
 
     def local_body(self) -> list[bodies.Segment] | bytes | bytearray:
         if self.body is not None and self.streamed_from_local:

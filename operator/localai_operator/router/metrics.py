@@ -190,7 +190,8 @@ class RouterMetrics:
         self.ttft = add(Histogram(
             "localai_router_time_to_first_token_seconds",
             "Seconds from request arrival to the first content token (not a role-only chunk or a keep-alive) "
-            "of a chat, completion or responses answer, streaming or not.",
+            "of a chat, completion or responses answer: every stream, and non-stream requests on routes with a "
+            "fallback (the router streams those from local).",
             ("upstream",), TTFB_BUCKETS,
         ))  # fmt: skip
         self.tpot = add(Histogram(

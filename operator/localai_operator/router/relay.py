@@ -131,6 +131,16 @@ def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
     return FallbackReason.RESET
 
 
+def _read_failure(err: BaseException) -> LocalFailure:
+    """Reading an answer's body failed: a broken pod counts, a long one does not."""
+    reason = _reason_of(err, False)
+    return LocalFailure(
+        reason,
+        f"{reason.value} while reading the answer: {_describe(err)}",
+        counted=reason is not FallbackReason.REQUEST_TIMEOUT,
+    )
+
+
 def _segments(
     body: list[bodies.Segment] | bytes | bytearray,
 ) -> list[bodies.Segment] | tuple[bytes | bytearray, ...]:
@@ -503,11 +513,7 @@ class Relay:
             try:
                 body = await upstream.read()
             except _UPSTREAM_ERRORS as err:
-                reason = _reason_of(err, False)
-                return LocalFailure(
-                    reason, f"{reason.value} while reading the answer: {_describe(err)}",
-                    counted=reason is not FallbackReason.REQUEST_TIMEOUT,
-                )  # fmt: skip
+                return _read_failure(err)
             return self._whole(a, upstream, body)
         parts = [first] if first else []
         size = len(first)
@@ -521,11 +527,7 @@ class Relay:
             else:
                 return await self._relay_large(a, upstream, parts)
         except _UPSTREAM_ERRORS as err:
-            reason = _reason_of(err, False)
-            return LocalFailure(
-                reason, f"{reason.value} while reading the answer: {_describe(err)}",
-                counted=reason is not FallbackReason.REQUEST_TIMEOUT,
-            )  # fmt: skip
+            return _read_failure(err)
         return self._whole(a, upstream, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _whole(self, a: Attempt, upstream: http.Response, body: bytes) -> web.Response | LocalFailure:

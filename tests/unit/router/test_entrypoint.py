@@ -16,6 +16,14 @@ from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import API_KEY, eventually, route_config
 
 
+async def is_ready(client: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -36,15 +44,8 @@ async def test_router_command_serves_and_exits_cleanly_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
-    async def ready() -> bool:
-        try:
-            async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
     try:
-        await eventually(ready, 30, "the router process to be ready")
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
         async with client.post(
             f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"}
         ) as response:
@@ -97,15 +98,8 @@ async def test_router_command_takes_a_log_level(
         env={"PATH": "/usr/bin:/bin"}, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
-    async def ready() -> bool:
-        try:
-            async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
     try:
-        await eventually(ready, 30, "the router process to be ready")
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     finally:
