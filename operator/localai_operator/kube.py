@@ -34,9 +34,10 @@ _GROUPED = {"Deployment": ("apps/v1", "deployments"), "PodDisruptionBudget": ("p
             "LLMModel": (f"{GROUP}/{VERSION}", "llmmodels"), "InferencePool": (f"{GROUP}/{VERSION}", "inferencepools"),
             "FallbackRoute": (f"{GROUP}/{VERSION}", "fallbackroutes"),
             "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
-            "Lease": ("coordination.k8s.io/v1", "leases")}  # fmt: skip
+            "Lease": ("coordination.k8s.io/v1", "leases"),
+            "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies")}  # fmt: skip
 # Kinds a custom resource may own at one time and not the next (storage removed, replicas down to 1).
-PRUNABLE = ("PersistentVolumeClaim", "PodDisruptionBudget")
+PRUNABLE = ("PersistentVolumeClaim", "PodDisruptionBudget", "NetworkPolicy")
 
 
 def path(kind: str, namespace: str | None = None, name: str | None = None) -> str:

@@ -27,6 +27,7 @@ from localai_operator.kube import Kube
 from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
 from localai_operator.render.pool import endpoint as pool_endpoint
+from localai_operator.render.pool import file_conflicts
 from localai_operator.render.route import endpoint as route_endpoint
 from localai_operator.render.route import primary_url
 
@@ -189,6 +190,13 @@ class Reconciler:
         if missing:
             # Nothing is applied until every model resolves: never a half-applied pool.
             facts = st.PoolFacts(**common, missing_models=missing)
+            self._write_status(
+                "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
+            )
+            return
+        conflict = file_conflicts([models[name] for name in pool.spec.models])
+        if conflict:
+            facts = st.PoolFacts(**common, invalid=conflict)
             self._write_status(
                 "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
             )

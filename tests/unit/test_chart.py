@@ -212,7 +212,7 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         f"{GROUP}/{plural}{sub}" for plural in ("llmmodels", "inferencepools", "fallbackroutes") for sub in ("", "/status")
     } | {
         "/configmaps", "/services", "/persistentvolumeclaims", "/secrets", "/pods", "/events", "events.k8s.io/events",
-        "apps/deployments", "policy/poddisruptionbudgets", "/nodes", "/namespaces",
+        "apps/deployments", "policy/poddisruptionbudgets", "networking.k8s.io/networkpolicies", "/nodes", "/namespaces",
         "apiextensions.k8s.io/customresourcedefinitions",
     }  # fmt: skip
 
@@ -263,6 +263,36 @@ def test_the_operator_is_told_its_own_image_for_the_routers(helm: str, tmp_path:
     assert pinned["image"] == "localai-operator@sha256:" + "a" * 64
     assert {"name": "LOCALAI_OPERATOR_IMAGE", "value": pinned["image"]} in pinned["env"]
     assert "--verbose" in pinned["args"]
+
+
+def test_the_downloader_image_keeps_its_pinned_tag_when_the_operator_is_upgraded(
+    helm: str, tmp_path: Path
+) -> None:
+    from localai_operator.render.common import DOWNLOADER_VERSION
+
+    def downloader(values: dict[str, Any]) -> str | None:
+        env = {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, values))["env"]}
+        return env["LOCALAI_OPERATOR_DOWNLOADER_IMAGE"]
+
+    assert downloader({}) == f"localai-operator:{DOWNLOADER_VERSION}"
+    upgraded = {"image": {"repository": "reg.example/localai-operator", "tag": "9.9.9"}}
+    assert downloader(upgraded) == f"reg.example/localai-operator:{DOWNLOADER_VERSION}"
+    digest = "sha256:" + "d" * 64
+    assert downloader(
+        {"downloader": {"image": {"repository": "reg.example/fetch", "tag": "x", "digest": digest}}}
+    ) == (f"reg.example/fetch@{digest}")
+
+
+def test_localai_images_and_backend_repository_reach_the_operator_only_when_set(
+    helm: str, tmp_path: Path
+) -> None:
+    def env(values: dict[str, Any]) -> dict[str, str | None]:
+        return {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, values))["env"]}
+
+    assert not {k for k in env({}) if k.startswith("LOCALAI_OPERATOR_LOCALAI_")}
+    mirrored = env({"localai": {"cpuImage": "reg/l:v4.9.0", "backendRepository": "reg/local-ai-backends"}})
+    assert mirrored["LOCALAI_OPERATOR_LOCALAI_CPU_IMAGE"] == "reg/l:v4.9.0"
+    assert mirrored["LOCALAI_OPERATOR_LOCALAI_BACKEND_REPOSITORY"] == "reg/local-ai-backends"
 
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str, tmp_path: Path) -> None:

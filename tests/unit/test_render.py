@@ -18,10 +18,11 @@ from localai_operator.render.offline import render_paths
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "samples.yaml"
 SHA = "b" * 64
-# Field names LocalAI reads (core/config/model_config.go, core/schema/prediction.go).
+# Field names LocalAI reads (core/config/model_config.go, core/schema/prediction.go at v4.9.0).
 LOCALAI_TOP_LEVEL = {
-    "name", "backend", "parameters", "context_size", "f16", "gpu_layers", "mmap", "mmlock", "low_vram", "numa",
-    "cache_type_k", "cache_type_v", "flash_attention", "template", "stopwords", "description", "threads",
+    "name", "backend", "parameters", "context_size", "gpu_layers", "mmap", "mmlock", "cache_type_k", "cache_type_v",
+    "flash_attention", "template", "stopwords", "description", "threads", "options", "embeddings", "mmproj",
+    "tensor_split", "main_gpu",
 }  # fmt: skip
 LOCALAI_PARAMETERS = {
     "model",
@@ -101,7 +102,7 @@ def test_probes_use_localai_health_endpoints() -> None:
     container = by_kind(render_pool(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1200
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_model_yaml_uses_only_localai_field_names() -> None:
@@ -120,8 +121,7 @@ def test_model_yaml_uses_only_localai_field_names() -> None:
 def test_gpu_layers_default_to_all_on_gpu_pools_and_zero_on_cpu_pools() -> None:
     gpu = yaml.safe_load(by_kind(render_pool(pool(gpus=1)), "ConfigMap")["data"]["mistral.yaml"])
     cpu = yaml.safe_load(by_kind(render_pool(pool(gpus=0)), "ConfigMap")["data"]["mistral.yaml"])
-    assert (gpu["gpu_layers"], gpu["f16"]) == (999, True)
-    assert (cpu["gpu_layers"], cpu["f16"]) == (0, False)
+    assert (gpu["gpu_layers"], cpu["gpu_layers"]) == (999, 0)
 
 
 def test_threads_default_to_the_cpu_request_in_whole_cores() -> None:
@@ -158,7 +158,12 @@ def test_children_are_owned_by_the_pool_as_controller() -> None:
 
 
 def test_pdb_only_when_more_than_one_replica_and_pvc_only_with_storage() -> None:
-    assert {o["kind"] for o in render_pool(pool(replicas=1))} == {"ConfigMap", "Deployment", "Service"}
+    assert {o["kind"] for o in render_pool(pool(replicas=1))} == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+    }
     kinds = {
         o["kind"] for o in render_pool(pool(replicas=3, storage={"size": "20Gi", "storageClassName": "fast"}))
     }

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from localai_operator.api.base import DNS_SUBDOMAIN, Condition, CustomResource, Quantity, Resources, Spec
+from localai_operator.api.base import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    Condition,
+    CustomResource,
+    Quantity,
+    Resources,
+    SecretKeyRef,
+    Spec,
+)
 
 
 class Accelerator(Spec):
@@ -44,6 +53,96 @@ class Toleration(Spec):
     toleration_seconds: int | None = None
 
 
+class KeyRef(Spec):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the object in the same namespace."
+    )
+    key: str = Field(min_length=1, max_length=253, description="Key inside it.")
+    optional: bool | None = Field(default=None, description="Start the pod even when the key is missing.")
+
+
+class FieldRef(Spec):
+    field_path: str = Field(min_length=1, max_length=256, description="e.g. metadata.name or status.podIP.")
+
+
+class EnvVarSource(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef)]"
+                    ".filter(x, x).size() == 1",
+                    "message": "valueFrom takes exactly one of secretKeyRef, configMapKeyRef or fieldRef",
+                }
+            ]
+        }
+    }
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: FieldRef | None = Field(default=None, description="A field of the pod.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if sum(x is not None for x in (self.secret_key_ref, self.config_map_key_ref, self.field_ref)) != 1:
+            raise ValueError("valueFrom takes exactly one of secretKeyRef, configMapKeyRef or fieldRef")
+        return self
+
+
+# What keeps the admin API closed and the paths where the operator mounts volumes: never overridden by extraEnv,
+# under their LocalAI name or the legacy alias kong also reads (core/cli/run.go at v4.9.0).
+RESERVED_ENV = (
+    "LOCALAI_ADDRESS", "ADDRESS", "LOCALAI_MODELS_PATH", "MODELS_PATH", "LOCALAI_BACKENDS_PATH", "BACKENDS_PATH",
+    "LOCALAI_DATA_PATH", "LOCALAI_CONFIG_DIR", "LOCALAI_API_KEY", "API_KEY",
+    "LOCALAI_BACKEND_GALLERIES", "BACKEND_GALLERIES", "LOCALAI_AUTOLOAD_BACKEND_GALLERIES",
+    "AUTOLOAD_BACKEND_GALLERIES", "LOCALAI_GALLERIES", "GALLERIES", "LOCALAI_AUTOLOAD_GALLERIES",
+    "AUTOLOAD_GALLERIES", "LOCALAI_DISABLE_GALLERY_ENDPOINT", "DISABLE_GALLERY_ENDPOINT", "LOCALAI_DISABLE_WEBUI",
+    "DISABLE_WEBUI", "LOCALAI_DISABLE_RUNTIME_SETTINGS", "DISABLE_RUNTIME_SETTINGS", "LOCALAI_DISABLE_AGENTS",
+    "LOCALAI_DISABLE_ASSISTANT", "LOCALAI_DISABLE_MCP", "DISABLE_MCP",
+)  # fmt: skip
+RESERVED_ENV_MESSAGE = (
+    "extraEnv cannot set the variables that keep LocalAI's admin API closed or name its volumes"
+    " (LOCALAI_ADDRESS, *_PATH, LOCALAI_API_KEY, *GALLER*, LOCALAI_DISABLE_*); use spec.apiKeySecretRef for the key"
+)
+
+
+class EnvVar(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.value) && has(self.valueFrom))",
+                    "message": "set value or valueFrom, not both",
+                }
+            ]
+        }
+    }
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=256, description="Variable name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Value read from a Secret, ConfigMap or the pod."
+    )
+
+    @model_validator(mode="after")
+    def _value_or_value_from(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        return self
+
+
+class NetworkPolicy(Spec):
+    enabled: bool = Field(
+        default=True,
+        description="Render a NetworkPolicy that admits, on port 8080, only this namespace's FallbackRoute routers "
+        "and pods of allowedNamespaces. Needs a CNI that enforces NetworkPolicy.",
+    )
+    allowed_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Namespaces whose pods may also call the pool directly (e.g. your monitoring namespace).",
+    )
+
+
 GPU_IMAGE_RULE = (
     "!has(self.image) || !(self.image.contains('cuda') || self.image.contains('gpu-nvidia'))"
     " || (has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
@@ -65,6 +164,12 @@ class InferencePoolSpec(Spec):
         image = self.image or ""
         if ("cuda" in image or "gpu-nvidia" in image) and self.accelerator.gpus == 0:
             raise ValueError(GPU_IMAGE_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
+    def _extra_env_keeps_the_reserved_names(self) -> InferencePoolSpec:
+        if any(e.name in RESERVED_ENV for e in self.extra_env):
+            raise ValueError(RESERVED_ENV_MESSAGE)
         return self
 
     models: list[str] = Field(
@@ -96,7 +201,12 @@ class InferencePoolSpec(Spec):
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations.")
-    parallel_requests: bool = Field(default=False, description="LocalAI parallel requests per backend.")
+    parallel_requests: bool | None = Field(
+        default=None,
+        description="false: every model of the pool answers one request at a time (parallel:1 whatever "
+        "LLMModel.spec.parallel says). Unset or true: each model's spec.parallel. LocalAI v4.1 removed its own "
+        "LOCALAI_PARALLEL_REQUESTS switch (requests always reach the backend concurrently); slots decide.",
+    )
     max_active_backends: int | None = Field(
         default=None,
         ge=1,
@@ -104,7 +214,43 @@ class InferencePoolSpec(Spec):
     )
     preinstall_backends: list[str] = Field(
         default_factory=lambda: ["llama-cpp"],
-        description="LocalAI backends installed at start (LOCALAI_EXTERNAL_BACKENDS); [] for images that bundle them.",
+        max_length=16,
+        json_schema_extra={
+            "items": {"type": "string", "pattern": r"^[a-z0-9][-a-z0-9._]*$", "maxLength": 128}
+        },
+        description="LocalAI backends installed at start (LOCALAI_EXTERNAL_BACKENDS) from a backend gallery the "
+        "operator renders, pinned to the image's LocalAI release; /backends is then a volume (kept on the model "
+        "volume with storage). []: the image already holds its backends (air-gapped clusters), nothing is "
+        "installed and the image's own /backends is used.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the API key LocalAI requires on /v1/* and /metrics (LOCALAI_API_KEY); "
+        "FallbackRoutes pointing at this pool send it. /healthz and /readyz stay open.",
+    )
+    network_policy: NetworkPolicy = Field(
+        default_factory=NetworkPolicy, description="Who may reach the pool's pods on port 8080."
+    )
+    run_as_user: int | None = Field(
+        default=None,
+        ge=1,
+        le=2147483647,
+        description="Run LocalAI as this non-root user instead of the image's root. Every path it writes is a "
+        "volume (group 65532), so it works with preinstallBackends; an image with baked-in backends must make "
+        "/backends readable for that user. mlock has no effect then.",
+    )
+    extra_env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "x-kubernetes-validations": [
+                {"rule": f"self.all(e, !(e.name in {list(RESERVED_ENV)}))", "message": RESERVED_ENV_MESSAGE}
+            ],
+        },
+        description="Extra environment variables for the LocalAI container (any LOCALAI_* setting of "
+        "`local-ai run`); an entry replaces the operator's variable of the same name.",
     )
     log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="info", description="LocalAI log level."

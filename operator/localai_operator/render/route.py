@@ -19,6 +19,8 @@ from localai_operator.constants import (
     ROUTER_SERVICE_PORT,
 )
 from localai_operator.render.common import (
+    ROUTER_APP,
+    ROUTER_COMPONENT,
     RenderSettings,
     content_hash,
     http_service,
@@ -29,8 +31,8 @@ from localai_operator.render.common import (
 from localai_operator.render.pool import pods_service_name, service_url
 from localai_operator.router import config as rc
 
-APP = "localai-router"
-COMPONENT = "router"
+APP = ROUTER_APP
+COMPONENT = ROUTER_COMPONENT
 ROUTER_UID = 65532
 DEFAULT_MEMORY_LIMIT: Final = "256Mi"
 # What the router process needs besides request bodies (interpreter, aiohttp, buffers of streams in flight),
