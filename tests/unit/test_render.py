@@ -54,8 +54,8 @@ def route(**spec: Any) -> FallbackRoute:
     )
 
 
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [obj] = [o for o in objects if o["kind"] == kind]
+def by_kind(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [obj] = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     return obj
 
 
@@ -195,7 +195,7 @@ def test_a_hugging_face_token_comes_from_its_secret_never_the_configmap() -> Non
 
 
 def test_service_listens_on_8080_named_http() -> None:
-    assert by_kind(render_pool(), "Service")["spec"]["ports"][0] == {
+    assert by_kind(render_pool(), "Service", "gpu-pool")["spec"]["ports"][0] == {
         "name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}  # fmt: skip
 
 
@@ -203,7 +203,7 @@ def test_route_config_holds_no_secret_and_the_deployment_reads_the_key_from_the_
     objects = route_objects(route(fallback={"apiKeySecretRef": {"name": "holysheep", "key": "api-key"}}))
     config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["router.yaml"])
     assert config["fallback"]["apiKeyEnv"] == "LOCALAI_OPERATOR_FALLBACK_API_KEY"
-    assert config["local"]["endpoints"] == ["http://gpu-pool.ai.svc:8080/v1"]
+    assert config["local"]["discovery"]["url"] == "http://gpu-pool-pods.ai.svc:8080/v1"
     container = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["env"] == [{"name": "LOCALAI_OPERATOR_FALLBACK_API_KEY",
                                  "valueFrom": {"secretKeyRef": {"name": "holysheep", "key": "api-key"}}}]  # fmt: skip

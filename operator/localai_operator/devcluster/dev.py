@@ -228,7 +228,7 @@ def _router_demo(state: DevState) -> None:
         )
         local, cloud, router = free_ports(3)
         state.ports.update({"standin-local": local, "standin-cloud": cloud, "router": router})
-        py = [sys.executable, "-m", "localai_operator.router.standins"]
+        py = [sys.executable, "-m", "localai_operator.testing.standins"]
         state.start("standin-local", [*py, "local", "--port", str(local), "--models", DEMO_MODEL])
         state.start("standin-cloud", [*py, "cloud", "--port", str(cloud), "--api-key-env", FALLBACK_API_KEY_ENV],
                     {FALLBACK_API_KEY_ENV: DEMO_KEY})  # fmt: skip

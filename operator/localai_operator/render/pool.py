@@ -233,6 +233,22 @@ def service(pool: InferencePool, version: str = __version__) -> dict[str, Any]:
     return http_service(pool, pool.name, name=APP, component=COMPONENT, port=LOCALAI_PORT, version=version)
 
 
+def pods_service_name(pool_name: str) -> str:
+    return f"{pool_name}-pods"
+
+
+def pods_service(pool: InferencePool, version: str = __version__) -> dict[str, Any]:
+    """A headless Service: its DNS name resolves to one address per ready pod, which is how a route's
+    router balances over the pool's pods and keeps one breaker per pod without any API access. Not-ready
+    pods are left out by default (`publishNotReadyAddresses` unset: the API server drops a false, and the
+    drift check would then re-apply it on every pass)."""
+    obj = http_service(
+        pool, pods_service_name(pool.name), name=APP, component=COMPONENT, port=LOCALAI_PORT, version=version
+    )
+    obj["spec"]["clusterIP"] = "None"
+    return obj
+
+
 def persistent_volume_claim(pool: InferencePool, version: str = __version__) -> dict[str, Any] | None:
     storage = pool.spec.storage
     if storage is None:
@@ -548,5 +564,6 @@ def pool_objects(
         service(pool, version),
         pod_disruption_budget(pool, version),
         network_policy(pool, version),
+        pods_service(pool, version),
     ]
     return [obj for obj in objects if obj is not None]
