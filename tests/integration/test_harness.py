@@ -198,6 +198,8 @@ def test_an_interrupted_test_session_stops_its_harness(sig: signal.Signals, tmp_
 
     assert session.returncode == pytest.ExitCode.INTERRUPTED, output
     assert_nothing_left(harness.processes, harness.ports, state_dir)
+    assert harness.real_node is not None, "the session fixture starts a real node"
+    assert harness.leftovers() == []
 
 
 def start_in_child(script: str) -> tuple[subprocess.Popen[str], Path]:

@@ -4,9 +4,12 @@ through kube-proxy and cluster DNS; nothing is pulled, nothing leaves the machin
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,8 @@ from localai_operator.devcluster import (
     REAL_NODE_TOLERATION,
     Cluster,
     RealNode,
+    RealNodeUnavailable,
+    real_node_unavailable_reason,
 )
 from localai_operator.devcluster.binaries import CONTAINERD_VERSION, K8S_VERSION
 from localai_operator.devcluster.nodes import KWOK_NODE_ANNOTATION
@@ -296,12 +301,46 @@ def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
     assert json.loads(result.stdout)["gitVersion"] == K8S_VERSION
 
 
+def test_a_pod_reaches_no_host_listener_but_the_apiserver(
+    cluster: ClusterAccess, real_node: RealNode, workload: str
+) -> None:
+    host = real_node.network.host_ip
+    assert cluster.harness is not None
+    apiserver_port = urllib.parse.urlsplit(cluster.harness.server).port
+    with socket.socket() as listener:
+        listener.bind((host, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        connect = "timeout 5 nc {} {} </dev/null; echo $?"
+        result = exec_in(
+            cluster,
+            workload,
+            "client",
+            f"{connect.format(host, apiserver_port)}; {connect.format(host, port)}",
+        )
+
+    # The apiserver connects (0); the other listener on the same address never answers: timeout's 143.
+    assert result.stdout.split() == ["0", "143"], result.stderr
+
+
 def test_the_host_reaches_a_service_cluster_ip(cluster: ClusterAccess, workload: str) -> None:
     cluster_ip = cluster.core.read_namespaced_service("server", workload).spec.cluster_ip
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     with opener.open(f"http://{cluster_ip}/", timeout=10) as response:
         assert response.read().decode().strip() == GREETING
+
+
+def test_a_machine_that_cannot_run_the_real_node_is_told_why_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    with pytest.raises(RealNodeUnavailable) as refused:
+        Cluster.start(nodes=[], real_node=True)
+
+    assert str(refused.value) == real_node_unavailable_reason()
+    assert str(refused.value).startswith("the real node needs root")
 
 
 def run_busybox_pod(harness: Cluster, archive: Path) -> None:

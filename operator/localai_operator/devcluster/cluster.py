@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from localai_operator.devcluster.binaries import Binaries, NodeBinaries, find_node
 from localai_operator.devcluster.binaries import find as find_binaries
-from localai_operator.devcluster.errors import ClusterError
+from localai_operator.devcluster.errors import ClusterError, RealNodeUnavailable
 from localai_operator.devcluster.kubeconfig import admin_kubeconfig, token_kubeconfig, write_kubeconfig
 from localai_operator.devcluster.nodes import KWOK_NODE_ANNOTATION, KWOK_NODE_VALUE, FakeNode, default_nodes
 from localai_operator.devcluster.process import (
@@ -38,6 +38,7 @@ from localai_operator.devcluster.process import (
     stop_groups,
 )
 from localai_operator.devcluster.realnode import NodeNetwork, RealNode
+from localai_operator.devcluster.realnode import unavailable_reason as real_node_unavailable_reason
 
 __all__ = ["COMPONENTS", "NODE_COMPONENTS", "Cluster", "ClusterError", "component_commands", "kwok_command"]
 
@@ -113,6 +114,8 @@ class Cluster:
         Builds missing binaries first (once per machine, slow). On failure nothing is left running.
         """
         found = binaries or find_binaries()
+        if real_node and (reason := real_node_unavailable_reason()) is not None:
+            raise RealNodeUnavailable(reason)  # before building the node's binaries for nothing
         node_binaries = find_node() if real_node else None
         wanted = tuple(nodes) if nodes is not None else default_nodes()
         for attempt in range(1, _START_ATTEMPTS + 1):

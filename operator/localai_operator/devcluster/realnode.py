@@ -1,9 +1,9 @@
 """The real node: containerd, runc, a CNI bridge, the kubelet, kube-proxy and CoreDNS in PID, mount and network
 namespaces of their own beside the control plane, so that pods whose images the harness imported really run.
 
-Addresses live only inside this machine: the node's network namespace is joined to the host by one veth whose only
-routes are the node's own pod and Service ranges, so nothing can be routed (or NATed) out of the machine; a
-mangle rule there drops anything else leaving by that link. containerd is told that every registry is a closed
+Addresses live only inside this machine: the node's network namespace is joined to the host by one veth and has
+no route beyond it, so nothing can be routed (or NATed) out of the machine; its own mangle rules let through that
+link only the apiserver and answers to the host. containerd is told that every registry is a closed
 loopback port, so a missing image fails at once; CoreDNS is built without a `forward` plugin and answers only the
 cluster domain. Everything the node makes disappears with its init process (see `nodeinit`).
 """
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ COREDNS_READY_PORT: Final = 8181
 COREDNS_HEALTH_PORT: Final = 8080
 NODE_LINK: Final = "eth0"
 EGRESS_CHAIN: Final = "LOCALAI-OPERATOR-EGRESS"
+INGRESS_CHAIN: Final = "LOCALAI-OPERATOR-INGRESS"
 CGROUP_PARENT: Final = "localai-operator"
 HOST_TOOLS: Final = ("runc", "iptables", "iptables-restore", "iptables-save", "ip", "unshare", "nsenter")
 # The kubelet's kernel settings (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables).
@@ -126,7 +128,7 @@ class NodeNetwork:
 
 
 class Launcher(Protocol):
-    """What the control plane lends the node to start its processes and wait on them (`Cluster` is one)."""
+    """What a booting cluster lends the node: recorded processes, its deadline, its admin client (cluster.py)."""
 
     def spawn_component(
         self, name: str, argv: list[str], *, pass_fds: Sequence[int] = ()
@@ -175,30 +177,42 @@ class RealNode:
         node_dir = Path(tempfile.mkdtemp(prefix=_NODE_DIR_PREFIX, dir=node_dir_parent()))
         node = cls(name=name, node_dir=node_dir, network=NodeNetwork(-1), binaries_dir=binaries.directory)
         node._write_layout()
+        try:
+            node._boot_namespaces(launcher)
+        except BaseException:
+            node.stop()  # the caller stops the init's process (unshare); this removes what the node made
+            raise
+        return node
+
+    def _boot_namespaces(self, launcher: Launcher) -> None:
         host_mount_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY)
         try:
             init = launcher.spawn_component(
                 "node-init",
                 ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--propagation", "private",
-                 "--kill-child=SIGTERM", "--", sys.executable, nodeinit.__file__, str(node_dir), str(host_mount_ns)],
+                 "--kill-child=SIGTERM", "--", sys.executable, nodeinit.__file__, str(self.node_dir),
+                 str(host_mount_ns)],
                 pass_fds=(host_mount_ns,),
             )  # fmt: skip
         finally:
             os.close(host_mount_ns)
         launcher.wait_until(
-            "the real node's init to set up its namespaces", (node_dir / nodeinit.READY_FILE).exists
+            "the real node's init to set up its namespaces", (self.node_dir / nodeinit.READY_FILE).exists
         )
-        node.init_pid = _only_child(init.pid)
-        node.init_start_ticks = _start_ticks(node.init_pid)
-        node.namespaces = {
-            kind: os.stat(f"/proc/{node.init_pid}/ns/{kind}").st_ino for kind in ("pid", "mnt", "net")
+        self.init_pid = _only_child(init.pid)
+        self.init_start_ticks = _start_ticks(self.init_pid)
+        self.namespaces = {
+            kind: os.stat(f"/proc/{self.init_pid}/ns/{kind}").st_ino for kind in ("pid", "mnt", "net")
         }
-        node.network = _claim_slot(node.init_pid)
-        node._write_layout()
-        node._configure_network()
-        node.cgroups = _create_cgroups(node.cgroup_root)
-        node._write_layout()
-        return node
+        self.network = _claim_slot(self.init_pid)
+        self._write_layout()
+        self._configure_network()
+        # Recorded before they exist, so that whoever cleans up after a failure removes each one made.
+        self.cgroups = tuple(
+            str(hierarchy / self.cgroup_root.strip("/")) for hierarchy in _cgroup_hierarchies()
+        )
+        self._write_layout()
+        _create_cgroups([Path(cgroup) for cgroup in self.cgroups])
 
     def start(self, launcher: Launcher, *, server: str, pki_dir: Path, admin_kubeconfig: Path) -> None:
         """Runs containerd (with the pause image imported), the kubelet, kube-proxy and CoreDNS, and creates the
@@ -222,6 +236,9 @@ class RealNode:
             server_ips=(self.network.node_ip,), server_dns=(self.name,),
         )  # fmt: skip
         self._write_configs(pki.ca_cert, serving_cert, serving_key, kubeconfigs, admin_kubeconfig)
+        port = urllib.parse.urlsplit(server).port
+        assert port is not None, f"the apiserver URL {server} names its port"
+        self._guard_link(port)
         binaries = self.binaries
 
         launcher.spawn_component(
@@ -393,15 +410,39 @@ class RealNode:
                 "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
                 "if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then"
                 " echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables; fi",
-                f"iptables -t mangle -N {EGRESS_CHAIN}",
-                f"iptables -t mangle -A {EGRESS_CHAIN} -d {net.host_ip}/32 -j RETURN",
-                f"iptables -t mangle -A {EGRESS_CHAIN} -m comment --comment 'nothing leaves the machine' -j DROP",
-                f"iptables -t mangle -A POSTROUTING -o {NODE_LINK} -j {EGRESS_CHAIN}",
             ]
         )
         result = self.run_in_node(["sh", "-c", script])
         if result.returncode != 0:
             raise RealNodeError(f"configuring the real node's network failed: {result.stderr.strip()}")
+
+    def _guard_link(self, apiserver_port: int) -> None:
+        """Rules of the node's own (in the mangle table, which kube-proxy leaves alone): through the link to the
+        host only the apiserver and answers to the host's connections go out, and only the host comes in. There
+        is no route beyond the host anyway; these keep pods off the host's other listeners too."""
+        host = self.network.host_ip
+        rules = "\n".join(
+            [
+                "*mangle",
+                f":{EGRESS_CHAIN} - [0:0]",
+                f":{INGRESS_CHAIN} - [0:0]",
+                f"-A {EGRESS_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+                f"-A {EGRESS_CHAIN} -d {host}/32 -p tcp --dport {apiserver_port} -j RETURN",
+                f'-A {EGRESS_CHAIN} -m comment --comment "only the apiserver, and nothing off the machine" -j DROP',
+                f"-A {INGRESS_CHAIN} -s {host}/32 -j RETURN",
+                f'-A {INGRESS_CHAIN} -m comment --comment "only the host comes in" -j DROP',
+                f"-A POSTROUTING -o {NODE_LINK} -j {EGRESS_CHAIN}",
+                f"-A PREROUTING -i {NODE_LINK} -j {INGRESS_CHAIN}",
+                "COMMIT",
+                "",
+            ]
+        )
+        result = subprocess.run(
+            self._in_node(["iptables-restore", "--noflush"]),
+            input=rules, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RealNodeError(f"writing the real node's link rules failed: {result.stderr.strip()}")
 
     def _write_configs(
         self, ca: Path, serving_cert: Path, serving_key: Path, kubeconfigs: Mapping[str, Path], admin: Path
@@ -859,10 +900,8 @@ def _available_controllers() -> set[str]:
     return controllers
 
 
-def _create_cgroups(cgroup_root: str) -> tuple[str, ...]:
-    created = []
-    for hierarchy in _cgroup_hierarchies():
-        path = hierarchy / cgroup_root.strip("/")
+def _create_cgroups(cgroups: Sequence[Path]) -> None:
+    for path in cgroups:
         for directory in (path.parent, path):
             directory.mkdir(exist_ok=True)
             if (directory / "cpuset.cpus").exists() and not (directory / "cpuset.cpus").read_text().strip():
@@ -870,13 +909,12 @@ def _create_cgroups(cgroup_root: str) -> tuple[str, ...]:
                 for name in ("cpuset.cpus", "cpuset.mems"):
                     (directory / name).write_text((directory.parent / name).read_text())
             if (directory.parent / "cgroup.subtree_control").exists():
+                # cgroup v2: a child gets only the controllers its parent delegates.
                 controllers = (directory.parent / "cgroup.controllers").read_text().split()
                 with contextlib.suppress(OSError):
                     (directory.parent / "cgroup.subtree_control").write_text(
                         " ".join(f"+{c}" for c in controllers)
                     )
-        created.append(str(path))
-    return tuple(created)
 
 
 def _remove_empty_cgroup_parents() -> None:
