@@ -50,6 +50,7 @@ POD_CIDR: Final = "10.244.0.1/16"
 KWOK_CUSTOM_STATUS_ANNOTATION: Final = "kwok.x-k8s.io/status=custom"
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_COMPONENTS: Final = ("node-init", "containerd", "kubelet", "kube-proxy", "coredns")
+_NODE_CLIENTS: Final = ("kubelet", "kube-proxy", "coredns")
 _PORT_NAMES: Final = (
     "etcd",
     "etcd-peer",
@@ -159,8 +160,12 @@ class Cluster:
         return all(running.get(name, False) for name in wanted)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stops the real node (its init kills every container and removes what it made), kills every
-        component's process group, then removes the state directory; raises if anything is left."""
+        """Kills every component's process group, stops the real node (its init kills every container and
+        removes what it made), then removes the state directory; raises if anything is left."""
+        # The node's clients, the control plane, then the node: an apiserver whose address (the host's end of the
+        # node's link) vanished with the node never finishes its graceful stop and waits for SIGKILL.
+        for names in (_NODE_CLIENTS, COMPONENTS):
+            stop_groups([p for p in self.processes if p.name in names], self._children, timeout=timeout)
         if self.real_node is not None:
             self.real_node.stop()
         stop_groups(self.processes, self._children, timeout=timeout)
@@ -434,6 +439,9 @@ def component_commands(
                 if network is not None
                 else _loopback_apiserver_flags()
             ),
+            # The `kubernetes` Service's endpoints: none on loopback (invalid there, and nothing could reach it),
+            # written by the real node otherwise; the lease reconciler would stall every stop.
+            "--endpoint-reconciler-type=none",
         ],
         "kube-controller-manager": [
             str(found.kube_controller_manager),
@@ -461,14 +469,12 @@ def _loopback_apiserver_flags() -> list[str]:
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        # A loopback address is invalid in Endpoints; without a real node network nothing could reach it anyway.
-        "--endpoint-reconciler-type=none",
     ]
 
 
 def _real_node_apiserver_flags(pki: Path, network: NodeNetwork) -> list[str]:
     # On the host's end of the node's link the apiserver is reachable from the host (a local address), from the
-    # node and, through the `kubernetes` Service that the lease reconciler points here, from every pod.
+    # node and, through the `kubernetes` Service (whose endpoints the real node writes), from every pod.
     return [
         f"--bind-address={network.host_ip}",
         f"--advertise-address={network.host_ip}",

@@ -216,7 +216,7 @@ class RealNode:
 
     def start(self, launcher: Launcher, *, server: str, pki_dir: Path, admin_kubeconfig: Path) -> None:
         """Runs containerd (with the pause image imported), the kubelet, kube-proxy and CoreDNS, and creates the
-        kube-dns Service; returns once each answers its health check (the caller then waits for the node Ready)."""
+        kube-dns Service and the `kubernetes` Service's endpoint; returns once each answers its health check (the caller then waits for the node Ready)."""
         from localai_operator.devcluster.certs import Pki, issue  # cryptography: only to start one
 
         pki = Pki.in_directory(pki_dir)
@@ -261,10 +261,11 @@ class RealNode:
         launcher.spawn_component(
             "coredns", self._in_node([str(binaries.coredns), "-conf", str(self.node_dir / "Corefile")])
         )
-        for path, body in kube_dns_objects(self.network):
+        for path, body in service_objects(self.network, port):
             code, answer = launcher.api_post(path, body)
             if code not in (201, 409):
-                raise RealNodeError(f"creating {body['kind']} kube-dns failed with HTTP {code}: {answer}")
+                name = f"{body['kind']} {body['metadata']['namespace']}/{body['metadata']['name']}"
+                raise RealNodeError(f"creating {name} failed with HTTP {code}: {answer}")
         ip = self.network.node_ip
         for what, url in (
             ("the kubelet's /healthz", f"http://{ip}:{KUBELET_HEALTHZ_PORT}/healthz"),
@@ -744,9 +745,10 @@ def corefile(net: NodeNetwork, kubeconfig: Path) -> str:
 """
 
 
-def kube_dns_objects(net: NodeNetwork) -> list[tuple[str, dict[str, Any]]]:
-    """The kube-dns Service (the kubelet's clusterDNS address) and its EndpointSlice: CoreDNS on the node's IP."""
-    ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
+def service_objects(net: NodeNetwork, apiserver_port: int) -> list[tuple[str, dict[str, Any]]]:
+    """The kube-dns Service (the kubelet's clusterDNS address) with CoreDNS, on the node's IP, as its endpoint,
+    and the endpoint of the `kubernetes` Service: the apiserver on the host's end of the link."""
+    dns_ports = [("dns", "UDP", 53), ("dns-tcp", "TCP", 53)]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -754,29 +756,42 @@ def kube_dns_objects(net: NodeNetwork) -> list[tuple[str, dict[str, Any]]]:
         "spec": {
             "clusterIP": net.dns_service_ip,
             "ports": [
-                {"name": name, "protocol": protocol, "port": 53, "targetPort": 53} for name, protocol in ports
+                {"name": name, "protocol": protocol, "port": port, "targetPort": port}
+                for name, protocol, port in dns_ports
             ],
         },
     }
-    endpoints = {
+    slices = [
+        _endpoint_slice("kube-system", "kube-dns", net.node_ip, dns_ports),
+        _endpoint_slice("default", "kubernetes", net.host_ip, [("https", "TCP", apiserver_port)]),
+    ]
+    return [
+        ("/api/v1/namespaces/kube-system/services", service),
+        *(
+            (f"/apis/discovery.k8s.io/v1/namespaces/{s['metadata']['namespace']}/endpointslices", s)
+            for s in slices
+        ),
+    ]
+
+
+def _endpoint_slice(
+    namespace: str, service: str, address: str, ports: Sequence[tuple[str, str, int]]
+) -> dict[str, Any]:
+    return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": "kube-dns-coredns",
-            "namespace": "kube-system",
+            "name": service,
+            "namespace": namespace,
             "labels": {
-                "kubernetes.io/service-name": "kube-dns",
+                "kubernetes.io/service-name": service,
                 "endpointslice.kubernetes.io/managed-by": "localai-operator-harness",
             },
         },
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [net.node_ip], "conditions": {"ready": True}}],
-        "ports": [{"name": name, "protocol": protocol, "port": 53} for name, protocol in ports],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": name, "protocol": protocol, "port": port} for name, protocol, port in ports],
     }
-    return [
-        ("/api/v1/namespaces/kube-system/services", service),
-        ("/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices", endpoints),
-    ]
 
 
 def _run(argv: list[str], what: str) -> None:
