@@ -372,6 +372,31 @@ def test_a_stopped_real_node_leaves_no_container_mount_netns_rule_or_process(tmp
     assert harness.leftovers() == []
 
 
+DETACHED_START = """\
+from localai_operator.devcluster import Cluster
+print("STATE_DIR=" + str(Cluster.start(nodes=[], real_node=True, detach=True).state_dir), flush=True)
+"""
+
+
+def test_a_detached_real_node_outlives_its_starter_and_another_process_stops_it(tmp_path: Path) -> None:
+    archive = busybox_image(tmp_path / "busybox.tar", BUSYBOX)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", DETACHED_START],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    harness = Cluster.attach(read_state_dir(starter))
+    try:
+        assert starter.wait(timeout=60) == 0
+        run_busybox_pod(harness, archive)  # `dev up` starts it detached; `dev down` stops it from elsewhere
+    finally:
+        harness.stop()
+
+    assert harness.leftovers() == []
+
+
 ATTACHED_START = """\
 import time
 from localai_operator.devcluster import Cluster
