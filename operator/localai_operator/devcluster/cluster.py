@@ -292,6 +292,7 @@ class Cluster:
                 launcher, server=self.server, pki_dir=self.state_dir / "pki", admin_kubeconfig=self.kubeconfig
             )
             self.nodes += (self.real_node.name,)
+            self._save()
 
         self._wait(
             "the `default` ServiceAccount",
