@@ -33,6 +33,20 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# Services between pods on one bridge need bridged packets to pass iptables (kube-proxy's DNAT): br_netfilter.
+# Built into some kernels (then there is nothing to load); a module elsewhere, which nothing loads by itself.
+# containerd's overlayfs snapshotter likewise needs overlay listed in /proc/filesystems before the first mount.
+if ((EUID == 0)) && command -v modprobe >/dev/null; then
+  if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    log "loading the br_netfilter kernel module"
+    modprobe br_netfilter || log "could not load br_netfilter; the real node will be unavailable"
+  fi
+  if ! grep -qw overlay /proc/filesystems; then
+    log "loading the overlay kernel module"
+    modprobe overlay || log "could not load overlay; the real node will be unavailable"
+  fi
+fi
+
 if [[ ! -x $BUSYBOX ]]; then
   tmp=$(mktemp -d)
   chmod 755 "$tmp" # apt-get download fetches as the _apt user when it can

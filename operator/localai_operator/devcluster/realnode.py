@@ -512,8 +512,16 @@ def unavailable_reason(*, build: bool = True) -> str | None:
     missing_tools = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
     if missing_tools:
         return f"the real node needs {', '.join(missing_tools)} on PATH: run `make node-packages` as root"
+    if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+        return (
+            "the real node needs the br_netfilter kernel module (Services between pods on its bridge): "
+            "run `make node-packages` as root, or `modprobe br_netfilter`"
+        )
     if "overlay" not in Path("/proc/filesystems").read_text():
-        return "the real node needs overlayfs (containerd's snapshotter), which this kernel lacks"
+        return (
+            "the real node needs overlayfs (containerd's snapshotter): run `make node-packages` as root, or "
+            "`modprobe overlay`"
+        )
     controllers = _available_controllers()
     missing_controllers = [c for c in _REQUIRED_CONTROLLERS if c not in controllers]
     if missing_controllers:
