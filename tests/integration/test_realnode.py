@@ -32,6 +32,7 @@ from localai_operator.devcluster.binaries import CONTAINERD_VERSION, K8S_VERSION
 from localai_operator.devcluster.nodes import KWOK_NODE_ANNOTATION
 from localai_operator.devcluster.oci import busybox_image
 from localai_operator.devcluster.process import free_ports
+from tests.conftest import TEST_NAMESPACE_LABEL
 from tests.helpers import ClusterAccess, kubectl, kubectl_binary, read_state_dir, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.harness]
@@ -114,9 +115,10 @@ def wait_ready(cluster: ClusterAccess, namespace: str, name: str) -> client.V1Po
 
 @pytest.fixture(scope="module")
 def workload(cluster: ClusterAccess, busybox: str) -> Iterator[str]:
-    """A namespace with pod `server` (HTTP on 8080, behind Service `server`) and pod `client`, both Ready."""
+    """A namespace with pod `server` (HTTP on 8080, Ready, behind Service `server`) and pod `client` running."""
     namespace = f"realnode-{secrets.token_hex(3)}"
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    metadata = client.V1ObjectMeta(name=namespace, labels={TEST_NAMESPACE_LABEL: "true"})
+    cluster.core.create_namespace(client.V1Namespace(metadata=metadata))
     cluster.core.create_namespaced_pod(
         namespace, real_node_pod("server", busybox, SERVER_COMMAND, {"app": "server"}, serves_http=True)
     )
