@@ -3,9 +3,9 @@ PYTHON ?= python3
 STAMP := .tools/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install cluster-binaries tools image-tools images actionlint lint typecheck unit integration e2e test crds \
-        docs golden install-manifest dev-up dev-status dev-down bench-router bench-operator bench-model-server clean \
-        clean-images
+.PHONY: help install cluster-binaries node-packages node-binaries tools image-tools images actionlint lint typecheck \
+        unit integration e2e test crds docs golden install-manifest dev-up dev-status dev-down bench-router \
+        bench-operator bench-model-server clean clean-images
 
 help: ## list every developer command
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -18,6 +18,12 @@ install: $(STAMP) ## install the package and the test tools (editable)
 
 cluster-binaries: install ## build (once) and cache kube-apiserver, controller-manager, scheduler, kubectl, kwok, etcd
 	$(PYTHON) -m localai_operator.devcluster
+
+node-packages: ## the real node's Debian packages (runc, iptables, gcc, ...; as root) and busybox-static for test images
+	./hack/node-packages.sh
+
+node-binaries: install node-packages ## build (once) and cache the real node's kubelet, kube-proxy, containerd, CNI plugins, CoreDNS, pause
+	$(PYTHON) -m localai_operator.devcluster --node
 
 tools: ## put helm into .tools/bin
 	./hack/tools.sh
@@ -43,13 +49,13 @@ typecheck: install ## mypy --strict on the package and on the model server (not 
 unit: install tools ## fast tests: render golden files, API, router, chart (no cluster)
 	$(PYTHON) -m pytest tests/unit
 
-integration: install cluster-binaries images ## tests on the local control plane (or --kubeconfig), and the images
+integration: install cluster-binaries node-binaries images ## tests on the local control plane with its real node (or --kubeconfig), and the images
 	$(PYTHON) -m pytest tests/integration
 
-e2e: install cluster-binaries tools ## the user's path: helm install, kubectl apply, dev up
+e2e: install cluster-binaries node-binaries tools ## the user's path: helm install, kubectl apply, dev up
 	$(PYTHON) -m pytest tests/e2e
 
-test: install cluster-binaries tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
+test: install cluster-binaries node-binaries tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
 	$(PYTHON) -m pytest
 
 crds: install tools ## regenerate crds/, the chart's crds/ and manifests/install.yaml from the API models
