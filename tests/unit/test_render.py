@@ -136,6 +136,29 @@ def _config_hash(objects: list[dict[str, Any]]) -> str:
     )
 
 
+def test_gpu_pools_roll_without_a_surge_pod_and_cpu_pools_start_the_new_pod_first() -> None:
+    gpu = by_kind(render_pool(pool(gpus=1)), "Deployment")["spec"]["strategy"]
+    cpu = by_kind(render_pool(pool(gpus=0)), "Deployment")["spec"]["strategy"]
+
+    assert gpu == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert cpu == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def test_spec_rollout_sets_the_rolling_update_of_the_pool_deployment() -> None:
+    rollout = {"maxSurge": 0, "maxUnavailable": "50%"}
+
+    strategy = by_kind(render_pool(pool(gpus=0, rollout=rollout)), "Deployment")["spec"]["strategy"]
+
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": rollout}
+
+
+def test_changing_only_the_rollout_changes_no_pod_template() -> None:
+    before = by_kind(render_pool(pool(gpus=0)), "Deployment")["spec"]["template"]
+    after = by_kind(render_pool(pool(gpus=0, rollout={"maxSurge": 0, "maxUnavailable": 1})), "Deployment")
+
+    assert after["spec"]["template"] == before
+
+
 def test_editing_a_model_changes_the_pod_template_hash() -> None:
     assert _config_hash(render_pool(m=model(contextSize=4096))) != _config_hash(
         render_pool(m=model(contextSize=8192))

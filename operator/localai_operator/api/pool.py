@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -143,6 +144,57 @@ class NetworkPolicy(Spec):
     )
 
 
+# A Deployment's int-or-string: a pod count, or a percentage of spec.replicas.
+IntOrPercent = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+_INT_OR_PERCENT_RULE = "type({0}) == int ? int({0}) >= 0 : string({0}).matches('^[0-9]{{1,3}}%$')"
+ROLLOUT_ZERO_MESSAGE = (
+    "rollout: maxSurge and maxUnavailable cannot both be 0 (the rollout could never progress)"
+)
+
+
+def _count_or_percent(value: int | str) -> bool:
+    return value >= 0 if isinstance(value, int) else re.fullmatch(r"[0-9]{1,3}%", value) is not None
+
+
+class Rollout(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": _INT_OR_PERCENT_RULE.format("self.maxSurge"),
+                    "message": "maxSurge is a pod count >= 0 or a percentage such as 25%",
+                },
+                {
+                    "rule": _INT_OR_PERCENT_RULE.format("self.maxUnavailable"),
+                    "message": "maxUnavailable is a pod count >= 0 or a percentage such as 25%",
+                },
+                {
+                    "rule": "!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+                    "message": ROLLOUT_ZERO_MESSAGE,
+                },
+            ]
+        }
+    }
+
+    max_surge: IntOrPercent = Field(
+        description="Pods created above spec.replicas while a rollout replaces them (a count or a percentage). 0: "
+        "the old pod goes before its replacement starts, so a pool never needs room for two (GPUs, or a small "
+        "CPU node); routes then fall back, or answer 503 when sensitive, until the new pod is Ready."
+    )
+    max_unavailable: IntOrPercent = Field(
+        description="Pods of spec.replicas that may be not Ready during a rollout (a count or a percentage)."
+    )
+
+    @model_validator(mode="after")
+    def _progresses(self) -> Rollout:
+        for name, value in (("maxSurge", self.max_surge), ("maxUnavailable", self.max_unavailable)):
+            if not _count_or_percent(value):
+                raise ValueError(f"{name} is a pod count >= 0 or a percentage such as 25%")
+        if str(self.max_surge) in ("0", "0%") and str(self.max_unavailable) in ("0", "0%"):
+            raise ValueError(ROLLOUT_ZERO_MESSAGE)
+        return self
+
+
 GPU_IMAGE_RULE = (
     "!has(self.image) || !(self.image.contains('cuda') || self.image.contains('gpu-nvidia'))"
     " || (has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
@@ -254,6 +306,12 @@ class InferencePoolSpec(Spec):
     )
     log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="info", description="LocalAI log level."
+    )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How a change replaces the pods (the Deployment's rolling update). Default: on GPU pools "
+        "maxSurge 0, maxUnavailable 1 (no extra GPUs needed); on CPU pools maxSurge 1, maxUnavailable 0 (the new "
+        "pod is Ready before the old one goes).",
     )
 
 

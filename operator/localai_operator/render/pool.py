@@ -524,12 +524,6 @@ def deployment(
     # Everything that needs a restart: the model files and YAMLs (read only at start), the pod spec itself and a
     # rotated API key (its Secret's version, never its value: env from a Secret is read at container start).
     config_hash = content_hash(config_map_data(pool, models, settings), pod_spec, api_key_version)
-    # GPUs are scarce: replace pods one at a time without a surge pod that would need extra GPUs.
-    strategy = (
-        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-        if gpus
-        else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    )
     annotations = {ANNOTATION_CONFIG_HASH: config_hash, "kubectl.kubernetes.io/default-container": "localai"}
     return {
         "apiVersion": "apps/v1",
@@ -538,11 +532,23 @@ def deployment(
         "spec": {
             "replicas": spec.replicas,
             "revisionHistoryLimit": 3,
-            "strategy": strategy,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling_update(pool)},
             "selector": {"matchLabels": selector(pool, name=APP, component=COMPONENT)},
             "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
         },
     }
+
+
+def rolling_update(pool: InferencePool) -> dict[str, int | str]:
+    """spec.rollout, else: GPUs are scarce, so GPU pools replace pods one at a time without a surge pod that would
+    need extra GPUs; CPU pools start the new pod first, so the pool never has fewer Ready pods."""
+    if pool.spec.rollout is not None:
+        return {"maxSurge": pool.spec.rollout.max_surge, "maxUnavailable": pool.spec.rollout.max_unavailable}
+    return (
+        {"maxSurge": 0, "maxUnavailable": 1}
+        if pool.spec.accelerator.gpus
+        else {"maxSurge": 1, "maxUnavailable": 0}
+    )
 
 
 def pool_objects(
