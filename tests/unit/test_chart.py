@@ -255,6 +255,12 @@ def test_operator_pod_is_hardened_and_runs_one_replica_with_recreate(helm: str, 
     assert {"--metrics-port=8081", "--health-port=8082"} <= set(container["args"])
 
 
+def test_the_operator_pod_gives_kopf_its_name_as_identity(helm: str, tmp_path: Path) -> None:
+    # Without POD_ID Kopf asks getpass.getuser(), which fails for the image's uid 65532 (no passwd entry).
+    env = {e["name"]: e for e in operator_container(render(helm, tmp_path, {}))["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_the_operator_is_told_its_own_image_for_the_routers(helm: str, tmp_path: Path) -> None:
     env = {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, {}))["env"]}
     assert env["LOCALAI_OPERATOR_IMAGE"] == "localai-operator:0.1.0"
