@@ -5,7 +5,7 @@ STAMP := .tools/.installed
 .DEFAULT_GOAL := help
 .PHONY: help install cluster-binaries node-packages node-binaries tools image-tools images actionlint lint typecheck \
         unit integration e2e test crds docs golden install-manifest dev-up dev-status dev-down bench-router \
-        bench-operator bench-model-server clean clean-images
+        bench-operator bench-model-server bench-real-node clean clean-images
 
 help: ## list every developer command
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ unit: install tools ## fast tests: render golden files, API, router, chart (no c
 integration: install cluster-binaries node-binaries images ## tests on the local control plane with its real node (or --kubeconfig), and the images
 	$(PYTHON) -m pytest tests/integration
 
-e2e: install cluster-binaries node-binaries tools ## the user's path: helm install, kubectl apply, dev up
+e2e: install cluster-binaries node-binaries tools images ## the user's path: helm install (kwok, and on the real node with the built images), kubectl apply, dev up
 	$(PYTHON) -m pytest tests/e2e
 
 test: install cluster-binaries node-binaries tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
@@ -72,7 +72,8 @@ golden: install ## regenerate tests/golden/ from manifests/samples (review the d
 install-manifest: tools ## regenerate manifests/install.yaml from the chart
 	./hack/gen-install.sh
 
-dev-up: install ## the demo: local control plane + operator + samples + router demo (prints export KUBECONFIG=...)
+dev-up: install tools node-packages ## the demo: local control plane, its real node, the operator from the chart, the samples, a real model through its route (prints export KUBECONFIG=...)
+	@if [ "$$(id -u)" = 0 ]; then ./hack/image-tools.sh; fi
 	localai-operator dev up
 
 dev-status: install ## what dev up started, and the export KUBECONFIG line
@@ -89,6 +90,9 @@ bench-operator: install cluster-binaries ## operator at 1,000 models / 100 pools
 
 bench-model-server: install images ## tokens/s of the model server's image vs llama.cpp in-process in the same image (by hand)
 	$(PYTHON) benchmarks/model_server.py
+
+bench-real-node: install ## tokens/s of the model direct vs through the route's router pod, and the cluster's memory (by hand, after dev-up)
+	$(PYTHON) benchmarks/real_node.py
 
 clean: ## remove caches and local tools (not the cached control-plane binaries or images)
 	rm -rf .tools .pytest_cache .mypy_cache .ruff_cache
