@@ -2,6 +2,9 @@
 # One image for the operator (`localai-operator run`, the default) and the fallback router
 # (`localai-operator router --config ...`), which the operator starts with its own image.
 #   docker build -t localai-operator:0.1.0 .
+# Without a Docker engine, `make images` builds this same file with buildah, PYTHON_IMAGE set to a Debian bookworm
+# base it makes with mmdebstrap (python3, python3-venv, python3-pip, python-is-python3): any base with `python`,
+# `pip` and `venv` on PATH works.
 # The runtime stage needs no shell: the entrypoint is exec form and the virtualenv is copied in whole.
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 

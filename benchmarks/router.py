@@ -18,6 +18,11 @@ interleaved rounds, so drift in background load hits every target alike.
 
     python benchmarks/router.py [--seconds 4] [--rounds 3] [--litellm PATH] [--without nginx,litellm]
 
+Then, with the router alone: time to first content token through the router vs direct on streams (the
+stand-in sends LocalAI v3.12's instant role chunk, the router holds it), and its peak RSS while N clients send
+max-size bodies at once (`--memory-clients`, default 8), to local and then to the cloud, against the memory
+limit the operator renders for a router (256 Mi).
+
 nginx: `apt-get install -y nginx`. LiteLLM: `pip install 'litellm[proxy]'` (any environment; pass
 the `litellm` executable with --litellm when it is not on PATH). Neither is a project dependency.
 """
@@ -48,8 +53,11 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from localai_operator.api import FallbackRoute
 from localai_operator.constants import FALLBACK_API_KEY_ENV
-from localai_operator.router.standins import Behaviour, cloud_standin, local_standin
+from localai_operator.render.route import DEFAULT_MEMORY_LIMIT, memory_bytes
+from localai_operator.render.route import router_config as rendered_config
+from localai_operator.testing.standins import Behaviour, cloud_standin, local_standin
 
 HOST = "127.0.0.1"
 API_KEY = "sk-bench-cloud-key"
@@ -59,6 +67,11 @@ MESSAGES = [{"role": "user", "content": "Say something short about benchmarks, p
 TTFT_BUDGET_MS = 500
 LOW, HIGH = 1, 64  # concurrent clients
 SSE_TOKENS, SSE_INTERVAL = 50, 0.02
+# Streams: LocalAI v3.12.0's shape (role chunk at once, which the router holds), first content after 100 ms.
+SSE_FIRST_TOKEN = 0.1
+# Request/response: the pinned LocalAI v4.9.0, whose role chunk comes with the first token; with nothing to
+# wait for, the stand-in writes the whole (instant) stream at once.
+PINNED_SHAPE = "with_first_token"
 TARGETS = ("direct", "router", "relay", "nginx", "litellm")
 PEERS = ("relay", "nginx", "litellm")
 STARTUP_SECONDS = 60.0
@@ -82,6 +95,11 @@ def _run(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def standin_process(kind: str, behaviour: Behaviour, port: int, loop: str, ready: Any) -> None:
+    import logging
+
+    # Clients that leave mid-answer (wrk at the end of a run) are normal here, not worth a traceback.
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
+
     async def main() -> None:
         standin = (
             local_standin(behaviour=behaviour)
@@ -284,7 +302,8 @@ def router_config(local: int, cloud: int, **policy: Any) -> dict[str, Any]:
     }
 
 
-NEVER_OPEN = {"circuitBreaker": {"failureThreshold": 1_000_000_000}}
+# The largest threshold the policy allows: more failures than a scenario sends.
+NEVER_OPEN = {"circuitBreaker": {"failureThreshold": 1000}}
 
 
 def router_configs(p: Ports) -> dict[str, dict[str, Any]]:
@@ -472,11 +491,16 @@ class Setup:
 def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> Setup:
     setup = Setup()
     loop = args.loop
-    local_pid, local = processes.spawn(standin_process, "local", Behaviour(), free_port(), loop)
-    _, sse_local = processes.spawn(
-        standin_process, "local", Behaviour(tokens=SSE_TOKENS, token_interval=SSE_INTERVAL), free_port(), loop
+    local_pid, local = processes.spawn(
+        standin_process, "local", Behaviour(role_chunk=PINNED_SHAPE), free_port(), loop
     )
-    _, cloud = processes.spawn(standin_process, "cloud", Behaviour(), free_port(), loop)
+    sse_behaviour = Behaviour(
+        tokens=SSE_TOKENS, token_interval=SSE_INTERVAL, delay_before_first_chunk=SSE_FIRST_TOKEN
+    )
+    _, sse_local = processes.spawn(standin_process, "local", sse_behaviour, free_port(), loop)
+    _, cloud = processes.spawn(
+        standin_process, "cloud", Behaviour(role_chunk=PINNED_SHAPE), free_port(), loop
+    )
     _, hung = processes.spawn(standin_process, "local", Behaviour(hang=True), free_port(), loop)
     ports = Ports(local, sse_local, cloud, hung, free_port())
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -773,6 +797,115 @@ async def streaming_and_failover(args: argparse.Namespace, setup: Setup) -> dict
     return out
 
 
+def memory_report(m: MemoryResult) -> None:
+    mib = 1024 * 1024
+    print(f"\n## Memory: {m.clients} clients at once, each sending {m.body_bytes / mib:.1f} MiB "
+          f"(maxRequestBytes {16} MiB), router body buffer {m.buffer_bytes / mib:.0f} MiB "
+          f"({m.buffer_bytes // (16 * mib)} max-size bodies at once), rendered limit {m.limit_bytes / mib:.0f} MiB")  # fmt: skip
+    print(f"- baseline RSS after warm-up: {m.baseline_kib / 1024:.0f} MiB")
+    for phase, peak in m.peaks_kib.items():
+        statuses = ", ".join(f"{s}x{m.statuses[phase].count(s)}" for s in sorted(set(m.statuses[phase])))
+        print(f"- peak RSS (VmHWM), {phase}: {peak / 1024:.0f} MiB = {peak * 1024 / m.limit_bytes:.2f}x the limit "
+              f"(answers: {statuses})")  # fmt: skip
+    print(f"- requests that waited for room in the body buffer: {m.waits}")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in KiB, from /proc (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def reset_peak(pid: int) -> None:
+    """Start VmHWM again from the current RSS (`clear_refs` 5, Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+@dataclass
+class MemoryResult:
+    clients: int
+    body_bytes: int
+    buffer_bytes: int
+    limit_bytes: int
+    baseline_kib: int
+    peaks_kib: dict[str, int] = field(default_factory=dict)  # phase -> VmHWM
+    statuses: dict[str, list[int]] = field(default_factory=dict)
+    waits: int = 0
+
+
+def memory_config(local: int, cloud: int) -> dict[str, Any]:
+    """The config the operator renders for a route with the defaults (256 Mi limit, 16 MiB bodies)."""
+    route = FallbackRoute.parse({
+        "metadata": {"name": "bench-memory", "namespace": "bench"},
+        "spec": {"primary": {"url": f"http://{HOST}:{local}/v1"},
+                 "fallback": {"baseURL": f"http://{HOST}:{cloud}/v1", "apiKeySecretRef": {"name": "k", "key": "k"}}},
+    })  # fmt: skip
+    return rendered_config(route).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: Path) -> MemoryResult:
+    """Peak RSS of the router while `clients` max-size requests are in flight at once: to local (streamed
+    from it and assembled), then with local failing, to the cloud (the body rewritten for it)."""
+    loop = args.loop
+    _, local = processes.spawn(standin_process, "local", Behaviour(role_chunk=PINNED_SHAPE,
+                                                                             delay_before_first_chunk=0.5), free_port(), loop)  # fmt: skip
+    _, cloud = processes.spawn(standin_process, "cloud", Behaviour(), free_port(), loop)
+    config = memory_config(local, cloud)
+    path = workdir / "router-memory.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    cli = shutil.which("localai-operator")
+    router_cmd = [cli] if cli else [sys.executable, "-m", "localai_operator"]
+    process = processes.command(
+        "router-memory", [*router_cmd, "router", "--config", str(path), "--host", HOST, "--port", str(port)],
+        {**os.environ, FALLBACK_API_KEY_ENV: API_KEY},
+    )  # fmt: skip
+    wait_for_port(port, time.monotonic() + STARTUP_SECONDS, lambda: process.poll() is None)
+    max_bytes = config["policy"]["maxRequestBytes"]
+    # A chat message with one inline image, the whole body just under maxRequestBytes.
+    head = json.dumps({"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}]}]})  # fmt: skip
+    filler = b"A" * (max_bytes - len(head) - 64)
+    at = head.index("base64,") + len("base64,")
+    body = head[:at].encode() + filler + head[at:].encode()
+    result = MemoryResult(args.memory_clients, len(body), config["server"]["bodyBufferBytes"],
+                          memory_bytes(DEFAULT_MEMORY_LIMIT) or 0, 0)  # fmt: skip
+    base = f"http://{HOST}:{port}"
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def one() -> int:
+            async with session.post(base + "/v1/chat/completions", data=body,
+                                    headers={"Content-Type": "application/json"}) as response:  # fmt: skip
+                await response.read()
+                return response.status
+
+        for _ in range(2):  # warm up: imports, first connections
+            await one()
+        result.baseline_kib = rss_kib(process.pid)["VmRSS"]
+        for phase in ("local", "cloud"):
+            if phase == "cloud":
+                async with session.post(
+                    f"http://{HOST}:{local}/standin/behaviour", json={"status": 500}
+                ) as r:
+                    assert r.status == 200
+            reset_peak(process.pid)
+            result.statuses[phase] = list(await asyncio.gather(*(one() for _ in range(args.memory_clients))))
+            result.peaks_kib[phase] = rss_kib(process.pid)["VmHWM"]
+        async with session.get(base + "/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith("localai_router_buffer_waits_total "):
+                    result.waits = int(float(line.split()[1]))
+    return result
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -925,20 +1058,28 @@ def report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], l
                 )
         print(f"- router vs {peer}: " + "; ".join(parts))
 
-    print("\n## Targets (issue 4)")
-    add = router[f"add50_{LOW}"]
-    print(f"- added p50 <= 0.5 ms: {ms(add)} ms at {LOW} client -> {'met' if add <= 0.0005 else 'NOT met'}; "
-          f"at {HIGH} clients {ms(router[f'add50_{HIGH}'])} ms -> "
-          f"{'met' if router[f'add50_{HIGH}'] <= 0.0005 else 'NOT met'}")  # fmt: skip
+    print("\n## Targets (issue 10)")
+    relay_ratio = router[f"rps_{HIGH}"] / max(summary.get("relay", {}).get(f"rps_{HIGH}", 0), 1e-9)
+    if "relay" in summary:
+        verdict = "met" if relay_ratio >= 0.85 else "NOT met"
+        print(f"- RPS >= 0.85x the bare aiohttp relay: {relay_ratio:.2f}x at {HIGH} clients -> {verdict}")
     if "litellm" in summary:
         ratio = router[f"rps_{HIGH}"] / max(summary["litellm"][f"rps_{HIGH}"], 1e-9)
-        print(f"- RPS >= 5x LiteLLM: {ratio:.1f}x at {HIGH} clients -> {'met' if ratio >= 5 else 'NOT met'}")
+        print(
+            f"- RPS >= 50x LiteLLM: {ratio:.1f}x at {HIGH} clients -> {'met' if ratio >= 50 else 'NOT met'}"
+        )
     else:
-        print("- RPS >= 5x LiteLLM: not measured (LiteLLM not run)")
+        print("- RPS >= 50x LiteLLM: not measured (LiteLLM not run)")
+    for streams in (LOW, HIGH):
+        direct, routed = more["sse"].get(("direct", streams)), more["sse"].get(("router", streams))
+        if direct is not None and routed is not None and direct.first and routed.first:
+            d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
+            print(f"- time to first content token, {streams} stream(s): router {ms(r, 1)} ms vs direct {ms(d, 1)} ms "
+                  f"p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, content after "
+                  f"{SSE_FIRST_TOKEN * 1000:.0f} ms)")  # fmt: skip
     refused = failovers.get(("refused", "router"))
     if refused is not None:
-        verdict = "met" if refused <= 0.005 else "NOT met"
-        print(f"- failover on refused <= 5 ms: {ms(refused)} ms added p50 -> {verdict}")
+        print(f"- failover on refused: {ms(refused)} ms added p50")
 
 
 # --------------------------------------------------------------------------- main
@@ -954,6 +1095,9 @@ def main() -> int:
         "--warmup", type=float, default=3.0, help="seconds of load per target before measuring"
     )
     parser.add_argument("--failover-requests", type=int, default=100)
+    parser.add_argument(
+        "--memory-clients", type=int, default=8, help="concurrent max-size bodies (memory phase)"
+    )
     parser.add_argument("--slow-requests", type=int, default=10)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop",
                         help="event loop of the stand-ins and the aiohttp relay (the router picks its own)")  # fmt: skip
@@ -968,6 +1112,7 @@ def main() -> int:
     args.warmup = min(max(args.warmup, 1.0), 30.0)
     args.failover_requests = min(max(args.failover_requests, 10), 1000)
     args.slow_requests = min(max(args.slow_requests, 1), 50)
+    args.memory_clients = min(max(args.memory_clients, 1), 64)
     missing = [
         tool for tool in ("wrk", "nginx", "litellm") if tool not in args.without and not getattr(args, tool)
     ]
@@ -992,6 +1137,10 @@ def main() -> int:
         runs = request_response(args, setup, workdir)
         more = asyncio.run(streaming_and_failover(args, setup))
         report(args, setup, runs, more)
+        print("  memory phase (the other targets are stopped first)", flush=True)
+        processes.stop()
+        processes = Processes(workdir)
+        memory_report(asyncio.run(memory_peak(args, processes, workdir)))
         print(f"load average (1/5/15 min) at start: {load_at_start}; at end: {load_average()}")
     finally:
         processes.stop()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Writes manifests/install.yaml (or the path given): a Namespace, the CRDs and the chart rendered with
 # its default values, for `kubectl apply -f`. tests/unit/test_chart.py fails when the file is stale.
+# Usage: hack/gen-install.sh [OUT [CHART_DIR]]   (the release renders its packaged chart this way)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$ROOT/manifests/install.yaml}
+CHART=${2:-$ROOT/charts/localai-operator}
 NAMESPACE=localai-operator
 HELM="$("$ROOT/hack/tools.sh")/helm"
 
@@ -22,7 +24,7 @@ metadata:
     app.kubernetes.io/part-of: localai-operator
     pod-security.kubernetes.io/enforce: restricted
 YAML
-  "$HELM" template localai-operator "$ROOT/charts/localai-operator" --namespace "$NAMESPACE" --include-crds
+  "$HELM" template localai-operator "$CHART" --namespace "$NAMESPACE" --include-crds
 } > "$tmp"
 mv "$tmp" "$OUT"
 trap - EXIT

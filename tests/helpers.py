@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from kubernetes import client, config
 
-from localai_operator.devcluster import Cluster
+from localai_operator.devcluster import Cluster, RealNodeError, real_node_unavailable_reason
 
 T = TypeVar("T")
 
@@ -48,15 +48,20 @@ class ClusterAccess:
     """What the `cluster` fixture yields: an admin kubeconfig file and a client for it.
 
     `harness` is the local control plane, or None when the tests run against an existing cluster (--kubeconfig).
+    `real_node_missing` says why the harness has no real node (`harness.real_node` is None), else it is None.
     """
 
     kubeconfig: Path
     api: client.ApiClient
     harness: Cluster | None = None
+    real_node_missing: str | None = None
 
     @classmethod
-    def connect(cls, kubeconfig: Path, harness: Cluster | None = None) -> ClusterAccess:
-        return cls(kubeconfig, config.new_client_from_config(config_file=str(kubeconfig)), harness)
+    def connect(
+        cls, kubeconfig: Path, harness: Cluster | None = None, real_node_missing: str | None = None
+    ) -> ClusterAccess:
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        return cls(kubeconfig, api, harness, real_node_missing)
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -79,8 +84,9 @@ class ClusterAccess:
 
 @contextmanager
 def open_cluster(kubeconfig: str | None) -> Iterator[ClusterAccess]:
-    """The existing cluster at `kubeconfig` (e.g. kind) or, without one, a new local control plane that is
-    stopped on exit, on SIGTERM/SIGHUP and at interpreter exit. A harness that cannot start raises."""
+    """The existing cluster at `kubeconfig` (e.g. kind) or, without one, a new local control plane with its real
+    node, stopped on exit, on SIGTERM/SIGHUP and at interpreter exit. A harness that cannot start raises; one whose
+    real node cannot start runs without it, and the tests needing it fail with the reason."""
     if kubeconfig:
         access = ClusterAccess.connect(Path(kubeconfig).expanduser())
         try:
@@ -88,11 +94,11 @@ def open_cluster(kubeconfig: str | None) -> Iterator[ClusterAccess]:
         finally:
             access.api.close()
         return
-    harness = Cluster.start()
+    harness, missing = start_harness()
     started_harnesses.append(harness)
     undo = harness.stop_on_exit()
     try:
-        access = ClusterAccess.connect(harness.kubeconfig, harness)
+        access = ClusterAccess.connect(harness.kubeconfig, harness, missing)
         try:
             yield access
         finally:
@@ -102,6 +108,28 @@ def open_cluster(kubeconfig: str | None) -> Iterator[ClusterAccess]:
             harness.stop()
         finally:
             undo()
+
+
+def read_state_dir(session: subprocess.Popen[str]) -> Path:
+    """The state directory a child process printed (a line STATE_DIR=...) once its harness was up."""
+    assert session.stdout is not None
+    seen = []
+    for line in session.stdout:
+        seen.append(line)
+        if line.startswith("STATE_DIR="):
+            return Path(line.removeprefix("STATE_DIR=").strip())
+    raise AssertionError("the child process ended before its harness was up:\n" + "".join(seen))
+
+
+def start_harness() -> tuple[Cluster, str | None]:
+    """The local control plane with a real node where this machine can run one; else without, and why not."""
+    missing = real_node_unavailable_reason()
+    if missing is None:
+        try:
+            return Cluster.start(real_node=True), None
+        except RealNodeError as err:
+            missing = f"the real node did not start: {err}"
+    return Cluster.start(), missing
 
 
 def kubectl_binary(access: ClusterAccess) -> str:

@@ -41,7 +41,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_router(args: argparse.Namespace) -> int:
     from localai_operator.router.server import main as router_main
 
-    return router_main(config_path=args.config, host=args.host, port=args.port)
+    return router_main(config_path=args.config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.add_argument("--host", default="0.0.0.0")
     router.add_argument("--port", type=int, default=8080)
+    router.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="log verbosity (keys are redacted at every level)",
+    )
     router.set_defaults(func=_cmd_router)
 
     fetch = sub.add_parser("fetch-models", help="download and verify a pool's models (its init container)")

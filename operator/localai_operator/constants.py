@@ -21,9 +21,16 @@ ROUTER_SERVICE_PORT: Final = 80
 ROUTER_CONFIG_FILE: Final = "router.yaml"
 ROUTER_CONFIG_DIR: Final = "/etc/localai-operator/router"
 FALLBACK_API_KEY_ENV: Final = "LOCALAI_OPERATOR_FALLBACK_API_KEY"
+# The pool's own LocalAI key (InferencePool.spec.apiKeySecretRef), sent to local instead of the client's.
+LOCAL_API_KEY_ENV: Final = "LOCALAI_OPERATOR_LOCAL_API_KEY"
+# One directory per client-key Secret (FallbackRoute.spec.auth), mounted into the router pod.
+ROUTER_CLIENT_KEYS_DIR: Final = "/etc/localai-operator/client-keys"
 SERVED_BY_HEADER: Final = "X-Served-By"
 SERVED_BY_LOCAL: Final = "local"
 SERVED_BY_FALLBACK: Final = "fallback"
+# Responses the router writes itself (refusals, errors), as opposed to relayed ones.
+SERVED_BY_ROUTER: Final = "router"
+FALLBACK_REASON_HEADER: Final = "X-Fallback-Reason"
 
 # Labels and annotations
 LABEL_NAME: Final = "app.kubernetes.io/name"

@@ -1,7 +1,9 @@
 """`localai-operator fetch-models`: the init container that downloads and verifies every model of a pool.
 
 Streams to a `.partial` file, resumes it with HTTP Range, verifies sha256, then renames atomically, so a crashed
-download never leaves a file that looks complete. Standard library only: it runs in the operator's image.
+download never leaves a file that looks complete. The models directory ends up holding only what the pool serves:
+LocalAI serves every `*.yaml` it finds there, so files of models the pool no longer names are removed first.
+Standard library only: it runs in the operator's image.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from typing import Any
 
 CHUNK = 1 << 20
 ATTEMPTS = 5
+# fetch-models' own bookkeeping inside the models directory. A directory: LocalAI lists no directory as a model and
+# reads configs only from top-level files (pkg/model/loader.go ListFilesInModelPath, core/config/model_config_loader.go
+# LoadModelConfigsFromPath at v4.9.0), and the cleanup below removes top-level files only.
+STATE_DIR = ".localai-operator"
 
 
 class FetchError(Exception):
@@ -39,6 +45,11 @@ class Download:
     def from_json(cls, entry: dict[str, Any]) -> Download:
         return cls(entry["model"], entry["file"], entry["url"], entry.get("sha256"), entry.get("tokenEnv"))
 
+    @property
+    def config(self) -> str:
+        """The model's LocalAI YAML, as the pool's ConfigMap names it."""
+        return f"{self.model}.yaml"
+
 
 def _hash_file(path: Path, digest: Any = None) -> Any:
     digest = digest or hashlib.sha256()
@@ -49,7 +60,22 @@ def _hash_file(path: Path, digest: Any = None) -> Any:
 
 
 def _marker(path: Path) -> Path:
+    return path.parent / STATE_DIR / "verified" / f"{path.name}.sha256"
+
+
+def _legacy_marker(path: Path) -> Path:
+    """Where earlier builds kept the marker: a dotfile that LocalAI's /v1/models lists as a model."""
     return path.with_name(f".{path.name}.verified")
+
+
+def _partial(models_dir: Path, file: str) -> Path:
+    return models_dir / f".{file}.partial"
+
+
+def _write_marker(target: Path, sha: str) -> None:
+    marker = _marker(target)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(_stamp(target, sha))
 
 
 def _stamp(path: Path, sha: str) -> str:
@@ -67,7 +93,7 @@ def already_present(item: Download, target: Path) -> bool:
     if marker.exists() and marker.read_text() == _stamp(target, item.sha256):
         return True
     if _hash_file(target).hexdigest() == item.sha256:
-        marker.write_text(_stamp(target, item.sha256))
+        _write_marker(target, item.sha256)
         return True
     print(
         f"model {item.model}: {target.name} is present but its sha256 differs; downloading again", flush=True
@@ -115,7 +141,7 @@ def fetch(item: Download, models_dir: Path) -> str:
     target = models_dir / item.file
     if already_present(item, target):
         return "present"
-    partial = models_dir / f".{item.file}.partial"
+    partial = _partial(models_dir, item.file)
     last_error: Exception | None = None
     for attempt in range(1, ATTEMPTS + 1):
         try:
@@ -144,27 +170,72 @@ def fetch(item: Download, models_dir: Path) -> str:
             )
     os.replace(partial, target)
     if item.sha256 is not None:
-        _marker(target).write_text(_stamp(target, item.sha256))
+        _write_marker(target, item.sha256)
     return "downloaded"
 
 
-def install_configs(config_dir: Path, models_dir: Path) -> None:
-    """Copy the rendered LocalAI model YAMLs next to the model files, atomically."""
-    for source in sorted(config_dir.glob("*.yaml")):
-        tmp = models_dir / f".{source.name}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, models_dir / source.name)
+def remove_stale(models_dir: Path, items: list[Download]) -> list[str]:
+    """Delete every top-level file of `models_dir` the pool does not serve: YAMLs of removed models (LocalAI would
+    keep serving them), their weights, old markers, stray partials. Directories are left alone (lost+found, the
+    backends LocalAI keeps on the model volume, this module's STATE_DIR), and so are markers of kept files."""
+    keep = (
+        {i.file for i in items}
+        | {i.config for i in items}
+        | {_partial(models_dir, i.file).name for i in items}
+    )
+    removed = []
+    for path in sorted(models_dir.iterdir()):
+        if path.name not in keep and (path.is_symlink() or not path.is_dir()):
+            path.unlink()
+            removed.append(path.name)
+    markers = models_dir / STATE_DIR / "verified"
+    if markers.is_dir():
+        kept_markers = {_marker(models_dir / i.file).name for i in items}
+        for path in sorted(markers.iterdir()):
+            if path.name not in kept_markers:
+                path.unlink()
+    return removed
+
+
+def prepare_state(models_dir: Path, items: list[Download]) -> None:
+    """STATE_DIR and the backends directory LocalAI keeps on a model volume, writable by the pod's group (a
+    non-root LocalAI installs backends there), and markers of earlier builds moved into STATE_DIR."""
+    for directory in (models_dir / STATE_DIR, models_dir / STATE_DIR / "backends"):
+        directory.mkdir(exist_ok=True)
+        if directory.stat().st_uid == os.getuid():
+            directory.chmod(0o2775)
+    for item in items:
+        legacy, marker = _legacy_marker(models_dir / item.file), _marker(models_dir / item.file)
+        if legacy.exists() and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(legacy, marker)
+
+
+def install_configs(config_dir: Path, models_dir: Path, items: list[Download]) -> None:
+    """Copy the YAML of every model in the manifest next to the model files, atomically. Only those: the ConfigMap
+    holds other files (the manifest, the backend gallery) that LocalAI must not read as model configs."""
+    for name in sorted({i.config for i in items}):
+        tmp = models_dir / f".{name}.tmp"
+        shutil.copyfile(config_dir / name, tmp)
+        os.replace(tmp, models_dir / name)
 
 
 def main(manifest: str, config_dir: str, models_dir: str) -> int:
     out = Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = [Download.from_json(e) for e in json.loads(Path(manifest).read_text())]
+    prepare_state(out, items)
+    # Stale files first: the space they free may be what the new downloads need.
+    for name in remove_stale(out, items):
+        print(f"removed {name}: no model of the pool uses it", flush=True)
+    done: set[str] = set()
     try:
         for item in items:
-            print(f"model {item.model}: {fetch(item, out)} {item.file}", flush=True)
+            if item.file not in done:  # several models may share one file from one source
+                print(f"model {item.model}: {fetch(item, out)} {item.file}", flush=True)
+                done.add(item.file)
     except FetchError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
-    install_configs(Path(config_dir), out)
+    install_configs(Path(config_dir), out, items)
     return 0

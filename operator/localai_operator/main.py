@@ -52,6 +52,8 @@ def settings_from_env() -> RenderSettings:
         operator_image=os.environ.get("LOCALAI_OPERATOR_IMAGE", defaults.operator_image),
         localai_cpu_image=os.environ.get("LOCALAI_OPERATOR_LOCALAI_CPU_IMAGE", defaults.localai_cpu_image),
         localai_gpu_image=os.environ.get("LOCALAI_OPERATOR_LOCALAI_GPU_IMAGE", defaults.localai_gpu_image),
+        downloader_image=os.environ.get("LOCALAI_OPERATOR_DOWNLOADER_IMAGE") or None,
+        backend_repository=os.environ.get("LOCALAI_OPERATOR_LOCALAI_BACKEND_REPOSITORY") or None,
     )
 
 

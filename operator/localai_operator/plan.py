@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from localai_operator import status as st
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
-from localai_operator.api.base import validation_problems
+from localai_operator.api.base import SecretKeyRef, validation_problems
 from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
 from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.common import content_hash
 from localai_operator.render.pool import endpoint as pool_endpoint
+from localai_operator.render.pool import file_conflicts
 from localai_operator.render.route import endpoint as route_endpoint
 from localai_operator.render.route import primary_url, router_name
 
@@ -133,9 +134,17 @@ def _identity(body: Body) -> tuple[str | None, Any]:
 # --- InferencePool ------------------------------------------------------------------------------------------------
 
 PoolCheck = Callable[[InferencePool, Mapping[str, LLMModel]], "st.Check | None"]
-# Pure checks of a pool and its resolved models that the schema cannot express (e.g. two models of one pool with
-# the same file name). A failing Check is shown as its own condition and stops the apply; None means "no finding".
-POOL_CHECKS: tuple[PoolCheck, ...] = ()
+
+
+def distinct_files(pool: InferencePool, models: Mapping[str, LLMModel]) -> st.Check | None:
+    """Two models of the pool downloading different files of one name would overwrite each other."""
+    conflict = file_conflicts([models[name] for name in pool.spec.models])
+    return st.invalid(conflict) if conflict else None
+
+
+# Pure checks of a pool and its resolved models that the schema cannot express. A failing Check is shown as its
+# own condition (one of type SpecValid replaces the default one) and stops the apply; None means "no finding".
+POOL_CHECKS: tuple[PoolCheck, ...] = (distinct_files,)
 
 
 def pool_secret_names(body: Body) -> set[str]:
@@ -148,7 +157,28 @@ def pool_render_arguments(pool: InferencePool, secrets: Mapping[str, SecretInfo 
     """The keyword arguments of render.pool_objects beyond the pool and its models. The version of the pool's
     API key Secret (`api_key_version`, so that a rotated key rolls the pool: LocalAI reads it only at start)
     joins here, looked up in `secrets` by pool_secret_names."""
-    return {}
+    ref = pool.spec.api_key_secret_ref
+    found = secrets.get(ref.name) if ref is not None else None
+    return {"api_key_version": found.resource_version if found is not None else None}
+
+
+def pool_key_check(pool: InferencePool, secrets: Mapping[str, SecretInfo | None]) -> st.Check | None:
+    """The pool's API key Secret, if it names one, must be there with its key: else its pods never start
+    (CreateContainerConfigError) and nothing in the pool's status would say why."""
+    ref = pool.spec.api_key_secret_ref
+    if ref is None:
+        return None
+    found = secrets.get(ref.name)
+    if found is None:
+        message = (
+            f'Secret "{ref.name}" (spec.apiKeySecretRef) not found in namespace "{pool.namespace}": create it '
+            f'with the LocalAI API key under key "{ref.key}".'
+        )
+    elif ref.key not in found.keys:
+        message = f'Secret "{ref.name}" (spec.apiKeySecretRef) has no key "{ref.key}".'
+    else:
+        return None
+    return st.Check("APIKeyResolved", False, "SecretMissing", message)
 
 
 def largest_gpu_node(gpu_nodes: Sequence[tuple[Mapping[str, str], int]], selector: Mapping[str, str]) -> int:
@@ -186,7 +216,8 @@ def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders
     if missing or invalid:
         facts = dataclasses.replace(facts, missing_models=tuple(missing), invalid_models=tuple(invalid))
         return Plan(None, facts)
-    checks = tuple(c for c in (check(pool, models) for check in POOL_CHECKS) if c is not None)
+    findings = [check(pool, models) for check in POOL_CHECKS] + [pool_key_check(pool, observed.secrets)]
+    checks = tuple(c for c in findings if c is not None)
     facts = dataclasses.replace(facts, spec_checks=checks)
     if any(c.ok is False for c in checks):
         return Plan(None, facts)
@@ -271,7 +302,9 @@ def name_conflict(route: FallbackRoute, pools: Mapping[str, Body | None]) -> str
     return None
 
 
-def route_render_arguments(route: FallbackRoute, secrets: Mapping[str, SecretInfo | None]) -> dict[str, Any]:
+def route_render_arguments(
+    route: FallbackRoute, pools: Mapping[str, Body | None], secrets: Mapping[str, SecretInfo | None]
+) -> dict[str, Any]:
     """The keyword arguments of render.route_objects beyond the route: the versions of the Secrets its router
     reads (a rotated key rolls the router; the key itself never leaves the Secret). The primary pool's API key
     (InferencePool.spec.apiKeySecretRef, NOTES 2) joins here as `local_key_ref` and `local_key_version`, the
@@ -281,17 +314,31 @@ def route_render_arguments(route: FallbackRoute, secrets: Mapping[str, SecretInf
     if route.fallback_active and fallback is not None:
         found = secrets.get(fallback.api_key_secret_ref.name)
         secret_version = found.resource_version if found is not None else None
-    return {"secret_version": secret_version}
+    arguments: dict[str, Any] = {"secret_version": secret_version}
+    pool = pools.get(pool_ref.name) if (pool_ref := route.spec.primary.pool_ref) is not None else None
+    key = ((pool or {}).get("spec") or {}).get("apiKeySecretRef") or {}
+    found = secrets.get(str(key.get("name"))) if key.get("name") and key.get("key") else None
+    # Only a key that exists: a missing one would hold the router pod, fallback included, in
+    # CreateContainerConfigError, while the pool's own status already names the missing Secret.
+    if found is not None and key["key"] in found.keys:
+        arguments["local_key_ref"] = SecretKeyRef(name=key["name"], key=key["key"])
+        arguments["local_key_version"] = found.resource_version
+    return arguments
 
 
-def _secret_problem(route: FallbackRoute, body: Body, secrets: Mapping[str, SecretInfo | None]) -> str | None:
+def _client_keys_problem(route: FallbackRoute, secrets: Mapping[str, SecretInfo | None]) -> str | None:
     # Client keys are mounted as volumes: a missing one would hold the router pod in ContainerCreating.
-    for ref in ((body.get("spec") or {}).get("auth") or {}).get("clientKeySecrets") or []:
-        if secrets.get(str(ref.get("name"))) is None:
+    auth = route.spec.auth
+    for ref in auth.client_key_secrets if auth is not None else ():
+        if secrets.get(ref.name) is None:
             return (
-                f'Secret "{ref.get("name")}" (spec.auth.clientKeySecrets) not found in namespace '
-                f'"{route.namespace}": create it or remove it from the list.'
+                f'Secret "{ref.name}" (spec.auth.clientKeySecrets) not found in namespace "{route.namespace}": '
+                "create it or remove it from the list."
             )
+    return None
+
+
+def _secret_problem(route: FallbackRoute, secrets: Mapping[str, SecretInfo | None]) -> str | None:
     fallback = route.spec.fallback
     if not route.fallback_active or fallback is None:
         return None
@@ -329,11 +376,14 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
     pool_ref = route.spec.primary.pool_ref
     if pool_ref is not None and observed.pools.get(pool_ref.name) is None:
         facts = dataclasses.replace(facts, missing_pool=pool_ref.name)  # the router is deployed all the same
-    problem = _secret_problem(route, observed.body, observed.secrets)
-    if problem:
-        # Without its key the router pod could not start: apply nothing rather than a half-working route.
-        return Plan(None, dataclasses.replace(facts, secret_problem=problem))
-    arguments = route_render_arguments(route, observed.secrets)
+    keys_problem = _client_keys_problem(route, observed.secrets)
+    problem = _secret_problem(route, observed.secrets)
+    if problem or keys_problem:
+        # Without its keys the router pod could not start: apply nothing rather than a half-working route.
+        return Plan(
+            None, dataclasses.replace(facts, secret_problem=problem, client_keys_problem=keys_problem)
+        )
+    arguments = route_render_arguments(route, observed.pools, observed.secrets)
     inputs = (_identity(observed.body), tuple(sorted(arguments.items())))
     objects = renders.get(
         route.metadata.uid or "", inputs, lambda: route_objects(route, settings, **arguments)

@@ -197,7 +197,12 @@ def pool_checks(f: PoolFacts) -> list[Check]:
         )
         return checks
     checks.append(Check("ModelsResolved", True, "Resolved", f"Serving {', '.join(f.models)}."))
-    checks.extend(f.spec_checks)
+    for check in f.spec_checks:  # a check of a type already listed (SpecValid) takes its place
+        same = next((i for i, c in enumerate(checks) if c.type == check.type), None)
+        if same is None:
+            checks.append(check)
+        else:
+            checks[same] = check
     if any(c.ok is False for c in f.spec_checks):
         return checks
     checks.append(_applied(f.apply_error))
@@ -275,6 +280,7 @@ class RouteFacts:
     name_conflict: str | None = None
     missing_pool: str | None = None
     secret_problem: str | None = None
+    client_keys_problem: str | None = None
     sensitive: bool = False
     fallback: bool = False
     apply_error: str | None = None
@@ -301,6 +307,9 @@ def route_checks(f: RouteFacts) -> list[Check]:
         )
     else:
         checks.append(Check("PrimaryResolved", True, "Resolved", f"Local traffic goes to {f.primary}."))
+    if f.client_keys_problem:
+        checks.append(Check("ClientKeysResolved", False, "SecretMissing", f.client_keys_problem))
+        return checks
     if f.sensitive:
         checks.append(
             Check("FallbackReady", True, "Sensitive", "Sensitive route: traffic never goes to the cloud.")

@@ -74,3 +74,22 @@ def test_a_route_named_like_a_pool_is_reported_instead_of_fighting_over_the_serv
     condition = crs.wait_for_reason("FallbackRoute", "same", "NameConflict")
     assert "another name" in condition["message"]
     wait_for(lambda: crs.is_ready("InferencePool", "same"), T, "the pool to stay Ready")
+
+
+def test_a_route_on_a_pool_reaches_its_pods_through_the_pools_headless_service(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("local", ["m"]))
+    crs.create(route("chat", "local", policy={"sensitive": True}))
+    wait_for(lambda: crs.is_ready("InferencePool", "local"), T, "the pool Ready")
+    wait_for(lambda: cluster.core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/instance=chat").items,
+             T, "the router ConfigMap")  # fmt: skip
+    service = cluster.core.read_namespaced_service("local-pods", namespace)
+    assert service.spec.cluster_ip == "None" and not service.spec.publish_not_ready_addresses
+    assert service.spec.selector == cluster.core.read_namespaced_service("local", namespace).spec.selector
+    [config_map] = cluster.core.list_namespaced_config_map(
+        namespace, label_selector="app.kubernetes.io/instance=chat"
+    ).items
+    config = yaml.safe_load(config_map.data["router.yaml"])
+    assert config["local"]["discovery"]["url"] == f"http://local-pods.{namespace}.svc:8080/v1"

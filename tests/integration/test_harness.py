@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from localai_operator.constants import GPU_PRESENT_LABEL, GPU_RESOURCE
 from localai_operator.devcluster import GPU_TOLERATION, Cluster, cpu_node
 from localai_operator.devcluster.process import ProcessRecord, port_is_free
-from tests.helpers import ClusterAccess, wait_for
+from tests.helpers import ClusterAccess, read_state_dir, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -198,16 +198,8 @@ def test_an_interrupted_test_session_stops_its_harness(sig: signal.Signals, tmp_
 
     assert session.returncode == pytest.ExitCode.INTERRUPTED, output
     assert_nothing_left(harness.processes, harness.ports, state_dir)
-
-
-def read_state_dir(session: subprocess.Popen[str]) -> Path:
-    assert session.stdout is not None
-    seen = []
-    for line in session.stdout:
-        seen.append(line)
-        if line.startswith("STATE_DIR="):
-            return Path(line.removeprefix("STATE_DIR=").strip())
-    raise AssertionError("the child test session ended before its harness was up:\n" + "".join(seen))
+    assert harness.real_node is not None, "the session fixture starts a real node"
+    assert harness.leftovers() == []
 
 
 def start_in_child(script: str) -> tuple[subprocess.Popen[str], Path]:

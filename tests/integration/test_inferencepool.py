@@ -1,25 +1,38 @@
-"""InferencePool on the real control plane: GPU scheduling, rollouts, dependencies, deletion, GPU fit."""
+"""InferencePool on the real control plane: GPU scheduling, rollouts, dependencies, deletion, GPU fit, the
+NetworkPolicy in front of LocalAI, models that cannot share a directory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localai_operator.api import InferencePool, LLMModel
 from localai_operator.constants import ANNOTATION_CONFIG_HASH
-from tests.helpers import ClusterAccess, wait_for
-from tests.operator_process import CustomResources, OperatorProcess, model, pool
+from localai_operator.render import pool_objects
+from tests.helpers import ClusterAccess, kubectl, wait_for
+from tests.operator_process import CustomResources, OperatorProcess, model, pool, route
 
 pytestmark = pytest.mark.cluster
 T = 60
 
 
-def _deployment(cluster: ClusterAccess, namespace: str, name: str) -> object | None:
+def _or_none(read: Callable[[str, str], Any], namespace: str, name: str) -> Any:
+    """The object `read(name, namespace)` returns, or None when it does not exist."""
     try:
-        return cluster.apps.read_namespaced_deployment(name, namespace)
+        return read(name, namespace)
     except ApiException as err:
         if err.status == 404:
             return None
         raise
+
+
+def _deployment(cluster: ClusterAccess, namespace: str, name: str) -> Any:
+    return _or_none(cluster.apps.read_namespaced_deployment, namespace, name)
 
 
 def test_a_gpu_pool_gets_gpu_limits_scheduled_pods_and_becomes_ready(
@@ -125,3 +138,65 @@ def test_models_report_the_pools_that_serve_them(crs: CustomResources) -> None:
     crs.create(pool("p2", ["m1"]))
     wait_for(lambda: (crs.get("LLMModel", "m1").get("status") or {}).get("servedBy") == ["p1", "p2"], T,
              "m1.status.servedBy == [p1, p2]")  # fmt: skip
+
+
+def _network_policy(cluster: ClusterAccess, namespace: str, name: str) -> Any:
+    return _or_none(client.NetworkingV1Api(cluster.api).read_namespaced_network_policy, namespace, name)
+
+
+def test_each_pool_gets_a_network_policy_that_admits_its_namespaces_routers_to_port_8080(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("guarded", ["m"]))
+    crs.create(route("chat", "guarded"))
+    wait_for(lambda: crs.is_ready("InferencePool", "guarded"), T, "guarded Ready")
+    wait_for(lambda: crs.is_ready("FallbackRoute", "chat"), T, "chat Ready",
+             describe=lambda: crs.get("FallbackRoute", "chat").get("status"))  # fmt: skip
+    policy = wait_for(lambda: _network_policy(cluster, namespace, "guarded"), T, "the pool's NetworkPolicy")
+
+    def pod_labels(instance: str) -> dict[str, str]:
+        [pod] = cluster.core.list_namespaced_pod(
+            namespace, label_selector=f"app.kubernetes.io/instance={instance}"
+        ).items
+        return dict(pod.metadata.labels)
+
+    assert policy.spec.pod_selector.match_labels.items() <= pod_labels("guarded").items()
+    [rule] = policy.spec.ingress
+    assert [(p.protocol, p.port) for p in rule.ports] == [("TCP", 8080)]
+    [peer] = rule._from
+    assert peer.namespace_selector is None  # the pool's own namespace only
+    assert peer.pod_selector.match_labels.items() <= pod_labels("chat").items()
+
+
+def test_a_network_policy_admitting_listed_namespaces_passes_a_server_side_dry_run(
+    cluster: ClusterAccess, namespace: str
+) -> None:
+    served = LLMModel.parse({**model("m"), "metadata": {"name": "m", "namespace": namespace}})
+    body = pool("p", ["m"], networkPolicy={"allowedNamespaces": ["monitoring", "apps"]})
+    guarded = InferencePool.parse({**body, "metadata": {"name": "p", "namespace": namespace}})
+    [policy] = [o for o in pool_objects(guarded, {"m": served}) if o["kind"] == "NetworkPolicy"]
+    result = kubectl(cluster, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(policy))
+    assert result.returncode == 0, result.stderr
+
+
+def test_switching_a_pools_network_policy_off_deletes_it(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    crs.create(model("m"))
+    crs.create(pool("open", ["m"]))
+    wait_for(lambda: _network_policy(cluster, namespace, "open"), T, "the pool's NetworkPolicy")
+    crs.patch("InferencePool", "open", {"spec": {"networkPolicy": {"enabled": False}}})
+    wait_for(lambda: _network_policy(cluster, namespace, "open") is None, T, "the NetworkPolicy to be pruned")
+
+
+def test_a_pool_whose_models_download_files_of_one_name_is_refused_naming_both(crs: CustomResources) -> None:
+    for name, host in (("mistral-q4", "a.example"), ("llama-q4", "b.example")):
+        crs.create({"kind": "LLMModel", "metadata": {"name": name},
+                    "spec": {"source": {"url": f"https://{host}/weights/model.gguf"}}})  # fmt: skip
+    crs.create(pool("clash", ["mistral-q4", "llama-q4"]))
+
+    condition = crs.wait_for_reason("InferencePool", "clash", "InvalidSpec")
+    assert condition["status"] == "False"
+    assert '"mistral-q4"' in condition["message"] and '"llama-q4"' in condition["message"]
+    assert '"model.gguf"' in condition["message"]

@@ -125,3 +125,26 @@ def test_a_quantity_that_is_not_one_is_rejected_naming_the_field() -> None:
 def test_kubernetes_quantities_are_accepted(value: object) -> None:
     body = pool_body(resources={"requests": {"cpu": value}})
     assert InferencePool.parse(body).spec.resources is not None
+
+
+@pytest.mark.parametrize(
+    ("rollout", "message"),
+    [
+        ({"maxSurge": 0, "maxUnavailable": 0}, "cannot both be 0"),
+        ({"maxSurge": "0%", "maxUnavailable": 0}, "cannot both be 0"),
+        ({"maxSurge": -1, "maxUnavailable": 1}, "maxSurge is a pod count"),
+        ({"maxSurge": 1, "maxUnavailable": "half"}, "maxUnavailable is a pod count"),
+        ({"maxSurge": "3", "maxUnavailable": 1}, "maxSurge is a pod count"),
+    ],
+)
+def test_a_pool_rollout_that_could_never_progress_or_is_no_count_is_rejected(
+    rollout: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        InferencePool.parse({"metadata": {"name": "p"}, "spec": {"models": ["m"], "rollout": rollout}})
+
+
+def test_a_pool_rollout_takes_counts_and_percentages() -> None:
+    body = {"models": ["m"], "rollout": {"maxSurge": "25%", "maxUnavailable": 0}}
+    rollout = InferencePool.parse({"metadata": {"name": "p"}, "spec": body}).spec.rollout
+    assert rollout is not None and (rollout.max_surge, rollout.max_unavailable) == ("25%", 0)

@@ -18,15 +18,19 @@ CHART = ROOT / "charts" / "localai-operator"
 KUBE_VERSION = "1.34.0"
 NAMESPACE = "localai-operator"
 GROUP = "llm.localai-operator.io"
-# The Prometheus Operator's CRD: kubernetes-validate has no schema for it.
-FOREIGN_KINDS = {"ServiceMonitor"}
+# The Prometheus Operator's CRDs: kubernetes-validate has no schema for them.
+FOREIGN_KINDS = {"ServiceMonitor", "PodMonitor"}
+DASHBOARD = CHART / "dashboards" / "localai-router.json"
 CLUSTER_SCOPED_RESOURCES = {"nodes", "namespaces", "customresourcedefinitions"}
 LEADER_ELECTION_ROLE = "localai-operator-leader-election"
 
 VALUES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["a", "b"]},
-    "metrics": {"metrics": {"serviceMonitor": {"enabled": True}}},
+    "metrics": {
+        "metrics": {"serviceMonitor": {"enabled": True}, "routerPodMonitor": {"enabled": True}},
+        "grafanaDashboard": {"enabled": True},
+    },
     "standby": {"replicas": 2},
     "no-leader-election": {"leaderElection": {"enabled": False}},
     "debug-digest": {"logLevel": "debug", "image": {"digest": "sha256:" + "a" * 64}},
@@ -268,6 +272,12 @@ def test_operator_pod_is_hardened_and_runs_one_replica_with_recreate(helm: str, 
     assert {"--metrics-port=8081", "--health-port=8082"} <= set(container["args"])
 
 
+def test_the_operator_pod_gives_kopf_its_name_as_identity(helm: str, tmp_path: Path) -> None:
+    # Without POD_ID Kopf asks getpass.getuser(), which fails for the image's uid 65532 (no passwd entry).
+    env = {e["name"]: e for e in operator_container(render(helm, tmp_path, {}))["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_the_operator_is_told_its_own_image_for_the_routers(helm: str, tmp_path: Path) -> None:
     env = {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, {}))["env"]}
     assert env["LOCALAI_OPERATOR_IMAGE"] == "localai-operator:0.1.0"
@@ -276,6 +286,36 @@ def test_the_operator_is_told_its_own_image_for_the_routers(helm: str, tmp_path:
     assert pinned["image"] == "localai-operator@sha256:" + "a" * 64
     assert {"name": "LOCALAI_OPERATOR_IMAGE", "value": pinned["image"]} in pinned["env"]
     assert "--verbose" in pinned["args"]
+
+
+def test_the_downloader_image_keeps_its_pinned_tag_when_the_operator_is_upgraded(
+    helm: str, tmp_path: Path
+) -> None:
+    from localai_operator.render.common import DOWNLOADER_VERSION
+
+    def downloader(values: dict[str, Any]) -> str | None:
+        env = {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, values))["env"]}
+        return env["LOCALAI_OPERATOR_DOWNLOADER_IMAGE"]
+
+    assert downloader({}) == f"localai-operator:{DOWNLOADER_VERSION}"
+    upgraded = {"image": {"repository": "reg.example/localai-operator", "tag": "9.9.9"}}
+    assert downloader(upgraded) == f"reg.example/localai-operator:{DOWNLOADER_VERSION}"
+    digest = "sha256:" + "d" * 64
+    assert downloader(
+        {"downloader": {"image": {"repository": "reg.example/fetch", "tag": "x", "digest": digest}}}
+    ) == (f"reg.example/fetch@{digest}")
+
+
+def test_localai_images_and_backend_repository_reach_the_operator_only_when_set(
+    helm: str, tmp_path: Path
+) -> None:
+    def env(values: dict[str, Any]) -> dict[str, str | None]:
+        return {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, values))["env"]}
+
+    assert not {k for k in env({}) if k.startswith("LOCALAI_OPERATOR_LOCALAI_")}
+    mirrored = env({"localai": {"cpuImage": "reg/l:v4.9.0", "backendRepository": "reg/local-ai-backends"}})
+    assert mirrored["LOCALAI_OPERATOR_LOCALAI_CPU_IMAGE"] == "reg/l:v4.9.0"
+    assert mirrored["LOCALAI_OPERATOR_LOCALAI_BACKEND_REPOSITORY"] == "reg/local-ai-backends"
 
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str, tmp_path: Path) -> None:
@@ -351,3 +391,62 @@ def test_flux_kustomizations_chain_crds_then_operator_then_resources() -> None:
     (release,) = of_kind(objects, "HelmRelease")
     assert (ROOT / release["spec"]["chart"]["spec"]["chart"]).resolve() == CHART
     assert release["spec"]["install"]["crds"] == "Skip"
+
+
+def test_the_router_pod_monitor_is_off_by_default_and_scrapes_every_router_pod_when_on(
+    helm: str, tmp_path: Path
+) -> None:
+    from localai_operator.api import FallbackRoute
+    from localai_operator.render.common import RenderSettings
+    from localai_operator.render.route import deployment
+
+    assert of_kind(render(helm, tmp_path, {}), "PodMonitor") == []
+    (monitor,) = of_kind(render(helm, tmp_path, VALUES["metrics"]), "PodMonitor")
+    route = FallbackRoute.parse(
+        {"metadata": {"name": "chat", "namespace": "ai"}, "spec": {"primary": {"url": "http://x/v1"}}}
+    )
+    pod = deployment(route, RenderSettings())["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert (
+        endpoint["port"] == pod["spec"]["containers"][0]["ports"][0]["name"]
+        and endpoint["path"] == "/metrics"
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    namespaced = of_kind(
+        render(helm, tmp_path, {**VALUES["metrics"], "watchNamespaces": ["a", "b"]}), "PodMonitor"
+    )
+    assert namespaced[0]["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def test_the_dashboard_is_valid_json_and_uses_only_series_the_router_exports() -> None:
+    import re
+
+    from localai_operator.router.metrics import RouterMetrics
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = RouterMetrics(list, list, list, list).series_names()
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\blocalai_router_[a-z_]+", expr)}
+    assert used and used <= exported, sorted(used - exported)
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for subject in (
+        "requests",
+        "fallbacks",
+        "first token",
+        "cost",
+        "breaker",
+        "per output token",
+        "client key",
+    ):
+        assert subject in titles, subject
+
+
+def test_the_dashboard_ships_in_a_configmap_grafana_picks_up_when_enabled(helm: str, tmp_path: Path) -> None:
+    assert [
+        c for c in of_kind(render(helm, tmp_path, {}), "ConfigMap") if "dashboard" in c["metadata"]["name"]
+    ] == []
+    [config_map] = [c for c in of_kind(render(helm, tmp_path, VALUES["metrics"]), "ConfigMap")
+                    if "dashboard" in c["metadata"]["name"]]  # fmt: skip
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["localai-router.json"]) == json.loads(DASHBOARD.read_text())

@@ -13,7 +13,7 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +29,36 @@ MODEL = "mistral-7b-instruct"
 FILE = "mistral-7b-instruct.Q4_K_M.gguf"
 TOKEN_ENV = "FETCH_TEST_HF_TOKEN"
 TOKEN = "hf_secret_token_9c1e4b7a2f6d"
+OTHER_MODEL = "mistral-7b-embeddings"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# What LocalAI v4.9.0 makes of a models directory. /v1/models lists loose files, skipping these names and suffixes
+# (pkg/model/loader.go, knownFilesToSkip, knownModelsNameSuffixToSkip, ListFilesInModelPath)...
+LOCALAI_SKIPPED_NAMES = {"model_card", "readme", "readme.md"}
+LOCALAI_SKIPPED_SUFFIXES = (".tmpl", ".keep", ".yaml", ".yml", ".json", ".txt", ".pt", ".onnx", ".md", ".ds_store",
+                            ".", ".safetensors", ".bin", ".gguf", ".ggml", ".ckpt", ".zip", ".tag", ".bak",
+                            ".partial", ".tar.gz")  # fmt: skip
+
+
+def localai_lists(file_names: Iterable[str]) -> set[str]:
+    return {
+        name
+        for name in file_names
+        if name.lower() not in LOCALAI_SKIPPED_NAMES
+        and not name.lower().endswith(LOCALAI_SKIPPED_SUFFIXES)
+        and ".bak" not in name.lower()
+    }
+
+
+def localai_lists_as_models(models_dir: Path) -> set[str]:
+    return localai_lists(p.name for p in models_dir.iterdir() if not p.is_dir())
+
+
+def localai_loads_as_configs(models_dir: Path) -> set[str]:
+    """...and every top-level *.yaml / *.yml that is not a dotfile is a served model
+    (core/config/model_config_loader.go, LoadModelConfigsFromPath)."""
+    return {
+        p.name for p in models_dir.iterdir() if p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")
+    }
 
 
 @dataclass
@@ -127,16 +156,19 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
+    """The pool's ConfigMap as mounted: model YAMLs, the manifest and the backend gallery."""
     path = tmp_path / "config"
     path.mkdir()
     (path / f"{MODEL}.yaml").write_text(f"name: {MODEL}\nparameters:\n  model: {FILE}\n")
-    (path / "phi-3-mini.yaml").write_text("name: phi-3-mini\n")
-    (path / "README.txt").write_text("not a model config\n")
+    (path / f"{OTHER_MODEL}.yaml").write_text(f"name: {OTHER_MODEL}\nparameters:\n  model: {FILE}\n")
+    (path / "backend_gallery.yaml").write_text("- name: llama-cpp\n")
     return path
 
 
-def item(origin: Origin, *, sha256: str | None = PAYLOAD_SHA, token_env: str | None = None) -> fetch.Download:
-    return fetch.Download(MODEL, FILE, origin.url, sha256, token_env)
+def item(
+    origin: Origin, *, sha256: str | None = PAYLOAD_SHA, token_env: str | None = None, model: str = MODEL
+) -> fetch.Download:
+    return fetch.Download(model, FILE, origin.url, sha256, token_env)
 
 
 def write_manifest(path: Path, *items: fetch.Download) -> Path:
@@ -161,6 +193,10 @@ def partial_of(models_dir: Path) -> Path:
     return models_dir / f".{FILE}.partial"
 
 
+def marker_of(models_dir: Path) -> Path:
+    return models_dir / ".localai-operator" / "verified" / f"{FILE}.sha256"
+
+
 def test_main_downloads_verifies_and_renames_the_model_file_then_marks_it_verified(
     origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
 ) -> None:
@@ -168,18 +204,103 @@ def test_main_downloads_verifies_and_renames_the_model_file_then_marks_it_verifi
 
     assert sha256_of(models_dir / FILE) == PAYLOAD_SHA
     assert not partial_of(models_dir).exists()
-    assert (models_dir / f".{FILE}.verified").read_text().startswith(f"{PAYLOAD_SHA} {len(PAYLOAD)} ")
+    assert marker_of(models_dir).read_text().startswith(f"{PAYLOAD_SHA} {len(PAYLOAD)} ")
     assert "Range" not in origin.requests[0]
 
 
-def test_main_installs_the_yaml_model_configs_into_the_models_dir(
+def test_main_installs_the_yaml_of_every_model_in_the_manifest_and_nothing_else_of_the_configmap(
     origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
 ) -> None:
     assert run_main(tmp_path, config_dir, models_dir, item(origin)) == 0
 
     installed = {p.name for p in models_dir.iterdir() if not p.name.startswith(".")}
-    assert installed == {FILE, f"{MODEL}.yaml", "phi-3-mini.yaml"}
+    assert installed == {FILE, f"{MODEL}.yaml"}  # not the other model's YAML, not the backend gallery
     assert (models_dir / f"{MODEL}.yaml").read_text() == (config_dir / f"{MODEL}.yaml").read_text()
+
+
+def test_fetch_models_removes_a_stale_yaml_and_a_stale_gguf_and_leaves_nothing_localai_would_serve_by_mistake(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
+) -> None:
+    """The acceptance case: a models volume that served `tinyllama` before the pool stopped naming it."""
+    (models_dir / "tinyllama.yaml").write_text(
+        "name: tinyllama\nparameters:\n  model: tinyllama.Q4_K_M.gguf\n"
+    )
+    (models_dir / "tinyllama.Q4_K_M.gguf").write_bytes(b"GGUF stale weights")
+    (models_dir / ".tinyllama.Q4_K_M.gguf.verified").write_text("old marker")  # where earlier builds kept it
+    (models_dir / "lost+found").mkdir()
+    manifest = write_manifest(tmp_path / "downloads.json", item(origin))
+    command = [sys.executable, "-m", "localai_operator.cli", "fetch-models", "--manifest", str(manifest),
+               "--config-dir", str(config_dir), "--models-dir", str(models_dir)]  # fmt: skip
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert "removed tinyllama.yaml: no model of the pool uses it" in result.stdout
+    for stale in ("tinyllama.yaml", "tinyllama.Q4_K_M.gguf", ".tinyllama.Q4_K_M.gguf.verified"):
+        assert not (models_dir / stale).exists(), stale
+    assert (models_dir / "lost+found").is_dir()
+    assert marker_of(models_dir).exists()
+    assert localai_loads_as_configs(models_dir) == {f"{MODEL}.yaml"}
+    assert localai_lists_as_models(models_dir) == set()
+
+
+def test_the_verified_marker_is_nothing_localai_lists_or_loads(origin: Origin, models_dir: Path) -> None:
+    fetch.fetch(item(origin), models_dir)
+
+    assert marker_of(models_dir).exists()
+    assert localai_lists_as_models(models_dir) == set()
+    assert localai_loads_as_configs(models_dir) == set()
+    # The old place was listed by /v1/models as a model named after the marker.
+    assert localai_lists({f".{FILE}.verified"}) == {f".{FILE}.verified"}
+
+
+def test_a_partial_download_of_a_model_still_served_is_kept_for_resuming(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
+) -> None:
+    half = len(PAYLOAD) // 2
+    partial_of(models_dir).write_bytes(PAYLOAD[:half])
+    (models_dir / ".gone.gguf.partial").write_bytes(b"abandoned")
+
+    assert run_main(tmp_path, config_dir, models_dir, item(origin)) == 0
+
+    assert [r.get("Range") for r in origin.requests] == [f"bytes={half}-"]
+    assert not (models_dir / ".gone.gguf.partial").exists()
+
+
+def test_a_file_shared_by_two_models_is_downloaded_once_and_both_yamls_are_installed(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
+) -> None:
+    assert run_main(tmp_path, config_dir, models_dir, item(origin), item(origin, model=OTHER_MODEL)) == 0
+
+    assert len(origin.requests) == 1
+    assert localai_loads_as_configs(models_dir) == {f"{MODEL}.yaml", f"{OTHER_MODEL}.yaml"}
+
+
+def test_a_marker_written_by_an_earlier_build_is_adopted_without_hashing_the_file_again(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = models_dir / FILE
+    target.write_bytes(PAYLOAD)
+    st = target.stat()
+    (models_dir / f".{FILE}.verified").write_text(f"{PAYLOAD_SHA} {st.st_size} {st.st_mtime_ns}")
+
+    def no_hashing(*_: Any) -> Any:
+        raise AssertionError("a file with a matching marker was hashed again")
+
+    monkeypatch.setattr(fetch, "_hash_file", no_hashing)
+    assert run_main(tmp_path, config_dir, models_dir, item(origin)) == 0
+
+    assert origin.requests == []
+    assert marker_of(models_dir).exists() and not (models_dir / f".{FILE}.verified").exists()
+
+
+def test_the_backends_directory_on_the_model_volume_is_writable_by_the_pods_group(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path
+) -> None:
+    assert run_main(tmp_path, config_dir, models_dir, item(origin)) == 0
+
+    backends = models_dir / ".localai-operator" / "backends"
+    assert backends.is_dir() and backends.stat().st_mode & 0o2070 == 0o2070
 
 
 def test_an_existing_partial_file_is_resumed_with_a_range_request(origin: Origin, models_dir: Path) -> None:
@@ -264,7 +385,7 @@ def test_a_present_file_with_the_right_sha256_is_not_downloaded_again(
     assert fetch.fetch(item(origin), models_dir) == "present"
 
     assert origin.requests == []
-    assert (models_dir / f".{FILE}.verified").exists()
+    assert marker_of(models_dir).exists()
 
 
 def test_a_present_file_with_a_wrong_sha256_is_replaced(origin: Origin, models_dir: Path) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from localai_operator import plan as pl
-from localai_operator.constants import ANNOTATION_APPLIED
+from localai_operator import status as st
+from localai_operator.constants import ANNOTATION_APPLIED, LOCAL_API_KEY_ENV
 from localai_operator.render import RenderSettings
 
 SETTINGS = RenderSettings()
@@ -125,6 +128,89 @@ def test_a_rotated_key_changes_the_routers_pod_template() -> None:
         return deployment["spec"]["template"]
 
     assert template("1") != template("2")
+
+
+def test_a_pool_whose_models_download_different_files_of_one_name_is_refused_naming_both() -> None:
+    a, b = model("a"), model("b")
+    a["spec"]["source"] = {"url": "https://one.example/weights.gguf"}
+    b["spec"]["source"] = {"url": "https://two.example/weights.gguf"}
+    planned = pl.plan_pool(pool_observed(pool(models=("a", "b")), {"a": a, "b": b}), SETTINGS, pl.Renders())
+    assert planned.objects is None
+    conditions = {c.type: c for c in st.pool_checks(planned.facts)}
+    spec_valid = conditions["SpecValid"]
+    assert (spec_valid.ok, spec_valid.reason) == (False, "InvalidSpec")
+    assert (
+        '"a"' in spec_valid.message and '"b"' in spec_valid.message and "weights.gguf" in spec_valid.message
+    )
+    assert [c.type for c in st.pool_checks(planned.facts)].count("SpecValid") == 1
+
+
+def pool_template(body: dict[str, Any], secrets: dict[str, pl.SecretInfo]) -> Any:
+    observed = pool_observed(body, {"m": model("m")}, secrets=secrets)
+    objects = pl.plan_pool(observed, SETTINGS, pl.Renders()).objects
+    assert objects is not None
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    return deployment["spec"]["template"]
+
+
+def test_a_rotated_pool_key_changes_the_pools_pod_template() -> None:
+    body = pool(apiKeySecretRef={"name": "local-key", "key": "key"})
+    one = pool_template(body, {"local-key": pl.SecretInfo("1", frozenset({"key"}))})
+    two = pool_template(body, {"local-key": pl.SecretInfo("2", frozenset({"key"}))})
+    assert one != two
+
+
+def test_a_pool_without_its_key_secret_plans_nothing_and_names_the_secret() -> None:
+    body = pool(apiKeySecretRef={"name": "local-key", "key": "key"})
+    planned = pl.plan_pool(
+        pool_observed(body, {"m": model("m")}, secrets={"local-key": None}), SETTINGS, pl.Renders()
+    )
+    assert planned.objects is None
+    [check] = [c for c in st.pool_checks(planned.facts) if c.reason == "SecretMissing"]
+    assert check.ok is False and '"local-key"' in check.message and "spec.apiKeySecretRef" in check.message
+
+
+def router_env(observed: pl.RouteObserved) -> dict[str, Any]:
+    objects = pl.plan_route(observed, SETTINGS, pl.Renders()).objects
+    assert objects is not None
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+
+
+def test_a_route_sends_its_pools_key_to_local_and_rolls_when_it_rotates() -> None:
+    keyed = pool(apiKeySecretRef={"name": "local-key", "key": "key"})
+
+    def observed(version: str) -> pl.RouteObserved:
+        secrets = {"local-key": pl.SecretInfo(version, frozenset({"key"}))}
+        return route_observed(route(), {"p": keyed}, secrets)
+
+    env = router_env(observed("1"))
+    assert env[LOCAL_API_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "local-key", "key": "key"}
+    templates = [
+        next(
+            o
+            for o in pl.plan_route(observed(v), SETTINGS, pl.Renders()).objects or ()
+            if o["kind"] == "Deployment"
+        )
+        for v in ("1", "2")
+    ]
+    assert templates[0]["spec"]["template"] != templates[1]["spec"]["template"]
+
+
+def test_a_route_whose_pools_key_secret_is_missing_still_deploys_its_router_without_it() -> None:
+    keyed = pool(apiKeySecretRef={"name": "local-key", "key": "key"})
+    env = router_env(route_observed(route(), {"p": keyed}, {"local-key": None}))
+    assert LOCAL_API_KEY_ENV not in env
+
+
+@pytest.mark.parametrize("policy", [{}, {"sensitive": True}], ids=["with-fallback-off", "sensitive"])
+def test_a_route_without_a_client_key_secret_plans_nothing_and_is_not_ready_naming_it(policy: Any) -> None:
+    body = route(auth={"clientKeySecrets": [{"name": "team-keys"}]}, policy=policy)
+    planned = pl.plan_route(route_observed(body, {"p": pool()}), SETTINGS, pl.Renders())
+    assert planned.objects is None
+    ready = st.conditions(st.route_checks(planned.facts), [], 1, "t")[0]
+    assert (ready.status, ready.reason) == ("False", "SecretMissing")
+    assert '"team-keys"' in ready.message
 
 
 def test_a_models_status_names_the_pools_serving_it() -> None:

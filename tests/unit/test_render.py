@@ -18,10 +18,11 @@ from localai_operator.render.offline import render_paths
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "samples.yaml"
 SHA = "b" * 64
-# Field names LocalAI reads (core/config/model_config.go, core/schema/prediction.go).
+# Field names LocalAI reads (core/config/model_config.go, core/schema/prediction.go at v4.9.0).
 LOCALAI_TOP_LEVEL = {
-    "name", "backend", "parameters", "context_size", "f16", "gpu_layers", "mmap", "mmlock", "low_vram", "numa",
-    "cache_type_k", "cache_type_v", "flash_attention", "template", "stopwords", "description", "threads",
+    "name", "backend", "parameters", "context_size", "gpu_layers", "mmap", "mmlock", "cache_type_k", "cache_type_v",
+    "flash_attention", "template", "stopwords", "description", "threads", "options", "embeddings", "mmproj",
+    "tensor_split", "main_gpu",
 }  # fmt: skip
 LOCALAI_PARAMETERS = {
     "model",
@@ -53,8 +54,8 @@ def route(**spec: Any) -> FallbackRoute:
     )
 
 
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [obj] = [o for o in objects if o["kind"] == kind]
+def by_kind(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [obj] = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     return obj
 
 
@@ -101,7 +102,7 @@ def test_probes_use_localai_health_endpoints() -> None:
     container = by_kind(render_pool(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1200
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_model_yaml_uses_only_localai_field_names() -> None:
@@ -120,8 +121,7 @@ def test_model_yaml_uses_only_localai_field_names() -> None:
 def test_gpu_layers_default_to_all_on_gpu_pools_and_zero_on_cpu_pools() -> None:
     gpu = yaml.safe_load(by_kind(render_pool(pool(gpus=1)), "ConfigMap")["data"]["mistral.yaml"])
     cpu = yaml.safe_load(by_kind(render_pool(pool(gpus=0)), "ConfigMap")["data"]["mistral.yaml"])
-    assert (gpu["gpu_layers"], gpu["f16"]) == (999, True)
-    assert (cpu["gpu_layers"], cpu["f16"]) == (0, False)
+    assert (gpu["gpu_layers"], cpu["gpu_layers"]) == (999, 0)
 
 
 def test_threads_default_to_the_cpu_request_in_whole_cores() -> None:
@@ -134,6 +134,29 @@ def _config_hash(objects: list[dict[str, Any]]) -> str:
     return str(
         by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
     )
+
+
+def test_gpu_pools_roll_without_a_surge_pod_and_cpu_pools_start_the_new_pod_first() -> None:
+    gpu = by_kind(render_pool(pool(gpus=1)), "Deployment")["spec"]["strategy"]
+    cpu = by_kind(render_pool(pool(gpus=0)), "Deployment")["spec"]["strategy"]
+
+    assert gpu == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert cpu == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def test_spec_rollout_sets_the_rolling_update_of_the_pool_deployment() -> None:
+    rollout = {"maxSurge": 0, "maxUnavailable": "50%"}
+
+    strategy = by_kind(render_pool(pool(gpus=0, rollout=rollout)), "Deployment")["spec"]["strategy"]
+
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": rollout}
+
+
+def test_changing_only_the_rollout_changes_no_pod_template() -> None:
+    before = by_kind(render_pool(pool(gpus=0)), "Deployment")["spec"]["template"]
+    after = by_kind(render_pool(pool(gpus=0, rollout={"maxSurge": 0, "maxUnavailable": 1})), "Deployment")
+
+    assert after["spec"]["template"] == before
 
 
 def test_editing_a_model_changes_the_pod_template_hash() -> None:
@@ -158,7 +181,12 @@ def test_children_are_owned_by_the_pool_as_controller() -> None:
 
 
 def test_pdb_only_when_more_than_one_replica_and_pvc_only_with_storage() -> None:
-    assert {o["kind"] for o in render_pool(pool(replicas=1))} == {"ConfigMap", "Deployment", "Service"}
+    assert {o["kind"] for o in render_pool(pool(replicas=1))} == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+    }
     kinds = {
         o["kind"] for o in render_pool(pool(replicas=3, storage={"size": "20Gi", "storageClassName": "fast"}))
     }
@@ -190,7 +218,7 @@ def test_a_hugging_face_token_comes_from_its_secret_never_the_configmap() -> Non
 
 
 def test_service_listens_on_8080_named_http() -> None:
-    assert by_kind(render_pool(), "Service")["spec"]["ports"][0] == {
+    assert by_kind(render_pool(), "Service", "gpu-pool")["spec"]["ports"][0] == {
         "name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}  # fmt: skip
 
 
@@ -198,7 +226,7 @@ def test_route_config_holds_no_secret_and_the_deployment_reads_the_key_from_the_
     objects = route_objects(route(fallback={"apiKeySecretRef": {"name": "holysheep", "key": "api-key"}}))
     config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["router.yaml"])
     assert config["fallback"]["apiKeyEnv"] == "LOCALAI_OPERATOR_FALLBACK_API_KEY"
-    assert config["local"]["endpoints"] == ["http://gpu-pool.ai.svc:8080/v1"]
+    assert config["local"]["discovery"]["url"] == "http://gpu-pool-pods.ai.svc:8080/v1"
     container = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["env"] == [{"name": "LOCALAI_OPERATOR_FALLBACK_API_KEY",
                                  "valueFrom": {"secretKeyRef": {"name": "holysheep", "key": "api-key"}}}]  # fmt: skip

@@ -49,6 +49,16 @@ model_specs = st.fixed_dictionaries(
             },
         ),
         "stopwords": st.lists(st.text(min_size=1, max_size=8), max_size=3),
+        "parallel": st.integers(1, 64),
+        "embeddings": st.booleans(),
+        "options": st.lists(
+            st.sampled_from(["context_shift", "use_jinja", "cache_ram:4096", "n_ubatch:256"]), max_size=3
+        ),
+        "tensorSplit": st.sampled_from(["1", "3,1", "1/1/2"]),
+        "mainGPU": st.integers(0, 7),
+        "mmproj": st.builds(
+            lambda sha: {"url": "https://models.example/mmproj-f16.gguf", "sha256": sha}, hexes
+        ),
     },
 )
 pool_specs = st.fixed_dictionaries(
@@ -64,6 +74,14 @@ pool_specs = st.fixed_dictionaries(
                                          optional={"storageClassName": names}),
         "nodeSelector": st.dictionaries(st.sampled_from(["zone", "team"]), names, max_size=2),
         "maxActiveBackends": st.integers(1, 4),
+        "preinstallBackends": st.sampled_from([[], ["llama-cpp"]]),
+        "parallelRequests": st.booleans(),
+        "apiKeySecretRef": st.just({"name": "pool-key", "key": "token"}),
+        "networkPolicy": st.fixed_dictionaries({}, optional={"enabled": st.booleans(),
+                                                             "allowedNamespaces": st.lists(names, max_size=3)}),
+        "runAsUser": st.integers(1, 2**31 - 1),
+        "extraEnv": st.lists(st.builds(lambda n: {"name": f"LOCALAI_{n.upper().replace('-', '_')}", "value": "1"},
+                                       names), max_size=3, unique_by=lambda e: e["name"]),
     },
 )  # fmt: skip
 route_specs = st.fixed_dictionaries(

@@ -37,12 +37,25 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{/* The image reference; the operator also puts it into the routers and model-download init containers. */}}
+{{/* The image reference; the operator also puts it into the routers it creates. */}}
 {{- define "localai-operator.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
 {{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The fetch-models init container's image: pinned apart from the operator's tag (downloader.image.tag), so that
+upgrading the operator does not restart every LocalAI pod. The repository defaults to the operator's.
+*/}}
+{{- define "localai-operator.downloaderImage" -}}
+{{- $repository := default .Values.image.repository .Values.downloader.image.repository -}}
+{{- if .Values.downloader.image.digest -}}
+{{- printf "%s@%s" $repository .Values.downloader.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository .Values.downloader.image.tag -}}
 {{- end -}}
 {{- end -}}
 
@@ -79,6 +92,7 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]
+# One NetworkPolicy per pool, admitting only the routers to LocalAI.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, update, patch, delete]

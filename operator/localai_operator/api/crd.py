@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,9 @@ _KINDS: list[tuple[type[CustomResource], type[BaseModel], type[BaseModel], str]]
 def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Turn one pydantic JSON schema node into a Kubernetes structural schema node."""
     if "$ref" in schema:
+        # A copy: a definition used twice must not become a shared object (YAML would emit an anchor).
         merged = {
-            **defs[schema["$ref"].rsplit("/", 1)[-1]],
+            **copy.deepcopy(defs[schema["$ref"].rsplit("/", 1)[-1]]),
             **{k: v for k, v in schema.items() if k != "$ref"},
         }
         return structural(merged, defs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -10,6 +11,13 @@ from localai_operator.api.base import Condition, CustomResource, SecretKeyRef, S
 from localai_operator.api.kinds import LLM_MODEL
 
 SHA256 = r"^[a-fA-F0-9]{64}$"
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# llama.cpp's --tensor-split: proportions per GPU, separated by "," or "/" (grpc-server.cpp splits on [,/]).
+TENSOR_SPLIT = r"^[0-9]+(\.[0-9]+)?([,/][0-9]+(\.[0-9]+)?)*$"
+# LocalAI splits each option at ":" (strtok), so a value cannot hold one; no whitespace either.
+OPTION = r"^[^\s:]+(:[^\s:]+)?$"
+NO_PARALLEL_OPTION = "self.all(o, !o.matches('^(n_)?parallel(:|$)'))"
+NO_PARALLEL_MESSAGE = "set the number of slots with spec.parallel, not a parallel option"
 # A file name inside the models directory: no path separators, no leading dot.
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 
@@ -91,7 +99,11 @@ class SamplingParameters(Spec):
     top_k: int | None = Field(default=None, ge=0, description="Top-k sampling; 1 for greedy decoding.")
     max_tokens: int | None = Field(default=None, ge=1, description="Default cap on generated tokens.")
     seed: int | None = Field(
-        default=None, description="Random seed, for reproducible output with temperature 0."
+        default=None,
+        ge=INT32_MIN,
+        le=INT32_MAX,
+        description="Random seed, for reproducible output with temperature 0; -1 picks a random one per request. "
+        "A 32-bit integer: LocalAI casts it to int32 (core/backend/options.go, getSeed).",
     )
     repeat_penalty: float | None = Field(default=None, ge=0, description="Penalty for repeated tokens.")
 
@@ -123,16 +135,51 @@ class LLMModelSpec(Spec):
     }
     source: ModelSource = Field(description="Where the GGUF file comes from.")
     backend: Literal["llama-cpp"] = Field(default="llama-cpp", description="LocalAI backend.")
-    context_size: int = Field(default=4096, ge=128, le=1048576, description="Context window in tokens.")
+    context_size: int = Field(
+        default=4096,
+        ge=128,
+        le=1048576,
+        description="Context window in tokens (LocalAI context_size). With several slots (parallel) LocalAI v4.9.0's "
+        "llama-cpp backend shares one KV cache of this many tokens between them (kv_unified, on by default): size it "
+        "as the window one request needs times parallel.",
+    )
     gpu_layers: GpuLayers | None = None
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Requests this model answers at once (llama.cpp slots, rendered as LocalAI's "
+        "options: [parallel:N]; without it llama-cpp serves one request at a time). The slots share contextSize. "
+        "Default: 4 on a pool with GPUs (llama.cpp server's own default slot count), 1 on a CPU pool.",
+    )
     f16: bool | None = Field(
-        default=None, description="Use 16-bit floats. Default: true on GPU pools, false on CPU pools."
+        default=None,
+        description="Deprecated, no effect: LocalAI's llama-cpp backend never reads it (the memory_f16 line is "
+        "commented out in backend/cpp/llama-cpp/grpc-server.cpp at v4.9.0). The KV cache type is kvCacheType.",
     )
     mmap: bool = Field(default=True, description="Memory-map the model file.")
-    mlock: bool = Field(default=False, description="Lock the model in memory (LocalAI mmlock).")
-    low_vram: bool = Field(default=False, alias="lowVRAM", description="Trade speed for GPU memory.")
-    numa: bool = Field(default=False, description="NUMA optimisations; leave off on single-socket nodes.")
-    batch: int = Field(default=512, ge=1, le=65536, description="Prompt-processing batch size.")
+    mlock: bool = Field(
+        default=False,
+        description="Lock the model in RAM so it is never paged out (LocalAI mmlock). The pool then adds the "
+        "IPC_LOCK capability to the LocalAI container (a locked model must fit the memory limit, and the namespace's "
+        "Pod Security level must allow the capability); it has no effect with the pool's runAsUser.",
+    )
+    low_vram: bool = Field(
+        default=False,
+        alias="lowVRAM",
+        description="Deprecated, no effect: LocalAI's llama-cpp backend never reads low_vram (v4.9.0). On CUDA "
+        "out of memory lower gpuLayers, use a quantized kvCacheType or a smaller contextSize.",
+    )
+    numa: bool = Field(
+        default=False,
+        description="Deprecated, no effect: LocalAI's llama-cpp backend calls llama_numa_init without it (v4.9.0).",
+    )
+    batch: int = Field(
+        default=512,
+        ge=1,
+        le=65536,
+        description="Prompt-processing batch size (llama.cpp n_batch and n_ubatch).",
+    )
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
         default="f16",
         description="KV cache type (LocalAI cache_type_k and cache_type_v). Quantized types save 15-20% memory.",
@@ -141,12 +188,52 @@ class LLMModelSpec(Spec):
         default="auto",
         description='LocalAI flash_attention. "auto" renders "on" when kvCacheType is quantized (llama.cpp needs it).',
     )
+    embeddings: bool = Field(
+        default=False,
+        description="Make this an embedding model serving /v1/embeddings (LocalAI embeddings: true). The llama-cpp "
+        "backend then refuses chat and completion requests to it: for both, declare a second LLMModel with the "
+        "same source. An input is embedded in one batch: set batch to the longest input in tokens.",
+    )
+    mmproj: ModelSource | None = Field(
+        default=None,
+        description="The multimodal projector of a vision model (LocalAI mmproj): a second GGUF file downloaded "
+        "and verified like source, into the same models directory.",
+    )
+    tensor_split: str | None = Field(
+        default=None,
+        pattern=TENSOR_SPLIT,
+        max_length=256,
+        description='How to split the model over the pool\'s GPUs, e.g. "3,1" (LocalAI tensor_split, llama.cpp '
+        "--tensor-split).",
+    )
+    main_gpu: int | None = Field(
+        default=None,
+        alias="mainGPU",
+        ge=0,
+        le=127,
+        description="The GPU (index inside the pod) for small tensors and intermediate results (LocalAI main_gpu).",
+    )
+    options: list[Annotated[str, Field(pattern=OPTION, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": NO_PARALLEL_OPTION, "message": NO_PARALLEL_MESSAGE}]
+        },
+        description="LocalAI backend options passed through as name:value (e.g. context_shift, cache_ram:4096, "
+        "use_jinja); the llama-cpp backend ignores names it does not know.",
+    )
     parameters: SamplingParameters = Field(
         default_factory=SamplingParameters, description="Sampling defaults."
     )
     template: PromptTemplate | None = Field(default=None, description="Prompt templates.")
     stopwords: list[str] = Field(default_factory=list, description="Stop words.")
     description: str | None = Field(default=None, max_length=1024, description="Shown by LocalAI.")
+
+    @model_validator(mode="after")
+    def _parallel_is_a_field_not_an_option(self) -> LLMModelSpec:
+        if any(re.match(r"^(n_)?parallel(:|$)", option) for option in self.options):
+            raise ValueError(NO_PARALLEL_MESSAGE)
+        return self
 
     @model_validator(mode="after")
     def _quantized_cache_needs_flash_attention(self) -> LLMModelSpec:

@@ -1,18 +1,26 @@
-"""FallbackRoute: how clients reach a pool, local first, then a cloud OpenAI-compatible provider."""
+"""FallbackRoute: how clients reach a pool, local first, then a cloud OpenAI-compatible provider.
+
+`spec.policy` is the router's own policy model (`router/config.py`): one definition of every field, its
+bounds, default and description, for the CRD and the router alike.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
 from localai_operator.api.base import Condition, CustomResource, LocalObjectRef, Resources, SecretKeyRef, Spec
 from localai_operator.api.kinds import FALLBACK_ROUTE
+from localai_operator.api.pool import Toleration
 from localai_operator.constants import (
     HOLYSHEEP_BASE_URL,
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
+from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy
+
+ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
 
 class Primary(Spec):
@@ -72,32 +80,27 @@ class Fallback(Spec):
         ge=0,
         description="USD per million output tokens, for the cost metric.",
     )
-
-
-class CircuitBreaker(Spec):
-    failure_threshold: int = Field(
-        default=5, ge=1, le=1000, description="Consecutive local failures that open it."
+    paths: list[ApiPath] = Field(
+        default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
+        max_length=64,
+        description=(
+            "API paths (relative to /v1) the provider serves; a request on another path never goes to the "
+            "cloud. Default: OpenAI's chat, completions, embeddings, responses, moderations, audio and "
+            "image generation paths."
+        ),
     )
-    open_seconds: int = Field(default=30, ge=1, le=3600, description="How long local is skipped once open.")
 
 
-class RateLimit(Spec):
-    requests_per_second: float = Field(
-        gt=0, le=100000, description="Sustained requests per second per router replica."
-    )
-    burst: int = Field(default=50, ge=1, le=100000, description="Bucket size.")
-
-
-class Policy(Spec):
-    first_token_timeout_ms: int = Field(
-        default=3000, ge=1, le=600000, description="Fall back when local has not started answering by then."
-    )
-    request_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Whole-request timeout.")
-    connect_timeout_ms: int = Field(default=1000, ge=1, le=60000, description="TCP connect timeout to local.")
-    sensitive: bool = Field(default=False, description="true: never send this route's traffic to the cloud.")
-    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
-    rate_limit: RateLimit | None = Field(
-        default=None, description="Token bucket; 429 with Retry-After beyond it."
+class Auth(Spec):
+    client_key_secrets: list[LocalObjectRef] = Field(
+        min_length=1,
+        max_length=16,
+        description=(
+            "Secrets in the route's namespace holding the client API keys this route accepts: every data key "
+            "of each Secret is one client key, and its name is what the router's metrics and logs show "
+            "(never the key). Clients send `Authorization: Bearer <key>` or `x-api-key: <key>`; a missing or "
+            "wrong key is answered 401. Keys may be rotated in place: the router re-reads them."
+        ),
     )
 
 
@@ -125,9 +128,21 @@ class FallbackRouteSpec(Spec):
 
     primary: Primary = Field(description="The local LocalAI: a pool in the cluster or a URL.")
     fallback: Fallback | None = Field(default=None, description="Cloud provider; omitted: no cloud fallback.")
-    policy: Policy = Field(default_factory=Policy)
+    policy: Policy = Field(
+        default_factory=Policy, description="How the router chooses between local and the cloud."
+    )
+    auth: Auth | None = Field(default=None, description="Client keys; omitted: the route accepts any client.")
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
-    resources: Resources | None = Field(default=None, description="Router container resources.")
+    resources: Resources | None = Field(
+        default=None,
+        description="Router container resources. The memory limit also sets how many request bytes the router holds at once.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for the router pods."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for the router pods."
+    )
 
 
 class FallbackRouteStatus(Spec):

@@ -1,9 +1,11 @@
-"""The harness's PKI: a CA, the apiserver serving cert, an admin client cert and the service-account key pair."""
+"""The harness's PKI: a CA, the apiserver serving cert, an admin client cert and the service-account key pair;
+`issue()` signs more leaves with that CA (the real node's kubelet, kube-proxy and the apiserver's kubelet client)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -42,19 +44,24 @@ class Pki:
     service_account_key: Path
     service_account_public_key: Path
 
+    @classmethod
+    def in_directory(cls, directory: Path) -> Pki:
+        return cls(
+            ca_cert=directory / "ca.crt",
+            ca_key=directory / "ca.key",
+            serving_cert=directory / "apiserver.crt",
+            serving_key=directory / "apiserver.key",
+            admin_cert=directory / "admin.crt",
+            admin_key=directory / "admin.key",
+            service_account_key=directory / "sa.key",
+            service_account_public_key=directory / "sa.pub",
+        )
 
-def write_pki(directory: Path) -> Pki:
+
+def write_pki(directory: Path, extra_ips: Sequence[str] = ()) -> Pki:
+    """A new CA and the control plane's certificates in `directory`; `extra_ips` join the apiserver's SANs."""
     directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(
-        ca_cert=directory / "ca.crt",
-        ca_key=directory / "ca.key",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
-        admin_cert=directory / "admin.crt",
-        admin_key=directory / "admin.key",
-        service_account_key=directory / "sa.key",
-        service_account_public_key=directory / "sa.pub",
-    )
+    pki = Pki.in_directory(directory)
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)  # tolerate small clock skew
 
     ca_key = _ec_key()
@@ -81,7 +88,7 @@ def write_pki(directory: Path) -> Pki:
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName(name) for name in SERVING_DNS_NAMES]
-                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, *extra_ips)]
             ),
             critical=False,
         )
@@ -116,6 +123,43 @@ def write_pki(directory: Path) -> Pki:
         )
     )
     return pki
+
+
+def issue(
+    pki: Pki,
+    stem: str,
+    common_name: str,
+    *,
+    organization: str | None = None,
+    client: bool = False,
+    server_ips: Sequence[str] = (),
+    server_dns: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    """Signs a leaf with the harness CA and writes `<stem>.crt` and `<stem>.key` beside it: a client certificate
+    (the Kubernetes user is the CN, the group the O), a serving one (for the SANs given), or both."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "the harness CA key is ECDSA"
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)] if organization else []
+    subject = x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    key = _ec_key()
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    builder = _leaf(subject, key, ca_cert, ca_key, now)
+    if server_ips or server_dns:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name) for name in server_dns]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
+            ),
+            critical=False,
+        )
+    cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(ca_key, hashes.SHA256())
+    cert_path, key_path = pki.ca_cert.with_name(f"{stem}.crt"), pki.ca_cert.with_name(f"{stem}.key")
+    _write_cert(cert_path, cert)
+    _write_key(key_path, key)
+    return cert_path, key_path
 
 
 def _ec_key() -> ec.EllipticCurvePrivateKey:

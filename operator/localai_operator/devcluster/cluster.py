@@ -1,5 +1,6 @@
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback,
-started until usable and stopped without leftovers; its state file lets another process attach and stop it."""
+optionally with a real node beside the fake ones (realnode.py), started until usable and stopped without
+leftovers; its state file lets another process attach and stop it."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from localai_operator.devcluster.binaries import Binaries
+from localai_operator.devcluster.binaries import Binaries, NodeBinaries, find_node
 from localai_operator.devcluster.binaries import find as find_binaries
+from localai_operator.devcluster.errors import ClusterError, RealNodeUnavailable
 from localai_operator.devcluster.kubeconfig import admin_kubeconfig, token_kubeconfig, write_kubeconfig
 from localai_operator.devcluster.nodes import KWOK_NODE_ANNOTATION, KWOK_NODE_VALUE, FakeNode, default_nodes
 from localai_operator.devcluster.process import (
@@ -35,6 +37,10 @@ from localai_operator.devcluster.process import (
     spawn,
     stop_groups,
 )
+from localai_operator.devcluster.realnode import NodeNetwork, RealNode
+from localai_operator.devcluster.realnode import unavailable_reason as real_node_unavailable_reason
+
+__all__ = ["COMPONENTS", "NODE_COMPONENTS", "Cluster", "ClusterError", "component_commands", "kwok_command"]
 
 STATE_FILE: Final = "state.json"
 # Room for thousands of Services (the operator benchmark makes 2,000 at its large size); 10.0.0.1 stays first.
@@ -44,6 +50,8 @@ POD_CIDR: Final = "10.244.0.1/16"
 # kwok leaves pods carrying this annotation alone, so a test can write a pod status itself (e.g. a crash loop).
 KWOK_CUSTOM_STATUS_ANNOTATION: Final = "kwok.x-k8s.io/status=custom"
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_COMPONENTS: Final = ("node-init", "containerd", "kubelet", "kube-proxy", "coredns")
+_NODE_CLIENTS: Final = ("kubelet", "kube-proxy", "coredns")
 _PORT_NAMES: Final = (
     "etcd",
     "etcd-peer",
@@ -57,10 +65,6 @@ _START_ATTEMPTS: Final = 3
 _STATE_DIR_PREFIX: Final = "localai-operator-"
 
 
-class ClusterError(RuntimeError):
-    """The control plane did not start or stop cleanly; the message carries the failing component's log tail."""
-
-
 class _PortTaken(ClusterError):
     """Another process bound a port between our check and the component's bind: retried with new ports."""
 
@@ -69,7 +73,8 @@ class _PortTaken(ClusterError):
 class Cluster:
     """A running (or stopped) control plane. Create it with `start()` or `attach()`; `stop()` is idempotent.
 
-    Usable as a context manager. `kubeconfig` is an admin (system:masters) kubeconfig file.
+    Usable as a context manager. `kubeconfig` is an admin (system:masters) kubeconfig file. `real_node` is the
+    real node when it was asked for (`start(real_node=True)`), else None.
     """
 
     state_dir: Path
@@ -77,6 +82,7 @@ class Cluster:
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[ProcessRecord] = field(default_factory=list)
     nodes: tuple[str, ...] = ()
+    real_node: RealNode | None = None
     _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,20 +102,28 @@ class Cluster:
         binaries: Binaries | None = None,
         detach: bool = False,
         timeout: float = 120.0,
+        real_node: bool = False,
     ) -> Cluster:
         """Starts the control plane and returns once it is usable: the apiserver ready, the `default`
         ServiceAccount present and every fake node Ready without a not-ready taint.
+
+        With `real_node` it also starts the real node (realnode.py) and waits until it is Ready with its label and
+        taint, kube-proxy serving and CoreDNS answering; it raises RealNodeUnavailable (a ClusterError) at once,
+        having started nothing, when this machine cannot run one (`real_node_unavailable_reason()` says why).
 
         `state_dir` defaults to a new directory on tmpfs. Without `detach` the components die with the calling
         thread even if it is SIGKILLed; with it (`dev up`) they outlive the process and `attach()` finds them.
         Builds missing binaries first (once per machine, slow). On failure nothing is left running.
         """
         found = binaries or find_binaries()
+        if real_node and (reason := real_node_unavailable_reason()) is not None:
+            raise RealNodeUnavailable(reason)  # before building the node's binaries for nothing
+        node_binaries = find_node() if real_node else None
         wanted = tuple(nodes) if nodes is not None else default_nodes()
         for attempt in range(1, _START_ATTEMPTS + 1):
             cluster = cls(state_dir=_new_state_dir(state_dir))
             try:
-                cluster._boot(found, wanted, detach=detach, timeout=timeout)
+                cluster._boot(found, wanted, node_binaries, detach=detach, timeout=timeout)
             except _PortTaken:
                 cluster.stop()
                 if attempt == _START_ATTEMPTS:
@@ -134,6 +148,7 @@ class Cluster:
             ports={name: int(port) for name, port in state["ports"].items()},
             processes=[ProcessRecord.from_json(p) for p in state["processes"]],
             nodes=tuple(state["nodes"]),
+            real_node=RealNode.from_json(state["realNode"]) if state.get("realNode") else None,
         )
 
     def status(self) -> dict[str, bool]:
@@ -142,10 +157,18 @@ class Cluster:
 
     def is_running(self) -> bool:
         running = self.status()
-        return all(running.get(name, False) for name in COMPONENTS)
+        wanted = (*COMPONENTS, *NODE_COMPONENTS) if self.real_node is not None else COMPONENTS
+        return all(running.get(name, False) for name in wanted)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Kills every component's process group, then removes the state directory; raises if anything is left."""
+        """Kills every component's process group, stops the real node (its init kills every container and
+        removes what it made), then removes the state directory; raises if anything is left."""
+        # The node's clients, the control plane, then the node: an apiserver whose address (the host's end of the
+        # node's link) vanished with the node never finishes its graceful stop and waits for SIGKILL.
+        for names in (_NODE_CLIENTS, COMPONENTS):
+            stop_groups([p for p in self.processes if p.name in names], self._children, timeout=timeout)
+        if self.real_node is not None:
+            self.real_node.stop()
         stop_groups(self.processes, self._children, timeout=timeout)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         deadline = time.monotonic() + timeout
@@ -155,8 +178,11 @@ class Cluster:
             raise ClusterError("the control plane did not stop cleanly: " + "; ".join(remaining))
 
     def leftovers(self) -> list[str]:
-        """What would remain of this cluster if it were stopped now: live processes, bound ports, the state dir."""
+        """What would remain of this cluster if it were stopped now: live processes, bound ports, the state dir,
+        and of the real node its containers, namespaces (with their mounts and iptables rules), link and cgroups."""
         found = [f"{p.name} (pid {p.pid}) is running" for p in self.processes if p.is_running()]
+        if self.real_node is not None:
+            found += self.real_node.leftovers()
         for pgid, pids in group_members(p.pid for p in self.processes).items():
             found.append(f"process group {pgid} still has pids {pids}")
         found += [
@@ -215,13 +241,31 @@ class Cluster:
         with contextlib.suppress(ClusterError):
             self.stop()
 
-    def _boot(self, found: Binaries, nodes: tuple[FakeNode, ...], *, detach: bool, timeout: float) -> None:
-        from localai_operator.devcluster.certs import write_pki  # cryptography is only needed to start one
+    def _boot(
+        self,
+        found: Binaries,
+        nodes: tuple[FakeNode, ...],
+        node_binaries: NodeBinaries | None,
+        *,
+        detach: bool,
+        timeout: float,
+    ) -> None:
+        from localai_operator.devcluster.certs import issue, write_pki  # cryptography: only to start one
 
         deadline = time.monotonic() + timeout
-        pki = write_pki(self.state_dir / "pki")
+        launcher = _Launcher(self, detach=detach, deadline=deadline)
+        if node_binaries is not None:
+            # First: the apiserver listens on the node's link, which exists once the node's namespaces do.
+            self.real_node = RealNode.prepare(launcher, node_binaries)
+            self._save()
+        network = self.real_node.network if self.real_node is not None else None
+        pki = write_pki(self.state_dir / "pki", extra_ips=network.apiserver_ips() if network else ())
+        issue(
+            pki, "kubelet-client", "kube-apiserver-kubelet-client", organization="system:masters", client=True
+        )
         self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
-        self.server = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+        host = network.host_ip if network is not None else "127.0.0.1"
+        self.server = f"https://{host}:{self.ports['kube-apiserver']}"
         self.nodes = tuple(node.name for node in nodes)
         write_kubeconfig(
             self.kubeconfig,
@@ -230,8 +274,9 @@ class Cluster:
             ),
         )
         (self.state_dir / "kwok.yaml").write_text(_KWOK_CONFIG)
-        commands = component_commands(found, self.state_dir, self.ports)
+        commands = component_commands(found, self.state_dir, self.ports, network)
         api = _Api.admin(self.server, pki.ca_cert, pki.admin_cert, pki.admin_key)
+        launcher.api = api
 
         # The apiserver retries etcd by itself; the controllers give up if the apiserver is not healthy soon.
         for name in ("etcd", "kube-apiserver"):
@@ -243,6 +288,12 @@ class Cluster:
             code, body = api.post("/api/v1/nodes", node.manifest(index))
             if code not in (201, 409):
                 raise ClusterError(f"creating node {node.name} failed with HTTP {code}: {body}")
+        if self.real_node is not None:
+            self.real_node.start(
+                launcher, server=self.server, pki_dir=self.state_dir / "pki", admin_kubeconfig=self.kubeconfig
+            )
+            self.nodes += (self.real_node.name,)
+            self._save()
 
         self._wait(
             "the `default` ServiceAccount",
@@ -261,13 +312,17 @@ class Cluster:
         ):
             self._wait(f"{name} /healthz", _Api.healthy(url), deadline)
 
-    def _spawn(self, name: str, argv: list[str], *, detach: bool) -> None:
+    def _spawn(
+        self, name: str, argv: list[str], *, detach: bool, pass_fds: Sequence[int] = ()
+    ) -> ProcessRecord:
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(exist_ok=True)
-        process = spawn(argv, log_path, die_with_parent=not detach)
+        process = spawn(argv, log_path, die_with_parent=not detach, pass_fds=pass_fds)
         self._children[process.pid] = process
-        self.processes.append(record(name, process, log_path))
+        started = record(name, process, log_path)
+        self.processes.append(started)
         self._save()
+        return started
 
     def _save(self) -> None:
         state = {
@@ -276,6 +331,7 @@ class Cluster:
             "ports": self.ports,
             "processes": [p.to_json() for p in self.processes],
             "nodes": list(self.nodes),
+            "realNode": self.real_node.to_json() if self.real_node is not None else None,
         }
         partial = self.state_dir / f"{STATE_FILE}.tmp"
         partial.write_text(json.dumps(state, indent=2))
@@ -314,7 +370,8 @@ class Cluster:
         self.processes.remove(old)
         time.sleep(down_seconds)
         detach = old.pid not in self._children
-        commands = component_commands(find_binaries(build=False), self.state_dir, self.ports)
+        network = self.real_node.network if self.real_node else None
+        commands = component_commands(find_binaries(build=False), self.state_dir, self.ports, network)
         self._spawn(name, commands[name], detach=detach)
         pki = self.state_dir / "pki"
         api = _Api.admin(self.server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
@@ -330,8 +387,31 @@ class Cluster:
         self._wait(f"{name} serving again", serving, time.monotonic() + timeout)
 
 
-def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int]) -> dict[str, list[str]]:
-    """The command line of each component, all state under `state_dir`, all ports on loopback."""
+@dataclass
+class _Launcher:
+    """What the real node borrows from a booting cluster: its process records, its deadline, its admin client."""
+
+    cluster: Cluster
+    detach: bool
+    deadline: float
+    api: _Api | None = None
+
+    def spawn_component(self, name: str, argv: list[str], *, pass_fds: Sequence[int] = ()) -> ProcessRecord:
+        return self.cluster._spawn(name, argv, detach=self.detach, pass_fds=pass_fds)
+
+    def wait_until(self, what: str, ready: Callable[[], bool]) -> None:
+        self.cluster._wait(what, ready, self.deadline)
+
+    def api_post(self, path: str, body: Mapping[str, Any]) -> tuple[int, Any]:
+        assert self.api is not None, "the real node's components start after the apiserver"
+        return self.api.post(path, body)
+
+
+def component_commands(
+    found: Binaries, state_dir: Path, ports: Mapping[str, int], network: NodeNetwork | None = None
+) -> dict[str, list[str]]:
+    """The command line of each component, all state under `state_dir`, all ports on loopback; with a real node
+    (`network`) the apiserver listens on the host's end of the node's link instead, and talks to its kubelet."""
     pki = state_dir / "pki"
     kubeconfig = str(state_dir / "kubeconfig")
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
@@ -361,8 +441,6 @@ def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int
         "kube-apiserver": [
             str(found.kube_apiserver),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
             f"--secure-port={ports['kube-apiserver']}",
             f"--cert-dir={state_dir / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -371,7 +449,6 @@ def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             # Fills the requestheader CA that the controllers' delegated authentication expects (and aggregated
             # APIs such as metrics-server would use); without it they log an error every few seconds.
             f"--requestheader-client-ca-file={pki / 'ca.crt'}",
@@ -379,9 +456,18 @@ def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int
             "--requestheader-username-headers=X-Remote-User",
             "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
-            # A loopback address is invalid in Endpoints; without a real node network nothing could reach it anyway.
+            # The apiserver's identity towards kubelets (system:masters: allowed logs, exec and port-forward).
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            *(
+                _real_node_apiserver_flags(pki, network)
+                if network is not None
+                else _loopback_apiserver_flags()
+            ),
+            # The `kubernetes` Service's endpoints: none on loopback (invalid there, and nothing could reach it),
+            # written by the real node otherwise; the lease reconciler would stall every stop.
             "--endpoint-reconciler-type=none",
         ],
         "kube-controller-manager": [
@@ -403,6 +489,27 @@ def component_commands(found: Binaries, state_dir: Path, ports: Mapping[str, int
         ],
         "kwok": kwok_command(found.kwok, state_dir, kubeconfig, ports["kwok"]),
     }
+
+
+def _loopback_apiserver_flags() -> list[str]:
+    return [
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+    ]
+
+
+def _real_node_apiserver_flags(pki: Path, network: NodeNetwork) -> list[str]:
+    # On the host's end of the node's link the apiserver is reachable from the host (a local address), from the
+    # node and, through the `kubernetes` Service (whose endpoints the real node writes), from every pod.
+    return [
+        f"--bind-address={network.host_ip}",
+        f"--advertise-address={network.host_ip}",
+        f"--service-cluster-ip-range={network.service_cidr}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--enable-admission-plugins=NodeRestriction",
+    ]
 
 
 def kwok_command(kwok: Path, state_dir: Path, kubeconfig: str, port: int, cidr: str = POD_CIDR) -> list[str]:

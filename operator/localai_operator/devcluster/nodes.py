@@ -1,5 +1,5 @@
 """Fake nodes kwok keeps Ready: by default two A100 nodes with 4 GPUs each (labelled like NVIDIA's GPU feature
-discovery, tainted like GKE's GPU pools) and one CPU-only node."""
+discovery, tainted like GKE's GPU pools) and one CPU-only node; and the names the real node (realnode.py) carries."""
 
 from __future__ import annotations
 
@@ -18,6 +18,21 @@ GPU_COUNT_LABEL: Final = "nvidia.com/gpu.count"
 # fake nodes keeps the operator honest about adding the toleration.
 GPU_TAINT: Final[Mapping[str, str]] = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION: Final[Mapping[str, str]] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+# The real node runs only images the harness imported into it: only pods tolerating its taint land there.
+REAL_NODE_NAME: Final = "real-node"
+REAL_NODE_LABEL: Final[Mapping[str, str]] = {"localai-operator.io/node-type": "real"}
+REAL_NODE_TAINT: Final[Mapping[str, str]] = {
+    "key": "localai-operator.io/local-images",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+REAL_NODE_TOLERATION: Final[Mapping[str, str]] = {
+    "key": "localai-operator.io/local-images",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,11 @@ def _stat(pid: int) -> _Stat | None:
     return _Stat(state=fields[0], pgrp=int(fields[2]), start_ticks=int(fields[19]))
 
 
-def spawn(argv: Sequence[str], log_path: Path, *, die_with_parent: bool) -> subprocess.Popen[bytes]:
-    """Starts `argv` as the leader of a new session, stdout and stderr appended to `log_path`.
+def spawn(
+    argv: Sequence[str], log_path: Path, *, die_with_parent: bool, pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
+    """Starts `argv` as the leader of a new session, stdout and stderr appended to `log_path` (and the file
+    descriptors `pass_fds` left open in it).
 
     With `die_with_parent` the kernel kills it if the starting *thread* exits, even by SIGKILL: the last line of
     defence for tests. `dev up` passes False so the control plane outlives the command.
@@ -79,6 +82,7 @@ def spawn(argv: Sequence[str], log_path: Path, *, die_with_parent: bool) -> subp
             start_new_session=True,
             preexec_fn=preexec,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
 
 

@@ -1,4 +1,4 @@
-"""LLMModel -> LocalAI model YAML, using only field names LocalAI reads (core/config, core/schema)."""
+"""LLMModel -> LocalAI model YAML, using only field names LocalAI reads (core/config, core/schema at v4.9.0)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,22 @@ from localai_operator.api.llmmodel import LLMModel
 
 # llama.cpp clamps to the model's layer count, so a large number offloads every layer.
 ALL_LAYERS = 999
+# Slots when LLMModel.spec.parallel is unset: llama.cpp server's own default on a GPU (it picks 4 slots with a unified
+# KV cache when -np is left automatic), one on a CPU pool, where concurrent requests only split the same cores.
+DEFAULT_GPU_SLOTS = 4
+DEFAULT_CPU_SLOTS = 1
 
 
-def model_config(model: LLMModel, *, gpu: bool) -> dict[str, Any]:
+def slots(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> int:
+    """Requests the model answers at once on a pool (llama.cpp n_parallel): what the router's concurrency can use."""
+    if parallel_requests is False:
+        return 1
+    if model.spec.parallel is not None:
+        return model.spec.parallel
+    return DEFAULT_GPU_SLOTS if gpu else DEFAULT_CPU_SLOTS
+
+
+def model_config(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> dict[str, Any]:
     spec = model.spec
     if spec.gpu_layers is None:
         gpu_layers = ALL_LAYERS if gpu else 0
@@ -33,21 +46,33 @@ def model_config(model: LLMModel, *, gpu: bool) -> dict[str, Any]:
     ):
         if value is not None:
             parameters[key] = value
+    # f16, low_vram and numa are not written: LocalAI's llama-cpp backend never reads them (docs/localai-facts.md).
     config: dict[str, Any] = {
         "name": model.name,
         "backend": spec.backend,
         "parameters": parameters,
         "context_size": spec.context_size,
-        "f16": gpu if spec.f16 is None else spec.f16,
         "gpu_layers": gpu_layers,
         "mmap": spec.mmap,
         "mmlock": spec.mlock,
-        "low_vram": spec.low_vram,
-        "numa": spec.numa,
         "cache_type_k": spec.kv_cache_type,
         "cache_type_v": spec.kv_cache_type,
         "flash_attention": flash,
+        # The backend reads slots only from this list (or env LLAMACPP_PARALLEL) and defaults to 1
+        # (backend/cpp/llama-cpp/grpc-server.cpp, params.n_parallel).
+        "options": [f"parallel:{slots(model, gpu=gpu, parallel_requests=parallel_requests)}", *spec.options],
     }
+    if spec.embeddings:
+        config["embeddings"] = True
+    if spec.mmproj is not None:
+        # LocalAI joins it to the models directory (core/backend/options.go, grpcModelOpts).
+        config["mmproj"] = spec.mmproj.file_name()
+    if spec.tensor_split is not None:
+        config["tensor_split"] = spec.tensor_split
+    if spec.main_gpu is not None:
+        config["main_gpu"] = str(
+            spec.main_gpu
+        )  # a string in LocalAI's LLMConfig, parsed with stoi by the backend
     if spec.template is not None:
         template = {
             key: value
@@ -73,5 +98,7 @@ def model_config(model: LLMModel, *, gpu: bool) -> dict[str, Any]:
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def model_config_yaml(model: LLMModel, *, gpu: bool) -> str:
-    return yaml.dump(model_config(model, gpu=gpu), Dumper=_DUMPER, sort_keys=False)
+def model_config_yaml(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> str:
+    return yaml.dump(
+        model_config(model, gpu=gpu, parallel_requests=parallel_requests), Dumper=_DUMPER, sort_keys=False
+    )

@@ -13,7 +13,7 @@ from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.base import validation_problems
 from localai_operator.constants import API_VERSION
 from localai_operator.render.common import RenderSettings
-from localai_operator.render.pool import pool_objects
+from localai_operator.render.pool import file_conflicts, pool_objects
 from localai_operator.render.route import route_objects
 
 
@@ -68,6 +68,9 @@ def render_documents(
                 f"InferencePool {pool.name!r} serves LLMModel(s) {', '.join(missing)} that are not in the input"
             )
         served = {name: by_key[(pool.namespace, name)] for name in pool.spec.models}
+        conflict = file_conflicts(list(served.values()))
+        if conflict:
+            raise ValueError(f"InferencePool {pool.name!r} is invalid: {conflict}")
         out.extend(pool_objects(pool, served, settings))
     for route in routes:
         out.extend(route_objects(route, settings))

@@ -1,27 +1,43 @@
-"""InferencePool (+ its LLMModels) -> Deployment, Service, ConfigMap, and PVC / PDB when asked for."""
+"""InferencePool (+ its LLMModels) -> Deployment, Service, ConfigMap, NetworkPolicy, and PVC / PDB when asked for.
+
+What LocalAI does with each rendered setting is in docs/localai-facts.md, with its source path at the pinned release.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from localai_operator.api.llmmodel import LLMModel
+import yaml
+
+from localai_operator import __version__
+from localai_operator.api.llmmodel import LLMModel, ModelSource
 from localai_operator.api.pool import InferencePool
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
+    APP_NAME,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
     LOCALAI_HEALTH_PATH,
     LOCALAI_PORT,
     LOCALAI_READY_PATH,
     MODELS_PATH,
 )
 from localai_operator.render.common import (
+    LOCALAI_BACKEND_MIRROR,
+    LOCALAI_BACKEND_REPOSITORY,
+    ROUTER_APP,
+    ROUTER_COMPONENT,
     RenderSettings,
     content_hash,
     http_service,
+    labels,
     meta,
     restricted_container_security,
     selector,
@@ -32,8 +48,30 @@ APP = "localai"
 COMPONENT = "inference-server"
 CONFIG_DIR = "/etc/localai-operator/models"
 DOWNLOADS_FILE = "downloads.json"
+# A ConfigMap key that is no `<model>.yaml` (object names hold no "_"), so fetch-models never installs it as a model.
+GALLERY_KEY = "backend_gallery.yaml"
 BACKENDS_PATH = "/backends"
+# LocalAI reads a file:// gallery only from inside the backends directory (pkg/downloader/uri.go,
+# ReadWithAuthorizationAndCallback: utils.InTrustedRoot against the backends path, core/gallery/gallery.go).
+GALLERY_PATH = f"{BACKENDS_PATH}/localai-operator-gallery.yaml"
+GALLERY_NAME = "localai-operator"
+# Where the backends live on a pool's model volume, one directory per LocalAI release (v4 never reinstalls a backend
+# that is present, so a new release needs a fresh directory): LocalAI's model listing skips directories
+# (pkg/model/loader.go) and fetch-models leaves them alone.
+BACKENDS_SUBPATH = ".localai-operator/backends"
+DATA_PATH = (
+    "/data"  # v4's LOCALAI_DATA_PATH: startup fails if it cannot be created (core/application/startup.go)
+)
+CONFIGURATION_PATH = "/configuration"
 FETCH_UID = 65532
+# Set on every namespace by the API server (since Kubernetes 1.21).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# LocalAI opens its port only once startup is over: backend install and the preload of every model
+# (core/cli/run.go builds the HTTP server after application.New returns). Its own image allows a 60-minute start
+# period for that (Dockerfile HEALTHCHECK --start-period=60m): enough to load a 70 B model (~40 GB at Q4) from a
+# network volume at 50 MB/s, with the backend download on top.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 360
 
 
 def config_map_name(pool: InferencePool) -> str:
@@ -66,44 +104,152 @@ def threads(pool: InferencePool) -> int:
     return max(1, math.floor(cores)) if cores is not None else 4
 
 
-def download_manifest(models: list[LLMModel]) -> list[dict[str, Any]]:
-    entries = []
-    for index, model in enumerate(models):
-        source = model.spec.source
-        token = source.hugging_face.token_secret_ref if source.hugging_face else None
-        entries.append(
-            {
+def image_of(pool: InferencePool, settings: RenderSettings) -> str:
+    if pool.spec.image:
+        return pool.spec.image
+    return settings.localai_gpu_image if pool.spec.accelerator.gpus else settings.localai_cpu_image
+
+
+def _files(model: LLMModel) -> list[tuple[str, ModelSource]]:
+    files = [("source", model.spec.source)]
+    if model.spec.mmproj is not None:
+        files.append(("mmproj", model.spec.mmproj))
+    return files
+
+
+def file_conflicts(models: list[LLMModel]) -> str | None:
+    """Why these models cannot share one flat models directory, or None. Two files of the same name overwrite each
+    other there; the same file from the same source (two configurations of one GGUF) is shared, not a conflict."""
+    seen: dict[str, tuple[str, str, tuple[str, str | None]]] = {}
+    for model in models:
+        for role, source in _files(model):
+            origin = (source.download_url(), source.sha256.lower() if source.sha256 else None)
+            name = source.file_name()
+            if name not in seen:
+                seen[name] = (model.name, role, origin)
+                continue
+            other, other_role, other_origin = seen[name]
+            if other_origin != origin:
+                return (
+                    f'LLMModel "{other}" ({other_role}) and LLMModel "{model.name}" ({role}) both download a file '
+                    f'named "{name}" from different sources into the pool\'s one models directory, where one would '
+                    "overwrite the other: give one a different file name (the last segment of source.url, or "
+                    "huggingFace.file) or serve them from different pools."
+                )
+    return None
+
+
+def _downloads(models: list[LLMModel]) -> list[tuple[dict[str, Any], ModelSource]]:
+    """One entry per file of each model; fetch-models downloads a file shared by several models once."""
+    entries: list[tuple[dict[str, Any], ModelSource]] = []
+    for model in models:
+        for _, source in _files(model):
+            token = source.hugging_face.token_secret_ref if source.hugging_face else None
+            entry = {
                 "model": model.name,
                 "file": source.file_name(),
                 "url": source.download_url(),
                 "sha256": source.sha256.lower() if source.sha256 else None,
-                "tokenEnv": f"MODEL_TOKEN_{index}" if token else None,
+                "tokenEnv": f"MODEL_TOKEN_{len(entries)}" if token else None,
             }
-        )
+            entries.append((entry, source))
     return entries
 
 
-def config_map_data(pool: InferencePool, models: list[LLMModel]) -> dict[str, str]:
+def download_manifest(models: list[LLMModel]) -> list[dict[str, Any]]:
+    """What fetch-models makes present: every model's files (and, from the models named, their YAMLs). `models`
+    must have no file_conflicts."""
+    return [entry for entry, _ in _downloads(models)]
+
+
+def backend_version(image: str, settings: RenderSettings) -> str:
+    """The LocalAI release of an image tagged like LocalAI's own (v4.9.0, v4.9.0-gpu-nvidia-cuda-12); the pinned
+    release for any other image."""
+    tag = image.rsplit("/", 1)[-1].partition("@")[0].partition(":")[2]
+    match = re.match(r"^(v\d+\.\d+\.\d+)(-|$)", tag)
+    return match.group(1) if match else settings.localai_version
+
+
+def backend_gallery(image: str, settings: RenderSettings) -> list[dict[str, Any]]:
+    """A LocalAI backend gallery whose llama-cpp entries are the image's own release, never `latest`.
+
+    LocalAI's upstream gallery (backend/index.yaml) points at `latest-*` tags, so every pod start on an empty
+    /backends would install whatever llama.cpp build is newest. The meta entry picks a variant from the image's
+    capability (/run/localai/capability: "default" on CPU images, "nvidia-cuda-12" on CUDA 12 ones), as upstream's
+    does (core/gallery/backend_types.go, FindBestBackendFromMeta)."""
+    version = backend_version(image, settings)
+    repository = settings.backend_repository or LOCALAI_BACKEND_REPOSITORY
+
+    def concrete(name: str, suffix: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": name, "alias": "llama-cpp", "uri": f"{repository}:{version}-{suffix}",
+                                 "version": version}  # fmt: skip
+        if settings.backend_repository is None:
+            entry["mirrors"] = [f"{LOCALAI_BACKEND_MIRROR}:{version}-{suffix}"]
+        return entry
+
+    return [
+        {
+            "name": "llama-cpp",
+            "alias": "llama-cpp",
+            "capabilities": {
+                "default": "cpu-llama-cpp",
+                "nvidia": "cuda12-llama-cpp",
+                "nvidia-cuda-12": "cuda12-llama-cpp",
+                "nvidia-cuda-13": "cuda13-llama-cpp",
+            },
+        },
+        concrete("cpu-llama-cpp", "cpu-llama-cpp"),
+        concrete("cuda12-llama-cpp", "gpu-nvidia-cuda-12-llama-cpp"),
+        concrete("cuda13-llama-cpp", "gpu-nvidia-cuda-13-llama-cpp"),
+    ]
+
+
+def config_map_data(pool: InferencePool, models: list[LLMModel], settings: RenderSettings) -> dict[str, str]:
     gpu = pool.spec.accelerator.gpus > 0
-    data = {f"{model.name}.yaml": model_config_yaml(model, gpu=gpu) for model in models}
+    data = {
+        f"{model.name}.yaml": model_config_yaml(model, gpu=gpu, parallel_requests=pool.spec.parallel_requests)
+        for model in models
+    }
     data[DOWNLOADS_FILE] = json.dumps(download_manifest(models), indent=2, sort_keys=True) + "\n"
+    if pool.spec.preinstall_backends:
+        data[GALLERY_KEY] = yaml.safe_dump(
+            backend_gallery(image_of(pool, settings), settings), sort_keys=False
+        )
     return data
 
 
-def config_map(pool: InferencePool, models: list[LLMModel]) -> dict[str, Any]:
+def config_map(pool: InferencePool, models: list[LLMModel], settings: RenderSettings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": meta(pool, config_map_name(pool), name=APP, component="model-config"),
-        "data": config_map_data(pool, models),
+        "metadata": meta(
+            pool, config_map_name(pool), name=APP, component="model-config", version=settings.operator_version
+        ),
+        "data": config_map_data(pool, models, settings),
     }
 
 
-def service(pool: InferencePool) -> dict[str, Any]:
-    return http_service(pool, pool.name, name=APP, component=COMPONENT, port=LOCALAI_PORT)
+def service(pool: InferencePool, version: str = __version__) -> dict[str, Any]:
+    return http_service(pool, pool.name, name=APP, component=COMPONENT, port=LOCALAI_PORT, version=version)
 
 
-def persistent_volume_claim(pool: InferencePool) -> dict[str, Any] | None:
+def pods_service_name(pool_name: str) -> str:
+    return f"{pool_name}-pods"
+
+
+def pods_service(pool: InferencePool, version: str = __version__) -> dict[str, Any]:
+    """A headless Service: its DNS name resolves to one address per ready pod, which is how a route's
+    router balances over the pool's pods and keeps one breaker per pod without any API access. Not-ready
+    pods are left out by default (`publishNotReadyAddresses` unset: the API server drops a false, and the
+    drift check would then re-apply it on every pass)."""
+    obj = http_service(
+        pool, pods_service_name(pool.name), name=APP, component=COMPONENT, port=LOCALAI_PORT, version=version
+    )
+    obj["spec"]["clusterIP"] = "None"
+    return obj
+
+
+def persistent_volume_claim(pool: InferencePool, version: str = __version__) -> dict[str, Any] | None:
     storage = pool.spec.storage
     if storage is None:
         return None
@@ -116,21 +262,45 @@ def persistent_volume_claim(pool: InferencePool) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": meta(pool, config_map_name(pool), name=APP, component="model-storage"),
+        "metadata": meta(pool, config_map_name(pool), name=APP, component="model-storage", version=version),
         "spec": spec,
     }
 
 
-def pod_disruption_budget(pool: InferencePool) -> dict[str, Any] | None:
+def pod_disruption_budget(pool: InferencePool, version: str = __version__) -> dict[str, Any] | None:
     if pool.spec.replicas <= 1:
         return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT),
+        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT, version=version),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector(pool, name=APP, component=COMPONENT)},
+        },
+    }
+
+
+def network_policy(pool: InferencePool, version: str = __version__) -> dict[str, Any] | None:
+    """Only this namespace's routers (and the namespaces the user lists) reach LocalAI: an open LocalAI answers every
+    request, admin ones included, from any pod of the cluster."""
+    policy = pool.spec.network_policy
+    if not policy.enabled:
+        return None
+    routers = {LABEL_NAME: ROUTER_APP, LABEL_COMPONENT: ROUTER_COMPONENT, LABEL_MANAGED_BY: APP_NAME}
+    peers: list[dict[str, Any]] = [{"podSelector": {"matchLabels": routers}}]
+    if policy.allowed_namespaces:
+        names = sorted(policy.allowed_namespaces)
+        peers.append({"namespaceSelector": {"matchExpressions": [
+            {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]}})  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT, version=version),
+        "spec": {
+            "podSelector": {"matchLabels": selector(pool, name=APP, component=COMPONENT)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": LOCALAI_PORT}]}],
         },
     }
 
@@ -155,37 +325,79 @@ def _resources(pool: InferencePool) -> dict[str, Any]:
     return out
 
 
-def _env(pool: InferencePool, models: list[LLMModel]) -> list[dict[str, Any]]:
+def preloaded_models(pool: InferencePool) -> list[str]:
+    """The models LocalAI loads before it opens its port (LOCALAI_LOAD_TO_MEMORY), so a Ready pod answers at once.
+    LocalAI skips the preload in single-backend mode (core/application/startup.go: `!options.SingleBackend`, set by
+    LOCALAI_MAX_ACTIVE_BACKENDS=1), and loading more than maxActiveBackends would evict the first ones again."""
+    limit = pool.spec.max_active_backends
+    if limit == 1:
+        return []
+    return list(pool.spec.models[:limit] if limit else pool.spec.models)
+
+
+def _value(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _env(pool: InferencePool, settings: RenderSettings) -> list[dict[str, Any]]:
     spec = pool.spec
+    galleries = [{"name": GALLERY_NAME, "url": f"file://{GALLERY_PATH}"}] if spec.preinstall_backends else []
+    # Names from core/cli/run.go at v4.9.0. Galleries and the admin surface are closed on every pool: with the web UI
+    # on, /api/backends/install-external installs any OCI image even with the gallery endpoints off
+    # (core/http/routes/ui_api.go is registered unless DisableWebUI, core/http/app.go).
     env = [
-        {"name": "LOCALAI_ADDRESS", "value": f":{LOCALAI_PORT}"},
-        {"name": "LOCALAI_MODELS_PATH", "value": MODELS_PATH},
-        {"name": "LOCALAI_BACKENDS_PATH", "value": BACKENDS_PATH},
-        {"name": "LOCALAI_THREADS", "value": str(threads(pool))},
-        {"name": "LOCALAI_CONTEXT_SIZE", "value": str(max(m.spec.context_size for m in models))},
-        {"name": "LOCALAI_F16", "value": "true" if spec.accelerator.gpus > 0 else "false"},
-        {"name": "LOCALAI_LOG_LEVEL", "value": spec.log_level},
-        {"name": "LOCALAI_PARALLEL_REQUESTS", "value": "true" if spec.parallel_requests else "false"},
+        _value("LOCALAI_ADDRESS", f":{LOCALAI_PORT}"),
+        _value("LOCALAI_MODELS_PATH", MODELS_PATH),
+        _value("LOCALAI_BACKENDS_PATH", BACKENDS_PATH),
+        _value("LOCALAI_DATA_PATH", DATA_PATH),
+        _value("LOCALAI_CONFIG_DIR", CONFIGURATION_PATH),
+        _value("LOCALAI_THREADS", str(threads(pool))),
+        _value("LOCALAI_LOG_LEVEL", spec.log_level),
+        _value("LOCALAI_BACKEND_GALLERIES", json.dumps(galleries, separators=(",", ":"))),
+        _value("LOCALAI_AUTOLOAD_BACKEND_GALLERIES", "false"),
+        _value("LOCALAI_GALLERIES", "[]"),
+        _value("LOCALAI_AUTOLOAD_GALLERIES", "false"),
+        _value("LOCALAI_DISABLE_GALLERY_ENDPOINT", "true"),
+        _value("LOCALAI_DISABLE_WEBUI", "true"),
+        _value("LOCALAI_DISABLE_RUNTIME_SETTINGS", "true"),
+        _value("LOCALAI_DISABLE_AGENTS", "true"),
+        _value("LOCALAI_DISABLE_ASSISTANT", "true"),
+        _value("LOCALAI_DISABLE_MCP", "true"),
     ]
-    if spec.max_active_backends is not None:
-        env.append({"name": "LOCALAI_MAX_ACTIVE_BACKENDS", "value": str(spec.max_active_backends)})
     if spec.preinstall_backends:
-        env.append({"name": "LOCALAI_EXTERNAL_BACKENDS", "value": ",".join(spec.preinstall_backends)})
-    return env
+        env.append(_value("LOCALAI_EXTERNAL_BACKENDS", ",".join(spec.preinstall_backends)))
+    if spec.max_active_backends is not None:
+        env.append(_value("LOCALAI_MAX_ACTIVE_BACKENDS", str(spec.max_active_backends)))
+    preload = preloaded_models(pool)
+    if preload:
+        env.append(_value("LOCALAI_LOAD_TO_MEMORY", ",".join(preload)))
+    if spec.api_key_secret_ref is not None:
+        ref = spec.api_key_secret_ref
+        env.append(
+            {"name": "LOCALAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    elif spec.network_policy.enabled:
+        # Without a key, v4 refuses to listen when a pod address is public (IPv6 pods usually are), unless something
+        # else gates access (core/cli/run_safety.go): the NetworkPolicy does.
+        env.append(_value("LOCALAI_ALLOW_INSECURE_PUBLIC_BIND", "true"))
+    if not spec.accelerator.gpus:
+        # Every LocalAI image sets NVIDIA_VISIBLE_DEVICES=all (Dockerfile): on a GPU node with the NVIDIA runtime a
+        # CPU pool would see every GPU without asking for one. "void" makes the runtime behave as runc.
+        env.append(_value("NVIDIA_VISIBLE_DEVICES", "void"))
+    overridden = {e.name: e.model_dump(by_alias=True, exclude_none=True) for e in spec.extra_env}
+    env = [overridden.pop(e["name"], e) for e in env]
+    return env + list(overridden.values())
 
 
-def _fetch_container(pool: InferencePool, models: list[LLMModel], settings: RenderSettings) -> dict[str, Any]:
-    env: list[dict[str, Any]] = []
-    for entry, model in zip(download_manifest(models), models, strict=True):
-        hf = model.spec.source.hugging_face
-        if entry["tokenEnv"] and hf is not None and hf.token_secret_ref is not None:
-            ref = hf.token_secret_ref
-            env.append(
-                {"name": entry["tokenEnv"], "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-            )
+def _fetch_container(models: list[LLMModel], settings: RenderSettings) -> dict[str, Any]:
+    env = [
+        {"name": entry["tokenEnv"], "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        for entry, source in _downloads(models)
+        if entry["tokenEnv"] and source.hugging_face and (ref := source.hugging_face.token_secret_ref)
+    ]
     container: dict[str, Any] = {
         "name": "fetch-models",
-        "image": settings.operator_image,
+        "image": settings.fetch_image(),
         "args": ["fetch-models", "--manifest", f"{CONFIG_DIR}/{DOWNLOADS_FILE}", "--config-dir", CONFIG_DIR,
                  "--models-dir", MODELS_PATH],
         "volumeMounts": [
@@ -205,39 +417,71 @@ def _fetch_container(pool: InferencePool, models: list[LLMModel], settings: Rend
     return container
 
 
-def _localai_container(pool: InferencePool, models: list[LLMModel], image: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any]:
-        return {"httpGet": {"path": LOCALAI_HEALTH_PATH, "port": "http"}}
+def _localai_security(pool: InferencePool, models: list[LLMModel]) -> dict[str, Any]:
+    security = restricted_container_security()
+    if pool.spec.run_as_user is not None:
+        # Every path LocalAI writes is a volume shared with group FETCH_UID: /models, /backends, /tmp (generated
+        # content and uploads, fatal when not writable), /data and /configuration (core/cli/run.go,
+        # core/application/startup.go at v4.9.0).
+        return {**security, "runAsNonRoot": True, "runAsUser": pool.spec.run_as_user, "runAsGroup": FETCH_UID}
+    if any(m.spec.mlock for m in models):
+        # As root with every capability dropped, mlock is capped by RLIMIT_MEMLOCK (a few MiB by default) and llama.cpp
+        # only warns; with CAP_IPC_LOCK no limit applies (mlock(2)). Locked pages count against the memory limit.
+        security["capabilities"] = {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    # LocalAI's images run as root (no USER in its Dockerfile): no runAsNonRoot unless spec.runAsUser.
+    return security
+
+
+def _localai_container(
+    pool: InferencePool, models: list[LLMModel], settings: RenderSettings
+) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODELS_PATH}]
+    if pool.spec.preinstall_backends:
+        if pool.spec.storage:
+            # Kept across restarts, as LocalAI's own Kubernetes manifest keeps /backends on a PVC; v4 then skips
+            # the boot install of a backend that is already there (core/services/galleryop/backends.go).
+            subpath = f"{BACKENDS_SUBPATH}/{backend_version(image_of(pool, settings), settings)}"
+            mounts.append({"name": "models", "mountPath": BACKENDS_PATH, "subPath": subpath})
+        else:
+            mounts.append({"name": "backends", "mountPath": BACKENDS_PATH})
+        mounts.append(
+            {"name": "model-config", "mountPath": GALLERY_PATH, "subPath": GALLERY_KEY, "readOnly": True}
+        )
+    # Without preinstallBackends nothing is mounted over /backends: an image that holds its backends keeps them.
+    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_PATH},
+               {"name": "configuration", "mountPath": CONFIGURATION_PATH}]  # fmt: skip
+
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 5}
 
     return {
         "name": "localai",
-        "image": image,
+        "image": image_of(pool, settings),
         "ports": [{"name": "http", "containerPort": LOCALAI_PORT, "protocol": "TCP"}],
-        "env": _env(pool, models),
+        "env": _env(pool, settings),
         "resources": _resources(pool),
-        "volumeMounts": [
-            {"name": "models", "mountPath": MODELS_PATH},
-            {"name": "backends", "mountPath": BACKENDS_PATH},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-        # Large models take minutes to load on first use: startup allows up to 30 minutes before liveness counts.
-        "startupProbe": {**probe(), "periodSeconds": 10, "failureThreshold": 180, "timeoutSeconds": 5},
-        "livenessProbe": {**probe(), "periodSeconds": 20, "failureThreshold": 3, "timeoutSeconds": 5},
-        "readinessProbe": {
-            "httpGet": {"path": LOCALAI_READY_PATH, "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-            "timeoutSeconds": 5,
+        "volumeMounts": mounts,
+        # The port opens only after the backend install and the preload: until then probes are refused, and
+        # startup allows 60 minutes before liveness counts (see STARTUP_FAILURE_THRESHOLD).
+        "startupProbe": {
+            **probe(LOCALAI_HEALTH_PATH),
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
         },
-        # LocalAI's images run as root and install backends under /backends at start: no runAsNonRoot.
-        "securityContext": restricted_container_security(),
+        "livenessProbe": {**probe(LOCALAI_HEALTH_PATH), "periodSeconds": 20, "failureThreshold": 3},
+        "readinessProbe": {**probe(LOCALAI_READY_PATH), "periodSeconds": 5, "failureThreshold": 3},
+        "securityContext": _localai_security(pool, models),
     }
 
 
-def deployment(pool: InferencePool, models: list[LLMModel], settings: RenderSettings) -> dict[str, Any]:
+def deployment(
+    pool: InferencePool,
+    models: list[LLMModel],
+    settings: RenderSettings,
+    api_key_version: str | None = None,
+) -> dict[str, Any]:
     spec = pool.spec
     gpus = spec.accelerator.gpus
-    image = spec.image or (settings.localai_gpu_image if gpus else settings.localai_cpu_image)
     node_selector = dict(spec.node_selector)
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
     if gpus:
@@ -247,22 +491,26 @@ def deployment(pool: InferencePool, models: list[LLMModel], settings: RenderSett
         gpu_toleration = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
         if gpu_toleration not in tolerations:
             tolerations.append(gpu_toleration)
-    models_volume: dict[str, Any] = (
+    volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": config_map_name(pool)}}
         if spec.storage
-        else {"name": "models", "emptyDir": {}}
-    )
+        else {"name": "models", "emptyDir": {}},
+        {"name": "model-config", "configMap": {"name": config_map_name(pool)}},
+    ]
+    if spec.preinstall_backends and not spec.storage:
+        volumes.append({"name": "backends", "emptyDir": {}})
+    volumes += [{"name": name, "emptyDir": {}} for name in ("tmp", "data", "configuration")]
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,  # Service env vars named LOCALAI_* would be read as LocalAI settings
-        "securityContext": {"fsGroup": FETCH_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-        "initContainers": [_fetch_container(pool, models, settings)],
-        "containers": [_localai_container(pool, models, image)],
-        "volumes": [
-            models_volume,
-            {"name": "model-config", "configMap": {"name": config_map_name(pool)}},
-            {"name": "backends", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        # OnRootMismatch: a model volume of tens of GB is not chowned file by file on every start.
+        "securityContext": {
+            "fsGroup": FETCH_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [_fetch_container(models, settings)],
+        "containers": [_localai_container(pool, models, settings)],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
     }
     if node_selector:
@@ -271,38 +519,57 @@ def deployment(pool: InferencePool, models: list[LLMModel], settings: RenderSett
         pod_spec["tolerations"] = tolerations
     if gpus and spec.accelerator.runtime_class_name:
         pod_spec["runtimeClassName"] = spec.accelerator.runtime_class_name
-    labels = meta(pool, pool.name, name=APP, component=COMPONENT)["labels"]
-    # Everything that needs a restart: the model files and YAMLs (read only at start) and the pod spec itself.
-    config_hash = content_hash(config_map_data(pool, models), pod_spec)
-    # GPUs are scarce: replace pods one at a time without a surge pod that would need extra GPUs.
-    strategy = (
-        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-        if gpus
-        else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    )
+    # No operator version in the pod template: an operator upgrade must not restart every LocalAI pod.
+    pod_labels = labels(pool, name=APP, component=COMPONENT, version=None)
+    # Everything that needs a restart: the model files and YAMLs (read only at start), the pod spec itself and a
+    # rotated API key (its Secret's version, never its value: env from a Secret is read at container start).
+    config_hash = content_hash(config_map_data(pool, models, settings), pod_spec, api_key_version)
+    annotations = {ANNOTATION_CONFIG_HASH: config_hash, "kubectl.kubernetes.io/default-container": "localai"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT),
+        "metadata": meta(pool, pool.name, name=APP, component=COMPONENT, version=settings.operator_version),
         "spec": {
             "replicas": spec.replicas,
             "revisionHistoryLimit": 3,
-            "strategy": strategy,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling_update(pool)},
             "selector": {"matchLabels": selector(pool, name=APP, component=COMPONENT)},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {ANNOTATION_CONFIG_HASH: config_hash}},
-                "spec": pod_spec,
-            },
+            "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
         },
     }
 
 
+def rolling_update(pool: InferencePool) -> dict[str, int | str]:
+    """spec.rollout, else: GPUs are scarce, so GPU pools replace pods one at a time without a surge pod that would
+    need extra GPUs; CPU pools start the new pod first, so the pool never has fewer Ready pods."""
+    if pool.spec.rollout is not None:
+        return {"maxSurge": pool.spec.rollout.max_surge, "maxUnavailable": pool.spec.rollout.max_unavailable}
+    return (
+        {"maxSurge": 0, "maxUnavailable": 1}
+        if pool.spec.accelerator.gpus
+        else {"maxSurge": 1, "maxUnavailable": 0}
+    )
+
+
 def pool_objects(
-    pool: InferencePool, models: Mapping[str, LLMModel], settings: RenderSettings | None = None
+    pool: InferencePool,
+    models: Mapping[str, LLMModel],
+    settings: RenderSettings | None = None,
+    *,
+    api_key_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the operator owns for a pool. `models` must hold every model the pool names."""
+    """Every object the operator owns for a pool. `models` must hold every model the pool names, with no
+    file_conflicts between them; `api_key_version` is the resourceVersion of the apiKeySecretRef Secret."""
     settings = settings or RenderSettings()
     served = [models[name] for name in pool.spec.models]
-    objects = [config_map(pool, served), persistent_volume_claim(pool), deployment(pool, served, settings),
-               service(pool), pod_disruption_budget(pool)]  # fmt: skip
+    version = settings.operator_version
+    objects = [
+        config_map(pool, served, settings),
+        persistent_volume_claim(pool, version),
+        deployment(pool, served, settings, api_key_version),
+        service(pool, version),
+        pod_disruption_budget(pool, version),
+        network_policy(pool, version),
+        pods_service(pool, version),
+    ]
     return [obj for obj in objects if obj is not None]

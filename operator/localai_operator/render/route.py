@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
+from localai_operator.api.base import SecretKeyRef
 from localai_operator.api.route import FallbackRoute
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     FALLBACK_API_KEY_ENV,
+    LOCAL_API_KEY_ENV,
+    LOCALAI_PORT,
+    ROUTER_CLIENT_KEYS_DIR,
     ROUTER_CONFIG_DIR,
     ROUTER_CONFIG_FILE,
     ROUTER_PORT,
     ROUTER_SERVICE_PORT,
 )
 from localai_operator.render.common import (
+    ROUTER_APP,
+    ROUTER_COMPONENT,
     RenderSettings,
     content_hash,
     http_service,
@@ -21,12 +28,23 @@ from localai_operator.render.common import (
     restricted_container_security,
     selector,
 )
-from localai_operator.render.pool import service_url
+from localai_operator.render.pool import pods_service_name, service_url
 from localai_operator.router import config as rc
 
-APP = "localai-router"
-COMPONENT = "router"
+APP = ROUTER_APP
+COMPONENT = ROUTER_COMPONENT
 ROUTER_UID = 65532
+DEFAULT_MEMORY_LIMIT: Final = "256Mi"
+# What the router process needs besides request bodies (interpreter, aiohttp, buffers of streams in flight),
+# and how much of the rest it may fill with bodies: each body is held once, plus transient slices while it is
+# rewritten and sent (measured in benchmarks/router.py).
+PROCESS_RESERVE_BYTES: Final = 128 * rc.MIB
+BODY_SHARE: Final = 0.75
+_QUANTITY: Final = re.compile(r"^([0-9.]+)([eE][0-9]+|[KMGTPE]i?|k|m)?$")
+_FACTORS: Final = {
+    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
 
 
 def router_name(route: FallbackRoute) -> str:
@@ -45,9 +63,49 @@ def primary_url(route: FallbackRoute) -> str:
     return primary.url.rstrip("/")
 
 
-def router_config(route: FallbackRoute) -> rc.RouterConfig:
+def memory_bytes(quantity: str | int | None) -> int | None:
+    """A Kubernetes memory quantity in bytes ("256Mi", "1G", 1e9), None when absent or unreadable."""
+    if quantity is None:
+        return None
+    match = _QUANTITY.match(str(quantity).strip())
+    if match is None:
+        return None
+    number, suffix = float(match.group(1)), match.group(2)
+    if suffix and suffix[0] in "eE":
+        return int(number * 10 ** int(suffix[1:]))
+    if suffix == "m":
+        return int(number / 1000)
+    return int(number * _FACTORS[suffix])
+
+
+def _resources(route: FallbackRoute) -> dict[str, Any]:
+    user = route.spec.resources
+    if user is None:
+        return {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": DEFAULT_MEMORY_LIMIT}}
+    out: dict[str, Any] = {"requests": {k: str(v) for k, v in user.requests.items()}}
+    if user.limits:
+        out["limits"] = {k: str(v) for k, v in user.limits.items()}
+    return out
+
+
+def body_buffer_bytes(route: FallbackRoute) -> int:
+    """Request bytes the router may hold at once, from its container's memory limit."""
+    limit = memory_bytes(_resources(route).get("limits", {}).get("memory"))
+    if limit is None:
+        return rc.DEFAULT_BODY_BUFFER_BYTES
+    return max(rc.MIB, int((limit - PROCESS_RESERVE_BYTES) * BODY_SHARE))
+
+
+def client_key_dirs(route: FallbackRoute) -> list[tuple[str, str]]:
+    """(Secret name, mount directory) of each client-key Secret."""
+    auth = route.spec.auth
+    if auth is None:
+        return []
+    return [(ref.name, f"{ROUTER_CLIENT_KEYS_DIR}/{ref.name}") for ref in auth.client_key_secrets]
+
+
+def router_config(route: FallbackRoute, *, local_key: bool = False) -> rc.RouterConfig:
     spec = route.spec
-    policy = spec.policy
     fallback = None
     if route.fallback_active:
         fb = spec.fallback
@@ -59,37 +117,36 @@ def router_config(route: FallbackRoute) -> rc.RouterConfig:
             model_map=dict(fb.model_map),
             default_model=fb.default_model,
             price_per_million_tokens=fb.price_per_million_tokens,
+            paths=list(fb.paths),
         )
+    primary = spec.primary
+    if primary.pool_ref is not None:
+        # Every ready pod of the pool, by DNS: per-pod balancing and breakers, no RBAC for the router.
+        pods = f"http://{pods_service_name(primary.pool_ref.name)}.{route.namespace}.svc:{LOCALAI_PORT}/v1"
+        local = rc.LocalUpstream(
+            discovery=rc.Discovery(url=pods), api_key_env=LOCAL_API_KEY_ENV if local_key else None
+        )
+    else:
+        local = rc.LocalUpstream(
+            endpoints=[primary_url(route)], api_key_env=LOCAL_API_KEY_ENV if local_key else None
+        )
+    dirs = client_key_dirs(route)
     return rc.RouterConfig(
         route=rc.RouteRef(name=route.name, namespace=route.namespace),
-        local=rc.LocalUpstream(endpoints=[primary_url(route)]),
+        local=local,
         fallback=fallback,
-        policy=rc.Policy(
-            first_token_timeout_ms=policy.first_token_timeout_ms,
-            request_timeout_seconds=policy.request_timeout_seconds,
-            connect_timeout_ms=policy.connect_timeout_ms,
-            sensitive=policy.sensitive,
-            circuit_breaker=rc.CircuitBreaker(
-                failure_threshold=policy.circuit_breaker.failure_threshold,
-                open_seconds=policy.circuit_breaker.open_seconds,
-            ),
-            rate_limit=(
-                rc.RateLimit(
-                    requests_per_second=policy.rate_limit.requests_per_second, burst=policy.rate_limit.burst
-                )
-                if policy.rate_limit
-                else None
-            ),
-        ),
+        policy=spec.policy,
+        auth=rc.Auth(key_directories=[d for _, d in dirs]) if dirs else None,
+        server=rc.Server(body_buffer_bytes=body_buffer_bytes(route)),
     )
 
 
-def config_map(route: FallbackRoute) -> dict[str, Any]:
+def config_map(route: FallbackRoute, *, local_key: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(route, router_name(route), name=APP, component="router-config"),
-        "data": {ROUTER_CONFIG_FILE: router_config(route).to_yaml()},
+        "data": {ROUTER_CONFIG_FILE: router_config(route, local_key=local_key).to_yaml()},
     }
 
 
@@ -97,28 +154,29 @@ def service(route: FallbackRoute) -> dict[str, Any]:
     return http_service(route, route.name, name=APP, component=COMPONENT, port=ROUTER_SERVICE_PORT)
 
 
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
 def deployment(
-    route: FallbackRoute, settings: RenderSettings, secret_version: str | None = None
-) -> dict[str, Any]:
+    route: FallbackRoute, settings: RenderSettings, secret_version: str | None = None,
+    local_key_ref: SecretKeyRef | None = None, local_key_version: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     env: list[dict[str, Any]] = []
     fb = route.spec.fallback
     if route.fallback_active and fb is not None:
-        ref = fb.api_key_secret_ref
-        env.append(
-            {"name": FALLBACK_API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
-    resources = (
-        {
-            "requests": {k: str(v) for k, v in route.spec.resources.requests.items()},
-            **(
-                {"limits": {k: str(v) for k, v in route.spec.resources.limits.items()}}
-                if route.spec.resources.limits
-                else {}
-            ),
-        }
-        if route.spec.resources
-        else {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
-    )
+        env.append(_secret_env(FALLBACK_API_KEY_ENV, fb.api_key_secret_ref))
+    if local_key_ref is not None:
+        env.append(_secret_env(LOCAL_API_KEY_ENV, local_key_ref))
+    mounts: list[dict[str, Any]] = [
+        # Mounted as a directory, not subPath, so ConfigMap edits reach the router's hot reload.
+        {"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True}
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": router_name(route)}}]
+    for index, (secret, directory) in enumerate(client_key_dirs(route)):
+        # A Secret volume follows rotations in place (the router re-reads the files); no restart needed.
+        mounts.append({"name": f"client-keys-{index}", "mountPath": directory, "readOnly": True})
+        volumes.append({"name": f"client-keys-{index}", "secret": {"secretName": secret}})
     container: dict[str, Any] = {
         "name": "router",
         "image": settings.operator_image,
@@ -130,9 +188,8 @@ def deployment(
             str(ROUTER_PORT),
         ],
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
-        "resources": resources,
-        # Mounted as a directory, not subPath, so ConfigMap edits reach the router's hot reload.
-        "volumeMounts": [{"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True}],
+        "resources": _resources(route),
+        "volumeMounts": mounts,
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
         "securityContext": {
@@ -144,16 +201,23 @@ def deployment(
     }
     if env:
         container["env"] = env
-    pod_spec = {
+    pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [{"name": "config", "configMap": {"name": router_name(route)}}],
+        "volumes": volumes,
     }
+    if route.spec.node_selector:
+        pod_spec["nodeSelector"] = dict(route.spec.node_selector)
+    if route.spec.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in route.spec.tolerations
+        ]
     labels = meta(route, router_name(route), name=APP, component=COMPONENT)["labels"]
-    # The config file hot-reloads; only the pod spec and a rotated key (its Secret's version, never its value)
-    # need new pods.
-    annotations = {ANNOTATION_CONFIG_HASH: content_hash(pod_spec, secret_version)}
+    # The config file and client keys hot-reload; only the pod spec and rotated env keys (their Secrets'
+    # versions, never their values) need new pods.
+    versions = [v for v in (secret_version, local_key_version) if v is not None]
+    annotations = {ANNOTATION_CONFIG_HASH: content_hash(pod_spec, *versions)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -168,7 +232,15 @@ def deployment(
 
 
 def route_objects(
-    route: FallbackRoute, settings: RenderSettings | None = None, *, secret_version: str | None = None
-) -> list[dict[str, Any]]:
+    route: FallbackRoute, settings: RenderSettings | None = None, *, secret_version: str | None = None,
+    local_key_ref: SecretKeyRef | None = None, local_key_version: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every object the operator owns for a route. `local_key_ref`: the key of the route's pool
+    (`InferencePool.spec.apiKeySecretRef`), sent to local instead of the client's key; its Secret's
+    resourceVersion, like the fallback key's, rolls the router pods when it changes."""
     settings = settings or RenderSettings()
-    return [config_map(route), deployment(route, settings, secret_version), service(route)]
+    return [
+        config_map(route, local_key=local_key_ref is not None),
+        deployment(route, settings, secret_version, local_key_ref, local_key_version),
+        service(route),
+    ]

@@ -1,11 +1,16 @@
-"""The router's configuration file: exactly what the rendered FallbackRoute ConfigMap holds.
+"""The router's configuration file (exactly what the rendered FallbackRoute ConfigMap holds), and the route
+policy models that `FallbackRoute.spec.policy` reuses: one definition of every policy field, its bounds,
+default and description, so the CRD and the router can never disagree.
 
-It carries no secret: the fallback API key is read from the environment variable named here.
+The file carries no secret: keys are read from the environment variables and directories named here.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
+from typing import Any, Final, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,9 +22,80 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
 )
 
+MIB: Final = 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES: Final = 16 * MIB
+# What the router holds of request bodies at once when the config does not say (the renderer derives it
+# from the router container's memory limit): six 16 MiB bodies next to a ~60 MiB process fit 256 MiB.
+DEFAULT_BODY_BUFFER_BYTES: Final = 96 * MIB
+URL_PATTERN: Final = r"^https?://[^\s]+$"
+
+# The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
+# not listed here is never sent to the cloud.
+DEFAULT_CLOUD_PATHS: Final = (
+    "/chat/completions", "/completions", "/embeddings", "/responses", "/moderations",
+    "/audio/speech", "/audio/transcriptions", "/audio/translations", "/images/generations",
+)  # fmt: skip
+
 
 class _Model(BaseModel):
+    """camelCase on the wire and frozen. Unknown keys are ignored by the models themselves (an older operator
+    reads a newer CRD) and refused by `RouterConfig.from_yaml` (a typo in the file must not go unnoticed)."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class CircuitBreaker(_Model):
+    failure_threshold: int = Field(
+        default=5, ge=1, le=1000,
+        description="Consecutive failures of one local endpoint (one pod) that open its breaker.",
+    )  # fmt: skip
+    open_seconds: float = Field(
+        default=30, gt=0, le=3600,
+        description="How long an open breaker skips its endpoint; then one probe request decides.",
+    )  # fmt: skip
+
+
+class RateLimit(_Model):
+    requests_per_second: float = Field(
+        gt=0, le=100000, description="Sustained requests per second per router replica."
+    )
+    burst: int = Field(default=50, ge=1, le=100000, description="Bucket size: requests allowed at once.")
+
+
+class Policy(_Model):
+    first_token_timeout_ms: int = Field(
+        default=3000, ge=1, le=600000,
+        description=(
+            "Fall back when local has not produced its first content token this long after the router "
+            "started asking it (the request body read), streaming or not: a role-only chunk, an empty delta "
+            "or a keep-alive does not count. Chat, completions and responses; embeddings and rerank count "
+            "their first byte; media endpoints have no budget. Applies only when a fallback exists."
+        ),
+    )  # fmt: skip
+    request_timeout_seconds: float = Field(
+        default=300, gt=0, le=86400, description="Whole-request timeout for each upstream attempt."
+    )
+    connect_timeout_ms: int = Field(
+        default=2000, ge=1, le=60000,
+        description=(
+            "TCP connect timeout to one local endpoint. The default outlasts one dropped SYN (a full accept "
+            "queue retries after 1 s); a failed connect is retried once on another endpoint."
+        ),
+    )  # fmt: skip
+    sensitive: bool = Field(default=False, description="true: never send this route's traffic to the cloud.")
+    circuit_breaker: CircuitBreaker = Field(
+        default_factory=CircuitBreaker, description="Per local endpoint (per pod)."
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None, description="Token bucket per router replica; 429 with Retry-After beyond it."
+    )
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=1024 * MIB,
+        description=(
+            "Largest request body accepted (decompressed); 413 beyond. The router holds a bounded total "
+            "of request bytes at once, derived from its memory limit: raise both together."
+        ),
+    )  # fmt: skip
 
 
 class RouteRef(_Model):
@@ -27,41 +103,68 @@ class RouteRef(_Model):
     namespace: str = "default"
 
 
+class Discovery(_Model):
+    url: str = Field(
+        pattern=URL_PATTERN,
+        description="Base URL whose host name resolves to one address per ready pod (a headless Service).",
+    )
+    interval_seconds: float = Field(
+        default=5, gt=0, le=3600, description="How often the name is re-resolved."
+    )
+
+
 class LocalUpstream(_Model):
-    endpoints: list[str] = Field(min_length=1, description="Base URLs of the local LocalAI, ending in /v1.")
+    endpoints: list[str] = Field(
+        default_factory=list, description="Base URLs of local LocalAI servers, ending in /v1."
+    )
+    discovery: Discovery | None = Field(default=None, description="Pods found by DNS, added to endpoints.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the key local LocalAI expects, if any."
+    )
+
+    @model_validator(mode="after")
+    def _somewhere_to_go(self) -> LocalUpstream:
+        if not self.endpoints and self.discovery is None:
+            raise ValueError("local: set endpoints (base URLs) or discovery (a headless Service URL)")
+        return self
 
 
 class Fallback(_Model):
     provider: str = "holysheep"
-    base_url: str = Field(default=HOLYSHEEP_BASE_URL, alias="baseURL")
+    base_url: str = Field(default=HOLYSHEEP_BASE_URL, alias="baseURL", pattern=URL_PATTERN)
     api_key_env: str = FALLBACK_API_KEY_ENV
     model_map: dict[str, str] = Field(default_factory=dict)
     default_model: str = HOLYSHEEP_DEFAULT_MODEL
     price_per_million_tokens: float = Field(default=0.0, ge=0)
+    paths: list[str] = Field(default_factory=lambda: list(DEFAULT_CLOUD_PATHS))
 
-    def cloud_model(self, local_model: str | None) -> str:
-        if local_model is not None and local_model in self.model_map:
-            return self.model_map[local_model]
+    def cloud_model(self, local_model: str | None, cloud_lists: bool = False) -> str:
+        """The provider's name for a request's model: mapped, else kept when the provider lists it."""
+        if local_model is not None:
+            mapped = self.model_map.get(local_model)
+            if mapped is not None:
+                return mapped
+            if cloud_lists:
+                return local_model
         return self.default_model
 
 
-class CircuitBreaker(_Model):
-    failure_threshold: int = Field(default=5, ge=1)
-    open_seconds: float = Field(default=30, gt=0)
+class Auth(_Model):
+    key_directories: list[str] = Field(
+        min_length=1,
+        description="Directories of client keys (mounted Secrets): each file is one key, its name the key's name.",
+    )
 
 
-class RateLimit(_Model):
-    requests_per_second: float = Field(default=30, gt=0)
-    burst: int = Field(default=50, ge=1)
-
-
-class Policy(_Model):
-    first_token_timeout_ms: int = Field(default=3000, ge=1)
-    request_timeout_seconds: float = Field(default=300, gt=0)
-    connect_timeout_ms: int = Field(default=1000, ge=1)
-    sensitive: bool = False
-    circuit_breaker: CircuitBreaker = CircuitBreaker()
-    rate_limit: RateLimit | None = None
+class Server(_Model):
+    body_buffer_bytes: int = Field(
+        default=DEFAULT_BODY_BUFFER_BYTES, ge=MIB,
+        description="Request body bytes held at once; requests beyond it wait for room (rendered from the memory limit).",
+    )  # fmt: skip
+    header_timeout_seconds: float = Field(
+        default=30, gt=0, le=3600,
+        description="A connection must deliver a request's headers within this (also the idle keep-alive time).",
+    )  # fmt: skip
 
 
 class RouterConfig(_Model):
@@ -69,6 +172,8 @@ class RouterConfig(_Model):
     local: LocalUpstream
     fallback: Fallback | None = None
     policy: Policy = Policy()
+    auth: Auth | None = None
+    server: Server = Server()
 
     @model_validator(mode="after")
     def _sensitive_has_no_fallback(self) -> RouterConfig:
@@ -84,9 +189,54 @@ class RouterConfig(_Model):
 
     @classmethod
     def from_yaml(cls, text: str | bytes) -> RouterConfig:
-        """Parse the file's content; raises yaml.YAMLError or pydantic.ValidationError (a ValueError)."""
+        """Parse the file's content; raises yaml.YAMLError or ValueError (pydantic's ValidationError is one)."""
         data = yaml.safe_load(text)
-        return cls.model_validate(data or {})
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError("the router config must be a mapping at the top level")
+        unknown = unknown_keys(cls, data)
+        if unknown:
+            raise ValueError(
+                "unknown key(s) in the router config: "
+                + ", ".join(unknown)
+                + " (check the spelling and case)"
+            )
+        return cls.model_validate(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation can hold directly or as list items."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if origin is list:
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def unknown_keys(model: type[BaseModel], data: Any, path: str = "") -> list[str]:
+    """Dotted paths of keys in `data` that `model` (recursively) does not define, by alias or by name."""
+    if not isinstance(data, dict):
+        return []
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        fields[info.alias or name] = info.annotation
+        fields[name] = info.annotation
+    found: list[str] = []
+    for key, value in data.items():
+        where = f"{path}{key}"
+        if key not in fields:
+            found.append(where)
+            continue
+        for sub in _models_in(fields[key]):
+            items = value if isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                suffix = f"[{index}]" if isinstance(value, list) else ""
+                found.extend(unknown_keys(sub, item, f"{where}{suffix}."))
+    return found

@@ -148,6 +148,15 @@ class Registry:
         self._metrics.append(metric)
         return metric
 
+    def series_names(self) -> set[str]:
+        names: set[str] = set()
+        for metric in self._metrics:
+            if isinstance(metric, Histogram):
+                names.update(f"{metric.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(metric.name)
+        return names
+
     def render(self) -> bytes:
         lines: list[str] = []
         for metric in self._metrics:
@@ -156,19 +165,39 @@ class Registry:
         return ("\n".join(lines) + "\n").encode()
 
 
-class RouterMetrics:
-    """The series the router exports. Label values come from bounded sets (upstream kind, status
-    code, reason, configured endpoint), so the number of series cannot grow with traffic."""
+TOKEN_INTERVAL_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 
-    def __init__(self, breaker_states: Callable[[], Iterable[tuple[LabelValues, float]]],
-                 outstanding: Callable[[], Iterable[tuple[LabelValues, float]]]) -> None:  # fmt: skip
+GaugeRead = Callable[[], Iterable[tuple[LabelValues, float]]]
+
+
+class RouterMetrics:
+    """The series the router exports. Label values come from bounded sets (upstream kind, status code,
+    reason, configured endpoint, client key names from the mounted Secrets), so the number of series
+    cannot grow with traffic."""
+
+    def __init__(self, breaker_states: GaugeRead, outstanding: GaugeRead, endpoints: GaugeRead,
+                 buffered: GaugeRead) -> None:  # fmt: skip
         self.registry = Registry()
         add = self.registry.add
         self.requests = add(Counter(
             "localai_router_requests_total",
-            "Requests answered, by the upstream that answered (local, fallback, or router when refused "
-            "before any upstream) and HTTP status code.",
+            "Requests answered, by the upstream that answered (local, fallback, or router when the router "
+            "answered itself) and HTTP status code.",
             ("upstream", "code"),
+        ))  # fmt: skip
+        self.ttft = add(Histogram(
+            "localai_router_time_to_first_token_seconds",
+            "Seconds from request arrival to the first content token (not a role-only chunk or a keep-alive) "
+            "of a chat, completion or responses answer: every stream, and non-stream requests on routes with a "
+            "fallback (the router streams those from local).",
+            ("upstream",), TTFB_BUCKETS,
+        ))  # fmt: skip
+        self.tpot = add(Histogram(
+            "localai_router_time_per_output_token_seconds",
+            "Per answer: seconds from the first to the last token divided by the output tokens after the first.",
+            ("upstream",), TOKEN_INTERVAL_BUCKETS,
         ))  # fmt: skip
         self.ttfb = add(Histogram(
             "localai_router_time_to_first_byte_seconds",
@@ -190,6 +219,10 @@ class RouterMetrics:
             "Local attempts that failed, by reason, including those on routes without a fallback.",
             ("reason",),
         ))  # fmt: skip
+        self.retries = add(Counter(
+            "localai_router_local_retries_total",
+            "Requests retried on another local endpoint after their connection to one failed with nothing sent.",
+        ))  # fmt: skip
         self.stream_errors = add(Counter(
             "localai_router_stream_errors_total",
             "Streams ended with an error event because the upstream failed after bytes were sent.",
@@ -197,13 +230,18 @@ class RouterMetrics:
         ))  # fmt: skip
         self.breaker_state = add(Gauge(
             "localai_router_breaker_state",
-            "Circuit breaker state per local endpoint: 0 closed, 1 open, 2 half-open.",
+            "Circuit breaker state per local endpoint (pod): 0 closed, 1 open, 2 half-open.",
             ("endpoint",), breaker_states,
         ))  # fmt: skip
         self.outstanding = add(Gauge(
             "localai_router_outstanding_requests",
-            "Requests in flight per local endpoint (what least-outstanding balancing compares).",
+            "Requests in flight per local endpoint (pod), what least-outstanding balancing compares.",
             ("endpoint",), outstanding,
+        ))  # fmt: skip
+        self.endpoints = add(Gauge(
+            "localai_router_local_endpoints",
+            "Local endpoints (pods) the router knows, configured and discovered.",
+            (), endpoints,
         ))  # fmt: skip
         self.tokens = add(Counter(
             "localai_router_tokens_total",
@@ -218,6 +256,25 @@ class RouterMetrics:
             "localai_router_rate_limited_total",
             "Requests refused with 429 by the route's rate limit.",
         ))  # fmt: skip
+        self.client_requests = add(Counter(
+            "localai_router_client_requests_total",
+            "Requests with a valid client key, by the key's name (never the key).",
+            ("key",),
+        ))  # fmt: skip
+        self.auth_failures = add(Counter(
+            "localai_router_auth_failures_total",
+            "Requests refused with 401, by reason (missing: no key sent; invalid: a key no Secret holds).",
+            ("reason",),
+        ))  # fmt: skip
+        self.buffered = add(Gauge(
+            "localai_router_buffered_request_bytes",
+            "Request body bytes held right now (bounded by the router's body buffer).",
+            (), buffered,
+        ))  # fmt: skip
+        self.buffer_waits = add(Counter(
+            "localai_router_buffer_waits_total",
+            "Requests that waited for room in the body buffer before their body was read.",
+        ))  # fmt: skip
         self.reloads = add(Counter(
             "localai_router_config_reloads_total",
             "Config file changes seen, by result (applied, rejected).",
@@ -226,3 +283,7 @@ class RouterMetrics:
 
     def render(self) -> bytes:
         return self.registry.render()
+
+    def series_names(self) -> set[str]:
+        """Every series name the router can export (histograms as _bucket, _sum, _count)."""
+        return self.registry.series_names()

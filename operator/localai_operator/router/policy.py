@@ -12,16 +12,25 @@ from typing import Final, Protocol
 
 
 class FallbackReason(enum.StrEnum):
-    """Why a request left the local pool; the values are the `reason` label of the fallback metric."""
+    """Why a request left the local pool; the values are the `reason` label of the fallback metrics and
+    the `X-Fallback-Reason` header."""
 
     CONNECT_ERROR = "connect_error"
     CONNECT_TIMEOUT = "connect_timeout"
     RESET = "reset"
     STATUS_5XX = "status_5xx"
     STATUS_429 = "status_429"
-    FIRST_BYTE_TIMEOUT = "first_byte_timeout"
+    REDIRECT = "redirect"
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"
     REQUEST_TIMEOUT = "request_timeout"
+    # A 200 stream whose first content was LocalAI's error text or error event.
+    STREAM_ERROR = "stream_error"
+    # A 200 with an empty body, or a stream that ended without content, [DONE] or a finish_reason.
+    EMPTY_RESPONSE = "empty_response"
     BREAKER_OPEN = "breaker_open"
+    NO_ENDPOINT = "no_ready_endpoint"
+    # The model is not in local's model list but is in the cloud's.
+    MODEL_NOT_LOCAL = "model_not_local"
 
 
 def falls_back_on_status(status: int) -> bool:
@@ -151,11 +160,12 @@ class Balanced(Protocol):
 NO_CHOICE: Final = -1
 
 
-def choose(endpoints: Sequence[Balanced], now: float, start: int) -> int:
+def choose(endpoints: Sequence[Balanced], now: float, start: int, exclude: object = None) -> int:
     """Index of the available endpoint with the fewest outstanding requests, or NO_CHOICE.
 
     Ties go to the first available endpoint at or after `start`, so a caller that rotates `start`
-    spreads equal load instead of piling it on the first endpoint.
+    spreads equal load instead of piling it on the first endpoint. `exclude` (an endpoint already tried)
+    is never chosen.
     """
     best = NO_CHOICE
     best_load = 0
@@ -163,7 +173,7 @@ def choose(endpoints: Sequence[Balanced], now: float, start: int) -> int:
     for offset in range(count):
         index = (start + offset) % count
         endpoint = endpoints[index]
-        if not endpoint.breaker.available(now):
+        if endpoint is exclude or not endpoint.breaker.available(now):
             continue
         if best == NO_CHOICE or endpoint.outstanding < best_load:
             best, best_load = index, endpoint.outstanding

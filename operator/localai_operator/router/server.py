@@ -8,27 +8,29 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-import aiohttp
 import yaml
 from aiohttp import web
 
 from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
-from localai_operator.router import redact
+from localai_operator.router import http, redact
+from localai_operator.router.auth import ClientKeys
 from localai_operator.router.config import RouterConfig
+from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
+from localai_operator.router.intake import BodyBuffer, Intake
+from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import CONTENT_TYPE, LabelValues, RouterMetrics
-from localai_operator.router.proxy import Proxy, RouteHolder
+from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
-from localai_operator.router.upstream import API_PATHS, API_PREFIX, build_route
+from localai_operator.router.upstream import API_PREFIX, Route, build_route
 
 log = logging.getLogger(__name__)
 
 METRICS_PATH: Final = "/metrics"
-# Chat requests can carry long contexts and inline images; the body is held once per request.
-MAX_REQUEST_BYTES: Final = 32 * 1024 * 1024
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # aiohttp's default (128) drops SYNs under a burst of new connections, costing the client a 1 s retry.
 LISTEN_BACKLOG: Final = 2048
 # Idle upstream connections are closed before typical server idle timeouts close them under us,
@@ -38,64 +40,170 @@ UPSTREAM_KEEPALIVE_SECONDS: Final = 10.0
 # through the cluster; then in-flight requests get the rest of Kubernetes' default 30 s grace period.
 SHUTDOWN_DRAIN_SECONDS: Final = 3.0
 SHUTDOWN_TIMEOUT_SECONDS: Final = 25.0
+CLIENT_KEYS_INTERVAL: Final = 2.0
+# The first resolution of the pods' name happens before the router listens, bounded by this.
+FIRST_RESOLUTION_SECONDS: Final = 5.0
 
 
 class Router:
-    """One route's data plane: the current config snapshot, the upstream session and the metrics."""
+    """One route's data plane: the current config snapshot, its pods and client keys, the upstream
+    session and the metrics."""
 
     def __init__(
-        self,
-        config: RouterConfig,
-        env: Mapping[str, str],
-        redaction: redact.RedactingFilter | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+        self, config: RouterConfig, env: Mapping[str, str], redaction: redact.RedactingFilter | None = None,
+        clock: Callable[[], float] = time.monotonic, resolver: Resolver = resolve,
+    ) -> None:  # fmt: skip
         self.env = env
         self.redaction = redaction
         self.clock = clock
-        self.holder = RouteHolder(build_route(config, None, env, clock()))
-        self.metrics = RouterMetrics(self._breaker_states, self._outstanding)
-        self.proxy = Proxy(self.holder, self.metrics, clock)
-        self._update_secrets()
+        self.resolver = resolver
+        self.shutting_down = False
+        self.discovered: list[str] = []
+        self.route: Route = build_route(config, None, env, clock())
+        self.keys: ClientKeys | None = None
+        self.metrics = RouterMetrics(
+            self._breaker_states, self._outstanding, self._endpoint_count, self._buffered
+        )
+        self.listing = Listing(self.metrics, clock)
+        self.relay = Relay(self.metrics, clock, self.listing.catalog)
+        self.buffer = BodyBuffer(config.server.body_buffer_bytes)
+        self.intake = Intake(lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer,
+                             self.metrics, clock)  # fmt: skip
+        self.discovery: PodDiscovery | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._configure_keys(config)
+        self._report(self.route)
 
     @property
     def config(self) -> RouterConfig:
-        return self.holder.route.config
+        return self.route.config
 
     def apply(self, config: RouterConfig) -> None:
         """Swap in a new snapshot; requests already running keep the one they started with."""
-        self.holder.route = build_route(config, self.holder.route, self.env, self.clock())
-        self._update_secrets()
+        old = self.route.config
+        if config.local.discovery != old.local.discovery:
+            self.discovered = []
+        self.route = build_route(config, self.route, self.env, self.clock(), self.discovered)
+        self.buffer.capacity = config.server.body_buffer_bytes
+        self._configure_keys(config)
+        self._report(self.route)
+        if config.local.discovery != old.local.discovery:
+            self._start_discovery()
 
-    def _update_secrets(self) -> None:
-        cloud = self.holder.route.cloud
-        if self.redaction is not None and cloud is not None and cloud.api_key:
-            self.redaction.set_secrets([cloud.api_key])
+    def _configure_keys(self, config: RouterConfig) -> None:
+        if config.auth is None:
+            self.keys = None
+        elif (
+            self.keys is None or self.keys.directories != ClientKeys(config.auth.key_directories).directories
+        ):
+            self.keys = ClientKeys(config.auth.key_directories)
+            self.keys.load()
+
+    def _report(self, route: Route) -> None:
+        for problem in route.problems:
+            log.error("%s", problem)
+        if self.redaction is not None:
+            self.redaction.set_secrets(
+                k for k in (route.cloud.api_key if route.cloud else None, route.local_key) if k
+            )
+
+    def set_discovered(self, urls: list[str]) -> None:
+        self.discovered = urls
+        self.route = build_route(self.route.config, self.route, self.env, self.clock(), urls)
+
+    def problems(self) -> list[str]:
+        return [*self.route.problems, *(self.keys.problems if self.keys is not None else ())]
 
     def _breaker_states(self) -> Iterable[tuple[LabelValues, float]]:
         now = self.clock()
-        return [((e.base_url,), float(e.breaker.state(now))) for e in self.holder.route.endpoints]
+        return [((e.base_url,), float(e.breaker.state(now))) for e in self.route.endpoints]
 
     def _outstanding(self) -> Iterable[tuple[LabelValues, float]]:
-        return [((e.base_url,), float(e.outstanding)) for e in self.holder.route.endpoints]
+        return [((e.base_url,), float(e.outstanding)) for e in self.route.endpoints]
+
+    def _endpoint_count(self) -> Iterable[tuple[LabelValues, float]]:
+        return [((), float(len(self.route.endpoints)))]
+
+    def _buffered(self) -> Iterable[tuple[LabelValues, float]]:
+        return [((), float(self.buffer.used))]
+
+    # ------------------------------------------------------------------ background work
+
+    def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        old = self._tasks.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[name] = asyncio.get_running_loop().create_task(work, name=f"router-{name}")
+
+    def _start_discovery(self) -> None:
+        found = self.route.config.local.discovery
+        if found is None:
+            self.discovery = None
+            old = self._tasks.pop("discovery", None)
+            if old is not None:
+                old.cancel()
+            return
+        self.discovery = PodDiscovery(found.url, found.interval_seconds, self.set_discovered, self.resolver)
+        self._spawn("discovery", self.discovery.run())
+
+    async def start(self) -> None:
+        found = self.route.config.local.discovery
+        self._start_discovery()
+        if found is not None and self.discovery is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FIRST_RESOLUTION_SECONDS):
+                    await self.discovery.resolve_once()
+        self._spawn("client-keys", self._reload_keys())
+        self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
+        self._spawn("idle-connections", self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        """Upstream connections idle past their keep-alive time are closed, not left to the server."""
+        while True:
+            await asyncio.sleep(UPSTREAM_KEEPALIVE_SECONDS / 2)
+            self.relay.client.pool.sweep()
+
+    async def _reload_keys(self) -> None:
+        while True:
+            await asyncio.sleep(CLIENT_KEYS_INTERVAL)
+            if self.keys is not None:
+                self.keys.load()
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ operational endpoints
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Ready once a valid config is loaded, whatever the upstreams' health: taking the router out
-        of its Service when local is down would also take away the cloud fallback, and a route
-        without one answers with a clear 503 itself. Not ready only while shutting down."""
-        if self.holder.shutting_down:
+        """Ready once a valid config is loaded, whatever the upstreams' health: taking the router out of
+        its Service when local is down would also take away the cloud fallback, and a route without one
+        answers with a clear 503 itself. Not ready only while shutting down. Problems with keys are
+        listed here (and logged at start), not discovered per request."""
+        if self.shutting_down:
             return web.json_response({"status": "shutting down"}, status=503)
-        route = self.holder.route
+        route = self.route
         now = self.clock()
-        return web.json_response({
+        body: dict[str, Any] = {
             "status": "ready",
             "route": route.name,
             "fallback": route.cloud is not None,
+            "auth": self.keys.names if self.keys is not None else None,
             "endpoints": [
-                {"url": e.base_url, "breaker": e.breaker.state(now).name.lower(), "outstanding": e.outstanding}
+                {
+                    "url": e.base_url,
+                    "breaker": e.breaker.state(now).name.lower(),
+                    "outstanding": e.outstanding,
+                }
                 for e in route.endpoints
             ],
-        })  # fmt: skip
+            "problems": self.problems(),
+        }
+        return web.json_response(body)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -118,25 +226,24 @@ def create_app(
     reload_interval: float = DEFAULT_INTERVAL,
     env: Mapping[str, str] | None = None,
     redaction: redact.RedactingFilter | None = None,
+    resolver: Resolver = resolve,
 ) -> web.Application:
     """The router app; with `config_path`, the file is watched and reloaded when its content changes."""
-    router = Router(config, os.environ if env is None else env, redaction)
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    router = Router(config, os.environ if env is None else env, redaction, resolver=resolver)
+    # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
+    app = web.Application(client_max_size=2**63)
     app[ROUTER] = router
-    for path in API_PATHS:
-        if path != "/models":
-            app.router.add_post(API_PREFIX + path, router.proxy.relay)
-    app.router.add_get(API_PREFIX + "/models", router.proxy.models)
+    app.router.add_route("*", API_PREFIX + "/{tail:.*}", router.intake.handle)
     app.router.add_get(LOCALAI_READY_PATH, router.readyz)
     app.router.add_get(LOCALAI_HEALTH_PATH, router.healthz)
     app.router.add_get(METRICS_PATH, router.metrics_text)
+    # Last: aiohttp's own 404 and 405 are plain text; this answers every other path with an OpenAI error.
+    app.router.add_route("*", "/{tail:.*}", router.intake.not_found)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS)
-        # No cookie jar: cookies set by one client's upstream answer must never reach another client.
-        router.proxy.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False
-        )
+        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS)
+        router.relay.client = router.listing.client = client
+        await router.start()
         watcher = None
         if config_path is not None:
             watcher = asyncio.create_task(
@@ -146,12 +253,13 @@ def create_app(
                 name="router-config-watcher",
             )
         yield
-        router.holder.shutting_down = True
+        router.shutting_down = True
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await router.proxy.session.close()
+        await router.stop()
+        client.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -159,10 +267,14 @@ def create_app(
 
 async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Serve `app` and return its runner and the bound port (tests pass port 0)."""
+    server = app[ROUTER].config.server
     # Cancelling the handler when the client disconnects is what closes the upstream request.
+    # aiohttp's keep-alive timer runs from the connection's start and from each response's end until the
+    # next request's headers are complete: it is the header-read timeout too.
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
-    )
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        keepalive_timeout=server.header_timeout_seconds,
+    )  # fmt: skip
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
     await site.start()
@@ -175,13 +287,14 @@ async def _serve(config: RouterConfig, content: bytes, config_path: Path, host: 
                  redaction: redact.RedactingFilter) -> None:  # fmt: skip
     app = create_app(config, config_path=config_path, config_content=content, redaction=redaction)
     runner, bound = await start(app, host, port)
-    log.info("router for route %s listening on %s:%d", app[ROUTER].holder.route.name, host, bound)
+    router = app[ROUTER]
+    log.info("router for route %s listening on %s:%d", router.route.name, host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    app[ROUTER].holder.shutting_down = True
+    router.shutting_down = True
     log.info("stopping: not ready, draining for %.0fs", SHUTDOWN_DRAIN_SECONDS)
     await asyncio.sleep(SHUTDOWN_DRAIN_SECONDS)
     log.info("stopping: finishing in-flight requests (up to %.0fs)", SHUTDOWN_TIMEOUT_SECONDS)
@@ -196,8 +309,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def main(config_path: str | Path, host: str = "0.0.0.0", port: int = ROUTER_PORT) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(
+    config_path: str | Path, host: str = "0.0.0.0", port: int = ROUTER_PORT, log_level: str = "info"
+) -> int:
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     redaction = redact.install()
     path = Path(config_path)
     try:

@@ -1,27 +1,25 @@
-"""The upstream pool: a config snapshot (`Route`) with its local endpoints, the cloud target and the
-header rules for each hop. A reload builds a new `Route`; in-flight requests keep the one they took.
+"""The upstreams of one config snapshot (`Route`): local endpoints (one per pod) with their breakers, the
+cloud target, the keys for each hop and the header rules. A reload or a new set of pods builds a new
+`Route`; in-flight requests keep the one they took, and endpoints keep their breaker across snapshots.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Final
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from localai_operator.constants import SERVED_BY_HEADER
+from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.router.config import Fallback, RouterConfig
 from localai_operator.router.policy import NO_CHOICE, Breaker, TokenBucket, choose
 
 log = logging.getLogger(__name__)
 
-# The OpenAI paths the router serves, relative to a base URL that ends in /v1.
-API_PATHS: Final = ("/chat/completions", "/completions", "/embeddings", "/models")
 API_PREFIX: Final = "/v1"
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those the HTTP client recomputes for the new hop.
@@ -29,52 +27,79 @@ _HOP_BY_HOP: Final = (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
     "TE", "Trailer", "Transfer-Encoding", "Upgrade",
 )  # fmt: skip
-# Expect: the body is already read in full, so there is nothing to negotiate with the upstream.
-_REQUEST_DROPPED: Final = (*_HOP_BY_HOP, "Host", "Content-Length", "Accept-Encoding", "Expect")
-_RESPONSE_DROPPED: Final = (*_HOP_BY_HOP, "Content-Length", "Date", "Server")
+# Expect: the body is already read in full. Content-Encoding: aiohttp has decoded the body, so the header
+# would no longer describe what is sent.
+_REQUEST_DROPPED: Final = frozenset(
+    h.lower()
+    for h in (*_HOP_BY_HOP, "Host", "Content-Length", "Content-Encoding", "Accept-Encoding", "Expect")
+)
+_CLIENT_CREDENTIALS: Final = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
+_REQUEST_DROPPED_WITH_CREDENTIALS: Final = _REQUEST_DROPPED | _CLIENT_CREDENTIALS
+_RESPONSE_DROPPED: Final = frozenset(h.lower() for h in (*_HOP_BY_HOP, "Content-Length", "Date", "Server"))
 # The cloud gets an allow-list, not a deny-list: the client's Authorization, cookies and any other
 # credential-bearing header (x-api-key, api-key, ...) must never leave the cluster.
 _CLOUD_FORWARDED: Final = ("Content-Type", "Accept", "X-Request-Id")
 # Identity encoding keeps relayed bytes exactly as received and SSE chunks unbuffered by a decoder.
 _ACCEPT_ENCODING: Final = ("Accept-Encoding", "identity")
 USER_AGENT: Final = "localai-operator-router"
-FALLBACK_REASON_HEADER: Final = "X-Fallback-Reason"
+# What can go into an HTTP header as a bearer token: visible ASCII.
+_TOKEN: Final = re.compile(r"[\x21-\x7e]+")
+
+
+def usable_key(value: str | None, where: str) -> tuple[str | None, str | None]:
+    """A key as read from a Secret, stripped of surrounding whitespace (a key file ending in a newline is
+    the common case), and the problem with it when it cannot be sent."""
+    if value is None:
+        return None, f"{where} is not set"
+    key = value.strip()
+    if not key:
+        return None, f"{where} is empty"
+    if not _TOKEN.fullmatch(key):
+        return None, f"{where} contains whitespace, control or non-ASCII characters inside the key"
+    return key, None
 
 
 class Endpoint:
-    """One local LocalAI base URL, with its breaker and in-flight count (kept across reloads)."""
+    """One local LocalAI base URL (one pod), with its breaker and in-flight count (kept across snapshots)."""
 
-    __slots__ = ("base_url", "breaker", "outstanding", "urls")
+    __slots__ = ("_urls", "base_url", "breaker", "outstanding")
 
     def __init__(self, base_url: str, breaker: Breaker) -> None:
-        self.base_url = base_url
+        self.base_url = base_url.rstrip("/")
         self.breaker = breaker
         self.outstanding = 0
-        self.urls = api_urls(base_url)
+        self._urls: dict[str, URL] = {}
+
+    def url(self, path: str) -> URL:
+        found = self._urls.get(path)
+        if found is None:
+            found = URL(self.base_url + path)
+            if len(self._urls) < 64:
+                self._urls[path] = found
+        return found
 
 
 class Cloud:
     """The fallback provider of one config snapshot."""
 
-    __slots__ = ("api_key", "base_url", "fallback", "urls")
+    __slots__ = ("_urls", "api_key", "base_url", "fallback", "paths")
 
     def __init__(self, fallback: Fallback, api_key: str | None) -> None:
         self.fallback = fallback
-        self.base_url = fallback.base_url
+        self.base_url = fallback.base_url.rstrip("/")
         self.api_key = api_key
-        self.urls = api_urls(fallback.base_url)
+        self.paths = frozenset(fallback.paths)
+        self._urls: dict[str, URL] = {}
 
-    def request_body(self, body: bytes) -> bytes:
-        """The client's body with `model` mapped to the provider's name; parsed only here."""
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return body
-        if not isinstance(payload, dict):
-            return body
-        model = payload.get("model")
-        payload["model"] = self.fallback.cloud_model(model if isinstance(model, str) else None)
-        return json.dumps(payload, separators=(",", ":")).encode()
+    def serves(self, path: str) -> bool:
+        return path in self.paths
+
+    def url(self, path: str) -> URL:
+        """Never with the client's query string: only the request body the router rewrote goes out."""
+        found = self._urls.get(path)
+        if found is None:
+            found = self._urls[path] = URL(self.base_url + path)
+        return found
 
     def request_headers(self, client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -90,15 +115,12 @@ class Cloud:
 
 
 class Route:
-    """An immutable-by-convention snapshot of the config, with the state shared across snapshots."""
+    """A snapshot of the config and the endpoints known when it was built."""
 
     def __init__(
-        self,
-        config: RouterConfig,
-        endpoints: tuple[Endpoint, ...],
-        cloud: Cloud | None,
-        limiter: TokenBucket | None,
-    ) -> None:
+        self, config: RouterConfig, endpoints: tuple[Endpoint, ...], cloud: Cloud | None,
+        limiter: TokenBucket | None, local_key: str | None, problems: tuple[str, ...],
+    ) -> None:  # fmt: skip
         policy = config.policy
         self.config = config
         self.name = f"{config.route.namespace}/{config.route.name}"
@@ -106,43 +128,44 @@ class Route:
         self.endpoints = endpoints
         self.cloud = cloud
         self.limiter = limiter
-        connect = policy.connect_timeout_ms / 1000
-        # aiohttp's `total` also bounds reading the body, so it is the whole request timeout.
-        self.local_timeout = aiohttp.ClientTimeout(total=policy.request_timeout_seconds, sock_connect=connect)
-        self.cloud_timeout = aiohttp.ClientTimeout(total=policy.request_timeout_seconds, sock_connect=connect)
-        self.listing_timeout = aiohttp.ClientTimeout(
-            total=min(policy.request_timeout_seconds, 10.0), sock_connect=connect
-        )
+        self.local_key = local_key
+        self.problems = problems
+        # A body larger than everything the router may hold at once would not fit in its memory limit.
+        self.max_request_bytes = min(policy.max_request_bytes, config.server.body_buffer_bytes)
+        self.connect_timeout = policy.connect_timeout_ms / 1000
+        # For each attempt, from sending the request to the answer's last byte.
+        self.request_timeout = policy.request_timeout_seconds
+        self.listing_timeout = min(policy.request_timeout_seconds, 10.0)
         # Abandoning a slow local answer only helps when there is somewhere else to go.
-        self.first_byte_budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
+        self.budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
         self._rotation = itertools.count()
 
-    def pick(self, now: float) -> tuple[Endpoint, bool] | None:
-        """The local endpoint for the next request and whether it is a half-open probe, or None
-        when every breaker is open (the caller goes to the cloud without waiting)."""
+    def pick(self, now: float, exclude: Endpoint | None = None) -> tuple[Endpoint, bool] | None:
+        """The local endpoint for the next attempt and whether it is a half-open probe, or None when no
+        endpoint is available (the caller goes to the cloud without waiting)."""
         endpoints = self.endpoints
+        if not endpoints:
+            return None
         start = next(self._rotation) % len(endpoints) if len(endpoints) > 1 else 0
-        index = choose(endpoints, now, start)
+        index = choose(endpoints, now, start, exclude)
         if index == NO_CHOICE:
             return None
         endpoint = endpoints[index]
         return endpoint, endpoint.breaker.begin(now)
 
     def reopens_in(self, now: float) -> float:
-        return min(e.breaker.reopens_in(now) for e in self.endpoints)
+        return min((e.breaker.reopens_in(now) for e in self.endpoints), default=0.0)
 
 
-def api_urls(base_url: str) -> dict[str, URL]:
-    base = base_url.rstrip("/")
-    return {path: URL(base + path) for path in API_PATHS}
-
-
-def build_route(config: RouterConfig, previous: Route | None, env: Mapping[str, str], now: float) -> Route:
+def build_route(
+    config: RouterConfig, previous: Route | None, env: Mapping[str, str], now: float,
+    discovered: Sequence[str] = (),
+) -> Route:  # fmt: skip
     """A new snapshot; endpoints whose URL is unchanged keep their breaker and in-flight count."""
     breaker_settings = config.policy.circuit_breaker
     kept = {e.base_url: e for e in previous.endpoints} if previous else {}
     endpoints: list[Endpoint] = []
-    for base_url in dict.fromkeys(config.local.endpoints):
+    for base_url in dict.fromkeys(u.rstrip("/") for u in (*config.local.endpoints, *discovered)):
         endpoint = kept.get(base_url)
         if endpoint is None:
             endpoint = Endpoint(
@@ -153,15 +176,24 @@ def build_route(config: RouterConfig, previous: Route | None, env: Mapping[str, 
             endpoint.breaker.open_seconds = breaker_settings.open_seconds
         endpoints.append(endpoint)
 
+    problems: list[str] = []
+    local_key = None
+    if config.local.api_key_env:
+        local_key, problem = usable_key(
+            env.get(config.local.api_key_env), f"the local API key ${config.local.api_key_env}"
+        )
+        if problem:
+            problems.append(f"{problem}: local requests are sent without a key")
     cloud = None
     if config.fallback is not None and not config.policy.sensitive:
-        api_key = env.get(config.fallback.api_key_env) or None
-        if api_key is None:
-            log.warning(
-                "environment variable %s is empty: cloud fallback requests are sent without a key",
-                config.fallback.api_key_env,
-            )
-        cloud = Cloud(config.fallback, api_key)
+        name = config.fallback.api_key_env
+        api_key, problem = usable_key(env.get(name), f"the fallback API key ${name}")
+        if problem and api_key is None and name in env and env[name].strip():
+            problems.append(f"{problem}: the cloud fallback is disabled")
+        else:
+            if problem:
+                problems.append(f"{problem}: cloud requests are sent without a key")
+            cloud = Cloud(config.fallback, api_key)
 
     limit = config.policy.rate_limit
     limiter = None
@@ -171,19 +203,25 @@ def build_route(config: RouterConfig, previous: Route | None, env: Mapping[str, 
             limiter = old
         else:
             limiter = TokenBucket(limit.requests_per_second, limit.burst, now)
-    return Route(config, tuple(endpoints), cloud, limiter)
+    return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems))
 
 
-def local_request_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The client's headers for the local hop: everything end-to-end, including Authorization
-    (a LocalAI may check its own API key)."""
-    headers = CIMultiDict(client)
+def local_request_headers(
+    client: CIMultiDictProxy[str], local_key: str | None, keep_client_credentials: bool
+) -> CIMultiDict[str]:
+    """The client's headers for the local hop: everything end-to-end. The client's own credentials go
+    through only when the route checks no client key and the pool has no key of its own."""
+    dropped = (
+        _REQUEST_DROPPED
+        if keep_client_credentials and local_key is None
+        else _REQUEST_DROPPED_WITH_CREDENTIALS
+    )
     connection = client.get("Connection")
-    for name in _REQUEST_DROPPED:
-        headers.popall(name, None)
     if connection:
-        for name in connection.split(","):
-            headers.popall(name.strip(), None)
+        dropped = dropped | {name.strip().lower() for name in connection.split(",")}
+    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in client.items() if k.lower() not in dropped])
+    if local_key is not None:
+        headers["Authorization"] = f"Bearer {local_key}"
     headers[_ACCEPT_ENCODING[0]] = _ACCEPT_ENCODING[1]
     return headers
 
@@ -191,9 +229,9 @@ def local_request_headers(client: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def response_headers(
     upstream: CIMultiDictProxy[str], served_by: str, fallback_reason: str | None
 ) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream)
-    for name in _RESPONSE_DROPPED:
-        headers.popall(name, None)
+    headers: CIMultiDict[str] = CIMultiDict(
+        [(k, v) for k, v in upstream.items() if k.lower() not in _RESPONSE_DROPPED]
+    )
     headers[SERVED_BY_HEADER] = served_by
     if fallback_reason is not None:
         headers[FALLBACK_REASON_HEADER] = fallback_reason

@@ -1,4 +1,5 @@
-"""Fixtures for the router tests: stand-in servers, a router factory and an HTTP client, all on loopback."""
+"""Fixtures for the router tests: stand-in servers, a router factory, an HTTP client and the real `openai`
+SDK (sync and async), all on loopback."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 import yaml
 from aiohttp import web
@@ -19,8 +21,9 @@ from multidict import CIMultiDict
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.config import RouterConfig
+from localai_operator.router.discovery import Resolver, resolve
 from localai_operator.router.server import ROUTER, Router, create_app, start
-from localai_operator.router.standins import OpenAIStandIn, cloud_standin, local_standin
+from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, local_standin
 
 API_KEY = "sk-cloud-test-key-5f0c2e9a7b1d"
 CLIENT_KEY = "sk-client-own-key-do-not-forward"
@@ -33,19 +36,24 @@ RELAXED_BUDGET_MS = 10_000
 
 
 def route_config(
-    local: str | list[str], cloud: str | None = None, *, sensitive: bool = False, **policy: Any
-) -> dict[str, Any]:
-    """A router config as the operator renders it; `policy` takes camelCase keys."""
+    local: str | list[str], cloud: str | None = None, *, sensitive: bool = False,
+    auth: list[str] | None = None, server: dict[str, Any] | None = None, local_extra: dict[str, Any] | None = None,
+    defaults: bool = False, **policy: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """A router config as the operator renders it; `policy` takes camelCase keys. `defaults`: the production
+    connect timeout and first-token budget instead of the relaxed ones; `auth`: client-key directories."""
+    relaxed = (
+        {} if defaults else {"firstTokenTimeoutMs": RELAXED_BUDGET_MS, "connectTimeoutMs": RELAXED_BUDGET_MS}
+    )
     config: dict[str, Any] = {
         "route": {"name": "chat", "namespace": "team-a"},
-        "local": {"endpoints": [local] if isinstance(local, str) else local},
-        "policy": {
-            "firstTokenTimeoutMs": RELAXED_BUDGET_MS,
-            "connectTimeoutMs": RELAXED_BUDGET_MS,
-            "sensitive": sensitive,
-            **policy,
-        },
+        "local": {"endpoints": [local] if isinstance(local, str) else local, **(local_extra or {})},
+        "policy": {**relaxed, "sensitive": sensitive, **policy},
     }
+    if auth is not None:
+        config["auth"] = {"keyDirectories": auth}
+    if server is not None:
+        config["server"] = server
     if cloud is not None:
         config["fallback"] = {
             "provider": "stand-in",
@@ -116,6 +124,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
         watch: bool = False,
         reload_interval: float = 0.05,
         env: dict[str, str] | None = None,
+        resolver: Resolver = resolve,
     ) -> RunningRouter:
         path = config_path or tmp_path / f"router-{len(runners)}.yaml"
         if config_path is None:
@@ -127,6 +136,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
             config_content=content,
             reload_interval=reload_interval,
             env={FALLBACK_API_KEY_ENV: API_KEY} if env is None else env,
+            resolver=resolver,
         )
         runner, port = await start(app)
         runners.append(runner)
@@ -172,3 +182,94 @@ async def post(
                            headers=headers) as response:  # fmt: skip
         raw = await response.read()
         return Answer(response.status, CIMultiDict(response.headers), raw, time.monotonic() - started)
+
+
+async def scrape(client: aiohttp.ClientSession, router: RunningRouter) -> str:
+    async with client.get(f"{router.url}/metrics") as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return await response.text()
+
+
+async def breaker_of(client: aiohttp.ClientSession, router: RunningRouter, endpoint: str) -> str:
+    """An endpoint's breaker state as /readyz reports it."""
+    async with client.get(f"{router.url}/readyz") as response:
+        states = {e["url"]: e["breaker"] for e in (await response.json())["endpoints"]}
+    return states[endpoint.rstrip("/")]
+
+
+# The four ways a client calls: the SDK's sync and async clients, streaming or not.
+SDK_MODES = [("async", False), ("async", True), ("sync", False), ("sync", True)]
+SDK_IDS = ["async", "async-stream", "sync", "sync-stream"]
+
+
+@dataclass
+class Reply:
+    """What the OpenAI SDK gave back, with the router's headers."""
+
+    served_by: str | None
+    fallback_reason: str | None
+    text: str
+    finish_reason: str | None
+    usage: Any
+    elapsed: float
+    completion: Any = None  # the non-stream ChatCompletion
+    chunks: list[Any] | None = None  # the stream's chunks
+
+
+def sdk_client(router: RunningRouter, sync: bool, api_key: str = "sk-any-client-key") -> Any:
+    """The OpenAI SDK pointed at the router, with retries off so each call is one request."""
+    cls = openai.OpenAI if sync else openai.AsyncOpenAI
+    return cls(base_url=router.v1(""), api_key=api_key, max_retries=0, timeout=60)
+
+
+def _sync_chat(client: openai.OpenAI, stream: bool, kwargs: dict[str, Any]) -> Reply:
+    started = time.monotonic()
+    if stream:
+        with client.chat.completions.create(stream=True, **kwargs) as chunks:
+            received = list(chunks)
+            headers = chunks.response.headers
+        return _stream_reply(headers, received, started)
+    raw = client.chat.completions.with_raw_response.create(**kwargs)
+    return _reply(raw.headers, raw.parse(), started)
+
+
+async def _async_chat(client: openai.AsyncOpenAI, stream: bool, kwargs: dict[str, Any]) -> Reply:
+    started = time.monotonic()
+    if stream:
+        async with await client.chat.completions.create(stream=True, **kwargs) as chunks:
+            received = [chunk async for chunk in chunks]
+            headers = chunks.response.headers
+        return _stream_reply(headers, received, started)
+    raw = await client.chat.completions.with_raw_response.create(**kwargs)
+    return _reply(raw.headers, raw.parse(), started)
+
+
+def _reply(headers: Any, completion: Any, started: float) -> Reply:
+    choice = completion.choices[0]
+    return Reply(headers.get("x-served-by"), headers.get("x-fallback-reason"), choice.message.content or "",
+                 choice.finish_reason, completion.usage, time.monotonic() - started, completion=completion)  # fmt: skip
+
+
+def _stream_reply(headers: Any, chunks: list[Any], started: float) -> Reply:
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = next(
+        (c.choices[0].finish_reason for c in reversed(chunks) if c.choices and c.choices[0].finish_reason),
+        None,
+    )
+    usage = next((c.usage for c in reversed(chunks) if getattr(c, "usage", None)), None)
+    return Reply(headers.get("x-served-by"), headers.get("x-fallback-reason"), text, finish, usage,
+                 time.monotonic() - started, chunks=chunks)  # fmt: skip
+
+
+async def sdk_chat(
+    router: RunningRouter, sync: bool, stream: bool, api_key: str = "sk-any-client-key", **kwargs: Any
+) -> Reply:
+    """One chat completion through the router with the real OpenAI SDK."""
+    kwargs.setdefault("model", LOCAL_MODEL)
+    kwargs.setdefault("messages", [{"role": "user", "content": "hello"}])
+    client = sdk_client(router, sync, api_key)
+    if sync:
+        with client:
+            return await asyncio.to_thread(_sync_chat, client, stream, kwargs)
+    async with client:
+        return await _async_chat(client, stream, kwargs)

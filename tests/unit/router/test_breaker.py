@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from localai_operator.router.standins import OpenAIStandIn
+from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import RunningRouter, StartRouter, eventually, post, route_config
 
 
@@ -23,7 +23,7 @@ async def wait_for_breaker(client: aiohttp.ClientSession, router: RunningRouter,
     await eventually(reached, 5, f"the breaker to be {state}")
 
 
-async def test_first_byte_timeouts_open_the_breaker_and_local_is_skipped_without_waiting(
+async def test_first_token_timeouts_open_the_breaker_and_local_is_skipped_without_waiting(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
     local.set(hang=True)
@@ -32,7 +32,7 @@ async def test_first_byte_timeouts_open_the_breaker_and_local_is_skipped_without
         route_config(local.url, cloud.url, firstTokenTimeoutMs=1000, circuitBreaker=breaker)
     )
     for _ in range(2):
-        assert (await post(client, router)).headers["X-Fallback-Reason"] == "first_byte_timeout"
+        assert (await post(client, router)).headers["X-Fallback-Reason"] == "first_token_timeout"
     answer = await post(client, router)
     assert (answer.status, answer.served_by) == (200, "fallback")
     assert answer.headers["X-Fallback-Reason"] == "breaker_open"
@@ -55,7 +55,7 @@ async def test_half_open_breaker_lets_exactly_one_probe_through(
     assert all(a.status == 200 and a.served_by == "fallback" for a in answers)
     assert local.counters.started == 2
     reasons = sorted(a.headers["X-Fallback-Reason"] for a in answers)
-    assert reasons == ["breaker_open", "breaker_open", "breaker_open", "first_byte_timeout"]
+    assert reasons == ["breaker_open", "breaker_open", "breaker_open", "first_token_timeout"]
 
 
 async def test_successful_probe_closes_the_breaker(

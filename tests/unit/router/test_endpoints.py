@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from localai_operator.router.standins import OpenAIStandIn, local_standin, refused_url
+from localai_operator.testing.standins import OpenAIStandIn, local_standin, refused_url
 from tests.unit.router.conftest import StartRouter, chat_body, eventually, post, route_config
 
 

@@ -12,8 +12,16 @@ import aiohttp
 import yaml
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
-from localai_operator.router.standins import OpenAIStandIn
+from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import API_KEY, eventually, route_config
+
+
+async def is_ready(client: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
 
 
 def free_port() -> int:
@@ -36,15 +44,8 @@ async def test_router_command_serves_and_exits_cleanly_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
-    async def ready() -> bool:
-        try:
-            async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
     try:
-        await eventually(ready, 30, "the router process to be ready")
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
         async with client.post(
             f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"}
         ) as response:
@@ -68,4 +69,42 @@ async def test_router_command_refuses_an_invalid_config(tmp_path: Path) -> None:
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
-    assert b"local.endpoints" in stderr
+    assert b"set endpoints" in stderr
+
+
+async def test_router_command_refuses_an_unknown_key_naming_it(tmp_path: Path) -> None:
+    # `baseUrl` for `baseURL` used to send traffic (and the key) to the default provider silently.
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({"local": {"endpoints": ["http://127.0.0.1:9/v1"]},
+                                      "fallback": {"baseUrl": "http://127.0.0.1:9/v1"}}))  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"fallback.baseUrl" in stderr
+
+
+async def test_router_command_takes_a_log_level(
+    local: OpenAIStandIn, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(route_config(local.url)))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        env={"PATH": "/usr/bin:/bin"}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    try:
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    # INFO lines ("listening on ...") are below the level asked for.
+    assert process.returncode == 0 and b"listening on" not in stderr

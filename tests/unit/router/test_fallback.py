@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from localai_operator.router.standins import OpenAIStandIn, UnacceptingListener, refused_url
+from localai_operator.testing.standins import OpenAIStandIn, UnacceptingListener, refused_url
 from tests.unit.router.conftest import (
     API_KEY,
     CLIENT_KEY,
@@ -88,11 +88,12 @@ async def test_local_429_falls_back_to_cloud(
     assert answer.headers["X-Fallback-Reason"] == "status_429"
 
 
-async def test_request_timeout_falls_back_to_cloud(
+async def test_request_timeout_of_a_non_stream_request_falls_back_to_cloud(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
-    # The first bytes arrive in time, the rest of the body does not: only the request timeout fires.
-    local.set(body_stall=10)
+    # The first token arrives in time, the rest does not: only the request timeout fires, and as nothing
+    # reached the client yet, the cloud still answers.
+    local.set(tokens=3, token_interval=10)
     router = await start_router(route_config(local.url, cloud.url, requestTimeoutSeconds=1.0))
     answer = await post(client, router)
     assert (answer.status, answer.served_by) == (200, "fallback")
@@ -107,7 +108,7 @@ async def test_no_first_byte_within_budget_falls_back_to_cloud(
     router = await start_router(route_config(local.url, cloud.url, firstTokenTimeoutMs=300))
     answer = await post(client, router)
     assert (answer.status, answer.served_by) == (200, "fallback")
-    assert answer.headers["X-Fallback-Reason"] == "first_byte_timeout"
+    assert answer.headers["X-Fallback-Reason"] == "first_token_timeout"
     assert 0.3 <= answer.elapsed < 5
 
 
@@ -119,20 +120,31 @@ async def test_stream_without_first_chunk_within_budget_falls_back_to_cloud(
     router = await start_router(route_config(local.url, cloud.url, firstTokenTimeoutMs=300))
     answer = await post(client, router, body=chat_body(stream=True))
     assert (answer.status, answer.served_by) == (200, "fallback")
-    assert answer.headers["X-Fallback-Reason"] == "first_byte_timeout"
+    assert answer.headers["X-Fallback-Reason"] == "first_token_timeout"
     assert b"cloud-token-0" in answer.body and b"local-token" not in answer.body
 
 
 async def test_local_4xx_is_returned_to_the_client_without_fallback(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
+    local.set(status=400)
+    router = await start_router(route_config(local.url, cloud.url))
+    answer = await post(client, router)
+    assert (answer.status, answer.served_by) == (400, "local")
+    assert "local stand-in error 400" in answer.json()["error"]["message"]
+    assert cloud.counters.started == 0
+
+
+async def test_a_body_that_is_not_json_is_refused_by_the_router_and_sent_nowhere(
+    local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
     router = await start_router(route_config(local.url, cloud.url))
     answer = await post(
         client, router, data=b"this is not JSON", headers={"Content-Type": "application/json"}
     )
-    assert (answer.status, answer.served_by) == (400, "local")
-    assert "JSON" in answer.json()["error"]["message"]
-    assert cloud.counters.started == 0
+    assert (answer.status, answer.served_by) == (400, "router")
+    assert "JSON object" in answer.json()["error"]["message"]
+    assert (local.counters.started, cloud.counters.started) == (0, 0)
 
 
 async def test_a_request_makes_at_most_one_local_and_one_cloud_attempt(
@@ -152,7 +164,8 @@ async def test_cloud_unreachable_after_local_failure_answers_502(
     local.set(status=500)
     router = await start_router(route_config(local.url, refused_url()))
     answer = await post(client, router)
-    assert (answer.status, answer.served_by) == (502, "fallback")
+    assert (answer.status, answer.served_by) == (502, "router")
+    assert answer.headers["X-Fallback-Reason"] == "status_5xx"
     message = answer.json()["error"]["message"]
     assert "local" in message and "cloud fallback failed" in message
 

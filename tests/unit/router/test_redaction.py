@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from localai_operator.router import redact
-from localai_operator.router.standins import OpenAIStandIn, refused_url
+from localai_operator.testing.standins import OpenAIStandIn, refused_url
 from tests.unit.router.conftest import API_KEY, CLIENT_KEY, StartRouter, post, route_config
 
 

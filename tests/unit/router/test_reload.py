@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from localai_operator.router.standins import OpenAIStandIn, local_standin
+from localai_operator.testing.standins import OpenAIStandIn, local_standin
 from tests.unit.router.conftest import RunningRouter, StartRouter, chat_body, eventually, post, route_config
 
 
@@ -92,7 +92,9 @@ async def test_in_flight_stream_finishes_on_the_old_config(
     volume.write_config(route_config(local.url))
     router = await start_router({}, config_path=volume.path, watch=True)
     async with client.post(router.v1("/chat/completions"), json=chat_body(stream=True)) as response:
-        await response.content.readline()
+        first = b""
+        while b"local-token-" not in first:
+            first = await response.content.readline()
         volume.write_config(route_config("http://127.0.0.1:9/v1"))
         await wait_for_reloads(router, 1)
         rest = await response.content.read()

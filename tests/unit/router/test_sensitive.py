@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from localai_operator.router.standins import OpenAIStandIn, refused_url
+from localai_operator.testing.standins import OpenAIStandIn, refused_url
 from tests.unit.router.conftest import StartRouter, post, route_config
 
 
@@ -14,7 +14,7 @@ async def test_sensitive_route_returns_the_local_error_saying_the_route_is_sensi
     local.set(status=500)
     router = await start_router(route_config(local.url, sensitive=True))
     answer = await post(client, router)
-    assert (answer.status, answer.served_by) == (500, "local")
+    assert (answer.status, answer.served_by) == (500, "router")
     error = answer.json()["error"]
     assert "sensitive" in error["message"] and "local stand-in error 500" in error["message"]
     assert error["code"] == "sensitive_route_no_fallback"
@@ -25,7 +25,7 @@ async def test_sensitive_route_answers_503_when_local_is_unreachable(
 ) -> None:
     router = await start_router(route_config(refused_url(), sensitive=True))
     answer = await post(client, router)
-    assert (answer.status, answer.served_by) == (503, "local")
+    assert (answer.status, answer.served_by) == (503, "router")
     assert "sensitive" in answer.json()["error"]["message"]
 
 
@@ -58,5 +58,5 @@ async def test_route_without_fallback_says_no_fallback_is_configured(
     local.set(status=503)
     router = await start_router(route_config(local.url))
     answer = await post(client, router)
-    assert (answer.status, answer.served_by) == (503, "local")
+    assert (answer.status, answer.served_by) == (503, "router")
     assert "no cloud fallback configured" in answer.json()["error"]["message"]

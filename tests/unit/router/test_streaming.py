@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from localai_operator.router.standins import OpenAIStandIn, refused_url
+from localai_operator.testing.standins import OpenAIStandIn, refused_url
 from tests.unit.router.conftest import RunningRouter, StartRouter, chat_body, eventually, route_config
 
 
@@ -83,7 +83,9 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_request(
     local.set(tokens=1000, token_interval=0.05)
     router = await start_router(route_config(local.url))
     response = await client.post(router.v1("/chat/completions"), json=chat_body(stream=True))
-    assert b"local-token-0" in await response.content.readline()
+    line = b""
+    while not line.startswith(b"data: {") or b"local-token-0" not in line:
+        line = await response.content.readline()
     response.close()
     await eventually(
         lambda: local.counters.cancelled == 1, 5, "the stand-in's stream handler to be cancelled"

@@ -1,0 +1,68 @@
+"""One request's state as it goes through the router: what was asked, which snapshot and budget apply,
+where it was served and why. One value, created at admission and handed from step to step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from localai_operator.constants import SERVED_BY_LOCAL
+from localai_operator.router import body as bodies
+from localai_operator.router.paths import ApiPath
+from localai_operator.router.policy import FallbackReason
+from localai_operator.router.upstream import Cloud, Route
+
+# The body LocalAI gets when a non-stream request is streamed from it (to time its first token): the
+# client's fields, `stream` set, and the usage trailer asked for (LocalAI >= 4 sends usage only then).
+_STREAMED: dict[str, bytes] = {"stream": b"true", "stream_options": b'{"include_usage":true}'}
+
+
+@dataclass(slots=True)
+class Attempt:
+    request: web.Request
+    route: Route
+    api: ApiPath
+    # The path relative to /v1, as requested (e.g. "/chat/completions").
+    path: str
+    # Router clock (monotonic seconds) at arrival; every duration metric counts from here.
+    started: float
+    raw: bytes | bytearray
+    body: bodies.JsonBody | None
+    # The client's key name (routes with spec.auth), for logs and metrics.
+    key_name: str | None
+    # The cloud this request may fall back to (None: sensitive route, no fallback, or a path it lacks).
+    cloud: Cloud | None
+    # Event-loop time when the first-token budget ends (None: no budget applies).
+    deadline: float | None
+    served_by: str = SERVED_BY_LOCAL
+    fallback_reason: FallbackReason | None = None
+    # Router clock when the first content token (or first byte) reached the client or was read.
+    first_token_at: float | None = None
+    # Response headers went to the client: from here on a failure can only end or cut the answer.
+    committed: bool = False
+
+    @property
+    def client_stream(self) -> bool:
+        return self.body is not None and self.body.stream
+
+    @property
+    def streamed_from_local(self) -> bool:
+        """A non-stream request sent to local as a stream, assembled back into one answer."""
+        return (
+            self.deadline is not None and self.api.converts_to_stream and self.body is not None
+            and not self.body.stream
+        )  # fmt: skip
+
+    def local_body(self) -> list[bodies.Segment] | bytes | bytearray:
+        if self.body is not None and self.streamed_from_local:
+            return self.body.rewritten(drop=(), put=_STREAMED)
+        return self.raw
+
+    def cloud_body(self, cloud: Cloud, cloud_lists: bool) -> list[bodies.Segment] | bytes | bytearray:
+        """Only `model` rewritten and LocalAI-only fields dropped; every other byte as the client sent it."""
+        if self.body is None:
+            return self.raw
+        model = cloud.fallback.cloud_model(self.body.model, cloud_lists)
+        drop = [m.key for m in self.body.members if m.key in bodies.LOCALAI_ONLY_FIELDS]
+        return self.body.rewritten(drop=drop, put={"model": bodies.json_string(model)})

@@ -1,0 +1,515 @@
+"""The router's upstream HTTP/1.1 client: a keep-alive pool per origin on asyncio protocols.
+
+Why not aiohttp's client: on this hot path it costs more CPU per request than everything else the router
+does (measured in benchmarks/router.py's notes); this one does only what the two hops need. What it does:
+- keep-alive connections per origin (scheme, host, port), idle ones closed after `keepalive` seconds;
+- one request per connection at a time; the body written in slices with write-side flow control;
+- responses framed by Content-Length, chunked transfer coding or connection close; 1xx skipped; no body
+  for HEAD, 204 and 304; `Connection: close` and HTTP/1.0 answers are not reused;
+- read-side flow control: a slow reader pauses the socket (bounded memory for large answers);
+- a connect timeout, a deadline for the whole exchange, TLS with certificate checks (https).
+A request is never re-sent: like Go's transport for a POST, a connection that breaks after the request was
+written is the caller's failure to handle. Idle connections are dropped well before servers close them
+(`keepalive`), and one the server already closed is never picked. No redirects, cookies, proxies or
+compression: the router follows none and asks for identity encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Iterable, Sequence
+from typing import Final, cast
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+Segment = bytes | bytearray | memoryview
+
+_READ_HIGH: Final = 256 * 1024  # buffered answer bytes before the socket is paused
+_WRITE_HIGH: Final = 1024 * 1024  # transport buffer before a body write waits
+_SLICE: Final = 256 * 1024  # large bodies are written in slices of this size
+_MAX_HEAD: Final = 64 * 1024
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The exchange failed; subclasses say where."""
+
+
+class ConnectError(UpstreamError):
+    """No connection could be made (refused, unreachable, DNS, TLS)."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """The connection was not made within the connect timeout."""
+
+
+class ResponseError(UpstreamError):
+    """The connection broke or the answer was malformed after the request was sent."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection and the parser of the answer in progress."""
+
+    def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.idle_since = 0.0
+        self.reused = False
+        self.closed = False
+        self.response: Response | None = None
+        self._buffer = b""
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_writing = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ResponseError("connection lost while sending the request"))
+        response = self.response
+        if response is not None:
+            response._connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:
+            # Bytes with no request outstanding: the server misbehaves; do not reuse this connection.
+            self.abort()
+            return
+        self._buffer = self._buffer + data if self._buffer else data
+        try:
+            self._parse(response)
+        except ResponseError as err:
+            response._fail(err)
+            self.abort()
+
+    # -- parsing
+
+    def _parse(self, response: Response) -> None:
+        while self._buffer:
+            state = response._state
+            if state == "head":
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buffer) > _MAX_HEAD:
+                        raise ResponseError("the upstream's response head is too large")
+                    return
+                head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+                response._head(head)
+                if response._state == "done":
+                    self._finished(response)
+                    return
+            elif state == "length":
+                take = self._buffer[: response._left]
+                self._buffer = self._buffer[len(take) :]
+                response._left -= len(take)
+                response._feed(take)
+                if response._left == 0:
+                    self._finished(response)
+                    return
+            elif state == "chunk-size":
+                line_end = self._buffer.find(b"\r\n")
+                if line_end < 0:
+                    return
+                line = self._buffer[:line_end].split(b";", 1)[0].strip()
+                self._buffer = self._buffer[line_end + 2 :]
+                try:
+                    size = int(line, 16)
+                except ValueError as err:
+                    raise ResponseError(f"malformed chunk size {line[:20]!r}") from err
+                if size == 0:
+                    response._state = "trailers"
+                else:
+                    response._left = size
+                    response._state = "chunk-data"
+            elif state == "chunk-data":
+                take = self._buffer[: response._left]
+                self._buffer = self._buffer[len(take) :]
+                response._left -= len(take)
+                response._feed(take)
+                if response._left == 0:
+                    response._state = "chunk-end"
+            elif state == "chunk-end":
+                if len(self._buffer) < 2:
+                    return
+                if self._buffer[:2] != b"\r\n":
+                    raise ResponseError("malformed chunk end")
+                self._buffer = self._buffer[2:]
+                response._state = "chunk-size"
+            elif state == "trailers":
+                end = self._buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+                if not line:
+                    self._finished(response)
+                    return
+            elif state == "until-close":
+                data, self._buffer = self._buffer, b""
+                response._feed(data)
+                return
+            else:
+                return
+
+    def _finished(self, response: Response) -> None:
+        keep = response._keep_alive and not self._buffer
+        self._buffer = b""
+        self.response = None
+        response._eof()
+        if keep:
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    # -- sending
+
+    async def send(self, head: bytes, body: Sequence[Segment]) -> None:
+        transport = self.transport
+        assert transport is not None
+        if not body or (len(body) == 1 and len(body[0]) <= _SLICE):
+            transport.write(head + bytes(body[0]) if body else head)
+            return
+        transport.write(head)
+        for segment in body:
+            view = memoryview(segment)
+            for at in range(0, len(view), _SLICE):
+                transport.write(view[at : at + _SLICE])
+                if self._paused_writing or transport.get_write_buffer_size() > _WRITE_HIGH:
+                    await self._wait_drain()
+        if self.closed:
+            raise ResponseError("connection lost while sending the request")
+
+    async def _wait_drain(self) -> None:
+        if self.closed:
+            raise ResponseError("connection lost while sending the request")
+        if not self._paused_writing:
+            return
+        self._drain = self.loop.create_future()
+        await self._drain
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Response:
+    """The status and headers of an answer, and its body as it arrives."""
+
+    __slots__ = (
+        "_chunks",
+        "_connection",
+        "_deadline",
+        "_error",
+        "_keep_alive",
+        "_left",
+        "_paused",
+        "_size",
+        "_state",
+        "_waiter",
+        "content_length",
+        "content_type",
+        "head_request",
+        "headers",
+        "status",
+    )  # fmt: skip
+
+    def __init__(self, connection: _Connection, head_request: bool) -> None:
+        self._connection: _Connection | None = connection
+        self.head_request = head_request
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.content_type = ""
+        self.content_length: int | None = None
+        self._state = "head"
+        self._keep_alive = True
+        self._left = 0
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._paused = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- fed by the connection
+
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ResponseError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
+        try:
+            status = int(parts[1])
+        except ValueError as err:
+            raise ResponseError(f"malformed status line {lines[0][:60]!r}") from err
+        if 100 <= status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise ResponseError("malformed header line")
+            headers.add(name.strip().decode("latin-1"), value.strip().decode("latin-1"))
+        self.status = status
+        self.headers = CIMultiDictProxy(headers)
+        content_type = headers.get("Content-Type", "")
+        self.content_type = content_type.split(";", 1)[0].strip().lower()
+        connection = headers.get("Connection", "").lower()
+        http10 = parts[0] == b"HTTP/1.0"
+        self._keep_alive = ("keep-alive" in connection) if http10 else ("close" not in connection)
+        encoding = headers.get("Transfer-Encoding", "").lower()
+        length = headers.get("Content-Length")
+        if self.head_request or status in _NO_BODY_STATUS:
+            self._state = "done"
+        elif "chunked" in encoding:
+            self._state = "chunk-size"
+        elif length is not None:
+            try:
+                self._left = self.content_length = int(length)
+            except ValueError as err:
+                raise ResponseError(f"malformed Content-Length {length[:20]!r}") from err
+            self._state = "length" if self._left else "done"
+        else:
+            self._state = "until-close"
+            self._keep_alive = False
+        self._wake()
+
+    def _feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _READ_HIGH and not self._paused and self._connection is not None:
+            self._paused = True
+            self._connection.pause()
+        self._wake()
+
+    def _eof(self) -> None:
+        self._state = "eof"
+        self._connection = None
+        self._cancel_deadline()
+        self._wake()
+
+    def _fail(self, err: BaseException) -> None:
+        if self._error is None and self._state != "eof":
+            self._error = err
+        self._cancel_deadline()
+        self._wake()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._state == "until-close":
+            self._eof()
+            return
+        if self._state == "eof":
+            return
+        self._fail(ResponseError(f"the upstream closed the connection{f': {exc}' if exc else ''}"))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self._state != "eof":
+            self._fail(TimeoutError("the upstream did not answer within the request timeout"))
+            if self._connection is not None:
+                self._connection.abort()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    async def _wait(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        self._waiter = connection.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # -- the reader's side
+
+    async def _wait_head(self) -> None:
+        while not self.status and self._error is None:
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+
+    async def readany(self) -> bytes:
+        """The next body bytes as they arrive; b"" at the end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._state == "eof":
+                return b""
+            await self._wait()
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._drain_chunks())
+        self._size -= len(data)
+        if self._paused and self._size <= _READ_HIGH // 2 and self._connection is not None:
+            self._paused = False
+            self._connection.resume()
+        return data
+
+    def _drain_chunks(self) -> Iterable[bytes]:
+        while self._chunks:
+            yield self._chunks.popleft()
+
+    async def read(self) -> bytes:
+        parts = []
+        while chunk := await self.readany():
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Done with the answer: an unfinished one closes its connection (which stops the upstream)."""
+        self._cancel_deadline()
+        connection = self._connection
+        if connection is not None and self._state != "eof":
+            self._connection = None
+            connection.response = None
+            connection.abort()
+
+
+class Pool:
+    """Idle keep-alive connections per origin."""
+
+    def __init__(self, keepalive: float, tls: ssl.SSLContext | None = None) -> None:
+        self.keepalive = keepalive
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+        self._tls = tls or ssl.create_default_context()
+
+    def release(self, connection: _Connection) -> None:
+        if connection.closed:
+            return
+        connection.idle_since = connection.loop.time()
+        connection.reused = True
+        self._idle.setdefault(connection.origin, []).append(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        idle = self._idle.get(connection.origin)
+        if idle and connection in idle:
+            idle.remove(connection)
+        self._all.discard(connection)
+
+    def _take_idle(self, origin: tuple[str, str, int], now: float) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive:
+                return connection
+            connection.abort()
+        return None
+
+    async def _open(self, origin: tuple[str, str, int], connect_timeout: float) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, origin), host, port,
+                    ssl=self._tls if scheme == "https" else None,
+                    server_hostname=host if scheme == "https" else None,
+                )  # fmt: skip
+        except TimeoutError as err:
+            raise ConnectTimeout(
+                f"connecting to {host}:{port} took longer than {connect_timeout:g}s"
+            ) from err
+        except (OSError, ssl.SSLError) as err:
+            raise ConnectError(f"cannot connect to {host}:{port}: {err}") from err
+        self._all.add(connection)
+        return connection
+
+    def sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive time."""
+        now = asyncio.get_running_loop().time()
+        for idle in self._idle.values():
+            for connection in [c for c in idle if now - c.idle_since >= self.keepalive]:
+                connection.abort()
+
+    def close(self) -> None:
+        for connection in list(self._all):
+            connection.abort()
+        self._idle.clear()
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+class Client:
+    """`request` sends one request and returns once the answer's status and headers arrived."""
+
+    def __init__(self, keepalive: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the context for https upstreams (default: the system's CAs, hostnames checked)."""
+        self.pool = Pool(keepalive, tls)
+
+    async def request(
+        self, method: str, url: URL, headers: Iterable[tuple[str, str]], body: Sequence[Segment] = (),
+        *, connect_timeout: float, timeout: float,
+    ) -> Response:  # fmt: skip
+        scheme = url.scheme
+        host = url.raw_host
+        if scheme not in _DEFAULT_PORTS or not host:
+            raise ConnectError(f"cannot send to {url!s}: only absolute http and https URLs")
+        port = url.port or _DEFAULT_PORTS[scheme]
+        origin = (scheme, host, port)
+        length = sum(len(s) for s in body)
+        host_header = host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+        if ":" in host and not host.startswith("["):
+            host_header = f"[{host}]" if port == _DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
+        lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {host_header}"]
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        if length or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {length}")
+        # The server decoded incoming headers as UTF-8 with surrogate escapes: this gives back their bytes.
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        connection = self.pool._take_idle(origin, loop.time())
+        if connection is None:
+            connection = await self.pool._open(origin, min(connect_timeout, max(0.0, deadline - loop.time())))
+        response = Response(connection, method == "HEAD")
+        connection.response = response
+        response._deadline = loop.call_at(deadline, response._expire)
+        try:
+            await connection.send(head, body)
+            await response._wait_head()
+        except BaseException:
+            response.close()
+            connection.abort()
+            raise
+        return response
+
+    def close(self) -> None:
+        self.pool.close()

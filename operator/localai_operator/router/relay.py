@@ -1,0 +1,758 @@
+"""The relay: local first (one endpoint, and one more when the connection to the first failed with nothing
+sent), then at most one cloud attempt.
+
+Nothing reaches the client until local has produced its first content token within the budget: a stream's
+leading content-less chunks (LocalAI's role chunk, empty deltas, keep-alives) are held, then relayed with
+the rest; a non-stream request is streamed from local and assembled, so its budget also means "first
+token" and a long healthy generation is never cut. Once a byte went to the client, an upstream failure
+ends the stream with an SSE error event.
+
+Breaker verdicts: 5xx, 429, redirects, connection errors, in-stream errors, empty answers and a missed
+budget fail; any other answer succeeds at its first token (a 4xx means local is up). A failure after the
+first token counts once more, except a request timeout: a long generation is not a sick pod. A client
+leaving before the verdict gives none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL, SERVED_BY_ROUTER
+from localai_operator.router import body as bodies
+from localai_operator.router import http, replies, sse
+from localai_operator.router.assemble import Assembler
+from localai_operator.router.attempt import Attempt
+from localai_operator.router.listing import Catalog
+from localai_operator.router.metrics import RouterMetrics
+from localai_operator.router.paths import StreamFormat
+from localai_operator.router.policy import FallbackReason, falls_back_on_status, retry_after_header
+from localai_operator.router.upstream import Cloud, Endpoint, local_request_headers, response_headers
+from localai_operator.router.usage import Usage, usage_of
+
+log = logging.getLogger(__name__)
+
+SSE_CONTENT_TYPE: Final = "text/event-stream"
+# Non-stream answers up to this size are read whole before the client sees a byte (so a failure while
+# reading still falls back); larger ones are relayed as they arrive.
+BUFFERED_ANSWER_BYTES: Final = 1024 * 1024
+# Bodies above this go out as slices of the client's buffer instead of one joined copy.
+_JOIN_LIMIT: Final = 256 * 1024
+# A stream's last events are kept to read the final `usage`; per-stream memory stays bounded.
+_TAIL_EVENTS: Final = 4
+_ERROR_EXCERPT: Final = 500
+_UPSTREAM_ERRORS: Final = (http.UpstreamError, TimeoutError)
+# Writing to a client that left: aiohttp raises ClientConnectionResetError (a ConnectionResetError).
+_CLIENT_GONE: Final = (ConnectionError, aiohttp.ClientConnectionError)
+_CONNECT_FAILURES: Final = frozenset({FallbackReason.CONNECT_ERROR, FallbackReason.CONNECT_TIMEOUT})
+
+_UNAVAILABLE: Final = {
+    FallbackReason.CONNECT_ERROR: (503, "is unreachable (connection failed)"),
+    FallbackReason.CONNECT_TIMEOUT: (503, "is unreachable (connect timeout)"),
+    FallbackReason.RESET: (503, "closed the connection before answering"),
+    FallbackReason.REDIRECT: (502, "answered with a redirect, which the router does not follow"),
+    FallbackReason.FIRST_TOKEN_TIMEOUT: (504, "did not produce a first token in time"),
+    FallbackReason.REQUEST_TIMEOUT: (504, "did not finish within policy.requestTimeoutSeconds"),
+    FallbackReason.STREAM_ERROR: (502, "reported an error in its stream"),
+    FallbackReason.EMPTY_RESPONSE: (502, "sent an empty or incomplete answer"),
+    FallbackReason.BREAKER_OPEN: (503, "is unavailable: its circuit breaker is open after repeated failures"),
+    FallbackReason.NO_ENDPOINT: (503, "has no ready pod"),
+    FallbackReason.MODEL_NOT_LOCAL: (404, "does not serve this model"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFailure:
+    """Why the local attempt produced nothing for the client, and what local said if anything."""
+
+    reason: FallbackReason
+    detail: str
+    status: int | None = None
+    body: bytes = b""
+    retry_after: str | None = None
+    # Whether the breaker of the endpoint should count it (set by the attempt, read when retrying).
+    counted: bool = True
+
+
+class _StreamFailure(Exception):
+    def __init__(self, reason: FallbackReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class _Held:
+    """A stream read up to its first content: the events so far (nothing sent yet) and the reader state."""
+
+    events: list[bytes]
+    payloads: list[Any]
+    splitter: sse.EventSplitter
+    # Events that arrived in the same read after the first content, and their payloads when that read was
+    # decoded in one go (None: decode them from `rest`); whether [DONE] ended that read.
+    rest: list[bytes] = field(default_factory=list)
+    rest_payloads: list[Any] | None = None
+    rest_done: bool = False
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _upstream_message(body: bytes) -> str:
+    """The message of an OpenAI-style error body, else an excerpt of the body."""
+    try:
+        message = json.loads(body)["error"]["message"]
+        if isinstance(message, str):
+            return message
+    except (ValueError, KeyError, TypeError):
+        pass
+    return body[:_ERROR_EXCERPT].decode("utf-8", "replace").strip()
+
+
+def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
+    if budget_expired:
+        return FallbackReason.FIRST_TOKEN_TIMEOUT
+    if isinstance(err, http.ConnectTimeout):
+        return FallbackReason.CONNECT_TIMEOUT
+    if isinstance(err, http.ConnectError):
+        return FallbackReason.CONNECT_ERROR
+    if isinstance(err, TimeoutError):
+        return FallbackReason.REQUEST_TIMEOUT
+    return FallbackReason.RESET
+
+
+def _read_failure(err: BaseException) -> LocalFailure:
+    """Reading an answer's body failed: a broken pod counts, a long one does not."""
+    reason = _reason_of(err, False)
+    return LocalFailure(
+        reason,
+        f"{reason.value} while reading the answer: {_describe(err)}",
+        counted=reason is not FallbackReason.REQUEST_TIMEOUT,
+    )
+
+
+def _segments(
+    body: list[bodies.Segment] | bytes | bytearray,
+) -> list[bodies.Segment] | tuple[bytes | bytearray, ...]:
+    """The body as the client sends it: one buffer, or a small rewritten body joined into one."""
+    if not isinstance(body, list):
+        return (body,) if body else ()
+    if bodies.size(body) <= _JOIN_LIMIT:
+        return (bodies.joined(body),)
+    return body
+
+
+class Relay:
+    """Local and cloud attempts for admitted requests. `client` is set when the app starts (its pool
+    belongs to the running loop)."""
+
+    client: http.Client
+
+    def __init__(self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.catalog = catalog
+
+    # ------------------------------------------------------------------ the whole request
+
+    async def run(self, a: Attempt) -> web.StreamResponse:
+        model = a.body.model if a.body is not None else None
+        failure: LocalFailure
+        if a.cloud is not None and model is not None and self.catalog.only_in_cloud(model, self.clock()):
+            failure = LocalFailure(FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {model!r}")
+        else:
+            result = await self._local(a)
+            if isinstance(result, web.StreamResponse):
+                return result
+            failure = result
+            self.metrics.local_failures.inc((failure.reason,))
+        if a.cloud is None:
+            return self._no_fallback(a, failure)
+        self.metrics.fallbacks.inc((failure.reason,))
+        # Every request skips an open breaker: one line per request would drown the log in an outage.
+        log.log(
+            logging.DEBUG if failure.reason is FallbackReason.BREAKER_OPEN else logging.INFO,
+            "%s %s%s goes to the cloud: %s", a.request.method, a.request.path,
+            f" (client key {a.key_name})" if a.key_name else "", failure.reason.value,
+        )  # fmt: skip
+        a.fallback_reason = failure.reason
+        a.served_by = SERVED_BY_FALLBACK
+        return await self._cloud(a, a.cloud, failure)
+
+    # ------------------------------------------------------------------ local
+
+    async def _local(self, a: Attempt) -> web.StreamResponse | LocalFailure:
+        route = a.route
+        tried: Endpoint | None = None
+        failure: LocalFailure | None = None
+        for _ in range(2):
+            now = self.clock()
+            choice = route.pick(now, exclude=tried)
+            if choice is None:
+                if failure is not None:
+                    return failure
+                if not route.endpoints:
+                    return LocalFailure(
+                        FallbackReason.NO_ENDPOINT, "no local endpoint is known (no pod is ready)"
+                    )
+                wait = route.reopens_in(now)
+                return LocalFailure(
+                    FallbackReason.BREAKER_OPEN, f"circuit breaker open, next probe in {wait:.1f}s",
+                    retry_after=retry_after_header(wait),
+                )  # fmt: skip
+            endpoint, probe = choice
+            result = await self._local_once(a, endpoint, probe)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if result.reason not in _CONNECT_FAILURES or tried is not None:
+                return result
+            if a.deadline is not None and asyncio.get_running_loop().time() >= a.deadline:
+                return result
+            # Nothing was sent to this pod: another one may answer.
+            tried, failure = endpoint, result
+            self.metrics.retries.inc()
+            log.info("local %s: %s; retrying on another endpoint", endpoint.base_url, result.reason.value)
+        assert failure is not None
+        return failure
+
+    def _failed(self, endpoint: Endpoint, probe: bool) -> None:
+        breaker = endpoint.breaker
+        if breaker.failure(self.clock(), probe):
+            log.warning(
+                "local %s: circuit breaker open for %gs (%s); requests skip it until a probe succeeds",
+                endpoint.base_url, breaker.open_seconds,
+                "the half-open probe failed" if probe else f"{breaker.failure_threshold} consecutive failures",
+            )  # fmt: skip
+
+    def _succeeded(self, endpoint: Endpoint, probe: bool) -> None:
+        if endpoint.breaker.success(probe):
+            log.info("local %s: probe succeeded, circuit breaker closed", endpoint.base_url)
+
+    async def _send(self, a: Attempt, endpoint: Endpoint) -> http.Response:
+        request = a.request
+        route = a.route
+        headers = local_request_headers(request.headers, route.local_key, route.config.auth is None)
+        url = endpoint.url(a.path)
+        if request.query_string:
+            url = URL(str(url) + "?" + request.query_string, encoded=True)
+        return await self.client.request(
+            request.method, url, headers.items(), _segments(a.local_body()),
+            connect_timeout=route.connect_timeout, timeout=route.request_timeout,
+        )  # fmt: skip
+
+    async def _prelude(self, a: Attempt, upstream: http.Response) -> _Held | bytes | LocalFailure:
+        """What must arrive within the budget: a status that is not a failure, then the first content event
+        of a stream (held) or the first bytes of any other answer."""
+        status = upstream.status
+        if falls_back_on_status(status) or 300 <= status < 400:
+            return await self._status_failure(a, upstream)
+        if status >= 300:
+            return b""
+        if upstream.content_type == SSE_CONTENT_TYPE:
+            return await self._first_content(a, upstream) if a.deadline is not None else b""
+        if a.deadline is None or a.request.method == "HEAD":
+            return b""
+        first = await upstream.readany()
+        if not first:
+            raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local answered an empty 200")
+        return first
+
+    async def _local_once(
+        self, a: Attempt, endpoint: Endpoint, probe: bool
+    ) -> web.StreamResponse | LocalFailure:
+        endpoint.outstanding += 1
+        verdict = False
+        upstream: http.Response | None = None
+        budget = asyncio.timeout_at(a.deadline) if a.deadline is not None else None
+        try:
+            try:
+                if budget is None:
+                    upstream = await self._send(a, endpoint)
+                    opened = await self._prelude(a, upstream)
+                else:
+                    async with budget:
+                        upstream = await self._send(a, endpoint)
+                        opened = await self._prelude(a, upstream)
+            except _UPSTREAM_ERRORS as err:
+                reason = _reason_of(err, budget is not None and budget.expired())
+                # Without a stream, no token shows whether a pod that takes this long is sick or busy.
+                if reason is not FallbackReason.REQUEST_TIMEOUT or a.client_stream or a.streamed_from_local:
+                    verdict = True
+                    self._failed(endpoint, probe)
+                log.info("local %s failed: %s (%s)", endpoint.base_url, reason.value, _describe(err))
+                return LocalFailure(reason, f"{reason.value}: {_describe(err)}", counted=verdict)
+            except _StreamFailure as err:
+                verdict = True
+                self._failed(endpoint, probe)
+                log.info("local %s failed: %s (%s)", endpoint.base_url, err.reason.value, err.detail)
+                return LocalFailure(err.reason, err.detail)
+            verdict = True
+            if isinstance(opened, LocalFailure):
+                self._failed(endpoint, probe)
+                return opened
+            self._succeeded(endpoint, probe)
+            if isinstance(opened, _Held):
+                a.first_token_at = self.clock()
+                self.metrics.ttft.observe((SERVED_BY_LOCAL,), a.first_token_at - a.started)
+                if a.streamed_from_local:
+                    return await self._assembled(a, upstream, opened, endpoint)
+                return await self._stream(
+                    a, upstream, opened, on_failure=lambda: self._failed(endpoint, False)
+                )
+            if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
+                return await self._stream(a, upstream, None, on_failure=lambda: self._failed(endpoint, False))
+            answer = await self._answer(a, upstream, opened)
+            if isinstance(answer, LocalFailure) and answer.counted:
+                self._failed(endpoint, False)
+            return answer
+        finally:
+            endpoint.outstanding -= 1
+            if not verdict:
+                endpoint.breaker.abandon(probe)
+            if upstream is not None:
+                upstream.close()
+
+    async def _status_failure(self, a: Attempt, upstream: http.Response) -> LocalFailure:
+        status = upstream.status
+        if 300 <= status < 400:
+            location = upstream.headers.get("Location", "")
+            return LocalFailure(FallbackReason.REDIRECT, f"local answered {status} to {location!r}", status)
+        # The error body is only worth waiting for when there is no cloud to answer instead.
+        error = await upstream.read() if a.cloud is None else b""
+        reason = FallbackReason.STATUS_429 if status == 429 else FallbackReason.STATUS_5XX
+        return LocalFailure(
+            reason, f"local answered {status}", status, error, upstream.headers.get("Retry-After")
+        )
+
+    async def _first_content(self, a: Attempt, upstream: http.Response) -> _Held:
+        """Read a stream until its first content event; raises _StreamFailure when it fails first."""
+        fmt = a.api.stream
+        held = _Held([], [], sse.EventSplitter())
+        while True:
+            chunk = await upstream.readany()
+            if not chunk:
+                raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content")
+            events = held.splitter.feed(chunk)
+            fast = sse.payloads_of(b"".join(events)) if fmt is not StreamFormat.RESPONSES and events else None
+            if fast is not None:
+                payloads, done = fast
+                for index, payload in enumerate(payloads):
+                    kind = sse.kind_of(payload, fmt)
+                    if kind is sse.Kind.ERROR:
+                        raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                    held.events.append(events[index])
+                    held.payloads.append(payload)
+                    if kind is sse.Kind.CONTENT:
+                        held.rest = events[index + 1 :]
+                        held.rest_payloads = payloads[index + 1 :]
+                        held.rest_done = done
+                        return held
+                if done:
+                    raise _StreamFailure(
+                        FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content"
+                    )
+                continue
+            for index, (kind, payload) in enumerate(sse.classify_all(events, fmt)):
+                if kind is sse.Kind.ERROR:
+                    raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                if kind is sse.Kind.DONE:
+                    raise _StreamFailure(
+                        FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content"
+                    )
+                held.events.append(events[index])
+                held.payloads.append(payload)
+                if kind is sse.Kind.CONTENT:
+                    held.rest = events[index + 1 :]
+                    return held
+
+    async def _assembled(
+        self, a: Attempt, upstream: http.Response, held: _Held, endpoint: Endpoint
+    ) -> web.StreamResponse | LocalFailure:
+        """The rest of a stream local sent for a non-stream request, as the one JSON answer."""
+        fmt = a.api.stream
+        assembler = Assembler(fmt)
+        for payload in held.payloads:
+            assembler.add(payload)
+        done = False
+        last = a.first_token_at
+        try:
+            events = held.rest
+            if held.rest_payloads is not None:
+                if sse.may_be_error(b"".join(events)):
+                    for payload in held.rest_payloads:
+                        if sse.kind_of(payload, fmt) is sse.Kind.ERROR:
+                            raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                assembler.add_all(held.rest_payloads)
+                done = held.rest_done
+                events = []
+            while True:
+                raw = b"".join(events)
+                fast = sse.payloads_of(raw) if fmt is not StreamFormat.RESPONSES else None
+                if fast is not None and not sse.may_be_error(raw):
+                    payloads, done = fast
+                    assembler.add_all(payloads)
+                    if payloads:
+                        last = self.clock()
+                    events = []
+                for kind, payload in sse.classify_all(events, fmt):
+                    if kind is sse.Kind.ERROR:
+                        raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+                    if kind is sse.Kind.DONE:
+                        done = True
+                        break
+                    assembler.add(payload)
+                    if kind is sse.Kind.CONTENT:
+                        last = self.clock()
+                        if fmt is StreamFormat.RESPONSES and assembler.final is not None:
+                            done = True
+                if done:
+                    # Read the end of the body too, so the connection goes back to the pool.
+                    while await upstream.readany():
+                        pass
+                    break
+                chunk = await upstream.readany()
+                if not chunk:
+                    break
+                events = held.splitter.feed(chunk)
+        except _StreamFailure as err:
+            self._failed(endpoint, False)
+            log.info("local %s failed after its first token: %s", endpoint.base_url, err.detail)
+            return LocalFailure(err.reason, err.detail, counted=False)
+        except _UPSTREAM_ERRORS as err:
+            reason = _reason_of(err, False)
+            if reason is not FallbackReason.REQUEST_TIMEOUT:
+                self._failed(endpoint, False)
+            log.info(
+                "local %s failed after its first token: %s (%s)",
+                endpoint.base_url,
+                reason.value,
+                _describe(err),
+            )
+            return LocalFailure(
+                reason, f"{reason.value} after the first token: {_describe(err)}", counted=False
+            )
+        if not (done or assembler.finished) or (fmt is StreamFormat.RESPONSES and assembler.final is None):
+            self._failed(endpoint, False)
+            return LocalFailure(
+                FallbackReason.EMPTY_RESPONSE,
+                "local's stream ended without [DONE] or a finish_reason",
+                counted=False,
+            )
+        answer = assembler.result()
+        headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None)
+        for name in ("Content-Type", "Cache-Control", "X-Accel-Buffering"):
+            headers.popall(name, None)
+        response = web.Response(
+            body=json.dumps(answer).encode(), content_type="application/json", headers=headers
+        )
+        self._finish(a, 200, usage_from(answer.get("usage")), last)
+        return response
+
+    # ------------------------------------------------------------------ cloud
+
+    async def _cloud(self, a: Attempt, cloud: Cloud, failure: LocalFailure) -> web.StreamResponse:
+        reason = failure.reason.value
+        request = a.request
+        upstream: http.Response | None = None
+        model = a.body.model if a.body is not None else None
+        try:
+            try:
+                body = _segments(a.cloud_body(cloud, model is not None and self.catalog.cloud_lists(model)))
+                upstream = await self.client.request(
+                    request.method, cloud.url(a.path), cloud.request_headers(request.headers).items(), body,
+                    connect_timeout=a.route.connect_timeout, timeout=a.route.request_timeout,
+                )  # fmt: skip
+                if 300 <= upstream.status < 400:
+                    location = upstream.headers.get("Location", "")
+                    return self._reply(
+                        a, 502,
+                        f"local LocalAI failed ({failure.detail}) and the cloud fallback answered {upstream.status} "
+                        f"redirecting to {location!r}, which the router does not follow: check fallback.baseURL",
+                        code="fallback_redirect",
+                    )  # fmt: skip
+                if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
+                    return await self._stream(a, upstream, None)
+                answer = await self._answer(a, upstream, b"")
+            except _UPSTREAM_ERRORS as err:
+                log.warning("cloud fallback failed after local %s: %s", reason, _describe(err))
+                status = 504 if isinstance(err, TimeoutError) else 502
+                return self._reply(
+                    a, status,
+                    f"local LocalAI failed ({failure.detail}) and the cloud fallback failed ({_describe(err)})",
+                    code="fallback_failed",
+                )  # fmt: skip
+            if isinstance(answer, LocalFailure):
+                return self._reply(
+                    a, 502, f"local LocalAI failed ({failure.detail}) and the cloud fallback {answer.detail}",
+                    code="fallback_failed",
+                )  # fmt: skip
+            return answer
+        finally:
+            if upstream is not None:
+                upstream.close()
+
+    # ------------------------------------------------------------------ answers
+
+    async def _answer(
+        self, a: Attempt, upstream: http.Response, first: bytes
+    ) -> web.StreamResponse | LocalFailure:
+        """A non-stream answer: read whole when small (a failure while reading still falls back), relayed
+        as it arrives when large, so a big answer is never held at once."""
+        length = upstream.content_length
+        if not first and length is not None and length <= BUFFERED_ANSWER_BYTES:
+            try:
+                body = await upstream.read()
+            except _UPSTREAM_ERRORS as err:
+                return _read_failure(err)
+            return self._whole(a, upstream, body)
+        parts = [first] if first else []
+        size = len(first)
+        try:
+            while size <= BUFFERED_ANSWER_BYTES:
+                chunk = await upstream.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+            else:
+                return await self._relay_large(a, upstream, parts)
+        except _UPSTREAM_ERRORS as err:
+            return _read_failure(err)
+        return self._whole(a, upstream, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _whole(self, a: Attempt, upstream: http.Response, body: bytes) -> web.Response | LocalFailure:
+        status = upstream.status
+        if not body and status == 200 and a.request.method != "HEAD":
+            return LocalFailure(FallbackReason.EMPTY_RESPONSE, "answered an empty 200")
+        headers = response_headers(upstream.headers, a.served_by, self._reason(a))
+        response = web.Response(status=status, body=body, headers=headers)
+        self._finish(a, status, usage_of(body) if status < 300 else None, None)
+        return response
+
+    async def _relay_large(
+        self, a: Attempt, upstream: http.Response, parts: list[bytes]
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers, a.served_by, self._reason(a))
+        length = upstream.headers.get("Content-Length")
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if length is not None and length.isdigit():
+            response.content_length = int(length)
+        last = b""
+        try:
+            a.committed = True
+            await response.prepare(a.request)
+            for part in parts:
+                await response.write(part)
+            self.metrics.ttfb.observe((a.served_by,), self.clock() - a.started)
+            last = parts[-1]
+            while True:
+                try:
+                    chunk = await upstream.readany()
+                except _UPSTREAM_ERRORS as err:
+                    # No error event exists for a JSON body: cut the connection so the client sees it broke.
+                    self._stream_failed(response, a.served_by, err)
+                    return response
+                if not chunk:
+                    break
+                await response.write(chunk)
+                last = chunk
+            await response.write_eof()
+        except _CLIENT_GONE:
+            return response
+        finally:
+            self._account(a.served_by, upstream.status, a.started)
+        usage = usage_of(last)
+        if usage is not None and upstream.status < 300:
+            self._count_tokens(a, usage)
+        return response
+
+    async def _stream(
+        self, a: Attempt, upstream: http.Response, held: _Held | None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        """Relay an SSE stream event by event; the held events (content included) go first."""
+        fmt = a.api.stream
+        headers = response_headers(upstream.headers, a.served_by, self._reason(a))
+        # Ask buffering reverse proxies (nginx ingress) to pass chunks through as they come.
+        headers["X-Accel-Buffering"] = "no"
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        splitter = held.splitter if held is not None else sse.EventSplitter()
+        tail = sse.Tail(fmt)
+        recent: deque[bytes] = deque(maxlen=_TAIL_EVENTS)
+        content_seen = held is not None
+        last_token = a.first_token_at
+        pending = [*held.events, *held.rest] if held is not None else []
+        try:
+            a.committed = True
+            await response.prepare(a.request)
+            self.metrics.ttfb.observe((a.served_by,), self.clock() - a.started)
+            while True:
+                out: list[bytes] = []
+                broken: str | None = None
+                for event in pending:
+                    if not content_seen:
+                        kind, payload = sse.classify(sse.event_data(event), fmt)
+                        if kind is sse.Kind.CONTENT:
+                            content_seen = True
+                            a.first_token_at = last_token = self.clock()
+                            self.metrics.ttft.observe((a.served_by,), a.first_token_at - a.started)
+                        elif kind is sse.Kind.ERROR:
+                            broken = sse.error_message(payload)
+                            break
+                    elif tail.suspicious(event):
+                        kind, payload = sse.classify(sse.event_data(event), fmt)
+                        if kind is sse.Kind.ERROR:
+                            broken = sse.error_message(payload)
+                            break
+                    tail.see(event)
+                    recent.append(event)
+                    out.append(event)
+                if out:
+                    await response.write(out[0] if len(out) == 1 else b"".join(out))
+                    if content_seen:
+                        last_token = self.clock()
+                if broken is not None:
+                    self._broken_stream(response, a.served_by, on_failure)
+                    await response.write(replies.sse_error_event(
+                        f"the {a.served_by} upstream reported an error mid-stream ({broken}); "
+                        "the answer above is incomplete", "upstream_stream_error",
+                    ))  # fmt: skip
+                    break
+                try:
+                    chunk = await upstream.readany()
+                except _UPSTREAM_ERRORS as err:
+                    self._broken_stream(response, a.served_by, on_failure, err)
+                    await response.write(replies.sse_error_event(
+                        f"the {a.served_by} upstream failed mid-stream ({_describe(err)}); "
+                        "the answer above is incomplete", "upstream_stream_interrupted",
+                    ))  # fmt: skip
+                    break
+                if not chunk:
+                    if splitter.pending:
+                        await response.write(splitter.pending)
+                    if not tail.complete:
+                        self._broken_stream(response, a.served_by, on_failure)
+                        await response.write(replies.sse_error_event(
+                            f"the {a.served_by} upstream ended the stream without [DONE] or a finish_reason; "
+                            "the answer above is incomplete", "upstream_stream_incomplete",
+                        ))  # fmt: skip
+                    break
+                pending = splitter.feed(chunk)
+            await response.write_eof()
+        except _CLIENT_GONE:
+            # The client left: closing the upstream response (in the caller) cancels generation.
+            return response
+        finally:
+            self._account(a.served_by, upstream.status, a.started)
+        usage = usage_of(b"".join(recent))
+        if upstream.status < 300:
+            if usage is not None:
+                self._count_tokens(a, usage)
+            self._observe_tpot(a, usage, last_token, tail.events)
+        return response
+
+    def _broken_stream(
+        self, response: web.StreamResponse, served_by: str, on_failure: Callable[[], None] | None,
+        err: BaseException | None = None,
+    ) -> None:  # fmt: skip
+        self._stream_failed(response, served_by, err)
+        if on_failure is not None:
+            on_failure()
+
+    def _stream_failed(self, response: web.StreamResponse, served_by: str, err: BaseException | None) -> None:
+        self.metrics.stream_errors.inc((served_by,))
+        log.warning("%s upstream failed mid-answer%s", served_by, f": {_describe(err)}" if err else "")
+        # The connection is not reused after an interrupted answer.
+        response.force_close()
+
+    # ------------------------------------------------------------------ refusals and accounting
+
+    def _no_fallback(self, a: Attempt, failure: LocalFailure) -> web.Response:
+        route = a.route
+        if route.sensitive:
+            why = f"route {route.name} is sensitive, so it has no cloud fallback"
+        elif route.cloud is not None:
+            why = f"the cloud fallback of route {route.name} does not serve {a.path}"
+        elif route.config.fallback is not None:
+            why = f"the cloud fallback of route {route.name} is disabled: " + "; ".join(route.problems)
+        else:
+            why = f"route {route.name} has no cloud fallback configured"
+        if failure.status is not None and failure.reason is not FallbackReason.REDIRECT:
+            status = failure.status
+            message = f"local LocalAI answered {status}: {_upstream_message(failure.body)}; {why}"
+        else:
+            status, what = _UNAVAILABLE[failure.reason]
+            message = f"local LocalAI {what} ({failure.detail}); {why}"
+        code = "sensitive_route_no_fallback" if route.sensitive else "no_fallback"
+        headers = {"Retry-After": failure.retry_after} if failure.retry_after is not None else None
+        return self._reply(a, status, message, code=code, headers=headers, reason=failure.reason.value)
+
+    def _reply(
+        self, a: Attempt, status: int, message: str, *, code: str,
+        headers: dict[str, str] | None = None, reason: str | None = None,
+    ) -> web.Response:  # fmt: skip
+        response = replies.error(
+            status, message, error_type=replies.UPSTREAM_ERROR, code=code,
+            fallback_reason=reason or self._reason(a), headers=headers,
+        )  # fmt: skip
+        self._account(SERVED_BY_ROUTER, status, a.started)
+        self.metrics.ttfb.observe((SERVED_BY_ROUTER,), self.clock() - a.started)
+        return response
+
+    @staticmethod
+    def _reason(a: Attempt) -> str | None:
+        return a.fallback_reason.value if a.fallback_reason is not None else None
+
+    def _account(self, upstream: str, status: int, started: float) -> None:
+        self.metrics.requests.inc((upstream, str(status)))
+        self.metrics.duration.observe((upstream,), self.clock() - started)
+
+    def _finish(
+        self,
+        a: Attempt,
+        status: int,
+        usage: Usage | None,
+        last_token: float | None,
+        started_stream: bool = False,
+    ) -> None:
+        """Accounting for an answer sent in one piece."""
+        elapsed = self.clock() - a.started
+        self._account(a.served_by, status, a.started)
+        if not started_stream:
+            # A buffered answer's first byte leaves together with its last.
+            self.metrics.ttfb.observe((a.served_by,), elapsed)
+        if usage is not None and status < 300:
+            self._count_tokens(a, usage)
+            self._observe_tpot(a, usage, last_token, 0)
+
+    def _observe_tpot(self, a: Attempt, usage: Usage | None, last_token: float | None, events: int) -> None:
+        if a.first_token_at is None or last_token is None:
+            return
+        tokens = usage.completion_tokens if usage is not None and usage.completion_tokens else events
+        if tokens > 1 and last_token > a.first_token_at:
+            self.metrics.tpot.observe((a.served_by,), (last_token - a.first_token_at) / (tokens - 1))
+
+    def _count_tokens(self, a: Attempt, usage: Usage) -> None:
+        tokens = self.metrics.tokens
+        tokens.inc((a.served_by, "prompt"), usage.prompt_tokens)
+        tokens.inc((a.served_by, "completion"), usage.completion_tokens)
+        if a.served_by == SERVED_BY_FALLBACK and a.cloud is not None:
+            price = a.cloud.fallback.price_per_million_tokens
+            if price:
+                self.metrics.cost.inc((), usage.completion_tokens * price / 1e6)
+
+
+def usage_from(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

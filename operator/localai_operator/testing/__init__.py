@@ -1,0 +1,1 @@
+"""Test doubles: stand-ins for LocalAI and a cloud provider, for the tests, the benchmarks and `dev up`."""

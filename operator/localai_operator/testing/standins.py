@@ -1,0 +1,626 @@
+"""In-process stand-ins for a LocalAI server and a cloud provider, with scriptable behaviour.
+
+The LocalAI stand-in answers the way LocalAI's source says it does (mudler/LocalAI):
+- chat streams send `{"delta":{"role":"assistant"}}` first and at once, before any token
+  (`core/http/endpoints/openai/chat.go` at v3.12.0, line 41: `responses <- initialMessage` precedes
+  `ComputeChoices`); at v4.9.0 the role chunk comes with the first token (`chat_stream_workers.go`,
+  `sentInitialRole`): `Behaviour(role_chunk="with_first_token")`;
+- every v3.12.0 chunk carries a `usage` object (zeros in the role chunk; `core/schema/openai.go`,
+  `Usage OpenAIUsage json:"usage"`); a `stream_options.include_usage` request also gets the v4.9.0
+  trailer `{"choices":[],"usage":…}` (`chat.go` lines 664-681);
+- the stream ends with a chunk carrying `finish_reason` and an empty delta, then `data: [DONE]`;
+- an inference error after the stream started is a chunk whose `delta.content` is
+  `"Internal error: <err>"` with `finish_reason: "stop"`, then `data: [DONE]`, under HTTP 200 (v3.12.0
+  `chat.go` lines 579-603); completions send `text: "Internal error: <err>"` and no [DONE]
+  (`completion.go` lines 153-176); v4.9.0 sends `data: {"error":{"message":…,"type":"server_error"}}` then
+  `data: [DONE]` (`chat.go` lines 505-521): `Behaviour(error_shape="event")`;
+- a non-stream answer is written only when generation is over (v3.12.0 `chat.go`, the `default:` branch
+  at line 639).
+
+Tests, the benchmark and `dev up` start them; `python -m localai_operator.testing.standins` serves one.
+The router never imports this package (an import-linter contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+from aiohttp import web
+
+DEFAULT_LOCAL_MODELS: Final = ("mistral-7b-instruct",)
+DEFAULT_CLOUD_MODELS: Final = ("deepseek-v3.2",)
+LOCALAI_ERROR_PREFIX: Final = "Internal error: "
+_RECORDED_MAX: Final = 1000
+_PROMPT_TOKENS: Final = 7
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the stand-in answers the next generation requests."""
+
+    status: int = 200
+    retry_after: str | None = None
+    # Before the response headers, on every path.
+    delay_before_headers: float = 0.0
+    # The first token comes this long after the headers (streams: after the role chunk).
+    delay_before_first_chunk: float = 0.0
+    token_interval: float = 0.0
+    tokens: int = 3
+    # Streams: drop the connection after this many tokens, without ending the chunked body.
+    abort_after_tokens: int | None = None
+    # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
+    fail_after_tokens: int | None = None
+    error_shape: Literal["content", "event"] = "content"
+    role_chunk: Literal["at_once", "with_first_token"] = "at_once"
+    # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
+    keepalive_interval: float = 0.0
+    # Streams: end after the last token with neither a finish_reason nor [DONE].
+    truncate: bool = False
+    # Answer 200 with an empty body.
+    empty_body: bool = False
+    # Answer with a tool call instead of text.
+    tool_call: bool = False
+    # Non-stream: bytes of padding added to the answer (a large answer).
+    answer_padding: int = 0
+    # Non-streaming: send the headers and half the body, then stall this long before the rest.
+    body_stall: float = 0.0
+    # Answer 307 to this Location.
+    redirect: str | None = None
+    # Drop the connection with a TCP RST instead of answering.
+    reset: bool = False
+    # Read the request and never answer.
+    hang: bool = False
+
+
+@dataclass(frozen=True)
+class Recorded:
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Counters:
+    started: int = 0
+    completed: int = 0
+    # Handlers that were cancelled or whose writes failed because the caller went away.
+    cancelled: int = 0
+    active: int = 0
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": _PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": _PROMPT_TOKENS + completion_tokens,
+    }
+
+
+def _sse(payload: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _instant_chat_stream(model: str, tokens: list[str], usage_trailer: bool) -> bytes:
+    """What `_stream` writes for a chat answer with no delay, without a json.dumps per chunk: when it is
+    the upstream of a benchmark, a stand-in that streams dearer than it answers would mislead."""
+    name = json.dumps(model).encode()
+    head = (b'data: {"created": ' + str(int(time.time())).encode() + b', "object": "chat.completion.chunk", '
+            b'"id": "chunk-standin", "model": ' + name + b', "choices": [{"index": 0, "finish_reason": ')  # fmt: skip
+    parts = [
+        head + b'null, "delta": {"content": ' + json.dumps(token).encode() + b'}}], "usage": '
+        + json.dumps(_usage(i + 1)).encode() + b"}\n\n"
+        for i, token in enumerate(tokens)
+    ]  # fmt: skip
+    usage = json.dumps(_usage(len(tokens))).encode()
+    parts.append(head + b'"stop", "delta": {}}], "usage": ' + usage + b"}\n\n")
+    if usage_trailer:
+        parts.append(b'data: {"id": "chunk-standin", "object": "chat.completion.chunk", "model": ' + name
+                     + b', "choices": [], "usage": ' + usage + b"}\n\n")  # fmt: skip
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+@dataclass
+class OpenAIStandIn:
+    """A LocalAI-like (or cloud-like) OpenAI-compatible server. Change `behaviour` at any time; it applies
+    to the next request. `requests` keeps the latest requests (bounded) for assertions."""
+
+    name: str = "local"
+    models: tuple[str, ...] = DEFAULT_LOCAL_MODELS
+    api_key: str | None = None
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: deque[Recorded] = field(default_factory=lambda: deque(maxlen=_RECORDED_MAX))
+    counters: Counters = field(default_factory=Counters)
+    # What `/standin/behaviour` changes are applied on top of (the CLI's flags), None: the defaults.
+    initial: Behaviour | None = None
+    port: int = field(default=0, init=False)
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The base URL, ending in /v1, as the router config expects."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024 * 1024)
+        for path in ("chat/completions", "completions", "embeddings", "responses", "rerank", "tokenize",
+                     "images/generations", "audio/speech", "audio/transcriptions"):  # fmt: skip
+            app.router.add_post(f"/v1/{path}", self._generate)
+        app.router.add_get("/v1/responses/{id}", self._generate)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/readyz", self._ok)
+        app.router.add_get("/healthz", self._ok)
+        # Lets another process (the `dev up` demo) make this stand-in slow or failing, e.g.
+        # {"delay_before_first_chunk": 5, "delay_before_headers": 5}; {} restores the defaults.
+        app.router.add_post("/standin/behaviour", self._set_behaviour)
+        return app
+
+    async def _set_behaviour(self, request: web.Request) -> web.Response:
+        changes = await request.json()
+        base = self.initial if self.initial is not None else Behaviour()
+        try:
+            self.behaviour = replace(base, **changes)
+        except TypeError as err:
+            return web.json_response({"error": str(err)}, status=400)
+        return web.json_response({"behaviour": self.behaviour.__dict__})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> str:
+        self._runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1
+        )
+        await self._runner.setup()
+        site: web.BaseSite = (
+            web.SockSite(self._runner, sock) if sock is not None
+            else web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+        )  # fmt: skip
+        await site.start()
+        bound = self._runner.addresses[0][1]
+        assert isinstance(bound, int)
+        self.port = bound
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def set(self, **changes: Any) -> None:
+        """A fresh behaviour: the defaults plus `changes`, e.g. `standin.set(status=500)`."""
+        self.behaviour = replace(Behaviour(), **changes)
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.requests.append(
+            Recorded(request.path, request.query_string, dict(request.headers), b"", time.monotonic())
+        )
+        if not self._authorized(request):
+            return self._unauthorized()
+        data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    @staticmethod
+    def _unauthorized() -> web.Response:
+        return web.json_response({"error": {"message": "invalid API key", "type": "invalid_request_error"}},
+                                 status=401)  # fmt: skip
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(
+            Recorded(request.path, request.query_string, dict(request.headers), body, time.monotonic())
+        )
+        counters = self.counters
+        counters.started += 1
+        counters.active += 1
+        try:
+            response = await self._answer(request, body, self.behaviour)
+            counters.completed += 1
+            return response
+        except (asyncio.CancelledError, ConnectionError):
+            counters.cancelled += 1
+            raise
+        finally:
+            counters.active -= 1
+
+    async def _answer(self, request: web.Request, body: bytes, b: Behaviour) -> web.StreamResponse:
+        if b.reset:
+            _reset(request)
+            await asyncio.Event().wait()  # the dropped connection cancels this handler
+        if b.hang:
+            await asyncio.Event().wait()
+        if not self._authorized(request):
+            return self._unauthorized()
+        payload: Any = None
+        if request.content_type == "application/json":
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                return web.json_response({"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}},
+                                         status=400)  # fmt: skip
+        payload = payload or {}
+        model = str(payload.get("model") or self.models[0])
+        await asyncio.sleep(b.delay_before_headers)
+        if b.redirect is not None:
+            return web.Response(status=307, headers={"Location": b.redirect})
+        if b.status != 200:
+            headers = {"Retry-After": b.retry_after} if b.retry_after else None
+            error = {
+                "message": f"{self.name} stand-in error {b.status}",
+                "type": "server_error",
+                "code": b.status,
+            }
+            return web.json_response({"error": error}, status=b.status, headers=headers)
+        if b.empty_body:
+            return web.Response(status=200, content_type="application/json")
+        path = request.path.removeprefix("/v1/")
+        if path in ("chat/completions", "completions"):
+            chat = path == "chat/completions"
+            if payload.get("stream"):
+                return await self._stream(request, payload, model, chat, b)
+            return await self._complete(request, payload, model, chat, b)
+        if path == "responses":
+            return await self._responses(request, payload, model, b)
+        return await self._other(request, path, payload, model, b)
+
+    def _token(self, index: int) -> str:
+        return f"{self.name}-token-{index} "
+
+    async def _wait_first_token(self, b: Behaviour, response: web.StreamResponse | None) -> None:
+        if response is None or not b.keepalive_interval:
+            await asyncio.sleep(b.delay_before_first_chunk)
+            return
+        deadline = time.monotonic() + b.delay_before_first_chunk
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, b.keepalive_interval))
+            if deadline - time.monotonic() > 0:
+                await response.write(b": keep-alive\n\n")
+
+    async def _complete(
+        self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        await self._wait_first_token(b, None)
+        if b.fail_after_tokens is not None:
+            error = {
+                "message": f"{self.name} stand-in: inference failed",
+                "type": "server_error",
+                "code": 500,
+            }
+            return web.json_response({"error": error}, status=500)
+        await asyncio.sleep(max(0, b.tokens - 1) * b.token_interval)
+        text = "".join(self._token(i) for i in range(b.tokens))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "tool_calls" if b.tool_call else "stop"}
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": None if b.tool_call else text}
+            if b.tool_call:
+                message["tool_calls"] = [_tool_call_whole()]
+            choice["message"] = message
+            if payload.get("logprobs"):
+                choice["logprobs"] = {"content": [_logprob(self._token(i)) for i in range(b.tokens)]}
+        else:
+            choice["text"] = text
+        answer = {"id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
+                  "created": int(time.time()), "model": model, "choices": [choice], "usage": _usage(b.tokens)}  # fmt: skip
+        if b.answer_padding:
+            answer["padding"] = "x" * b.answer_padding
+        data = json.dumps(answer).encode()
+        if b.body_stall:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            await asyncio.sleep(b.body_stall)
+            await response.write(data[len(data) // 2 :])
+            await response.write_eof()
+            return response
+        return web.Response(body=data, content_type="application/json")
+
+    def _chunk(self, model: str, chat: bool, delta: dict[str, Any] | None, text: str | None,
+               finish: str | None, tokens_so_far: int) -> dict[str, Any]:  # fmt: skip
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            choice["delta"] = delta if delta is not None else {}
+        elif text:
+            choice["text"] = text
+        return {"created": int(time.time()), "object": "chat.completion.chunk" if chat else "text_completion",
+                "id": "chunk-standin", "model": model, "choices": [choice], "usage": _usage(tokens_so_far) if tokens_so_far
+                else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}  # fmt: skip
+
+    async def _stream(
+        self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""
+        if role and b.role_chunk == "at_once":
+            await response.write(role)
+            role = b""
+        if chat and b == Behaviour(tokens=b.tokens, role_chunk=b.role_chunk) and not payload.get("logprobs"):
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            tokens = [self._token(i) for i in range(b.tokens)]
+            await response.write(role + _instant_chat_stream(model, tokens, include_usage))
+            await response.write_eof()
+            return response
+        await self._wait_first_token(b, response)
+        pieces = _tool_call_pieces() if b.tool_call and chat else [self._token(i) for i in range(b.tokens)]
+        out = [role] if role else []
+        for index, piece in enumerate(pieces):
+            if b.abort_after_tokens is not None and index == b.abort_after_tokens:
+                if out:
+                    await response.write(b"".join(out))
+                assert request.transport is not None
+                request.transport.abort()
+                await asyncio.Event().wait()
+            if b.fail_after_tokens is not None and index == b.fail_after_tokens:
+                out.append(self._error_event(model, chat, b, index))
+                await response.write(b"".join(out))
+                await response.write_eof()
+                return response
+            if index and b.token_interval:
+                await response.write(b"".join(out))
+                out = []
+                await asyncio.sleep(b.token_interval)
+            if isinstance(piece, dict):
+                chunk = self._chunk(model, chat, piece, None, None, index + 1)
+            else:
+                delta = {"content": piece}
+                chunk = self._chunk(model, chat, delta, piece, None, index + 1)
+                if chat and payload.get("logprobs"):
+                    chunk["choices"][0]["logprobs"] = {"content": [_logprob(piece)]}
+            # CLOCK_MONOTONIC is system-wide on Linux: a client in another process can measure delay.
+            chunk["x_sent_at"] = time.monotonic()
+            out.append(_sse(chunk))
+        if b.fail_after_tokens is not None and b.fail_after_tokens >= len(pieces):
+            out.append(self._error_event(model, chat, b, len(pieces)))
+        elif not b.truncate:
+            finish = "tool_calls" if b.tool_call and chat else "stop"
+            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces))))
+            if (payload.get("stream_options") or {}).get("include_usage"):
+                out.append(_sse({"id": "chunk-standin", "object": "chat.completion.chunk", "model": model,
+                                 "created": int(time.time()), "choices": [], "usage": _usage(len(pieces))}))  # fmt: skip
+            out.append(b"data: [DONE]\n\n")
+        await response.write(b"".join(out))
+        await response.write_eof()
+        return response
+
+    def _error_event(self, model: str, chat: bool, b: Behaviour, index: int) -> bytes:
+        message = f"{self.name} stand-in: inference failed"
+        if b.error_shape == "event":
+            return (
+                _sse({"error": {"message": message, "type": "server_error", "code": "server_error"}})
+                + b"data: [DONE]\n\n"
+            )
+        text = LOCALAI_ERROR_PREFIX + message
+        event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
+        return event + (b"data: [DONE]\n\n" if chat else b"")
+
+    async def _responses(
+        self, request: web.Request, payload: dict[str, Any], model: str, b: Behaviour
+    ) -> web.StreamResponse:
+        text = "".join(self._token(i) for i in range(b.tokens))
+        final = {"id": "resp-standin", "object": "response", "created_at": int(time.time()), "status": "completed",
+                 "model": model, "output": [{"type": "message", "id": "msg-standin", "role": "assistant", "status": "completed",
+                                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                 "usage": {"input_tokens": _PROMPT_TOKENS, "output_tokens": b.tokens, "total_tokens": _PROMPT_TOKENS + b.tokens}}  # fmt: skip
+        if not payload.get("stream"):
+            await self._wait_first_token(b, None)
+            await asyncio.sleep(max(0, b.tokens - 1) * b.token_interval)
+            return web.json_response(final)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        started = dict(final, status="in_progress", output=[])
+        await response.write(
+            _sse({"type": "response.created", "sequence_number": 0, "response": started}, "response.created")
+        )
+        await self._wait_first_token(b, response)
+        for index in range(b.tokens):
+            if index and b.token_interval:
+                await asyncio.sleep(b.token_interval)
+            delta = {"type": "response.output_text.delta", "sequence_number": index + 1, "item_id": "msg-standin",
+                     "output_index": 0, "content_index": 0, "delta": self._token(index)}  # fmt: skip
+            await response.write(_sse(delta, "response.output_text.delta"))
+        if not b.truncate:
+            done = {"type": "response.completed", "sequence_number": b.tokens + 1, "response": final}
+            await response.write(_sse(done, "response.completed"))
+        await response.write_eof()
+        return response
+
+    async def _other(
+        self, request: web.Request, path: str, payload: dict[str, Any], model: str, b: Behaviour
+    ) -> web.StreamResponse:
+        await self._wait_first_token(b, None)
+        if path == "embeddings":
+            data: dict[str, Any] = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125, 1.0]}],
+                    "model": model, "usage": {"prompt_tokens": 4, "total_tokens": 4}}  # fmt: skip
+            if b.answer_padding:
+                data["data"][0]["embedding"] = [0.5] * (b.answer_padding // 4)
+            return web.json_response(data)
+        if path == "rerank":
+            documents = payload.get("documents") or []
+            results = [{"index": i, "relevance_score": 1 / (i + 1)} for i in range(len(documents))]
+            return web.json_response({"model": model, "results": results, "usage": {"total_tokens": 5}})
+        if path == "tokenize":
+            return web.json_response({"tokens": [1, 2, 3]})
+        if path == "images/generations":
+            return web.json_response(
+                {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(b"PNG").decode()}]}
+            )
+        if path == "audio/transcriptions":
+            return web.json_response({"text": f"{self.name} transcription"})
+        if path == "audio/speech":
+            response = web.StreamResponse(headers={"Content-Type": "audio/wav"})
+            await response.prepare(request)
+            for _ in range(max(1, b.tokens)):
+                await response.write(b"RIFF" + bytes(1020))
+                if b.token_interval:
+                    await asyncio.sleep(b.token_interval)
+            await response.write_eof()
+            return response
+        if request.method == "GET" and path.startswith("responses/"):
+            return web.json_response(
+                {"id": path.split("/", 1)[1], "object": "response", "status": "completed", "model": model}
+            )
+        return web.json_response(
+            {"error": {"message": f"{path} not found", "type": "invalid_request_error"}}, status=404
+        )
+
+
+def _logprob(token: str) -> dict[str, Any]:
+    return {"token": token, "logprob": -0.25, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+def _tool_call_whole() -> dict[str, Any]:
+    return {
+        "id": "call-standin",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+
+
+def _tool_call_pieces() -> list[Any]:
+    return [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call-standin",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    ]
+
+
+def _reset(request: web.Request) -> None:
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0 makes close() send RST, the way a crashed process's kernel does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def local_standin(**kwargs: Any) -> OpenAIStandIn:
+    return OpenAIStandIn(name="local", models=DEFAULT_LOCAL_MODELS, **kwargs)
+
+
+def cloud_standin(api_key: str | None = None, **kwargs: Any) -> OpenAIStandIn:
+    """A cloud provider that checks `Authorization: Bearer <api_key>` when a key is given."""
+    return OpenAIStandIn(name="cloud", models=DEFAULT_CLOUD_MODELS, api_key=api_key, **kwargs)
+
+
+def refused_url() -> str:
+    """A base URL on a loopback port nobody listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class UnacceptingListener:
+    """A port whose accept queue is full, so a new connect hangs in SYN-SENT: what a dead pod still
+    listed behind a Service looks like (a connect timeout, not a refusal). `release()` starts serving
+    the socket with `standin`: connects whose SYN was dropped then succeed on the kernel's retry
+    (1 s later), which is what a burst of new connections to a busy but healthy pod looks like."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.port: int = self._listener.getsockname()[1]
+        self._fillers: list[socket.socket] = []
+        # Linux admits backlog + 1 connections into the accept queue; a few more make sure it is full.
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def release(self, standin: OpenAIStandIn) -> None:
+        """Serve this port with `standin` from now on (a large backlog: the queue is full no more)."""
+        self._listener.listen(2048)
+        self._listener.setblocking(False)
+        await standin.start(sock=self._listener)
+        for filler in self._fillers:
+            filler.close()
+        self._fillers = []
+
+    def close(self) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self._listener.close()
+
+
+async def _serve(standin: OpenAIStandIn, host: str, port: int) -> None:
+    await standin.start(host, port)
+    print(f"{standin.name} stand-in serving {host}:{standin.port} (base URL path /v1)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await standin.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("kind", choices=["local", "cloud"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--models", help="comma-separated model ids to list")
+    parser.add_argument("--api-key-env", help="cloud: require `Bearer <value of this variable>`")
+    parser.add_argument("--tokens", type=int, default=Behaviour.tokens)
+    parser.add_argument("--token-interval", type=float, default=0.02, help="seconds between streamed tokens")
+    args = parser.parse_args(argv)
+    behaviour = Behaviour(tokens=args.tokens, token_interval=args.token_interval)
+    if args.kind == "local":
+        standin = local_standin(behaviour=behaviour)
+    else:
+        key = os.environ.get(args.api_key_env, "") if args.api_key_env else None
+        standin = cloud_standin(api_key=key or None, behaviour=behaviour)
+    standin.initial = behaviour
+    if args.models:
+        standin.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    asyncio.run(_serve(standin, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Events as LocalAI sends them: what is content, what is an error, and the non-stream answer they assemble."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from localai_operator.router import sse
+from localai_operator.router.assemble import Assembler
+from localai_operator.router.paths import StreamFormat
+
+CHAT = StreamFormat.CHAT
+ZERO = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": "c1", "created": 1, "model": "m", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "finish_reason": finish, "delta": delta, **extra}], "usage": ZERO}  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (None, sse.Kind.EMPTY),  # a comment or keep-alive
+    (b"[DONE]", sse.Kind.DONE),
+    (json.dumps(chunk({"role": "assistant"})).encode(), sse.Kind.EMPTY),  # LocalAI's first chunk, usage zeros
+    (json.dumps(chunk({})).encode(), sse.Kind.EMPTY),
+    (json.dumps(chunk({"content": ""})).encode(), sse.Kind.EMPTY),
+    (json.dumps(chunk({"content": "Hi"})).encode(), sse.Kind.CONTENT),
+    (json.dumps(chunk({"reasoning": "hmm"})).encode(), sse.Kind.CONTENT),
+    (json.dumps(chunk({"tool_calls": [{"index": 0}]})).encode(), sse.Kind.CONTENT),
+    (json.dumps(chunk({}, "stop")).encode(), sse.Kind.CONTENT),
+    (json.dumps({"choices": [], "usage": {"completion_tokens": 3}}).encode(), sse.Kind.CONTENT),
+    (json.dumps(chunk({"content": "Internal error: backend died"}, "stop")).encode(), sse.Kind.ERROR),
+    (b'{"error":"Internal error"}', sse.Kind.ERROR),
+    (b'{"error":{"message":"boom","type":"server_error"}}', sse.Kind.ERROR),
+])  # fmt: skip
+def test_events_are_told_apart_as_localai_sends_them(data: bytes | None, kind: sse.Kind) -> None:
+    assert sse.classify(data, CHAT)[0] is kind
+
+
+def test_completion_text_and_its_error_shape_are_recognised() -> None:
+    text = {"choices": [{"index": 0, "text": "Hi", "finish_reason": None}]}
+    failed = {"choices": [{"index": 0, "text": "Internal error: x", "finish_reason": "stop"}]}
+    assert sse.kind_of(text, StreamFormat.COMPLETION) is sse.Kind.CONTENT
+    assert sse.kind_of(failed, StreamFormat.COMPLETION) is sse.Kind.ERROR
+
+
+def test_responses_events_before_the_first_delta_are_preamble() -> None:
+    fmt = StreamFormat.RESPONSES
+    assert sse.kind_of({"type": "response.created"}, fmt) is sse.Kind.EMPTY
+    assert sse.kind_of({"type": "response.output_text.delta", "delta": "Hi"}, fmt) is sse.Kind.CONTENT
+    assert sse.kind_of({"type": "response.failed"}, fmt) is sse.Kind.ERROR
+
+
+def test_a_byte_stream_is_cut_into_events_wherever_reads_end() -> None:
+    wire = (
+        event(chunk({"role": "assistant"}))
+        + b": keep-alive\n\n"
+        + event(chunk({"content": "a"}))
+        + b"data: [DONE]\n\n"
+    )
+    splitter = sse.EventSplitter()
+    events = [e for i in range(0, len(wire), 7) for e in splitter.feed(wire[i : i + 7])]
+    assert [sse.classify(sse.event_data(e), CHAT)[0] for e in events] == [
+        sse.Kind.EMPTY, sse.Kind.EMPTY, sse.Kind.CONTENT, sse.Kind.DONE]  # fmt: skip
+    assert splitter.pending == b""
+
+
+def test_crlf_framed_and_multi_line_events_are_read_too() -> None:
+    splitter = sse.EventSplitter()
+    events = splitter.feed(b'event: x\r\ndata: {"a":\r\ndata: 1}\r\n\r\n')
+    assert [sse.event_data(e) for e in events] == [b'{"a":\n1}']
+
+
+def test_one_decode_reads_a_whole_canonical_read_and_refuses_anything_else() -> None:
+    wire = event(chunk({"content": "a"})) + event(chunk({"content": "b"})) + b"data: [DONE]\n\n"
+    payloads, done = sse.payloads_of(wire) or ([], False)
+    assert done and [p["choices"][0]["delta"]["content"] for p in payloads] == ["a", "b"]
+    assert sse.payloads_of(b": comment\n\n" + wire) is None
+    assert sse.payloads_of(wire.replace(b"\n\n", b"\r\n\r\n")) is None
+
+
+def test_the_assembled_answer_keeps_content_reasoning_tool_calls_logprobs_and_usage() -> None:
+    assembler = Assembler(CHAT)
+    lp = {"content": [{"token": "a", "logprob": -0.1}]}
+    for payload in (
+        chunk({"role": "assistant"}),
+        chunk({"reasoning": "think "}),
+        chunk({"content": "a"}, logprobs=lp),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "t1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"x"'},
+                    }
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+        chunk({}, "tool_calls"),
+        {"id": "c1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}},
+    ):
+        assembler.add(payload)
+    answer = assembler.result()
+    choice = answer["choices"][0]
+    assert (answer["id"], answer["object"], answer["model"]) == ("c1", "chat.completion", "m")
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant", "content": "a", "reasoning": "think ",
+        "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}],
+    }  # fmt: skip
+    assert choice["logprobs"] == lp
+    assert answer["usage"]["completion_tokens"] == 4
+
+
+def test_completions_and_several_choices_assemble_by_index() -> None:
+    assembler = Assembler(StreamFormat.COMPLETION)
+    for index, text in ((0, "a"), (1, "x"), (0, "b"), (1, "y")):
+        assembler.add({"id": "c", "choices": [{"index": index, "text": text, "finish_reason": None}]})
+    assembler.add({"id": "c", "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    answer = assembler.result()
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in answer["choices"]] == [
+        (0, "ab", "stop"),
+        (1, "xy", None),
+    ]

@@ -1,0 +1,74 @@
+"""What a release publishes, short of pushing: the chart packaged by hack/release-chart.sh (the release workflow's
+step) defaults to the image the release pushed, and so does the install.yaml rendered from it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "1.2.3"
+IMAGE = "ghcr.io/acme/localai-operator"
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("release")
+    result = subprocess.run([str(ROOT / "hack" / "release-chart.sh"), VERSION, IMAGE, str(out)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip()), out / "install.yaml"
+
+
+def _helm() -> str:
+    tools = subprocess.run([str(ROOT / "hack" / "tools.sh")], capture_output=True, text=True, check=True)
+    return str(Path(tools.stdout.strip().splitlines()[-1]) / "helm")
+
+
+def _operator_container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [d for d in documents if d and d["kind"] == "Deployment"]
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_the_released_chart_installs_the_released_image_by_default(released: tuple[Path, Path]) -> None:
+    chart, _ = released
+    rendered = subprocess.run([_helm(), "template", "localai-operator", str(chart)],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    container = _operator_container(list(yaml.safe_load_all(rendered)))
+    assert container["image"] == f"{IMAGE}:{VERSION}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LOCALAI_OPERATOR_IMAGE"] == f"{IMAGE}:{VERSION}", "the routers use it too"
+    assert env["LOCALAI_OPERATOR_DOWNLOADER_IMAGE"].startswith(f"{IMAGE}:"), "and the pools' init containers"
+
+
+def test_the_released_chart_carries_the_release_version(released: tuple[Path, Path]) -> None:
+    chart, _ = released
+    shown = yaml.safe_load(subprocess.run([_helm(), "show", "chart", str(chart)],
+                                          capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert (shown["version"], shown["appVersion"]) == (VERSION, VERSION)
+
+
+def test_the_released_install_yaml_runs_the_released_image(released: tuple[Path, Path]) -> None:
+    _, install = released
+    container = _operator_container(list(yaml.safe_load_all(install.read_text())))
+    assert container["image"] == f"{IMAGE}:{VERSION}"
+
+
+def test_the_release_workflow_pushes_a_multi_arch_image_with_provenance() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yaml").read_text())
+    assert list(workflow[True]["push"]) == ["tags"], (
+        "releases run on version tags only"
+    )  # YAML 1.1: `on` is True
+    (build,) = [
+        s for s in workflow["jobs"]["image"]["steps"] if s.get("uses", "").startswith("docker/build-push")
+    ]
+    assert set(build["with"]["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
+    assert build["with"]["push"] is True
+    assert build["with"]["provenance"] == "mode=max"
+    chart_steps = " ".join(s.get("run", "") for s in workflow["jobs"]["chart"]["steps"])
+    assert './hack/release-chart.sh "$VERSION" "$IMAGE" dist' in chart_steps

@@ -1,0 +1,154 @@
+"""The route's rendered objects: pods by a headless Service, the pool's key, client-key Secrets, scheduling,
+and a body buffer that fits the memory limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from localai_operator.api import FallbackRoute, InferencePool, LLMModel
+from localai_operator.api.base import SecretKeyRef
+from localai_operator.constants import ANNOTATION_CONFIG_HASH, LOCAL_API_KEY_ENV
+from localai_operator.render import pool_objects, route_objects
+from localai_operator.render.pool import pods_service
+from localai_operator.render.route import body_buffer_bytes
+from localai_operator.router.config import MIB, RouterConfig
+
+FALLBACK = {"apiKeySecretRef": {"name": "holysheep", "key": "api-key"}}
+
+
+def route(**spec: Any) -> FallbackRoute:
+    body = {"primary": {"poolRef": {"name": "gpu-pool"}}, "fallback": FALLBACK, **spec}
+    return FallbackRoute.parse(
+        {"metadata": {"name": "chat", "namespace": "ai", "uid": "r-uid"}, "spec": body}
+    )
+
+
+def pool() -> InferencePool:
+    return InferencePool.parse({"metadata": {"name": "gpu-pool", "namespace": "ai", "uid": "p-uid"},
+                                "spec": {"models": ["m"]}})  # fmt: skip
+
+
+def model() -> LLMModel:
+    return LLMModel.parse({"metadata": {"name": "m", "namespace": "ai"},
+                           "spec": {"source": {"url": "https://example.org/m.gguf"}}})  # fmt: skip
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [obj] = [o for o in objects if o["kind"] == kind]
+    return obj
+
+
+def config_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(of_kind(objects, "ConfigMap")["data"]["router.yaml"])
+    return loaded
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = of_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_a_pool_renders_a_headless_service_for_its_ready_pods() -> None:
+    objects = pool_objects(pool(), {"m": model()})
+    [main] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "gpu-pool"]
+    headless = pods_service(pool())
+    assert headless in objects and headless["metadata"]["name"] == "gpu-pool-pods"
+    assert headless["spec"]["clusterIP"] == "None"
+    assert not headless["spec"].get("publishNotReadyAddresses")  # only ready pods resolve
+    assert headless["spec"]["selector"] == main["spec"]["selector"]
+    assert headless["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_a_pool_route_finds_the_pods_by_the_headless_service_name() -> None:
+    local = config_of(route_objects(route()))["local"]
+    assert local["discovery"]["url"] == "http://gpu-pool-pods.ai.svc:8080/v1"
+    assert local["endpoints"] == []
+
+
+def test_a_url_route_goes_to_that_url() -> None:
+    local = config_of(route_objects(route(primary={"url": "http://workstation.lan:8080/v1"})))["local"]
+    assert local["endpoints"] == ["http://workstation.lan:8080/v1"] and "discovery" not in local
+
+
+def test_the_pools_key_is_read_from_its_secret_and_a_new_version_rolls_the_router() -> None:
+    ref = SecretKeyRef(name="pool-key", key="key")
+    objects = route_objects(route(), local_key_ref=ref, local_key_version="1")
+    env = pod_spec(objects)["containers"][0]["env"]
+    assert {
+        "name": LOCAL_API_KEY_ENV,
+        "valueFrom": {"secretKeyRef": {"name": "pool-key", "key": "key"}},
+    } in env
+    assert config_of(objects)["local"]["apiKeyEnv"] == LOCAL_API_KEY_ENV
+    rotated = route_objects(route(), local_key_ref=ref, local_key_version="2")
+
+    def hash_of(objs: list[dict[str, Any]]) -> str:
+        return str(
+            of_kind(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
+        )
+
+    assert hash_of(objects) != hash_of(rotated)
+    assert "apiKeyEnv" not in config_of(route_objects(route()))["local"]
+
+
+def test_client_key_secrets_are_mounted_and_named_in_the_config_never_copied() -> None:
+    objects = route_objects(route(auth={"clientKeySecrets": [{"name": "team-a"}, {"name": "team-b"}]}))
+    spec = pod_spec(objects)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert volumes["client-keys-0"]["secret"] == {"secretName": "team-a"}
+    assert mounts["client-keys-1"] == {"name": "client-keys-1", "mountPath": "/etc/localai-operator/client-keys/team-b",
+                                       "readOnly": True}  # fmt: skip
+    assert config_of(objects)["auth"]["keyDirectories"] == [
+        "/etc/localai-operator/client-keys/team-a", "/etc/localai-operator/client-keys/team-b"]  # fmt: skip
+
+
+def test_router_pods_take_the_routes_node_selector_and_tolerations() -> None:
+    tolerations = [{"key": "dedicated", "operator": "Equal", "value": "gateway", "effect": "NoSchedule"}]
+    spec = pod_spec(route_objects(route(nodeSelector={"pool": "edge"}, tolerations=tolerations)))
+    assert spec["nodeSelector"] == {"pool": "edge"} and spec["tolerations"] == tolerations
+    assert "nodeSelector" not in pod_spec(route_objects(route()))
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    (None, 96 * MIB),  # the default 256Mi limit
+    ({"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}}, int((1024 - 128) * MIB * 0.75)),
+    ({"requests": {"memory": "64Mi"}}, 96 * MIB),  # no limit: the router's default
+])  # fmt: skip
+def test_the_body_buffer_fits_the_routers_memory_limit(
+    resources: dict[str, Any] | None, expected: int
+) -> None:
+    r = route(resources=resources) if resources else route()
+    assert body_buffer_bytes(r) == expected
+    assert config_of(route_objects(r))["server"]["bodyBufferBytes"] == expected
+
+
+def test_the_default_max_request_times_what_the_router_holds_at_once_fits_the_default_limit() -> None:
+    config = RouterConfig.model_validate(config_of(route_objects(route())))
+    at_once = config.server.body_buffer_bytes // config.policy.max_request_bytes
+    assert at_once >= 4
+    assert at_once * config.policy.max_request_bytes + 128 * MIB <= 256 * MIB
+
+
+def test_rendered_route_objects_with_every_option_pass_strict_schema_validation() -> None:
+    objects = route_objects(
+        route(auth={"clientKeySecrets": [{"name": "k"}]}, nodeSelector={"a": "b"},
+              tolerations=[{"operator": "Exists"}], policy={"maxRequestBytes": 1048576}),
+        local_key_ref=SecretKeyRef(name="p", key="k"), local_key_version="7",
+    )  # fmt: skip
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.34.0", strict=True)
+    assert RouterConfig.model_validate(config_of(objects)).policy.max_request_bytes == 1048576
+
+
+def test_router_pods_keep_the_labels_the_pool_network_policy_admits() -> None:
+    labels = of_kind(route_objects(route()), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert (
+        labels["app.kubernetes.io/name"] == "localai-router"
+        and labels["app.kubernetes.io/component"] == "router"
+    )
