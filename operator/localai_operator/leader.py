@@ -8,7 +8,6 @@ holder's timestamps with ours: clocks of two nodes may disagree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -122,5 +121,19 @@ class LeaderElector:
             return
         self.leading.clear()
         spec = {**(self._lease.get("spec") or {}), "holderIdentity": "", "leaseDurationSeconds": 1}
-        with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+        where = f"{self.namespace}/{self.name}"
+        try:
             await self.api.replace(LEASE, {**self._lease, "spec": spec})
+        except ApiError as err:
+            if err.status in (403, 404, 409):
+                # `helm uninstall` deletes the Lease's Role (403) or the Lease (404; 409 for a PUT that names
+                # its uid) while this pod is still stopping, or another replica took it meanwhile (409):
+                # nothing of ours left to hand back.
+                log.info("Lease %s: nothing to release (%s %s)", where, err.status, err.reason or "refused")
+            else:
+                log.warning("could not hand back the Lease %s: %s %s", where, err.status, err.message)
+            return
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("could not hand back the Lease %s: %s", where, err or type(err).__name__)
+            return
+        log.info("handed back the Lease %s", where)
