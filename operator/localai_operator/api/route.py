@@ -17,7 +17,7 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
-from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy
+from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy, SpendCap
 
 ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
@@ -77,7 +77,23 @@ class Fallback(Spec):
     price_per_million_tokens: float = Field(
         default=HOLYSHEEP_PRICE_PER_MILLION,
         ge=0,
-        description="USD per million output tokens, for the cost metric.",
+        description="USD per million output tokens (outputPricePerMillionTokens, when set, takes its place), for "
+        "the cost metrics and the spend cap.",
+    )
+    input_price_per_million_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million input (prompt) tokens. Unset: prompt tokens are not priced.",
+    )
+    output_price_per_million_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million output (completion) tokens. Unset: pricePerMillionTokens.",
+    )
+    spend_cap: SpendCap | None = Field(
+        default=None,
+        description="Most the route may spend on the cloud per UTC day or month; then it is local-only "
+        "(reason budget_exhausted, in status and metrics) until the period ends. Unset: no cap.",
     )
     paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
