@@ -160,6 +160,26 @@ class FallbackRouteSpec(Spec):
     )
 
 
+class RouteCost(Spec):
+    period: str = Field(
+        description="The UTC period of the figures: the spend cap's (2026-12-01 daily, 2026-12 monthly), else "
+        "the month."
+    )
+    spend: float = Field(
+        default=0.0, description="Cloud spend in the period (tokens x the fallback's prices)."
+    )
+    avoided: float = Field(
+        default=0.0,
+        description="What the local answers in the period would have cost at the fallback's prices.",
+    )
+    gpu_hours: float = Field(
+        default=0.0, description="GPU-hours (replicas x accelerator.gpus) the primary pool ran in the period."
+    )
+    budget_exhausted: bool = Field(
+        default=False, description="The spend cap is reached: the route is local-only until the period ends."
+    )
+
+
 class FallbackRouteStatus(Spec):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
@@ -167,6 +187,9 @@ class FallbackRouteStatus(Spec):
         default=None, description="OpenAI base URL of the router inside the cluster."
     )
     primary: str | None = Field(default=None, description="Where local traffic goes.")
+    cost: RouteCost | None = Field(
+        default=None, description="Spend, avoided cost and GPU-hours, read from the route's routers."
+    )
 
 
 class FallbackRoute(CustomResource):
