@@ -72,10 +72,13 @@ class Figures:
     peak_rss_mib: float = 0.0
     cpu_seconds: float = 0.0
     reconciles: dict[str, tuple[float, float]] = field(default_factory=dict)
+    queue_waits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    request_latency: dict[str, tuple[float, float]] = field(default_factory=dict)
     converge_writes: float = 0.0
     writes_by_kind: dict[str, float] = field(default_factory=dict)
     noop_seconds: float = 0.0
     noop_writes: float = 0.0
+    noop_reads: float = 0.0
     noop_rss_mib: float = 0.0
     resync_pass: float | None = None
     stop_seconds: float = 0.0
@@ -84,6 +87,7 @@ class Figures:
     restart_pass: float = 0.0
     restart_seconds: float = 0.0
     restart_writes: float = 0.0
+    restart_reads: float = 0.0
     restart_writes_by_kind: dict[str, float] = field(default_factory=dict)
     restart_rss_mib: float = 0.0
     log_problems: list[str] = field(default_factory=list)
@@ -213,15 +217,20 @@ def stopped(process: OperatorProcess | PeerProcess, grace: float = 30.0) -> tupl
     return time.monotonic() - started, child.returncode
 
 
-def reconcile_stats(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """Per kind: (reconcile passes, mean seconds per pass)."""
+def histogram_means(metrics: dict[str, float], name: str) -> dict[str, tuple[float, float]]:
+    """Per label value of a one-label histogram: (observations, mean)."""
     out = {}
     for key, count in metrics.items():
-        match = re.match(r'localai_operator_reconcile_duration_seconds_count\{kind="([^"]+)"\}', key)
+        match = re.match(rf'{name}_count\{{(\w+)="([^"]+)"\}}', key)
         if match and count:
-            total = metrics[f'localai_operator_reconcile_duration_seconds_sum{{kind="{match.group(1)}"}}']
-            out[match.group(1)] = (count, total / count)
+            total = metrics[f'{name}_sum{{{match.group(1)}="{match.group(2)}"}}']
+            out[match.group(2)] = (count, total / count)
     return out
+
+
+def reconcile_stats(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Per kind: (reconcile passes, mean seconds per pass)."""
+    return histogram_means(metrics, "localai_operator_reconcile_duration_seconds")
 
 
 def wait_quiet(read: Callable[[], float], timeout: float, what: str, quiet: float = QUIET_SECONDS) -> float:
@@ -280,17 +289,41 @@ def ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def wait_served(custom: client.CustomObjectsApi, group: str, version: str, plurals: Any) -> None:
+    """Freshly created CRDs answer 429 "storage is (re)initializing" for a few seconds: wait that out before an
+    operator starts, so neither starts by retrying its first list while objects pile up."""
+
+    def served() -> bool:
+        try:
+            for plural in plurals:
+                custom.list_cluster_custom_object(group, version, plural, limit=1)
+        except ApiException as err:
+            if err.status == 429:
+                return False
+            raise
+        return True
+
+    wait_for(served, 60, f"the API server to serve {', '.join(plurals)}")
+
+
 def wait_all(seen: FirstSeen, names: list[str], timeout: float, what: str) -> None:
-    wait_for(lambda: len(seen.times) >= len(names), timeout, what,
-             interval=0.5, describe=lambda: f"{len(seen.times)}/{len(names)}")  # fmt: skip
+    wait_for(
+        lambda: len(seen.times) >= len(names),
+        timeout,
+        what,
+        interval=0.5,
+        describe=lambda: f"{len(seen.times)}/{len(names)}",
+    )
 
 
-def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: argparse.Namespace,
-                 logs: Path) -> Figures:  # fmt: skip
+def measure_ours(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, args: argparse.Namespace, logs: Path
+) -> Figures:
     figures = Figures("ours")
     apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
     crs = CustomResources(api, namespace)
     install_crds(api)
+    wait_served(custom, GROUP, VERSION, ("llmmodels", "inferencepools", "fallbackroutes"))
     models = [f"m{i:05d}" for i in range(args.models)]
     pools = [pool(f"p{i:04d}", served_models(i, models, args.models_per_pool)) for i in range(args.pools)]
     objects = args.models + args.pools
@@ -300,20 +333,22 @@ def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
     watchers: list[FirstSeen] = []
     try:
         assert operator.process is not None
-        with_status = FirstSeen(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "llmmodels",
-                                holds=lambda m: bool((m.get("status") or {}).get("conditions"))).start()  # fmt: skip
-        watchers.append(with_status)
+        models_ready = FirstSeen(
+            custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "llmmodels", holds=ready
+        ).start()
+        watchers.append(models_ready)
         started = time.monotonic()
         create_all(crs.create, [model(name) for name in models])
-        wait_all(with_status, models, args.timeout, "every LLMModel to carry a status")
+        wait_all(models_ready, models, args.timeout, "every LLMModel Ready=True")
         figures.models_settled = time.monotonic() - started
         wait_quiet(operator.writes, args.timeout, "our writes after the models")
         writes_before = operator.writes()
 
         exists = FirstSeen(apps.list_namespaced_deployment, namespace, holds=lambda _: True).start()
         up = FirstSeen(apps.list_namespaced_deployment, namespace, holds=available).start()
-        pools_ready = FirstSeen(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "inferencepools",
-                                holds=ready).start()  # fmt: skip
+        pools_ready = FirstSeen(
+            custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "inferencepools", holds=ready
+        ).start()
         watchers += [exists, up, pools_ready]
         sent = burst(crs.create, pools)
         first = min(sent.values())
@@ -331,19 +366,27 @@ def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         figures.converge_writes = operator.writes()
         figures.writes_by_kind = by_kind(metrics)
         figures.reconciles = reconcile_stats(metrics)
+        figures.queue_waits = histogram_means(metrics, "localai_operator_queue_wait_seconds")
+        figures.request_latency = histogram_means(metrics, "localai_operator_api_request_duration_seconds")
         print(
             f"  ours: converged; {figures.converge_writes - writes_before:.0f} writes for the pools",
             flush=True,
         )
 
+        if args.converge_only:
+            figures.stop_seconds, figures.stop_exit = stopped(operator)
+            return figures
+
         # No-op window: from a pause between resync passes, two full passes over every object.
         wait_quiet(operator.reconciles, args.timeout, "a pause between resync passes", quiet=1.0)
-        writes0, reconciles0, window_start = operator.writes(), operator.reconciles(), time.monotonic()
+        writes0, reads0, reconciles0 = operator.writes(), operator.reads(), operator.reconciles()
+        window_start = time.monotonic()
         first_pass = resync_passes(
             operator.reconciles, reconciles0, objects, 2, args.resync * 3 + args.timeout
         )
         figures.noop_seconds = time.monotonic() - window_start
         figures.noop_writes = operator.writes() - writes0
+        figures.noop_reads = operator.reads() - reads0
         figures.resync_pass = first_pass
         figures.noop_rss_mib = memory_mib(operator.process.pid)[0]
         print(f"  ours: no-op window done ({figures.noop_seconds:.0f} s)", flush=True)
@@ -353,11 +396,20 @@ def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         restart_start = time.monotonic()
         restarted = OperatorProcess(kubeconfig, logs / "ours-restart.log", resync_seconds=args.resync).start()
         assert restarted.process is not None
-        wait_for(lambda: restarted.metrics().get("localai_operator_leader") == 1.0, args.timeout,
-                 "the restarted operator to take the lease", interval=0.5)  # fmt: skip
+        wait_for(
+            lambda: restarted.metrics().get("localai_operator_leader") == 1.0,
+            args.timeout,
+            "the restarted operator to take the lease",
+            interval=0.5,
+        )
         figures.restart_lease = time.monotonic() - restart_start
-        wait_for(lambda: restarted.reconciles() >= objects, args.timeout, "the restarted operator's start-up pass",
-                 interval=0.5, describe=restarted.reconciles)  # fmt: skip
+        wait_for(
+            lambda: restarted.reconciles() >= objects,
+            args.timeout,
+            "the restarted operator's start-up pass",
+            interval=0.5,
+            describe=restarted.reconciles,
+        )
         pass_end = wait_quiet(restarted.reconciles, args.timeout, "the end of the start-up pass", quiet=1.0)
         figures.restart_pass = pass_end - restart_start
         resync_passes(
@@ -365,6 +417,7 @@ def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         )
         figures.restart_seconds = time.monotonic() - restart_start
         figures.restart_writes = restarted.writes()
+        figures.restart_reads = restarted.reads()
         figures.restart_writes_by_kind = by_kind(restarted.metrics())
         figures.restart_rss_mib = memory_mib(restarted.process.pid)[0]
     finally:
@@ -373,16 +426,19 @@ def measure_ours(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         operator.stop()
         if restarted is not None:
             restarted.stop()
-    figures.log_problems = log_problems(log) + log_problems(logs / "ours-restart.log")
+        figures.log_problems = log_problems(log) + log_problems(logs / "ours-restart.log")
     return figures
 
 
 def by_kind(metrics: dict[str, float]) -> dict[str, float]:
-    out = {}
+    """Our API requests by "verb kind" (Lease renewals left out: they are no work on the resources)."""
+    out: dict[str, float] = {}
     for key, value in metrics.items():
-        match = re.match(r'localai_operator_api_writes\{write="([^"]+)"\}', key)
-        if match and value:
-            out[match.group(1)] = value
+        if key.startswith("localai_operator_api_requests_total{") and value:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+            if labels["kind"] != "Lease":
+                name = f"{labels['verb']} {labels['kind']}"
+                out[name] = out.get(name, 0) + value
     return out
 
 
@@ -444,11 +500,13 @@ def install_peer_crds(api: client.ApiClient) -> None:
     wait_for(established, 30, "the peer's CRDs to be Established")
 
 
-def measure_peer(api: client.ApiClient, kubeconfig: Path, namespace: str, args: argparse.Namespace,
-                 logs: Path) -> Figures:  # fmt: skip
+def measure_peer(
+    api: client.ApiClient, kubeconfig: Path, namespace: str, args: argparse.Namespace, logs: Path
+) -> Figures:
     figures = Figures("peer")
     apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
     install_peer_crds(api)
+    wait_served(custom, PEER_GROUP, PEER_VERSION, tuple(PEER_KINDS))
 
     def create(body: dict[str, Any]) -> None:
         plural = {v: k for k, v in PEER_KINDS.items()}[body["kind"]]
@@ -456,17 +514,28 @@ def measure_peer(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         custom.create_namespaced_custom_object(PEER_GROUP, PEER_VERSION, namespace, plural, body)
 
     models = [f"m{i:05d}" for i in range(args.models)]
-    pools = [{"kind": "PeerPool", "metadata": {"name": f"p{i:04d}"},
-              "spec": {"models": served_models(i, models, args.models_per_pool), "replicas": 1}}
-             for i in range(args.pools)]  # fmt: skip
+    pools = [
+        {
+            "kind": "PeerPool",
+            "metadata": {"name": f"p{i:04d}"},
+            "spec": {"models": served_models(i, models, args.models_per_pool), "replicas": 1},
+        }
+        for i in range(args.pools)
+    ]
     log = logs / "peer.log"
     peer = PeerProcess(kubeconfig, log).start()
     restarted: PeerProcess | None = None
     watchers: list[FirstSeen] = []
     try:
         assert peer.process is not None
-        handled = FirstSeen(custom.list_namespaced_custom_object, PEER_GROUP, PEER_VERSION, namespace, "peermodels",
-                            holds=lambda m: KOPF_HANDLED in (m["metadata"].get("annotations") or {})).start()  # fmt: skip
+        handled = FirstSeen(
+            custom.list_namespaced_custom_object,
+            PEER_GROUP,
+            PEER_VERSION,
+            namespace,
+            "peermodels",
+            holds=lambda m: KOPF_HANDLED in (m["metadata"].get("annotations") or {}),
+        ).start()
         watchers.append(handled)
         started = time.monotonic()
         create_all(
@@ -493,6 +562,10 @@ def measure_peer(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         figures.converge_writes = sum(counts.values())
         figures.writes_by_kind = counts
         print("  peer: converged", flush=True)
+
+        if args.converge_only:
+            figures.stop_seconds, figures.stop_exit = stopped(peer)
+            return figures
 
         # The peer has no resync: its no-op window is as long as two of our resync intervals.
         writes0, window_start = peer.writes(), time.monotonic()
@@ -523,8 +596,18 @@ def measure_peer(api: client.ApiClient, kubeconfig: Path, namespace: str, args: 
         peer.stop()
         if restarted is not None:
             restarted.stop()
-    figures.log_problems = log_problems(log) + log_problems(logs / "peer-restart.log")
+        figures.log_problems = log_problems(log) + log_problems(logs / "peer-restart.log")
     return figures
+
+
+def namespace_exists(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespace(name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
 
 
 def ratio(ours: float | None, peer: float | None) -> str:
@@ -539,45 +622,80 @@ def cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def ms(values: list[float], q: float) -> float:
+    return pct(values, q) * 1000
+
+
 def report(ours: Figures, peer: Figures, args: argparse.Namespace) -> None:
+    all_ready = ours.models_settled + (ours.pools_ready or 0)
     rows: list[tuple[str, float | None, float | None, str]] = [
-        ("create -> Deployment exists, p50 (ms)", pct(ours.to_deployment, 0.5) * 1000,
-         pct(peer.to_deployment, 0.5) * 1000, "{:.0f}"),
-        ("create -> Deployment exists, p99 (ms)", pct(ours.to_deployment, 0.99) * 1000,
-         pct(peer.to_deployment, 0.99) * 1000, "{:.0f}"),
-        (f"all {args.pools} Deployments available (s)", ours.deployments_available, peer.deployments_available,
-         "{:.1f}"),
+        (
+            "create -> Deployment exists, p50 (ms)",
+            ms(ours.to_deployment, 0.5),
+            ms(peer.to_deployment, 0.5),
+            "{:.0f}",
+        ),
+        (
+            "create -> Deployment exists, p99 (ms)",
+            ms(ours.to_deployment, 0.99),
+            ms(peer.to_deployment, 0.99),
+            "{:.0f}",
+        ),
+        (
+            f"all {args.pools} Deployments available (s)",
+            ours.deployments_available,
+            peer.deployments_available,
+            "{:.1f}",
+        ),
         (f"all {args.pools} pools Ready=True (s)", ours.pools_ready, None, "{:.1f}"),
         ("writes settled after the burst (s)", ours.writes_settled, peer.writes_settled, "{:.1f}"),
-        (f"{args.models} models settled (s)", ours.models_settled, peer.models_settled, "{:.1f}"),
+        (f"{args.models} models Ready / handled (s)", ours.models_settled, peer.models_settled, "{:.1f}"),
+        ("models + pools Ready, both phases (s)", all_ready, None, "{:.1f}"),
         ("RSS after convergence (MiB)", ours.rss_mib, peer.rss_mib, "{:.0f}"),
         ("peak RSS, VmHWM (MiB)", ours.peak_rss_mib, peer.peak_rss_mib, "{:.0f}"),
-        ("CPU seconds used until converged", ours.cpu_seconds, peer.cpu_seconds, "{:.0f}"),
+        ("CPU seconds used until converged", ours.cpu_seconds, peer.cpu_seconds, "{:.1f}"),
         ("RSS after the no-op window (MiB)", ours.noop_rss_mib, peer.noop_rss_mib, "{:.0f}"),
         ("write requests to converge, all objects", ours.converge_writes, peer.converge_writes, "{:.0f}"),
         ("writes in the no-op window", ours.noop_writes, peer.noop_writes, "{:.0f}"),
+        ("reads in the no-op window (ours)", ours.noop_reads, None, "{:.0f}"),
         ("restart: lease taken after (s)", ours.restart_lease, None, "{:.1f}"),
         ("restart: start-up pass over unchanged (s)", ours.restart_pass, peer.restart_pass, "{:.1f}"),
         ("writes after a restart over unchanged", ours.restart_writes, peer.restart_writes, "{:.0f}"),
+        ("reads after a restart over unchanged (ours)", ours.restart_reads, None, "{:.0f}"),
         ("RSS after the restart (MiB)", ours.restart_rss_mib, peer.restart_rss_mib, "{:.0f}"),
-    ]  # fmt: skip
+        ("SIGTERM -> exit (s)", ours.stop_seconds, peer.stop_seconds, "{:.2f}"),
+    ]
     print(
         f"\n{args.models} models + {args.pools} pools x {args.models_per_pool} models, resync {args.resync:g} s"
     )
-    print(f"{'':42} {'ours':>9} {'peer':>9} {'ours/peer':>10}")
+    print(f"{'':44} {'ours':>9} {'peer':>9} {'ours/peer':>10}")
     for label, o, p, fmt in rows:
-        print(f"{label:42} {cell(o, fmt):>9} {cell(p, fmt):>9} {ratio(o, p):>10}")
-    print(f"\nno-op window: ours {ours.noop_seconds:.0f} s (two resync passes"
-          + (f", one pass {ours.resync_pass:.1f} s" if ours.resync_pass else "")
-          + f"), peer {peer.noop_seconds:.0f} s; restart window: ours {ours.restart_seconds:.0f} s, "
-          f"peer {peer.restart_seconds:.0f} s")  # fmt: skip
+        print(f"{label:44} {cell(o, fmt):>9} {cell(p, fmt):>9} {ratio(o, p):>10}")
+    if not args.converge_only:
+        resync = f", one pass {ours.resync_pass:.1f} s" if ours.resync_pass else ""
+        print(
+            f"\nno-op window: ours {ours.noop_seconds:.0f} s (two resync passes{resync}), peer {peer.noop_seconds:.0f} s;"
+            f" restart window: ours {ours.restart_seconds:.0f} s, peer {peer.restart_seconds:.0f} s"
+        )
+    for figures in (ours, peer):
+        slowest = sorted(enumerate(figures.to_deployment), key=lambda item: -item[1])[:5]
+        listed = ", ".join(f"#{i}: {t * 1000:.0f}" for i, t in slowest)
+        print(f"{figures.name} slowest creates (position in the burst: ms): {listed}")
     passes = ", ".join(
-        f"{kind} {n:.0f} x {mean * 1000:.0f} ms" for kind, (n, mean) in ours.reconciles.items()
+        f"{kind} {n:.0f} x {mean * 1000:.1f} ms" for kind, (n, mean) in ours.reconciles.items()
     )
     print(f"ours reconcile passes until converged (count x mean duration): {passes}")
+    waits = ", ".join(f"{kind} {mean * 1000:.1f} ms" for kind, (_, mean) in ours.queue_waits.items())
+    print(f"ours mean wait in the work queue: {waits}")
+    latency = ", ".join(
+        f"{verb} {n:.0f} x {mean * 1000:.1f} ms" for verb, (n, mean) in ours.request_latency.items()
+    )
+    print(f"ours API requests until converged (count x mean latency): {latency}")
     for figures in (ours, peer):
-        print(f"{figures.name} SIGTERM -> exit: {figures.stop_seconds:.1f} s, exit code {figures.stop_exit}"
-              + (" (SIGKILLed after the grace period)" if figures.stop_exit == -signal.SIGKILL else ""))  # fmt: skip
+        killed = " (SIGKILLed after the grace period)" if figures.stop_exit == -signal.SIGKILL else ""
+        print(
+            f"{figures.name} SIGTERM -> exit: {figures.stop_seconds:.2f} s, exit code {figures.stop_exit}{killed}"
+        )
         print(f"{figures.name} writes to converge: {json.dumps(figures.writes_by_kind, sort_keys=True)}")
         print(
             f"{figures.name} writes after restart: {json.dumps(figures.restart_writes_by_kind, sort_keys=True)}"
@@ -586,6 +704,31 @@ def report(ours: Figures, peer: Figures, args: argparse.Namespace) -> None:
         print(f"{figures.name} log: {len(problems)} ERROR/WARNING/Traceback lines")
         for line in dict.fromkeys(re.sub(r"\d", "0", p)[:200] for p in problems[:200]):
             print(f"    {line}")
+    targets = [
+        (
+            "create -> Deployment p50 <= the peer's",
+            ms(ours.to_deployment, 0.5) <= ms(peer.to_deployment, 0.5),
+        ),
+        ("create -> Deployment p99 <= 1 s", ms(ours.to_deployment, 0.99) <= 1000),
+        (f"{args.models} models + {args.pools} pools all Ready <= 30 s, both phases added", all_ready <= 30),
+        (
+            f"{args.pools} pools Ready <= 30 s after their first create, the models in place",
+            (ours.pools_ready or 1e9) <= 30,
+        ),
+        ("RSS <= 150 MiB (peak)", ours.peak_rss_mib <= 150),
+        ("CPU seconds <= 1.5x the peer's", ours.cpu_seconds <= 1.5 * peer.cpu_seconds),
+        ("SIGTERM -> exit <= 1 s", ours.stop_seconds <= 1.0),
+    ]
+    if not args.converge_only:
+        targets.append(
+            (
+                "0 requests on a no-op resync and after a restart",
+                ours.noop_writes + ours.noop_reads + ours.restart_writes + ours.restart_reads == 0,
+            )
+        )
+    print("\ntargets (issue 13):")
+    for label, met in targets:
+        print(f"  {label}: {'met' if met else 'NOT met'}")
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -608,9 +751,16 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="for each wait (s)")
     parser.add_argument("--kubeconfig", type=Path, help="use this cluster instead of starting the local one")
     parser.add_argument("--logs", type=Path, help="where the operators' logs go (default: a new temp dir)")
+    parser.add_argument(
+        "--converge-only",
+        action="store_true",
+        help="stop after convergence (and SIGTERM): no no-op window, no restart; for the large sizes",
+    )
     args = parser.parse_args()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="operator-scale-"))
     logs.mkdir(parents=True, exist_ok=True)
+    if any(logs.iterdir()):  # the operators append to their logs: an old run's lines would be counted
+        parser.error(f"--logs {logs} is not empty")
     print(f"logs: {logs}", flush=True)
 
     cluster: Cluster | None = None
@@ -636,10 +786,16 @@ def main() -> int:
         core = client.CoreV1Api(api)
         for name in namespaces.values():
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        # The peer first: whatever the first run leaves in the cluster (pods, etcd size) weighs on ours.
+        # The peer first; its namespace is then deleted and gone before ours starts, so its pods and Services
+        # (ClusterIPs) weigh on neither run. What stays (etcd's history) weighs on ours.
         print("peer ...", flush=True)
         peer = measure_peer(api, kubeconfig, namespaces["peer"], args, logs)
-        print("ours ...", flush=True)
+        started = time.monotonic()
+        core.delete_namespace(namespaces["peer"])
+        wait_for(
+            lambda: not namespace_exists(core, namespaces["peer"]), args.timeout, "the peer's namespace to go"
+        )
+        print(f"peer's namespace deleted in {time.monotonic() - started:.0f} s; ours ...", flush=True)
         ours = measure_ours(api, kubeconfig, namespaces["ours"], args, logs)
         report(ours, peer, args)
     finally:

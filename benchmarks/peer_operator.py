@@ -96,22 +96,41 @@ def start(memo: kopf.Memo, **_: Any) -> None:
 
 
 def config_map(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-models"},
-            "data": {"models": "\n".join(spec.get("models", []))}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-models"},
+        "data": {"models": "\n".join(spec.get("models", []))},
+    }
 
 
 def deployment(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     labels = {"app": name}
-    container = {"name": "server", "image": "localai/localai:latest-cpu", "ports": [{"containerPort": 8080}],
-                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}  # fmt: skip
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": spec.get("replicas", 1), "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}}  # fmt: skip
+    container = {
+        "name": "server",
+        "image": "localai/localai:latest-cpu",
+        "ports": [{"containerPort": 8080}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": spec.get("replicas", 1),
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
 
 
 def service(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 8080, "targetPort": 8080}]}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
 
 
 @kopf.on.resume(GROUP, VERSION, "peerpools", id="children")

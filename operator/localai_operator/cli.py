@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localai_operator.main import RunOptions
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -40,16 +44,27 @@ def _cmd_router(args: argparse.Namespace) -> int:
     return router_main(config_path=args.config, host=args.host, port=args.port, log_level=args.log_level)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from localai_operator.main import run
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """`run`'s flags, every one of them, as the options the operator starts with."""
+    from localai_operator.main import RunOptions
 
-    return run(
-        namespaces=args.namespace,
+    return RunOptions(
+        namespaces=tuple(args.namespace),
         all_namespaces=args.all_namespaces,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         verbose=args.verbose,
+        leader_election=args.leader_election,
+        workers=args.workers,
+        api_qps=args.api_qps,
+        api_burst=args.api_burst,
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from localai_operator.main import run
+
+    return run(run_options(args))
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -84,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="hold a Lease so extra replicas stand by (lease namespace: $POD_NAMESPACE or default)",
     )
+    run.add_argument("--workers", type=int, default=64, help="passes run at once (async workers)")
+    run.add_argument(
+        "--api-qps", type=float, default=200.0, help="sustained API requests per second the operator may send"
+    )
+    run.add_argument("--api-burst", type=int, default=400, help="API requests it may send at once")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
 
@@ -112,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--host", default="0.0.0.0")
     router.add_argument("--port", type=int, default=8080)
     router.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info",
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
         help="log verbosity (keys are redacted at every level)",
-    )  # fmt: skip
+    )
     router.set_defaults(func=_cmd_router)
 
     fetch = sub.add_parser("fetch-models", help="download and verify a pool's models (its init container)")

@@ -1,217 +1,287 @@
-"""The only module that talks to the API server: reads, drift-aware server-side apply, status, events."""
+"""The only module that talks to the API server: the operator's async client (server-side apply, status, events,
+leases; rate-limited, every request counted) and a small synchronous client for the harness, the tests and `dev`.
+
+The operator reads nothing here during a pass: what it knows of the cluster comes from Kopf's watches (cache.py).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+import aiohttp
+import kopf
 
-from localai_operator.constants import (
-    ANNOTATION_APPLIED,
-    APP_NAME,
-    FIELD_MANAGER,
-    GROUP,
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-    VERSION,
-)
-from localai_operator.render.common import content_hash
+from localai_operator.api.kinds import CUSTOM_RESOURCE_DEFINITION, EVENT, Kind, of
+from localai_operator.constants import APP_NAME, FIELD_MANAGER
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 log = logging.getLogger(__name__)
 
-_CORE = {"ConfigMap": "configmaps", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
-         "Secret": "secrets", "Pod": "pods", "Event": "events", "Node": "nodes", "Namespace": "namespaces"}  # fmt: skip
-_GROUPED = {"Deployment": ("apps/v1", "deployments"), "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
-            "LLMModel": (f"{GROUP}/{VERSION}", "llmmodels"), "InferencePool": (f"{GROUP}/{VERSION}", "inferencepools"),
-            "FallbackRoute": (f"{GROUP}/{VERSION}", "fallbackroutes"),
-            "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
-            "Lease": ("coordination.k8s.io/v1", "leases"),
-            "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies")}  # fmt: skip
-# Kinds a custom resource may own at one time and not the next (storage removed, replicas down to 1).
-PRUNABLE = ("PersistentVolumeClaim", "PodDisruptionBudget", "NetworkPolicy")
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+JSON = "application/json"
+# A request counter: (verb, kind, HTTP status or 0 when no response came back, seconds it took).
+Count = Callable[[str, str, int, float], None]
 
 
-def path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
-    if kind in _CORE:
-        base, plural = "/api/v1", _CORE[kind]
-    else:
-        group_version, plural = _GROUPED[kind]
-        base = f"/apis/{group_version}"
-    out = base + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
-    return out + (f"/{name}" if name else "")
+class ApiError(Exception):
+    """The API server refused a request; `message` is its own explanation (a Status object's message)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+    @classmethod
+    def from_response(cls, status: int, text: str) -> ApiError:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        return cls(status, str(body.get("reason") or ""), str(body.get("message") or text[:500] or status))
 
 
-@dataclass
-class WriteCounter:
-    """API writes this process sent, by verb and kind: what the no-op resync test and metrics read."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, verb: str, kind: str) -> None:
-        with self.lock:
-            key = f"{verb} {kind}"
-            self.counts[key] = self.counts.get(key, 0) + 1
-
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.counts.values())
-
-
-WRITES = WriteCounter()
+def login(
+    settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> kopf.ConnectionInfo:
+    """The in-cluster ServiceAccount, else the kubeconfig. Kopf's own minimal readers first, so the kubernetes
+    client library is never loaded; a kubeconfig whose user runs an exec plugin or an auth provider (EKS, GKE,
+    OIDC) goes through that library, the only one that speaks them."""
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None and not _needs_client_library():
+        info = kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        info = kopf.login_via_client(settings=settings, logger=logger)
+    if info is None:
+        raise kopf.LoginError("no in-cluster ServiceAccount and no usable kubeconfig")
+    return info
 
 
-class Kube:
-    """A thin, thread-safe wrapper over one ApiClient."""
+def _needs_client_library() -> bool:
+    import os
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
+    import yaml
 
-    def _call(self, method: str, url: str, body: Any = None, *, content_type: str = "application/json",
-              query: list[tuple[str, Any]] | None = None) -> Any:  # fmt: skip
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        serialized = self.api.param_serialize(
-            method,
-            url,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+    paths = [p for p in os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep) if p]
+    for path in paths:
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as file:
+                config = yaml.safe_load(file) or {}
+        except OSError:
+            continue
+        if any(
+            "exec" in (u.get("user") or {}) or "auth-provider" in (u.get("user") or {})
+            for u in config.get("users") or []
+        ):
+            return True
+    return False
+
+
+class TokenBucket:
+    """At most `rate` requests per second on average, `burst` at once: a failing pass retried by many workers
+    cannot flood the API server."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+                self._tokens, self._stamp = 1.0, time.monotonic()
+            self._tokens -= 1
+
+
+class Api:
+    """JSON over one aiohttp session, with the credentials Kopf logs in with; re-logs in once on a 401."""
+
+    def __init__(
+        self,
+        credentials: Callable[[], kopf.ConnectionInfo],
+        *,
+        count: Count,
+        rate: float = 200.0,
+        burst: int = 400,
+        timeout: float = 30.0,
+    ) -> None:
+        self._credentials = credentials
+        self._count = count
+        self._bucket = TokenBucket(rate, burst)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5)
+        self._session: aiohttp.ClientSession | None = None
+        self._server = ""
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            info = self._credentials()
+            self._server = info.server.rstrip("/")
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=128, keepalive_timeout=60),
+                headers={**info.as_http_headers(), "User-Agent": f"{APP_NAME}/controller"},
+                timeout=self._timeout,
+                trust_env=info.trust_env,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        verb: str,
+        kind: Kind,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = JSON,
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        """One request: rate-limited, counted by verb and kind; raises ApiError unless the answer is 2xx."""
+        payload = None if body is None else json.dumps(body, separators=(",", ":"))
+        for attempt in (1, 2):
+            started = time.monotonic()
+            await self._bucket.take()
+            session = self._open()
+            try:
+                async with session.request(
+                    method,
+                    self._server + path,
+                    data=payload,
+                    params=query,
+                    headers={"Content-Type": content_type, "Accept": JSON},
+                ) as response:
+                    text = await response.text()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                self._count(verb, kind.kind, 0, time.monotonic() - started)
+                raise
+            self._count(verb, kind.kind, status, time.monotonic() - started)
+            if status == 401 and attempt == 1:
+                await self.close()  # a rotated ServiceAccount token: log in again and retry once
+                continue
+            if not 200 <= status < 300:
+                raise ApiError.from_response(status, text)
+            return json.loads(text) if text else None
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply, forcing our field manager's ownership; returns the live object."""
+        kind, meta = of(obj["kind"]), obj["metadata"]
+        live: dict[str, Any] = await self.request(
+            "apply",
+            kind,
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=obj,
+            content_type=APPLY,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
         )
-        response = self.api.call_api(*serialized)
-        data = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            raise ApiException(http_resp=response)
-        return json.loads(data) if data else None
+        return live
 
-    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+        """Deletes in the background (the garbage collector takes the dependents); gone already is fine."""
         try:
-            result: dict[str, Any] = self._call("GET", path(kind, namespace, name))
-            return result
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._call("GET", path(kind, namespace), query=query)
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
-
-    def apply(self, obj: dict[str, Any]) -> bool:
-        """Server-side apply `obj` unless the live object already holds every field of it; True if written."""
-        # The hash catches fields removed from the desired state, which a containment check alone cannot see.
-        obj = {**obj, "metadata": {**obj["metadata"]}}
-        obj["metadata"]["annotations"] = {
-            **obj["metadata"].get("annotations", {}),
-            ANNOTATION_APPLIED: content_hash(obj),
-        }
-        kind, meta = obj["kind"], obj["metadata"]
-        live = self.get(kind, meta.get("namespace"), meta["name"])
-        if live is not None and contains(live, obj):
-            return False
-        self._call("PATCH", path(kind, meta.get("namespace"), meta["name"]), obj,
-                   content_type="application/apply-patch+yaml",
-                   query=[("fieldManager", FIELD_MANAGER), ("force", "true")])  # fmt: skip
-        WRITES.add("apply", kind)
-        return True
-
-    def create(self, obj: dict[str, Any]) -> bool:
-        """POST `obj` as it is (status included, as a node registers itself); False if it already exists."""
-        try:
-            self._call("POST", path(obj["kind"], obj["metadata"].get("namespace")), obj)
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise
-        return True
-
-    def install_crds(self, timeout: float = 30.0) -> bool:
-        """Apply the generated CRDs and wait until the API server serves them; False on timeout."""
-        from localai_operator.api.crd import crds
-
-        wanted = crds()
-        for crd in wanted:
-            self.apply(crd)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            live = [self.get("CustomResourceDefinition", None, c["metadata"]["name"]) or {} for c in wanted]
-            conditions = [(obj.get("status") or {}).get("conditions") or [] for obj in live]
-            if all(
-                any(c["type"] == "Established" and c["status"] == "True" for c in cs) for cs in conditions
-            ):
-                return True
-            time.sleep(0.2)
-        return False
-
-    def apply_all(self, objects: Iterable[dict[str, Any]]) -> int:
-        return sum(self.apply(obj) for obj in objects)
-
-    def prune(self, owner_uid: str, namespace: str, instance: str, keep: Iterable[dict[str, Any]]) -> int:
-        """Delete objects of PRUNABLE kinds this owner no longer renders."""
-        wanted = {(o["kind"], o["metadata"]["name"]) for o in keep}
-        selector = f"{LABEL_MANAGED_BY}={APP_NAME},{LABEL_INSTANCE}={instance}"
-        deleted = 0
-        for kind in PRUNABLE:
-            for live in self.list(kind, namespace, selector):
-                refs = live["metadata"].get("ownerReferences", [])
-                if (kind, live["metadata"]["name"]) in wanted or not any(
-                    r.get("uid") == owner_uid for r in refs
-                ):
-                    continue
-                self.delete(kind, namespace, live["metadata"]["name"])
-                deleted += 1
-        return deleted
-
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        try:
-            self._call("DELETE", path(kind, namespace, name))
-            WRITES.add("delete", kind)
-        except ApiException as err:
+            await self.request(
+                "delete",
+                kind,
+                "DELETE",
+                kind.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiError as err:
             if err.status != 404:
                 raise
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self._call("PATCH", path(kind, namespace, name) + "/status", {"status": status},
-                   content_type="application/merge-patch+json")  # fmt: skip
-        WRITES.add("status", kind)
+    async def patch_status(
+        self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        live: dict[str, Any] = await self.request(
+            "status",
+            kind,
+            "PATCH",
+            kind.path(namespace, name, "status"),
+            body={"status": status},
+            content_type=MERGE,
+        )
+        return live
 
-    def event(self, involved: dict[str, Any], *, type_: str, reason: str, message: str, now: str) -> None:
+    async def create(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        live: dict[str, Any] = await self.request(
+            "create", kind, "POST", kind.path(obj["metadata"].get("namespace")), body=obj
+        )
+        return live
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            live: dict[str, Any] = await self.request("get", kind, "GET", kind.path(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        return live
+
+    async def replace(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT with the object's resourceVersion: fails with 409 if someone else changed it meanwhile."""
+        meta = obj["metadata"]
+        live: dict[str, Any] = await self.request(
+            "update", kind, "PUT", kind.path(meta.get("namespace"), meta["name"]), body=obj
+        )
+        return live
+
+    async def event(
+        self, involved: dict[str, Any], *, type_: str, reason: str, message: str, now: str
+    ) -> None:
+        """Records an Event on `involved`; best effort, a failure is logged and never fails a pass."""
         meta = involved["metadata"]
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": APP_NAME}, "reportingComponent": APP_NAME,
-        }  # fmt: skip
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": APP_NAME},
+            "reportingComponent": APP_NAME,
+        }
         try:
-            self._call("POST", path("Event", meta["namespace"]), body)
-            WRITES.add("create", "Event")
-        except ApiException as err:  # an event is best effort: never fail a reconcile for it
+            await self.create(EVENT, body)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as err:
             log.warning(
-                "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.status
+                "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err
             )
 
 
 def _same_scalar(want: Any, have: Any) -> bool:
     if want == have:
         return True
-    # The API server normalises numbers in quantities and int-or-string fields ("2" -> 2 is not done, but 2 vs "2" is).
+    # The API server returns some int-or-string fields in the other form (2 vs "2").
     return (
         isinstance(want, (int, float, str)) and isinstance(have, (int, float, str)) and str(want) == str(have)
     )
@@ -226,66 +296,96 @@ def contains(live: Any, want: Any) -> bool:
     return _same_scalar(want, live)
 
 
-def _micro_time(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class Kube:
+    """A synchronous client over a kubernetes-library ApiClient, for the harness, the tests and `dev`: the
+    operator itself uses Api."""
 
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    def _call(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        content_type: str = JSON,
+        query: list[tuple[str, Any]] | None = None,
+    ) -> Any:
+        headers = {"Content-Type": content_type, "Accept": JSON}
+        serialized = self.api.param_serialize(
+            method,
+            url,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status < 300:
+            raise ApiError.from_response(response.status, data.decode(errors="replace"))
+        return json.loads(data) if data else None
 
-
-class LeaderElector:
-    """Lease-based leader election (coordination.k8s.io), so a second replica stays a hot standby.
-
-    Lease renewals are not counted as reconcile writes: they are the price of having a standby at all.
-    """
-
-    def __init__(self, kube: Kube, namespace: str, name: str, identity: str, lease_seconds: int = 15) -> None:
-        self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
-        self.lease_seconds = lease_seconds
-        self.leading = threading.Event()
-
-    def try_acquire_or_renew(self, now: datetime | None = None) -> bool:
-        now = now or datetime.now(UTC)
-        url = path("Lease", self.namespace, self.name)
-        lease = self.kube.get("Lease", self.namespace, self.name)
-        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
-                "renewTime": _micro_time(now)}  # fmt: skip
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            if lease is None:
-                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                        "metadata": {"name": self.name, "namespace": self.namespace},
-                        "spec": {**spec, "acquireTime": _micro_time(now), "leaseTransitions": 0}}  # fmt: skip
-                self.kube._call("POST", path("Lease", self.namespace), body)
-            else:
-                current = lease.get("spec") or {}
-                holder = current.get("holderIdentity")
-                renewed = _parse_time(current.get("renewTime"))
-                duration = int(current.get("leaseDurationSeconds") or self.lease_seconds)
-                expired = renewed is None or renewed + timedelta(seconds=duration) < now
-                if holder not in (None, "", self.identity) and not expired:
-                    self.leading.clear()
-                    return False
-                if holder != self.identity:
-                    spec["acquireTime"] = _micro_time(now)
-                    spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
-                lease["spec"] = {**current, **spec}
-                # PUT with the read resourceVersion: two candidates racing for an expired lease cannot both win.
-                self.kube._call("PUT", url, lease)
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            self.leading.clear()
+            result: dict[str, Any] = self._call("GET", of(kind).path(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        return result
+
+    def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._call("GET", of(kind).path(namespace), query=query)
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def apply(self, obj: dict[str, Any]) -> bool:
+        """Server-side apply `obj` unless the live object already holds every field of it; True if written."""
+        meta = obj["metadata"]
+        live = self.get(obj["kind"], meta.get("namespace"), meta["name"])
+        if live is not None and contains(live, obj):
             return False
-        self.leading.set()
+        self._call(
+            "PATCH",
+            of(obj["kind"]).path(meta.get("namespace"), meta["name"]),
+            obj,
+            content_type=APPLY,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
         return True
 
-    def release(self) -> None:
-        lease = self.kube.get("Lease", self.namespace, self.name)
-        if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-            lease["spec"]["holderIdentity"] = None
-            with contextlib.suppress(ApiException):
-                self.kube._call("PUT", path("Lease", self.namespace, self.name), lease)
-        self.leading.clear()
+    def create(self, obj: dict[str, Any]) -> bool:
+        """POST `obj` as it is (status included, as a node registers itself); False if it already exists."""
+        try:
+            self._call("POST", of(obj["kind"]).path(obj["metadata"].get("namespace")), obj)
+        except ApiError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def apply_all(self, objects: Iterable[dict[str, Any]]) -> int:
+        return sum(self.apply(obj) for obj in objects)
+
+    def install_crds(self, timeout: float = 30.0) -> bool:
+        """Apply the generated CRDs and wait until the API server serves them; False on timeout."""
+        from localai_operator.api.crd import crds
+
+        wanted = crds()
+        self.apply_all(wanted)
+        names = [c["metadata"]["name"] for c in wanted]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [self.get(CUSTOM_RESOURCE_DEFINITION.kind, None, name) or {} for name in names]
+            conditions = [(obj.get("status") or {}).get("conditions") or [] for obj in live]
+            if all(
+                any(c["type"] == "Established" and c["status"] == "True" for c in cs) for cs in conditions
+            ):
+                return True
+            time.sleep(0.2)
+        return False

@@ -1,4 +1,5 @@
-"""`localai-operator run`: configure Kopf, the API client, metrics and the resync loop, then run."""
+"""`localai-operator run`: build the controller (API client, caches, work queue, leader election, metrics) and run
+Kopf with it as the memo every handler receives."""
 
 from __future__ import annotations
 
@@ -6,43 +7,43 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
+from dataclasses import dataclass
 
 import kopf
-from kubernetes import client, config
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from localai_operator import handlers
-from localai_operator.kube import WRITES, Kube, LeaderElector
-from localai_operator.reconcile import Reconciler
+from localai_operator import (
+    handlers,  # noqa: F401  (registers the handlers with Kopf)
+    startgate,
+)
+from localai_operator.controller import Controller, Options
+from localai_operator.kube import Api, login
+from localai_operator.leader import LeaderElector
+from localai_operator.metrics import Metrics
 from localai_operator.render import RenderSettings
 from localai_operator.render.common import content_hash
+from localai_operator.workqueue import WorkQueue
 
-RECONCILES = Counter("localai_operator_reconciles_total", "Reconcile passes", ["kind", "result"])
-DURATION = Histogram("localai_operator_reconcile_duration_seconds", "Reconcile pass duration", ["kind"],
-                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
-LEADER = Gauge("localai_operator_leader", "1 while this replica holds the lease (or runs without election)")
-API_WRITES = Gauge("localai_operator_api_writes", "API writes sent since start", ["write"])
+log = logging.getLogger(__name__)
 
 
-def _observe(kind: str, seconds: float, result: str) -> None:
-    RECONCILES.labels(kind, result).inc()
-    DURATION.labels(kind).observe(seconds)
-    with WRITES.lock:
-        counts = dict(WRITES.counts)
-    for key, value in counts.items():
-        API_WRITES.labels(key).set(value)
+@dataclass(frozen=True)
+class RunOptions:
+    """What `localai-operator run` was asked for (cli.run_options builds it from the command line)."""
 
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    metrics_port: int = 8081
+    health_port: int = 8082
+    verbose: bool = False
+    leader_election: bool = True
+    workers: int = 64
+    api_qps: float = 200.0
+    api_burst: int = 400
 
-def api_client() -> client.ApiClient:
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    # Kopf's worker threads and the dependents worker share this client: one connection each, no churn.
-    configuration.connection_pool_maxsize = 32
-    return client.ApiClient(configuration)
+    @property
+    def watched(self) -> list[str] | None:
+        """The namespaces to watch, or None for all of them."""
+        return None if self.all_namespaces or not self.namespaces else list(self.namespaces)
 
 
 def settings_from_env() -> RenderSettings:
@@ -63,62 +64,61 @@ def lease_name(namespaces: list[str] | None) -> str:
     return f"localai-operator-{content_hash(sorted(namespaces))[:10]}"
 
 
-def run(
-    *,
-    namespaces: list[str],
-    all_namespaces: bool,
-    metrics_port: int,
-    health_port: int,
-    verbose: bool,
-    leader_election: bool = True,
-) -> int:
-    level = os.environ.get("LOCALAI_OPERATOR_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
+def controller(options: RunOptions, settings: kopf.OperatorSettings) -> Controller:
+    metrics = Metrics()
+    api = Api(
+        lambda: login(settings, log),
+        count=metrics.count_request,
+        rate=options.api_qps,
+        burst=options.api_burst,
+    )
+    elector = None
+    if options.leader_election:
+        elector = LeaderElector(
+            api,
+            namespace=os.environ.get("POD_NAMESPACE", "default"),
+            name=lease_name(options.watched),
+            identity=f"{socket.gethostname()}-{os.getpid()}",
+        )
+    resync = float(os.environ.get("LOCALAI_OPERATOR_RESYNC_SECONDS", "60"))
+    return Controller(
+        api=api,
+        settings=settings_from_env(),
+        metrics=metrics,
+        options=Options(workers=options.workers, resync_seconds=resync, metrics_port=options.metrics_port),
+        elector=elector,
+        # A few workers at most for resyncs and derived fields (servedBy): the rest are always free for changes,
+        # and a burst of pools does not compete at the API server with a thousand servedBy updates.
+        queue=WorkQueue(
+            background_limit=max(1, options.workers // 8),
+            waited=lambda key, seconds: metrics.queue_wait.labels(key.kind).observe(seconds),
+        ),
+    )
+
+
+def run(options: RunOptions) -> int:
+    level = os.environ.get("LOCALAI_OPERATOR_LOG_LEVEL", "DEBUG" if options.verbose else "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event is noise
-    watched = None if all_namespaces or not namespaces else list(namespaces)
-    kube = Kube(api_client())
-    handlers.STATE["reconciler"] = Reconciler(kube, settings_from_env(), _observe)
-    handlers.STATE["namespaces"] = watched
-    if leader_election:
-        identity = f"{socket.gethostname()}-{os.getpid()}"
-        lease_namespace = os.environ.get("POD_NAMESPACE", "default")
-        elector = LeaderElector(kube, lease_namespace, lease_name(watched), identity)
-        handlers.STATE["elector"] = elector
-        LEADER.set_function(lambda: 1.0 if elector.leading.is_set() else 0.0)
-    else:
-        LEADER.set(1)
-    if metrics_port:
-        start_http_server(metrics_port)
-    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    kopf.run(
+    if not options.verbose:
+        # Kopf's per-event lines and the liveness probe's access log are noise at INFO.
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    startgate.make_linear()
+    settings = kopf.OperatorSettings()
+    watched = options.watched
+    operator = kopf.operator(
         clusterwide=watched is None,
         namespaces=watched or [],
         standalone=True,
-        liveness_endpoint=liveness,
+        liveness_endpoint=f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None,
+        settings=settings,
+        memo=controller(options, settings),
     )
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(operator)
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(operator)
     return 0
-
-
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.networking.error_backoffs = [1, 2, 5, 10, 30, 60]  # bounded: never a retry storm
-    settings.execution.max_workers = 8
-    if handlers.STATE.get("reconciler") is not None:
-        loop = asyncio.get_running_loop()
-        namespaces = handlers.STATE.get("namespaces")
-        tasks = handlers.STATE.setdefault("tasks", [])  # referenced, so the loop cannot drop them
-        tasks.append(loop.create_task(handlers.resync_forever(namespaces)))
-        if handlers.STATE.get("elector") is not None:
-            tasks.append(loop.create_task(handlers.lead_forever(handlers.STATE["elector"], namespaces)))
-
-
-@kopf.on.cleanup()
-async def release_lease(**_: Any) -> None:
-    handlers.STOPPING.set()  # no new reconcile, no resync, no re-acquiring after the release below
-    elector: LeaderElector | None = handlers.STATE.get("elector")
-    if elector is not None:
-        await asyncio.to_thread(elector.release)

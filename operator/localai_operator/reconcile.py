@@ -1,290 +1,204 @@
-"""One level-based pass per object: parse -> render -> apply -> observe -> status. Same on every trigger."""
+"""The pass: one per key and the same on every trigger (create, edit, an owned object's change, resync, restart).
+
+Gather from the caches (no API read), plan with pure functions, apply only what differs from the live objects,
+prune what is no longer planned, write the status once. A failure a user can cause or meet ends in the status
+(Ready=False, the API server's own words) and in the returned reason, which makes the worker retry with backoff.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-import threading
-import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
-
+from localai_operator import plan as pl
 from localai_operator import status as st
-from localai_operator.api import FallbackRoute, InferencePool, LLMModel
-from localai_operator.api.base import validation_problems
-from localai_operator.constants import (
-    APP_NAME,
-    GPU_RESOURCE,
-    LABEL_COMPONENT,
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-)
-from localai_operator.kube import Kube
-from localai_operator.render import RenderSettings, pool_objects, route_objects
-from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
-from localai_operator.render.pool import endpoint as pool_endpoint
-from localai_operator.render.pool import file_conflicts
-from localai_operator.render.route import endpoint as route_endpoint
-from localai_operator.render.route import primary_url
+from localai_operator.api.base import Spec
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
+from localai_operator.cache import Cache
+from localai_operator.kube import Api, ApiError, contains
+from localai_operator.render import RenderSettings
+from localai_operator.workqueue import Key
 
 log = logging.getLogger(__name__)
-API = "llm.localai-operator.io/v1alpha1"
-POOL_LIST_TTL = 5.0
 
 
 def now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _gpus(node: dict[str, Any]) -> int:
-    value = (node.get("status", {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
+@dataclass(frozen=True)
+class Context:
+    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and a way to
+    run a pass again (when someone else changed an object while we were writing it)."""
+
+    api: Api
+    cache: Cache
+    renders: pl.Renders
+    settings: RenderSettings
+    again: Callable[[Key], None]
+    last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
+    clock: Callable[[], str] = now
+
+
+async def reconcile(key: Key, ctx: Context) -> str | None:
+    """Runs the pass of `key`; returns why it has to run again (None: done until something changes)."""
+    kind = of(key.kind)
+    body = ctx.cache.get(kind, key.namespace, key.name)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        ctx.last_inputs.pop(key, None)
+        return None  # gone or going: the garbage collector removes what it owned
+    observed = _gather(ctx.cache, kind, key, body)
+    inputs = pl.fingerprint(observed)
+    if ctx.last_inputs.get(key) == inputs:
+        return None  # the last pass saw exactly this and succeeded
+    if isinstance(observed, pl.PoolObserved):
+        error = await _pool(ctx, key, observed)
+    elif isinstance(observed, pl.RouteObserved):
+        error = await _route(ctx, key, observed)
+    else:
+        error = await _model(ctx, key, observed)
+    if error is None:
+        ctx.last_inputs[key] = inputs
+    else:
+        ctx.last_inputs.pop(key, None)
+    return error
+
+
+def _gather(
+    cache: Cache, kind: Kind, key: Key, body: pl.Body
+) -> pl.PoolObserved | pl.RouteObserved | pl.ModelObserved:
+    """Everything a pass reads, from the caches: no API request."""
+    meta, spec = body["metadata"], body.get("spec") or {}
+    if kind is INFERENCE_POOL:
+        gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
+        return pl.PoolObserved(
+            body=body,
+            models={m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []},
+            owned=cache.owned(meta["uid"]),
+            unschedulable=cache.unschedulable(key.namespace, key.name),
+            gpu_nodes=cache.gpu_nodes() if gpus else (),
+            secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
+        )
+    if kind is FALLBACK_ROUTE:
+        pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
+        primary = pools.get(pl.primary_pool(body) or "")
+        secrets = pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
+        return pl.RouteObserved(
+            body=body,
+            pools=pools,
+            secrets={s: cache.secret(key.namespace, s) for s in secrets},
+            owned=cache.owned(meta["uid"]),
+        )
+    assert kind is LLM_MODEL, f"no pass for {key}"
+    return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))
+
+
+async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> str | None:
+    planned = pl.plan_pool(observed, ctx.settings, ctx.renders)
+    error = await _converge(ctx, key, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, apply_error=error)
+    await _write_status(ctx, key, observed.body, st.pool_status(facts, *_previous(observed.body, ctx)))
+    return error
+
+
+async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> str | None:
+    planned = pl.plan_route(observed, ctx.settings, ctx.renders)
+    error = await _converge(ctx, key, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, apply_error=error)
+    await _write_status(ctx, key, observed.body, st.route_status(facts, *_previous(observed.body, ctx)))
+    return error
+
+
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> str | None:
+    planned = pl.plan_model(observed)
+    await _write_status(
+        ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
+    )
+    return None
+
+
+def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
+    """The stored status (for transition times), the generation observed, and now."""
+    return body.get("status"), body["metadata"].get("generation"), ctx.clock()
+
+
+async def _write(
+    ctx: Context, key: Key, target: tuple[str, str, str], send: Awaitable[dict[str, Any]]
+) -> None:
+    """Sends one write to `target` (kind, namespace, name) and tells the cache, which holds back the watch's
+    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change."""
+    ctx.cache.writing(*target)
     try:
-        return int(str(value))
-    except ValueError:
-        return 0
+        live = await send
+    except BaseException:
+        if ctx.cache.write_failed(*target):
+            ctx.again(key)
+        raise
+    if ctx.cache.wrote(live):
+        ctx.again(key)
 
 
-class Reconciler:
-    """Holds the API wrapper, render settings and per-object locks; every method is safe to call from threads."""
-
-    def __init__(
-        self, kube: Kube, settings: RenderSettings, observe: Callable[[str, float, str], None] | None = None
-    ):
-        self.kube = kube
-        self.settings = settings
-        self._locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
-        self._pool_lists: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-        self._observe = observe or (lambda kind, seconds, result: None)
-
-    def _lock(self, kind: str, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[(kind, namespace, name)]
-
-    # --- entry points -------------------------------------------------------------------------------------------
-
-    def reconcile(self, kind: str, namespace: str, name: str, body: dict[str, Any] | None = None) -> bool:
-        """Reconcile one custom resource by name; reads it first unless a fresh body is given. False when the
-        pass failed (it is logged; the next event or resync tries again)."""
-        with self._lock(kind, namespace, name):
-            started, result = time.perf_counter(), "ok"
-            try:
-                body = body if body is not None else self.kube.get(kind, namespace, name)
-                if body is None or body["metadata"].get("deletionTimestamp"):
-                    return True
-                {"LLMModel": self._model, "InferencePool": self._pool, "FallbackRoute": self._route}[kind](
-                    body
-                )
-            except ApiException as err:
-                result = "error"
-                log.warning(
-                    "reconcile %s %s/%s: API error %s %s", kind, namespace, name, err.status, err.reason
-                )
-            except Exception:
-                result = "error"
-                log.exception("reconcile %s %s/%s failed", kind, namespace, name)
-            finally:
-                self._observe(kind, time.perf_counter() - started, result)
-            return result == "ok"
-
-    def _pools(self, namespace: str) -> list[dict[str, Any]]:
-        # Many models reconciled in a burst each ask which pools serve them: one LIST serves them all until
-        # a pool event says the list changed.
-        with self._locks_guard:
-            cached = self._pool_lists.get(namespace)
-        if cached is not None and time.monotonic() - cached[0] < POOL_LIST_TTL:
-            return cached[1]
-        items = self.kube.list("InferencePool", namespace)
-        with self._locks_guard:
-            self._pool_lists[namespace] = (time.monotonic(), items)
-        return items
-
-    def forget_pools(self, namespace: str) -> None:
-        with self._locks_guard:
-            self._pool_lists.pop(namespace, None)
-
-    def pools_serving(self, namespace: str, model: str) -> list[str]:
-        return [p["metadata"]["name"] for p in self._pools(namespace)
-                if model in (p.get("spec", {}).get("models") or [])]  # fmt: skip
-
-    def routes_using(
-        self, namespace: str, *, pool: str | None = None, secret: str | None = None
-    ) -> list[str]:
-        names = []
-        for route in self.kube.list("FallbackRoute", namespace):
-            spec = route.get("spec", {})
-            if pool is not None and (spec.get("primary", {}).get("poolRef") or {}).get("name") == pool:
-                names.append(route["metadata"]["name"])
-            if (
-                secret is not None
-                and ((spec.get("fallback") or {}).get("apiKeySecretRef") or {}).get("name") == secret
-            ):
-                names.append(route["metadata"]["name"])
-        return names
-
-    # --- the passes -----------------------------------------------------------------------------------------------
-
-    def _write_status(self, kind: str, body: dict[str, Any], new: dict[str, Any]) -> None:
-        old = body.get("status") or {}
-        comparable_old = st.without_times({k: old.get(k) for k in new})
-        if comparable_old == st.without_times(new):
-            return
-        meta = body["metadata"]
-        self.kube.patch_status(kind, meta["namespace"], meta["name"], new)
-        before, after = st.ready_of(old), st.ready_of(new)
-        # A model turning Ready is routine (one per model); everything turning not Ready, and pools and routes
-        # turning Ready, is worth an Event.
-        if before != after and (kind != "LLMModel" or after != "True"):
-            ready = next(c for c in new["conditions"] if c["type"] == st.READY)
-            self.kube.event(body, type_="Normal" if after == "True" else "Warning", reason=ready["reason"],
-                            message=ready["message"], now=now())  # fmt: skip
-
-    def _model(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        invalid, file = None, None
-        try:
-            model = LLMModel.parse(body)
-            file = model.spec.source.file_name()
-        except ValidationError as err:
-            invalid = validation_problems(err)
-        served = sorted(self.pools_serving(meta["namespace"], meta["name"]))
-        new = st.model_status(invalid_message=invalid, served_by=served, file=file, previous=body.get("status"),
-                              generation=meta.get("generation"), now=now())  # fmt: skip
-        self._write_status("LLMModel", body, new)
-
-    def _pool(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        namespace, generation = meta["namespace"], meta.get("generation")
-        try:
-            pool = InferencePool.parse(body)
-        except ValidationError as err:
-            spec = body.get("spec") or {}
-            facts = st.PoolFacts(
-                meta["name"],
-                namespace,
-                0,
-                0,
-                list(spec.get("models") or []),
-                invalid=validation_problems(err),
-            )
-            self._write_status(
-                "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
-            )
-            return
-        models: dict[str, LLMModel] = {}
-        missing: list[str] = []
-        for name in pool.spec.models:
-            raw = self.kube.get("LLMModel", namespace, name)
-            try:
-                if raw is None:
-                    raise LookupError(name)
-                models[name] = LLMModel.parse(raw)
-            except (LookupError, ValidationError):
-                missing.append(name)
-        common = {"name": pool.name, "namespace": namespace, "replicas": pool.spec.replicas,
-                  "gpus": pool.spec.accelerator.gpus, "models": list(pool.spec.models)}  # fmt: skip
-        if missing:
-            # Nothing is applied until every model resolves: never a half-applied pool.
-            facts = st.PoolFacts(**common, missing_models=missing)
-            self._write_status(
-                "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
-            )
-            return
-        conflict = file_conflicts([models[name] for name in pool.spec.models])
-        if conflict:
-            facts = st.PoolFacts(**common, invalid=conflict)
-            self._write_status(
-                "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
-            )
-            return
-        objects = pool_objects(pool, models, self.settings)
-        self.kube.apply_all(objects)
-        if pool.metadata.uid:
-            self.kube.prune(pool.metadata.uid, namespace, pool.name, objects)
-        facts = st.PoolFacts(**common, deployment=self.kube.get("Deployment", namespace, pool.name),
-                             unschedulable=self._unschedulable(namespace, pool.name),
-                             largest_node_gpus=self._largest_node_gpus(pool) if pool.spec.accelerator.gpus else None,
-                             endpoint=pool_endpoint(pool))  # fmt: skip
-        self._write_status(
-            "InferencePool", body, st.pool_status(facts, body.get("status"), generation, now())
-        )
-
-    def _unschedulable(self, namespace: str, instance: str) -> str | None:
-        selector = (
-            f"{LABEL_MANAGED_BY}={APP_NAME},{LABEL_INSTANCE}={instance},{LABEL_COMPONENT}={POOL_COMPONENT}"
-        )
-        for pod in self.kube.list("Pod", namespace, selector):
-            for condition in pod.get("status", {}).get("conditions") or []:
-                if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                    return str(condition.get("message") or "Unschedulable")
+async def _converge(
+    ctx: Context, key: Key, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
+) -> str | None:
+    """Server-side applies, all at once, each planned object the live one does not already match, then deletes
+    owned objects no longer planned. Returns the first refusal in plan order, naming the object and quoting the
+    server (the Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
+    if objects is None:
         return None
-
-    def _largest_node_gpus(self, pool: InferencePool) -> int:
-        selector = dict(pool.spec.node_selector)
-        if pool.spec.accelerator.product:
-            selector["nvidia.com/gpu.product"] = pool.spec.accelerator.product
-        best = 0
-        for node in self.kube.list("Node"):
-            labels = node["metadata"].get("labels") or {}
-            if node.get("spec", {}).get("unschedulable") or any(
-                labels.get(k) != v for k, v in selector.items()
-            ):
-                continue
-            best = max(best, _gpus(node))
-        return best
-
-    def _route(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        namespace, generation = meta["namespace"], meta.get("generation")
+    changed = [o for o in objects if not contains(owned.get((o["kind"], o["metadata"]["name"])), o)]
+    results = await asyncio.gather(
+        *(
+            _write(ctx, key, (o["kind"], key.namespace, o["metadata"]["name"]), ctx.api.apply(o))
+            for o in changed
+        ),
+        return_exceptions=True,
+    )
+    for obj, result in zip(changed, results, strict=True):
+        if isinstance(result, ApiError):
+            return f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
+        if isinstance(result, BaseException):
+            raise result
+    planned = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for kind, name in sorted(set(owned) - planned):
         try:
-            route = FallbackRoute.parse(body)
-        except ValidationError as err:
-            facts = st.RouteFacts(meta["name"], namespace, invalid=validation_problems(err))
-            self._write_status(
-                "FallbackRoute", body, st.route_status(facts, body.get("status"), generation, now())
-            )
-            return
-        base = {"name": route.name, "namespace": namespace, "primary": primary_url(route),
-                "sensitive": route.spec.policy.sensitive, "fallback": route.fallback_active,
-                "replicas": route.spec.replicas, "endpoint": route_endpoint(route)}  # fmt: skip
-        if self.kube.get("InferencePool", namespace, route.name) is not None:
-            conflict = (f'InferencePool "{route.name}" in this namespace already owns the Service "{route.name}": '
-                        "give the route another name.")  # fmt: skip
-            facts = st.RouteFacts(**base, name_conflict=conflict)
-            self._write_status(
-                "FallbackRoute", body, st.route_status(facts, body.get("status"), generation, now())
-            )
-            return
-        pool_ref = route.spec.primary.pool_ref
-        missing_pool = None
-        if pool_ref is not None and self.kube.get("InferencePool", namespace, pool_ref.name) is None:
-            missing_pool = pool_ref.name
-        secret_problem, secret_version = None, None
-        fallback = route.spec.fallback
-        if route.fallback_active and fallback is not None:
-            ref = fallback.api_key_secret_ref
-            secret = self.kube.get("Secret", namespace, ref.name)
-            if secret is None:
-                secret_problem = (f'Secret "{ref.name}" not found in namespace "{namespace}": create it with the '
-                                  f'provider API key under key "{ref.key}".')  # fmt: skip
-            elif ref.key not in (secret.get("data") or {}) and ref.key not in (
-                secret.get("stringData") or {}
-            ):
-                secret_problem = f'Secret "{ref.name}" has no key "{ref.key}".'
-            else:
-                secret_version = secret["metadata"].get("resourceVersion")
-        deployment = None
-        if secret_problem is None:
-            # Without its key the router pod could not start: apply nothing rather than a half-working route.
-            self.kube.apply_all(route_objects(route, self.settings, secret_version=secret_version))
-            deployment = self.kube.get("Deployment", namespace, f"{route.name}-router")
-        facts = st.RouteFacts(
-            **base, missing_pool=missing_pool, secret_problem=secret_problem, deployment=deployment
-        )
-        self._write_status(
-            "FallbackRoute", body, st.route_status(facts, body.get("status"), generation, now())
+            await ctx.api.delete(of(kind), key.namespace, name)
+        except ApiError as err:
+            return f"deleting {kind} {name} was refused: {err.message}"
+        ctx.cache.deleted(kind, key.namespace, name)
+    return None
+
+
+async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:
+    """One status write, only if it changes something; an Event when Ready turns False or (for pools and
+    routes) True."""
+    patch = st.patch_of(status)
+    stored = body.get("status")
+    if st.unchanged(stored, patch):
+        return
+    kind = of(key.kind)
+    try:
+        send = ctx.api.patch_status(kind, key.namespace, key.name, patch)
+        await _write(ctx, key, (key.kind, key.namespace, key.name), send)
+    except ApiError as err:
+        if err.status == 404:
+            return  # deleted meanwhile
+        raise
+    before, after = st.ready_of(stored), st.ready_of(patch)
+    if after is None or (before is not None and before[:2] == after[:2]):
+        return
+    ready, reason, message = after
+    if ready == "False" or (ready == "True" and kind is not LLM_MODEL):
+        involved = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": body["metadata"]}
+        await ctx.api.event(
+            involved,
+            type_="Warning" if ready == "False" else "Normal",
+            reason=reason,
+            message=message,
+            now=ctx.clock(),
         )

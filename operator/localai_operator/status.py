@@ -1,9 +1,19 @@
-"""Pure: observed facts -> status, with conditions per the Kubernetes API conventions. No I/O, no clock."""
+"""Pure: observed facts -> the status models of api/, with conditions per the Kubernetes API conventions.
+
+No I/O and no clock: `now` comes in. What is written to the API server is exactly a dumped status model, the
+same models the CRD schema is generated from.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from localai_operator.api.base import Condition, Spec
+from localai_operator.api.llmmodel import LLMModelStatus
+from localai_operator.api.pool import InferencePoolStatus
+from localai_operator.api.route import FallbackRouteStatus
 
 READY = "Ready"
 
@@ -19,8 +29,8 @@ class Check:
 
 
 def conditions(
-    checks: list[Check], previous: list[dict[str, Any]], generation: int | None, now: str
-) -> list[dict[str, Any]]:
+    checks: Sequence[Check], previous: Sequence[Mapping[str, Any]], generation: int | None, now: str
+) -> list[Condition]:
     """The checks plus a Ready summary; lastTransitionTime moves only when a condition's status flips."""
     failing = next((c for c in checks if c.ok is False), None) or next(
         (c for c in checks if c.ok is None), None
@@ -35,49 +45,125 @@ def conditions(
         status = {True: "True", False: "False", None: "Unknown"}[check.ok]
         before = old.get(check.type, {})
         transition = before.get("lastTransitionTime") if before.get("status") == status else None
-        condition: dict[str, Any] = {
-            "type": check.type,
-            "status": status,
-            "reason": check.reason,
-            "message": check.message,
-            "lastTransitionTime": transition or now,
-        }
-        if generation is not None:
-            condition["observedGeneration"] = generation
-        out.append(condition)
+        out.append(
+            Condition(
+                type=check.type,
+                status=status,
+                reason=check.reason,
+                message=check.message,
+                observed_generation=generation,
+                last_transition_time=transition or now,
+            )
+        )
     return out
 
 
-def ready_of(status: dict[str, Any] | None) -> str | None:
+def invalid(message: str) -> Check:
+    return Check("SpecValid", False, "InvalidSpec", message)
+
+
+VALID = Check("SpecValid", True, "Valid", "The spec is valid.")
+
+
+def patch_of(status: Spec) -> dict[str, Any]:
+    """The merge patch that makes the stored status equal `status`: fields the model leaves unset are sent as
+    null, which removes what an earlier pass wrote."""
+    dumped = status.model_dump(by_alias=True, mode="json")
+    out: dict[str, Any] = {}
+    for key, value in dumped.items():
+        if key == "conditions":
+            out[key] = [{k: v for k, v in c.items() if v is not None} for c in value]
+        else:
+            out[key] = value
+    return out
+
+
+def unchanged(stored: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    """True when writing `patch` would change nothing but transition times."""
+    stored = stored or {}
+    for key, value in patch.items():
+        if key == "conditions":
+            if _without_times(stored.get(key) or []) != _without_times(value):
+                return False
+        elif value is None:
+            if stored.get(key) is not None:
+                return False
+        elif stored.get(key) != value:
+            return False
+    return True
+
+
+def _without_times(conditions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conditions]
+
+
+def ready_of(status: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the Ready condition, if any."""
     for condition in (status or {}).get("conditions") or []:
         if condition.get("type") == READY:
-            return str(condition.get("status"))
+            return (
+                str(condition.get("status")),
+                str(condition.get("reason", "")),
+                str(condition.get("message", "")),
+            )
     return None
 
 
-def without_times(status: dict[str, Any]) -> dict[str, Any]:
-    """A status with transition times dropped, to decide whether a write is needed."""
-    out = dict(status)
-    out["conditions"] = [
-        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
-    ]
-    return out
+# --- what a Deployment reports -----------------------------------------------------------------------------------
 
 
-def invalid(kind_field: str, message: str) -> Check:
-    return Check("SpecValid", False, "InvalidSpec", f"{kind_field}: {message}")
+def ready_replicas(deployment: Mapping[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def replicas(deployment: Mapping[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("replicas") or 0)
+
+
+def pods_refused(deployment: Mapping[str, Any] | None) -> str | None:
+    """The server's message when the Deployment's ReplicaSet cannot create pods (PodSecurity admission, a pod
+    quota, a webhook): the Deployment controller copies the ReplicaSet's ReplicaFailure condition."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return str(condition.get("message") or condition.get("reason") or "ReplicaFailure")
+    return None
+
+
+def _applied(apply_error: str | None) -> Check:
+    if apply_error:
+        return Check("Applied", False, "ApplyFailed", apply_error)
+    return Check("Applied", True, "Applied", "Every owned object is applied.")
+
+
+def _pods_created(refused: str | None) -> Check:
+    if refused:
+        return Check(
+            "PodsCreated",
+            False,
+            "PodsForbidden",
+            f"Pods cannot be created: {refused} (the namespace's PodSecurity level, a ResourceQuota or an "
+            "admission webhook refuses them; the pool retries once that is changed).",
+        )
+    return Check("PodsCreated", True, "Created", "Pods are created.")
+
+
+# --- InferencePool ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PoolFacts:
     name: str
     namespace: str
-    replicas: int
-    gpus: int
-    models: list[str]
-    missing_models: list[str] = field(default_factory=list)
+    replicas: int = 0
+    gpus: int = 0
+    models: tuple[str, ...] = ()
     invalid: str | None = None
-    deployment: dict[str, Any] | None = None
+    missing_models: tuple[str, ...] = ()
+    invalid_models: tuple[str, ...] = ()
+    # Further pure checks of the pool and its models (plan.POOL_CHECKS): failing ones stop the apply.
+    spec_checks: tuple[Check, ...] = ()
+    apply_error: str | None = None
+    deployment: Mapping[str, Any] | None = None
     unschedulable: str | None = None
     largest_node_gpus: int | None = None
     endpoint: str | None = None
@@ -85,27 +171,71 @@ class PoolFacts:
 
 def pool_checks(f: PoolFacts) -> list[Check]:
     if f.invalid:
-        return [invalid("spec", f.invalid)]
-    checks = [Check("SpecValid", True, "Valid", "The spec is valid.")]
+        return [invalid(f.invalid)]
+    checks = [VALID]
     if f.missing_models:
         names = ", ".join(f'"{m}"' for m in f.missing_models)
-        checks.append(Check("ModelsResolved", False, "ModelMissing",
-                            f"LLMModel {names} not found in namespace \"{f.namespace}\"; create it and the pool "
-                            "reconciles by itself."))  # fmt: skip
+        checks.append(
+            Check(
+                "ModelsResolved",
+                False,
+                "ModelMissing",
+                f'LLMModel {names} not found in namespace "{f.namespace}"; create it and the pool '
+                "reconciles by itself.",
+            )
+        )
+        return checks
+    if f.invalid_models:
+        names = ", ".join(f'"{m}"' for m in f.invalid_models)
+        checks.append(
+            Check(
+                "ModelsResolved",
+                False,
+                "ModelInvalid",
+                f"LLMModel {names} is invalid: its status says why; the pool reconciles once it is fixed.",
+            )
+        )
         return checks
     checks.append(Check("ModelsResolved", True, "Resolved", f"Serving {', '.join(f.models)}."))
+    for check in f.spec_checks:  # a check of a type already listed (SpecValid) takes its place
+        same = next((i for i, c in enumerate(checks) if c.type == check.type), None)
+        if same is None:
+            checks.append(check)
+        else:
+            checks[same] = check
+    if any(c.ok is False for c in f.spec_checks):
+        return checks
+    checks.append(_applied(f.apply_error))
+    if f.apply_error:
+        return checks
     if f.gpus and f.largest_node_gpus is not None and f.gpus > f.largest_node_gpus:
-        checks.append(Check("GPUFit", False, "InsufficientGPU",
-                            f"Each replica asks for {f.gpus} nvidia.com/gpu but the largest schedulable node offers "
-                            f"{f.largest_node_gpus}: lower spec.accelerator.gpus or add bigger GPU nodes."))  # fmt: skip
+        checks.append(
+            Check(
+                "GPUFit",
+                False,
+                "InsufficientGPU",
+                f"Each replica asks for {f.gpus} nvidia.com/gpu but the largest schedulable node offers "
+                f"{f.largest_node_gpus}: lower spec.accelerator.gpus or add bigger GPU nodes.",
+            )
+        )
+        return checks
+    refused = pods_refused(f.deployment)
+    checks.append(_pods_created(refused))
+    if refused:
         return checks
     if f.unschedulable:
-        checks.append(Check("GPUFit" if f.gpus else "Schedulable", False, "Unschedulable",
-                            f"Pods cannot be scheduled: {f.unschedulable}"))  # fmt: skip
+        checks.append(
+            Check(
+                "GPUFit" if f.gpus else "Schedulable",
+                False,
+                "Unschedulable",
+                f"Pods cannot be scheduled: {f.unschedulable}",
+            )
+        )
         return checks
     if f.gpus:
         checks.append(Check("GPUFit", True, "Fits", f"{f.gpus} nvidia.com/gpu per replica fits a node."))
-    ready = int((f.deployment or {}).get("status", {}).get("readyReplicas") or 0)
+    ready = ready_replicas(f.deployment)
     if f.replicas == 0:
         checks.append(Check("Available", True, "ScaledToZero", "The pool is scaled to zero replicas."))
     elif ready >= f.replicas:
@@ -113,24 +243,32 @@ def pool_checks(f: PoolFacts) -> list[Check]:
     elif ready > 0:
         checks.append(Check("Available", None, "PartiallyReady", f"{ready}/{f.replicas} replicas are ready."))
     else:
-        checks.append(Check("Available", None, "Starting",
-                            f"0/{f.replicas} replicas are ready: models are downloading or loading."))  # fmt: skip
+        checks.append(
+            Check(
+                "Available",
+                None,
+                "Starting",
+                f"0/{f.replicas} replicas are ready: models are downloading or loading.",
+            )
+        )
     return checks
 
 
 def pool_status(
-    f: PoolFacts, previous: dict[str, Any] | None, generation: int | None, now: str
-) -> dict[str, Any]:
-    dep_status = (f.deployment or {}).get("status", {})
-    return {
-        "observedGeneration": generation,
-        "replicas": int(dep_status.get("replicas") or 0),
-        "readyReplicas": int(dep_status.get("readyReplicas") or 0),
-        "gpus": f.gpus,
-        "models": ",".join(f.models),
-        "endpoint": f.endpoint,
-        "conditions": conditions(pool_checks(f), (previous or {}).get("conditions") or [], generation, now),
-    }
+    f: PoolFacts, previous: Mapping[str, Any] | None, generation: int | None, now: str
+) -> InferencePoolStatus:
+    return InferencePoolStatus(
+        observed_generation=generation,
+        replicas=replicas(f.deployment),
+        ready_replicas=ready_replicas(f.deployment),
+        gpus=f.gpus,
+        models=",".join(f.models) or None,
+        endpoint=f.endpoint,
+        conditions=conditions(pool_checks(f), (previous or {}).get("conditions") or [], generation, now),
+    )
+
+
+# --- FallbackRoute ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -139,28 +277,39 @@ class RouteFacts:
     namespace: str
     primary: str | None = None
     invalid: str | None = None
+    name_conflict: str | None = None
     missing_pool: str | None = None
     secret_problem: str | None = None
-    name_conflict: str | None = None
+    client_keys_problem: str | None = None
     sensitive: bool = False
     fallback: bool = False
-    deployment: dict[str, Any] | None = None
+    apply_error: str | None = None
+    deployment: Mapping[str, Any] | None = None
     replicas: int = 1
     endpoint: str | None = None
 
 
 def route_checks(f: RouteFacts) -> list[Check]:
     if f.invalid:
-        return [invalid("spec", f.invalid)]
-    checks = [Check("SpecValid", True, "Valid", "The spec is valid.")]
+        return [invalid(f.invalid)]
+    checks = [VALID]
     if f.name_conflict:
         checks.append(Check("NameFree", False, "NameConflict", f.name_conflict))
         return checks
     if f.missing_pool:
-        checks.append(Check("PrimaryResolved", False, "PoolMissing",
-                            f'InferencePool "{f.missing_pool}" not found in namespace "{f.namespace}".'))  # fmt: skip
+        checks.append(
+            Check(
+                "PrimaryResolved",
+                False,
+                "PoolMissing",
+                f'InferencePool "{f.missing_pool}" not found in namespace "{f.namespace}".',
+            )
+        )
     else:
         checks.append(Check("PrimaryResolved", True, "Resolved", f"Local traffic goes to {f.primary}."))
+    if f.client_keys_problem:
+        checks.append(Check("ClientKeysResolved", False, "SecretMissing", f.client_keys_problem))
+        return checks
     if f.sensitive:
         checks.append(
             Check("FallbackReady", True, "Sensitive", "Sensitive route: traffic never goes to the cloud.")
@@ -169,11 +318,17 @@ def route_checks(f: RouteFacts) -> list[Check]:
         checks.append(Check("FallbackReady", True, "NoFallback", "No cloud fallback is configured."))
     elif f.secret_problem:
         checks.append(Check("FallbackReady", False, "SecretMissing", f.secret_problem))
+        return checks
     else:
         checks.append(Check("FallbackReady", True, "SecretFound", "The fallback API key Secret is present."))
-    if any(c.ok is False for c in checks):
+    checks.append(_applied(f.apply_error))
+    if f.apply_error:
         return checks
-    ready = int((f.deployment or {}).get("status", {}).get("readyReplicas") or 0)
+    refused = pods_refused(f.deployment)
+    checks.append(_pods_created(refused))
+    if refused or any(c.ok is False for c in checks):
+        return checks
+    ready = ready_replicas(f.deployment)
     if f.replicas == 0 or ready >= f.replicas:
         checks.append(
             Check("Available", True, "RouterReady", f"{ready}/{f.replicas} router replicas are ready.")
@@ -186,29 +341,40 @@ def route_checks(f: RouteFacts) -> list[Check]:
 
 
 def route_status(
-    f: RouteFacts, previous: dict[str, Any] | None, generation: int | None, now: str
-) -> dict[str, Any]:
-    return {
-        "observedGeneration": generation,
-        "endpoint": f.endpoint,
-        "primary": f.primary,
-        "conditions": conditions(route_checks(f), (previous or {}).get("conditions") or [], generation, now),
-    }
+    f: RouteFacts, previous: Mapping[str, Any] | None, generation: int | None, now: str
+) -> FallbackRouteStatus:
+    return FallbackRouteStatus(
+        observed_generation=generation,
+        endpoint=f.endpoint,
+        primary=f.primary,
+        conditions=conditions(route_checks(f), (previous or {}).get("conditions") or [], generation, now),
+    )
+
+
+# --- LLMModel -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    invalid: str | None = None
+    served_by: tuple[str, ...] = ()
+    file: str | None = None
+
+
+def model_checks(f: ModelFacts) -> list[Check]:
+    if f.invalid:
+        return [invalid(f.invalid)]
+    if f.served_by:
+        return [Check("Served", True, "Served", f"Served by InferencePool {', '.join(f.served_by)}.")]
+    return [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
 
 
 def model_status(
-    *, invalid_message: str | None, served_by: list[str], file: str | None, previous: dict[str, Any] | None,
-    generation: int | None, now: str,
-) -> dict[str, Any]:  # fmt: skip
-    if invalid_message:
-        checks = [invalid("spec", invalid_message)]
-    elif served_by:
-        checks = [Check("Served", True, "Served", f"Served by InferencePool {', '.join(served_by)}.")]
-    else:
-        checks = [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
-    return {
-        "observedGeneration": generation,
-        "servedBy": served_by,
-        "file": file,
-        "conditions": conditions(checks, (previous or {}).get("conditions") or [], generation, now),
-    }
+    f: ModelFacts, previous: Mapping[str, Any] | None, generation: int | None, now: str
+) -> LLMModelStatus:
+    return LLMModelStatus(
+        observed_generation=generation,
+        served_by=list(f.served_by),
+        file=f.file,
+        conditions=conditions(model_checks(f), (previous or {}).get("conditions") or [], generation, now),
+    )

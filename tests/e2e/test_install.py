@@ -214,6 +214,24 @@ def test_in_namespaced_mode_the_roles_are_enough_to_reconcile_the_samples(
         samples_reach_ready_with_token_of(kube, RELEASE, tmp_path, ("-n", SAMPLES_NAMESPACE))
 
 
+def test_with_leader_election_off_the_chart_reconciles_the_samples_and_no_lease_is_taken(
+    chart_cluster: Kube, tmp_path: Path
+) -> None:
+    with helm_release(chart_cluster, "--set", "leaderElection.enabled=false") as kube:
+        assert not kube.exists("role", f"{RELEASE}-leader-election", "-n", NAMESPACE)
+        deployment = json.loads(
+            kube.kubectl("get", f"deployment/{RELEASE}", "-n", NAMESPACE, "-o", "json").stdout
+        )
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert "--no-leader-election" in container["args"]
+        # The chart's own arguments, run with the chart's ServiceAccount: a Lease call would be a 403. (Earlier
+        # tests' operators, with election on, left their Lease behind: the namespace starts without one.)
+        kube.kubectl("delete", "leases", "--all", "-n", NAMESPACE)
+        samples_reach_ready_with_token_of(kube, RELEASE, tmp_path, tuple(container["args"][1:]))
+        leases = kube.kubectl("get", "leases", "-n", NAMESPACE, "-o", "name").stdout.split()
+        assert not [lease for lease in leases if "localai-operator" in lease]
+
+
 def test_helm_uninstall_keeps_the_crds_and_removes_everything_else(installed: Kube) -> None:
     manifest = installed.helm("get", "manifest", RELEASE, "--namespace", NAMESPACE).stdout
     release_objects = [

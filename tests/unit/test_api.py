@@ -111,6 +111,22 @@ def test_unknown_fields_from_a_newer_crd_are_ignored() -> None:
     assert LLMModel.parse(model_body(someFutureField=1)).spec.batch == 512
 
 
+def pool_body(**spec: Any) -> dict[str, Any]:
+    return {"kind": "InferencePool", "metadata": {"name": "p"}, "spec": {"models": ["m"], **spec}}
+
+
+def test_a_quantity_that_is_not_one_is_rejected_naming_the_field() -> None:
+    body = pool_body(resources={"requests": {"cpu": "lots"}})
+    with pytest.raises(ValidationError, match=r"(?s)resources\.requests\.cpu.*not a Kubernetes quantity"):
+        InferencePool.parse(body)
+
+
+@pytest.mark.parametrize("value", ["500m", "2", 2, "1.5", "16Gi", "1e3", "+1k"])
+def test_kubernetes_quantities_are_accepted(value: object) -> None:
+    body = pool_body(resources={"requests": {"cpu": value}})
+    assert InferencePool.parse(body).spec.resources is not None
+
+
 @pytest.mark.parametrize(
     ("rollout", "message"),
     [

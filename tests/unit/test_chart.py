@@ -212,9 +212,26 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         f"{GROUP}/{plural}{sub}" for plural in ("llmmodels", "inferencepools", "fallbackroutes") for sub in ("", "/status")
     } | {
         "/configmaps", "/services", "/persistentvolumeclaims", "/secrets", "/pods", "/events", "events.k8s.io/events",
-        "apps/deployments", "policy/poddisruptionbudgets", "networking.k8s.io/networkpolicies", "/nodes", "/namespaces",
+        "apps/deployments", "policy/poddisruptionbudgets", "networking.k8s.io/networkpolicies", "/nodes",
+        "/namespaces",
         "apiextensions.k8s.io/customresourcedefinitions",
     }  # fmt: skip
+
+
+def test_every_kind_the_operator_owns_can_be_watched_applied_and_pruned(helm: str, tmp_path: Path) -> None:
+    from localai_operator.api.kinds import CUSTOM, OWNED
+
+    for case in ("defaults", "namespaced"):
+        objects = render(helm, tmp_path, VALUES[case])
+        roles = of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
+        granted = rules_by_resource([rule for role in roles for rule in role["rules"]])
+        for kind in OWNED:
+            assert granted[f"{kind.group}/{kind.plural}"] >= {"list", "watch", "create", "patch", "delete"}, (
+                kind
+            )
+        for kind in CUSTOM:
+            assert granted[f"{kind.group}/{kind.plural}"] >= {"list", "watch"}, kind
+            assert "patch" in granted[f"{kind.group}/{kind.plural}/status"], kind
 
 
 def test_leader_election_is_granted_leases_in_the_release_namespace_only(helm: str, tmp_path: Path) -> None:

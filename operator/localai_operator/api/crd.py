@@ -16,10 +16,25 @@ from localai_operator.api.route import FallbackRoute, FallbackRouteSpec, Fallbac
 from localai_operator.constants import CATEGORY, GROUP, VERSION
 
 _KEEP = {
-    "type", "description", "default", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "format", "required", "x-kubernetes-int-or-string", "x-kubernetes-validations",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-preserve-unknown-fields",
-}  # fmt: skip
+    "type",
+    "description",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "required",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-preserve-unknown-fields",
+}
 
 
 def _ready(json_path: str = '.status.conditions[?(@.type=="Ready")].status') -> dict[str, Any]:
@@ -43,8 +58,12 @@ _COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.accelerator.gpus"},
         {"name": "Models", "type": "string", "jsonPath": ".status.models"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
-        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-         "priority": 1},
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            "priority": 1,
+        },
         _AGE,
     ],
     "FallbackRoute": [
@@ -55,7 +74,7 @@ _COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
         _AGE,
     ],
-}  # fmt: skip
+}
 
 _KINDS: list[tuple[type[CustomResource], type[BaseModel], type[BaseModel], str]] = [
     (LLMModel, LLMModelSpec, LLMModelStatus, "One GGUF model: its source, checksum and LocalAI settings."),

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from localai_operator.api.base import Condition, CustomResource, SecretKeyRef, Spec
+from localai_operator.api.kinds import LLM_MODEL
 
 SHA256 = r"^[a-fA-F0-9]{64}$"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -251,8 +252,8 @@ class LLMModelStatus(Spec):
 
 
 class LLMModel(CustomResource):
-    KIND: ClassVar[str] = "LLMModel"
-    PLURAL: ClassVar[str] = "llmmodels"
+    KIND: ClassVar[str] = LLM_MODEL.kind
+    PLURAL: ClassVar[str] = LLM_MODEL.plural
     SHORT_NAMES: ClassVar[list[str]] = ["llmm"]
     spec: LLMModelSpec
     status: LLMModelStatus | None = None

@@ -17,6 +17,7 @@ from localai_operator.api.base import (
     SecretKeyRef,
     Spec,
 )
+from localai_operator.api.kinds import INFERENCE_POOL
 
 
 class Accelerator(Spec):
@@ -92,14 +93,35 @@ class EnvVarSource(Spec):
 # What keeps the admin API closed and the paths where the operator mounts volumes: never overridden by extraEnv,
 # under their LocalAI name or the legacy alias kong also reads (core/cli/run.go at v4.9.0).
 RESERVED_ENV = (
-    "LOCALAI_ADDRESS", "ADDRESS", "LOCALAI_MODELS_PATH", "MODELS_PATH", "LOCALAI_BACKENDS_PATH", "BACKENDS_PATH",
-    "LOCALAI_DATA_PATH", "LOCALAI_CONFIG_DIR", "LOCALAI_API_KEY", "API_KEY",
-    "LOCALAI_BACKEND_GALLERIES", "BACKEND_GALLERIES", "LOCALAI_AUTOLOAD_BACKEND_GALLERIES",
-    "AUTOLOAD_BACKEND_GALLERIES", "LOCALAI_GALLERIES", "GALLERIES", "LOCALAI_AUTOLOAD_GALLERIES",
-    "AUTOLOAD_GALLERIES", "LOCALAI_DISABLE_GALLERY_ENDPOINT", "DISABLE_GALLERY_ENDPOINT", "LOCALAI_DISABLE_WEBUI",
-    "DISABLE_WEBUI", "LOCALAI_DISABLE_RUNTIME_SETTINGS", "DISABLE_RUNTIME_SETTINGS", "LOCALAI_DISABLE_AGENTS",
-    "LOCALAI_DISABLE_ASSISTANT", "LOCALAI_DISABLE_MCP", "DISABLE_MCP",
-)  # fmt: skip
+    "LOCALAI_ADDRESS",
+    "ADDRESS",
+    "LOCALAI_MODELS_PATH",
+    "MODELS_PATH",
+    "LOCALAI_BACKENDS_PATH",
+    "BACKENDS_PATH",
+    "LOCALAI_DATA_PATH",
+    "LOCALAI_CONFIG_DIR",
+    "LOCALAI_API_KEY",
+    "API_KEY",
+    "LOCALAI_BACKEND_GALLERIES",
+    "BACKEND_GALLERIES",
+    "LOCALAI_AUTOLOAD_BACKEND_GALLERIES",
+    "AUTOLOAD_BACKEND_GALLERIES",
+    "LOCALAI_GALLERIES",
+    "GALLERIES",
+    "LOCALAI_AUTOLOAD_GALLERIES",
+    "AUTOLOAD_GALLERIES",
+    "LOCALAI_DISABLE_GALLERY_ENDPOINT",
+    "DISABLE_GALLERY_ENDPOINT",
+    "LOCALAI_DISABLE_WEBUI",
+    "DISABLE_WEBUI",
+    "LOCALAI_DISABLE_RUNTIME_SETTINGS",
+    "DISABLE_RUNTIME_SETTINGS",
+    "LOCALAI_DISABLE_AGENTS",
+    "LOCALAI_DISABLE_ASSISTANT",
+    "LOCALAI_DISABLE_MCP",
+    "DISABLE_MCP",
+)
 RESERVED_ENV_MESSAGE = (
     "extraEnv cannot set the variables that keep LocalAI's admin API closed or name its volumes"
     " (LOCALAI_ADDRESS, *_PATH, LOCALAI_API_KEY, *GALLER*, LOCALAI_DISABLE_*); use spec.apiKeySecretRef for the key"
@@ -403,8 +425,8 @@ class InferencePoolStatus(Spec):
 
 
 class InferencePool(CustomResource):
-    KIND: ClassVar[str] = "InferencePool"
-    PLURAL: ClassVar[str] = "inferencepools"
+    KIND: ClassVar[str] = INFERENCE_POOL.kind
+    PLURAL: ClassVar[str] = INFERENCE_POOL.plural
     SHORT_NAMES: ClassVar[list[str]] = ["ipool"]
     spec: InferencePoolSpec
     status: InferencePoolStatus | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from localai_operator.api.base import QUANTITY
 from localai_operator.api.crd import crds
 
 HEADER = """# API reference
@@ -29,11 +30,18 @@ def _constraints(node: dict[str, Any]) -> str:
     parts = []
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
-    for key, label in (("minimum", ">="), ("maximum", "<="), ("minItems", "items >="), ("maxItems", "items <="),
-                       ("maxLength", "length <=")):  # fmt: skip
+    for key, label in (
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("minItems", "items >="),
+        ("maxItems", "items <="),
+        ("maxLength", "length <="),
+    ):
         if key in node:
             parts.append(f"{label} {node[key]}")
-    if "pattern" in node:
+    if node.get("pattern") == QUANTITY:
+        parts.append("a Kubernetes quantity (e.g. `500m`, `2`, `16Gi`)")
+    elif "pattern" in node:
         parts.append(f"pattern `{node['pattern']}`")
     for rule in node.get("x-kubernetes-validations", []):
         parts.append(f"rule: {rule['message']}")
@@ -47,7 +55,12 @@ def _rows(node: dict[str, Any], prefix: str, required: set[str]) -> list[str]:
         default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ""
         description = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
         req = "yes" if name in required else ""
-        constraints = _constraints(sub).replace("|", "\\|")
+        constraints = _constraints(sub)
+        if isinstance(sub.get("additionalProperties"), dict) and _constraints(sub["additionalProperties"]):
+            constraints = "; ".join(
+                filter(None, [constraints, "values: " + _constraints(sub["additionalProperties"])])
+            )
+        constraints = constraints.replace("|", "\\|")
         rows.append(f"| `{path}` | {_type(sub)} | {req} | {default} | {description} | {constraints} |")
         target = sub.get("items", sub) if sub.get("type") == "array" else sub
         rows.extend(

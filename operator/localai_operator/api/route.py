@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, model_validator
 
 from localai_operator.api.base import Condition, CustomResource, LocalObjectRef, Resources, SecretKeyRef, Spec
+from localai_operator.api.kinds import FALLBACK_ROUTE
 from localai_operator.api.pool import Toleration
 from localai_operator.constants import (
     HOLYSHEEP_BASE_URL,
@@ -193,8 +194,8 @@ class FallbackRouteStatus(Spec):
 
 
 class FallbackRoute(CustomResource):
-    KIND: ClassVar[str] = "FallbackRoute"
-    PLURAL: ClassVar[str] = "fallbackroutes"
+    KIND: ClassVar[str] = FALLBACK_ROUTE.kind
+    PLURAL: ClassVar[str] = FALLBACK_ROUTE.plural
     SHORT_NAMES: ClassVar[list[str]] = ["fbr"]
     spec: FallbackRouteSpec
     status: FallbackRouteStatus | None = None

@@ -43,7 +43,8 @@ from localai_operator.devcluster.realnode import unavailable_reason as real_node
 __all__ = ["COMPONENTS", "NODE_COMPONENTS", "Cluster", "ClusterError", "component_commands", "kwok_command"]
 
 STATE_FILE: Final = "state.json"
-SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
+# Room for thousands of Services (the operator benchmark makes 2,000 at its large size); 10.0.0.1 stays first.
+SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/16"
 SERVICE_ACCOUNT_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 POD_CIDR: Final = "10.244.0.1/16"
 # kwok leaves pods carrying this annotation alone, so a test can write a pod status itself (e.g. a crash loop).
@@ -359,6 +360,31 @@ class Cluster:
 
     def _all_log_tails(self) -> str:
         return "\n".join(f"--- {p.name} log:\n{self.log_tail(p.name, 15)}" for p in self.processes)
+
+    def restart_component(self, name: str, down_seconds: float, *, timeout: float = 60.0) -> None:
+        """Stops one component (SIGTERM, SIGKILL after a grace), leaves it down for `down_seconds`, starts it again
+        with the same command line and ports, and returns once it serves again (the apiserver's /readyz, the
+        others' /healthz): for tests of clients that must ride out an outage."""
+        [old] = [p for p in self.processes if p.name == name]
+        stop_groups([old], self._children)
+        self.processes.remove(old)
+        time.sleep(down_seconds)
+        detach = old.pid not in self._children
+        network = self.real_node.network if self.real_node else None
+        commands = component_commands(find_binaries(build=False), self.state_dir, self.ports, network)
+        self._spawn(name, commands[name], detach=detach)
+        pki = self.state_dir / "pki"
+        api = _Api.admin(self.server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+        health = {
+            "etcd": f"http://127.0.0.1:{self.ports['etcd']}/health",
+            "kube-controller-manager": f"https://127.0.0.1:{self.ports['kube-controller-manager']}/healthz",
+            "kube-scheduler": f"https://127.0.0.1:{self.ports['kube-scheduler']}/healthz",
+            "kwok": f"http://127.0.0.1:{self.ports['kwok']}/healthz",
+        }
+        serving = (
+            (lambda: api.get("/readyz")[0] == 200) if name == "kube-apiserver" else _Api.healthy(health[name])
+        )
+        self._wait(f"{name} serving again", serving, time.monotonic() + timeout)
 
 
 @dataclass

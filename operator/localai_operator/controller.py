@@ -1,0 +1,163 @@
+"""The controller: the operator's typed state, on Kopf's memo, and the tasks it runs beside Kopf's watches.
+
+N async workers take keys from the work queue and run one pass each; a failed pass comes back after a capped,
+jittered backoff. A resync timer and a new leader enqueue every custom resource from the caches (no LIST).
+Workers wait until Kopf has indexed everything once, and pass nothing while another replica holds the Lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from localai_operator.api.kinds import CUSTOM
+from localai_operator.cache import Cache, Index
+from localai_operator.kube import Api, ApiError
+from localai_operator.leader import LeaderElector
+from localai_operator.metrics import Metrics
+from localai_operator.plan import Renders
+from localai_operator.reconcile import Context, reconcile
+from localai_operator.render import RenderSettings
+from localai_operator.workqueue import Key, ShutDown, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: int = 64
+    resync_seconds: float = 60.0
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Shared by every handler: Kopf gives each object a shallow copy of its memo, so every field here is an
+    object that all copies share, and none is ever reassigned."""
+
+    api: Api
+    settings: RenderSettings
+    metrics: Metrics
+    options: Options = field(default_factory=Options)
+    elector: LeaderElector | None = None
+    cache: Cache = field(default_factory=Cache)
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    renders: Renders = field(default_factory=Renders)
+    last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
+    synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
+    active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _servers: list[web.AppRunner] = field(default_factory=list)
+
+    @property
+    def context(self) -> Context:
+        return Context(
+            self.api,
+            self.cache,
+            self.renders,
+            self.settings,
+            again=self.queue.add,
+            last_inputs=self.last_inputs,
+        )
+
+    def enqueue(
+        self, kind: str, namespace: str, names: str | list[str] | set[str], *, background: bool = False
+    ) -> None:
+        for name in [names] if isinstance(names, str) else sorted(names):
+            self.queue.add(Key(kind, namespace, name), background=background)
+
+    def resync(self) -> None:
+        """Every custom resource into the queue, behind whatever is urgent; the caches say which exist."""
+        for kind in CUSTOM:
+            for namespace, name in self.cache.keys(kind):
+                self.queue.add(Key(kind.kind, namespace, name), background=True)
+
+    async def start(self, indexes: Mapping[str, Index]) -> None:
+        self.cache.bind(indexes)
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        if self.options.metrics_port:
+            self._servers.append(await self.metrics.serve(self.options.metrics_port))
+        loop = asyncio.get_running_loop()
+        self._tasks.extend(
+            loop.create_task(self._work(), name=f"worker-{i}") for i in range(self.options.workers)
+        )
+        self._tasks.append(loop.create_task(self._resync_forever(), name="resync"))
+        if self.elector is None:
+            self._lead()
+        else:
+            self._tasks.append(
+                loop.create_task(self.elector.run(self._lead, self._stand_by), name="leader-election")
+            )
+
+    async def stop(self) -> None:
+        """Fast and final: no new pass, in-flight passes cancelled (the next leader redoes them), Lease handed
+        back, connections closed."""
+        self.active.clear()
+        self.queue.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.elector is not None:
+            # Within a second of SIGTERM: a standby that misses the hand-back waits for the Lease to expire.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.elector.release(), timeout=0.5)
+        self.metrics.leader.set(0)
+        for runner in self._servers:
+            await runner.cleanup()
+        await self.api.close()
+
+    def _lead(self) -> None:
+        self.metrics.leader.set(1)
+        self.active.set()
+        self.resync()
+
+    def _stand_by(self) -> None:
+        self.metrics.leader.set(0)
+        self.active.clear()
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.resync_seconds)
+            if self.active.is_set():
+                self.resync()
+
+    async def _work(self) -> None:
+        context = self.context
+        while True:
+            await self.synced.wait()
+            await self.active.wait()
+            try:
+                key = await self.queue.get()
+            except ShutDown:
+                return
+            if not self.active.is_set():
+                # The Lease was lost while this worker waited: the key waits for the next leader.
+                self.queue.done(key)
+                self.queue.add(key)
+                continue
+            started, result = time.perf_counter(), "ok"
+            try:
+                retry = await reconcile(key, context)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as err:
+                retry = f"API request failed: {err or type(err).__name__}"
+            except Exception:
+                log.exception("the pass of %s failed", key)
+                retry = "unexpected error (see the traceback above)"
+            finally:
+                self.queue.done(key)
+            if retry:
+                result = "retry"
+                delay = self.queue.retry(key)
+                self.metrics.retries.labels(key.kind).inc()
+                log.info("%s: %s; retrying in %.1f s", key, retry, delay)
+            else:
+                self.queue.forget(key)
+            self.metrics.passes.labels(key.kind, result).inc()
+            self.metrics.duration.labels(key.kind).observe(time.perf_counter() - started)

@@ -1,0 +1,404 @@
+"""Pure: what the caches observed for one custom resource -> the objects it should own, and the facts its status
+is made of. No I/O and no clock; the pass (reconcile.py) gathers the inputs and applies the result.
+
+`objects` is None when nothing may be applied or pruned yet (a model or Secret is missing: never a half-applied
+pool or a router without its key), and an empty tuple when the resource must own nothing (a name conflict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from localai_operator import status as st
+from localai_operator.api import FallbackRoute, InferencePool, LLMModel
+from localai_operator.api.base import SecretKeyRef, validation_problems
+from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
+from localai_operator.render import RenderSettings, pool_objects, route_objects
+from localai_operator.render.common import content_hash
+from localai_operator.render.pool import endpoint as pool_endpoint
+from localai_operator.render.pool import file_conflicts
+from localai_operator.render.route import endpoint as route_endpoint
+from localai_operator.render.route import primary_url, router_name
+
+Body = Mapping[str, Any]
+Owned = Mapping[tuple[str, str], Body]  # (kind, name) -> the live object
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class Plan(Generic[F]):
+    objects: tuple[dict[str, Any], ...] | None
+    facts: F
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """What the operator keeps of a Secret: never its values."""
+
+    resource_version: str
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PoolObserved:
+    body: Body
+    models: Mapping[str, Body | None]  # every model the pool names: its body, or None when absent
+    owned: Owned
+    unschedulable: str | None
+    gpu_nodes: Sequence[tuple[Mapping[str, str], int]]  # (labels, allocatable GPUs) of schedulable GPU nodes
+    secrets: Mapping[str, SecretInfo | None] = dataclasses.field(
+        default_factory=dict
+    )  # pool_secret_names(body)
+
+
+@dataclass(frozen=True)
+class RouteObserved:
+    body: Body
+    pools: Mapping[str, Body | None]  # the pools named in route_pool_names(body)
+    secrets: Mapping[str, SecretInfo | None]  # route_secret_names(body), and pool_secret_names of its primary
+    owned: Owned
+
+
+@dataclass(frozen=True)
+class ModelObserved:
+    body: Body
+    served_by: tuple[str, ...]
+
+
+def _version(body: Body | None) -> tuple[Any, Any] | None:
+    if body is None:
+        return None
+    meta = body.get("metadata") or {}
+    return meta.get("uid"), meta.get("resourceVersion")
+
+
+def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
+    """What a pass depends on, by identity: every input object's resourceVersion and the facts derived from the
+    caches. Equal fingerprints make equal plans and statuses, so a pass over unchanged inputs (most of a resync)
+    has nothing to do and can stop here."""
+    if isinstance(observed, ModelObserved):
+        return (_version(observed.body), observed.served_by)
+    owned = tuple(sorted((key, _version(body)) for key, body in observed.owned.items()))
+    secrets = tuple(sorted(observed.secrets.items()))
+    if isinstance(observed, RouteObserved):
+        pools = tuple(sorted((name, _version(body)) for name, body in observed.pools.items()))
+        return (_version(observed.body), pools, secrets, owned)
+    models = tuple((name, _version(body)) for name, body in observed.models.items())
+    nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
+    return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets)
+
+
+class Renders:
+    """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
+
+    Rendering a pool of ten models costs ~15 ms (YAML and hashing); a pass triggered by a Deployment's status or
+    a resync then costs a dictionary lookup. Entries are replaced, never accumulated: one per owner.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Hashable, tuple[dict[str, Any], ...]]] = {}
+
+    def get(
+        self, owner_uid: str, inputs: Hashable, render: Callable[[], list[dict[str, Any]]]
+    ) -> tuple[dict[str, Any], ...]:
+        cached = self._last.get(owner_uid)
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        objects = tuple(with_applied_hash(obj) for obj in render())
+        self._last[owner_uid] = (inputs, objects)
+        return objects
+
+    def forget(self, owner_uid: str) -> None:
+        self._last.pop(owner_uid, None)
+
+
+def with_applied_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` annotated with the hash of itself: a field removed from the desired state changes the hash, which
+    comparing the live object's fields alone cannot see."""
+    meta = obj["metadata"]
+    annotations = {**meta.get("annotations", {}), ANNOTATION_APPLIED: content_hash(obj)}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def _identity(body: Body) -> tuple[str | None, Any]:
+    meta = body.get("metadata") or {}
+    # Status writes do not bump the generation of a resource with a status subresource; spec edits do.
+    return meta.get("uid"), meta.get("generation") or meta.get("resourceVersion")
+
+
+# --- InferencePool ------------------------------------------------------------------------------------------------
+
+PoolCheck = Callable[[InferencePool, Mapping[str, LLMModel]], "st.Check | None"]
+
+
+def distinct_files(pool: InferencePool, models: Mapping[str, LLMModel]) -> st.Check | None:
+    """Two models of the pool downloading different files of one name would overwrite each other."""
+    conflict = file_conflicts([models[name] for name in pool.spec.models])
+    return st.invalid(conflict) if conflict else None
+
+
+# Pure checks of a pool and its resolved models that the schema cannot express. A failing Check is shown as its
+# own condition (one of type SpecValid replaces the default one) and stops the apply; None means "no finding".
+POOL_CHECKS: tuple[PoolCheck, ...] = (distinct_files,)
+
+
+def pool_secret_names(body: Body) -> set[str]:
+    """The Secrets a pool's pods read: its own API key (spec.apiKeySecretRef, NOTES 2)."""
+    name = ((body.get("spec") or {}).get("apiKeySecretRef") or {}).get("name")
+    return {str(name)} if name else set()
+
+
+def pool_render_arguments(pool: InferencePool, secrets: Mapping[str, SecretInfo | None]) -> dict[str, Any]:
+    """The keyword arguments of render.pool_objects beyond the pool and its models. The version of the pool's
+    API key Secret (`api_key_version`, so that a rotated key rolls the pool: LocalAI reads it only at start)
+    joins here, looked up in `secrets` by pool_secret_names."""
+    ref = pool.spec.api_key_secret_ref
+    found = secrets.get(ref.name) if ref is not None else None
+    return {"api_key_version": found.resource_version if found is not None else None}
+
+
+def pool_key_check(pool: InferencePool, secrets: Mapping[str, SecretInfo | None]) -> st.Check | None:
+    """The pool's API key Secret, if it names one, must be there with its key: else its pods never start
+    (CreateContainerConfigError) and nothing in the pool's status would say why."""
+    ref = pool.spec.api_key_secret_ref
+    if ref is None:
+        return None
+    found = secrets.get(ref.name)
+    if found is None:
+        message = (
+            f'Secret "{ref.name}" (spec.apiKeySecretRef) not found in namespace "{pool.namespace}": create it '
+            f'with the LocalAI API key under key "{ref.key}".'
+        )
+    elif ref.key not in found.keys:
+        message = f'Secret "{ref.name}" (spec.apiKeySecretRef) has no key "{ref.key}".'
+    else:
+        return None
+    return st.Check("APIKeyResolved", False, "SecretMissing", message)
+
+
+def largest_gpu_node(gpu_nodes: Sequence[tuple[Mapping[str, str], int]], selector: Mapping[str, str]) -> int:
+    """The most GPUs one schedulable node matching `selector` offers (0: none matches)."""
+    return max(
+        (gpus for labels, gpus in gpu_nodes if all(labels.get(k) == v for k, v in selector.items())),
+        default=0,
+    )
+
+
+def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders) -> Plan[st.PoolFacts]:
+    meta = observed.body.get("metadata") or {}
+    base = st.PoolFacts(name=meta.get("name", ""), namespace=meta.get("namespace", ""))
+    try:
+        pool = InferencePool.parse(observed.body)
+    except ValidationError as err:
+        names = tuple((observed.body.get("spec") or {}).get("models") or ())
+        return Plan(None, dataclasses.replace(base, models=names, invalid=validation_problems(err)))
+    spec = pool.spec
+    facts = dataclasses.replace(
+        base, replicas=spec.replicas, gpus=spec.accelerator.gpus, models=tuple(spec.models)
+    )
+    models: dict[str, LLMModel] = {}
+    missing: list[str] = []
+    invalid: list[str] = []
+    for name in spec.models:
+        body = observed.models.get(name)
+        if body is None:
+            missing.append(name)
+            continue
+        try:
+            models[name] = LLMModel.parse(body)
+        except ValidationError:
+            invalid.append(name)  # the model says why in its own status
+    if missing or invalid:
+        facts = dataclasses.replace(facts, missing_models=tuple(missing), invalid_models=tuple(invalid))
+        return Plan(None, facts)
+    findings = [check(pool, models) for check in POOL_CHECKS] + [pool_key_check(pool, observed.secrets)]
+    checks = tuple(c for c in findings if c is not None)
+    facts = dataclasses.replace(facts, spec_checks=checks)
+    if any(c.ok is False for c in checks):
+        return Plan(None, facts)
+    arguments = pool_render_arguments(pool, observed.secrets)
+    inputs = (
+        _identity(observed.body),
+        tuple(_identity(observed.models[n] or {}) for n in spec.models),
+        tuple(sorted(arguments.items())),
+    )
+    try:
+        objects = renders.get(
+            pool.metadata.uid or "", inputs, lambda: pool_objects(pool, models, settings, **arguments)
+        )
+    except ValueError as err:  # a value the schema let through but the renderer cannot use
+        return Plan(None, dataclasses.replace(facts, invalid=f"spec: {err}"))
+    largest = None
+    if spec.accelerator.gpus:
+        selector = dict(spec.node_selector)
+        if spec.accelerator.product:
+            selector[GPU_PRODUCT_LABEL] = spec.accelerator.product
+        largest = largest_gpu_node(observed.gpu_nodes, selector)
+    facts = dataclasses.replace(
+        facts,
+        deployment=observed.owned.get(("Deployment", pool.name)),
+        unschedulable=observed.unschedulable,
+        largest_node_gpus=largest,
+        endpoint=pool_endpoint(pool),
+    )
+    return Plan(objects, facts)
+
+
+# --- FallbackRoute ------------------------------------------------------------------------------------------------
+
+
+def primary_pool(body: Body) -> str | None:
+    """The pool a route's primary names, if it names one."""
+    name = (((body.get("spec") or {}).get("primary") or {}).get("poolRef") or {}).get("name")
+    return str(name) if name else None
+
+
+def route_pool_names(body: Body) -> set[str]:
+    """The pools a route's pass needs to see: its primary, and any whose objects' names its own would take."""
+    name = str((body.get("metadata") or {}).get("name", ""))
+    names = {name, f"{name}-router"}  # pool "x" owns Service and Deployment "x"
+    if name.endswith("-pods"):
+        names.add(name.removesuffix("-pods"))  # pool "x" owns the headless Service "x-pods"
+    pool_ref = primary_pool(body)
+    if pool_ref:
+        names.add(pool_ref)
+    return names
+
+
+def routes_clashing_with(pool: str) -> set[str]:
+    """Names a route would need to take an object name of the pool `pool` (the inverse of name_conflict)."""
+    names = {pool, f"{pool}-pods"}
+    if pool.endswith("-router"):
+        names.add(pool.removesuffix("-router"))
+    return names
+
+
+def route_secret_names(body: Body) -> set[str]:
+    """The Secrets a route's router reads: the fallback key and the client keys (spec.auth.clientKeySecrets)."""
+    spec = body.get("spec") or {}
+    names = {((spec.get("fallback") or {}).get("apiKeySecretRef") or {}).get("name")}
+    names |= {ref.get("name") for ref in (spec.get("auth") or {}).get("clientKeySecrets") or []}
+    return {str(n) for n in names if n}
+
+
+def name_conflict(route: FallbackRoute, pools: Mapping[str, Body | None]) -> str | None:
+    """Why the route may not take its object names, if a pool already owns one of them."""
+    clashes = {
+        route.name: f'the Service "{route.name}"',
+        f"{route.name}-router": f'the Deployment "{router_name(route)}"',
+    }
+    if route.name.endswith("-pods"):
+        clashes[route.name.removesuffix("-pods")] = f'the headless Service "{route.name}"'
+    for pool, what in clashes.items():
+        if pools.get(pool) is not None:
+            return (
+                f'InferencePool "{pool}" in this namespace already owns {what}: give the route another name.'
+            )
+    return None
+
+
+def route_render_arguments(
+    route: FallbackRoute, pools: Mapping[str, Body | None], secrets: Mapping[str, SecretInfo | None]
+) -> dict[str, Any]:
+    """The keyword arguments of render.route_objects beyond the route: the versions of the Secrets its router
+    reads (a rotated key rolls the router; the key itself never leaves the Secret). The primary pool's API key
+    (InferencePool.spec.apiKeySecretRef, NOTES 2) joins here as `local_key_ref` and `local_key_version`, the
+    latter looked up in `secrets`, which holds pool_secret_names of the primary pool too."""
+    fallback = route.spec.fallback
+    secret_version = None
+    if route.fallback_active and fallback is not None:
+        found = secrets.get(fallback.api_key_secret_ref.name)
+        secret_version = found.resource_version if found is not None else None
+    arguments: dict[str, Any] = {"secret_version": secret_version}
+    pool = pools.get(pool_ref.name) if (pool_ref := route.spec.primary.pool_ref) is not None else None
+    key = ((pool or {}).get("spec") or {}).get("apiKeySecretRef") or {}
+    found = secrets.get(str(key.get("name"))) if key.get("name") and key.get("key") else None
+    # Only a key that exists: a missing one would hold the router pod, fallback included, in
+    # CreateContainerConfigError, while the pool's own status already names the missing Secret.
+    if found is not None and key["key"] in found.keys:
+        arguments["local_key_ref"] = SecretKeyRef(name=key["name"], key=key["key"])
+        arguments["local_key_version"] = found.resource_version
+    return arguments
+
+
+def _client_keys_problem(route: FallbackRoute, secrets: Mapping[str, SecretInfo | None]) -> str | None:
+    # Client keys are mounted as volumes: a missing one would hold the router pod in ContainerCreating.
+    auth = route.spec.auth
+    for ref in auth.client_key_secrets if auth is not None else ():
+        if secrets.get(ref.name) is None:
+            return (
+                f'Secret "{ref.name}" (spec.auth.clientKeySecrets) not found in namespace "{route.namespace}": '
+                "create it or remove it from the list."
+            )
+    return None
+
+
+def _secret_problem(route: FallbackRoute, secrets: Mapping[str, SecretInfo | None]) -> str | None:
+    fallback = route.spec.fallback
+    if not route.fallback_active or fallback is None:
+        return None
+    ref = fallback.api_key_secret_ref
+    found = secrets.get(ref.name)
+    if found is None:
+        return (
+            f'Secret "{ref.name}" not found in namespace "{route.namespace}": create it with the provider API '
+            f'key under key "{ref.key}".'
+        )
+    if ref.key not in found.keys:
+        return f'Secret "{ref.name}" has no key "{ref.key}".'
+    return None
+
+
+def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Renders) -> Plan[st.RouteFacts]:
+    meta = observed.body.get("metadata") or {}
+    base = st.RouteFacts(name=meta.get("name", ""), namespace=meta.get("namespace", ""))
+    try:
+        route = FallbackRoute.parse(observed.body)
+    except ValidationError as err:
+        return Plan(None, dataclasses.replace(base, invalid=validation_problems(err)))
+    facts = dataclasses.replace(
+        base,
+        primary=primary_url(route),
+        sensitive=route.spec.policy.sensitive,
+        fallback=route.fallback_active,
+        replicas=route.spec.replicas,
+        endpoint=route_endpoint(route),
+    )
+    conflict = name_conflict(route, observed.pools)
+    if conflict:
+        # Own nothing: the pool's apply would otherwise meet this route's objects under its names.
+        return Plan((), dataclasses.replace(facts, name_conflict=conflict))
+    pool_ref = route.spec.primary.pool_ref
+    if pool_ref is not None and observed.pools.get(pool_ref.name) is None:
+        facts = dataclasses.replace(facts, missing_pool=pool_ref.name)  # the router is deployed all the same
+    keys_problem = _client_keys_problem(route, observed.secrets)
+    problem = _secret_problem(route, observed.secrets)
+    if problem or keys_problem:
+        # Without its keys the router pod could not start: apply nothing rather than a half-working route.
+        return Plan(
+            None, dataclasses.replace(facts, secret_problem=problem, client_keys_problem=keys_problem)
+        )
+    arguments = route_render_arguments(route, observed.pools, observed.secrets)
+    inputs = (_identity(observed.body), tuple(sorted(arguments.items())))
+    objects = renders.get(
+        route.metadata.uid or "", inputs, lambda: route_objects(route, settings, **arguments)
+    )
+    facts = dataclasses.replace(facts, deployment=observed.owned.get(("Deployment", router_name(route))))
+    return Plan(objects, facts)
+
+
+# --- LLMModel -----------------------------------------------------------------------------------------------------
+
+
+def plan_model(observed: ModelObserved) -> Plan[st.ModelFacts]:
+    """A model owns nothing; its status names the pools serving it (from the pools' index, never a read)."""
+    try:
+        model = LLMModel.parse(observed.body)
+    except ValidationError as err:
+        return Plan(None, st.ModelFacts(invalid=validation_problems(err), served_by=observed.served_by))
+    return Plan(None, st.ModelFacts(served_by=observed.served_by, file=model.spec.source.file_name()))

@@ -1,0 +1,33 @@
+"""The command line reaches the operator's options unchanged (the flags users and the chart pass)."""
+
+from __future__ import annotations
+
+from localai_operator.cli import build_parser, run_options
+from localai_operator.main import RunOptions
+
+
+def options(*argv: str) -> RunOptions:
+    return run_options(build_parser().parse_args(["run", *argv]))
+
+
+def test_no_leader_election_reaches_the_operator() -> None:
+    assert options("--no-leader-election").leader_election is False
+    assert options().leader_election is True
+
+
+def test_watched_namespaces_reach_the_operator() -> None:
+    assert options("-n", "a", "-n", "b").watched == ["a", "b"]
+    assert options("-A").watched is None
+
+
+def test_ports_workers_and_the_api_rate_reach_the_operator() -> None:
+    parsed = options(
+        "--metrics-port", "0", "--health-port", "9", "--workers", "3", "--api-qps", "5", "--api-burst", "7"
+    )
+    assert (parsed.metrics_port, parsed.health_port, parsed.workers, parsed.api_qps, parsed.api_burst) == (
+        0,
+        9,
+        3,
+        5,
+        7,
+    )

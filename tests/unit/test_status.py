@@ -1,0 +1,69 @@
+"""Status from facts: the conditions users act on, and the one merge patch written per pass."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from localai_operator import status as st
+from localai_operator.api.pool import InferencePoolStatus
+
+NOW, LATER = "2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z"
+POOL = st.PoolFacts(name="p", namespace="ns", replicas=1, models=("m",), endpoint="http://p.ns.svc:8080/v1")
+READY_DEPLOYMENT = {"status": {"replicas": 1, "readyReplicas": 1}}
+
+
+def ready(
+    facts: st.PoolFacts, previous: dict[str, object] | None = None, now: str = NOW
+) -> dict[str, object]:
+    patch = st.patch_of(st.pool_status(facts, previous, 1, now))
+    [condition] = [c for c in patch["conditions"] if c["type"] == "Ready"]
+    return condition
+
+
+def test_a_refused_apply_makes_the_pool_not_ready_with_the_servers_message() -> None:
+    condition = ready(replace(POOL, apply_error="exceeded quota: q, used: count/configmaps=1"))
+    assert (condition["status"], condition["reason"]) == ("False", "ApplyFailed")
+    assert "exceeded quota: q" in str(condition["message"])
+
+
+def test_pods_refused_by_admission_make_the_pool_not_ready_with_the_servers_message() -> None:
+    failure = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": 'violates PodSecurity "restricted:latest"',
+    }
+    refused = {"status": {"conditions": [failure]}}
+    condition = ready(replace(POOL, deployment=refused))
+    assert (condition["status"], condition["reason"]) == ("False", "PodsForbidden")
+    assert 'violates PodSecurity "restricted:latest"' in str(condition["message"])
+
+
+def test_a_pool_whose_replicas_are_ready_is_ready() -> None:
+    assert ready(replace(POOL, deployment=READY_DEPLOYMENT))["status"] == "True"
+
+
+def test_the_transition_time_moves_only_when_the_status_flips() -> None:
+    facts = replace(POOL, deployment=READY_DEPLOYMENT)
+    first = st.patch_of(st.pool_status(facts, None, 1, NOW))
+    again = ready(facts, first, LATER)
+    assert again["lastTransitionTime"] == NOW
+    flipped = ready(replace(POOL, apply_error="refused"), first, LATER)
+    assert flipped["lastTransitionTime"] == LATER
+
+
+def test_the_patch_clears_fields_an_earlier_pass_wrote() -> None:
+    patch = st.patch_of(InferencePoolStatus(endpoint=None))
+    assert "endpoint" in patch and patch["endpoint"] is None
+
+
+def test_conditions_in_the_patch_carry_no_nulls() -> None:
+    patch = st.patch_of(st.pool_status(POOL, None, None, NOW))
+    assert all(None not in c.values() for c in patch["conditions"])
+
+
+def test_a_status_differing_only_in_transition_times_is_not_written_again() -> None:
+    stored = st.patch_of(st.pool_status(POOL, None, 1, NOW))
+    stored = {k: v for k, v in stored.items() if v is not None}  # the API server drops nulls
+    assert st.unchanged(stored, st.patch_of(st.pool_status(POOL, None, 1, LATER)))
+    assert not st.unchanged(stored, st.patch_of(st.pool_status(POOL, None, 2, LATER)))
