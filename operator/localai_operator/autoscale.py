@@ -171,3 +171,17 @@ class GpuMeter:
 
     def hours(self, period: str) -> float:
         return self.seconds.get(period, 0.0) / 3600
+
+
+@dataclass(frozen=True)
+class ScaleState:
+    """The autoscaler's last decision for a pool, as the pool's pass renders it (Deployment replicas, status)."""
+
+    desired: int
+    reason: str
+    message: str
+    in_flight: float | None = None
+    slots_per_replica: int | None = None
+    last_scale_time: str | None = None
+    # The HorizontalPodAutoscaler that drives the pool through its scale subresource, if one does.
+    hpa: str | None = None

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localai_operator.api.kinds import Kind
+from localai_operator.api.route import RouteCost
+from localai_operator.autoscale import ScaleState
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.plan import Body, SecretInfo, pool_secret_names, primary_pool, route_secret_names
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
+from localai_operator.router.config import Carried
 
 # Index names: the ids of the @kopf.index handlers, and the kwargs Kopf passes them to handlers under. One index
 # per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,
@@ -140,6 +143,10 @@ class Cache:
     _pool_models: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     _in_flight: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    # What the elastic loop (elastic.py) decided, by (namespace, name): the passes render it.
+    scales: dict[tuple[str, str], ScaleState] = field(default_factory=dict)
+    costs: dict[tuple[str, str], RouteCost] = field(default_factory=dict)
+    carried: dict[tuple[str, str], Carried] = field(default_factory=dict)
 
     def bind(self, indexes: Mapping[str, Index]) -> None:
         missing = set(INDEXES) - set(indexes)

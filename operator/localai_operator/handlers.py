@@ -152,7 +152,12 @@ async def model_changed(
     memo.synced.set()
     ns, gone = _ns(namespace), type == DELETED
     if memo.cache.spec_changed(LLM_MODEL, ns, name, meta.get("generation"), gone):
-        memo.enqueue(INFERENCE_POOL.kind, ns, set(memo.cache.served_by(ns, name)))  # they render it
+        pools = set(memo.cache.served_by(ns, name))
+        memo.enqueue(INFERENCE_POOL.kind, ns, pools)  # they render it
+        for pool in pools:  # their routers' slots come from spec.parallel
+            memo.enqueue(
+                FALLBACK_ROUTE.kind, ns, set(memo.cache.routes_using_pool(ns, pool)), background=True
+            )
     if not gone and not memo.cache.is_echo(body):
         memo.enqueue(LLM_MODEL.kind, ns, name)
 
