@@ -100,6 +100,10 @@ class Decision:
     changed: bool  # desired differs from the previous decision
 
 
+# Reasons that say what holds now rather than what last changed: the next look may replace them.
+_PASSING: Final = ("Steady", "AtMaxReplicas", "AtMinReplicas", "NoDemandData")
+
+
 class Scaler:
     """One pool's replicas over time. Up at once; down (to zero too) only when the highest need seen over the
     last scaleDownDelaySeconds is lower, so a pause in the traffic shorter than that never costs a cold start."""
@@ -137,8 +141,13 @@ class Scaler:
             reason = (
                 "ScaledToZero" if desired == 0 else "ScaledUp" if desired > self.desired else "ScaledDown"
             )
-        elif self.reason in ("AtMaxReplicas", "NoDemandData"):
-            reason = "AtMinReplicas" if desired == spec.min_replicas and needed < desired else "Steady"
+        elif self.reason in _PASSING:
+            if desired == 0:
+                reason = "ScaledToZero"
+            elif desired == spec.min_replicas and needed < desired:
+                reason = "AtMinReplicas"
+            else:
+                reason = "Steady"
         else:
             reason = self.reason
         message = (

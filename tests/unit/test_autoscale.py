@@ -108,3 +108,9 @@ def test_gpu_hours_integrate_the_gpus_held_between_looks() -> None:
     meter.observe(1800.0, 0, 1, ["2026-12"])
     meter.observe(3600.0, 0, 1, ["2026-12"])
     assert meter.hours("2026-12") == pytest.approx(1.0)
+
+
+def test_a_pool_held_at_min_replicas_says_so() -> None:
+    spec = SPEC.model_copy(update={"min_replicas": 2})
+    scaler = Scaler(2, 0.0)
+    assert (scaler.decide(spec, 0.0, 2, 1.0).desired, scaler.reason) == (2, "AtMinReplicas")
