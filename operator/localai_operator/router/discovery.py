@@ -5,6 +5,7 @@ it every few seconds follows the pool's pods without any Kubernetes API access (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -61,6 +62,12 @@ class PodDiscovery:
         self.resolver = resolver
         self.hurry = hurry
         self.current: list[str] | None = None
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look again now: a pod refused or did not answer a connection, so it may be gone (scaled down,
+        replaced) while its address is still known."""
+        self._woken.set()
 
     async def resolve_once(self) -> None:
         parsed = URL(self.url)
@@ -77,7 +84,10 @@ class PodDiscovery:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(min(self.interval, HURRIED_INTERVAL) if self.hurry() else self.interval)
+            interval = min(self.interval, HURRIED_INTERVAL) if self.hurry() else self.interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), interval)
+            self._woken.clear()
             try:
                 await self.resolve_once()
             except Exception:

@@ -210,10 +210,12 @@ class Relay:
     def __init__(
         self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog,
         demand: Demand | None = None, ledger: Ledger | None = None,
-        current: Callable[[], Route] | None = None,
+        current: Callable[[], Route] | None = None, unreachable: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         """`current` gives the newest config snapshot: a request that waited takes the pods known now."""
         self.current = current
+        # Called when a connection to a pod failed: the pod may be gone while its address is still known.
+        self.unreachable = unreachable
         self.metrics = metrics
         self.clock = clock
         self.catalog = catalog
@@ -298,6 +300,8 @@ class Relay:
                 result = await self._local_once(a, endpoint, probe, model)
                 if isinstance(result, web.StreamResponse):
                     return result
+                if result.reason in _CONNECT_FAILURES:
+                    self.unreachable()
                 if result.reason not in _CONNECT_FAILURES or tried is not None:
                     return result
                 if a.deadline is not None and asyncio.get_running_loop().time() >= a.deadline:

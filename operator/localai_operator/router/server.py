@@ -81,7 +81,13 @@ class Router:
         )  # fmt: skip
         self.listing = Listing(self.metrics, clock)
         self.relay = Relay(
-            self.metrics, clock, self.listing.catalog, self.demand, self.ledger, current=lambda: self.route
+            self.metrics,
+            clock,
+            self.listing.catalog,
+            self.demand,
+            self.ledger,
+            current=lambda: self.route,
+            unreachable=self._unreachable,
         )
         self.buffer = BodyBuffer(config.server.body_buffer_bytes)
         self.intake = Intake(lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer,
@@ -129,6 +135,10 @@ class Router:
         self.discovered = urls
         self.route = build_route(self.route.config, self.route, self.env, self.clock(), urls)
         self.waiters.wake_all()  # a pod came: requests waiting for one or for a slot look again
+
+    def _unreachable(self) -> None:
+        if self.discovery is not None:
+            self.discovery.wake()
 
     def _hurried(self) -> bool:
         """Pods are looked up every second while the pool is cold or requests wait for room."""

@@ -135,3 +135,17 @@ async def test_a_pool_with_pods_that_are_all_busy_after_a_cold_start_keeps_the_h
     names.addresses = ["127.0.0.3"]
     answers = await asyncio.wait_for(asyncio.gather(*held), 20)
     assert [a.served_by for a in answers] == ["local"] * 3, "two slots took two; the third waited for one"
+
+
+async def test_a_pod_that_refuses_a_connection_makes_the_router_look_up_the_pods_again_at_once(
+    cloud: OpenAIStandIn, pod: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    names = Names("127.0.0.3")
+    router = await start_router(pool_route(cloud.url, pod.port), resolver=names)
+    assert (await post(client, router)).served_by == "local"
+    await pod.stop()  # scaled to zero: the pod is gone, its address still known for up to a minute
+    names.addresses = []
+    lookups = names.lookups
+    assert (await post(client, router)).headers.get("X-Fallback-Reason") == "connect_error"
+    await eventually(lambda: names.lookups > lookups, 5, "a lookup right after the refused connection")
+    assert (await post(client, router)).headers.get("X-Fallback-Reason") == "pool_cold"
