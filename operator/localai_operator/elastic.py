@@ -344,8 +344,8 @@ class Elastic:
         pool_ref = route.spec.primary.pool_ref
         meter = self._gpus.get((key[0], pool_ref.name)) if pool_ref is not None else None
         cost = RouteCost(
-            period=period, spend=round(spend, 6), avoided=round(avoided, 6),
-            gpu_hours=round(meter.hours(period), 4) if meter is not None else 0.0,
+            period=period, spend=spend, avoided=avoided,
+            gpu_hours=round(meter.hours(period), 6) if meter is not None else 0.0,
             budget_exhausted=bool(reading and reading.exhausted),
         )  # fmt: skip
         carried_amount = gone.get((SPEND, period), 0.0)
