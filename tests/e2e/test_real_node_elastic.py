@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from localai_operator.devcluster.stack import POOL, ROUTE, SENSITIVE_ROUTE
-from tests.e2e.realstack import RealStack
+from tests.e2e.realstack import RealStack, pod_ready
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -90,6 +91,37 @@ def test_a_sensitive_route_at_zero_holds_its_request_and_answers_locally(elastic
     assert (answer.get("status"), answer.get("served_by")) == (200, "local"), answer
     assert answer["seconds"] > HELD_SECONDS, answer
     print(f"\nsensitive route at zero: held {answer['seconds']:.1f} s, then answered by the pool")
+
+
+def ready_pool_pods(real: RealStack) -> int:
+    return sum(1 for p in real.pool_pods() if pod_ready(p) and not p.metadata.deletion_timestamp)
+
+
+def test_sustained_demand_scales_the_pool_up_to_max_replicas_and_back_after_the_delay(
+    real: RealStack,
+) -> None:
+    # One client in a loop keeps about one request in flight: above 2 slots x 0.2, the demand of 2 replicas.
+    patch_pool(real, {"autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetInFlightPerSlot": 0.2,
+                                      "scaleDownDelaySeconds": 10}})  # fmt: skip
+    try:
+        with real.traffic([f"chat={real.url(ROUTE, '/v1/chat/completions')}"]) as traffic:
+            wait_for(lambda: autoscaling(real).get("desiredReplicas") == 2 and ready_pool_pods(real) == 2,
+                     POD_TIMEOUT, "two Ready pool pods under sustained demand",
+                     describe=lambda: (autoscaling(real), traffic.lines[-2:]))  # fmt: skip
+            up = autoscaling(real)
+        assert up["reason"] in {"ScaledUp", "AtMaxReplicas"}, up
+        assert {line.get("status") for line in traffic.of("chat")} == {200}
+        last_answer = max(line["t"] for line in traffic.of("chat"))
+        down = wait_for(lambda: autoscaling(real).get("desiredReplicas") == 1 and autoscaling(real), SCALE_TIMEOUT,
+                        "back to one replica after the demand stopped", describe=lambda: autoscaling(real))  # fmt: skip
+        assert down["reason"] == "ScaledDown", down
+        # Not while the demand lasted (the delay itself is the unit tests' to check, not a timing here).
+        scaled_down = datetime.fromisoformat(down["lastScaleTime"].replace("Z", "+00:00")).timestamp()
+        assert scaled_down > last_answer, (down, last_answer)
+        wait_for(lambda: len(real.pool_pods()) == 1, SCALE_TIMEOUT, "one pool pod left")
+    finally:
+        patch_pool(real, {"autoscaling": None})
+        real.ready_pool_pod()
 
 
 def test_the_routes_spend_and_avoided_cost_show_in_its_status(real: RealStack) -> None:
