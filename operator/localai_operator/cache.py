@@ -30,7 +30,9 @@ OWNED = "owned"  # owner uid -> the objects it controls (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
 SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS)
+ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> ((pod, address), ...) of its ready router pods
+HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
+INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS, ROUTER_ENDPOINTS, HPAS)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -110,6 +112,25 @@ def schedulable_gpus(node: Mapping[str, Any]) -> int:
         return int(str(value))
     except ValueError:
         return 0
+
+
+def router_endpoints(slice_: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(pod name, address) of the ready endpoints of a router Service's EndpointSlice."""
+    out = []
+    for endpoint in slice_.get("endpoints") or []:
+        if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
+            continue
+        pod = (endpoint.get("targetRef") or {}).get("name") or endpoint["addresses"][0]
+        out.append((str(pod), str(endpoint["addresses"][0])))
+    return tuple(sorted(out))
+
+
+def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
+    """The InferencePool an HPA scales through its scale subresource, if it targets one."""
+    target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    group = str(target.get("apiVersion", "")).partition("/")[0]
+    name = target.get("name")
+    return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
 
 
 def secret_info(secret: Mapping[str, Any]) -> SecretInfo:
@@ -241,6 +262,15 @@ class Cache:
     def gpu_nodes(self) -> list[tuple[Mapping[str, str], int]]:
         index = self.indexes.get(GPU_NODES, {})
         return [(dict(labels), max(index[labels])) for labels in index if index[labels]]
+
+    def router_pods(self, namespace: str, route: str) -> list[tuple[str, str]]:
+        """(pod name, address) of the route's ready router pods."""
+        return sorted(
+            {pair for pairs in self._values(ROUTER_ENDPOINTS, (namespace, route)) for pair in pairs}
+        )
+
+    def hpa_for(self, namespace: str, pool: str) -> str | None:
+        return next(iter(sorted(self._values(HPAS, (namespace, pool)))), None)
 
     def secret(self, namespace: str, name: str) -> SecretInfo | None:
         return next(iter(self._values(SECRETS, (namespace, name))), None)

@@ -1,6 +1,8 @@
 """The elastic loop: while leading, every few seconds, read every router's demand and spend from its pods'
 /metrics (no Prometheus, no KEDA), decide the size of each autoscaled pool, count GPU-hours, and leave the results
-in the cache for the pools' and routes' passes to render (the Deployment's replicas, status). Never writes a spec.
+in the cache for the pools' and routes' passes to render (the Deployment's replicas, status). Never writes a spec,
+and sends the API server nothing: the router pods' addresses come from their Services' EndpointSlices and the
+HorizontalPodAutoscalers from the caches.
 
 A pool that a user's HorizontalPodAutoscaler (or a KEDA ScaledObject, which makes one) targets through its scale
 subresource is left to it: its spec.replicas is rendered as without autoscaling.
@@ -22,23 +24,18 @@ from pydantic import ValidationError
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.kinds import (
     FALLBACK_ROUTE,
-    HORIZONTAL_POD_AUTOSCALER,
     INFERENCE_POOL,
     LLM_MODEL,
-    POD,
 )
 from localai_operator.api.route import RouteCost
 from localai_operator.autoscale import DemandMeter, GpuMeter, RouterSample, Scaler, ScaleState, parse_metrics
 from localai_operator.cache import Cache
 from localai_operator.constants import (
     APP_NAME,
-    GROUP,
     LABEL_COMPONENT,
-    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     ROUTER_PORT,
 )
-from localai_operator.kube import Api, ApiError
 from localai_operator.render.common import ROUTER_COMPONENT
 from localai_operator.render.route import pod_slots
 from localai_operator.router.config import Carried
@@ -74,22 +71,14 @@ class _RouteReading:
         default_factory=dict
     )  # per pod summed: (kind, period) -> amount
     exhausted: bool = False
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
-    )
-    return ready and bool(status.get("podIP")) and not (pod.get("metadata") or {}).get("deletionTimestamp")
+    read: int = 0  # router pods whose metrics were read
 
 
 class Elastic:
     def __init__(
-        self, api: Api, cache: Cache, enqueue: Enqueue, *, interval: float = INTERVAL_SECONDS,
+        self, cache: Cache, enqueue: Enqueue, *, interval: float = INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
-        self.api = api
         self.cache = cache
         self.enqueue = enqueue
         self.interval = interval
@@ -101,7 +90,6 @@ class Elastic:
         self._pod_costs: dict[Key, dict[str, dict[tuple[str, str], float]]] = {}  # route -> pod -> figures
         self._gone: dict[Key, dict[tuple[str, str], float]] = {}  # route -> figures of its pods that went
         self._published: dict[Key, float] = {}
-        self._hpa_refused: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, active: asyncio.Event) -> None:
@@ -112,7 +100,7 @@ class Elastic:
                     continue
                 try:
                     await self.look()
-                except (ApiError, aiohttp.ClientError, TimeoutError) as err:
+                except (aiohttp.ClientError, TimeoutError) as err:
                     log.warning(
                         "autoscaler: %s; trying again in %.0f s", err or type(err).__name__, self.interval
                     )
@@ -129,11 +117,8 @@ class Elastic:
         pools = self._parsed(INFERENCE_POOL, InferencePool)
         routes = self._parsed(FALLBACK_ROUTE, FallbackRoute)
         autoscaled = {k: p for k, p in pools.items() if p.spec.autoscaling is not None}
-        namespaces = sorted({ns for ns, _ in routes} | {ns for ns, _ in autoscaled})
-        listed = await asyncio.gather(*(self._router_pods(ns) for ns in namespaces))
-        pods: dict[Key, list[_RouterPod]] = {key: value for found in listed for key, value in found.items()}
-        hpa_lists = await asyncio.gather(*(self._hpas(ns) for ns in sorted({ns for ns, _ in autoscaled})))
-        hpas = {key: name for found in hpa_lists for key, name in found.items()}
+        pods = {key: [_RouterPod(n, ip) for n, ip in self.cache.router_pods(*key)] for key in routes}
+        hpas = {key: hpa for key in autoscaled if (hpa := self.cache.hpa_for(*key)) is not None}
         readings = await self._read(routes, pods, now)
         day, month = period_of("daily", wall), period_of("monthly", wall)
         for key, pool in pools.items():
@@ -165,42 +150,6 @@ class Elastic:
                 continue  # its own pass reports why
         return out
 
-    async def _router_pods(self, namespace: str) -> dict[Key, list[_RouterPod]]:
-        """(namespace, route) -> its ready router pods."""
-        found: dict[str, Any] = await self.api.request(
-            "list", POD, "GET", POD.path(namespace), query={"labelSelector": ROUTER_PODS}
-        )
-        out: dict[Key, list[_RouterPod]] = {}
-        for pod in found.get("items") or []:
-            meta = pod.get("metadata") or {}
-            route = (meta.get("labels") or {}).get(LABEL_INSTANCE)
-            if route and _ready(pod):
-                out.setdefault((namespace, route), []).append(
-                    _RouterPod(meta["name"], pod["status"]["podIP"])
-                )
-        return out
-
-    async def _hpas(self, namespace: str) -> dict[Key, str]:
-        """(namespace, pool) -> the HPA that targets the pool's scale subresource."""
-        try:
-            found: dict[str, Any] = await self.api.request(
-                "list", HORIZONTAL_POD_AUTOSCALER, "GET", HORIZONTAL_POD_AUTOSCALER.path(namespace)
-            )
-        except ApiError as err:
-            if err.status != 403:
-                raise
-            if namespace not in self._hpa_refused:
-                self._hpa_refused.add(namespace)
-                log.warning("cannot list HorizontalPodAutoscalers in %s (%s): assuming none", namespace, err)
-            return {}
-        out: dict[Key, str] = {}
-        for hpa in found.get("items") or []:
-            target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
-            group = str(target.get("apiVersion", "")).partition("/")[0]
-            if target.get("kind") == INFERENCE_POOL.kind and group == GROUP and target.get("name"):
-                out[(namespace, str(target["name"]))] = str(hpa["metadata"]["name"])
-        return out
-
     async def _read(
         self, routes: Mapping[Key, FallbackRoute], pods: Mapping[Key, list[_RouterPod]], now: float
     ) -> dict[Key, _RouteReading]:
@@ -214,6 +163,7 @@ class Elastic:
             if sample is None:
                 reading.complete = False
                 continue
+            reading.read += 1
             reading.in_flight += self._meters.setdefault(key, DemandMeter()).observe(pod.name, now, sample)
             reading.exhausted = reading.exhausted or sample.budget_exhausted
             self._pod_costs.setdefault(key, {})[pod.name] = dict(sample.costs)
@@ -329,27 +279,31 @@ class Elastic:
         cap = fallback.spend_cap if fallback is not None else None
         period = period_of(cap.period if cap is not None else "monthly", wall)
         gone = self._gone.setdefault(key, {})
-        stored = (
-            (route.status.cost if route.status is not None else None) if key not in self._published else None
-        )
+        pool_ref = route.spec.primary.pool_ref
+        meter = self._gpus.get((key[0], pool_ref.name)) if pool_ref is not None else None
         current = reading.costs if reading is not None else {}
-        if stored is not None and stored.period == period:
-            # The operator restarted: what the route's pods spent before and no longer report is in its status.
+        stored = route.status.cost if route.status is not None else None
+        if key not in self._published and stored is not None and stored.period == period:
+            # The operator restarted: what the route's gone pods spent, and the GPU-hours, are in its status.
             for kind, amount in ((SPEND, stored.spend), (AVOIDED, stored.avoided)):
                 missing = amount - current.get((kind, period), 0.0) - gone.get((kind, period), 0.0)
                 if missing > 0:
                     gone[(kind, period)] = gone.get((kind, period), 0.0) + missing
-        spend = current.get((SPEND, period), 0.0) + gone.get((SPEND, period), 0.0)
-        avoided = current.get((AVOIDED, period), 0.0) + gone.get((AVOIDED, period), 0.0)
-        pool_ref = route.spec.primary.pool_ref
-        meter = self._gpus.get((key[0], pool_ref.name)) if pool_ref is not None else None
+            if meter is not None:
+                meter.seconds[period] = max(meter.seconds.get(period, 0.0), stored.gpu_hours * 3600)
+        if reading is None or not reading.read:
+            return  # no router answered yet: nothing new to say
         cost = RouteCost(
-            period=period, spend=spend, avoided=avoided,
+            period=period,
+            spend=current.get((SPEND, period), 0.0) + gone.get((SPEND, period), 0.0),
+            avoided=current.get((AVOIDED, period), 0.0) + gone.get((AVOIDED, period), 0.0),
             gpu_hours=round(meter.hours(period), 6) if meter is not None else 0.0,
-            budget_exhausted=bool(reading and reading.exhausted),
-        )  # fmt: skip
+            budget_exhausted=reading.exhausted,
+        )
         carried_amount = gone.get((SPEND, period), 0.0)
-        carried = Carried(period=period, amount=round(carried_amount, 6)) if cap and carried_amount else None
+        carried = (
+            Carried(period=period, amount=carried_amount) if cap is not None and carried_amount else None
+        )
         carried_changed = self.cache.carried.get(key) != carried
         if carried_changed:
             if carried is None:
@@ -359,9 +313,8 @@ class Elastic:
         before = self.cache.costs.get(key)
         due = now - self._published.get(key, -COST_PUBLISH_SECONDS) >= COST_PUBLISH_SECONDS
         flipped = before is not None and before.budget_exhausted != cost.budget_exhausted
-        if carried_changed or ((due or flipped or before is None) and before != cost):
+        if carried_changed or ((due or flipped) and before != cost):
             self.cache.costs[key] = cost
             self._published[key] = now
+            # The router's config (carried spend) and a reached cap matter now; the figures can wait their turn.
             self.enqueue(FALLBACK_ROUTE.kind, key[0], key[1], not (carried_changed or flipped))
-        elif key not in self._published:
-            self._published[key] = now

@@ -15,7 +15,9 @@ import kopf
 from localai_operator import cache
 from localai_operator.api.kinds import (
     DEPLOYMENT,
+    ENDPOINT_SLICE,
     FALLBACK_ROUTE,
+    HORIZONTAL_POD_AUTOSCALER,
     INFERENCE_POOL,
     LLM_MODEL,
     NODE,
@@ -25,10 +27,11 @@ from localai_operator.api.kinds import (
     Kind,
     of,
 )
-from localai_operator.constants import APP_NAME, LABEL_MANAGED_BY
+from localai_operator.constants import APP_NAME, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
 from localai_operator.controller import Controller
 from localai_operator.kube import login as kube_login
 from localai_operator.plan import routes_clashing_with
+from localai_operator.render.common import ROUTER_COMPONENT
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
 DELETED = "DELETED"
@@ -77,6 +80,8 @@ async def start(settings: kopf.OperatorSettings, memo: Controller, **indexes: An
     for kind in (*OWNED, POD):
         settings.watching.label_selectors[_on(kind)] = MANAGED
     settings.watching.field_selectors[_on(POD)] = "status.phase=Pending"
+    # Only the router Services' slices (they carry the Service's labels): where the elastic loop reads demand.
+    settings.watching.label_selectors[_on(ENDPOINT_SLICE)] = f"{LABEL_COMPONENT}={ROUTER_COMPONENT},{MANAGED}"
     await memo.start({name: indexes[name] for name in cache.INDEXES})
 
 
@@ -134,6 +139,20 @@ async def gpu_nodes(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any,
 @kopf.index(*_on(SECRET), id=cache.SECRETS)
 async def secrets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, name): cache.secret_info(body)}
+
+
+@kopf.index(*_on(ENDPOINT_SLICE), id=cache.ROUTER_ENDPOINTS)
+async def router_endpoints(
+    namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[Any, Any]:
+    route = labels.get(LABEL_INSTANCE)
+    return {(namespace, route): cache.router_endpoints(body)} if route else {}
+
+
+@kopf.index(*_on(HORIZONTAL_POD_AUTOSCALER), id=cache.HPAS)
+async def hpas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    pool = cache.hpa_target_pool(body)
+    return {(namespace, pool): name} if pool else {}
 
 
 # --- events: what each change puts into the work queue ------------------------------------------------------------
