@@ -306,3 +306,55 @@ def test_helm_uninstall_stops_the_operator_pod_and_leaves_only_the_crds(real: Re
         assert real.kubectl("get", "crd", f"{crd}.llm.localai-operator.io", "-o", "name").strip()
     wait_for(lambda: not real.core.list_namespaced_pod(real.operator_namespace).items, 60,
              f"the operator pod {pod.metadata.name} to stop")  # fmt: skip
+
+
+def test_helm_uninstall_leaves_one_lease_line_and_no_traceback_in_the_operators_log(real: RealStack) -> None:
+    [pod] = operator_pods(real)
+    wait_for(
+        lambda: "became the leader" in real.kubectl("logs", "-n", real.operator_namespace, pod.metadata.name),
+        60,
+        f"pod {pod.metadata.name} to lead",
+    )
+    # Followed from before the uninstall: the stream ends when the container exits, with its last lines.
+    follow = subprocess.Popen(
+        [
+            kubectl_binary(real.access),
+            f"--kubeconfig={real.access.kubeconfig}",
+            "logs",
+            "-f",
+            "--since=1s",
+            "-n",
+            real.operator_namespace,
+            pod.metadata.name,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        subprocess.run(
+            [
+                real.helm,
+                "--kubeconfig",
+                str(real.access.kubeconfig),
+                "uninstall",
+                real.release,
+                "-n",
+                real.operator_namespace,
+                "--wait",
+                "--timeout",
+                "2m",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        log, _ = follow.communicate(timeout=90)
+    finally:
+        follow.kill()
+    assert "Traceback" not in log, log
+    releases = [
+        line
+        for line in log.splitlines()
+        if "nothing to release" in line or "hand back" in line or "handed back" in line
+    ]
+    assert len(releases) == 1 and "could not" not in releases[0], log
