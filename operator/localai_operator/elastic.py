@@ -22,21 +22,11 @@ import aiohttp
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
-from localai_operator.api.kinds import (
-    FALLBACK_ROUTE,
-    INFERENCE_POOL,
-    LLM_MODEL,
-)
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
 from localai_operator.api.route import RouteCost
 from localai_operator.autoscale import DemandMeter, GpuMeter, RouterSample, Scaler, ScaleState, parse_metrics
 from localai_operator.cache import Cache
-from localai_operator.constants import (
-    APP_NAME,
-    LABEL_COMPONENT,
-    LABEL_MANAGED_BY,
-    ROUTER_PORT,
-)
-from localai_operator.render.common import ROUTER_COMPONENT
+from localai_operator.constants import ROUTER_PORT
 from localai_operator.render.route import pod_slots
 from localai_operator.router.config import Carried
 from localai_operator.router.ledger import AVOIDED, SPEND, period_of
@@ -47,7 +37,6 @@ INTERVAL_SECONDS: Final = 5.0
 # Route cost in status changes with every answer: written at most this often per route.
 COST_PUBLISH_SECONDS: Final = 30.0
 SCRAPE_TIMEOUT_SECONDS: Final = 2.0
-ROUTER_PODS: Final = f"{LABEL_COMPONENT}={ROUTER_COMPONENT},{LABEL_MANAGED_BY}={APP_NAME}"
 
 Key = tuple[str, str]  # (namespace, name)
 Enqueue = Callable[[str, str, str, bool], None]  # kind, namespace, name, background
@@ -67,9 +56,8 @@ class _RouterPod:
 class _RouteReading:
     in_flight: float = 0.0
     complete: bool = True
-    costs: dict[tuple[str, str], float] = field(
-        default_factory=dict
-    )  # per pod summed: (kind, period) -> amount
+    # (kind, period) -> amount, summed over the route's pods
+    costs: dict[tuple[str, str], float] = field(default_factory=dict)
     exhausted: bool = False
     read: int = 0  # router pods whose metrics were read
 
