@@ -48,6 +48,8 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "LOCALAI_OPERATOR_RESYNC_SECONDS": str(self.resync_seconds),
+            # The elastic loop looks every second, so that scaling tests wait seconds, not tens of them.
+            "LOCALAI_OPERATOR_AUTOSCALE_SECONDS": "1",
         }
         argv = [
             sys.executable,

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localai_operator.api.kinds import Kind
+from localai_operator.api.route import RouteCost
+from localai_operator.autoscale import ScaleState
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.plan import Body, SecretInfo, pool_secret_names, primary_pool, route_secret_names
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
+from localai_operator.router.config import Carried
 
 # Index names: the ids of the @kopf.index handlers, and the kwargs Kopf passes them to handlers under. One index
 # per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,
@@ -27,7 +30,9 @@ OWNED = "owned"  # owner uid -> the objects it controls (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
 SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS)
+ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> ((pod, address), ...) of its ready router pods
+HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
+INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS, ROUTER_ENDPOINTS, HPAS)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -109,6 +114,25 @@ def schedulable_gpus(node: Mapping[str, Any]) -> int:
         return 0
 
 
+def router_endpoints(slice_: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(pod name, address) of the ready endpoints of a router Service's EndpointSlice."""
+    out = []
+    for endpoint in slice_.get("endpoints") or []:
+        if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
+            continue
+        pod = (endpoint.get("targetRef") or {}).get("name") or endpoint["addresses"][0]
+        out.append((str(pod), str(endpoint["addresses"][0])))
+    return tuple(sorted(out))
+
+
+def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
+    """The InferencePool an HPA scales through its scale subresource, if it targets one."""
+    target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    group = str(target.get("apiVersion", "")).partition("/")[0]
+    name = target.get("name")
+    return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
+
+
 def secret_info(secret: Mapping[str, Any]) -> SecretInfo:
     keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
     return SecretInfo(str((secret.get("metadata") or {}).get("resourceVersion", "")), frozenset(keys))
@@ -140,6 +164,10 @@ class Cache:
     _pool_models: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     _in_flight: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    # What the elastic loop (elastic.py) decided, by (namespace, name): the passes render it.
+    scales: dict[tuple[str, str], ScaleState] = field(default_factory=dict)
+    costs: dict[tuple[str, str], RouteCost] = field(default_factory=dict)
+    carried: dict[tuple[str, str], Carried] = field(default_factory=dict)
 
     def bind(self, indexes: Mapping[str, Index]) -> None:
         missing = set(INDEXES) - set(indexes)
@@ -234,6 +262,15 @@ class Cache:
     def gpu_nodes(self) -> list[tuple[Mapping[str, str], int]]:
         index = self.indexes.get(GPU_NODES, {})
         return [(dict(labels), max(index[labels])) for labels in index if index[labels]]
+
+    def router_pods(self, namespace: str, route: str) -> list[tuple[str, str]]:
+        """(pod name, address) of the route's ready router pods."""
+        return sorted(
+            {pair for pairs in self._values(ROUTER_ENDPOINTS, (namespace, route)) for pair in pairs}
+        )
+
+    def hpa_for(self, namespace: str, pool: str) -> str | None:
+        return next(iter(sorted(self._values(HPAS, (namespace, pool)))), None)
 
     def secret(self, namespace: str, name: str) -> SecretInfo | None:
         return next(iter(self._values(SECRETS, (namespace, name))), None)

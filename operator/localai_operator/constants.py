@@ -20,6 +20,8 @@ ROUTER_PORT: Final = 8080
 ROUTER_SERVICE_PORT: Final = 80
 ROUTER_CONFIG_FILE: Final = "router.yaml"
 ROUTER_CONFIG_DIR: Final = "/etc/localai-operator/router"
+# The router's spend ledger (an emptyDir: it outlives a container restart).
+ROUTER_STATE_DIR: Final = "/var/lib/localai-operator/router"
 FALLBACK_API_KEY_ENV: Final = "LOCALAI_OPERATOR_FALLBACK_API_KEY"
 # The pool's own LocalAI key (InferencePool.spec.apiKeySecretRef), sent to local instead of the client's.
 LOCAL_API_KEY_ENV: Final = "LOCALAI_OPERATOR_LOCAL_API_KEY"

@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from localai_operator.api.kinds import CUSTOM
 from localai_operator.cache import Cache, Index
+from localai_operator.elastic import INTERVAL_SECONDS, Elastic
 from localai_operator.kube import Api, ApiError
 from localai_operator.leader import LeaderElector
 from localai_operator.metrics import Metrics
@@ -35,6 +37,8 @@ class Options:
     workers: int = 64
     resync_seconds: float = 60.0
     metrics_port: int = 0
+    # How often the elastic loop reads the routers' demand and decides the autoscaled pools' sizes.
+    autoscale_seconds: float = INTERVAL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ class Controller:
             loop.create_task(self._work(), name=f"worker-{i}") for i in range(self.options.workers)
         )
         self._tasks.append(loop.create_task(self._resync_forever(), name="resync"))
+        elastic = Elastic(
+            self.cache, lambda kind, ns, name, background: self.enqueue(kind, ns, name, background=background),
+            interval=self.options.autoscale_seconds,
+        )  # fmt: skip
+        self._tasks.append(loop.create_task(self._after_sync(elastic.run(self.active)), name="elastic"))
         if self.elector is None:
             self._lead()
         else:
@@ -112,6 +121,10 @@ class Controller:
         for runner in self._servers:
             await runner.cleanup()
         await self.api.close()
+
+    async def _after_sync(self, task: Coroutine[Any, Any, None]) -> None:
+        await self.synced.wait()
+        await task
 
     def _lead(self) -> None:
         self.metrics.leader.set(1)

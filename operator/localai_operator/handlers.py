@@ -15,7 +15,9 @@ import kopf
 from localai_operator import cache
 from localai_operator.api.kinds import (
     DEPLOYMENT,
+    ENDPOINT_SLICE,
     FALLBACK_ROUTE,
+    HORIZONTAL_POD_AUTOSCALER,
     INFERENCE_POOL,
     LLM_MODEL,
     NODE,
@@ -25,10 +27,11 @@ from localai_operator.api.kinds import (
     Kind,
     of,
 )
-from localai_operator.constants import APP_NAME, LABEL_MANAGED_BY
+from localai_operator.constants import APP_NAME, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
 from localai_operator.controller import Controller
 from localai_operator.kube import login as kube_login
 from localai_operator.plan import routes_clashing_with
+from localai_operator.render.common import ROUTER_COMPONENT
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
 DELETED = "DELETED"
@@ -77,6 +80,8 @@ async def start(settings: kopf.OperatorSettings, memo: Controller, **indexes: An
     for kind in (*OWNED, POD):
         settings.watching.label_selectors[_on(kind)] = MANAGED
     settings.watching.field_selectors[_on(POD)] = "status.phase=Pending"
+    # Only the router Services' slices (they carry the Service's labels): where the elastic loop reads demand.
+    settings.watching.label_selectors[_on(ENDPOINT_SLICE)] = f"{LABEL_COMPONENT}={ROUTER_COMPONENT},{MANAGED}"
     await memo.start({name: indexes[name] for name in cache.INDEXES})
 
 
@@ -136,6 +141,20 @@ async def secrets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -
     return {(namespace, name): cache.secret_info(body)}
 
 
+@kopf.index(*_on(ENDPOINT_SLICE), id=cache.ROUTER_ENDPOINTS)
+async def router_endpoints(
+    namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[Any, Any]:
+    route = labels.get(LABEL_INSTANCE)
+    return {(namespace, route): cache.router_endpoints(body)} if route else {}
+
+
+@kopf.index(*_on(HORIZONTAL_POD_AUTOSCALER), id=cache.HPAS)
+async def hpas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    pool = cache.hpa_target_pool(body)
+    return {(namespace, pool): name} if pool else {}
+
+
 # --- events: what each change puts into the work queue ------------------------------------------------------------
 
 
@@ -152,7 +171,12 @@ async def model_changed(
     memo.synced.set()
     ns, gone = _ns(namespace), type == DELETED
     if memo.cache.spec_changed(LLM_MODEL, ns, name, meta.get("generation"), gone):
-        memo.enqueue(INFERENCE_POOL.kind, ns, set(memo.cache.served_by(ns, name)))  # they render it
+        pools = set(memo.cache.served_by(ns, name))
+        memo.enqueue(INFERENCE_POOL.kind, ns, pools)  # they render it
+        for pool in pools:  # their routers' slots come from spec.parallel
+            memo.enqueue(
+                FALLBACK_ROUTE.kind, ns, set(memo.cache.routes_using_pool(ns, pool)), background=True
+            )
     if not gone and not memo.cache.is_echo(body):
         memo.enqueue(LLM_MODEL.kind, ns, name)
 

@@ -16,6 +16,7 @@ from localai_operator import (
     startgate,
 )
 from localai_operator.controller import Controller, Options
+from localai_operator.elastic import INTERVAL_SECONDS
 from localai_operator.kube import Api, login
 from localai_operator.leader import LeaderElector
 from localai_operator.metrics import Metrics
@@ -81,11 +82,17 @@ def controller(options: RunOptions, settings: kopf.OperatorSettings) -> Controll
             identity=f"{socket.gethostname()}-{os.getpid()}",
         )
     resync = float(os.environ.get("LOCALAI_OPERATOR_RESYNC_SECONDS", "60"))
+    autoscale = float(os.environ.get("LOCALAI_OPERATOR_AUTOSCALE_SECONDS", str(INTERVAL_SECONDS)))
     return Controller(
         api=api,
         settings=settings_from_env(),
         metrics=metrics,
-        options=Options(workers=options.workers, resync_seconds=resync, metrics_port=options.metrics_port),
+        options=Options(
+            workers=options.workers,
+            resync_seconds=resync,
+            metrics_port=options.metrics_port,
+            autoscale_seconds=autoscale,
+        ),
         elector=elector,
         # A few workers at most for resyncs and derived fields (servedBy): the rest are always free for changes,
         # and a burst of pools does not compete at the API server with a thousand servedBy updates.

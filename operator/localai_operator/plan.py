@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from localai_operator import status as st
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.base import SecretKeyRef, validation_problems
+from localai_operator.api.route import RouteCost
+from localai_operator.autoscale import ScaleState
 from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
 from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.common import content_hash
@@ -24,6 +26,7 @@ from localai_operator.render.pool import endpoint as pool_endpoint
 from localai_operator.render.pool import file_conflicts
 from localai_operator.render.route import endpoint as route_endpoint
 from localai_operator.render.route import primary_url, router_name
+from localai_operator.router.config import Carried
 
 Body = Mapping[str, Any]
 Owned = Mapping[tuple[str, str], Body]  # (kind, name) -> the live object
@@ -54,6 +57,7 @@ class PoolObserved:
     secrets: Mapping[str, SecretInfo | None] = dataclasses.field(
         default_factory=dict
     )  # pool_secret_names(body)
+    scale: ScaleState | None = None  # the autoscaler's last decision (spec.autoscaling)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class RouteObserved:
     pools: Mapping[str, Body | None]  # the pools named in route_pool_names(body)
     secrets: Mapping[str, SecretInfo | None]  # route_secret_names(body), and pool_secret_names of its primary
     owned: Owned
+    models: Mapping[str, Body | None] = dataclasses.field(default_factory=dict)  # the primary pool's
+    cost: RouteCost | None = None  # read from its routers by the elastic loop
+    carried: Carried | None = None  # what its router pods that went spent in the spend cap's period
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,11 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
     secrets = tuple(sorted(observed.secrets.items()))
     if isinstance(observed, RouteObserved):
         pools = tuple(sorted((name, _version(body)) for name, body in observed.pools.items()))
-        return (_version(observed.body), pools, secrets, owned)
+        models = tuple(sorted((name, _version(body)) for name, body in observed.models.items()))
+        return (_version(observed.body), pools, secrets, owned, models, observed.cost, observed.carried)
     models = tuple((name, _version(body)) for name, body in observed.models.items())
     nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
-    return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets)
+    return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets, observed.scale)
 
 
 class Renders:
@@ -189,6 +197,20 @@ def largest_gpu_node(gpu_nodes: Sequence[tuple[Mapping[str, str], int]], selecto
     )
 
 
+def desired_replicas(pool: InferencePool, observed: PoolObserved) -> int:
+    """The Deployment's replicas: spec.replicas, or with spec.autoscaling the autoscaler's decision (until its
+    first one, the Deployment's current size within the bounds; a new pool starts at minReplicas). A user's HPA
+    on the pool makes the decision spec.replicas again."""
+    auto = pool.spec.autoscaling
+    if auto is None:
+        return pool.spec.replicas
+    if observed.scale is not None:
+        return observed.scale.desired
+    live = ((observed.owned.get(("Deployment", pool.name)) or {}).get("spec") or {}).get("replicas")
+    start = auto.min_replicas if live is None else int(live)
+    return min(max(start, auto.min_replicas), auto.max_replicas)
+
+
 def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders) -> Plan[st.PoolFacts]:
     meta = observed.body.get("metadata") or {}
     base = st.PoolFacts(name=meta.get("name", ""), namespace=meta.get("namespace", ""))
@@ -222,14 +244,25 @@ def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders
     if any(c.ok is False for c in checks):
         return Plan(None, facts)
     arguments = pool_render_arguments(pool, observed.secrets)
+    desired = desired_replicas(pool, observed)
+    facts = dataclasses.replace(
+        facts, replicas=desired, autoscaled=spec.autoscaling is not None, scale=observed.scale
+    )
+    # The autoscaler sizes the Deployment; the user's spec (replicas included) is never written.
+    sized = (
+        pool
+        if desired == spec.replicas
+        else pool.model_copy(update={"spec": spec.model_copy(update={"replicas": desired})})
+    )
     inputs = (
         _identity(observed.body),
         tuple(_identity(observed.models[n] or {}) for n in spec.models),
         tuple(sorted(arguments.items())),
+        desired,
     )
     try:
         objects = renders.get(
-            pool.metadata.uid or "", inputs, lambda: pool_objects(pool, models, settings, **arguments)
+            pool.metadata.uid or "", inputs, lambda: pool_objects(sized, models, settings, **arguments)
         )
     except ValueError as err:  # a value the schema let through but the renderer cannot use
         return Plan(None, dataclasses.replace(facts, invalid=f"spec: {err}"))
@@ -384,12 +417,51 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
             None, dataclasses.replace(facts, secret_problem=problem, client_keys_problem=keys_problem)
         )
     arguments = route_render_arguments(route, observed.pools, observed.secrets)
-    inputs = (_identity(observed.body), tuple(sorted(arguments.items())))
-    objects = renders.get(
-        route.metadata.uid or "", inputs, lambda: route_objects(route, settings, **arguments)
+    pool, models = _primary_and_models(route, observed)
+    inputs = (
+        _identity(observed.body),
+        tuple(sorted(arguments.items())),
+        _identity(observed.pools.get(pool.name) or {}) if pool is not None else None,
+        tuple(sorted((name, _identity(body or {})) for name, body in observed.models.items())),
+        observed.carried,
     )
-    facts = dataclasses.replace(facts, deployment=observed.owned.get(("Deployment", router_name(route))))
+    objects = renders.get(
+        route.metadata.uid or "",
+        inputs,
+        lambda: route_objects(
+            route, settings, **arguments, pool=pool, models=models, carried=observed.carried
+        ),
+    )
+    # Until the elastic loop has read the routers (after a restart), the stored figures stay.
+    cost = observed.cost or (route.status.cost if route.status is not None else None)
+    facts = dataclasses.replace(
+        facts, deployment=observed.owned.get(("Deployment", router_name(route))), cost=cost
+    )
     return Plan(objects, facts)
+
+
+def _primary_and_models(
+    route: FallbackRoute, observed: RouteObserved
+) -> tuple[InferencePool | None, dict[str, LLMModel]]:
+    """The primary pool and its models, for the slots the router fills before it spills (invalid ones left out:
+    their own status says why, and the router then has no slot limit for them)."""
+    ref = route.spec.primary.pool_ref
+    body = observed.pools.get(ref.name) if ref is not None else None
+    if body is None:
+        return None, {}
+    try:
+        pool = InferencePool.parse(body)
+    except ValidationError:
+        return None, {}
+    models: dict[str, LLMModel] = {}
+    for name, model in observed.models.items():
+        if model is None:
+            continue
+        try:
+            models[name] = LLMModel.parse(model)
+        except ValidationError:
+            continue
+    return pool, models
 
 
 # --- LLMModel -----------------------------------------------------------------------------------------------------

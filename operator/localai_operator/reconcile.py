@@ -83,6 +83,7 @@ def _gather(
             unschedulable=cache.unschedulable(key.namespace, key.name),
             gpu_nodes=cache.gpu_nodes() if gpus else (),
             secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
+            scale=cache.scales.get((key.namespace, key.name)),
         )
     if kind is FALLBACK_ROUTE:
         pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
@@ -93,6 +94,12 @@ def _gather(
             pools=pools,
             secrets={s: cache.secret(key.namespace, s) for s in secrets},
             owned=cache.owned(meta["uid"]),
+            models={
+                m: cache.get(LLM_MODEL, key.namespace, str(m))
+                for m in ((primary or {}).get("spec") or {}).get("models") or []
+            },
+            cost=cache.costs.get((key.namespace, key.name)),
+            carried=cache.carried.get((key.namespace, key.name)),
         )
     assert kind is LLM_MODEL, f"no pass for {key}"
     return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))

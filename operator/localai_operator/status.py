@@ -12,8 +12,9 @@ from typing import Any
 
 from localai_operator.api.base import Condition, Spec
 from localai_operator.api.llmmodel import LLMModelStatus
-from localai_operator.api.pool import InferencePoolStatus
-from localai_operator.api.route import FallbackRouteStatus
+from localai_operator.api.pool import AutoscalingStatus, InferencePoolStatus
+from localai_operator.api.route import FallbackRouteStatus, RouteCost
+from localai_operator.autoscale import ScaleState
 
 READY = "Ready"
 
@@ -167,6 +168,8 @@ class PoolFacts:
     unschedulable: str | None = None
     largest_node_gpus: int | None = None
     endpoint: str | None = None
+    autoscaled: bool = False
+    scale: ScaleState | None = None
 
 
 def pool_checks(f: PoolFacts) -> list[Check]:
@@ -237,7 +240,13 @@ def pool_checks(f: PoolFacts) -> list[Check]:
         checks.append(Check("GPUFit", True, "Fits", f"{f.gpus} nvidia.com/gpu per replica fits a node."))
     ready = ready_replicas(f.deployment)
     if f.replicas == 0:
-        checks.append(Check("Available", True, "ScaledToZero", "The pool is scaled to zero replicas."))
+        message = "The pool is scaled to zero replicas."
+        if f.autoscaled:
+            message = (
+                "The autoscaler scaled the pool to zero: its routes answer from the cloud (sensitive ones hold "
+                "requests) until demand brings a replica back."
+            )
+        checks.append(Check("Available", True, "ScaledToZero", message))
     elif ready >= f.replicas:
         checks.append(Check("Available", True, "ReplicasReady", f"{ready}/{f.replicas} replicas are ready."))
     elif ready > 0:
@@ -264,7 +273,28 @@ def pool_status(
         gpus=f.gpus,
         models=",".join(f.models) or None,
         endpoint=f.endpoint,
+        autoscaling=_autoscaling(f),
         conditions=conditions(pool_checks(f), (previous or {}).get("conditions") or [], generation, now),
+    )
+
+
+def _autoscaling(f: PoolFacts) -> AutoscalingStatus | None:
+    if not f.autoscaled:
+        return None
+    scale = f.scale
+    if scale is None:
+        return AutoscalingStatus(
+            desired_replicas=f.replicas, current_replicas=replicas(f.deployment), reason="Steady",
+            message="Waiting for the first look at the routes' demand (every few seconds).",
+        )  # fmt: skip
+    return AutoscalingStatus(
+        desired_replicas=f.replicas,
+        current_replicas=replicas(f.deployment),
+        reason=scale.reason,
+        message=scale.message,
+        in_flight=scale.in_flight,
+        slots_per_replica=scale.slots_per_replica,
+        last_scale_time=scale.last_scale_time,
     )
 
 
@@ -287,6 +317,7 @@ class RouteFacts:
     deployment: Mapping[str, Any] | None = None
     replicas: int = 1
     endpoint: str | None = None
+    cost: RouteCost | None = None
 
 
 def route_checks(f: RouteFacts) -> list[Check]:
@@ -347,6 +378,7 @@ def route_status(
         observed_generation=generation,
         endpoint=f.endpoint,
         primary=f.primary,
+        cost=f.cost,
         conditions=conditions(route_checks(f), (previous or {}).get("conditions") or [], generation, now),
     )
 

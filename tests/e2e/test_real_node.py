@@ -30,6 +30,8 @@ OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 SERVICE_ROUTE = "gemma-via-service"
 BREAKER = {"failureThreshold": 2, "openSeconds": 3}
 POD_TIMEOUT = 300.0
+# A four-token answer from the model takes well under a second: one that took longer waited for a pod.
+HELD_SECONDS = 2.0
 
 
 def operator_pods(real: RealStack) -> list[client.V1Pod]:
@@ -185,7 +187,7 @@ def settled(traffic: Traffic, kinds: tuple[str, ...], since: float) -> bool:
     return all(any(line.get("served_by") == "local" for line in traffic.of(kind, since)) for kind in kinds)
 
 
-def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_back_or_refuse(
+def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_back_or_hold(
     real: RealStack,
 ) -> None:
     old = real.ready_pool_pod()
@@ -212,8 +214,11 @@ def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_ba
     assert max(seen) <= 1, f"maxSurge 0 yet {max(seen)} pool pods ran at once"
     assert {status for status, _ in answers(chat)} == {200}, answers(chat)
     assert "fallback" in {by for _, by in answers(chat)}, "the route never fell back during the gap"
-    assert {status for status, _ in answers(private)} == {200, 503}, answers(private)
+    assert {status for status, _ in answers(private)} <= {200, 503}, answers(private)
     assert {by for status, by in answers(private) if status == 200} == {"local"}, answers(private)
+    # With no ready pod the sensitive route holds a request until the new one is Ready (pool_cold), not 503.
+    held = [line for line in private if line.get("status") == 200 and line["seconds"] > HELD_SECONDS]
+    assert held, [(line.get("status"), round(line["seconds"], 1)) for line in private]
 
 
 @pytest.fixture

@@ -162,3 +162,19 @@ def test_the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object(
     body = obj("LLMModel", "m", "1", managedFields=[{"manager": "kubectl"}], annotations=annotations)
     kept = c.slim(body)["metadata"]
     assert "managedFields" not in kept and kept["annotations"] == {"team": "search"}
+
+
+def test_a_router_services_slice_gives_its_ready_pods_and_addresses() -> None:
+    slice_ = {"endpoints": [
+        {"addresses": ["10.0.0.7"], "conditions": {"ready": True}, "targetRef": {"kind": "Pod", "name": "chat-router-a"}},
+        {"addresses": ["10.0.0.8"], "conditions": {"ready": False}, "targetRef": {"kind": "Pod", "name": "chat-router-b"}},
+    ]}  # fmt: skip
+    assert c.router_endpoints(slice_) == (("chat-router-a", "10.0.0.7"),)
+
+
+def test_an_hpa_is_matched_to_the_pool_it_scales_and_to_nothing_else() -> None:
+    def hpa(kind: str, api_version: str) -> dict[str, Any]:
+        return {"spec": {"scaleTargetRef": {"kind": kind, "apiVersion": api_version, "name": "gpu-pool"}}}
+
+    assert c.hpa_target_pool(hpa("InferencePool", "llm.localai-operator.io/v1alpha1")) == "gpu-pool"
+    assert c.hpa_target_pool(hpa("Deployment", "apps/v1")) is None

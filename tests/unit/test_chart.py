@@ -207,12 +207,15 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
     assert granted["/secrets"] == {"get", "list", "watch"}
     assert granted["/pods"] == {"get", "list", "watch"}
     assert granted["/nodes"] == {"get", "list", "watch"}
+    assert granted["autoscaling/horizontalpodautoscalers"] == {"get", "list", "watch"}
+    assert granted["discovery.k8s.io/endpointslices"] == {"get", "list", "watch"}
     assert granted["/events"] == granted["events.k8s.io/events"] == {"create", "patch"}
     assert set(granted) == {
         f"{GROUP}/{plural}{sub}" for plural in ("llmmodels", "inferencepools", "fallbackroutes") for sub in ("", "/status")
     } | {
         "/configmaps", "/services", "/persistentvolumeclaims", "/secrets", "/pods", "/events", "events.k8s.io/events",
         "apps/deployments", "policy/poddisruptionbudgets", "networking.k8s.io/networkpolicies", "/nodes",
+        "autoscaling/horizontalpodautoscalers", "discovery.k8s.io/endpointslices",
         "/namespaces",
         "apiextensions.k8s.io/customresourcedefinitions",
     }  # fmt: skip

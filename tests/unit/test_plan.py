@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from localai_operator import plan as pl
 from localai_operator import status as st
+from localai_operator.autoscale import ScaleState
 from localai_operator.constants import ANNOTATION_APPLIED, LOCAL_API_KEY_ENV
 from localai_operator.render import RenderSettings
 
@@ -227,3 +229,61 @@ def test_a_pass_over_unchanged_inputs_is_recognised_and_any_new_version_is_not()
 
     assert pl.fingerprint(observed("1")) == pl.fingerprint(observed("1"))
     assert pl.fingerprint(observed("1")) != pl.fingerprint(observed("2"))
+
+
+# --- elastic pools ------------------------------------------------------------------------------------------------
+
+AUTOSCALING = {"minReplicas": 0, "maxReplicas": 4, "scaleDownDelaySeconds": 60}
+
+
+def deployment_replicas(planned: pl.Plan[st.PoolFacts]) -> int:
+    assert planned.objects is not None
+    [deployment] = [o for o in planned.objects if o["kind"] == "Deployment"]
+    replicas: int = deployment["spec"]["replicas"]
+    return replicas
+
+
+def test_an_autoscaled_pool_renders_the_autoscalers_replicas_and_ignores_spec_replicas() -> None:
+    scale = ScaleState(3, "ScaledUp", "demand")
+    body = pool(replicas=1, autoscaling=AUTOSCALING)
+    planned = pl.plan_pool(pool_observed(body, {"m": model("m")}, scale=scale), SETTINGS, pl.Renders())
+    assert deployment_replicas(planned) == 3
+    assert body["spec"]["replicas"] == 1
+    status = st.pool_status(planned.facts, None, 1, "now")
+    assert status.autoscaling is not None
+    assert (status.autoscaling.desired_replicas, status.autoscaling.reason) == (3, "ScaledUp")
+
+
+def test_a_new_autoscaled_pool_starts_at_min_replicas_before_the_first_look() -> None:
+    body = pool(replicas=2, autoscaling={**AUTOSCALING, "minReplicas": 1})
+    assert (
+        deployment_replicas(pl.plan_pool(pool_observed(body, {"m": model("m")}), SETTINGS, pl.Renders())) == 1
+    )
+
+
+def test_an_autoscaled_pool_keeps_its_deployments_size_until_the_first_look() -> None:
+    body = pool(autoscaling=AUTOSCALING)
+    live = {("Deployment", "p"): {"kind": "Deployment", "metadata": {"name": "p"}, "spec": {"replicas": 2}}}
+    observed = pl.PoolObserved(
+        body=body, models={"m": model("m")}, owned=live, unschedulable=None, gpu_nodes=()
+    )
+    assert deployment_replicas(pl.plan_pool(observed, SETTINGS, pl.Renders())) == 2
+
+
+def test_a_new_decision_changes_the_pools_fingerprint() -> None:
+    body, models = pool(autoscaling=AUTOSCALING), {"m": model("m")}
+    first = pl.fingerprint(pool_observed(body, models, scale=ScaleState(1, "ScaledUp", "")))
+    assert first != pl.fingerprint(pool_observed(body, models, scale=ScaleState(2, "ScaledUp", "")))
+
+
+def test_a_pool_route_renders_the_pools_slots_for_its_router() -> None:
+    body = route()
+    observed = pl.RouteObserved(
+        body, {n: (pool() if n == "p" else None) for n in pl.route_pool_names(body)}, {}, owned={},
+        models={"m": {**model("m"), "spec": {**model("m")["spec"], "parallel": 3}}},
+    )  # fmt: skip
+    planned = pl.plan_route(observed, SETTINGS, pl.Renders())
+    assert planned.objects is not None
+    [config_map] = [o for o in planned.objects if o["kind"] == "ConfigMap"]
+    local = yaml.safe_load(config_map["data"]["router.yaml"])["local"]
+    assert local["slots"] == {"m": 3}

@@ -252,6 +252,30 @@ def test_the_rendered_route_config_is_what_the_router_loads(tmp_path: Path) -> N
     assert loaded.fallback is not None and loaded.fallback.model_map == {"a": "b"}
 
 
+def test_a_pool_route_renders_each_pods_slots_per_model_from_llmmodel_parallel() -> None:
+    models = {"mistral": model(parallel=6), "qwen": model("qwen")}
+    served = pool(models=["mistral", "qwen"])
+    objects = route_objects(route(), pool=served, models=models)
+    local = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["router.yaml"])["local"]
+    assert (local["pool"], local["slots"]) == ("gpu-pool", {"mistral": 6, "qwen": 4})
+
+
+def test_a_pool_without_parallel_requests_gives_the_router_one_slot_per_model() -> None:
+    objects = route_objects(
+        route(), pool=pool(gpus=0, parallelRequests=False), models={"mistral": model(parallel=6)}
+    )
+    local = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["router.yaml"])["local"]
+    assert local["slots"] == {"mistral": 1}
+
+
+def test_the_router_keeps_its_spend_ledger_in_an_emptydir() -> None:
+    template = by_kind(route_objects(route()), "Deployment")["spec"]["template"]["spec"]
+    [mount] = [m for m in template["containers"][0]["volumeMounts"] if m["name"] == "state"]
+    [volume] = [v for v in template["volumes"] if v["name"] == "state"]
+    config = yaml.safe_load(by_kind(route_objects(route()), "ConfigMap")["data"]["router.yaml"])
+    assert "emptyDir" in volume and config["server"]["stateDirectory"] == mount["mountPath"]
+
+
 def test_render_names_a_model_missing_from_the_input(tmp_path: Path) -> None:
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump(
         {"apiVersion": "llm.localai-operator.io/v1alpha1", "kind": "InferencePool",

@@ -92,6 +92,14 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]
+# Read only: the autoscaler stands aside for a user's HPA (or KEDA's) that targets a pool.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch]
+# Read only: the router Services' slices say where the router pods are, whose /metrics the autoscaler reads.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
 # One NetworkPolicy per pool, admitting only the routers to LocalAI.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

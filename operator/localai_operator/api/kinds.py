@@ -50,6 +50,10 @@ NETWORK_POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"
 
 POD = Kind("Pod", "v1", "pods")
 NODE = Kind("Node", "v1", "nodes", namespaced=False)
+# Read only: a user's HPA on a pool's scale subresource makes the autoscaler stand aside.
+HORIZONTAL_POD_AUTOSCALER = Kind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers")
+# Read only: where the routers' pods are, to read their /metrics (the router Services' slices).
+ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")
 SECRET = Kind("Secret", "v1", "secrets")
 EVENT = Kind("Event", "v1", "events")
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
@@ -72,7 +76,18 @@ OWNED: tuple[Kind, ...] = (
 )
 KINDS: dict[str, Kind] = {
     k.kind: k
-    for k in (*CUSTOM, *OWNED, POD, NODE, SECRET, EVENT, LEASE, NAMESPACE, CUSTOM_RESOURCE_DEFINITION)
+    for k in (
+        *CUSTOM,
+        *OWNED,
+        POD,
+        NODE,
+        HORIZONTAL_POD_AUTOSCALER,
+        SECRET,
+        EVENT,
+        LEASE,
+        NAMESPACE,
+        CUSTOM_RESOURCE_DEFINITION,
+    )
 }
 
 

@@ -217,6 +217,44 @@ class Rollout(Spec):
         return self
 
 
+AUTOSCALING_RANGE_MESSAGE = "autoscaling: minReplicas must not exceed maxReplicas"
+
+
+class Autoscaling(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                 "message": AUTOSCALING_RANGE_MESSAGE},
+            ]
+        }
+    }  # fmt: skip
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=100,
+        description="Fewest replicas. 0: the pool scales to zero after scaleDownDelaySeconds without demand; its "
+        "routes answer from the cloud meanwhile (pool_cold), sensitive ones hold requests while it comes back.",
+    )  # fmt: skip
+    max_replicas: int = Field(ge=1, le=100, description="Most replicas the demand may bring.")
+    target_in_flight_per_slot: float = Field(
+        default=0.7, gt=0, le=10,
+        description="Requests in flight per slot (LLMModel.spec.parallel, summed over the pool's models) the "
+        "autoscaler aims at: replicas = ceil(average in flight / (slots per replica x this)). Below 1 leaves "
+        "headroom: at 1 every slot is busy and the routes spill to the cloud (saturated).",
+    )  # fmt: skip
+    scale_down_delay_seconds: int = Field(
+        default=300, ge=0, le=86400,
+        description="A scale-down (to zero too) happens only after the demand has needed fewer replicas for this "
+        "long: the highest need seen over this window is what counts. Scale-ups happen at once.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(AUTOSCALING_RANGE_MESSAGE)
+        return self
+
+
 GPU_IMAGE_RULE = (
     "!has(self.image) || !(self.image.contains('cuda') || self.image.contains('gpu-nvidia'))"
     " || (has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
@@ -255,7 +293,11 @@ class InferencePoolSpec(Spec):
         },
         description="Names of LLMModels in the same namespace served by this pool.",
     )
-    replicas: int = Field(default=1, ge=0, le=100, description="LocalAI replicas.")
+    replicas: int = Field(
+        default=1, ge=0, le=100,
+        description="LocalAI replicas. Ignored while autoscaling is set (the operator sizes the Deployment, as an "
+        "HPA does; it never writes this field).",
+    )  # fmt: skip
     image: str | None = Field(
         default=None,
         description="LocalAI image. Default: the pinned CUDA 12 image when accelerator.gpus > 0, else the CPU image.",
@@ -329,12 +371,42 @@ class InferencePoolSpec(Spec):
     log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="info", description="LocalAI log level."
     )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Scale the pool with its routes' demand (read from their routers' metrics). Unset: "
+        "spec.replicas, which a HorizontalPodAutoscaler or KEDA ScaledObject may drive through the scale "
+        "subresource. While an HPA targets the pool, the operator leaves the scaling to it.",
+    )
     rollout: Rollout | None = Field(
         default=None,
         description="How a change replaces the pods (the Deployment's rolling update). Default: on GPU pools "
         "maxSurge 0, maxUnavailable 1 (no extra GPUs needed); on CPU pools maxSurge 1, maxUnavailable 0 (the new "
         "pod is Ready before the old one goes).",
     )
+
+
+ScalingReason = Literal[
+    "ScaledUp",
+    "ScaledDown",
+    "ScaledToZero",
+    "AtMaxReplicas",
+    "AtMinReplicas",
+    "Steady",
+    "NoDemandData",
+    "ManagedByHPA",
+]
+
+
+class AutoscalingStatus(Spec):
+    desired_replicas: int = Field(description="Replicas the autoscaler set on the Deployment.")
+    current_replicas: int = Field(default=0, description="Replicas the Deployment has now (ready or not).")
+    reason: ScalingReason = Field(description="Why desiredReplicas is what it is.")
+    message: str = Field(default="", description="The figures behind the reason.")
+    in_flight: float | None = Field(
+        default=None, description="Average requests in flight for the pool over the last look, all routes."
+    )
+    slots_per_replica: int | None = Field(default=None, description="Slots one replica has, over its models.")
+    last_scale_time: str | None = Field(default=None, description="When desiredReplicas last changed.")
 
 
 class InferencePoolStatus(Spec):
@@ -344,6 +416,9 @@ class InferencePoolStatus(Spec):
     ready_replicas: int = 0
     endpoint: str | None = Field(default=None, description="OpenAI base URL inside the cluster.")
     gpus: int = Field(default=0, description="GPUs per replica.")
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="The autoscaler's decision (spec.autoscaling); absent without it."
+    )
     models: str | None = Field(
         default=None, description="Served models, comma-separated (for printer columns)."
     )

@@ -18,7 +18,7 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
-from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy
+from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy, SpendCap
 
 ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
@@ -78,7 +78,23 @@ class Fallback(Spec):
     price_per_million_tokens: float = Field(
         default=HOLYSHEEP_PRICE_PER_MILLION,
         ge=0,
-        description="USD per million output tokens, for the cost metric.",
+        description="USD per million output tokens (outputPricePerMillionTokens, when set, takes its place), for "
+        "the cost metrics and the spend cap.",
+    )
+    input_price_per_million_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million input (prompt) tokens. Unset: prompt tokens are not priced.",
+    )
+    output_price_per_million_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million output (completion) tokens. Unset: pricePerMillionTokens.",
+    )
+    spend_cap: SpendCap | None = Field(
+        default=None,
+        description="Most the route may spend on the cloud per UTC day or month; then it is local-only "
+        "(reason budget_exhausted, in status and metrics) until the period ends. Unset: no cap.",
     )
     paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
@@ -145,6 +161,26 @@ class FallbackRouteSpec(Spec):
     )
 
 
+class RouteCost(Spec):
+    period: str = Field(
+        description="The UTC period of the figures: the spend cap's (2026-12-01 daily, 2026-12 monthly), else "
+        "the month."
+    )
+    spend: float = Field(
+        default=0.0, description="Cloud spend in the period (tokens x the fallback's prices)."
+    )
+    avoided: float = Field(
+        default=0.0,
+        description="What the local answers in the period would have cost at the fallback's prices.",
+    )
+    gpu_hours: float = Field(
+        default=0.0, description="GPU-hours (replicas x accelerator.gpus) the primary pool ran in the period."
+    )
+    budget_exhausted: bool = Field(
+        default=False, description="The spend cap is reached: the route is local-only until the period ends."
+    )
+
+
 class FallbackRouteStatus(Spec):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
@@ -152,6 +188,9 @@ class FallbackRouteStatus(Spec):
         default=None, description="OpenAI base URL of the router inside the cluster."
     )
     primary: str | None = Field(default=None, description="Where local traffic goes.")
+    cost: RouteCost | None = Field(
+        default=None, description="Spend, avoided cost and GPU-hours, read from the route's routers."
+    )
 
 
 class FallbackRoute(CustomResource):

@@ -411,12 +411,14 @@ def _router_demo(state: DevState) -> None:
                     {FALLBACK_API_KEY_ENV: DEMO_KEY})  # fmt: skip
         config = router_config(route)
         assert config.fallback is not None, "the demo route has a fallback"
-        # The pool's headless Service does not resolve outside a cluster: the stand-in is the one endpoint.
+        # The pool's headless Service does not resolve outside a cluster: the stand-in is the one endpoint (so no
+        # pool either: a pool is found by DNS), and the spend ledger lives in the demo's directory.
         local_upstream = config.local.model_copy(
-            update={"endpoints": [f"http://127.0.0.1:{local}/v1"], "discovery": None}
+            update={"endpoints": [f"http://127.0.0.1:{local}/v1"], "discovery": None, "pool": None}
         )
         config = config.model_copy(update={
             "local": local_upstream,
+            "server": config.server.model_copy(update={"state_directory": str(state.root)}),
             "fallback": config.fallback.model_copy(update={"base_url": f"http://127.0.0.1:{cloud}/v1"}),
         })  # fmt: skip
         (state.root / "router.yaml").write_text(config.to_yaml())

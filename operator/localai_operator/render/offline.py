@@ -72,8 +72,16 @@ def render_documents(
         if conflict:
             raise ValueError(f"InferencePool {pool.name!r} is invalid: {conflict}")
         out.extend(pool_objects(pool, served, settings))
+    pools_by_key = {(p.namespace, p.name): p for p in pools}
     for route in routes:
-        out.extend(route_objects(route, settings))
+        ref = route.spec.primary.pool_ref
+        primary = pools_by_key.get((route.namespace, ref.name)) if ref is not None else None
+        served_by = (
+            {name: by_key[(route.namespace, name)] for name in primary.spec.models}
+            if primary is not None
+            else None
+        )
+        out.extend(route_objects(route, settings, pool=primary, models=served_by))
     return out
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from localai_operator.api.base import SecretKeyRef
+from localai_operator.api.llmmodel import LLMModel
+from localai_operator.api.pool import InferencePool
 from localai_operator.api.route import FallbackRoute
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
@@ -17,6 +20,7 @@ from localai_operator.constants import (
     ROUTER_CONFIG_FILE,
     ROUTER_PORT,
     ROUTER_SERVICE_PORT,
+    ROUTER_STATE_DIR,
 )
 from localai_operator.render.common import (
     ROUTER_APP,
@@ -28,6 +32,7 @@ from localai_operator.render.common import (
     restricted_container_security,
     selector,
 )
+from localai_operator.render.model_config import slots
 from localai_operator.render.pool import pods_service_name, service_url
 from localai_operator.router import config as rc
 
@@ -104,7 +109,20 @@ def client_key_dirs(route: FallbackRoute) -> list[tuple[str, str]]:
     return [(ref.name, f"{ROUTER_CLIENT_KEYS_DIR}/{ref.name}") for ref in auth.client_key_secrets]
 
 
-def router_config(route: FallbackRoute, *, local_key: bool = False) -> rc.RouterConfig:
+def pod_slots(pool: InferencePool, models: Mapping[str, LLMModel]) -> dict[str, int]:
+    """Requests one pod of the pool answers at once, per model it serves (LLMModel.spec.parallel)."""
+    gpu = pool.spec.accelerator.gpus > 0
+    return {
+        name: slots(models[name], gpu=gpu, parallel_requests=pool.spec.parallel_requests)
+        for name in pool.spec.models
+        if name in models
+    }
+
+
+def router_config(
+    route: FallbackRoute, *, local_key: bool = False, pool: InferencePool | None = None,
+    models: Mapping[str, LLMModel] | None = None, carried: rc.Carried | None = None,
+) -> rc.RouterConfig:  # fmt: skip
     spec = route.spec
     fallback = None
     if route.fallback_active:
@@ -117,14 +135,25 @@ def router_config(route: FallbackRoute, *, local_key: bool = False) -> rc.Router
             model_map=dict(fb.model_map),
             default_model=fb.default_model,
             price_per_million_tokens=fb.price_per_million_tokens,
+            input_price_per_million_tokens=fb.input_price_per_million_tokens,
+            output_price_per_million_tokens=fb.output_price_per_million_tokens,
             paths=list(fb.paths),
+            spend_cap=fb.spend_cap,
+            # Each router replica spends its share of what the route's earlier pods left.
+            spend_share=rc.SpendShare(replicas=max(1, spec.replicas), carried=carried)
+            if fb.spend_cap is not None
+            else None,
         )
     primary = spec.primary
     if primary.pool_ref is not None:
         # Every ready pod of the pool, by DNS: per-pod balancing and breakers, no RBAC for the router.
         pods = f"http://{pods_service_name(primary.pool_ref.name)}.{route.namespace}.svc:{LOCALAI_PORT}/v1"
+        served = pool if pool is not None and pool.name == primary.pool_ref.name else None
         local = rc.LocalUpstream(
-            discovery=rc.Discovery(url=pods), api_key_env=LOCAL_API_KEY_ENV if local_key else None
+            discovery=rc.Discovery(url=pods),
+            api_key_env=LOCAL_API_KEY_ENV if local_key else None,
+            pool=primary.pool_ref.name,
+            slots=pod_slots(served, models or {}) if served is not None else {},
         )
     else:
         local = rc.LocalUpstream(
@@ -137,16 +166,20 @@ def router_config(route: FallbackRoute, *, local_key: bool = False) -> rc.Router
         fallback=fallback,
         policy=spec.policy,
         auth=rc.Auth(key_directories=[d for _, d in dirs]) if dirs else None,
-        server=rc.Server(body_buffer_bytes=body_buffer_bytes(route)),
+        server=rc.Server(body_buffer_bytes=body_buffer_bytes(route), state_directory=ROUTER_STATE_DIR),
     )
 
 
-def config_map(route: FallbackRoute, *, local_key: bool = False) -> dict[str, Any]:
+def config_map(
+    route: FallbackRoute, *, local_key: bool = False, pool: InferencePool | None = None,
+    models: Mapping[str, LLMModel] | None = None, carried: rc.Carried | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    config = router_config(route, local_key=local_key, pool=pool, models=models, carried=carried)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(route, router_name(route), name=APP, component="router-config"),
-        "data": {ROUTER_CONFIG_FILE: router_config(route, local_key=local_key).to_yaml()},
+        "data": {ROUTER_CONFIG_FILE: config.to_yaml()},
     }
 
 
@@ -170,9 +203,13 @@ def deployment(
         env.append(_secret_env(LOCAL_API_KEY_ENV, local_key_ref))
     mounts: list[dict[str, Any]] = [
         # Mounted as a directory, not subPath, so ConfigMap edits reach the router's hot reload.
-        {"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True}
+        {"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True},
+        {"name": "state", "mountPath": ROUTER_STATE_DIR},
     ]
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": router_name(route)}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": router_name(route)}},
+        {"name": "state", "emptyDir": {"sizeLimit": "1Mi"}},
+    ]
     for index, (secret, directory) in enumerate(client_key_dirs(route)):
         # A Secret volume follows rotations in place (the router re-reads the files); no restart needed.
         mounts.append({"name": f"client-keys-{index}", "mountPath": directory, "readOnly": True})
@@ -234,13 +271,18 @@ def deployment(
 def route_objects(
     route: FallbackRoute, settings: RenderSettings | None = None, *, secret_version: str | None = None,
     local_key_ref: SecretKeyRef | None = None, local_key_version: str | None = None,
+    pool: InferencePool | None = None, models: Mapping[str, LLMModel] | None = None,
+    carried: rc.Carried | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every object the operator owns for a route. `local_key_ref`: the key of the route's pool
     (`InferencePool.spec.apiKeySecretRef`), sent to local instead of the client's key; its Secret's
-    resourceVersion, like the fallback key's, rolls the router pods when it changes."""
+    resourceVersion, like the fallback key's, rolls the router pods when it changes. `pool` and `models`: the
+    primary pool and its LLMModels, whose slots per pod the router fills before it spills to the cloud (without
+    them it has no slot limit). `carried`: what the route's router pods that no longer run spent in the spend
+    cap's current period (the operator's ledger); none of these roll the router: its config hot-reloads."""
     settings = settings or RenderSettings()
     return [
-        config_map(route, local_key=local_key_ref is not None),
+        config_map(route, local_key=local_key_ref is not None, pool=pool, models=models, carried=carried),
         deployment(route, settings, secret_version, local_key_ref, local_key_version),
         service(route),
     ]

@@ -41,6 +41,8 @@ class Attempt:
     first_token_at: float | None = None
     # Response headers went to the client: from here on a failure can only end or cut the answer.
     committed: bool = False
+    # Why a request that would have had a cloud has none (the spend cap is reached), for the metrics.
+    blocked: str | None = None
 
     @property
     def client_stream(self) -> bool:

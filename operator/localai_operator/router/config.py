@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, Final, Union
+from typing import Any, Final, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -96,6 +96,23 @@ class Policy(_Model):
             "of request bytes at once, derived from its memory limit: raise both together."
         ),
     )  # fmt: skip
+    queue_timeout_ms: int = Field(
+        default=30000, ge=0, le=600000,
+        description=(
+            "When every ready pod's slots for the model are busy (LLMModel.spec.parallel per pod), a request "
+            "that may go to the cloud goes there at once (reason saturated); one that may not (sensitive "
+            "route, no fallback, the spend cap reached, a path the provider lacks) waits up to this long for a "
+            "free slot, then gets 503 with Retry-After. 0: 503 at once."
+        ),
+    )  # fmt: skip
+    cold_start_allowance_seconds: float = Field(
+        default=120, ge=0, le=3600,
+        description=(
+            "When the pool has no ready pod (scaled to zero, downloading or loading its models), a request that "
+            "may go to the cloud goes there at once (reason pool_cold); one that may not waits for a pod up to "
+            "firstTokenTimeoutMs plus this, then gets 503 with Retry-After. 0: wait firstTokenTimeoutMs only."
+        ),
+    )  # fmt: skip
 
 
 class RouteRef(_Model):
@@ -121,12 +138,64 @@ class LocalUpstream(_Model):
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the key local LocalAI expects, if any."
     )
+    slots: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "Requests each endpoint (pod) answers at once, per model (llama.cpp slots). A model listed here "
+            "is never sent to a pod whose slots for it are all busy; unlisted models have no limit."
+        ),
+    )
+    pool: str | None = Field(
+        default=None,
+        description=(
+            "The InferencePool behind discovery. With it, no ready pod means the pool is cold (scaled to zero "
+            "or starting), not broken: requests are bridged to the cloud or held while it comes up."
+        ),
+    )
 
     @model_validator(mode="after")
     def _somewhere_to_go(self) -> LocalUpstream:
         if not self.endpoints and self.discovery is None:
             raise ValueError("local: set endpoints (base URLs) or discovery (a headless Service URL)")
+        if self.pool is not None and self.discovery is None:
+            raise ValueError("local.pool needs local.discovery: a pool's pods are found by DNS")
+        bad = sorted(model for model, count in self.slots.items() if count < 1)
+        if bad:
+            raise ValueError(f"local.slots: every model has at least one slot ({', '.join(bad)})")
         return self
+
+
+SpendPeriod = Literal["daily", "monthly"]
+
+
+class SpendCap(_Model):
+    amount: float = Field(
+        gt=0, le=1e9,
+        description=(
+            "Most the route may spend on the cloud per period, in the prices' currency (USD): once reached, "
+            "the route is local-only (reason budget_exhausted) until the period ends."
+        ),
+    )  # fmt: skip
+    period: SpendPeriod = Field(
+        default="monthly", description="daily or monthly, in UTC: when the spend starts again from zero."
+    )
+
+
+class Carried(_Model):
+    period: str = Field(description="The period the amount belongs to (UTC: 2026-12 or 2026-12-01).")
+    amount: float = Field(ge=0, description="Spent in that period by router pods that no longer run.")
+
+
+class SpendShare(_Model):
+    """Written by the operator: how a spend cap is shared between the route's router replicas."""
+
+    replicas: int = Field(
+        default=1, ge=1, le=1000,
+        description="Router replicas sharing the cap: each may spend its share of what is left.",
+    )  # fmt: skip
+    carried: Carried | None = Field(
+        default=None, description="What the route's earlier router pods spent this period."
+    )
 
 
 class Fallback(_Model):
@@ -135,8 +204,28 @@ class Fallback(_Model):
     api_key_env: str = FALLBACK_API_KEY_ENV
     model_map: dict[str, str] = Field(default_factory=dict)
     default_model: str = HOLYSHEEP_DEFAULT_MODEL
+    # Output tokens; kept from before input and output were priced apart.
     price_per_million_tokens: float = Field(default=0.0, ge=0)
+    input_price_per_million_tokens: float | None = Field(default=None, ge=0)
+    output_price_per_million_tokens: float | None = Field(default=None, ge=0)
     paths: list[str] = Field(default_factory=lambda: list(DEFAULT_CLOUD_PATHS))
+    spend_cap: SpendCap | None = None
+    spend_share: SpendShare | None = None
+
+    @property
+    def input_price(self) -> float:
+        """Per million prompt tokens."""
+        return self.input_price_per_million_tokens or 0.0
+
+    @property
+    def output_price(self) -> float:
+        """Per million completion tokens: outputPricePerMillionTokens, else pricePerMillionTokens."""
+        if self.output_price_per_million_tokens is not None:
+            return self.output_price_per_million_tokens
+        return self.price_per_million_tokens
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
 
     def cloud_model(self, local_model: str | None, cloud_lists: bool = False) -> str:
         """The provider's name for a request's model: mapped, else kept when the provider lists it."""
@@ -165,6 +254,10 @@ class Server(_Model):
         default=30, gt=0, le=3600,
         description="A connection must deliver a request's headers within this (also the idle keep-alive time).",
     )  # fmt: skip
+    state_directory: str | None = Field(
+        default=None,
+        description="A writable directory (an emptyDir) where the router keeps its spend ledger across restarts.",
+    )
 
 
 class RouterConfig(_Model):

@@ -5,6 +5,7 @@ it every few seconds follows the pool's pods without any Kubernetes API access (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -16,6 +17,9 @@ from yarl import URL
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Awaitable[list[str] | None]]
+# While the pool is cold or requests wait for room, the name is re-resolved this often, so that a pod that
+# becomes ready takes requests within about a second.
+HURRIED_INTERVAL: Final = 1.0
 # The name does not exist or has no address: no pod is ready (a headless Service lists ready pods only).
 _NO_ADDRESS: Final = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
@@ -49,13 +53,21 @@ class PodDiscovery:
     """Re-resolves `url`'s host every `interval` seconds and reports the endpoint URLs when they change."""
 
     def __init__(
-        self, url: str, interval: float, on_change: Callable[[list[str]], None], resolver: Resolver = resolve
-    ) -> None:
+        self, url: str, interval: float, on_change: Callable[[list[str]], None], resolver: Resolver = resolve,
+        hurry: Callable[[], bool] = lambda: False,
+    ) -> None:  # fmt: skip
         self.url = url
         self.interval = interval
         self.on_change = on_change
         self.resolver = resolver
+        self.hurry = hurry
         self.current: list[str] | None = None
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look again now: a pod refused or did not answer a connection, so it may be gone (scaled down,
+        replaced) while its address is still known."""
+        self._woken.set()
 
     async def resolve_once(self) -> None:
         parsed = URL(self.url)
@@ -72,7 +84,10 @@ class PodDiscovery:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            interval = min(self.interval, HURRIED_INTERVAL) if self.hurry() else self.interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), interval)
+            self._woken.clear()
             try:
                 await self.resolve_once()
             except Exception:

@@ -24,7 +24,7 @@ from localai_operator.router.auth import INVALID, MISSING, ClientKeys, presented
 from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.paths import Budget
-from localai_operator.router.policy import retry_after_header
+from localai_operator.router.policy import BUDGET_EXHAUSTED, retry_after_header
 from localai_operator.router.relay import Relay
 from localai_operator.router.upstream import API_PREFIX, Route
 
@@ -258,9 +258,16 @@ class Intake:
                 except bodies.BodyError:
                     parsed = None
             cloud = route.cloud if route.cloud is not None and route.cloud.serves(path) else None
+            blocked = None
+            if cloud is not None and self.relay.ledger.exhausted(
+                cloud.fallback.spend_cap, cloud.fallback.spend_share
+            ):
+                cloud, blocked = None, BUDGET_EXHAUSTED  # local-only until the period ends
             budget = route.budget if cloud is not None and api.budget is not Budget.NONE else None
             deadline = asyncio.get_running_loop().time() + budget if budget is not None else None
-            attempt = Attempt(request, route, api, path, started, raw, parsed, key_name, cloud, deadline)
+            attempt = Attempt(
+                request, route, api, path, started, raw, parsed, key_name, cloud, deadline, blocked=blocked
+            )
             return await self.relay.run(attempt)
         except Exception:
             if attempt is not None and attempt.committed:

@@ -98,6 +98,12 @@ class Gauge(_Metric):
         ]
 
 
+class ReadCounter(Gauge):
+    """A counter whose value is kept elsewhere and read at scrape time."""
+
+    kind = "counter"
+
+
 class Histogram(_Metric):
     kind = "histogram"
 
@@ -172,13 +178,21 @@ TOKEN_INTERVAL_BUCKETS: Final = (
 GaugeRead = Callable[[], Iterable[tuple[LabelValues, float]]]
 
 
+def _nothing() -> Iterable[tuple[LabelValues, float]]:
+    return ()
+
+
 class RouterMetrics:
     """The series the router exports. Label values come from bounded sets (upstream kind, status code,
     reason, configured endpoint, client key names from the mounted Secrets), so the number of series
     cannot grow with traffic."""
 
     def __init__(self, breaker_states: GaugeRead, outstanding: GaugeRead, endpoints: GaugeRead,
-                 buffered: GaugeRead) -> None:  # fmt: skip
+                 buffered: GaugeRead, *, slots: GaugeRead = _nothing, model_outstanding: GaugeRead = _nothing,
+                 model_slots: GaugeRead = _nothing, demand_requests: GaugeRead = _nothing,
+                 demand_in_flight: GaugeRead = _nothing, demand_seconds: GaugeRead = _nothing,
+                 waiting: GaugeRead = _nothing, period_cost: GaugeRead = _nothing,
+                 budget_exhausted: GaugeRead = _nothing) -> None:  # fmt: skip
         self.registry = Registry()
         add = self.registry.add
         self.requests = add(Counter(
@@ -250,7 +264,69 @@ class RouterMetrics:
         ))  # fmt: skip
         self.cost = add(Counter(
             "localai_router_fallback_estimated_cost_total",
-            "Estimated fallback spend: completion tokens times pricePerMillionTokens / 1e6.",
+            "Estimated fallback spend: prompt tokens times the input price plus completion tokens times the "
+            "output price (pricePerMillionTokens unless outputPricePerMillionTokens is set), / 1e6.",
+        ))  # fmt: skip
+        self.avoided = add(Counter(
+            "localai_router_avoided_cost_total",
+            "Estimated cost avoided: local answers' tokens priced as the fallback would have charged for them.",
+        ))  # fmt: skip
+        self.period_cost = add(Gauge(
+            "localai_router_period_cost",
+            "This replica's fallback spend and avoided cost in the current UTC day and month, by kind (spend, "
+            "avoided) and period (2026-12-01, 2026-12); kept across container restarts.",
+            ("kind", "period"), period_cost,
+        ))  # fmt: skip
+        self.budget_exhausted = add(Gauge(
+            "localai_router_fallback_budget_exhausted",
+            "1 while the route's spend cap (this replica's share) is reached and the route is local-only.",
+            (), budget_exhausted,
+        ))  # fmt: skip
+        self.blocked = add(Counter(
+            "localai_router_fallbacks_blocked_total",
+            "Requests local could not answer that did not go to the cloud although the route has a fallback, "
+            "by reason (budget_exhausted).",
+            ("reason",),
+        ))  # fmt: skip
+        self.slots = add(Gauge(
+            "localai_router_pod_slots",
+            "Requests each local endpoint (pod) answers at once, over the models with slots.",
+            ("endpoint",), slots,
+        ))  # fmt: skip
+        self.model_outstanding = add(Gauge(
+            "localai_router_model_outstanding_requests",
+            "Requests in flight per local endpoint (pod) and model, for the models with slots.",
+            ("endpoint", "model"), model_outstanding,
+        ))  # fmt: skip
+        self.model_slots = add(Gauge(
+            "localai_router_model_slots",
+            "Slots per local endpoint (pod) and model: LLMModel.spec.parallel.",
+            ("endpoint", "model"), model_slots,
+        ))  # fmt: skip
+        self.demand_requests = add(ReadCounter(
+            "localai_router_demand_requests_total",
+            "Inference requests meant for the pool, wherever they were answered (local, cloud, refused).",
+            (), demand_requests,
+        ))  # fmt: skip
+        self.demand_in_flight = add(Gauge(
+            "localai_router_demand_in_flight",
+            "Inference requests meant for the pool in flight now, wherever they are served or waiting.",
+            (), demand_in_flight,
+        ))  # fmt: skip
+        self.demand_seconds = add(ReadCounter(
+            "localai_router_demand_seconds_total",
+            "Integral of demand_in_flight over time: its rate is the average concurrency between two scrapes.",
+            (), demand_seconds,
+        ))  # fmt: skip
+        self.waiting = add(Gauge(
+            "localai_router_waiting_requests",
+            "Requests with nowhere else to go waiting for a free slot (saturated) or a ready pod (pool_cold).",
+            ("reason",), waiting,
+        ))  # fmt: skip
+        self.waits = add(Counter(
+            "localai_router_waits_total",
+            "Waits for a slot or a pod that ended, by reason and result (local, timeout, left).",
+            ("reason", "result"),
         ))  # fmt: skip
         self.rate_limited = add(Counter(
             "localai_router_rate_limited_total",

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol, TypeVar
 
 
 class FallbackReason(enum.StrEnum):
@@ -31,6 +31,14 @@ class FallbackReason(enum.StrEnum):
     NO_ENDPOINT = "no_ready_endpoint"
     # The model is not in local's model list but is in the cloud's.
     MODEL_NOT_LOCAL = "model_not_local"
+    # Every slot of every ready pod is busy with this model: sent at once instead of queueing.
+    SATURATED = "saturated"
+    # The pool has no ready pod (scaled to zero, downloading or loading): bridged while it comes up.
+    POOL_COLD = "pool_cold"
+
+
+# Why a request that would have gone to the cloud did not: the route's spend cap is reached.
+BUDGET_EXHAUSTED: Final = "budget_exhausted"
 
 
 def falls_back_on_status(status: int) -> bool:
@@ -157,11 +165,18 @@ class Balanced(Protocol):
     def breaker(self) -> Breaker: ...
 
 
+_B = TypeVar("_B", bound=Balanced)
 NO_CHOICE: Final = -1
+# Endpoints are available, but every one of them has all its slots busy.
+FULL: Final = -2
 
 
-def choose(endpoints: Sequence[Balanced], now: float, start: int, exclude: object = None) -> int:
-    """Index of the available endpoint with the fewest outstanding requests, or NO_CHOICE.
+def choose(
+    endpoints: Sequence[_B], now: float, start: int, exclude: object = None,
+    has_room: Callable[[_B], bool] | None = None,
+) -> int:  # fmt: skip
+    """Index of the available endpoint with the fewest outstanding requests, NO_CHOICE when none is
+    available (breakers), or FULL when every available one lacks room (`has_room` says False).
 
     Ties go to the first available endpoint at or after `start`, so a caller that rotates `start`
     spreads equal load instead of piling it on the first endpoint. `exclude` (an endpoint already tried)
@@ -175,6 +190,10 @@ def choose(endpoints: Sequence[Balanced], now: float, start: int, exclude: objec
         endpoint = endpoints[index]
         if endpoint is exclude or not endpoint.breaker.available(now):
             continue
-        if best == NO_CHOICE or endpoint.outstanding < best_load:
+        if has_room is not None and not has_room(endpoint):
+            if best == NO_CHOICE:
+                best = FULL
+            continue
+        if best < 0 or endpoint.outstanding < best_load:
             best, best_load = index, endpoint.outstanding
     return best

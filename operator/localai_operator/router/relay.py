@@ -16,6 +16,7 @@ leaving before the verdict gives none.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import deque
@@ -32,11 +33,25 @@ from localai_operator.router import body as bodies
 from localai_operator.router import http, replies, sse
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
+from localai_operator.router.capacity import Demand
+from localai_operator.router.ledger import AVOIDED, SPEND, Ledger
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.paths import StreamFormat
-from localai_operator.router.policy import FallbackReason, falls_back_on_status, retry_after_header
-from localai_operator.router.upstream import Cloud, Endpoint, local_request_headers, response_headers
+from localai_operator.router.policy import (
+    BUDGET_EXHAUSTED,
+    FallbackReason,
+    falls_back_on_status,
+    retry_after_header,
+)
+from localai_operator.router.upstream import (
+    Cloud,
+    Endpoint,
+    Route,
+    Unavailable,
+    local_request_headers,
+    response_headers,
+)
 from localai_operator.router.usage import Usage, usage_of
 
 log = logging.getLogger(__name__)
@@ -54,6 +69,12 @@ _UPSTREAM_ERRORS: Final = (http.UpstreamError, TimeoutError)
 # Writing to a client that left: aiohttp raises ClientConnectionResetError (a ConnectionResetError).
 _CLIENT_GONE: Final = (ConnectionError, aiohttp.ClientConnectionError)
 _CONNECT_FAILURES: Final = frozenset({FallbackReason.CONNECT_ERROR, FallbackReason.CONNECT_TIMEOUT})
+# What a client that waited in vain is told to wait before trying again: a slot frees within seconds; a pool
+# that did not come up within the cold-start allowance is unlikely to within one second.
+SATURATED_RETRY_AFTER: Final = 1.0
+COLD_RETRY_AFTER: Final = 10.0
+# Waiting, by what is awaited: the `reason` label of the waiting metrics.
+WAIT_REASONS: Final = (FallbackReason.SATURATED, FallbackReason.POOL_COLD)
 
 _UNAVAILABLE: Final = {
     FallbackReason.CONNECT_ERROR: (503, "is unreachable (connection failed)"),
@@ -67,6 +88,8 @@ _UNAVAILABLE: Final = {
     FallbackReason.BREAKER_OPEN: (503, "is unavailable: its circuit breaker is open after repeated failures"),
     FallbackReason.NO_ENDPOINT: (503, "has no ready pod"),
     FallbackReason.MODEL_NOT_LOCAL: (404, "does not serve this model"),
+    FallbackReason.SATURATED: (503, "is saturated: every slot of every ready pod is busy"),
+    FallbackReason.POOL_COLD: (503, "has no ready pod yet: the pool is scaled to zero or starting"),
 }
 
 
@@ -81,6 +104,32 @@ class LocalFailure:
     retry_after: str | None = None
     # Whether the breaker of the endpoint should count it (set by the attempt, read when retrying).
     counted: bool = True
+
+
+@dataclass(slots=True)
+class _Wait:
+    """A request waiting for a slot or a pod: what it waits for and until when (event-loop time)."""
+
+    reason: FallbackReason
+    since: float
+    until: float
+    # How the wait ended, for the metrics: local (it got a pod), timeout, or left (the client went away).
+    result: str = "left"
+    rounds: int = 0
+
+    def waited(self) -> float:
+        return asyncio.get_running_loop().time() - self.since
+
+    async def wait(self, route: Route, model: str | None) -> bool:
+        """Until woken (a slot freed, the pods changed) or the bound: False when the time is up."""
+        left = self.until - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        # A woken request that found no room after all keeps its place at the front.
+        front = self.rounds > 0
+        self.rounds += 1
+        await route.waiters.of(model).wait(left, front=front)
+        return True
 
 
 class _StreamFailure(Exception):
@@ -158,25 +207,47 @@ class Relay:
 
     client: http.Client
 
-    def __init__(self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog) -> None:
+    def __init__(
+        self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog,
+        demand: Demand | None = None, ledger: Ledger | None = None,
+        current: Callable[[], Route] | None = None, unreachable: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
+        """`current` gives the newest config snapshot: a request that waited takes the pods known now."""
+        self.current = current
+        # Called when a connection to a pod failed: the pod may be gone while its address is still known.
+        self.unreachable = unreachable
         self.metrics = metrics
         self.clock = clock
         self.catalog = catalog
+        self.demand = demand if demand is not None else Demand(clock())
+        self.ledger = ledger if ledger is not None else Ledger(None)
+        # Requests waiting now, by reason (saturated, pool_cold).
+        self.waiting: dict[FallbackReason, int] = dict.fromkeys(WAIT_REASONS, 0)
 
     # ------------------------------------------------------------------ the whole request
 
     async def run(self, a: Attempt) -> web.StreamResponse:
         model = a.body.model if a.body is not None else None
-        failure: LocalFailure
         if a.cloud is not None and model is not None and self.catalog.only_in_cloud(model, self.clock()):
+            # Not demand for the pool: no replica of it could answer.
             failure = LocalFailure(FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {model!r}")
-        else:
+            return await self._elsewhere(a, failure)
+        demand = self.demand
+        demand.begin(self.clock())
+        try:
             result = await self._local(a)
             if isinstance(result, web.StreamResponse):
                 return result
-            failure = result
-            self.metrics.local_failures.inc((failure.reason,))
+            self.metrics.local_failures.inc((result.reason,))
+            return await self._elsewhere(a, result)
+        finally:
+            demand.end(self.clock())
+
+    async def _elsewhere(self, a: Attempt, failure: LocalFailure) -> web.StreamResponse:
+        """Local produced nothing: the cloud, or the router's own answer when there is none."""
         if a.cloud is None:
+            if a.blocked is not None:
+                self.metrics.blocked.inc((a.blocked,))
             return self._no_fallback(a, failure)
         self.metrics.fallbacks.inc((failure.reason,))
         # Every request skips an open breaker: one line per request would drown the log in an outage.
@@ -193,37 +264,87 @@ class Relay:
 
     async def _local(self, a: Attempt) -> web.StreamResponse | LocalFailure:
         route = a.route
+        model = a.body.model if a.body is not None else None
         tried: Endpoint | None = None
         failure: LocalFailure | None = None
-        for _ in range(2):
-            now = self.clock()
-            choice = route.pick(now, exclude=tried)
-            if choice is None:
-                if failure is not None:
-                    return failure
-                if not route.endpoints:
-                    return LocalFailure(
-                        FallbackReason.NO_ENDPOINT, "no local endpoint is known (no pod is ready)"
-                    )
-                wait = route.reopens_in(now)
-                return LocalFailure(
-                    FallbackReason.BREAKER_OPEN, f"circuit breaker open, next probe in {wait:.1f}s",
-                    retry_after=retry_after_header(wait),
-                )  # fmt: skip
-            endpoint, probe = choice
-            result = await self._local_once(a, endpoint, probe)
-            if isinstance(result, web.StreamResponse):
-                return result
-            if result.reason not in _CONNECT_FAILURES or tried is not None:
-                return result
-            if a.deadline is not None and asyncio.get_running_loop().time() >= a.deadline:
-                return result
-            # Nothing was sent to this pod: another one may answer.
-            tried, failure = endpoint, result
-            self.metrics.retries.inc()
-            log.info("local %s: %s; retrying on another endpoint", endpoint.base_url, result.reason.value)
-        assert failure is not None
-        return failure
+        waiting: _Wait | None = None
+        try:
+            while True:
+                if waiting is None and a.cloud is None and route.endpoints and route.waiters.waiting(model):
+                    # Others wait for this model's slots already: a new request queues behind them.
+                    choice: tuple[Endpoint, bool] | Unavailable = Unavailable.FULL
+                else:
+                    choice = route.pick(self.clock(), exclude=tried, model=model)
+                if isinstance(choice, Unavailable):
+                    if failure is not None:
+                        return failure
+                    refused = self._unavailable(route, choice, model)
+                    if refused.reason not in WAIT_REASONS or a.cloud is not None:
+                        return refused
+                    # Nowhere else to go: wait for a slot or a pod, within the bound of what is awaited.
+                    if waiting is None:
+                        waiting = self._begin_wait(route, refused.reason)
+                    if not await waiting.wait(route, model):
+                        waiting.result = "timeout"
+                        return dataclasses.replace(
+                            refused, detail=f"{refused.detail}; waited {waiting.waited():.1f}s"
+                        )
+                    if self.current is not None:
+                        route = a.route = self.current()
+                    continue
+                if waiting is not None:
+                    waiting.result = "local"
+                    self._end_wait(waiting)
+                    waiting = None
+                endpoint, probe = choice
+                result = await self._local_once(a, endpoint, probe, model)
+                if isinstance(result, web.StreamResponse):
+                    return result
+                if result.reason in _CONNECT_FAILURES:
+                    self.unreachable()
+                if result.reason not in _CONNECT_FAILURES or tried is not None:
+                    return result
+                if a.deadline is not None and asyncio.get_running_loop().time() >= a.deadline:
+                    return result
+                # Nothing was sent to this pod: another one may answer.
+                tried, failure = endpoint, result
+                self.metrics.retries.inc()
+                log.info("local %s: %s; retrying on another endpoint", endpoint.base_url, result.reason.value)
+        finally:
+            if waiting is not None:
+                self._end_wait(waiting)
+
+    def _unavailable(self, route: Route, why: Unavailable, model: str | None) -> LocalFailure:
+        now = self.clock()
+        if why is Unavailable.BREAKERS:
+            wait = route.reopens_in(now)
+            return LocalFailure(
+                FallbackReason.BREAKER_OPEN, f"circuit breaker open, next probe in {wait:.1f}s",
+                retry_after=retry_after_header(wait),
+            )  # fmt: skip
+        if why is Unavailable.FULL:
+            pods = len(route.endpoints)
+            return LocalFailure(
+                FallbackReason.SATURATED,
+                f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {model!r}",
+                retry_after=retry_after_header(SATURATED_RETRY_AFTER), counted=False,
+            )  # fmt: skip
+        if route.pool is None:
+            return LocalFailure(FallbackReason.NO_ENDPOINT, "no local endpoint is known (no pod is ready)")
+        return LocalFailure(
+            FallbackReason.POOL_COLD, f"pool {route.pool} has no ready pod",
+            retry_after=retry_after_header(COLD_RETRY_AFTER), counted=False,
+        )  # fmt: skip
+
+    def _begin_wait(self, route: Route, reason: FallbackReason) -> _Wait:
+        bound = route.cold_wait if reason is FallbackReason.POOL_COLD else route.queue_timeout
+        self.waiting[reason] += 1
+        loop = asyncio.get_running_loop()
+        return _Wait(reason, loop.time(), loop.time() + bound)
+
+    def _end_wait(self, waiting: _Wait) -> None:
+        self.waiting[waiting.reason] -= 1
+        self.metrics.waits.inc((waiting.reason, waiting.result))
 
     def _failed(self, endpoint: Endpoint, probe: bool) -> None:
         breaker = endpoint.breaker
@@ -268,9 +389,9 @@ class Relay:
         return first
 
     async def _local_once(
-        self, a: Attempt, endpoint: Endpoint, probe: bool
+        self, a: Attempt, endpoint: Endpoint, probe: bool, model: str | None
     ) -> web.StreamResponse | LocalFailure:
-        endpoint.outstanding += 1
+        endpoint.take(model)
         verdict = False
         upstream: http.Response | None = None
         budget = asyncio.timeout_at(a.deadline) if a.deadline is not None else None
@@ -316,7 +437,8 @@ class Relay:
                 self._failed(endpoint, False)
             return answer
         finally:
-            endpoint.outstanding -= 1
+            endpoint.give(model)
+            a.route.waiters.freed(model)
             if not verdict:
                 endpoint.breaker.abandon(probe)
             if upstream is not None:
@@ -679,7 +801,15 @@ class Relay:
 
     def _no_fallback(self, a: Attempt, failure: LocalFailure) -> web.Response:
         route = a.route
-        if route.sensitive:
+        code = "sensitive_route_no_fallback" if route.sensitive else "no_fallback"
+        cap = route.cloud.fallback.spend_cap if route.cloud is not None else None
+        if a.blocked == BUDGET_EXHAUSTED and cap is not None:
+            why = (
+                f"route {route.name} reached its {cap.period} fallback spend cap of {cap.amount:g} "
+                "(fallback.spendCap), so it is local-only until the period ends"
+            )
+            code = BUDGET_EXHAUSTED
+        elif route.sensitive:
             why = f"route {route.name} is sensitive, so it has no cloud fallback"
         elif route.cloud is not None:
             why = f"the cloud fallback of route {route.name} does not serve {a.path}"
@@ -693,7 +823,6 @@ class Relay:
         else:
             status, what = _UNAVAILABLE[failure.reason]
             message = f"local LocalAI {what} ({failure.detail}); {why}"
-        code = "sensitive_route_no_fallback" if route.sensitive else "no_fallback"
         headers = {"Retry-After": failure.retry_after} if failure.retry_after is not None else None
         return self._reply(a, status, message, code=code, headers=headers, reason=failure.reason.value)
 
@@ -746,10 +875,19 @@ class Relay:
         tokens = self.metrics.tokens
         tokens.inc((a.served_by, "prompt"), usage.prompt_tokens)
         tokens.inc((a.served_by, "completion"), usage.completion_tokens)
-        if a.served_by == SERVED_BY_FALLBACK and a.cloud is not None:
-            price = a.cloud.fallback.price_per_million_tokens
-            if price:
-                self.metrics.cost.inc((), usage.completion_tokens * price / 1e6)
+        # Local answers are priced like the cloud's: what the route would have paid without its pool.
+        prices = a.route.config.fallback
+        if prices is None:
+            return
+        cost = prices.cost(usage.prompt_tokens, usage.completion_tokens)
+        if not cost:
+            return
+        if a.served_by == SERVED_BY_FALLBACK:
+            self.metrics.cost.inc((), cost)
+            self.ledger.add(SPEND, cost)
+        else:
+            self.metrics.avoided.inc((), cost)
+            self.ledger.add(AVOIDED, cost)
 
 
 def usage_from(usage: Any) -> Usage | None:

@@ -18,9 +18,11 @@ from aiohttp import web
 from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
 from localai_operator.router import http, redact
 from localai_operator.router.auth import ClientKeys
+from localai_operator.router.capacity import Demand, Queues
 from localai_operator.router.config import RouterConfig
 from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
 from localai_operator.router.intake import BodyBuffer, Intake
+from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import CONTENT_TYPE, LabelValues, RouterMetrics
 from localai_operator.router.relay import Relay
@@ -43,6 +45,8 @@ SHUTDOWN_TIMEOUT_SECONDS: Final = 25.0
 CLIENT_KEYS_INTERVAL: Final = 2.0
 # The first resolution of the pods' name happens before the router listens, bounded by this.
 FIRST_RESOLUTION_SECONDS: Final = 5.0
+# Avoided cost is written to the ledger file at most this often (spend is written at once).
+LEDGER_FLUSH_SECONDS: Final = 1.0
 
 
 class Router:
@@ -52,6 +56,7 @@ class Router:
     def __init__(
         self, config: RouterConfig, env: Mapping[str, str], redaction: redact.RedactingFilter | None = None,
         clock: Callable[[], float] = time.monotonic, resolver: Resolver = resolve,
+        wall: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.env = env
         self.redaction = redaction
@@ -59,13 +64,31 @@ class Router:
         self.resolver = resolver
         self.shutting_down = False
         self.discovered: list[str] = []
-        self.route: Route = build_route(config, None, env, clock())
+        self.waiters = Queues()
+        self.route: Route = build_route(config, None, env, clock(), waiters=self.waiters)
         self.keys: ClientKeys | None = None
+        self.demand = Demand(clock())
+        self.ledger = Ledger(config.server.state_directory, wall)
         self.metrics = RouterMetrics(
-            self._breaker_states, self._outstanding, self._endpoint_count, self._buffered
-        )
+            self._breaker_states, self._outstanding, self._endpoint_count, self._buffered,
+            slots=self._slots, model_outstanding=self._model_outstanding, model_slots=self._model_slots,
+            demand_requests=lambda: [((), float(self.demand.requests))],
+            demand_in_flight=lambda: [((), float(self.demand.in_flight))],
+            demand_seconds=lambda: [((), self.demand.seconds(self.clock()))],
+            waiting=lambda: [((r.value,), float(n)) for r, n in self.relay.waiting.items()],
+            period_cost=lambda: [((kind, period), amount) for kind, period, amount in self.ledger.figures()],
+            budget_exhausted=self._budget_exhausted,
+        )  # fmt: skip
         self.listing = Listing(self.metrics, clock)
-        self.relay = Relay(self.metrics, clock, self.listing.catalog)
+        self.relay = Relay(
+            self.metrics,
+            clock,
+            self.listing.catalog,
+            self.demand,
+            self.ledger,
+            current=lambda: self.route,
+            unreachable=self._unreachable,
+        )
         self.buffer = BodyBuffer(config.server.body_buffer_bytes)
         self.intake = Intake(lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer,
                              self.metrics, clock)  # fmt: skip
@@ -84,6 +107,7 @@ class Router:
         if config.local.discovery != old.local.discovery:
             self.discovered = []
         self.route = build_route(config, self.route, self.env, self.clock(), self.discovered)
+        self.waiters.wake_all()  # the slots may have changed
         self.buffer.capacity = config.server.body_buffer_bytes
         self._configure_keys(config)
         self._report(self.route)
@@ -110,6 +134,16 @@ class Router:
     def set_discovered(self, urls: list[str]) -> None:
         self.discovered = urls
         self.route = build_route(self.route.config, self.route, self.env, self.clock(), urls)
+        self.waiters.wake_all()  # a pod came: requests waiting for one or for a slot look again
+
+    def _unreachable(self) -> None:
+        if self.discovery is not None:
+            self.discovery.wake()
+
+    def _hurried(self) -> bool:
+        """Pods are looked up every second while the pool is cold or requests wait for room."""
+        route = self.route
+        return route.pool is not None and (not route.endpoints or any(self.relay.waiting.values()))
 
     def problems(self) -> list[str]:
         return [*self.route.problems, *(self.keys.problems if self.keys is not None else ())]
@@ -120,6 +154,30 @@ class Router:
 
     def _outstanding(self) -> Iterable[tuple[LabelValues, float]]:
         return [((e.base_url,), float(e.outstanding)) for e in self.route.endpoints]
+
+    def _slots(self) -> Iterable[tuple[LabelValues, float]]:
+        route = self.route
+        if not route.slots:
+            return []
+        return [((e.base_url,), float(route.slots_per_pod)) for e in route.endpoints]
+
+    def _model_outstanding(self) -> Iterable[tuple[LabelValues, float]]:
+        route = self.route
+        return [
+            ((e.base_url, model), float(e.by_model.get(model, 0)))
+            for e in route.endpoints
+            for model in route.slots
+        ]
+
+    def _model_slots(self) -> Iterable[tuple[LabelValues, float]]:
+        route = self.route
+        return [((e.base_url, model), float(n)) for e in route.endpoints for model, n in route.slots.items()]
+
+    def _budget_exhausted(self) -> Iterable[tuple[LabelValues, float]]:
+        fallback = self.route.cloud.fallback if self.route.cloud is not None else None
+        if fallback is None:
+            return [((), 0.0)]
+        return [((), float(self.ledger.exhausted(fallback.spend_cap, fallback.spend_share)))]
 
     def _endpoint_count(self) -> Iterable[tuple[LabelValues, float]]:
         return [((), float(len(self.route.endpoints)))]
@@ -143,7 +201,9 @@ class Router:
             if old is not None:
                 old.cancel()
             return
-        self.discovery = PodDiscovery(found.url, found.interval_seconds, self.set_discovered, self.resolver)
+        self.discovery = PodDiscovery(
+            found.url, found.interval_seconds, self.set_discovered, self.resolver, hurry=self._hurried
+        )
         self._spawn("discovery", self.discovery.run())
 
     async def start(self) -> None:
@@ -156,6 +216,13 @@ class Router:
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
         self._spawn("idle-connections", self._sweep_idle())
+        if self.ledger.path is not None:
+            self._spawn("ledger", self._flush_ledger())
+
+    async def _flush_ledger(self) -> None:
+        while True:
+            await asyncio.sleep(LEDGER_FLUSH_SECONDS)
+            self.ledger.save()
 
     async def _sweep_idle(self) -> None:
         """Upstream connections idle past their keep-alive time are closed, not left to the server."""
@@ -176,6 +243,7 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.ledger.save()
 
     # ------------------------------------------------------------------ operational endpoints
 
@@ -198,11 +266,23 @@ class Router:
                     "url": e.base_url,
                     "breaker": e.breaker.state(now).name.lower(),
                     "outstanding": e.outstanding,
+                    **({"byModel": dict(e.by_model)} if route.slots else {}),
                 }
                 for e in route.endpoints
             ],
             "problems": self.problems(),
         }
+        if route.slots:
+            body["slots"] = dict(route.slots)
+        fallback = route.cloud.fallback if route.cloud is not None else None
+        if fallback is not None and fallback.spend_cap is not None:
+            cap = fallback.spend_cap
+            body["spendCap"] = {
+                "amount": cap.amount,
+                "period": cap.period,
+                "spent": self.ledger.amount("spend", self.ledger.current(cap.period)),
+                "exhausted": self.ledger.exhausted(cap, fallback.spend_share),
+            }
         return web.json_response(body)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -227,9 +307,11 @@ def create_app(
     env: Mapping[str, str] | None = None,
     redaction: redact.RedactingFilter | None = None,
     resolver: Resolver = resolve,
+    wall: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The router app; with `config_path`, the file is watched and reloaded when its content changes."""
-    router = Router(config, os.environ if env is None else env, redaction, resolver=resolver)
+    """The router app; with `config_path`, the file is watched and reloaded when its content changes. `wall`
+    (Unix seconds) decides the spend cap's periods."""
+    router = Router(config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall)
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
     app = web.Application(client_max_size=2**63)
     app[ROUTER] = router

@@ -5,6 +5,7 @@ cloud target, the keys for each hop and the header rules. A reload or a new set 
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import re
@@ -15,8 +16,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
+from localai_operator.router.capacity import Queues
 from localai_operator.router.config import Fallback, RouterConfig
-from localai_operator.router.policy import NO_CHOICE, Breaker, TokenBucket, choose
+from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, TokenBucket, choose
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,31 @@ def usable_key(value: str | None, where: str) -> tuple[str | None, str | None]:
 
 
 class Endpoint:
-    """One local LocalAI base URL (one pod), with its breaker and in-flight count (kept across snapshots)."""
+    """One local LocalAI base URL (one pod), with its breaker and in-flight counts, in all and per model
+    (kept across snapshots)."""
 
-    __slots__ = ("_urls", "base_url", "breaker", "outstanding")
+    __slots__ = ("_urls", "base_url", "breaker", "by_model", "outstanding")
 
     def __init__(self, base_url: str, breaker: Breaker) -> None:
         self.base_url = base_url.rstrip("/")
         self.breaker = breaker
         self.outstanding = 0
+        self.by_model: dict[str, int] = {}
         self._urls: dict[str, URL] = {}
+
+    def take(self, model: str | None) -> None:
+        self.outstanding += 1
+        if model is not None:
+            self.by_model[model] = self.by_model.get(model, 0) + 1
+
+    def give(self, model: str | None) -> None:
+        self.outstanding -= 1
+        if model is not None:
+            left = self.by_model[model] - 1
+            if left:
+                self.by_model[model] = left
+            else:
+                del self.by_model[model]
 
     def url(self, path: str) -> URL:
         found = self._urls.get(path)
@@ -114,14 +132,33 @@ class Cloud:
         return headers
 
 
+class Unavailable(enum.Enum):
+    """Why no local endpoint can take a request now."""
+
+    # No endpoint is known: no pod of the pool is ready.
+    NONE = "none"
+    # Every endpoint's breaker is open (or its half-open probe is in flight).
+    BREAKERS = "breakers"
+    # Endpoints are available, but every slot of each for the request's model is busy.
+    FULL = "full"
+
+
 class Route:
     """A snapshot of the config and the endpoints known when it was built."""
 
     def __init__(
         self, config: RouterConfig, endpoints: tuple[Endpoint, ...], cloud: Cloud | None,
         limiter: TokenBucket | None, local_key: str | None, problems: tuple[str, ...],
+        waiters: Queues | None = None,
     ) -> None:  # fmt: skip
         policy = config.policy
+        # Requests waiting for a slot or a pod, shared by every snapshot of the router.
+        self.waiters = waiters if waiters is not None else Queues()
+        self.slots = config.local.slots
+        self.pool = config.local.pool
+        self.queue_timeout = policy.queue_timeout_ms / 1000
+        # How long a request nothing else may answer waits for a cold pool to get its first ready pod.
+        self.cold_wait = policy.first_token_timeout_ms / 1000 + policy.cold_start_allowance_seconds
         self.config = config
         self.name = f"{config.route.namespace}/{config.route.name}"
         self.sensitive = policy.sensitive
@@ -140,18 +177,35 @@ class Route:
         self.budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
         self._rotation = itertools.count()
 
-    def pick(self, now: float, exclude: Endpoint | None = None) -> tuple[Endpoint, bool] | None:
-        """The local endpoint for the next attempt and whether it is a half-open probe, or None when no
-        endpoint is available (the caller goes to the cloud without waiting)."""
+    def pick(
+        self, now: float, exclude: Endpoint | None = None, model: str | None = None
+    ) -> tuple[Endpoint, bool] | Unavailable:
+        """The local endpoint for the next attempt and whether it is a half-open probe, or why none can take
+        it now: a model with slots goes only to a pod with one free."""
         endpoints = self.endpoints
         if not endpoints:
-            return None
+            return Unavailable.NONE
         start = next(self._rotation) % len(endpoints) if len(endpoints) > 1 else 0
-        index = choose(endpoints, now, start, exclude)
+        limit = self.slots.get(model) if model is not None else None
+        if model is None or limit is None:
+            index = choose(endpoints, now, start, exclude)
+        else:
+            wanted = model
+            index = choose(endpoints, now, start, exclude, lambda e: e.by_model.get(wanted, 0) < limit)
         if index == NO_CHOICE:
-            return None
+            return Unavailable.BREAKERS
+        if index == FULL:
+            return Unavailable.FULL
         endpoint = endpoints[index]
         return endpoint, endpoint.breaker.begin(now)
+
+    def slots_of(self, model: str | None) -> int | None:
+        """Slots per pod for `model`, None when it has no limit."""
+        return self.slots.get(model) if model is not None else None
+
+    @property
+    def slots_per_pod(self) -> int:
+        return sum(self.slots.values())
 
     def reopens_in(self, now: float) -> float:
         return min((e.breaker.reopens_in(now) for e in self.endpoints), default=0.0)
@@ -159,7 +213,7 @@ class Route:
 
 def build_route(
     config: RouterConfig, previous: Route | None, env: Mapping[str, str], now: float,
-    discovered: Sequence[str] = (),
+    discovered: Sequence[str] = (), waiters: Queues | None = None,
 ) -> Route:  # fmt: skip
     """A new snapshot; endpoints whose URL is unchanged keep their breaker and in-flight count."""
     breaker_settings = config.policy.circuit_breaker
@@ -203,7 +257,9 @@ def build_route(
             limiter = old
         else:
             limiter = TokenBucket(limit.requests_per_second, limit.burst, now)
-    return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems))
+    if waiters is None and previous is not None:
+        waiters = previous.waiters
+    return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems), waiters)
 
 
 def local_request_headers(

@@ -125,6 +125,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
         reload_interval: float = 0.05,
         env: dict[str, str] | None = None,
         resolver: Resolver = resolve,
+        wall: Callable[[], float] = time.time,
     ) -> RunningRouter:
         path = config_path or tmp_path / f"router-{len(runners)}.yaml"
         if config_path is None:
@@ -137,6 +138,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
             reload_interval=reload_interval,
             env={FALLBACK_API_KEY_ENV: API_KEY} if env is None else env,
             resolver=resolver,
+            wall=wall,
         )
         runner, port = await start(app)
         runners.append(runner)
