@@ -109,8 +109,12 @@ class Answer:
 
 
 async def one_request(session: aiohttp.ClientSession, url: str) -> Answer:
-    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}],
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream_options": {"include_usage": True},
+    }
     started = time.monotonic()
     ttft: float | None = None
     tokens = 0
@@ -167,14 +171,23 @@ async def autoscaler(
 async def run(mode: str, args: argparse.Namespace, cloud: OpenAIStandIn) -> dict[str, Any]:
     port = 18000 + (1 if mode == "elastic" else 2)
     pool = Pool(port, args.cold_start)
-    config = RouterConfig.model_validate({
-        "route": {"name": f"bench-{mode}", "namespace": "bench"},
-        "local": {"discovery": {"url": f"http://pool-pods.bench.svc:{port}/v1", "intervalSeconds": 5},
-                  "pool": "pool", "slots": {MODEL: SLOTS}},
-        "fallback": {"baseURL": cloud.url, "apiKeyEnv": FALLBACK_API_KEY_ENV, "defaultModel": "deepseek-v3.2",
-                     "pricePerMillionTokens": 0.42},
-        "policy": {"firstTokenTimeoutMs": 3000},
-    })  # fmt: skip
+    config = RouterConfig.model_validate(
+        {
+            "route": {"name": f"bench-{mode}", "namespace": "bench"},
+            "local": {
+                "discovery": {"url": f"http://pool-pods.bench.svc:{port}/v1", "intervalSeconds": 5},
+                "pool": "pool",
+                "slots": {MODEL: SLOTS},
+            },
+            "fallback": {
+                "baseURL": cloud.url,
+                "apiKeyEnv": FALLBACK_API_KEY_ENV,
+                "defaultModel": "deepseek-v3.2",
+                "pricePerMillionTokens": 0.42,
+            },
+            "policy": {"firstTokenTimeoutMs": 3000},
+        }
+    )
     app = create_app(config, env={FALLBACK_API_KEY_ENV: CLOUD_KEY}, resolver=pool.resolve)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -183,8 +196,12 @@ async def run(mode: str, args: argparse.Namespace, cloud: OpenAIStandIn) -> dict
     router_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{router_port}"
     stop = asyncio.Event()
-    spec = Autoscaling(min_replicas=0, max_replicas=args.max_replicas, target_in_flight_per_slot=0.7,
-                       scale_down_delay_seconds=int(args.scale_down_delay))  # fmt: skip
+    spec = Autoscaling(
+        min_replicas=0,
+        max_replicas=args.max_replicas,
+        target_in_flight_per_slot=0.7,
+        scale_down_delay_seconds=int(args.scale_down_delay),
+    )
     if mode == "fixed":
         await pool.scale(args.max_replicas)
         task = None
@@ -226,9 +243,11 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await cloud.stop()
     day = sum(s for s, _ in DAY) * args.scale
-    print(f"a {day:.0f} s compressed day {list(DAY)} (seconds, concurrent clients); {SLOTS} slots per replica, "
-          f"max {args.max_replicas} replicas, cold start {args.cold_start:g} s, look every {args.look:g} s, "
-          f"scale-down delay {args.scale_down_delay:g} s")  # fmt: skip
+    print(
+        f"a {day:.0f} s compressed day {list(DAY)} (seconds, concurrent clients); {SLOTS} slots per replica, "
+        f"max {args.max_replicas} replicas, cold start {args.cold_start:g} s, look every {args.look:g} s, "
+        f"scale-down delay {args.scale_down_delay:g} s"
+    )
     keys = ("requests", "local", "cloud", "cloud_tokens", "replica_seconds", "ttft_p50_ms", "ttft_p99_ms")
     print(f"{'':10}" + "".join(f"{k:>17}" for k in keys))
     for r in results:

@@ -69,10 +69,19 @@ def _wait(url: str, seconds: float) -> None:
 
 
 def _stream(base: str, max_tokens: int) -> dict[str, float]:
-    body = {"model": MODEL, "stream": True, "max_tokens": max_tokens, "temperature": 0, "seed": 1,
-            "messages": [{"role": "user", "content": PROMPT}]}  # fmt: skip
-    request = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": 1,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     started, stamps = time.monotonic(), []
     with urllib.request.urlopen(request, timeout=300) as response:
         for line in response:
@@ -116,18 +125,40 @@ def main() -> int:
         server = images.Container(
             image, argv, env=env, volumes={models: "/models"}, log=Path(tmp) / "server.log"
         )
-        inproc_argv = ["python", "-c", INPROC, f"/models/{images.MODEL_FILE}", str(args.rounds + 1),
-                       str(args.max_tokens), PROMPT]  # fmt: skip
+        inproc_argv = [
+            "python",
+            "-c",
+            INPROC,
+            f"/models/{images.MODEL_FILE}",
+            str(args.rounds + 1),
+            str(args.max_tokens),
+            PROMPT,
+        ]
         with server:
             _wait(f"http://127.0.0.1:{port}/readyz", 120)
             buildah = images.buildah_argv()
             name = f"bench-inproc-{port}"
-            subprocess.run([*buildah, "from", "--pull=never", "--quiet", "--name", name, image.local_ref],
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [*buildah, "from", "--pull=never", "--quiet", "--name", name, image.local_ref],
+                check=True,
+                capture_output=True,
+            )
             peer = subprocess.Popen(
-                [*buildah, "run", "--isolation", "chroot", "-v", f"{models}:/models", name, "--", *inproc_argv],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    *buildah,
+                    "run",
+                    "--isolation",
+                    "chroot",
+                    "-v",
+                    f"{models}:/models",
+                    name,
+                    "--",
+                    *inproc_argv,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert peer.stdin is not None and peer.stdout is not None
             results: dict[str, list[dict[str, float]]] = {"inproc": [], "server": []}
             try:

@@ -76,8 +76,11 @@ def main() -> int:
         print("needs a running `localai-operator dev up` with the real node", file=sys.stderr)
         return 1
     kube = Kube(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
-    [pod] = [p for p in kube.list("Pod", stack.NAMESPACE, label_selector=POOL_POD_SELECTOR)
-             if (p.get("status") or {}).get("podIP")]  # fmt: skip
+    [pod] = [
+        p
+        for p in kube.list("Pod", stack.NAMESPACE, label_selector=POOL_POD_SELECTOR)
+        if (p.get("status") or {}).get("podIP")
+    ]
     service = kube.get("Service", stack.NAMESPACE, stack.ROUTE)
     assert service is not None
     targets = {
@@ -102,20 +105,28 @@ def main() -> int:
                 results[name]["decode"].append(answer.tokens_per_second)
             results[name]["e2e"].append(answer.tokens / (answer.total_ms / 1000))
         memory.append(memory_mib(whole_cluster(cluster)))
-    print(f"{args.rounds} rounds, {args.max_tokens} tokens, prompt {PROMPT!r}; load average "
-          f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
+    print(
+        f"{args.rounds} rounds, {args.max_tokens} tokens, prompt {PROMPT!r}; load average "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     print(f"{'target':<24} {'first token ms':>15} {'decode tok/s':>13} {'end-to-end tok/s':>17}  X-Served-By")
     for name in targets:
         r = results[name]
-        print(f"{name:<24} {median(r['ttft']):>15.1f} {median(r['decode']):>13.1f} {median(r['e2e']):>17.1f}  "
-              f"{','.join(sorted(served[name]))}")  # fmt: skip
+        print(
+            f"{name:<24} {median(r['ttft']):>15.1f} {median(r['decode']):>13.1f} {median(r['e2e']):>17.1f}  "
+            f"{','.join(sorted(served[name]))}"
+        )
     direct, router = (results[name] for name in targets)
-    print(f"router / direct: decode {median(router['decode']) / median(direct['decode']):.3f}x, end-to-end "
-          f"{median(router['e2e']) / median(direct['e2e']):.3f}x, first token +{median(router['ttft']) - median(direct['ttft']):.1f} ms")  # fmt: skip
+    print(
+        f"router / direct: decode {median(router['decode']) / median(direct['decode']):.3f}x, end-to-end "
+        f"{median(router['e2e']) / median(direct['e2e']):.3f}x, first token +{median(router['ttft']) - median(direct['ttft']):.1f} ms"
+    )
     rss = [m[0] for m in memory]
     pss = [m[1] for m in memory]
-    print(f"the whole local cluster while serving: RSS {median(rss):.0f} MiB (max {max(rss):.0f}), "
-          f"PSS {median(pss):.0f} MiB (max {max(pss):.0f}), {len(whole_cluster(cluster))} processes")  # fmt: skip
+    print(
+        f"the whole local cluster while serving: RSS {median(rss):.0f} MiB (max {max(rss):.0f}), "
+        f"PSS {median(pss):.0f} MiB (max {max(pss):.0f}), {len(whole_cluster(cluster))} processes"
+    )
     return 0
 
 

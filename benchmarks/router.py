@@ -211,9 +211,14 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=self.workdir, start_new_session=True,
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
         log.close()
         self.commands.append(process)
         return process
@@ -615,8 +620,11 @@ def litellm_version(binary: str) -> str:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             run = subprocess.run(
                 [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if run.returncode == 0:
                 return run.stdout.strip()
     return "(version unknown)"
@@ -659,8 +667,17 @@ def wrk_script(workdir: Path, target: Target) -> Path:
 def wrk(args: argparse.Namespace, script: Path, target: Target, connections: int, seconds: float) -> WrkRun:
     pids = target.pids()
     before = cpu_seconds(pids)
-    argv = [args.wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
-            target.base + "/chat/completions"]  # fmt: skip
+    argv = [
+        args.wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        target.base + "/chat/completions",
+    ]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     cpu = cpu_seconds(pids) - before
     match = re.search(r"^WRKRESULT (.+)$", run.stdout, re.MULTILINE)
@@ -799,14 +816,18 @@ async def streaming_and_failover(args: argparse.Namespace, setup: Setup) -> dict
 
 def memory_report(m: MemoryResult) -> None:
     mib = 1024 * 1024
-    print(f"\n## Memory: {m.clients} clients at once, each sending {m.body_bytes / mib:.1f} MiB "
-          f"(maxRequestBytes {16} MiB), router body buffer {m.buffer_bytes / mib:.0f} MiB "
-          f"({m.buffer_bytes // (16 * mib)} max-size bodies at once), rendered limit {m.limit_bytes / mib:.0f} MiB")  # fmt: skip
+    print(
+        f"\n## Memory: {m.clients} clients at once, each sending {m.body_bytes / mib:.1f} MiB "
+        f"(maxRequestBytes {16} MiB), router body buffer {m.buffer_bytes / mib:.0f} MiB "
+        f"({m.buffer_bytes // (16 * mib)} max-size bodies at once), rendered limit {m.limit_bytes / mib:.0f} MiB"
+    )
     print(f"- baseline RSS after warm-up: {m.baseline_kib / 1024:.0f} MiB")
     for phase, peak in m.peaks_kib.items():
         statuses = ", ".join(f"{s}x{m.statuses[phase].count(s)}" for s in sorted(set(m.statuses[phase])))
-        print(f"- peak RSS (VmHWM), {phase}: {peak / 1024:.0f} MiB = {peak * 1024 / m.limit_bytes:.2f}x the limit "
-              f"(answers: {statuses})")  # fmt: skip
+        print(
+            f"- peak RSS (VmHWM), {phase}: {peak / 1024:.0f} MiB = {peak * 1024 / m.limit_bytes:.2f}x the limit "
+            f"(answers: {statuses})"
+        )
     print(f"- requests that waited for room in the body buffer: {m.waits}")
 
 
@@ -842,11 +863,18 @@ class MemoryResult:
 
 def memory_config(local: int, cloud: int) -> dict[str, Any]:
     """The config the operator renders for a route with the defaults (256 Mi limit, 16 MiB bodies)."""
-    route = FallbackRoute.parse({
-        "metadata": {"name": "bench-memory", "namespace": "bench"},
-        "spec": {"primary": {"url": f"http://{HOST}:{local}/v1"},
-                 "fallback": {"baseURL": f"http://{HOST}:{cloud}/v1", "apiKeySecretRef": {"name": "k", "key": "k"}}},
-    })  # fmt: skip
+    route = FallbackRoute.parse(
+        {
+            "metadata": {"name": "bench-memory", "namespace": "bench"},
+            "spec": {
+                "primary": {"url": f"http://{HOST}:{local}/v1"},
+                "fallback": {
+                    "baseURL": f"http://{HOST}:{cloud}/v1",
+                    "apiKeySecretRef": {"name": "k", "key": "k"},
+                },
+            },
+        }
+    )
     return rendered_config(route).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
@@ -854,8 +882,13 @@ async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: P
     """Peak RSS of the router while `clients` max-size requests are in flight at once: to local (streamed
     from it and assembled), then with local failing, to the cloud (the body rewritten for it)."""
     loop = args.loop
-    _, local = processes.spawn(standin_process, "local", Behaviour(role_chunk=PINNED_SHAPE,
-                                                                             delay_before_first_chunk=0.5), free_port(), loop)  # fmt: skip
+    _, local = processes.spawn(
+        standin_process,
+        "local",
+        Behaviour(role_chunk=PINNED_SHAPE, delay_before_first_chunk=0.5),
+        free_port(),
+        loop,
+    )
     _, cloud = processes.spawn(standin_process, "cloud", Behaviour(), free_port(), loop)
     config = memory_config(local, cloud)
     path = workdir / "router-memory.yaml"
@@ -864,26 +897,45 @@ async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: P
     cli = shutil.which("localai-operator")
     router_cmd = [cli] if cli else [sys.executable, "-m", "localai_operator"]
     process = processes.command(
-        "router-memory", [*router_cmd, "router", "--config", str(path), "--host", HOST, "--port", str(port)],
+        "router-memory",
+        [*router_cmd, "router", "--config", str(path), "--host", HOST, "--port", str(port)],
         {**os.environ, FALLBACK_API_KEY_ENV: API_KEY},
-    )  # fmt: skip
+    )
     wait_for_port(port, time.monotonic() + STARTUP_SECONDS, lambda: process.poll() is None)
     max_bytes = config["policy"]["maxRequestBytes"]
     # A chat message with one inline image, the whole body just under maxRequestBytes.
-    head = json.dumps({"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}]}]})  # fmt: skip
+    head = json.dumps(
+        {
+            "model": LOCAL_MODEL,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "describe"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}},
+                    ],
+                }
+            ],
+        }
+    )
     filler = b"A" * (max_bytes - len(head) - 64)
     at = head.index("base64,") + len("base64,")
     body = head[:at].encode() + filler + head[at:].encode()
-    result = MemoryResult(args.memory_clients, len(body), config["server"]["bodyBufferBytes"],
-                          memory_bytes(DEFAULT_MEMORY_LIMIT) or 0, 0)  # fmt: skip
+    result = MemoryResult(
+        args.memory_clients,
+        len(body),
+        config["server"]["bodyBufferBytes"],
+        memory_bytes(DEFAULT_MEMORY_LIMIT) or 0,
+        0,
+    )
     base = f"http://{HOST}:{port}"
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
 
         async def one() -> int:
-            async with session.post(base + "/v1/chat/completions", data=body,
-                                    headers={"Content-Type": "application/json"}) as response:  # fmt: skip
+            async with session.post(
+                base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            ) as response:
                 await response.read()
                 return response.status
 
@@ -926,8 +978,9 @@ def med(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
-def report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], list[WrkRun]],
-           more: dict[str, Any]) -> None:  # fmt: skip
+def report(
+    args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], list[WrkRun]], more: dict[str, Any]
+) -> None:
     names = [n for n in TARGETS if n in setup.request]
     peers = [n for n in PEERS if n in names]
     rows: list[tuple[str, dict[str, str]]] = []
@@ -949,15 +1002,25 @@ def report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], l
             s[f"rps_{c}"] = med(x.rps for x in r)
             s[f"err_{c}"] = sum(x.errors for x in r)
             s[f"cpu_{c}"] = sum(x.cpu for x in r) / max(1, sum(x.requests for x in r))
-        row(f"{c} client(s): latency p50 / p99 (ms)",
-            {n: f"{ms(summary[n][f'p50_{c}'])} / {ms(summary[n][f'p99_{c}'])}" for n in names})  # fmt: skip
-        row(f"{c} client(s): added p50 / p99 over direct (ms)",
-            {n: "—" if n == "direct" else f"{ms(summary[n][f'add50_{c}'])} / {ms(summary[n][f'add99_{c}'])}"
-             for n in names})  # fmt: skip
+        row(
+            f"{c} client(s): latency p50 / p99 (ms)",
+            {n: f"{ms(summary[n][f'p50_{c}'])} / {ms(summary[n][f'p99_{c}'])}" for n in names},
+        )
+        row(
+            f"{c} client(s): added p50 / p99 over direct (ms)",
+            {
+                n: "—"
+                if n == "direct"
+                else f"{ms(summary[n][f'add50_{c}'])} / {ms(summary[n][f'add99_{c}'])}"
+                for n in names
+            },
+        )
         row(f"{c} client(s): requests/s", {n: f"{summary[n][f'rps_{c}']:,.0f}" for n in names})
     row(f"{HIGH} clients: server CPU per request (ms)", {n: ms(summary[n][f"cpu_{HIGH}"], 3) for n in names})
-    row("errors (non-2xx, socket, timeout), all runs",
-        {n: str(int(summary[n][f"err_{LOW}"] + summary[n][f"err_{HIGH}"])) for n in names})  # fmt: skip
+    row(
+        "errors (non-2xx, socket, timeout), all runs",
+        {n: str(int(summary[n][f"err_{LOW}"] + summary[n][f"err_{HIGH}"])) for n in names},
+    )
 
     direct_sse = {s: more["sse"]["direct", s] for s in (LOW, HIGH)}
     for streams in (LOW, HIGH):
@@ -1026,8 +1089,10 @@ def report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], l
     ]
 
     print(f"\n## Results (medians over {args.rounds} rounds of {args.seconds:g} s per target and load)")
-    print(f"direct cloud stand-in: p50 {ms(statistics.median(cloud))} ms, p99 {ms(pct(cloud, 0.99))} ms; "
-          f"streaming TTFB p50 {ms(statistics.median(cloud_ttfb))} ms")  # fmt: skip
+    print(
+        f"direct cloud stand-in: p50 {ms(statistics.median(cloud))} ms, p99 {ms(pct(cloud, 0.99))} ms; "
+        f"streaming TTFB p50 {ms(statistics.median(cloud_ttfb))} ms"
+    )
     for note in setup.notes:
         print(f"note: {note}")
     print()
@@ -1074,9 +1139,11 @@ def report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], l
         direct, routed = more["sse"].get(("direct", streams)), more["sse"].get(("router", streams))
         if direct is not None and routed is not None and direct.first and routed.first:
             d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
-            print(f"- time to first content token, {streams} stream(s): router {ms(r, 1)} ms vs direct {ms(d, 1)} ms "
-                  f"p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, content after "
-                  f"{SSE_FIRST_TOKEN * 1000:.0f} ms)")  # fmt: skip
+            print(
+                f"- time to first content token, {streams} stream(s): router {ms(r, 1)} ms vs direct {ms(d, 1)} ms "
+                f"p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, content after "
+                f"{SSE_FIRST_TOKEN * 1000:.0f} ms)"
+            )
     refused = failovers.get(("refused", "router"))
     if refused is not None:
         print(f"- failover on refused: {ms(refused)} ms added p50")
@@ -1099,8 +1166,12 @@ def main() -> int:
         "--memory-clients", type=int, default=8, help="concurrent max-size bodies (memory phase)"
     )
     parser.add_argument("--slow-requests", type=int, default=10)
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop",
-                        help="event loop of the stand-ins and the aiohttp relay (the router picks its own)")  # fmt: skip
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="uvloop",
+        help="event loop of the stand-ins and the aiohttp relay (the router picks its own)",
+    )
     parser.add_argument("--nginx", default=shutil.which("nginx") or "")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "")
@@ -1130,10 +1201,15 @@ def main() -> int:
     try:
         load_at_start = load_average()
         setup = start_all(args, processes, workdir)
-        print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, "
-              f"stand-ins on {args.loop}; load generator: wrk -t1 (latency, RPS), aiohttp (SSE, failover)")  # fmt: skip
-        print(f"request/response: {args.rounds} rounds x {len(setup.request)} targets x {LOW} and {HIGH} "
-              f"connections x {args.seconds:g} s", flush=True)  # fmt: skip
+        print(
+            f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, "
+            f"stand-ins on {args.loop}; load generator: wrk -t1 (latency, RPS), aiohttp (SSE, failover)"
+        )
+        print(
+            f"request/response: {args.rounds} rounds x {len(setup.request)} targets x {LOW} and {HIGH} "
+            f"connections x {args.seconds:g} s",
+            flush=True,
+        )
         runs = request_response(args, setup, workdir)
         more = asyncio.run(streaming_and_failover(args, setup))
         report(args, setup, runs, more)

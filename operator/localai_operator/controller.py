@@ -94,9 +94,10 @@ class Controller:
         )
         self._tasks.append(loop.create_task(self._resync_forever(), name="resync"))
         elastic = Elastic(
-            self.cache, lambda kind, ns, name, background: self.enqueue(kind, ns, name, background=background),
+            self.cache,
+            lambda kind, ns, name, background: self.enqueue(kind, ns, name, background=background),
             interval=self.options.autoscale_seconds,
-        )  # fmt: skip
+        )
         self._tasks.append(loop.create_task(self._after_sync(elastic.run(self.active)), name="elastic"))
         if self.elector is None:
             self._lead()

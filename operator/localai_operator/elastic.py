@@ -64,9 +64,14 @@ class _RouteReading:
 
 class Elastic:
     def __init__(
-        self, cache: Cache, enqueue: Enqueue, *, interval: float = INTERVAL_SECONDS,
-        clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+        self,
+        cache: Cache,
+        enqueue: Enqueue,
+        *,
+        interval: float = INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.cache = cache
         self.enqueue = enqueue
         self.interval = interval
@@ -200,20 +205,28 @@ class Elastic:
         return sum(pod_slots(pool, models).values()) or None
 
     def _scale(
-        self, key: Key, pool: InferencePool, routes: Mapping[Key, FallbackRoute],
-        readings: Mapping[Key, _RouteReading], hpa: str | None, now: float, wall: float,
-    ) -> None:  # fmt: skip
+        self,
+        key: Key,
+        pool: InferencePool,
+        routes: Mapping[Key, FallbackRoute],
+        readings: Mapping[Key, _RouteReading],
+        hpa: str | None,
+        now: float,
+        wall: float,
+    ) -> None:
         spec = pool.spec.autoscaling
         assert spec is not None
         previous = self.cache.scales.get(key)
         if hpa is not None:
             self._scalers.pop(key, None)  # when the HPA goes, start again from the Deployment's size
             state = ScaleState(
-                pool.spec.replicas, "ManagedByHPA",
+                pool.spec.replicas,
+                "ManagedByHPA",
                 f'HorizontalPodAutoscaler "{hpa}" scales this pool through spec.replicas; spec.autoscaling is '
                 "ignored while it does",
-                hpa=hpa, last_scale_time=previous.last_scale_time if previous else None,
-            )  # fmt: skip
+                hpa=hpa,
+                last_scale_time=previous.last_scale_time if previous else None,
+            )
             self._publish(key, previous, state)
             return
         slots = self._slots(pool)
@@ -229,10 +242,13 @@ class Elastic:
             start = min(max(start, spec.min_replicas), spec.max_replicas)
             scaler = self._scalers[key] = Scaler(start, now, previous.reason if previous else "Steady")
         mine = [
-            readings[r] for r, route in routes.items()
-            if r[0] == key[0] and route.spec.primary.pool_ref is not None
-            and route.spec.primary.pool_ref.name == key[1] and r in readings
-        ]  # fmt: skip
+            readings[r]
+            for r, route in routes.items()
+            if r[0] == key[0]
+            and route.spec.primary.pool_ref is not None
+            and route.spec.primary.pool_ref.name == key[1]
+            and r in readings
+        ]
         in_flight = sum(r.in_flight for r in mine)
         decision = scaler.decide(spec, in_flight, slots, now, complete=all(r.complete for r in mine))
         if (
@@ -244,13 +260,21 @@ class Elastic:
             return
         if decision.changed or previous is None:
             log.info(
-                "pool %s/%s: %s replicas (%s: %s)", key[0], key[1], decision.desired, decision.reason,
+                "pool %s/%s: %s replicas (%s: %s)",
+                key[0],
+                key[1],
+                decision.desired,
+                decision.reason,
                 decision.message,
-            )  # fmt: skip
+            )
         state = ScaleState(
-            decision.desired, decision.reason, decision.message, round(in_flight, 3), slots,
+            decision.desired,
+            decision.reason,
+            decision.message,
+            round(in_flight, 3),
+            slots,
             last_scale_time=_iso(wall) if decision.changed or previous is None else previous.last_scale_time,
-        )  # fmt: skip
+        )
         self._publish(key, previous, state)
 
     def _publish(self, key: Key, previous: ScaleState | None, state: ScaleState) -> None:

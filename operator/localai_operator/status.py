@@ -284,9 +284,11 @@ def _autoscaling(f: PoolFacts) -> AutoscalingStatus | None:
     scale = f.scale
     if scale is None:
         return AutoscalingStatus(
-            desired_replicas=f.replicas, current_replicas=replicas(f.deployment), reason="Steady",
+            desired_replicas=f.replicas,
+            current_replicas=replicas(f.deployment),
+            reason="Steady",
             message="Waiting for the first look at the routes' demand (every few seconds).",
-        )  # fmt: skip
+        )
     return AutoscalingStatus(
         desired_replicas=f.replicas,
         current_replicas=replicas(f.deployment),

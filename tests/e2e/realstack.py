@@ -140,16 +140,32 @@ class RealStack:
 
     def helm_install(self) -> None:
         argv = stack.helm_install_command(
-            self.helm, self.access.kubeconfig, self.images, release=self.release,
-            namespace=self.operator_namespace, watch_namespaces=[self.namespace],
-        )  # fmt: skip
+            self.helm,
+            self.access.kubeconfig,
+            self.images,
+            release=self.release,
+            namespace=self.operator_namespace,
+            watch_namespaces=[self.namespace],
+        )
         stack.run(argv)
 
     def helm_deployed(self) -> bool:
         result = subprocess.run(
-            [self.helm, "--kubeconfig", str(self.access.kubeconfig), "status", self.release, "-n",
-             self.operator_namespace, "-o", "json"], capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                self.helm,
+                "--kubeconfig",
+                str(self.access.kubeconfig),
+                "status",
+                self.release,
+                "-n",
+                self.operator_namespace,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return result.returncode == 0 and json.loads(result.stdout)["info"]["status"] == "deployed"
 
     def ensure_operator(self) -> None:
@@ -169,8 +185,11 @@ class RealStack:
         """`call METHOD URL [JSON]` from the client pod; the JSON result (status, served_by, reason, json...)."""
         out = subprocess.run(
             self._exec_argv(False, "-c", CLIENT_SCRIPT, "call", *args),
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         assert out.returncode == 0, f"the client pod's request failed: {out.stdout}{out.stderr}"
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
@@ -195,13 +214,16 @@ class RealStack:
     ) -> Iterator[Traffic]:
         """A request loop in the client pod over `targets` (`kind=URL`; kind `readyz` is a GET)."""
         body = body or {
-            "model": stack.MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Say one word."}],
-        }  # fmt: skip
+            "model": stack.MODEL,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Say one word."}],
+        }
         argv = self._exec_argv(
             True, "-c", CLIENT_SCRIPT, "loop", str(max_seconds), json.dumps(body), *targets
         )
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   text=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         running = Traffic(process).start()
         try:
             yield running
@@ -211,8 +233,18 @@ class RealStack:
     def _exec_argv(self, interactive: bool, *python_args: str) -> list[str]:
         """`kubectl exec` of python in the client pod; with `interactive` its stdin stays open (closing it ends a
         loop)."""
-        return [kubectl_binary(self.access), f"--kubeconfig={self.access.kubeconfig}", "exec",
-                *(["-i"] if interactive else []), "-n", self.namespace, CLIENT_POD, "--", "python", *python_args]  # fmt: skip
+        return [
+            kubectl_binary(self.access),
+            f"--kubeconfig={self.access.kubeconfig}",
+            "exec",
+            *(["-i"] if interactive else []),
+            "-n",
+            self.namespace,
+            CLIENT_POD,
+            "--",
+            "python",
+            *python_args,
+        ]
 
     # ------------------------------------------------------------------ the objects
 
@@ -224,10 +256,13 @@ class RealStack:
 
     def ready_pool_pod(self) -> client.V1Pod:
         return wait_for(
-            lambda: next((p for p in self.pool_pods() if pod_ready(p) and not p.metadata.deletion_timestamp), None),
-            READY_TIMEOUT, f"a Ready pod of InferencePool {self.namespace}/{stack.POOL}",
+            lambda: next(
+                (p for p in self.pool_pods() if pod_ready(p) and not p.metadata.deletion_timestamp), None
+            ),
+            READY_TIMEOUT,
+            f"a Ready pod of InferencePool {self.namespace}/{stack.POOL}",
             describe=lambda: [(p.metadata.name, p.status.phase) for p in self.pool_pods()],
-        )  # fmt: skip
+        )
 
     def custom(self, plural: str, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = client.CustomObjectsApi(self.access.api).get_namespaced_custom_object(
@@ -256,8 +291,19 @@ class RealStack:
             "{'Content-Type': 'application/json'}); "
             "print(json.load(urllib.request.urlopen(r, timeout=20))['choices'][0]['text'] is not None)"
         )
-        result = kubectl(self.access, "exec", "-n", self.namespace, pod.metadata.name, "-c", "localai", "--",
-                         "python", "-c", probe)  # fmt: skip
+        result = kubectl(
+            self.access,
+            "exec",
+            "-n",
+            self.namespace,
+            pod.metadata.name,
+            "-c",
+            "localai",
+            "--",
+            "python",
+            "-c",
+            probe,
+        )
         return result.returncode == 0 and result.stdout.strip() == "True"
 
     def router_lists_a_pod(self, route: str) -> bool:
@@ -331,8 +377,13 @@ def watch_startup(stack_: RealStack, timeout: float = READY_TIMEOUT) -> list[Sta
         samples.append(StartupSample(time.monotonic() - started, pool_ready, answers))
         return pool_ready
 
-    wait_for(look, timeout, f"InferencePool {stack_.namespace}/{stack.POOL} to become Ready", interval=0.5,
-             describe=lambda: samples[-3:])  # fmt: skip
+    wait_for(
+        look,
+        timeout,
+        f"InferencePool {stack_.namespace}/{stack.POOL} to become Ready",
+        interval=0.5,
+        describe=lambda: samples[-3:],
+    )
     return samples
 
 
@@ -388,12 +439,30 @@ def install(access: ClusterAccess) -> RealStack:
 
 def uninstall(real: RealStack) -> None:
     """Leaves a shared cluster (kind) as it was: the samples' namespace and the release go."""
-    real.kubectl("delete", "namespace", real.namespace, "--ignore-not-found", "--wait=true", "--timeout=180s",
-                 check=False)  # fmt: skip
+    real.kubectl(
+        "delete",
+        "namespace",
+        real.namespace,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=180s",
+        check=False,
+    )
     subprocess.run(
-        [real.helm, "--kubeconfig", str(real.access.kubeconfig), "uninstall", real.release, "-n",
-         real.operator_namespace, "--ignore-not-found", "--wait"], capture_output=True, check=False,
-    )  # fmt: skip
+        [
+            real.helm,
+            "--kubeconfig",
+            str(real.access.kubeconfig),
+            "uninstall",
+            real.release,
+            "-n",
+            real.operator_namespace,
+            "--ignore-not-found",
+            "--wait",
+        ],
+        capture_output=True,
+        check=False,
+    )
     real.kubectl(
         "delete", "namespace", real.operator_namespace, "--ignore-not-found", "--wait=false", check=False
     )

@@ -28,8 +28,15 @@ AS_NON_ROOT = (
 def dev(action: str, state_dir: Path, *, non_root: bool = False) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOCALAI_OPERATOR_DEV_DIR": str(state_dir)}
     program = ["-c", AS_NON_ROOT] if non_root else ["-m", "localai_operator.cli"]
-    return subprocess.run([sys.executable, *program, "dev", action], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *program, "dev", action],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
 
 
 def running_records(state_dir: Path) -> list[ProcessRecord]:
@@ -59,8 +66,11 @@ def test_dev_up_serves_the_model_from_the_real_node_through_the_route_and_falls_
     _, up = first_up
     assert up.returncode == 0, up.stdout + up.stderr
 
-    local = re.search(r"request 1: POST /v1/completions .* X-Served-By: local +first token \d+ ms, (\d+) tokens, "
-                      r"[0-9.]+ tokens/s\n +Kubernetes is (\S.*)", up.stdout)  # fmt: skip
+    local = re.search(
+        r"request 1: POST /v1/completions .* X-Served-By: local +first token \d+ ms, (\d+) tokens, "
+        r"[0-9.]+ tokens/s\n +Kubernetes is (\S.*)",
+        up.stdout,
+    )
     assert local, up.stdout
     assert int(local.group(1)) > 1
     assert re.search(r"request 2: .*pool scaled to 0.* X-Served-By: fallback", up.stdout), up.stdout

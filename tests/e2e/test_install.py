@@ -112,10 +112,21 @@ def helm_release(kube: Kube, *values: str) -> Iterator[Kube]:
     """The chart installed with `helm install --wait` and `--set` values, uninstalled afterwards if still there."""
     repository, tag = IMAGE.rsplit(":", 1)
     kube.helm(
-        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", *values,
-        "--wait", "--timeout", "3m",
-    )  # fmt: skip
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        *values,
+        "--wait",
+        "--timeout",
+        "3m",
+    )
     try:
         yield kube
     finally:

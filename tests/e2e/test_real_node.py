@@ -86,8 +86,18 @@ def test_fetch_models_downloaded_the_model_from_the_mirror_and_verified_it(real:
     pod = real.ready_pool_pod()
 
     log = real.kubectl("logs", "-n", real.namespace, pod.metadata.name, "-c", "fetch-models")
-    size = real.kubectl("exec", "-n", real.namespace, pod.metadata.name, "-c", "localai", "--", "python", "-c",
-                        f"import os; print(os.path.getsize('/models/{MODEL_FILE}'))")  # fmt: skip
+    size = real.kubectl(
+        "exec",
+        "-n",
+        real.namespace,
+        pod.metadata.name,
+        "-c",
+        "localai",
+        "--",
+        "python",
+        "-c",
+        f"import os; print(os.path.getsize('/models/{MODEL_FILE}'))",
+    )
 
     assert f"model {MODEL}: downloaded {MODEL_FILE}" in log
     assert int(size) == MODEL_SIZE
@@ -138,10 +148,19 @@ def forwarded_route(real: RealStack) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     forward = subprocess.Popen(
-        [kubectl_binary(real.access), f"--kubeconfig={real.access.kubeconfig}", "port-forward", "-n",
-         real.namespace, f"svc/{ROUTE}", f"{port}:80"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            kubectl_binary(real.access),
+            f"--kubeconfig={real.access.kubeconfig}",
+            "port-forward",
+            "-n",
+            real.namespace,
+            f"svc/{ROUTE}",
+            f"{port}:80",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert forward.stdout is not None
         first = forward.stdout.readline()
@@ -177,8 +196,12 @@ def wait_for_a_new_ready_pod(real: RealStack, old: client.V1Pod, seen: list[int]
             return None
         return next((p for p in pods if pod_ready(p) and not p.metadata.deletion_timestamp), None)
 
-    found: client.V1Pod = wait_for(replaced, POD_TIMEOUT, f"a new Ready pod of {POOL} replacing {old.metadata.name}",
-                                   describe=lambda: [(p.metadata.name, p.status.phase) for p in real.pool_pods()])  # fmt: skip
+    found: client.V1Pod = wait_for(
+        replaced,
+        POD_TIMEOUT,
+        f"a new Ready pod of {POOL} replacing {old.metadata.name}",
+        describe=lambda: [(p.metadata.name, p.status.phase) for p in real.pool_pods()],
+    )
     return found
 
 
@@ -194,20 +217,38 @@ def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_ba
     deployment = real.access.apps.read_namespaced_deployment(POOL, real.namespace)
     assert deployment.spec.strategy.rolling_update.max_surge == 0
     seen: list[int] = []
-    targets = [f"chat={real.url(ROUTE, '/v1/chat/completions')}",
-               f"private={real.url(SENSITIVE_ROUTE, '/v1/chat/completions')}"]  # fmt: skip
+    targets = [
+        f"chat={real.url(ROUTE, '/v1/chat/completions')}",
+        f"private={real.url(SENSITIVE_ROUTE, '/v1/chat/completions')}",
+    ]
     with real.traffic(targets) as traffic:
-        wait_for(lambda: settled(traffic, ("chat", "private"), 0), 120, "both routes to answer from the model",
-                 describe=lambda: traffic.lines[-4:])  # fmt: skip
+        wait_for(
+            lambda: settled(traffic, ("chat", "private"), 0),
+            120,
+            "both routes to answer from the model",
+            describe=lambda: traffic.lines[-4:],
+        )
         edited = time.time()
         model = real.custom("llmmodels", MODEL)
         temperature = round(((model["spec"].get("parameters") or {}).get("temperature") or 0) + 0.1, 2)
-        real.kubectl("patch", "llmmodel", MODEL, "-n", real.namespace, "--type=merge",
-                     "-p", json.dumps({"spec": {"parameters": {"temperature": temperature}}}))  # fmt: skip
+        real.kubectl(
+            "patch",
+            "llmmodel",
+            MODEL,
+            "-n",
+            real.namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"parameters": {"temperature": temperature}}}),
+        )
         new = wait_for_a_new_ready_pod(real, old, seen)
         ready = time.time()
-        wait_for(lambda: settled(traffic, ("chat", "private"), ready), 120,
-                 "both routes to answer from the new pod", describe=lambda: traffic.lines[-4:])  # fmt: skip
+        wait_for(
+            lambda: settled(traffic, ("chat", "private"), ready),
+            120,
+            "both routes to answer from the new pod",
+            describe=lambda: traffic.lines[-4:],
+        )
     chat, private = traffic.of("chat", edited), traffic.of("private", edited)
 
     assert new.metadata.name != old.metadata.name
@@ -230,13 +271,16 @@ def service_route(real: RealStack) -> Iterator[str]:
         "metadata": {"name": SERVICE_ROUTE, "namespace": real.namespace},
         "spec": {
             "primary": {"url": real.url(POOL, "/v1", port=8080)},
-            "fallback": {"provider": CLOUD_STANDIN, "baseURL": real.url(CLOUD_STANDIN, "/v1", port=8080),
-                         "apiKeySecretRef": {"name": CLOUD_STANDIN, "key": "api-key"}},
+            "fallback": {
+                "provider": CLOUD_STANDIN,
+                "baseURL": real.url(CLOUD_STANDIN, "/v1", port=8080),
+                "apiKeySecretRef": {"name": CLOUD_STANDIN, "key": "api-key"},
+            },
             "policy": {"firstTokenTimeoutMs": 5000, "circuitBreaker": BREAKER},
             "nodeSelector": dict(REAL_NODE_LABEL),
             "tolerations": [dict(REAL_NODE_TOLERATION)],
         },
-    }  # fmt: skip
+    }
     real.kubectl("apply", "-f", "-", input=yaml.safe_dump(route))
     try:
         wait_for(
@@ -255,20 +299,35 @@ def test_deleting_the_pool_pod_opens_the_routers_breaker_until_the_new_pod_is_re
     real: RealStack, service_route: str
 ) -> None:
     old = real.ready_pool_pod()
-    targets = [f"chat={real.url(service_route, '/v1/chat/completions')}",
-               f"readyz={real.url(service_route, '/readyz')}"]  # fmt: skip
+    targets = [
+        f"chat={real.url(service_route, '/v1/chat/completions')}",
+        f"readyz={real.url(service_route, '/readyz')}",
+    ]
     with real.traffic(targets) as traffic:
-        wait_for(lambda: settled(traffic, ("chat",), 0), 120, f"{service_route} to answer from the model",
-                 describe=lambda: traffic.lines[-4:])  # fmt: skip
+        wait_for(
+            lambda: settled(traffic, ("chat",), 0),
+            120,
+            f"{service_route} to answer from the model",
+            describe=lambda: traffic.lines[-4:],
+        )
         deleted = time.time()
         real.core.delete_namespaced_pod(old.metadata.name, real.namespace)
-        wait_for(lambda: "open" in breaker_states(traffic.of("readyz", deleted)), 120,
-                 "the router's breaker to open", describe=lambda: traffic.lines[-4:])  # fmt: skip
+        wait_for(
+            lambda: "open" in breaker_states(traffic.of("readyz", deleted)),
+            120,
+            "the router's breaker to open",
+            describe=lambda: traffic.lines[-4:],
+        )
         wait_for_a_new_ready_pod(real, old, [])
         ready = time.time()
-        wait_for(lambda: settled(traffic, ("chat",), ready) and breaker_states(traffic.of("readyz"))[-1:] == ["closed"],
-                 120, "the breaker to close and the route to answer from the new pod",
-                 describe=lambda: traffic.lines[-4:])  # fmt: skip
+        wait_for(
+            lambda: (
+                settled(traffic, ("chat",), ready) and breaker_states(traffic.of("readyz"))[-1:] == ["closed"]
+            ),
+            120,
+            "the breaker to close and the route to answer from the new pod",
+            describe=lambda: traffic.lines[-4:],
+        )
     during = traffic.of("chat", deleted)
 
     opened = [line["t"] for line in traffic.of("readyz", deleted) if "open" in breaker_states([line])]
@@ -284,9 +343,20 @@ def test_deleting_the_pool_pod_opens_the_routers_breaker_until_the_new_pod_is_re
 def test_helm_uninstall_stops_the_operator_pod_and_leaves_only_the_crds(real: RealStack) -> None:
     [pod] = operator_pods(real)
     manifest = subprocess.run(
-        [real.helm, "--kubeconfig", str(real.access.kubeconfig), "get", "manifest", real.release, "-n",
-         real.operator_namespace], capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            real.helm,
+            "--kubeconfig",
+            str(real.access.kubeconfig),
+            "get",
+            "manifest",
+            real.release,
+            "-n",
+            real.operator_namespace,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     released = [
         (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))
         for o in yaml.safe_load_all(manifest)
@@ -294,9 +364,21 @@ def test_helm_uninstall_stops_the_operator_pod_and_leaves_only_the_crds(real: Re
     ]
 
     subprocess.run(
-        [real.helm, "--kubeconfig", str(real.access.kubeconfig), "uninstall", real.release, "-n",
-         real.operator_namespace, "--wait", "--timeout", "2m"], capture_output=True, check=True,
-    )  # fmt: skip
+        [
+            real.helm,
+            "--kubeconfig",
+            str(real.access.kubeconfig),
+            "uninstall",
+            real.release,
+            "-n",
+            real.operator_namespace,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+        capture_output=True,
+        check=True,
+    )
 
     for kind, name, namespace in released:
         scope = ["-n", namespace] if namespace else []
@@ -304,8 +386,11 @@ def test_helm_uninstall_stops_the_operator_pod_and_leaves_only_the_crds(real: Re
         assert not found.strip(), f"{kind}/{name} survived helm uninstall"
     for crd in ("llmmodels", "inferencepools", "fallbackroutes"):
         assert real.kubectl("get", "crd", f"{crd}.llm.localai-operator.io", "-o", "name").strip()
-    wait_for(lambda: not real.core.list_namespaced_pod(real.operator_namespace).items, 60,
-             f"the operator pod {pod.metadata.name} to stop")  # fmt: skip
+    wait_for(
+        lambda: not real.core.list_namespaced_pod(real.operator_namespace).items,
+        60,
+        f"the operator pod {pod.metadata.name} to stop",
+    )
 
 
 def test_helm_uninstall_leaves_one_lease_line_and_no_traceback_in_the_operators_log(real: RealStack) -> None:

@@ -51,14 +51,21 @@ def elastic(real: RealStack) -> Iterator[RealStack]:
     """The sample pool autoscaled from zero, idle until scaled there; afterwards back at its fixed replica."""
     patch_pool(real, {"autoscaling": AUTOSCALING})
     try:
-        wait_for(lambda: at_zero(real), SCALE_TIMEOUT, f"{POOL} scaled to zero after {AUTOSCALING['scaleDownDelaySeconds']} s idle",
-                 describe=lambda: (autoscaling(real), [p.metadata.name for p in real.pool_pods()]))  # fmt: skip
+        wait_for(
+            lambda: at_zero(real),
+            SCALE_TIMEOUT,
+            f"{POOL} scaled to zero after {AUTOSCALING['scaleDownDelaySeconds']} s idle",
+            describe=lambda: (autoscaling(real), [p.metadata.name for p in real.pool_pods()]),
+        )
         yield real
     finally:
         patch_pool(real, {"autoscaling": None})
         real.ready_pool_pod()
-        wait_for(lambda: real.router_lists_a_pod(ROUTE) and real.router_lists_a_pod(SENSITIVE_ROUTE), POD_TIMEOUT,
-                 "both routers to list the pool's pod again")  # fmt: skip
+        wait_for(
+            lambda: real.router_lists_a_pod(ROUTE) and real.router_lists_a_pod(SENSITIVE_ROUTE),
+            POD_TIMEOUT,
+            "both routers to list the pool's pod again",
+        )
 
 
 def test_a_pool_at_zero_is_bridged_by_the_cloud_while_the_demand_brings_it_back(elastic: RealStack) -> None:
@@ -67,9 +74,10 @@ def test_a_pool_at_zero_is_bridged_by_the_cloud_while_the_demand_brings_it_back(
     with real.traffic([f"chat={real.url(ROUTE, '/v1/chat/completions')}"]) as traffic:
         first_local = wait_for(
             lambda: next((line for line in traffic.of("chat") if line.get("served_by") == "local"), None),
-            POD_TIMEOUT, "a local answer once the demand scaled the pool up",
+            POD_TIMEOUT,
+            "a local answer once the demand scaled the pool up",
             describe=lambda: (autoscaling(real), traffic.lines[-3:]),
-        )  # fmt: skip
+        )
     lines = traffic.of("chat")
     bridged = [line for line in lines if line["t"] < first_local["t"]]
     assert bridged, "the first request was answered locally: the pool was not at zero"
@@ -101,8 +109,17 @@ def test_sustained_demand_scales_the_pool_up_to_max_replicas_and_back_after_the_
     real: RealStack,
 ) -> None:
     # One client in a loop keeps about one request in flight: above 2 slots x 0.2, the demand of 2 replicas.
-    patch_pool(real, {"autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetInFlightPerSlot": 0.2,
-                                      "scaleDownDelaySeconds": 10}})  # fmt: skip
+    patch_pool(
+        real,
+        {
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 2,
+                "targetInFlightPerSlot": 0.2,
+                "scaleDownDelaySeconds": 10,
+            }
+        },
+    )
     try:
         seen: list[str] = []
 
@@ -112,14 +129,22 @@ def test_sustained_demand_scales_the_pool_up_to_max_replicas_and_back_after_the_
             return status.get("desiredReplicas") == 2 and ready_pool_pods(real) == 2
 
         with real.traffic([f"chat={real.url(ROUTE, '/v1/chat/completions')}"]) as traffic:
-            wait_for(scaled_up, POD_TIMEOUT, "two Ready pool pods under sustained demand",
-                     describe=lambda: (autoscaling(real), traffic.lines[-2:]))  # fmt: skip
+            wait_for(
+                scaled_up,
+                POD_TIMEOUT,
+                "two Ready pool pods under sustained demand",
+                describe=lambda: (autoscaling(real), traffic.lines[-2:]),
+            )
         # ScaledUp, then AtMaxReplicas while the demand asks for more, Steady once 2 hold it.
         assert "ScaledUp" in seen and "NoDemandData" not in seen, seen
         assert {line.get("status") for line in traffic.of("chat")} == {200}
         last_answer = max(line["t"] for line in traffic.of("chat"))
-        down = wait_for(lambda: autoscaling(real).get("desiredReplicas") == 1 and autoscaling(real), SCALE_TIMEOUT,
-                        "back to one replica after the demand stopped", describe=lambda: autoscaling(real))  # fmt: skip
+        down = wait_for(
+            lambda: autoscaling(real).get("desiredReplicas") == 1 and autoscaling(real),
+            SCALE_TIMEOUT,
+            "back to one replica after the demand stopped",
+            describe=lambda: autoscaling(real),
+        )
         assert down["reason"] == "ScaledDown", down
         # Not while the demand lasted (the delay itself is the unit tests' to check, not a timing here).
         scaled_down = datetime.fromisoformat(down["lastScaleTime"].replace("Z", "+00:00")).timestamp()
@@ -144,7 +169,11 @@ def test_the_routes_spend_and_avoided_cost_show_in_its_status(real: RealStack) -
         cost = (real.custom("fallbackroutes", ROUTE).get("status") or {}).get("cost") or {}
         return cost if cost.get("spend", 0) > 0 and cost.get("avoided", 0) > 0 else None
 
-    cost = wait_for(costs, 120, "status.cost with spend and avoided cost",
-                    describe=lambda: real.custom("fallbackroutes", ROUTE).get("status"))  # fmt: skip
+    cost = wait_for(
+        costs,
+        120,
+        "status.cost with spend and avoided cost",
+        describe=lambda: real.custom("fallbackroutes", ROUTE).get("status"),
+    )
     assert cost["budgetExhausted"] is False
     assert cost["period"] == time.strftime("%Y-%m", time.gmtime())

@@ -37,8 +37,12 @@ def test_an_autoscaled_pool_sizes_its_deployment_and_never_writes_the_spec(
 ) -> None:
     crs.create(model("m"))
     crs.create(pool("elastic", ["m"], replicas=1, autoscaling={"minReplicas": 2, "maxReplicas": 3}))
-    wait_for(lambda: deployment_replicas(cluster, namespace, "elastic") == 2, T, "the Deployment at minReplicas 2",
-             describe=lambda: crs.get("InferencePool", "elastic").get("status"))  # fmt: skip
+    wait_for(
+        lambda: deployment_replicas(cluster, namespace, "elastic") == 2,
+        T,
+        "the Deployment at minReplicas 2",
+        describe=lambda: crs.get("InferencePool", "elastic").get("status"),
+    )
     body = crs.get("InferencePool", "elastic")
     assert body["spec"]["replicas"] == 1
     spec_writers = {
@@ -47,9 +51,15 @@ def test_an_autoscaled_pool_sizes_its_deployment_and_never_writes_the_spec(
         if "f:spec" in entry.get("fieldsV1", {})
     }
     assert spec_writers and "localai-operator" not in spec_writers, spec_writers
-    status = wait_for(lambda: autoscaling_status(crs, "elastic").get("reason") == "AtMinReplicas" and
-                      autoscaling_status(crs, "elastic"), T, "reason AtMinReplicas",
-                      describe=lambda: crs.get("InferencePool", "elastic").get("status"))  # fmt: skip
+    status = wait_for(
+        lambda: (
+            autoscaling_status(crs, "elastic").get("reason") == "AtMinReplicas"
+            and autoscaling_status(crs, "elastic")
+        ),
+        T,
+        "reason AtMinReplicas",
+        describe=lambda: crs.get("InferencePool", "elastic").get("status"),
+    )
     assert status["desiredReplicas"] == 2
 
 
@@ -59,11 +69,20 @@ def test_an_idle_autoscaled_pool_scales_to_zero_after_the_delay(
     crs.create(model("m"))
     crs.create(pool("idle", ["m"], replicas=1))
     wait_for(lambda: crs.is_ready("InferencePool", "idle"), T, "pool idle Ready at 1 replica")
-    crs.patch("InferencePool", "idle", {"spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 2,
-                                                                  "scaleDownDelaySeconds": 3}}})  # fmt: skip
-    status = wait_for(lambda: autoscaling_status(crs, "idle").get("reason") == "ScaledToZero" and
-                      autoscaling_status(crs, "idle"), T, "reason ScaledToZero",
-                      describe=lambda: crs.get("InferencePool", "idle").get("status"))  # fmt: skip
+    crs.patch(
+        "InferencePool",
+        "idle",
+        {"spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleDownDelaySeconds": 3}}},
+    )
+    status = wait_for(
+        lambda: (
+            autoscaling_status(crs, "idle").get("reason") == "ScaledToZero"
+            and autoscaling_status(crs, "idle")
+        ),
+        T,
+        "reason ScaledToZero",
+        describe=lambda: crs.get("InferencePool", "idle").get("status"),
+    )
     assert status["desiredReplicas"] == 0
     wait_for(lambda: deployment_replicas(cluster, namespace, "idle") == 0, T, "the Deployment at 0 replicas")
     available = crs.condition("InferencePool", "idle", "Available")
@@ -82,16 +101,29 @@ def test_a_user_hpa_on_the_pool_is_left_alone(
             scale_target_ref=client.V2CrossVersionObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind="InferencePool", name="by-hpa"
             ),
-            min_replicas=1, max_replicas=5,
-            metrics=[client.V2MetricSpec(type="Resource", resource=client.V2ResourceMetricSource(
-                name="cpu", target=client.V2MetricTarget(type="Utilization", average_utilization=80)))],
+            min_replicas=1,
+            max_replicas=5,
+            metrics=[
+                client.V2MetricSpec(
+                    type="Resource",
+                    resource=client.V2ResourceMetricSource(
+                        name="cpu", target=client.V2MetricTarget(type="Utilization", average_utilization=80)
+                    ),
+                )
+            ],
         ),
-    )  # fmt: skip
+    )
     autoscaling = client.AutoscalingV2Api(cluster.api)
     created = autoscaling.create_namespaced_horizontal_pod_autoscaler(namespace, hpa)
-    status = wait_for(lambda: autoscaling_status(crs, "by-hpa").get("reason") == "ManagedByHPA" and
-                      autoscaling_status(crs, "by-hpa"), T, "reason ManagedByHPA",
-                      describe=lambda: crs.get("InferencePool", "by-hpa").get("status"))  # fmt: skip
+    status = wait_for(
+        lambda: (
+            autoscaling_status(crs, "by-hpa").get("reason") == "ManagedByHPA"
+            and autoscaling_status(crs, "by-hpa")
+        ),
+        T,
+        "reason ManagedByHPA",
+        describe=lambda: crs.get("InferencePool", "by-hpa").get("status"),
+    )
     assert "users-hpa" in status["message"]
     # spec.replicas (the HPA's lever), not the autoscaler's maxReplicas of 1.
     wait_for(

@@ -40,8 +40,15 @@ def test_the_router_config_holds_no_secret_and_the_key_comes_from_the_secret(
     secret = client.V1Secret(metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": key})
     cluster.core.create_namespaced_secret(namespace, secret)
     crs.create(route("chat", "somewhere", fallback=FALLBACK))
-    wait_for(lambda: cluster.core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/instance=chat").items,
-             T, "the router ConfigMap")  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.core.list_namespaced_config_map(
+                namespace, label_selector="app.kubernetes.io/instance=chat"
+            ).items
+        ),
+        T,
+        "the router ConfigMap",
+    )
     [config_map] = cluster.core.list_namespaced_config_map(
         namespace, label_selector="app.kubernetes.io/instance=chat"
     ).items
@@ -83,8 +90,15 @@ def test_a_route_on_a_pool_reaches_its_pods_through_the_pools_headless_service(
     crs.create(pool("local", ["m"]))
     crs.create(route("chat", "local", policy={"sensitive": True}))
     wait_for(lambda: crs.is_ready("InferencePool", "local"), T, "the pool Ready")
-    wait_for(lambda: cluster.core.list_namespaced_config_map(namespace, label_selector="app.kubernetes.io/instance=chat").items,
-             T, "the router ConfigMap")  # fmt: skip
+    wait_for(
+        lambda: (
+            cluster.core.list_namespaced_config_map(
+                namespace, label_selector="app.kubernetes.io/instance=chat"
+            ).items
+        ),
+        T,
+        "the router ConfigMap",
+    )
     service = cluster.core.read_namespaced_service("local-pods", namespace)
     assert service.spec.cluster_ip == "None" and not service.spec.publish_not_ready_addresses
     assert service.spec.selector == cluster.core.read_namespaced_service("local", namespace).spec.selector

@@ -181,10 +181,27 @@ def test_an_interrupted_test_session_stops_its_harness(sig: signal.Signals, tmp_
     (tmp_path / "test_sleeping.py").write_text(SLEEPING_TEST)
     env = {k: v for k, v in os.environ.items() if k != "LOCALAI_OPERATOR_KUBECONFIG"}
     session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-s", "-q", "-p", "no:cacheprovider",
-         f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), str(tmp_path / "test_sleeping.py")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.conftest",
+            "-s",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--rootdir={ROOT}",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            str(tmp_path / "test_sleeping.py"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         state_dir = read_state_dir(session)
         harness = Cluster.attach(state_dir)

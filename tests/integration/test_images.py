@@ -126,8 +126,16 @@ def _fetch_models(image: images.Image, mirror: str, work: Path, sha256: str) -> 
         {"model": MODEL, "file": images.MODEL_FILE, "url": f"{mirror}/{images.MODEL_FILE}", "sha256": sha256}
     ]
     (config_dir / "downloads.json").write_text(json.dumps(manifest))
-    argv = ["localai-operator", "fetch-models", "--manifest", "/config/downloads.json", "--config-dir", "/config",
-            "--models-dir", "/models"]  # fmt: skip
+    argv = [
+        "localai-operator",
+        "fetch-models",
+        "--manifest",
+        "/config/downloads.json",
+        "--config-dir",
+        "/config",
+        "--models-dir",
+        "/models",
+    ]
     volumes = {config_dir: "/config", models_dir: "/models"}
     with images.Container(image, argv, volumes=volumes, log=work / "fetch.log") as container:
         code = container.wait(300)
@@ -170,15 +178,25 @@ def _start_server(image: images.Image, models: Path, env: dict[str, str]) -> Run
 def server(
     model_server_image: images.Image, fetched: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
-    models = _models_dir(tmp_path_factory.mktemp("server"), fetched,
-                         {f"{MODEL}.yaml": MODEL_YAML, "missing-weights.yaml": BROKEN_YAML,
-                          "embeddings.yaml": EMBEDDINGS_YAML})  # fmt: skip
+    models = _models_dir(
+        tmp_path_factory.mktemp("server"),
+        fetched,
+        {
+            f"{MODEL}.yaml": MODEL_YAML,
+            "missing-weights.yaml": BROKEN_YAML,
+            "embeddings.yaml": EMBEDDINGS_YAML,
+        },
+    )
     running = _start_server(
         model_server_image, models, {"LOCALAI_LOAD_TO_MEMORY": MODEL, "LOCALAI_API_KEY": API_KEY}
     )
     try:
-        wait_for(lambda: _answers(f"{running.base}/readyz") or running.container.poll() is not None, 120,
-                 "the model server to become ready", describe=running.log.read_text)  # fmt: skip
+        wait_for(
+            lambda: _answers(f"{running.base}/readyz") or running.container.poll() is not None,
+            120,
+            "the model server to become ready",
+            describe=running.log.read_text,
+        )
         assert running.container.poll() is None, running.log.read_text()
         yield running
     finally:

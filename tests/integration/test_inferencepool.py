@@ -40,8 +40,12 @@ def test_a_gpu_pool_gets_gpu_limits_scheduled_pods_and_becomes_ready(
 ) -> None:
     crs.create(model("mistral"))
     crs.create(pool("gpu-pool", ["mistral"], gpus=2))
-    wait_for(lambda: crs.is_ready("InferencePool", "gpu-pool"), T, "gpu-pool Ready",
-             describe=lambda: crs.get("InferencePool", "gpu-pool").get("status"))  # fmt: skip
+    wait_for(
+        lambda: crs.is_ready("InferencePool", "gpu-pool"),
+        T,
+        "gpu-pool Ready",
+        describe=lambda: crs.get("InferencePool", "gpu-pool").get("status"),
+    )
     deployment = cluster.apps.read_namespaced_deployment("gpu-pool", namespace)
     limits = deployment.spec.template.spec.containers[0].resources.limits
     assert limits["nvidia.com/gpu"] == "2"
@@ -75,8 +79,12 @@ def test_editing_a_model_rolls_every_pool_that_serves_it(
     crs.create(pool("b", ["shared"]))
     for name in ("a", "b"):
         wait_for(lambda n=name: crs.is_ready("InferencePool", n), T, f"pool {name} Ready")
-    before = {n: cluster.apps.read_namespaced_deployment(n, namespace).spec.template.metadata.annotations[
-        ANNOTATION_CONFIG_HASH] for n in ("a", "b")}  # fmt: skip
+    before = {
+        n: cluster.apps.read_namespaced_deployment(n, namespace).spec.template.metadata.annotations[
+            ANNOTATION_CONFIG_HASH
+        ]
+        for n in ("a", "b")
+    }
     crs.patch("LLMModel", "shared", {"spec": {"contextSize": 4096}})
 
     def rolled(name: str) -> bool:
@@ -136,8 +144,11 @@ def test_models_report_the_pools_that_serve_them(crs: CustomResources) -> None:
     crs.create(model("m1"))
     crs.create(pool("p1", ["m1"]))
     crs.create(pool("p2", ["m1"]))
-    wait_for(lambda: (crs.get("LLMModel", "m1").get("status") or {}).get("servedBy") == ["p1", "p2"], T,
-             "m1.status.servedBy == [p1, p2]")  # fmt: skip
+    wait_for(
+        lambda: (crs.get("LLMModel", "m1").get("status") or {}).get("servedBy") == ["p1", "p2"],
+        T,
+        "m1.status.servedBy == [p1, p2]",
+    )
 
 
 def _network_policy(cluster: ClusterAccess, namespace: str, name: str) -> Any:
@@ -151,8 +162,12 @@ def test_each_pool_gets_a_network_policy_that_admits_its_namespaces_routers_to_p
     crs.create(pool("guarded", ["m"]))
     crs.create(route("chat", "guarded"))
     wait_for(lambda: crs.is_ready("InferencePool", "guarded"), T, "guarded Ready")
-    wait_for(lambda: crs.is_ready("FallbackRoute", "chat"), T, "chat Ready",
-             describe=lambda: crs.get("FallbackRoute", "chat").get("status"))  # fmt: skip
+    wait_for(
+        lambda: crs.is_ready("FallbackRoute", "chat"),
+        T,
+        "chat Ready",
+        describe=lambda: crs.get("FallbackRoute", "chat").get("status"),
+    )
     policy = wait_for(lambda: _network_policy(cluster, namespace, "guarded"), T, "the pool's NetworkPolicy")
 
     def pod_labels(instance: str) -> dict[str, str]:
@@ -192,8 +207,13 @@ def test_switching_a_pools_network_policy_off_deletes_it(
 
 def test_a_pool_whose_models_download_files_of_one_name_is_refused_naming_both(crs: CustomResources) -> None:
     for name, host in (("mistral-q4", "a.example"), ("llama-q4", "b.example")):
-        crs.create({"kind": "LLMModel", "metadata": {"name": name},
-                    "spec": {"source": {"url": f"https://{host}/weights/model.gguf"}}})  # fmt: skip
+        crs.create(
+            {
+                "kind": "LLMModel",
+                "metadata": {"name": name},
+                "spec": {"source": {"url": f"https://{host}/weights/model.gguf"}},
+            }
+        )
     crs.create(pool("clash", ["mistral-q4", "llama-q4"]))
 
     condition = crs.wait_for_reason("InferencePool", "clash", "InvalidSpec")

@@ -214,10 +214,19 @@ def test_kubectl_port_forward_reaches_a_real_node_pod_from_loopback(
 ) -> None:
     [port] = free_ports(1)
     forward = subprocess.Popen(
-        [kubectl_binary(cluster), f"--kubeconfig={cluster.kubeconfig}", "port-forward", "-n", workload,
-         "pod/server", f"{port}:8080"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            kubectl_binary(cluster),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "port-forward",
+            "-n",
+            workload,
+            "pod/server",
+            f"{port}:8080",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert forward.stdout is not None
         first_line = forward.stdout.readline()

@@ -20,11 +20,15 @@ SPEC = Autoscaling(min_replicas=0, max_replicas=3, target_in_flight_per_slot=1.0
 
 def test_the_routers_own_metrics_text_parses_into_a_sample() -> None:
     metrics = RouterMetrics(
-        list, list, list, list,
-        demand_seconds=lambda: [((), 12.5)], demand_in_flight=lambda: [((), 3.0)],
+        list,
+        list,
+        list,
+        list,
+        demand_seconds=lambda: [((), 12.5)],
+        demand_in_flight=lambda: [((), 3.0)],
         period_cost=lambda: [(("spend", "2026-12"), 1.25), (("avoided", "2026-12-01"), 0.5)],
         budget_exhausted=lambda: [((), 1.0)],
-    )  # fmt: skip
+    )
     sample = parse_metrics(metrics.registry.render().decode())
     assert sample == RouterSample(
         12.5, 3.0, {("spend", "2026-12"): 1.25, ("avoided", "2026-12-01"): 0.5}, True

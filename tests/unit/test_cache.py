@@ -165,10 +165,20 @@ def test_the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object(
 
 
 def test_a_router_services_slice_gives_its_ready_pods_and_addresses() -> None:
-    slice_ = {"endpoints": [
-        {"addresses": ["10.0.0.7"], "conditions": {"ready": True}, "targetRef": {"kind": "Pod", "name": "chat-router-a"}},
-        {"addresses": ["10.0.0.8"], "conditions": {"ready": False}, "targetRef": {"kind": "Pod", "name": "chat-router-b"}},
-    ]}  # fmt: skip
+    slice_ = {
+        "endpoints": [
+            {
+                "addresses": ["10.0.0.7"],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "name": "chat-router-a"},
+            },
+            {
+                "addresses": ["10.0.0.8"],
+                "conditions": {"ready": False},
+                "targetRef": {"kind": "Pod", "name": "chat-router-b"},
+            },
+        ]
+    }
     assert c.router_endpoints(slice_) == (("chat-router-a", "10.0.0.7"),)
 
 

@@ -52,10 +52,22 @@ def helm_template(
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     return subprocess.run(
-        [helm, "template", "localai-operator", str(CHART), "--namespace", NAMESPACE,
-         "--kube-version", KUBE_VERSION, "--values", str(values_file), *flags],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            helm,
+            "template",
+            "localai-operator",
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "--values",
+            str(values_file),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def render(helm: str, tmp_path: Path, values: dict[str, Any], *flags: str) -> list[dict[str, Any]]:
@@ -211,14 +223,26 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
     assert granted["discovery.k8s.io/endpointslices"] == {"get", "list", "watch"}
     assert granted["/events"] == granted["events.k8s.io/events"] == {"create", "patch"}
     assert set(granted) == {
-        f"{GROUP}/{plural}{sub}" for plural in ("llmmodels", "inferencepools", "fallbackroutes") for sub in ("", "/status")
+        f"{GROUP}/{plural}{sub}"
+        for plural in ("llmmodels", "inferencepools", "fallbackroutes")
+        for sub in ("", "/status")
     } | {
-        "/configmaps", "/services", "/persistentvolumeclaims", "/secrets", "/pods", "/events", "events.k8s.io/events",
-        "apps/deployments", "policy/poddisruptionbudgets", "networking.k8s.io/networkpolicies", "/nodes",
-        "autoscaling/horizontalpodautoscalers", "discovery.k8s.io/endpointslices",
+        "/configmaps",
+        "/services",
+        "/persistentvolumeclaims",
+        "/secrets",
+        "/pods",
+        "/events",
+        "events.k8s.io/events",
+        "apps/deployments",
+        "policy/poddisruptionbudgets",
+        "networking.k8s.io/networkpolicies",
+        "/nodes",
+        "autoscaling/horizontalpodautoscalers",
+        "discovery.k8s.io/endpointslices",
         "/namespaces",
         "apiextensions.k8s.io/customresourcedefinitions",
-    }  # fmt: skip
+    }
 
 
 def test_every_kind_the_operator_owns_can_be_watched_applied_and_pruned(helm: str, tmp_path: Path) -> None:
@@ -262,8 +286,10 @@ def test_operator_pod_is_hardened_and_runs_one_replica_with_recreate(helm: str, 
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = operator_container(objects)
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "512Mi"},
@@ -449,7 +475,10 @@ def test_the_dashboard_ships_in_a_configmap_grafana_picks_up_when_enabled(helm: 
     assert [
         c for c in of_kind(render(helm, tmp_path, {}), "ConfigMap") if "dashboard" in c["metadata"]["name"]
     ] == []
-    [config_map] = [c for c in of_kind(render(helm, tmp_path, VALUES["metrics"]), "ConfigMap")
-                    if "dashboard" in c["metadata"]["name"]]  # fmt: skip
+    [config_map] = [
+        c
+        for c in of_kind(render(helm, tmp_path, VALUES["metrics"]), "ConfigMap")
+        if "dashboard" in c["metadata"]["name"]
+    ]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["localai-router.json"]) == json.loads(DASHBOARD.read_text())

@@ -27,9 +27,12 @@ ROUTE = {
     "metadata": {"name": "chat", "namespace": "team-a", "uid": "chat-uid", "generation": 1},
     "spec": {
         "primary": {"url": "http://localai.team-a.svc:8080/v1"},
-        "fallback": {"apiKeySecretRef": {"name": "k", "key": "k"}, "spendCap": {"amount": 100, "period": "monthly"}},
+        "fallback": {
+            "apiKeySecretRef": {"name": "k", "key": "k"},
+            "spendCap": {"amount": 100, "period": "monthly"},
+        },
     },
-}  # fmt: skip
+}
 # Each fallback answer: 3 completion tokens at 0.42 per million.
 PER_ANSWER = 3 * 0.42 / 1e6
 StartRouter = Callable[[str], Awaitable[str]]
@@ -63,10 +66,13 @@ async def router_pod(cloud: OpenAIStandIn) -> AsyncIterator[StartRouter]:
 
 def cache_with(pods: list[tuple[str, str]]) -> Cache:
     cache = Cache()
-    cache.bind({name: {} for name in c.INDEXES} | {
-        c.ROUTES: {("route", "team-a", "chat"): [ROUTE]},
-        c.ROUTER_ENDPOINTS: {("team-a", "chat"): [tuple(pods)]},
-    })  # fmt: skip
+    cache.bind(
+        {name: {} for name in c.INDEXES}
+        | {
+            c.ROUTES: {("route", "team-a", "chat"): [ROUTE]},
+            c.ROUTER_ENDPOINTS: {("team-a", "chat"): [tuple(pods)]},
+        }
+    )
     return cache
 
 

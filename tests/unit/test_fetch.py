@@ -34,9 +34,29 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # What LocalAI v4.9.0 makes of a models directory. /v1/models lists loose files, skipping these names and suffixes
 # (pkg/model/loader.go, knownFilesToSkip, knownModelsNameSuffixToSkip, ListFilesInModelPath)...
 LOCALAI_SKIPPED_NAMES = {"model_card", "readme", "readme.md"}
-LOCALAI_SKIPPED_SUFFIXES = (".tmpl", ".keep", ".yaml", ".yml", ".json", ".txt", ".pt", ".onnx", ".md", ".ds_store",
-                            ".", ".safetensors", ".bin", ".gguf", ".ggml", ".ckpt", ".zip", ".tag", ".bak",
-                            ".partial", ".tar.gz")  # fmt: skip
+LOCALAI_SKIPPED_SUFFIXES = (
+    ".tmpl",
+    ".keep",
+    ".yaml",
+    ".yml",
+    ".json",
+    ".txt",
+    ".pt",
+    ".onnx",
+    ".md",
+    ".ds_store",
+    ".",
+    ".safetensors",
+    ".bin",
+    ".gguf",
+    ".ggml",
+    ".ckpt",
+    ".zip",
+    ".tag",
+    ".bak",
+    ".partial",
+    ".tar.gz",
+)
 
 
 def localai_lists(file_names: Iterable[str]) -> set[str]:
@@ -229,8 +249,18 @@ def test_fetch_models_removes_a_stale_yaml_and_a_stale_gguf_and_leaves_nothing_l
     (models_dir / ".tinyllama.Q4_K_M.gguf.verified").write_text("old marker")  # where earlier builds kept it
     (models_dir / "lost+found").mkdir()
     manifest = write_manifest(tmp_path / "downloads.json", item(origin))
-    command = [sys.executable, "-m", "localai_operator.cli", "fetch-models", "--manifest", str(manifest),
-               "--config-dir", str(config_dir), "--models-dir", str(models_dir)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "fetch-models",
+        "--manifest",
+        str(manifest),
+        "--config-dir",
+        str(config_dir),
+        "--models-dir",
+        str(models_dir),
+    ]
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
 

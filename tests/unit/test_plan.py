@@ -279,9 +279,12 @@ def test_a_new_decision_changes_the_pools_fingerprint() -> None:
 def test_a_pool_route_renders_the_pools_slots_for_its_router() -> None:
     body = route()
     observed = pl.RouteObserved(
-        body, {n: (pool() if n == "p" else None) for n in pl.route_pool_names(body)}, {}, owned={},
+        body,
+        {n: (pool() if n == "p" else None) for n in pl.route_pool_names(body)},
+        {},
+        owned={},
         models={"m": {**model("m"), "spec": {**model("m")["spec"], "parallel": 3}}},
-    )  # fmt: skip
+    )
     planned = pl.plan_route(observed, SETTINGS, pl.Renders())
     assert planned.objects is not None
     [config_map] = [o for o in planned.objects if o["kind"] == "ConfigMap"]

@@ -45,8 +45,13 @@ def millicores(quantity: str) -> int:
 def test_every_pod_of_the_samples_selects_and_tolerates_the_real_node() -> None:
     specs = pod_specs()
 
-    assert {name for name, _ in specs} == {"model-mirror", "cloud-standin", stack.POOL, f"{stack.ROUTE}-router",
-                                           f"{stack.SENSITIVE_ROUTE}-router"}  # fmt: skip
+    assert {name for name, _ in specs} == {
+        "model-mirror",
+        "cloud-standin",
+        stack.POOL,
+        f"{stack.ROUTE}-router",
+        f"{stack.SENSITIVE_ROUTE}-router",
+    }
     for name, spec in specs:
         assert spec["nodeSelector"].items() >= REAL_NODE_LABEL.items(), name
         assert dict(REAL_NODE_TOLERATION) in spec["tolerations"], name
@@ -112,8 +117,12 @@ def test_the_chart_values_put_the_operator_on_the_real_node_and_never_pull(tmp_p
     # The same values as `dev up` and the e2e tier, rendered instead of installed.
     values = [a for i, a in enumerate(argv) if i and argv[i - 1] in ("--values", "--set")]
     flags = [f for v in values for f in (("--values", v) if v.endswith(".yaml") else ("--set", v))]
-    result = subprocess.run([helm, "template", stack.RELEASE, str(stack.chart_dir(ROOT)), *flags],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [helm, "template", stack.RELEASE, str(stack.chart_dir(ROOT)), *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     [deployment] = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Deployment"]
     spec = deployment["spec"]["template"]["spec"]
     [container] = spec["containers"]

@@ -18,8 +18,12 @@ IMAGE = "ghcr.io/acme/localai-operator"
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("release")
-    result = subprocess.run([str(ROOT / "hack" / "release-chart.sh"), VERSION, IMAGE, str(out)],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(ROOT / "hack" / "release-chart.sh"), VERSION, IMAGE, str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip()), out / "install.yaml"
 
@@ -37,8 +41,9 @@ def _operator_container(documents: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_the_released_chart_installs_the_released_image_by_default(released: tuple[Path, Path]) -> None:
     chart, _ = released
-    rendered = subprocess.run([_helm(), "template", "localai-operator", str(chart)],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rendered = subprocess.run(
+        [_helm(), "template", "localai-operator", str(chart)], capture_output=True, text=True, check=True
+    ).stdout
     container = _operator_container(list(yaml.safe_load_all(rendered)))
     assert container["image"] == f"{IMAGE}:{VERSION}"
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -48,8 +53,11 @@ def test_the_released_chart_installs_the_released_image_by_default(released: tup
 
 def test_the_released_chart_carries_the_release_version(released: tuple[Path, Path]) -> None:
     chart, _ = released
-    shown = yaml.safe_load(subprocess.run([_helm(), "show", "chart", str(chart)],
-                                          capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    shown = yaml.safe_load(
+        subprocess.run(
+            [_helm(), "show", "chart", str(chart)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert (shown["version"], shown["appVersion"]) == (VERSION, VERSION)
 
 

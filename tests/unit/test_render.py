@@ -20,10 +20,26 @@ GOLDEN = ROOT / "tests" / "golden" / "samples.yaml"
 SHA = "b" * 64
 # Field names LocalAI reads (core/config/model_config.go, core/schema/prediction.go at v4.9.0).
 LOCALAI_TOP_LEVEL = {
-    "name", "backend", "parameters", "context_size", "gpu_layers", "mmap", "mmlock", "cache_type_k", "cache_type_v",
-    "flash_attention", "template", "stopwords", "description", "threads", "options", "embeddings", "mmproj",
-    "tensor_split", "main_gpu",
-}  # fmt: skip
+    "name",
+    "backend",
+    "parameters",
+    "context_size",
+    "gpu_layers",
+    "mmap",
+    "mmlock",
+    "cache_type_k",
+    "cache_type_v",
+    "flash_attention",
+    "template",
+    "stopwords",
+    "description",
+    "threads",
+    "options",
+    "embeddings",
+    "mmproj",
+    "tensor_split",
+    "main_gpu",
+}
 LOCALAI_PARAMETERS = {
     "model",
     "batch",
@@ -196,8 +212,13 @@ def test_pdb_only_when_more_than_one_replica_and_pvc_only_with_storage() -> None
 def test_init_container_downloads_every_model_with_its_checksum() -> None:
     cm = by_kind(render_pool(), "ConfigMap")
     [entry] = yaml.safe_load(cm["data"]["downloads.json"])
-    assert entry == {"model": "mistral", "file": "mistral.gguf", "url": "https://example.org/mistral.gguf",
-                     "sha256": SHA, "tokenEnv": None}  # fmt: skip
+    assert entry == {
+        "model": "mistral",
+        "file": "mistral.gguf",
+        "url": "https://example.org/mistral.gguf",
+        "sha256": SHA,
+        "tokenEnv": None,
+    }
 
 
 def test_a_hugging_face_token_comes_from_its_secret_never_the_configmap() -> None:
@@ -219,7 +240,11 @@ def test_a_hugging_face_token_comes_from_its_secret_never_the_configmap() -> Non
 
 def test_service_listens_on_8080_named_http() -> None:
     assert by_kind(render_pool(), "Service", "gpu-pool")["spec"]["ports"][0] == {
-        "name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}  # fmt: skip
+        "name": "http",
+        "port": 8080,
+        "targetPort": "http",
+        "protocol": "TCP",
+    }
 
 
 def test_route_config_holds_no_secret_and_the_deployment_reads_the_key_from_the_secret() -> None:
@@ -228,8 +253,12 @@ def test_route_config_holds_no_secret_and_the_deployment_reads_the_key_from_the_
     assert config["fallback"]["apiKeyEnv"] == "LOCALAI_OPERATOR_FALLBACK_API_KEY"
     assert config["local"]["discovery"]["url"] == "http://gpu-pool-pods.ai.svc:8080/v1"
     container = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["env"] == [{"name": "LOCALAI_OPERATOR_FALLBACK_API_KEY",
-                                 "valueFrom": {"secretKeyRef": {"name": "holysheep", "key": "api-key"}}}]  # fmt: skip
+    assert container["env"] == [
+        {
+            "name": "LOCALAI_OPERATOR_FALLBACK_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "holysheep", "key": "api-key"}},
+        }
+    ]
     assert container["args"][:3] == ["router", "--config", "/etc/localai-operator/router/router.yaml"]
 
 
@@ -277,8 +306,15 @@ def test_the_router_keeps_its_spend_ledger_in_an_emptydir() -> None:
 
 
 def test_render_names_a_model_missing_from_the_input(tmp_path: Path) -> None:
-    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(
-        {"apiVersion": "llm.localai-operator.io/v1alpha1", "kind": "InferencePool",
-         "metadata": {"name": "p"}, "spec": {"models": ["ghost"]}}))  # fmt: skip
+    (tmp_path / "pool.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "llm.localai-operator.io/v1alpha1",
+                "kind": "InferencePool",
+                "metadata": {"name": "p"},
+                "spec": {"models": ["ghost"]},
+            }
+        )
+    )
     with pytest.raises(ValueError, match="ghost"):
         render_paths([str(tmp_path)])

@@ -24,12 +24,33 @@ SHA = "b" * 64
 OTHER_SHA = "c" * 64
 # LOCALAI_* variables of `local-ai run` at v4.9.0 that the pool may set, each checked against the kong `env:` tags of
 # core/cli/run.go and core/cli/context (LOG_LEVEL): a name missing there is silently ignored by LocalAI.
-LOCALAI_RUN_ENV = {f"LOCALAI_{name}" for name in (
-    "ADDRESS", "MODELS_PATH", "BACKENDS_PATH", "DATA_PATH", "CONFIG_DIR", "THREADS", "LOG_LEVEL", "BACKEND_GALLERIES",
-    "AUTOLOAD_BACKEND_GALLERIES", "GALLERIES", "AUTOLOAD_GALLERIES", "DISABLE_GALLERY_ENDPOINT", "DISABLE_WEBUI",
-    "DISABLE_RUNTIME_SETTINGS", "DISABLE_AGENTS", "DISABLE_ASSISTANT", "DISABLE_MCP", "EXTERNAL_BACKENDS",
-    "MAX_ACTIVE_BACKENDS", "LOAD_TO_MEMORY", "API_KEY", "ALLOW_INSECURE_PUBLIC_BIND",
-)}  # fmt: skip
+LOCALAI_RUN_ENV = {
+    f"LOCALAI_{name}"
+    for name in (
+        "ADDRESS",
+        "MODELS_PATH",
+        "BACKENDS_PATH",
+        "DATA_PATH",
+        "CONFIG_DIR",
+        "THREADS",
+        "LOG_LEVEL",
+        "BACKEND_GALLERIES",
+        "AUTOLOAD_BACKEND_GALLERIES",
+        "GALLERIES",
+        "AUTOLOAD_GALLERIES",
+        "DISABLE_GALLERY_ENDPOINT",
+        "DISABLE_WEBUI",
+        "DISABLE_RUNTIME_SETTINGS",
+        "DISABLE_AGENTS",
+        "DISABLE_ASSISTANT",
+        "DISABLE_MCP",
+        "EXTERNAL_BACKENDS",
+        "MAX_ACTIVE_BACKENDS",
+        "LOAD_TO_MEMORY",
+        "API_KEY",
+        "ALLOW_INSECURE_PUBLIC_BIND",
+    )
+}
 
 
 def model(name: str = "mistral", file: str | None = None, **spec: Any) -> LLMModel:
@@ -179,8 +200,14 @@ def test_a_pool_whose_image_holds_its_backends_mounts_nothing_over_them_and_inst
 
 def test_every_pool_closes_the_gallery_endpoints_the_web_ui_api_and_the_agent_features() -> None:
     values = env(render())
-    for name in ("LOCALAI_DISABLE_GALLERY_ENDPOINT", "LOCALAI_DISABLE_WEBUI", "LOCALAI_DISABLE_RUNTIME_SETTINGS",
-                 "LOCALAI_DISABLE_AGENTS", "LOCALAI_DISABLE_ASSISTANT", "LOCALAI_DISABLE_MCP"):  # fmt: skip
+    for name in (
+        "LOCALAI_DISABLE_GALLERY_ENDPOINT",
+        "LOCALAI_DISABLE_WEBUI",
+        "LOCALAI_DISABLE_RUNTIME_SETTINGS",
+        "LOCALAI_DISABLE_AGENTS",
+        "LOCALAI_DISABLE_ASSISTANT",
+        "LOCALAI_DISABLE_MCP",
+    ):
         assert values[name] == "true", name
 
 
@@ -211,8 +238,12 @@ def test_the_network_policy_admits_only_this_namespaces_routers_on_port_8080() -
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     [peer] = rule["from"]
     assert set(peer) == {"podSelector"}  # no namespaceSelector: this namespace only
-    route = FallbackRoute.parse({"metadata": {"name": "chat", "namespace": "ai", "uid": "r"},
-                                 "spec": {"primary": {"poolRef": {"name": "gpu-pool"}}}})  # fmt: skip
+    route = FallbackRoute.parse(
+        {
+            "metadata": {"name": "chat", "namespace": "ai", "uid": "r"},
+            "spec": {"primary": {"poolRef": {"name": "gpu-pool"}}},
+        }
+    )
     router_labels = by_kind(route_objects(route), "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
 
@@ -222,8 +253,13 @@ def test_namespaces_the_user_lists_are_admitted_too() -> None:
         render(pool(networkPolicy={"allowedNamespaces": ["monitoring", "apps"]})), "NetworkPolicy"
     )
     peers = policy["spec"]["ingress"][0]["from"]
-    assert peers[1] == {"namespaceSelector": {"matchExpressions": [
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["apps", "monitoring"]}]}}  # fmt: skip
+    assert peers[1] == {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["apps", "monitoring"]}
+            ]
+        }
+    }
 
 
 def test_a_pool_can_switch_its_network_policy_off() -> None:
@@ -288,8 +324,12 @@ def test_mlock_gets_the_capability_that_lets_it_lock_a_whole_model() -> None:
 
 
 def test_embeddings_mmproj_tensor_split_and_main_gpu_reach_the_model_yaml() -> None:
-    vision = model(embeddings=True, tensorSplit="3,1", mainGPU=1,
-                   mmproj={"url": "https://example.org/mmproj-f16.gguf", "sha256": OTHER_SHA})  # fmt: skip
+    vision = model(
+        embeddings=True,
+        tensorSplit="3,1",
+        mainGPU=1,
+        mmproj={"url": "https://example.org/mmproj-f16.gguf", "sha256": OTHER_SHA},
+    )
     config = model_yaml(render(pool(gpus=2), vision))
     assert (config["embeddings"], config["mmproj"]) == (True, "mmproj-f16.gguf")
     assert (config["tensor_split"], config["main_gpu"]) == ("3,1", "1")
@@ -305,9 +345,15 @@ def test_the_mmproj_file_is_downloaded_and_verified_like_the_model() -> None:
 
 
 def test_extra_env_replaces_the_operators_value_of_the_same_name_and_appends_the_rest() -> None:
-    objects = render(pool(extraEnv=[{"name": "LOCALAI_LOG_LEVEL", "value": "debug"},
-                                    {"name": "LOCALAI_WATCHDOG_IDLE", "value": "true"},
-                                    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}}]))  # fmt: skip
+    objects = render(
+        pool(
+            extraEnv=[
+                {"name": "LOCALAI_LOG_LEVEL", "value": "debug"},
+                {"name": "LOCALAI_WATCHDOG_IDLE", "value": "true"},
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}},
+            ]
+        )
+    )
     names = [e["name"] for e in localai(objects)["env"]]
     assert names.count("LOCALAI_LOG_LEVEL") == 1
     assert env(objects)["LOCALAI_LOG_LEVEL"] == "debug"
@@ -336,9 +382,12 @@ def test_a_pool_keeping_fewer_models_loaded_preloads_only_that_many_and_none_in_
 
 def _pod_templates(settings: RenderSettings) -> dict[str, Any]:
     docs = yaml.safe_load_all(render_paths([str(SAMPLES)], settings))
-    return {d["metadata"]["name"]: d["spec"]["template"] for d in docs
-            if d["kind"] == "Deployment" and d["spec"]["template"]["metadata"]["labels"][
-                "app.kubernetes.io/name"] == "localai"}  # fmt: skip
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "localai"
+    }
 
 
 def test_upgrading_the_operator_leaves_every_samples_inference_pod_template_unchanged() -> None:
@@ -369,8 +418,12 @@ def test_a_new_downloader_image_is_the_only_thing_that_rolls_a_pool_on_a_downloa
 
 def test_two_models_whose_files_share_a_name_but_not_a_source_are_refused_naming_both() -> None:
     a = model("mistral-q4", file="model.gguf")
-    b = LLMModel.parse({"metadata": {"name": "llama-q4", "namespace": "ai"},
-                        "spec": {"source": {"huggingFace": {"repo": "o/llama", "file": "model.gguf"}}}})  # fmt: skip
+    b = LLMModel.parse(
+        {
+            "metadata": {"name": "llama-q4", "namespace": "ai"},
+            "spec": {"source": {"huggingFace": {"repo": "o/llama", "file": "model.gguf"}}},
+        }
+    )
     message = file_conflicts([a, b])
     assert message is not None
     assert '"mistral-q4"' in message and '"llama-q4"' in message and '"model.gguf"' in message
@@ -395,8 +448,14 @@ def test_render_refuses_a_pool_whose_models_share_a_file_name_naming_both(tmp_pa
         }
         for name, host in (("a", "h1"), ("b", "h2"))
     ]
-    docs.append({"apiVersion": "llm.localai-operator.io/v1alpha1", "kind": "InferencePool",
-                 "metadata": {"name": "p"}, "spec": {"models": ["a", "b"]}})  # fmt: skip
+    docs.append(
+        {
+            "apiVersion": "llm.localai-operator.io/v1alpha1",
+            "kind": "InferencePool",
+            "metadata": {"name": "p"},
+            "spec": {"models": ["a", "b"]},
+        }
+    )
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump_all(docs))
     with pytest.raises(ValueError, match=r'InferencePool .p. is invalid: LLMModel "a" .* LLMModel "b"'):
         render_paths([str(tmp_path)])
@@ -423,9 +482,13 @@ def test_rendered_samples_pin_the_backend_gallery_and_never_open_the_gallery_end
 
 
 def test_every_new_field_renders_schema_valid_objects() -> None:
-    p = pool(storage={"size": "20Gi"}, apiKeySecretRef={"name": "k", "key": "k"}, runAsUser=1000,
-             networkPolicy={"allowedNamespaces": ["monitoring"]},
-             extraEnv=[{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}])  # fmt: skip
+    p = pool(
+        storage={"size": "20Gi"},
+        apiKeySecretRef={"name": "k", "key": "k"},
+        runAsUser=1000,
+        networkPolicy={"allowedNamespaces": ["monitoring"]},
+        extraEnv=[{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+    )
     vision = model(mlock=True, mmproj={"url": "https://example.org/p.gguf"}, options=["use_jinja"])
     for obj in render(p, vision, api_key_version="7"):
         kubernetes_validate.validate(obj, "1.34.0", strict=True)

@@ -65,36 +65,57 @@ pool_specs = st.fixed_dictionaries(
     {},
     optional={
         "replicas": st.integers(0, 5),
-        "accelerator": st.fixed_dictionaries({"gpus": st.integers(0, 8)},
-                                             optional={"product": st.sampled_from(["NVIDIA-A100-SXM4-80GB", "NVIDIA-L4"])}),
+        "accelerator": st.fixed_dictionaries(
+            {"gpus": st.integers(0, 8)},
+            optional={"product": st.sampled_from(["NVIDIA-A100-SXM4-80GB", "NVIDIA-L4"])},
+        ),
         "threads": st.integers(1, 64),
-        "resources": st.fixed_dictionaries({"requests": st.fixed_dictionaries(
-            {"cpu": st.sampled_from(["500m", "2", "7500m", 16]), "memory": st.sampled_from(["4Gi", "64Gi"])})}),
-        "storage": st.fixed_dictionaries({"size": st.sampled_from(["20Gi", "1Ti"])},
-                                         optional={"storageClassName": names}),
+        "resources": st.fixed_dictionaries(
+            {
+                "requests": st.fixed_dictionaries(
+                    {
+                        "cpu": st.sampled_from(["500m", "2", "7500m", 16]),
+                        "memory": st.sampled_from(["4Gi", "64Gi"]),
+                    }
+                )
+            }
+        ),
+        "storage": st.fixed_dictionaries(
+            {"size": st.sampled_from(["20Gi", "1Ti"])}, optional={"storageClassName": names}
+        ),
         "nodeSelector": st.dictionaries(st.sampled_from(["zone", "team"]), names, max_size=2),
         "maxActiveBackends": st.integers(1, 4),
         "preinstallBackends": st.sampled_from([[], ["llama-cpp"]]),
         "parallelRequests": st.booleans(),
         "apiKeySecretRef": st.just({"name": "pool-key", "key": "token"}),
-        "networkPolicy": st.fixed_dictionaries({}, optional={"enabled": st.booleans(),
-                                                             "allowedNamespaces": st.lists(names, max_size=3)}),
+        "networkPolicy": st.fixed_dictionaries(
+            {}, optional={"enabled": st.booleans(), "allowedNamespaces": st.lists(names, max_size=3)}
+        ),
         "runAsUser": st.integers(1, 2**31 - 1),
-        "extraEnv": st.lists(st.builds(lambda n: {"name": f"LOCALAI_{n.upper().replace('-', '_')}", "value": "1"},
-                                       names), max_size=3, unique_by=lambda e: e["name"]),
+        "extraEnv": st.lists(
+            st.builds(lambda n: {"name": f"LOCALAI_{n.upper().replace('-', '_')}", "value": "1"}, names),
+            max_size=3,
+            unique_by=lambda e: e["name"],
+        ),
     },
-)  # fmt: skip
+)
 route_specs = st.fixed_dictionaries(
-    {"primary": st.one_of(st.builds(lambda n: {"poolRef": {"name": n}}, names),
-                          st.just({"url": "http://workstation.lan:8080/v1"}))},
-    optional={
-        "fallback": st.fixed_dictionaries({"apiKeySecretRef": st.just({"name": "k", "key": "api-key"})},
-                                          optional={"modelMap": st.dictionaries(names, names, max_size=3),
-                                                    "enabled": st.booleans()}),
-        "policy": st.fixed_dictionaries({}, optional={"firstTokenTimeoutMs": st.integers(1, 600000),
-                                                      "sensitive": st.booleans()}),
+    {
+        "primary": st.one_of(
+            st.builds(lambda n: {"poolRef": {"name": n}}, names),
+            st.just({"url": "http://workstation.lan:8080/v1"}),
+        )
     },
-)  # fmt: skip
+    optional={
+        "fallback": st.fixed_dictionaries(
+            {"apiKeySecretRef": st.just({"name": "k", "key": "api-key"})},
+            optional={"modelMap": st.dictionaries(names, names, max_size=3), "enabled": st.booleans()},
+        ),
+        "policy": st.fixed_dictionaries(
+            {}, optional={"firstTokenTimeoutMs": st.integers(1, 600000), "sensitive": st.booleans()}
+        ),
+    },
+)
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

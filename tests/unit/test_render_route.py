@@ -28,13 +28,18 @@ def route(**spec: Any) -> FallbackRoute:
 
 
 def pool() -> InferencePool:
-    return InferencePool.parse({"metadata": {"name": "gpu-pool", "namespace": "ai", "uid": "p-uid"},
-                                "spec": {"models": ["m"]}})  # fmt: skip
+    return InferencePool.parse(
+        {"metadata": {"name": "gpu-pool", "namespace": "ai", "uid": "p-uid"}, "spec": {"models": ["m"]}}
+    )
 
 
 def model() -> LLMModel:
-    return LLMModel.parse({"metadata": {"name": "m", "namespace": "ai"},
-                           "spec": {"source": {"url": "https://example.org/m.gguf"}}})  # fmt: skip
+    return LLMModel.parse(
+        {
+            "metadata": {"name": "m", "namespace": "ai"},
+            "spec": {"source": {"url": "https://example.org/m.gguf"}},
+        }
+    )
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -102,10 +107,15 @@ def test_client_key_secrets_are_mounted_and_named_in_the_config_never_copied() -
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
     assert volumes["client-keys-0"]["secret"] == {"secretName": "team-a"}
-    assert mounts["client-keys-1"] == {"name": "client-keys-1", "mountPath": "/etc/localai-operator/client-keys/team-b",
-                                       "readOnly": True}  # fmt: skip
+    assert mounts["client-keys-1"] == {
+        "name": "client-keys-1",
+        "mountPath": "/etc/localai-operator/client-keys/team-b",
+        "readOnly": True,
+    }
     assert config_of(objects)["auth"]["keyDirectories"] == [
-        "/etc/localai-operator/client-keys/team-a", "/etc/localai-operator/client-keys/team-b"]  # fmt: skip
+        "/etc/localai-operator/client-keys/team-a",
+        "/etc/localai-operator/client-keys/team-b",
+    ]
 
 
 def test_router_pods_take_the_routes_node_selector_and_tolerations() -> None:
@@ -115,11 +125,14 @@ def test_router_pods_take_the_routes_node_selector_and_tolerations() -> None:
     assert "nodeSelector" not in pod_spec(route_objects(route()))
 
 
-@pytest.mark.parametrize(("resources", "expected"), [
-    (None, 96 * MIB),  # the default 256Mi limit
-    ({"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}}, int((1024 - 128) * MIB * 0.75)),
-    ({"requests": {"memory": "64Mi"}}, 96 * MIB),  # no limit: the router's default
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (None, 96 * MIB),  # the default 256Mi limit
+        ({"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}}, int((1024 - 128) * MIB * 0.75)),
+        ({"requests": {"memory": "64Mi"}}, 96 * MIB),  # no limit: the router's default
+    ],
+)
 def test_the_body_buffer_fits_the_routers_memory_limit(
     resources: dict[str, Any] | None, expected: int
 ) -> None:
@@ -137,10 +150,15 @@ def test_the_default_max_request_times_what_the_router_holds_at_once_fits_the_de
 
 def test_rendered_route_objects_with_every_option_pass_strict_schema_validation() -> None:
     objects = route_objects(
-        route(auth={"clientKeySecrets": [{"name": "k"}]}, nodeSelector={"a": "b"},
-              tolerations=[{"operator": "Exists"}], policy={"maxRequestBytes": 1048576}),
-        local_key_ref=SecretKeyRef(name="p", key="k"), local_key_version="7",
-    )  # fmt: skip
+        route(
+            auth={"clientKeySecrets": [{"name": "k"}]},
+            nodeSelector={"a": "b"},
+            tolerations=[{"operator": "Exists"}],
+            policy={"maxRequestBytes": 1048576},
+        ),
+        local_key_ref=SecretKeyRef(name="p", key="k"),
+        local_key_version="7",
+    )
     for obj in objects:
         kubernetes_validate.validate(obj, "1.34.0", strict=True)
     assert RouterConfig.model_validate(config_of(objects)).policy.max_request_bytes == 1048576

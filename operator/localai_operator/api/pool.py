@@ -224,29 +224,37 @@ class Autoscaling(Spec):
     model_config = Spec.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
-                 "message": AUTOSCALING_RANGE_MESSAGE},
+                {
+                    "rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "message": AUTOSCALING_RANGE_MESSAGE,
+                },
             ]
         }
-    }  # fmt: skip
+    }
 
     min_replicas: int = Field(
-        default=1, ge=0, le=100,
+        default=1,
+        ge=0,
+        le=100,
         description="Fewest replicas. 0: the pool scales to zero after scaleDownDelaySeconds without demand; its "
         "routes answer from the cloud meanwhile (pool_cold), sensitive ones hold requests while it comes back.",
-    )  # fmt: skip
+    )
     max_replicas: int = Field(ge=1, le=100, description="Most replicas the demand may bring.")
     target_in_flight_per_slot: float = Field(
-        default=0.7, gt=0, le=10,
+        default=0.7,
+        gt=0,
+        le=10,
         description="Requests in flight per slot (LLMModel.spec.parallel, summed over the pool's models) the "
         "autoscaler aims at: replicas = ceil(average in flight / (slots per replica x this)). Below 1 leaves "
         "headroom: at 1 every slot is busy and the routes spill to the cloud (saturated).",
-    )  # fmt: skip
+    )
     scale_down_delay_seconds: int = Field(
-        default=300, ge=0, le=86400,
+        default=300,
+        ge=0,
+        le=86400,
         description="A scale-down (to zero too) happens only after the demand has needed fewer replicas for this "
         "long: the highest need seen over this window is what counts. Scale-ups happen at once.",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _in_range(self) -> Autoscaling:
@@ -294,10 +302,12 @@ class InferencePoolSpec(Spec):
         description="Names of LLMModels in the same namespace served by this pool.",
     )
     replicas: int = Field(
-        default=1, ge=0, le=100,
+        default=1,
+        ge=0,
+        le=100,
         description="LocalAI replicas. Ignored while autoscaling is set (the operator sizes the Deployment, as an "
         "HPA does; it never writes this field).",
-    )  # fmt: skip
+    )
     image: str | None = Field(
         default=None,
         description="LocalAI image. Default: the pinned CUDA 12 image when accelerator.gpus > 0, else the CPU image.",

@@ -165,8 +165,10 @@ def _cluster(state: DevState, timings: Timings) -> tuple[Cluster, list[images_mo
     try:
         binaries_module.find(build=False)
     except binaries_module.BinariesError:
-        say("building the Kubernetes control plane from source the first time (about 10-30 minutes on 2 cores;"
-            " cached afterwards); progress follows")  # fmt: skip
+        say(
+            "building the Kubernetes control plane from source the first time (about 10-30 minutes on 2 cores;"
+            " cached afterwards); progress follows"
+        )
     found = binaries_module.find()
     timings.lap("control-plane binaries")
     why_not = real_node_unavailable_reason()
@@ -175,16 +177,20 @@ def _cluster(state: DevState, timings: Timings) -> tuple[Cluster, list[images_mo
         try:
             binaries_module.find_node(build=False)
         except binaries_module.BinariesError:
-            say("building the real node's kubelet, kube-proxy, containerd, CNI plugins and CoreDNS the first time"
-                " (about 8 minutes on 2 cores; cached afterwards)")  # fmt: skip
+            say(
+                "building the real node's kubelet, kube-proxy, containerd, CNI plugins and CoreDNS the first time"
+                " (about 8 minutes on 2 cores; cached afterwards)"
+            )
         try:
             built = _built_images()
         except images_module.ImageError as err:
             why_not = f"the project's images cannot be built here: {err}"
         timings.lap("images")
     if why_not is None:
-        say("starting etcd, kube-apiserver, controller-manager, scheduler and kwok with 2 fake GPU nodes (4 x A100"
-            " each) and 1 CPU node, and the real node (containerd, runc, kubelet, kube-proxy, CoreDNS)")  # fmt: skip
+        say(
+            "starting etcd, kube-apiserver, controller-manager, scheduler and kwok with 2 fake GPU nodes (4 x A100"
+            " each) and 1 CPU node, and the real node (containerd, runc, kubelet, kube-proxy, CoreDNS)"
+        )
         try:
             cluster = Cluster.start(state_dir=state.cluster_dir, binaries=found, detach=True, real_node=True)
         except RealNodeError as err:
@@ -194,14 +200,18 @@ def _cluster(state: DevState, timings: Timings) -> tuple[Cluster, list[images_mo
             node_seconds = _seconds_since_start(
                 next(p.start_ticks for p in cluster.processes if p.name == "containerd")
             )
-            say(f"control plane and real node {cluster.real_node.name} Ready (the node's containerd, kubelet,"
-                f" kube-proxy and CoreDNS in {node_seconds:.1f} s)")  # fmt: skip
+            say(
+                f"control plane and real node {cluster.real_node.name} Ready (the node's containerd, kubelet,"
+                f" kube-proxy and CoreDNS in {node_seconds:.1f} s)"
+            )
             timings.lap("control plane + real node")
             return cluster, built
     say(f"no real node: {why_not}")
     say("falling back to the kwok-only demo (fake nodes; the operator and the router as host processes)")
-    say("starting etcd, kube-apiserver, controller-manager, scheduler and kwok with 2 fake GPU nodes (4 x A100 each)"
-        " and 1 CPU node")  # fmt: skip
+    say(
+        "starting etcd, kube-apiserver, controller-manager, scheduler and kwok with 2 fake GPU nodes (4 x A100 each)"
+        " and 1 CPU node"
+    )
     cluster = Cluster.start(state_dir=state.cluster_dir, binaries=found, detach=True)
     timings.lap("control plane")
     return cluster, []
@@ -215,8 +225,10 @@ def _seconds_since_start(start_ticks: int) -> float:
 
 def _built_images() -> list[images_module.Image]:
     if not all(images_module.cached(which) for which in ("operator", "model-server")):
-        say("building the operator and model-server images (buildah, no Docker; the first time about 10-15"
-            " minutes on 2 cores, then cached by content); progress follows")  # fmt: skip
+        say(
+            "building the operator and model-server images (buildah, no Docker; the first time about 10-15"
+            " minutes on 2 cores, then cached by content); progress follows"
+        )
     return stack.build_images()
 
 
@@ -248,8 +260,17 @@ def _operator(state: DevState, cluster: Cluster) -> None:
         return
     metrics, health = free_ports(2)
     state.ports.update({"operator-metrics": metrics, "operator-health": health})
-    argv = [sys.executable, "-m", "localai_operator.cli", "run", "-A", "--metrics-port", str(metrics),
-            "--health-port", str(health)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "run",
+        "-A",
+        "--metrics-port",
+        str(metrics),
+        "--health-port",
+        str(health),
+    ]
     state.start("operator", argv, {"KUBECONFIG": str(cluster.kubeconfig)})
     _wait_http(f"http://127.0.0.1:{health}/healthz", 60, "the operator")
     say(f"operator running (log: {state.root / 'operator.log'}, metrics: http://127.0.0.1:{metrics}/metrics)")
@@ -274,8 +295,10 @@ def _operator_in_cluster(cluster: Cluster, kube: Kube, images: stack.StackImages
         _value(deployed, "image", "tag"),
         _value(deployed, "downloader", "image", "tag"),
     ) == (repository, tag, tag):
-        say(f"reusing the running operator (helm release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE}, image"
-            f" {images.operator})")  # fmt: skip
+        say(
+            f"reusing the running operator (helm release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE}, image"
+            f" {images.operator})"
+        )
         return
     try:
         stack.run(stack.helm_install_command(helm, cluster.kubeconfig, images))
@@ -284,8 +307,10 @@ def _operator_in_cluster(cluster: Cluster, kube: Kube, images: stack.StackImages
     pods = kube.list("Pod", stack.OPERATOR_NAMESPACE)
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     where = ", ".join(f"pod {p['metadata']['name']} on {p['spec'].get('nodeName')}" for p in running)
-    say(f"operator installed with helm (release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE}, chart"
-        f" charts/localai-operator, image {images.operator}): {where or 'starting'}")  # fmt: skip
+    say(
+        f"operator installed with helm (release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE}, chart"
+        f" charts/localai-operator, image {images.operator}): {where or 'starting'}"
+    )
 
 
 def _value(values: Any, *path: str) -> Any:
@@ -296,14 +321,38 @@ def _value(values: Any, *path: str) -> Any:
 
 def _helm_values(helm: str, cluster: Cluster) -> dict[str, Any] | None:
     """The user-supplied values of the deployed release, or None when it is not deployed."""
-    status = subprocess.run([helm, "--kubeconfig", str(cluster.kubeconfig), "status", stack.RELEASE, "-n",
-                             stack.OPERATOR_NAMESPACE, "-o", "json"], capture_output=True, text=True, check=False)  # fmt: skip
+    status = subprocess.run(
+        [
+            helm,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "status",
+            stack.RELEASE,
+            "-n",
+            stack.OPERATOR_NAMESPACE,
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if status.returncode != 0 or json.loads(status.stdout).get("info", {}).get("status") != "deployed":
         return None
     values = stack.run(
-        [helm, "--kubeconfig", str(cluster.kubeconfig), "get", "values", stack.RELEASE, "-n",
-         stack.OPERATOR_NAMESPACE, "-o", "json"]
-    )  # fmt: skip
+        [
+            helm,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "get",
+            "values",
+            stack.RELEASE,
+            "-n",
+            stack.OPERATOR_NAMESPACE,
+            "-o",
+            "json",
+        ]
+    )
     loaded = json.loads(values)
     return loaded if isinstance(loaded, dict) else {}
 
@@ -369,8 +418,15 @@ def table(kube: Kube) -> str:
     for obj in _custom_resources(kube):
         ready = _ready(obj)
         meta = obj["metadata"]
-        rows.append((obj["kind"], f"{meta['namespace']}/{meta['name']}", ready["status"], ready.get("reason", ""),
-                     ", ".join(_owned(kube, obj)) or "-"))  # fmt: skip
+        rows.append(
+            (
+                obj["kind"],
+                f"{meta['namespace']}/{meta['name']}",
+                ready["status"],
+                ready.get("reason", ""),
+                ", ".join(_owned(kube, obj)) or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
 
@@ -382,8 +438,14 @@ def pods_table(kube: Kube) -> str:
         for pod in kube.list("Pod", namespace):
             statuses = (pod.get("status") or {}).get("containerStatuses") or []
             ready = f"{sum(bool(s.get('ready')) for s in statuses)}/{len(pod['spec']['containers'])}"
-            rows.append((f"{namespace}/{pod['metadata']['name']}", str(pod["spec"].get("nodeName") or "-"),
-                         str((pod.get("status") or {}).get("phase", "?")), ready))  # fmt: skip
+            rows.append(
+                (
+                    f"{namespace}/{pod['metadata']['name']}",
+                    str(pod["spec"].get("nodeName") or "-"),
+                    str((pod.get("status") or {}).get("phase", "?")),
+                    ready,
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
@@ -407,8 +469,11 @@ def _router_demo(state: DevState) -> None:
         state.ports.update({"standin-local": local, "standin-cloud": cloud, "router": router})
         py = [sys.executable, "-m", "localai_operator.testing.standins"]
         state.start("standin-local", [*py, "local", "--port", str(local), "--models", DEMO_MODEL])
-        state.start("standin-cloud", [*py, "cloud", "--port", str(cloud), "--api-key-env", FALLBACK_API_KEY_ENV],
-                    {FALLBACK_API_KEY_ENV: DEMO_KEY})  # fmt: skip
+        state.start(
+            "standin-cloud",
+            [*py, "cloud", "--port", str(cloud), "--api-key-env", FALLBACK_API_KEY_ENV],
+            {FALLBACK_API_KEY_ENV: DEMO_KEY},
+        )
         config = router_config(route)
         assert config.fallback is not None, "the demo route has a fallback"
         # The pool's headless Service does not resolve outside a cluster: the stand-in is the one endpoint (so no
@@ -416,14 +481,26 @@ def _router_demo(state: DevState) -> None:
         local_upstream = config.local.model_copy(
             update={"endpoints": [f"http://127.0.0.1:{local}/v1"], "discovery": None, "pool": None}
         )
-        config = config.model_copy(update={
-            "local": local_upstream,
-            "server": config.server.model_copy(update={"state_directory": str(state.root)}),
-            "fallback": config.fallback.model_copy(update={"base_url": f"http://127.0.0.1:{cloud}/v1"}),
-        })  # fmt: skip
+        config = config.model_copy(
+            update={
+                "local": local_upstream,
+                "server": config.server.model_copy(update={"state_directory": str(state.root)}),
+                "fallback": config.fallback.model_copy(update={"base_url": f"http://127.0.0.1:{cloud}/v1"}),
+            }
+        )
         (state.root / "router.yaml").write_text(config.to_yaml())
-        argv = [sys.executable, "-m", "localai_operator.cli", "router", "--config", str(state.root / "router.yaml"),
-                "--host", "127.0.0.1", "--port", str(router)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "localai_operator.cli",
+            "router",
+            "--config",
+            str(state.root / "router.yaml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(router),
+        ]
         state.start("router", argv, {FALLBACK_API_KEY_ENV: DEMO_KEY})
         for name in ("standin-local", "standin-cloud"):
             _wait_http(f"http://127.0.0.1:{state.ports[name]}/healthz", 30, f"the {name}")
@@ -432,8 +509,10 @@ def _router_demo(state: DevState) -> None:
         say("reusing the running router demo")
     budget = route.spec.policy.first_token_timeout_ms
     base = f"http://127.0.0.1:{state.ports['router']}/v1"
-    say(f"router for FallbackRoute llm-samples/{DEMO_ROUTE} on {base}: local = LocalAI stand-in, "
-        "fallback = cloud stand-in (both fake OpenAI-compatible servers on localhost)")  # fmt: skip
+    say(
+        f"router for FallbackRoute llm-samples/{DEMO_ROUTE} on {base}: local = LocalAI stand-in, "
+        "fallback = cloud stand-in (both fake OpenAI-compatible servers on localhost)"
+    )
     served, ms = _ask(base, "Say hello from the local pool.")
     print(
         f"    request 1: local healthy          -> {SERVED_BY_HEADER}: {served:<8}  {ms:7.1f} ms", flush=True
@@ -444,12 +523,18 @@ def _router_demo(state: DevState) -> None:
         served, ms = _ask(base, "Say hello from wherever is fastest.")
     finally:
         _post(control, {})
-    print(f"    request 2: local slower than the {budget} ms first-token budget"
-          f" -> {SERVED_BY_HEADER}: {served:<8}  {ms:7.1f} ms", flush=True)  # fmt: skip
-    print("    These are stand-ins. On a cluster the route sends traffic to the InferencePool's LocalAI and, on\n"
-          "    failure or delay, to https://api.holysheep.ai/v1 with the key from Secret llm-samples/holysheep.\n"
-          "    Outside a cluster: `localai-operator router --config router.yaml` with local.endpoints set to your\n"
-          f"    LocalAI (http://<host>:8080/v1) and {FALLBACK_API_KEY_ENV} set to your HolySheep key.", flush=True)  # fmt: skip
+    print(
+        f"    request 2: local slower than the {budget} ms first-token budget"
+        f" -> {SERVED_BY_HEADER}: {served:<8}  {ms:7.1f} ms",
+        flush=True,
+    )
+    print(
+        "    These are stand-ins. On a cluster the route sends traffic to the InferencePool's LocalAI and, on\n"
+        "    failure or delay, to https://api.holysheep.ai/v1 with the key from Secret llm-samples/holysheep.\n"
+        "    Outside a cluster: `localai-operator router --config router.yaml` with local.endpoints set to your\n"
+        f"    LocalAI (http://<host>:8080/v1) and {FALLBACK_API_KEY_ENV} set to your HolySheep key.",
+        flush=True,
+    )
 
 
 def _post(url: str, body: dict[str, Any]) -> None:
@@ -460,8 +545,11 @@ def _post(url: str, body: dict[str, Any]) -> None:
 
 def _ask(base: str, prompt: str) -> tuple[str, float]:
     body = {"model": DEMO_MODEL, "stream": True, "messages": [{"role": "user", "content": prompt}]}
-    request = urllib.request.Request(f"{base}/chat/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json", "Authorization": "Bearer client-token"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{base}/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", "Authorization": "Bearer client-token"},
+    )
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
@@ -485,8 +573,9 @@ class Answer:
 def complete(base: str, prompt: str, max_tokens: int = REAL_MAX_TOKENS) -> Answer:
     """A streamed /v1/completions request (no proxy: a ClusterIP is local to this machine)."""
     body = {"model": stack.MODEL, "prompt": prompt, "stream": True, "max_tokens": max_tokens}
-    request = urllib.request.Request(f"{base}/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{base}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     started = time.perf_counter()
     first = last = None
@@ -553,9 +642,11 @@ def _real_demo(cluster: Cluster, kube: Kube) -> None:
     service = kube.get("Service", stack.NAMESPACE, stack.ROUTE)
     assert service is not None, "the route's Service exists once the route is Ready"
     base = f"http://{service['spec']['clusterIP']}/v1"
-    say(f"FallbackRoute {stack.NAMESPACE}/{stack.ROUTE} on {base} (its Service's ClusterIP; this host routes to"
+    say(
+        f"FallbackRoute {stack.NAMESPACE}/{stack.ROUTE} on {base} (its Service's ClusterIP; this host routes to"
         f" ClusterIPs): local = InferencePool {stack.POOL} (Gemma 3 270M Q4_K_M, llama.cpp on the real node's CPU),"
-        f" fallback = the cloud stand-in pod")  # fmt: skip
+        f" fallback = the cloud stand-in pod"
+    )
     # The route is Ready when its router is; the router finds the pool's pods by DNS every few seconds.
     seconds = _wait("the router to list a pod of the pool (its /readyz)", 60, lambda: _router_endpoints(base))
     say(
@@ -564,21 +655,32 @@ def _real_demo(cluster: Cluster, kube: Kube) -> None:
     answer = complete(base, REAL_PROMPT)
     rate = f"{answer.tokens_per_second:.1f} tokens/s" if answer.tokens_per_second else "-"
     first = f"{answer.first_token_ms:.0f} ms" if answer.first_token_ms is not None else "-"
-    print(f"    request 1: POST /v1/completions {REAL_PROMPT!r} -> {SERVED_BY_HEADER}: {answer.served_by:<8}"
-          f" first token {first}, {answer.tokens} tokens, {rate}", flush=True)  # fmt: skip
+    print(
+        f"    request 1: POST /v1/completions {REAL_PROMPT!r} -> {SERVED_BY_HEADER}: {answer.served_by:<8}"
+        f" first token {first}, {answer.tokens} tokens, {rate}",
+        flush=True,
+    )
     print(f"               {REAL_PROMPT}{answer.text}".rstrip().replace("\n", " "), flush=True)
     _scale_pool(cluster, kube, 0)
-    _wait(f"the pods of InferencePool {stack.POOL} to go", 120,
-          lambda: not kube.list("Pod", stack.NAMESPACE, label_selector=POOL_POD_SELECTOR))  # fmt: skip
+    _wait(
+        f"the pods of InferencePool {stack.POOL} to go",
+        120,
+        lambda: not kube.list("Pod", stack.NAMESPACE, label_selector=POOL_POD_SELECTOR),
+    )
     _wait("the router to list no pod of the pool", 60, lambda: _router_endpoints(base, None) == [])
     answer = complete(base, REAL_PROMPT)
-    print(f"    request 2: the same, with the pool scaled to 0 (no Ready pod) -> {SERVED_BY_HEADER}:"
-          f" {answer.served_by:<8} {FALLBACK_REASON_HEADER}: {answer.fallback_reason}, {answer.total_ms:.1f} ms"
-          f" ({answer.text.strip()[:60]!r})", flush=True)  # fmt: skip
+    print(
+        f"    request 2: the same, with the pool scaled to 0 (no Ready pod) -> {SERVED_BY_HEADER}:"
+        f" {answer.served_by:<8} {FALLBACK_REASON_HEADER}: {answer.fallback_reason}, {answer.total_ms:.1f} ms"
+        f" ({answer.text.strip()[:60]!r})",
+        flush=True,
+    )
     _scale_pool(cluster, kube, 1)
     seconds = _wait(f"InferencePool {stack.POOL} to be Ready again", 300, lambda: _pool_ready(kube))
-    say(f"{stack.POOL} scaled back to 1: Ready again in {seconds:.1f} s (a cold start: fetch-models downloaded the"
-        f" 253 MB GGUF from the mirror pod and checked its sha256, the model server loaded it)")  # fmt: skip
+    say(
+        f"{stack.POOL} scaled back to 1: Ready again in {seconds:.1f} s (a cold start: fetch-models downloaded the"
+        f" 253 MB GGUF from the mirror pod and checked its sha256, the model server loaded it)"
+    )
 
 
 def up() -> int:
@@ -622,10 +724,12 @@ def up() -> int:
 def _print_access(cluster: Cluster, *, real: bool) -> None:
     if real:
         ns, pool, route = stack.NAMESPACE, stack.POOL, stack.ROUTE
-        print(f"kubectl -n {ns} logs deploy/{pool}                # the model server (-c fetch-models: the download)\n"
-              f"kubectl -n {ns} exec deploy/{pool} -- ls -l /models\n"
-              f"kubectl -n {ns} port-forward svc/{route} 8000:80   # then OPENAI_BASE_URL=http://127.0.0.1:8000/v1",
-              flush=True)  # fmt: skip
+        print(
+            f"kubectl -n {ns} logs deploy/{pool}                # the model server (-c fetch-models: the download)\n"
+            f"kubectl -n {ns} exec deploy/{pool} -- ls -l /models\n"
+            f"kubectl -n {ns} port-forward svc/{route} 8000:80   # then OPENAI_BASE_URL=http://127.0.0.1:8000/v1",
+            flush=True,
+        )
     kubectl = binaries_module.find(build=False).kubectl
     print(f"kubectl matching this control plane: {kubectl} (any kubectl >= 1.33 works)", flush=True)
     print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
@@ -640,14 +744,20 @@ def status() -> int:
         return 1
     if not cluster.is_running():
         down_components = [name for name, ok in cluster.status().items() if not ok]
-        print(f"the control plane is not healthy ({', '.join(down_components)} stopped): "
-              "run `localai-operator dev down` then `dev up`", file=sys.stderr)  # fmt: skip
+        print(
+            f"the control plane is not healthy ({', '.join(down_components)} stopped): "
+            "run `localai-operator dev down` then `dev up`",
+            file=sys.stderr,
+        )
         return 1
     kube = _api(cluster)
     real = state.mode == MODE_REAL
     if real:
-        print(f"real node {cluster.real_node.name if cluster.real_node else '?'}: the operator runs in a pod (helm"
-              f" release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE})", flush=True)  # fmt: skip
+        print(
+            f"real node {cluster.real_node.name if cluster.real_node else '?'}: the operator runs in a pod (helm"
+            f" release {stack.OPERATOR_NAMESPACE}/{stack.RELEASE})",
+            flush=True,
+        )
         print(pods_table(kube), flush=True)
     else:
         for name in ("operator", "standin-local", "standin-cloud", "router"):

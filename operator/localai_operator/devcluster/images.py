@@ -273,8 +273,17 @@ class _Builder:
         return ref
 
     def _build(self, recipe: Recipe, image: Image, args: Mapping[str, str]) -> None:
-        argv = ["build", "--isolation", "chroot", "--layers", "--pull=never", "-f", str(recipe.containerfile),
-                "-t", image.local_ref]  # fmt: skip
+        argv = [
+            "build",
+            "--isolation",
+            "chroot",
+            "--layers",
+            "--pull=never",
+            "-f",
+            str(recipe.containerfile),
+            "-t",
+            image.local_ref,
+        ]
         for name, value in sorted(args.items()):
             argv += ["--build-arg", f"{name}={value}"]
         ca = next((path for path in _ca_candidates(self.env) if Path(path).is_file()), None)
@@ -293,8 +302,11 @@ class _Builder:
         for old in (self.root / "archives").glob(f"{image.name}-dev-*.oci.tar"):
             if old != image.archive:
                 old.unlink(missing_ok=True)
-                self._buildah(["rmi", f"localhost/{image.name}:{old.name.removeprefix(image.name + '-')[:-8]}"],
-                              check=False, quiet=True)  # fmt: skip
+                self._buildah(
+                    ["rmi", f"localhost/{image.name}:{old.name.removeprefix(image.name + '-')[:-8]}"],
+                    check=False,
+                    quiet=True,
+                )
 
     def _check_tools(self) -> None:
         missing = [
@@ -311,8 +323,15 @@ class _Builder:
 
     def buildah_argv(self) -> list[str]:
         storage = self.root / "storage"
-        return ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
-                "--storage-driver", "overlay"]  # fmt: skip
+        return [
+            "buildah",
+            "--root",
+            str(storage / "root"),
+            "--runroot",
+            str(storage / "run"),
+            "--storage-driver",
+            "overlay",
+        ]
 
     def _buildah(
         self,
@@ -388,8 +407,11 @@ class Container:
             != 0
         ):
             source = f"oci-archive:{self.image.archive}"
-        subprocess.run([*buildah, "from", "--pull=never", "--quiet", "--name", self.name, source],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*buildah, "from", "--pull=never", "--quiet", "--name", self.name, source],
+            check=True,
+            capture_output=True,
+        )
         argv = [*buildah, "run", "--isolation", "chroot"]
         for key, value in self.env.items():
             argv += ["--env", f"{key}={value}"]

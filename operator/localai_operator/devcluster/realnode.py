@@ -189,11 +189,23 @@ class RealNode:
         try:
             init = launcher.spawn_component(
                 "node-init",
-                ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--propagation", "private",
-                 "--kill-child=SIGTERM", "--", sys.executable, nodeinit.__file__, str(self.node_dir),
-                 str(host_mount_ns)],
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--net",
+                    "--propagation",
+                    "private",
+                    "--kill-child=SIGTERM",
+                    "--",
+                    sys.executable,
+                    nodeinit.__file__,
+                    str(self.node_dir),
+                    str(host_mount_ns),
+                ],
                 pass_fds=(host_mount_ns,),
-            )  # fmt: skip
+            )
         finally:
             os.close(host_mount_ns)
         launcher.wait_until(
@@ -232,9 +244,13 @@ class RealNode:
                 client_kubeconfig(server, ca, cert.read_bytes(), key.read_bytes()),
             )
         serving_cert, serving_key = issue(
-            pki, f"{self.name}-kubelet-serving", f"system:node:{self.name}", organization="system:nodes",
-            server_ips=(self.network.node_ip,), server_dns=(self.name,),
-        )  # fmt: skip
+            pki,
+            f"{self.name}-kubelet-serving",
+            f"system:node:{self.name}",
+            organization="system:nodes",
+            server_ips=(self.network.node_ip,),
+            server_dns=(self.name,),
+        )
         self._write_configs(pki.ca_cert, serving_cert, serving_key, kubeconfigs, admin_kubeconfig)
         port = urllib.parse.urlsplit(server).port
         assert port is not None, f"the apiserver URL {server} names its port"
@@ -307,8 +323,11 @@ class RealNode:
         """Runs a command in the node's namespaces (e.g. `ip route get ...`); never raises on a non-zero exit."""
         return subprocess.run(
             self._in_node(list(argv)),
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def is_running(self) -> bool:
         return self.init_pid > 0 and _start_ticks(self.init_pid) == self.init_start_ticks
@@ -440,8 +459,12 @@ class RealNode:
         )
         result = subprocess.run(
             self._in_node(["iptables-restore", "--noflush"]),
-            input=rules, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            input=rules,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if result.returncode != 0:
             raise RealNodeError(f"writing the real node's link rules failed: {result.stderr.strip()}")
 
@@ -870,9 +893,24 @@ def _claim_slot(init_pid: int) -> NodeNetwork:
         if any(block.overlaps(network) for network in used):
             continue
         result = subprocess.run(
-            ["ip", "link", "add", net.host_link, "type", "veth", "peer", "name", NODE_LINK, "netns", str(init_pid)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            [
+                "ip",
+                "link",
+                "add",
+                net.host_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_LINK,
+                "netns",
+                str(init_pid),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if result.returncode == 0:
             return net
         if "File exists" not in result.stderr:

@@ -128,10 +128,26 @@ def helm_install_command(
     """`helm upgrade --install` of the chart with the built operator image (also the routers' and, pinned as the
     downloader, fetch-models'), on the real node, waiting until the operator Deployment is available."""
     repository, tag = split_image(stack_images.operator)
-    argv = [helm, "--kubeconfig", str(kubeconfig), "upgrade", "--install", release, str(chart_dir(root)),
-            "--namespace", namespace, "--create-namespace", "--values", str(chart_values(root)),
-            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-            "--set", f"downloader.image.tag={tag}"]  # fmt: skip
+    argv = [
+        helm,
+        "--kubeconfig",
+        str(kubeconfig),
+        "upgrade",
+        "--install",
+        release,
+        str(chart_dir(root)),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--values",
+        str(chart_values(root)),
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        "--set",
+        f"downloader.image.tag={tag}",
+    ]
     if watch_namespaces:
         argv += ["--set", f"watchNamespaces={{{','.join(watch_namespaces)}}}"]
     return [*argv, "--wait", "--timeout", timeout]

@@ -181,8 +181,12 @@ def backend_gallery(image: str, settings: RenderSettings) -> list[dict[str, Any]
     repository = settings.backend_repository or LOCALAI_BACKEND_REPOSITORY
 
     def concrete(name: str, suffix: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": name, "alias": "llama-cpp", "uri": f"{repository}:{version}-{suffix}",
-                                 "version": version}  # fmt: skip
+        entry: dict[str, Any] = {
+            "name": name,
+            "alias": "llama-cpp",
+            "uri": f"{repository}:{version}-{suffix}",
+            "version": version,
+        }
         if settings.backend_repository is None:
             entry["mirrors"] = [f"{LOCALAI_BACKEND_MIRROR}:{version}-{suffix}"]
         return entry
@@ -291,8 +295,13 @@ def network_policy(pool: InferencePool, version: str = __version__) -> dict[str,
     peers: list[dict[str, Any]] = [{"podSelector": {"matchLabels": routers}}]
     if policy.allowed_namespaces:
         names = sorted(policy.allowed_namespaces)
-        peers.append({"namespaceSelector": {"matchExpressions": [
-            {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]}})  # fmt: skip
+        peers.append(
+            {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": names}]
+                }
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -398,8 +407,15 @@ def _fetch_container(models: list[LLMModel], settings: RenderSettings) -> dict[s
     container: dict[str, Any] = {
         "name": "fetch-models",
         "image": settings.fetch_image(),
-        "args": ["fetch-models", "--manifest", f"{CONFIG_DIR}/{DOWNLOADS_FILE}", "--config-dir", CONFIG_DIR,
-                 "--models-dir", MODELS_PATH],
+        "args": [
+            "fetch-models",
+            "--manifest",
+            f"{CONFIG_DIR}/{DOWNLOADS_FILE}",
+            "--config-dir",
+            CONFIG_DIR,
+            "--models-dir",
+            MODELS_PATH,
+        ],
         "volumeMounts": [
             {"name": "models", "mountPath": MODELS_PATH},
             {"name": "model-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -411,7 +427,7 @@ def _fetch_container(models: list[LLMModel], settings: RenderSettings) -> dict[s
             "runAsUser": FETCH_UID,
             "readOnlyRootFilesystem": True,
         },
-    }  # fmt: skip
+    }
     if env:
         container["env"] = env
     return container
@@ -448,8 +464,11 @@ def _localai_container(
             {"name": "model-config", "mountPath": GALLERY_PATH, "subPath": GALLERY_KEY, "readOnly": True}
         )
     # Without preinstallBackends nothing is mounted over /backends: an image that holds its backends keeps them.
-    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_PATH},
-               {"name": "configuration", "mountPath": CONFIGURATION_PATH}]  # fmt: skip
+    mounts += [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "data", "mountPath": DATA_PATH},
+        {"name": "configuration", "mountPath": CONFIGURATION_PATH},
+    ]
 
     def probe(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 5}

@@ -47,9 +47,21 @@ PROCESS_RESERVE_BYTES: Final = 128 * rc.MIB
 BODY_SHARE: Final = 0.75
 _QUANTITY: Final = re.compile(r"^([0-9.]+)([eE][0-9]+|[KMGTPE]i?|k|m)?$")
 _FACTORS: Final = {
-    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def router_name(route: FallbackRoute) -> str:
@@ -120,9 +132,13 @@ def pod_slots(pool: InferencePool, models: Mapping[str, LLMModel]) -> dict[str, 
 
 
 def router_config(
-    route: FallbackRoute, *, local_key: bool = False, pool: InferencePool | None = None,
-    models: Mapping[str, LLMModel] | None = None, carried: rc.Carried | None = None,
-) -> rc.RouterConfig:  # fmt: skip
+    route: FallbackRoute,
+    *,
+    local_key: bool = False,
+    pool: InferencePool | None = None,
+    models: Mapping[str, LLMModel] | None = None,
+    carried: rc.Carried | None = None,
+) -> rc.RouterConfig:
     spec = route.spec
     fallback = None
     if route.fallback_active:
@@ -171,9 +187,13 @@ def router_config(
 
 
 def config_map(
-    route: FallbackRoute, *, local_key: bool = False, pool: InferencePool | None = None,
-    models: Mapping[str, LLMModel] | None = None, carried: rc.Carried | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    route: FallbackRoute,
+    *,
+    local_key: bool = False,
+    pool: InferencePool | None = None,
+    models: Mapping[str, LLMModel] | None = None,
+    carried: rc.Carried | None = None,
+) -> dict[str, Any]:
     config = router_config(route, local_key=local_key, pool=pool, models=models, carried=carried)
     return {
         "apiVersion": "v1",
@@ -192,9 +212,12 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
 
 
 def deployment(
-    route: FallbackRoute, settings: RenderSettings, secret_version: str | None = None,
-    local_key_ref: SecretKeyRef | None = None, local_key_version: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    route: FallbackRoute,
+    settings: RenderSettings,
+    secret_version: str | None = None,
+    local_key_ref: SecretKeyRef | None = None,
+    local_key_version: str | None = None,
+) -> dict[str, Any]:
     env: list[dict[str, Any]] = []
     fb = route.spec.fallback
     if route.fallback_active and fb is not None:
@@ -269,11 +292,16 @@ def deployment(
 
 
 def route_objects(
-    route: FallbackRoute, settings: RenderSettings | None = None, *, secret_version: str | None = None,
-    local_key_ref: SecretKeyRef | None = None, local_key_version: str | None = None,
-    pool: InferencePool | None = None, models: Mapping[str, LLMModel] | None = None,
+    route: FallbackRoute,
+    settings: RenderSettings | None = None,
+    *,
+    secret_version: str | None = None,
+    local_key_ref: SecretKeyRef | None = None,
+    local_key_version: str | None = None,
+    pool: InferencePool | None = None,
+    models: Mapping[str, LLMModel] | None = None,
     carried: rc.Carried | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Every object the operator owns for a route. `local_key_ref`: the key of the route's pool
     (`InferencePool.spec.apiKeySecretRef`), sent to local instead of the client's key; its Secret's
     resourceVersion, like the fallback key's, rolls the router pods when it changes. `pool` and `models`: the

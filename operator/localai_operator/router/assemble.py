@@ -70,9 +70,12 @@ class Assembler:
             choice = choices[0]
             delta = choice.get("delta") if choice.__class__ is dict else None
             if (
-                delta is None or delta.__class__ is not dict or choice.get("index", 0) != 0
-                or choice.get("logprobs") is not None or (delta and delta.keys() - {"content"})
-            ):  # fmt: skip
+                delta is None
+                or delta.__class__ is not dict
+                or choice.get("index", 0) != 0
+                or choice.get("logprobs") is not None
+                or (delta and delta.keys() - {"content"})
+            ):
                 return False
             usage = payload.get("usage")
             if usage is not None and usage.__class__ is not dict:
@@ -107,9 +110,13 @@ class Assembler:
             delta = raw.get("delta")
             # The common chunk, one token of text: nothing else to merge.
             if (
-                delta is not None and delta.__class__ is dict and len(delta) == 1 and raw.get("finish_reason") is None
-                and raw.get("logprobs") is None and raw.get("index", 0) in self._choices
-            ):  # fmt: skip
+                delta is not None
+                and delta.__class__ is dict
+                and len(delta) == 1
+                and raw.get("finish_reason") is None
+                and raw.get("logprobs") is None
+                and raw.get("index", 0) in self._choices
+            ):
                 content = delta.get("content")
                 if content.__class__ is str:
                     self._choices[raw.get("index", 0)].parts.setdefault("content", []).append(content)
@@ -222,5 +229,9 @@ class Assembler:
             }
         if logprobs is not None:
             logprobs = {key: logprobs.get(key, []) for key in _COMPLETION_LOGPROBS} | logprobs
-        return {"index": index, "text": "".join(choice.parts.get("text", ())), "logprobs": logprobs,
-                "finish_reason": choice.finish_reason}  # fmt: skip
+        return {
+            "index": index,
+            "text": "".join(choice.parts.get("text", ())),
+            "logprobs": logprobs,
+            "finish_reason": choice.finish_reason,
+        }

@@ -52,9 +52,11 @@ class Attempt:
     def streamed_from_local(self) -> bool:
         """A non-stream request sent to local as a stream, assembled back into one answer."""
         return (
-            self.deadline is not None and self.api.converts_to_stream and self.body is not None
+            self.deadline is not None
+            and self.api.converts_to_stream
+            and self.body is not None
             and not self.body.stream
-        )  # fmt: skip
+        )
 
     def local_body(self) -> list[bodies.Segment] | bytes | bytearray:
         if self.body is not None and self.streamed_from_local:

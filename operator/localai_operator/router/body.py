@@ -35,13 +35,38 @@ _MATCHING: Final = {ord("}"): ord("{"), ord("]"): ord("[")}
 # Fields LocalAI reads that the OpenAI API does not define (core/schema/openai.go, core/schema/prediction.go
 # at v3.12.0 and v4.9.0), plus llama.cpp sampler names clients send to LocalAI. An OpenAI-compatible
 # provider may reject them (OpenAI answers 400 "Unrecognized request argument"), so the cloud never gets them.
-LOCALAI_ONLY_FIELDS: Final = frozenset({
-    "backend", "batch", "clip_skip", "files", "grammar", "grammar_json_functions", "ignore_eos", "min_p",
-    "mirostat", "mirostat_eta", "mirostat_tau", "model_base_name", "n_keep", "negative_prompt",
-    "negative_prompt_scale", "pooling", "pooling_half_life_tokens", "ref_images", "repeat_last_n",
-    "repeat_penalty", "rope_freq_base", "rope_freq_scale", "step", "tfz", "tokenizer", "top_k", "translate",
-    "typical_p",
-})  # fmt: skip
+LOCALAI_ONLY_FIELDS: Final = frozenset(
+    {
+        "backend",
+        "batch",
+        "clip_skip",
+        "files",
+        "grammar",
+        "grammar_json_functions",
+        "ignore_eos",
+        "min_p",
+        "mirostat",
+        "mirostat_eta",
+        "mirostat_tau",
+        "model_base_name",
+        "n_keep",
+        "negative_prompt",
+        "negative_prompt_scale",
+        "pooling",
+        "pooling_half_life_tokens",
+        "ref_images",
+        "repeat_last_n",
+        "repeat_penalty",
+        "rope_freq_base",
+        "rope_freq_scale",
+        "step",
+        "tfz",
+        "tokenizer",
+        "top_k",
+        "translate",
+        "typical_p",
+    }
+)
 
 
 class BodyError(ValueError):

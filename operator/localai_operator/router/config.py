@@ -32,9 +32,16 @@ URL_PATTERN: Final = r"^https?://[^\s]+$"
 # The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
 # not listed here is never sent to the cloud.
 DEFAULT_CLOUD_PATHS: Final = (
-    "/chat/completions", "/completions", "/embeddings", "/responses", "/moderations",
-    "/audio/speech", "/audio/transcriptions", "/audio/translations", "/images/generations",
-)  # fmt: skip
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/moderations",
+    "/audio/speech",
+    "/audio/transcriptions",
+    "/audio/translations",
+    "/images/generations",
+)
 
 
 class _Model(BaseModel):
@@ -46,13 +53,17 @@ class _Model(BaseModel):
 
 class CircuitBreaker(_Model):
     failure_threshold: int = Field(
-        default=5, ge=1, le=1000,
+        default=5,
+        ge=1,
+        le=1000,
         description="Consecutive failures of one local endpoint (one pod) that open its breaker.",
-    )  # fmt: skip
+    )
     open_seconds: float = Field(
-        default=30, gt=0, le=3600,
+        default=30,
+        gt=0,
+        le=3600,
         description="How long an open breaker skips its endpoint; then one probe request decides.",
-    )  # fmt: skip
+    )
 
 
 class RateLimit(_Model):
@@ -64,24 +75,28 @@ class RateLimit(_Model):
 
 class Policy(_Model):
     first_token_timeout_ms: int = Field(
-        default=3000, ge=1, le=600000,
+        default=3000,
+        ge=1,
+        le=600000,
         description=(
             "Fall back when local has not produced its first content token this long after the router "
             "started asking it (the request body read), streaming or not: a role-only chunk, an empty delta "
             "or a keep-alive does not count. Chat, completions and responses; embeddings and rerank count "
             "their first byte; media endpoints have no budget. Applies only when a fallback exists."
         ),
-    )  # fmt: skip
+    )
     request_timeout_seconds: float = Field(
         default=300, gt=0, le=86400, description="Whole-request timeout for each upstream attempt."
     )
     connect_timeout_ms: int = Field(
-        default=2000, ge=1, le=60000,
+        default=2000,
+        ge=1,
+        le=60000,
         description=(
             "TCP connect timeout to one local endpoint. The default outlasts one dropped SYN (a full accept "
             "queue retries after 1 s); a failed connect is retried once on another endpoint."
         ),
-    )  # fmt: skip
+    )
     sensitive: bool = Field(default=False, description="true: never send this route's traffic to the cloud.")
     circuit_breaker: CircuitBreaker = Field(
         default_factory=CircuitBreaker, description="Per local endpoint (per pod)."
@@ -90,29 +105,35 @@ class Policy(_Model):
         default=None, description="Token bucket per router replica; 429 with Retry-After beyond it."
     )
     max_request_bytes: int = Field(
-        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=1024 * MIB,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=1024,
+        le=1024 * MIB,
         description=(
             "Largest request body accepted (decompressed); 413 beyond. The router holds a bounded total "
             "of request bytes at once, derived from its memory limit: raise both together."
         ),
-    )  # fmt: skip
+    )
     queue_timeout_ms: int = Field(
-        default=30000, ge=0, le=600000,
+        default=30000,
+        ge=0,
+        le=600000,
         description=(
             "When every ready pod's slots for the model are busy (LLMModel.spec.parallel per pod), a request "
             "that may go to the cloud goes there at once (reason saturated); one that may not (sensitive "
             "route, no fallback, the spend cap reached, a path the provider lacks) waits up to this long for a "
             "free slot, then gets 503 with Retry-After. 0: 503 at once."
         ),
-    )  # fmt: skip
+    )
     cold_start_allowance_seconds: float = Field(
-        default=120, ge=0, le=3600,
+        default=120,
+        ge=0,
+        le=3600,
         description=(
             "When the pool has no ready pod (scaled to zero, downloading or loading its models), a request that "
             "may go to the cloud goes there at once (reason pool_cold); one that may not waits for a pod up to "
             "firstTokenTimeoutMs plus this, then gets 503 with Retry-After. 0: wait firstTokenTimeoutMs only."
         ),
-    )  # fmt: skip
+    )
 
 
 class RouteRef(_Model):
@@ -170,12 +191,13 @@ SpendPeriod = Literal["daily", "monthly"]
 
 class SpendCap(_Model):
     amount: float = Field(
-        gt=0, le=1e9,
+        gt=0,
+        le=1e9,
         description=(
             "Most the route may spend on the cloud per period, in the prices' currency (USD): once reached, "
             "the route is local-only (reason budget_exhausted) until the period ends."
         ),
-    )  # fmt: skip
+    )
     period: SpendPeriod = Field(
         default="monthly", description="daily or monthly, in UTC: when the spend starts again from zero."
     )
@@ -190,9 +212,11 @@ class SpendShare(_Model):
     """Written by the operator: how a spend cap is shared between the route's router replicas."""
 
     replicas: int = Field(
-        default=1, ge=1, le=1000,
+        default=1,
+        ge=1,
+        le=1000,
         description="Router replicas sharing the cap: each may spend its share of what is left.",
-    )  # fmt: skip
+    )
     carried: Carried | None = Field(
         default=None, description="What the route's earlier router pods spent this period."
     )
@@ -247,13 +271,16 @@ class Auth(_Model):
 
 class Server(_Model):
     body_buffer_bytes: int = Field(
-        default=DEFAULT_BODY_BUFFER_BYTES, ge=MIB,
+        default=DEFAULT_BODY_BUFFER_BYTES,
+        ge=MIB,
         description="Request body bytes held at once; requests beyond it wait for room (rendered from the memory limit).",
-    )  # fmt: skip
+    )
     header_timeout_seconds: float = Field(
-        default=30, gt=0, le=3600,
+        default=30,
+        gt=0,
+        le=3600,
         description="A connection must deliver a request's headers within this (also the idle keep-alive time).",
-    )  # fmt: skip
+    )
     state_directory: str | None = Field(
         default=None,
         description="A writable directory (an emptyDir) where the router keeps its spend ledger across restarts.",

@@ -53,9 +53,13 @@ class PodDiscovery:
     """Re-resolves `url`'s host every `interval` seconds and reports the endpoint URLs when they change."""
 
     def __init__(
-        self, url: str, interval: float, on_change: Callable[[list[str]], None], resolver: Resolver = resolve,
+        self,
+        url: str,
+        interval: float,
+        on_change: Callable[[list[str]], None],
+        resolver: Resolver = resolve,
         hurry: Callable[[], bool] = lambda: False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.url = url
         self.interval = interval
         self.on_change = on_change

@@ -240,7 +240,7 @@ class Response:
         "head_request",
         "headers",
         "status",
-    )  # fmt: skip
+    )
 
     def __init__(self, connection: _Connection, head_request: bool) -> None:
         self._connection: _Connection | None = connection
@@ -438,10 +438,12 @@ class Pool:
         try:
             async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self, origin), host, port,
+                    lambda: _Connection(self, origin),
+                    host,
+                    port,
                     ssl=self._tls if scheme == "https" else None,
                     server_hostname=host if scheme == "https" else None,
-                )  # fmt: skip
+                )
         except TimeoutError as err:
             raise ConnectTimeout(
                 f"connecting to {host}:{port} took longer than {connect_timeout:g}s"
@@ -475,9 +477,15 @@ class Client:
         self.pool = Pool(keepalive, tls)
 
     async def request(
-        self, method: str, url: URL, headers: Iterable[tuple[str, str]], body: Sequence[Segment] = (),
-        *, connect_timeout: float, timeout: float,
-    ) -> Response:  # fmt: skip
+        self,
+        method: str,
+        url: URL,
+        headers: Iterable[tuple[str, str]],
+        body: Sequence[Segment] = (),
+        *,
+        connect_timeout: float,
+        timeout: float,
+    ) -> Response:
         scheme = url.scheme
         host = url.raw_host
         if scheme not in _DEFAULT_PORTS or not host:

@@ -129,9 +129,15 @@ class Intake:
     """The handler of every /v1 path."""
 
     def __init__(
-        self, route: Callable[[], Route], keys: Callable[[], ClientKeys | None], relay: Relay, listing: Listing,
-        buffer: BodyBuffer, metrics: RouterMetrics, clock: Callable[[], float],
-    ) -> None:  # fmt: skip
+        self,
+        route: Callable[[], Route],
+        keys: Callable[[], ClientKeys | None],
+        relay: Relay,
+        listing: Listing,
+        buffer: BodyBuffer,
+        metrics: RouterMetrics,
+        clock: Callable[[], float],
+    ) -> None:
         self.route = route
         self.keys = keys
         self.relay = relay
@@ -159,8 +165,9 @@ class Intake:
         log.info("refused %s %s from %s: %s client key", request.method, request.path, request.remote, reason)
         message = (
             "this route needs an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
-            if presented is None else "the API key is not valid for this route"
-        )  # fmt: skip
+            if presented is None
+            else "the API key is not valid for this route"
+        )
         return self._refuse(
             401, message, headers={"WWW-Authenticate": 'Bearer realm="localai-operator-router"'}
         )
@@ -168,9 +175,10 @@ class Intake:
     async def not_found(self, request: web.Request) -> web.Response:
         """Every path outside /v1 and the operational endpoints (and any method those do not take)."""
         return self._refuse(
-            404, f"no such endpoint: {request.method} {request.path} (the router serves the OpenAI API under /v1)",
+            404,
+            f"no such endpoint: {request.method} {request.path} (the router serves the OpenAI API under /v1)",
             code="unknown_endpoint",
-        )  # fmt: skip
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = self.route()
@@ -183,9 +191,10 @@ class Intake:
             )
         if request.method not in api.methods:
             return self._refuse(
-                405, f"{request.method} is not allowed on {request.path}",
+                405,
+                f"{request.method} is not allowed on {request.path}",
                 headers={"Allow": ", ".join(sorted(api.methods))},
-            )  # fmt: skip
+            )
         key_name: str | None = None
         if route.config.auth is not None:
             checked = self._client_key(request)
@@ -197,9 +206,10 @@ class Intake:
             if wait:
                 self.metrics.rate_limited.inc()
                 return self._refuse(
-                    429, "rate limit exceeded for this route; retry later",
+                    429,
+                    "rate limit exceeded for this route; retry later",
                     headers={"Retry-After": retry_after_header(wait)},
-                )  # fmt: skip
+                )
         keep_credentials = route.config.auth is None
         if api.listing:
             if path == "/models":
@@ -227,9 +237,11 @@ class Intake:
             self.metrics.buffer_waits.inc()
             if not await self.buffer.take(reserved, timeout):
                 return self._refuse(
-                    503, "the router is holding as many request bodies as its memory allows; retry shortly",
-                    code="router_busy", headers={"Retry-After": "1"},
-                )  # fmt: skip
+                    503,
+                    "the router is holding as many request bodies as its memory allows; retry shortly",
+                    code="router_busy",
+                    headers={"Retry-After": "1"},
+                )
         attempt: Attempt | None = None
         try:
             try:

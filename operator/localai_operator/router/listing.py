@@ -46,10 +46,13 @@ class Catalog:
     def only_in_cloud(self, model: str, now: float) -> bool:
         """Both lists are fresh, local's lacks the model and the cloud's has it."""
         return (
-            self.local is not None and self.cloud is not None
-            and now - self.local_at < TRUSTED_SECONDS and now - self.cloud_at < TRUSTED_SECONDS
-            and model not in self.local and model in self.cloud
-        )  # fmt: skip
+            self.local is not None
+            and self.cloud is not None
+            and now - self.local_at < TRUSTED_SECONDS
+            and now - self.cloud_at < TRUSTED_SECONDS
+            and model not in self.local
+            and model in self.cloud
+        )
 
     def cloud_lists(self, model: str) -> bool:
         return self.cloud is not None and model in self.cloud
@@ -133,9 +136,11 @@ class Listing:
 
     def _respond(self, status: int, body: Any, served_by: str, started: float) -> web.Response:
         response = web.Response(
-            status=status, body=json.dumps(body).encode(), content_type="application/json",
+            status=status,
+            body=json.dumps(body).encode(),
+            content_type="application/json",
             headers={SERVED_BY_HEADER: served_by},
-        )  # fmt: skip
+        )
         self.metrics.requests.inc((served_by, str(status)))
         self.metrics.duration.observe((served_by,), self.clock() - started)
         return response
@@ -169,9 +174,10 @@ class Listing:
                     return self._respond(200, entry, served_by, started)
         self.metrics.requests.inc((SERVED_BY_ROUTER, "404"))
         return replies.error(
-            404, f"the model {model_id!r} does not exist: neither local nor the cloud fallback lists it",
+            404,
+            f"the model {model_id!r} does not exist: neither local nor the cloud fallback lists it",
             code="model_not_found",
-        )  # fmt: skip
+        )
 
     def _unavailable(self, started: float) -> web.Response:
         self.metrics.requests.inc((SERVED_BY_ROUTER, "503"))

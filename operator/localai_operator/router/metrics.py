@@ -18,8 +18,22 @@ LabelValues = tuple[str, ...]
 
 TTFB_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 
 
 def _escape(value: str) -> str:
@@ -172,8 +186,21 @@ class Registry:
 
 
 TOKEN_INTERVAL_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 GaugeRead = Callable[[], Iterable[tuple[LabelValues, float]]]
 
@@ -187,175 +214,267 @@ class RouterMetrics:
     reason, configured endpoint, client key names from the mounted Secrets), so the number of series
     cannot grow with traffic."""
 
-    def __init__(self, breaker_states: GaugeRead, outstanding: GaugeRead, endpoints: GaugeRead,
-                 buffered: GaugeRead, *, slots: GaugeRead = _nothing, model_outstanding: GaugeRead = _nothing,
-                 model_slots: GaugeRead = _nothing, demand_requests: GaugeRead = _nothing,
-                 demand_in_flight: GaugeRead = _nothing, demand_seconds: GaugeRead = _nothing,
-                 waiting: GaugeRead = _nothing, period_cost: GaugeRead = _nothing,
-                 budget_exhausted: GaugeRead = _nothing) -> None:  # fmt: skip
+    def __init__(
+        self,
+        breaker_states: GaugeRead,
+        outstanding: GaugeRead,
+        endpoints: GaugeRead,
+        buffered: GaugeRead,
+        *,
+        slots: GaugeRead = _nothing,
+        model_outstanding: GaugeRead = _nothing,
+        model_slots: GaugeRead = _nothing,
+        demand_requests: GaugeRead = _nothing,
+        demand_in_flight: GaugeRead = _nothing,
+        demand_seconds: GaugeRead = _nothing,
+        waiting: GaugeRead = _nothing,
+        period_cost: GaugeRead = _nothing,
+        budget_exhausted: GaugeRead = _nothing,
+    ) -> None:
         self.registry = Registry()
         add = self.registry.add
-        self.requests = add(Counter(
-            "localai_router_requests_total",
-            "Requests answered, by the upstream that answered (local, fallback, or router when the router "
-            "answered itself) and HTTP status code.",
-            ("upstream", "code"),
-        ))  # fmt: skip
-        self.ttft = add(Histogram(
-            "localai_router_time_to_first_token_seconds",
-            "Seconds from request arrival to the first content token (not a role-only chunk or a keep-alive) "
-            "of a chat, completion or responses answer: every stream, and non-stream requests on routes with a "
-            "fallback (the router streams those from local).",
-            ("upstream",), TTFB_BUCKETS,
-        ))  # fmt: skip
-        self.tpot = add(Histogram(
-            "localai_router_time_per_output_token_seconds",
-            "Per answer: seconds from the first to the last token divided by the output tokens after the first.",
-            ("upstream",), TOKEN_INTERVAL_BUCKETS,
-        ))  # fmt: skip
-        self.ttfb = add(Histogram(
-            "localai_router_time_to_first_byte_seconds",
-            "Seconds from request arrival to the first response byte sent to the client.",
-            ("upstream",), TTFB_BUCKETS,
-        ))  # fmt: skip
-        self.duration = add(Histogram(
-            "localai_router_request_duration_seconds",
-            "Seconds from request arrival to the last response byte sent to the client.",
-            ("upstream",), DURATION_BUCKETS,
-        ))  # fmt: skip
-        self.fallbacks = add(Counter(
-            "localai_router_fallbacks_total",
-            "Requests sent to the cloud fallback, by the reason local was not used.",
-            ("reason",),
-        ))  # fmt: skip
-        self.local_failures = add(Counter(
-            "localai_router_local_failures_total",
-            "Local attempts that failed, by reason, including those on routes without a fallback.",
-            ("reason",),
-        ))  # fmt: skip
-        self.retries = add(Counter(
-            "localai_router_local_retries_total",
-            "Requests retried on another local endpoint after their connection to one failed with nothing sent.",
-        ))  # fmt: skip
-        self.stream_errors = add(Counter(
-            "localai_router_stream_errors_total",
-            "Streams ended with an error event because the upstream failed after bytes were sent.",
-            ("upstream",),
-        ))  # fmt: skip
-        self.breaker_state = add(Gauge(
-            "localai_router_breaker_state",
-            "Circuit breaker state per local endpoint (pod): 0 closed, 1 open, 2 half-open.",
-            ("endpoint",), breaker_states,
-        ))  # fmt: skip
-        self.outstanding = add(Gauge(
-            "localai_router_outstanding_requests",
-            "Requests in flight per local endpoint (pod), what least-outstanding balancing compares.",
-            ("endpoint",), outstanding,
-        ))  # fmt: skip
-        self.endpoints = add(Gauge(
-            "localai_router_local_endpoints",
-            "Local endpoints (pods) the router knows, configured and discovered.",
-            (), endpoints,
-        ))  # fmt: skip
-        self.tokens = add(Counter(
-            "localai_router_tokens_total",
-            "Tokens reported in OpenAI `usage`, by upstream and kind (prompt, completion).",
-            ("upstream", "kind"),
-        ))  # fmt: skip
-        self.cost = add(Counter(
-            "localai_router_fallback_estimated_cost_total",
-            "Estimated fallback spend: prompt tokens times the input price plus completion tokens times the "
-            "output price (pricePerMillionTokens unless outputPricePerMillionTokens is set), / 1e6.",
-        ))  # fmt: skip
-        self.avoided = add(Counter(
-            "localai_router_avoided_cost_total",
-            "Estimated cost avoided: local answers' tokens priced as the fallback would have charged for them.",
-        ))  # fmt: skip
-        self.period_cost = add(Gauge(
-            "localai_router_period_cost",
-            "This replica's fallback spend and avoided cost in the current UTC day and month, by kind (spend, "
-            "avoided) and period (2026-12-01, 2026-12); kept across container restarts.",
-            ("kind", "period"), period_cost,
-        ))  # fmt: skip
-        self.budget_exhausted = add(Gauge(
-            "localai_router_fallback_budget_exhausted",
-            "1 while the route's spend cap (this replica's share) is reached and the route is local-only.",
-            (), budget_exhausted,
-        ))  # fmt: skip
-        self.blocked = add(Counter(
-            "localai_router_fallbacks_blocked_total",
-            "Requests local could not answer that did not go to the cloud although the route has a fallback, "
-            "by reason (budget_exhausted).",
-            ("reason",),
-        ))  # fmt: skip
-        self.slots = add(Gauge(
-            "localai_router_pod_slots",
-            "Requests each local endpoint (pod) answers at once, over the models with slots.",
-            ("endpoint",), slots,
-        ))  # fmt: skip
-        self.model_outstanding = add(Gauge(
-            "localai_router_model_outstanding_requests",
-            "Requests in flight per local endpoint (pod) and model, for the models with slots.",
-            ("endpoint", "model"), model_outstanding,
-        ))  # fmt: skip
-        self.model_slots = add(Gauge(
-            "localai_router_model_slots",
-            "Slots per local endpoint (pod) and model: LLMModel.spec.parallel.",
-            ("endpoint", "model"), model_slots,
-        ))  # fmt: skip
-        self.demand_requests = add(ReadCounter(
-            "localai_router_demand_requests_total",
-            "Inference requests meant for the pool, wherever they were answered (local, cloud, refused).",
-            (), demand_requests,
-        ))  # fmt: skip
-        self.demand_in_flight = add(Gauge(
-            "localai_router_demand_in_flight",
-            "Inference requests meant for the pool in flight now, wherever they are served or waiting.",
-            (), demand_in_flight,
-        ))  # fmt: skip
-        self.demand_seconds = add(ReadCounter(
-            "localai_router_demand_seconds_total",
-            "Integral of demand_in_flight over time: its rate is the average concurrency between two scrapes.",
-            (), demand_seconds,
-        ))  # fmt: skip
-        self.waiting = add(Gauge(
-            "localai_router_waiting_requests",
-            "Requests with nowhere else to go waiting for a free slot (saturated) or a ready pod (pool_cold).",
-            ("reason",), waiting,
-        ))  # fmt: skip
-        self.waits = add(Counter(
-            "localai_router_waits_total",
-            "Waits for a slot or a pod that ended, by reason and result (local, timeout, left).",
-            ("reason", "result"),
-        ))  # fmt: skip
-        self.rate_limited = add(Counter(
-            "localai_router_rate_limited_total",
-            "Requests refused with 429 by the route's rate limit.",
-        ))  # fmt: skip
-        self.client_requests = add(Counter(
-            "localai_router_client_requests_total",
-            "Requests with a valid client key, by the key's name (never the key).",
-            ("key",),
-        ))  # fmt: skip
-        self.auth_failures = add(Counter(
-            "localai_router_auth_failures_total",
-            "Requests refused with 401, by reason (missing: no key sent; invalid: a key no Secret holds).",
-            ("reason",),
-        ))  # fmt: skip
-        self.buffered = add(Gauge(
-            "localai_router_buffered_request_bytes",
-            "Request body bytes held right now (bounded by the router's body buffer).",
-            (), buffered,
-        ))  # fmt: skip
-        self.buffer_waits = add(Counter(
-            "localai_router_buffer_waits_total",
-            "Requests that waited for room in the body buffer before their body was read.",
-        ))  # fmt: skip
-        self.reloads = add(Counter(
-            "localai_router_config_reloads_total",
-            "Config file changes seen, by result (applied, rejected).",
-            ("result",),
-        ))  # fmt: skip
+        self.requests = add(
+            Counter(
+                "localai_router_requests_total",
+                "Requests answered, by the upstream that answered (local, fallback, or router when the router "
+                "answered itself) and HTTP status code.",
+                ("upstream", "code"),
+            )
+        )
+        self.ttft = add(
+            Histogram(
+                "localai_router_time_to_first_token_seconds",
+                "Seconds from request arrival to the first content token (not a role-only chunk or a keep-alive) "
+                "of a chat, completion or responses answer: every stream, and non-stream requests on routes with a "
+                "fallback (the router streams those from local).",
+                ("upstream",),
+                TTFB_BUCKETS,
+            )
+        )
+        self.tpot = add(
+            Histogram(
+                "localai_router_time_per_output_token_seconds",
+                "Per answer: seconds from the first to the last token divided by the output tokens after the first.",
+                ("upstream",),
+                TOKEN_INTERVAL_BUCKETS,
+            )
+        )
+        self.ttfb = add(
+            Histogram(
+                "localai_router_time_to_first_byte_seconds",
+                "Seconds from request arrival to the first response byte sent to the client.",
+                ("upstream",),
+                TTFB_BUCKETS,
+            )
+        )
+        self.duration = add(
+            Histogram(
+                "localai_router_request_duration_seconds",
+                "Seconds from request arrival to the last response byte sent to the client.",
+                ("upstream",),
+                DURATION_BUCKETS,
+            )
+        )
+        self.fallbacks = add(
+            Counter(
+                "localai_router_fallbacks_total",
+                "Requests sent to the cloud fallback, by the reason local was not used.",
+                ("reason",),
+            )
+        )
+        self.local_failures = add(
+            Counter(
+                "localai_router_local_failures_total",
+                "Local attempts that failed, by reason, including those on routes without a fallback.",
+                ("reason",),
+            )
+        )
+        self.retries = add(
+            Counter(
+                "localai_router_local_retries_total",
+                "Requests retried on another local endpoint after their connection to one failed with nothing sent.",
+            )
+        )
+        self.stream_errors = add(
+            Counter(
+                "localai_router_stream_errors_total",
+                "Streams ended with an error event because the upstream failed after bytes were sent.",
+                ("upstream",),
+            )
+        )
+        self.breaker_state = add(
+            Gauge(
+                "localai_router_breaker_state",
+                "Circuit breaker state per local endpoint (pod): 0 closed, 1 open, 2 half-open.",
+                ("endpoint",),
+                breaker_states,
+            )
+        )
+        self.outstanding = add(
+            Gauge(
+                "localai_router_outstanding_requests",
+                "Requests in flight per local endpoint (pod), what least-outstanding balancing compares.",
+                ("endpoint",),
+                outstanding,
+            )
+        )
+        self.endpoints = add(
+            Gauge(
+                "localai_router_local_endpoints",
+                "Local endpoints (pods) the router knows, configured and discovered.",
+                (),
+                endpoints,
+            )
+        )
+        self.tokens = add(
+            Counter(
+                "localai_router_tokens_total",
+                "Tokens reported in OpenAI `usage`, by upstream and kind (prompt, completion).",
+                ("upstream", "kind"),
+            )
+        )
+        self.cost = add(
+            Counter(
+                "localai_router_fallback_estimated_cost_total",
+                "Estimated fallback spend: prompt tokens times the input price plus completion tokens times the "
+                "output price (pricePerMillionTokens unless outputPricePerMillionTokens is set), / 1e6.",
+            )
+        )
+        self.avoided = add(
+            Counter(
+                "localai_router_avoided_cost_total",
+                "Estimated cost avoided: local answers' tokens priced as the fallback would have charged for them.",
+            )
+        )
+        self.period_cost = add(
+            Gauge(
+                "localai_router_period_cost",
+                "This replica's fallback spend and avoided cost in the current UTC day and month, by kind (spend, "
+                "avoided) and period (2026-12-01, 2026-12); kept across container restarts.",
+                ("kind", "period"),
+                period_cost,
+            )
+        )
+        self.budget_exhausted = add(
+            Gauge(
+                "localai_router_fallback_budget_exhausted",
+                "1 while the route's spend cap (this replica's share) is reached and the route is local-only.",
+                (),
+                budget_exhausted,
+            )
+        )
+        self.blocked = add(
+            Counter(
+                "localai_router_fallbacks_blocked_total",
+                "Requests local could not answer that did not go to the cloud although the route has a fallback, "
+                "by reason (budget_exhausted).",
+                ("reason",),
+            )
+        )
+        self.slots = add(
+            Gauge(
+                "localai_router_pod_slots",
+                "Requests each local endpoint (pod) answers at once, over the models with slots.",
+                ("endpoint",),
+                slots,
+            )
+        )
+        self.model_outstanding = add(
+            Gauge(
+                "localai_router_model_outstanding_requests",
+                "Requests in flight per local endpoint (pod) and model, for the models with slots.",
+                ("endpoint", "model"),
+                model_outstanding,
+            )
+        )
+        self.model_slots = add(
+            Gauge(
+                "localai_router_model_slots",
+                "Slots per local endpoint (pod) and model: LLMModel.spec.parallel.",
+                ("endpoint", "model"),
+                model_slots,
+            )
+        )
+        self.demand_requests = add(
+            ReadCounter(
+                "localai_router_demand_requests_total",
+                "Inference requests meant for the pool, wherever they were answered (local, cloud, refused).",
+                (),
+                demand_requests,
+            )
+        )
+        self.demand_in_flight = add(
+            Gauge(
+                "localai_router_demand_in_flight",
+                "Inference requests meant for the pool in flight now, wherever they are served or waiting.",
+                (),
+                demand_in_flight,
+            )
+        )
+        self.demand_seconds = add(
+            ReadCounter(
+                "localai_router_demand_seconds_total",
+                "Integral of demand_in_flight over time: its rate is the average concurrency between two scrapes.",
+                (),
+                demand_seconds,
+            )
+        )
+        self.waiting = add(
+            Gauge(
+                "localai_router_waiting_requests",
+                "Requests with nowhere else to go waiting for a free slot (saturated) or a ready pod (pool_cold).",
+                ("reason",),
+                waiting,
+            )
+        )
+        self.waits = add(
+            Counter(
+                "localai_router_waits_total",
+                "Waits for a slot or a pod that ended, by reason and result (local, timeout, left).",
+                ("reason", "result"),
+            )
+        )
+        self.rate_limited = add(
+            Counter(
+                "localai_router_rate_limited_total",
+                "Requests refused with 429 by the route's rate limit.",
+            )
+        )
+        self.client_requests = add(
+            Counter(
+                "localai_router_client_requests_total",
+                "Requests with a valid client key, by the key's name (never the key).",
+                ("key",),
+            )
+        )
+        self.auth_failures = add(
+            Counter(
+                "localai_router_auth_failures_total",
+                "Requests refused with 401, by reason (missing: no key sent; invalid: a key no Secret holds).",
+                ("reason",),
+            )
+        )
+        self.buffered = add(
+            Gauge(
+                "localai_router_buffered_request_bytes",
+                "Request body bytes held right now (bounded by the router's body buffer).",
+                (),
+                buffered,
+            )
+        )
+        self.buffer_waits = add(
+            Counter(
+                "localai_router_buffer_waits_total",
+                "Requests that waited for room in the body buffer before their body was read.",
+            )
+        )
+        self.reloads = add(
+            Counter(
+                "localai_router_config_reloads_total",
+                "Config file changes seen, by result (applied, rejected).",
+                ("result",),
+            )
+        )
 
     def render(self) -> bytes:
         return self.registry.render()

@@ -172,9 +172,12 @@ FULL: Final = -2
 
 
 def choose(
-    endpoints: Sequence[_B], now: float, start: int, exclude: object = None,
+    endpoints: Sequence[_B],
+    now: float,
+    start: int,
+    exclude: object = None,
     has_room: Callable[[_B], bool] | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Index of the available endpoint with the fewest outstanding requests, NO_CHOICE when none is
     available (breakers), or FULL when every available one lacks room (`has_room` says False).
 

@@ -208,10 +208,15 @@ class Relay:
     client: http.Client
 
     def __init__(
-        self, metrics: RouterMetrics, clock: Callable[[], float], catalog: Catalog,
-        demand: Demand | None = None, ledger: Ledger | None = None,
-        current: Callable[[], Route] | None = None, unreachable: Callable[[], None] = lambda: None,
-    ) -> None:  # fmt: skip
+        self,
+        metrics: RouterMetrics,
+        clock: Callable[[], float],
+        catalog: Catalog,
+        demand: Demand | None = None,
+        ledger: Ledger | None = None,
+        current: Callable[[], Route] | None = None,
+        unreachable: Callable[[], None] = lambda: None,
+    ) -> None:
         """`current` gives the newest config snapshot: a request that waited takes the pods known now."""
         self.current = current
         # Called when a connection to a pod failed: the pod may be gone while its address is still known.
@@ -253,9 +258,12 @@ class Relay:
         # Every request skips an open breaker: one line per request would drown the log in an outage.
         log.log(
             logging.DEBUG if failure.reason is FallbackReason.BREAKER_OPEN else logging.INFO,
-            "%s %s%s goes to the cloud: %s", a.request.method, a.request.path,
-            f" (client key {a.key_name})" if a.key_name else "", failure.reason.value,
-        )  # fmt: skip
+            "%s %s%s goes to the cloud: %s",
+            a.request.method,
+            a.request.path,
+            f" (client key {a.key_name})" if a.key_name else "",
+            failure.reason.value,
+        )
         a.fallback_reason = failure.reason
         a.served_by = SERVED_BY_FALLBACK
         return await self._cloud(a, a.cloud, failure)
@@ -319,22 +327,26 @@ class Relay:
         if why is Unavailable.BREAKERS:
             wait = route.reopens_in(now)
             return LocalFailure(
-                FallbackReason.BREAKER_OPEN, f"circuit breaker open, next probe in {wait:.1f}s",
+                FallbackReason.BREAKER_OPEN,
+                f"circuit breaker open, next probe in {wait:.1f}s",
                 retry_after=retry_after_header(wait),
-            )  # fmt: skip
+            )
         if why is Unavailable.FULL:
             pods = len(route.endpoints)
             return LocalFailure(
                 FallbackReason.SATURATED,
                 f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {model!r}",
-                retry_after=retry_after_header(SATURATED_RETRY_AFTER), counted=False,
-            )  # fmt: skip
+                retry_after=retry_after_header(SATURATED_RETRY_AFTER),
+                counted=False,
+            )
         if route.pool is None:
             return LocalFailure(FallbackReason.NO_ENDPOINT, "no local endpoint is known (no pod is ready)")
         return LocalFailure(
-            FallbackReason.POOL_COLD, f"pool {route.pool} has no ready pod",
-            retry_after=retry_after_header(COLD_RETRY_AFTER), counted=False,
-        )  # fmt: skip
+            FallbackReason.POOL_COLD,
+            f"pool {route.pool} has no ready pod",
+            retry_after=retry_after_header(COLD_RETRY_AFTER),
+            counted=False,
+        )
 
     def _begin_wait(self, route: Route, reason: FallbackReason) -> _Wait:
         bound = route.cold_wait if reason is FallbackReason.POOL_COLD else route.queue_timeout
@@ -351,9 +363,12 @@ class Relay:
         if breaker.failure(self.clock(), probe):
             log.warning(
                 "local %s: circuit breaker open for %gs (%s); requests skip it until a probe succeeds",
-                endpoint.base_url, breaker.open_seconds,
-                "the half-open probe failed" if probe else f"{breaker.failure_threshold} consecutive failures",
-            )  # fmt: skip
+                endpoint.base_url,
+                breaker.open_seconds,
+                "the half-open probe failed"
+                if probe
+                else f"{breaker.failure_threshold} consecutive failures",
+            )
 
     def _succeeded(self, endpoint: Endpoint, probe: bool) -> None:
         if endpoint.breaker.success(probe):
@@ -367,9 +382,13 @@ class Relay:
         if request.query_string:
             url = URL(str(url) + "?" + request.query_string, encoded=True)
         return await self.client.request(
-            request.method, url, headers.items(), _segments(a.local_body()),
-            connect_timeout=route.connect_timeout, timeout=route.request_timeout,
-        )  # fmt: skip
+            request.method,
+            url,
+            headers.items(),
+            _segments(a.local_body()),
+            connect_timeout=route.connect_timeout,
+            timeout=route.request_timeout,
+        )
 
     async def _prelude(self, a: Attempt, upstream: http.Response) -> _Held | bytes | LocalFailure:
         """What must arrive within the budget: a status that is not a failure, then the first content event
@@ -591,17 +610,22 @@ class Relay:
             try:
                 body = _segments(a.cloud_body(cloud, model is not None and self.catalog.cloud_lists(model)))
                 upstream = await self.client.request(
-                    request.method, cloud.url(a.path), cloud.request_headers(request.headers).items(), body,
-                    connect_timeout=a.route.connect_timeout, timeout=a.route.request_timeout,
-                )  # fmt: skip
+                    request.method,
+                    cloud.url(a.path),
+                    cloud.request_headers(request.headers).items(),
+                    body,
+                    connect_timeout=a.route.connect_timeout,
+                    timeout=a.route.request_timeout,
+                )
                 if 300 <= upstream.status < 400:
                     location = upstream.headers.get("Location", "")
                     return self._reply(
-                        a, 502,
+                        a,
+                        502,
                         f"local LocalAI failed ({failure.detail}) and the cloud fallback answered {upstream.status} "
                         f"redirecting to {location!r}, which the router does not follow: check fallback.baseURL",
                         code="fallback_redirect",
-                    )  # fmt: skip
+                    )
                 if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
                     return await self._stream(a, upstream, None)
                 answer = await self._answer(a, upstream, b"")
@@ -609,15 +633,18 @@ class Relay:
                 log.warning("cloud fallback failed after local %s: %s", reason, _describe(err))
                 status = 504 if isinstance(err, TimeoutError) else 502
                 return self._reply(
-                    a, status,
+                    a,
+                    status,
                     f"local LocalAI failed ({failure.detail}) and the cloud fallback failed ({_describe(err)})",
                     code="fallback_failed",
-                )  # fmt: skip
+                )
             if isinstance(answer, LocalFailure):
                 return self._reply(
-                    a, 502, f"local LocalAI failed ({failure.detail}) and the cloud fallback {answer.detail}",
+                    a,
+                    502,
+                    f"local LocalAI failed ({failure.detail}) and the cloud fallback {answer.detail}",
                     code="fallback_failed",
-                )  # fmt: skip
+                )
             return answer
         finally:
             if upstream is not None:
@@ -699,9 +726,12 @@ class Relay:
         return response
 
     async def _stream(
-        self, a: Attempt, upstream: http.Response, held: _Held | None,
+        self,
+        a: Attempt,
+        upstream: http.Response,
+        held: _Held | None,
         on_failure: Callable[[], None] | None = None,
-    ) -> web.StreamResponse:  # fmt: skip
+    ) -> web.StreamResponse:
         """Relay an SSE stream event by event; the held events (content included) go first."""
         fmt = a.api.stream
         headers = response_headers(upstream.headers, a.served_by, self._reason(a))
@@ -745,29 +775,38 @@ class Relay:
                         last_token = self.clock()
                 if broken is not None:
                     self._broken_stream(response, a.served_by, on_failure)
-                    await response.write(replies.sse_error_event(
-                        f"the {a.served_by} upstream reported an error mid-stream ({broken}); "
-                        "the answer above is incomplete", "upstream_stream_error",
-                    ))  # fmt: skip
+                    await response.write(
+                        replies.sse_error_event(
+                            f"the {a.served_by} upstream reported an error mid-stream ({broken}); "
+                            "the answer above is incomplete",
+                            "upstream_stream_error",
+                        )
+                    )
                     break
                 try:
                     chunk = await upstream.readany()
                 except _UPSTREAM_ERRORS as err:
                     self._broken_stream(response, a.served_by, on_failure, err)
-                    await response.write(replies.sse_error_event(
-                        f"the {a.served_by} upstream failed mid-stream ({_describe(err)}); "
-                        "the answer above is incomplete", "upstream_stream_interrupted",
-                    ))  # fmt: skip
+                    await response.write(
+                        replies.sse_error_event(
+                            f"the {a.served_by} upstream failed mid-stream ({_describe(err)}); "
+                            "the answer above is incomplete",
+                            "upstream_stream_interrupted",
+                        )
+                    )
                     break
                 if not chunk:
                     if splitter.pending:
                         await response.write(splitter.pending)
                     if not tail.complete:
                         self._broken_stream(response, a.served_by, on_failure)
-                        await response.write(replies.sse_error_event(
-                            f"the {a.served_by} upstream ended the stream without [DONE] or a finish_reason; "
-                            "the answer above is incomplete", "upstream_stream_incomplete",
-                        ))  # fmt: skip
+                        await response.write(
+                            replies.sse_error_event(
+                                f"the {a.served_by} upstream ended the stream without [DONE] or a finish_reason; "
+                                "the answer above is incomplete",
+                                "upstream_stream_incomplete",
+                            )
+                        )
                     break
                 pending = splitter.feed(chunk)
             await response.write_eof()
@@ -784,9 +823,12 @@ class Relay:
         return response
 
     def _broken_stream(
-        self, response: web.StreamResponse, served_by: str, on_failure: Callable[[], None] | None,
+        self,
+        response: web.StreamResponse,
+        served_by: str,
+        on_failure: Callable[[], None] | None,
         err: BaseException | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._stream_failed(response, served_by, err)
         if on_failure is not None:
             on_failure()
@@ -827,13 +869,23 @@ class Relay:
         return self._reply(a, status, message, code=code, headers=headers, reason=failure.reason.value)
 
     def _reply(
-        self, a: Attempt, status: int, message: str, *, code: str,
-        headers: dict[str, str] | None = None, reason: str | None = None,
-    ) -> web.Response:  # fmt: skip
+        self,
+        a: Attempt,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+    ) -> web.Response:
         response = replies.error(
-            status, message, error_type=replies.UPSTREAM_ERROR, code=code,
-            fallback_reason=reason or self._reason(a), headers=headers,
-        )  # fmt: skip
+            status,
+            message,
+            error_type=replies.UPSTREAM_ERROR,
+            code=code,
+            fallback_reason=reason or self._reason(a),
+            headers=headers,
+        )
         self._account(SERVED_BY_ROUTER, status, a.started)
         self.metrics.ttfb.observe((SERVED_BY_ROUTER,), self.clock() - a.started)
         return response

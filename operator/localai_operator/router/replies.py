@@ -39,9 +39,14 @@ def sse_error_event(message: str, code: str) -> bytes:
 
 
 def error(
-    status: int, message: str, *, error_type: str | None = None, code: str | None = None,
-    fallback_reason: str | None = None, headers: Mapping[str, str] | None = None,
-) -> web.Response:  # fmt: skip
+    status: int,
+    message: str,
+    *,
+    error_type: str | None = None,
+    code: str | None = None,
+    fallback_reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
     default_type, default_code = _BY_STATUS.get(
         status, (SERVER_ERROR if status >= 500 else INVALID_REQUEST, None)
     )

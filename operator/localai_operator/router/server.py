@@ -54,10 +54,14 @@ class Router:
     session and the metrics."""
 
     def __init__(
-        self, config: RouterConfig, env: Mapping[str, str], redaction: redact.RedactingFilter | None = None,
-        clock: Callable[[], float] = time.monotonic, resolver: Resolver = resolve,
+        self,
+        config: RouterConfig,
+        env: Mapping[str, str],
+        redaction: redact.RedactingFilter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.env = env
         self.redaction = redaction
         self.clock = clock
@@ -70,15 +74,20 @@ class Router:
         self.demand = Demand(clock())
         self.ledger = Ledger(config.server.state_directory, wall)
         self.metrics = RouterMetrics(
-            self._breaker_states, self._outstanding, self._endpoint_count, self._buffered,
-            slots=self._slots, model_outstanding=self._model_outstanding, model_slots=self._model_slots,
+            self._breaker_states,
+            self._outstanding,
+            self._endpoint_count,
+            self._buffered,
+            slots=self._slots,
+            model_outstanding=self._model_outstanding,
+            model_slots=self._model_slots,
             demand_requests=lambda: [((), float(self.demand.requests))],
             demand_in_flight=lambda: [((), float(self.demand.in_flight))],
             demand_seconds=lambda: [((), self.demand.seconds(self.clock()))],
             waiting=lambda: [((r.value,), float(n)) for r, n in self.relay.waiting.items()],
             period_cost=lambda: [((kind, period), amount) for kind, period, amount in self.ledger.figures()],
             budget_exhausted=self._budget_exhausted,
-        )  # fmt: skip
+        )
         self.listing = Listing(self.metrics, clock)
         self.relay = Relay(
             self.metrics,
@@ -90,8 +99,9 @@ class Router:
             unreachable=self._unreachable,
         )
         self.buffer = BodyBuffer(config.server.body_buffer_bytes)
-        self.intake = Intake(lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer,
-                             self.metrics, clock)  # fmt: skip
+        self.intake = Intake(
+            lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer, self.metrics, clock
+        )
         self.discovery: PodDiscovery | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._configure_keys(config)
@@ -354,9 +364,12 @@ async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     # aiohttp's keep-alive timer runs from the connection's start and from each response's end until the
     # next request's headers are complete: it is the header-read timeout too.
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         keepalive_timeout=server.header_timeout_seconds,
-    )  # fmt: skip
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_address=True)
     await site.start()
@@ -365,8 +378,14 @@ async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     return runner, bound
 
 
-async def _serve(config: RouterConfig, content: bytes, config_path: Path, host: str, port: int,
-                 redaction: redact.RedactingFilter) -> None:  # fmt: skip
+async def _serve(
+    config: RouterConfig,
+    content: bytes,
+    config_path: Path,
+    host: str,
+    port: int,
+    redaction: redact.RedactingFilter,
+) -> None:
     app = create_app(config, config_path=config_path, config_content=content, redaction=redaction)
     runner, bound = await start(app, host, port)
     router = app[ROUTER]

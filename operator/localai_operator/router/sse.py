@@ -25,10 +25,15 @@ LOCALAI_ERROR_PREFIX: Final = "Internal error: "
 _FINISHED: Final = re.compile(rb'"finish_reason"\s*:\s*"')
 _RESPONSES_TERMINAL: Final = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 # Responses API events that only announce what follows.
-_RESPONSES_PREAMBLE: Final = frozenset({
-    "response.created", "response.in_progress", "response.queued", "response.output_item.added",
-    "response.content_part.added",
-})  # fmt: skip
+_RESPONSES_PREAMBLE: Final = frozenset(
+    {
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.output_item.added",
+        "response.content_part.added",
+    }
+)
 _RESPONSES_ERRORS: Final = frozenset({"error", "response.failed"})
 _DELTA_CONTENT_KEYS: Final = (
     "content",

@@ -26,9 +26,16 @@ API_PREFIX: Final = "/v1"
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those the HTTP client recomputes for the new hop.
 _HOP_BY_HOP: Final = (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-)  # fmt: skip
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+)
 # Expect: the body is already read in full. Content-Encoding: aiohttp has decoded the body, so the header
 # would no longer describe what is sent.
 _REQUEST_DROPPED: Final = frozenset(
@@ -147,10 +154,15 @@ class Route:
     """A snapshot of the config and the endpoints known when it was built."""
 
     def __init__(
-        self, config: RouterConfig, endpoints: tuple[Endpoint, ...], cloud: Cloud | None,
-        limiter: TokenBucket | None, local_key: str | None, problems: tuple[str, ...],
+        self,
+        config: RouterConfig,
+        endpoints: tuple[Endpoint, ...],
+        cloud: Cloud | None,
+        limiter: TokenBucket | None,
+        local_key: str | None,
+        problems: tuple[str, ...],
         waiters: Queues | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         policy = config.policy
         # Requests waiting for a slot or a pod, shared by every snapshot of the router.
         self.waiters = waiters if waiters is not None else Queues()
@@ -212,9 +224,13 @@ class Route:
 
 
 def build_route(
-    config: RouterConfig, previous: Route | None, env: Mapping[str, str], now: float,
-    discovered: Sequence[str] = (), waiters: Queues | None = None,
-) -> Route:  # fmt: skip
+    config: RouterConfig,
+    previous: Route | None,
+    env: Mapping[str, str],
+    now: float,
+    discovered: Sequence[str] = (),
+    waiters: Queues | None = None,
+) -> Route:
     """A new snapshot; endpoints whose URL is unchanged keep their breaker and in-flight count."""
     breaker_settings = config.policy.circuit_breaker
     kept = {e.base_url: e for e in previous.endpoints} if previous else {}

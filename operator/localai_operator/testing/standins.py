@@ -122,18 +122,29 @@ def _instant_chat_stream(model: str, tokens: list[str], usage_trailer: bool) -> 
     """What `_stream` writes for a chat answer with no delay, without a json.dumps per chunk: when it is
     the upstream of a benchmark, a stand-in that streams dearer than it answers would mislead."""
     name = json.dumps(model).encode()
-    head = (b'data: {"created": ' + str(int(time.time())).encode() + b', "object": "chat.completion.chunk", '
-            b'"id": "chunk-standin", "model": ' + name + b', "choices": [{"index": 0, "finish_reason": ')  # fmt: skip
+    head = (
+        b'data: {"created": ' + str(int(time.time())).encode() + b', "object": "chat.completion.chunk", '
+        b'"id": "chunk-standin", "model": ' + name + b', "choices": [{"index": 0, "finish_reason": '
+    )
     parts = [
-        head + b'null, "delta": {"content": ' + json.dumps(token).encode() + b'}}], "usage": '
-        + json.dumps(_usage(i + 1)).encode() + b"}\n\n"
+        head
+        + b'null, "delta": {"content": '
+        + json.dumps(token).encode()
+        + b'}}], "usage": '
+        + json.dumps(_usage(i + 1)).encode()
+        + b"}\n\n"
         for i, token in enumerate(tokens)
-    ]  # fmt: skip
+    ]
     usage = json.dumps(_usage(len(tokens))).encode()
     parts.append(head + b'"stop", "delta": {}}], "usage": ' + usage + b"}\n\n")
     if usage_trailer:
-        parts.append(b'data: {"id": "chunk-standin", "object": "chat.completion.chunk", "model": ' + name
-                     + b', "choices": [], "usage": ' + usage + b"}\n\n")  # fmt: skip
+        parts.append(
+            b'data: {"id": "chunk-standin", "object": "chat.completion.chunk", "model": '
+            + name
+            + b', "choices": [], "usage": '
+            + usage
+            + b"}\n\n"
+        )
     parts.append(b"data: [DONE]\n\n")
     return b"".join(parts)
 
@@ -161,8 +172,17 @@ class OpenAIStandIn:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024 * 1024)
-        for path in ("chat/completions", "completions", "embeddings", "responses", "rerank", "tokenize",
-                     "images/generations", "audio/speech", "audio/transcriptions"):  # fmt: skip
+        for path in (
+            "chat/completions",
+            "completions",
+            "embeddings",
+            "responses",
+            "rerank",
+            "tokenize",
+            "images/generations",
+            "audio/speech",
+            "audio/transcriptions",
+        ):
             app.router.add_post(f"/v1/{path}", self._generate)
         app.router.add_get("/v1/responses/{id}", self._generate)
         app.router.add_get("/v1/models", self._models)
@@ -188,9 +208,10 @@ class OpenAIStandIn:
         )
         await self._runner.setup()
         site: web.BaseSite = (
-            web.SockSite(self._runner, sock) if sock is not None
+            web.SockSite(self._runner, sock)
+            if sock is not None
             else web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
-        )  # fmt: skip
+        )
         await site.start()
         bound = self._runner.addresses[0][1]
         assert isinstance(bound, int)
@@ -223,8 +244,9 @@ class OpenAIStandIn:
 
     @staticmethod
     def _unauthorized() -> web.Response:
-        return web.json_response({"error": {"message": "invalid API key", "type": "invalid_request_error"}},
-                                 status=401)  # fmt: skip
+        return web.json_response(
+            {"error": {"message": "invalid API key", "type": "invalid_request_error"}}, status=401
+        )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -259,8 +281,10 @@ class OpenAIStandIn:
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
-                return web.json_response({"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}},
-                                         status=400)  # fmt: skip
+                return web.json_response(
+                    {"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}},
+                    status=400,
+                )
         payload = payload or {}
         model = str(payload.get("model") or self.models[0])
         await asyncio.sleep(b.delay_before_headers)
@@ -322,8 +346,14 @@ class OpenAIStandIn:
                 choice["logprobs"] = {"content": [_logprob(self._token(i)) for i in range(b.tokens)]}
         else:
             choice["text"] = text
-        answer = {"id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
-                  "created": int(time.time()), "model": model, "choices": [choice], "usage": _usage(b.tokens)}  # fmt: skip
+        answer = {
+            "id": "cmpl-standin",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(b.tokens),
+        }
         if b.answer_padding:
             answer["padding"] = "x" * b.answer_padding
         data = json.dumps(answer).encode()
@@ -338,16 +368,30 @@ class OpenAIStandIn:
             return response
         return web.Response(body=data, content_type="application/json")
 
-    def _chunk(self, model: str, chat: bool, delta: dict[str, Any] | None, text: str | None,
-               finish: str | None, tokens_so_far: int) -> dict[str, Any]:  # fmt: skip
+    def _chunk(
+        self,
+        model: str,
+        chat: bool,
+        delta: dict[str, Any] | None,
+        text: str | None,
+        finish: str | None,
+        tokens_so_far: int,
+    ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["delta"] = delta if delta is not None else {}
         elif text:
             choice["text"] = text
-        return {"created": int(time.time()), "object": "chat.completion.chunk" if chat else "text_completion",
-                "id": "chunk-standin", "model": model, "choices": [choice], "usage": _usage(tokens_so_far) if tokens_so_far
-                else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}  # fmt: skip
+        return {
+            "created": int(time.time()),
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "id": "chunk-standin",
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(tokens_so_far)
+            if tokens_so_far
+            else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
 
     async def _stream(
         self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
@@ -401,8 +445,18 @@ class OpenAIStandIn:
             finish = "tool_calls" if b.tool_call and chat else "stop"
             out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces))))
             if (payload.get("stream_options") or {}).get("include_usage"):
-                out.append(_sse({"id": "chunk-standin", "object": "chat.completion.chunk", "model": model,
-                                 "created": int(time.time()), "choices": [], "usage": _usage(len(pieces))}))  # fmt: skip
+                out.append(
+                    _sse(
+                        {
+                            "id": "chunk-standin",
+                            "object": "chat.completion.chunk",
+                            "model": model,
+                            "created": int(time.time()),
+                            "choices": [],
+                            "usage": _usage(len(pieces)),
+                        }
+                    )
+                )
             out.append(b"data: [DONE]\n\n")
         await response.write(b"".join(out))
         await response.write_eof()
@@ -423,10 +477,27 @@ class OpenAIStandIn:
         self, request: web.Request, payload: dict[str, Any], model: str, b: Behaviour
     ) -> web.StreamResponse:
         text = "".join(self._token(i) for i in range(b.tokens))
-        final = {"id": "resp-standin", "object": "response", "created_at": int(time.time()), "status": "completed",
-                 "model": model, "output": [{"type": "message", "id": "msg-standin", "role": "assistant", "status": "completed",
-                                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-                 "usage": {"input_tokens": _PROMPT_TOKENS, "output_tokens": b.tokens, "total_tokens": _PROMPT_TOKENS + b.tokens}}  # fmt: skip
+        final = {
+            "id": "resp-standin",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg-standin",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": _PROMPT_TOKENS,
+                "output_tokens": b.tokens,
+                "total_tokens": _PROMPT_TOKENS + b.tokens,
+            },
+        }
         if not payload.get("stream"):
             await self._wait_first_token(b, None)
             await asyncio.sleep(max(0, b.tokens - 1) * b.token_interval)
@@ -441,8 +512,14 @@ class OpenAIStandIn:
         for index in range(b.tokens):
             if index and b.token_interval:
                 await asyncio.sleep(b.token_interval)
-            delta = {"type": "response.output_text.delta", "sequence_number": index + 1, "item_id": "msg-standin",
-                     "output_index": 0, "content_index": 0, "delta": self._token(index)}  # fmt: skip
+            delta = {
+                "type": "response.output_text.delta",
+                "sequence_number": index + 1,
+                "item_id": "msg-standin",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": self._token(index),
+            }
             await response.write(_sse(delta, "response.output_text.delta"))
         if not b.truncate:
             done = {"type": "response.completed", "sequence_number": b.tokens + 1, "response": final}
@@ -455,8 +532,12 @@ class OpenAIStandIn:
     ) -> web.StreamResponse:
         await self._wait_first_token(b, None)
         if path == "embeddings":
-            data: dict[str, Any] = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125, 1.0]}],
-                    "model": model, "usage": {"prompt_tokens": 4, "total_tokens": 4}}  # fmt: skip
+            data: dict[str, Any] = {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125, 1.0]}],
+                "model": model,
+                "usage": {"prompt_tokens": 4, "total_tokens": 4},
+            }
             if b.answer_padding:
                 data["data"][0]["embedding"] = [0.5] * (b.answer_padding // 4)
             return web.json_response(data)

@@ -36,10 +36,16 @@ RELAXED_BUDGET_MS = 10_000
 
 
 def route_config(
-    local: str | list[str], cloud: str | None = None, *, sensitive: bool = False,
-    auth: list[str] | None = None, server: dict[str, Any] | None = None, local_extra: dict[str, Any] | None = None,
-    defaults: bool = False, **policy: Any,
-) -> dict[str, Any]:  # fmt: skip
+    local: str | list[str],
+    cloud: str | None = None,
+    *,
+    sensitive: bool = False,
+    auth: list[str] | None = None,
+    server: dict[str, Any] | None = None,
+    local_extra: dict[str, Any] | None = None,
+    defaults: bool = False,
+    **policy: Any,
+) -> dict[str, Any]:
     """A router config as the operator renders it; `policy` takes camelCase keys. `defaults`: the production
     connect timeout and first-token budget instead of the relaxed ones; `auth`: client-key directories."""
     relaxed = (
@@ -175,13 +181,18 @@ class Answer:
 
 
 async def post(
-    client: aiohttp.ClientSession, router: RunningRouter, path: str = "/chat/completions",
-    body: Any = None, data: bytes | None = None, headers: dict[str, str] | None = None,
-) -> Answer:  # fmt: skip
+    client: aiohttp.ClientSession,
+    router: RunningRouter,
+    path: str = "/chat/completions",
+    body: Any = None,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     started = time.monotonic()
     payload = chat_body() if body is None and data is None else body
-    async with client.post(router.v1(path), json=payload if data is None else None, data=data,
-                           headers=headers) as response:  # fmt: skip
+    async with client.post(
+        router.v1(path), json=payload if data is None else None, data=data, headers=headers
+    ) as response:
         raw = await response.read()
         return Answer(response.status, CIMultiDict(response.headers), raw, time.monotonic() - started)
 
@@ -248,8 +259,15 @@ async def _async_chat(client: openai.AsyncOpenAI, stream: bool, kwargs: dict[str
 
 def _reply(headers: Any, completion: Any, started: float) -> Reply:
     choice = completion.choices[0]
-    return Reply(headers.get("x-served-by"), headers.get("x-fallback-reason"), choice.message.content or "",
-                 choice.finish_reason, completion.usage, time.monotonic() - started, completion=completion)  # fmt: skip
+    return Reply(
+        headers.get("x-served-by"),
+        headers.get("x-fallback-reason"),
+        choice.message.content or "",
+        choice.finish_reason,
+        completion.usage,
+        time.monotonic() - started,
+        completion=completion,
+    )
 
 
 def _stream_reply(headers: Any, chunks: list[Any], started: float) -> Reply:
@@ -259,8 +277,15 @@ def _stream_reply(headers: Any, chunks: list[Any], started: float) -> Reply:
         None,
     )
     usage = next((c.usage for c in reversed(chunks) if getattr(c, "usage", None)), None)
-    return Reply(headers.get("x-served-by"), headers.get("x-fallback-reason"), text, finish, usage,
-                 time.monotonic() - started, chunks=chunks)  # fmt: skip
+    return Reply(
+        headers.get("x-served-by"),
+        headers.get("x-fallback-reason"),
+        text,
+        finish,
+        usage,
+        time.monotonic() - started,
+        chunks=chunks,
+    )
 
 
 async def sdk_chat(

@@ -40,8 +40,9 @@ def keys(tmp_path: Path) -> Path:
     return directory
 
 
-async def auth_router(start_router: StartRouter, local: OpenAIStandIn, cloud: OpenAIStandIn, keys: Path,
-                      **env: str) -> RunningRouter:  # fmt: skip
+async def auth_router(
+    start_router: StartRouter, local: OpenAIStandIn, cloud: OpenAIStandIn, keys: Path, **env: str
+) -> RunningRouter:
     config = route_config(local.url, cloud.url, auth=[str(keys)])
     if env:
         config["local"]["apiKeyEnv"] = LOCAL_API_KEY_ENV
@@ -124,9 +125,13 @@ async def test_metrics_count_requests_by_key_name_and_refusals_by_reason_never_t
 
 
 async def test_the_key_names_are_in_readyz_and_logs_never_hold_a_key(
-    local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, keys: Path,
-    client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
+    keys: Path,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     router = await auth_router(start_router, local, cloud, keys)
     await post(client, router, headers={"Authorization": f"Bearer {ALICE}"})

@@ -25,13 +25,16 @@ def test_model_stream_and_member_spans_are_found(size: str) -> None:
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"[]", "must be a JSON object"),
-    (b'{"a": }', "not valid JSON"),
-    (b'{"a": 1,}', "not valid JSON"),
-    (b'{"a": 1} trailing', "unexpected data"),
-    (b'{"a": "unterminated', "not valid JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[]", "must be a JSON object"),
+        (b'{"a": }', "not valid JSON"),
+        (b'{"a": 1,}', "not valid JSON"),
+        (b'{"a": 1} trailing', "unexpected data"),
+        (b'{"a": "unterminated', "not valid JSON"),
+    ],
+)
 def test_a_body_that_is_not_a_json_object_is_refused_with_where(size: str, raw: bytes, message: str) -> None:
     if size == "large":
         raw = (

@@ -72,13 +72,16 @@ def test_the_ledger_drops_periods_that_ended() -> None:
     assert ledger.figures() == [("spend", "2026-12", 1.0), ("spend", "2026-12-01", 1.0)]
 
 
-@pytest.mark.parametrize(("spent", "replicas", "carried", "exhausted"), [
-    (9.99, 1, 0.0, False),
-    (10.0, 1, 0.0, True),
-    (4.0, 2, 2.0, True),      # (10 - 2) / 2 = 4
-    (3.99, 2, 2.0, False),
-    (0.0, 3, 12.0, True),     # earlier pods spent it all
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spent", "replicas", "carried", "exhausted"),
+    [
+        (9.99, 1, 0.0, False),
+        (10.0, 1, 0.0, True),
+        (4.0, 2, 2.0, True),  # (10 - 2) / 2 = 4
+        (3.99, 2, 2.0, False),
+        (0.0, 3, 12.0, True),  # earlier pods spent it all
+    ],
+)
 def test_a_replica_may_spend_its_share_of_what_earlier_pods_left(
     spent: float, replicas: int, carried: float, exhausted: bool
 ) -> None:

@@ -128,8 +128,9 @@ async def test_a_pool_with_pods_that_are_all_busy_after_a_cold_start_keeps_the_h
 ) -> None:
     pod.set(delay_before_first_chunk=0.5)
     names = Names()
-    router = await start_router(pool_route(None, pod.port, interval=600, coldStartAllowanceSeconds=30),
-                                resolver=names)  # fmt: skip
+    router = await start_router(
+        pool_route(None, pod.port, interval=600, coldStartAllowanceSeconds=30), resolver=names
+    )
     held = [asyncio.ensure_future(post(client, router)) for _ in range(3)]
     await eventually(lambda: router.router.relay.waiting[POOL_COLD] == 3, 10, "three requests held")
     names.addresses = ["127.0.0.3"]

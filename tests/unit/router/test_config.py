@@ -13,13 +13,21 @@ def load(data: dict[str, object]) -> rc.RouterConfig:
     return rc.RouterConfig.from_yaml(yaml.safe_dump(data))
 
 
-@pytest.mark.parametrize(("data", "named"), [
-    ({"local": {"endpoints": ["http://a/v1"]}, "fallback": {"baseUrl": "http://b/v1"}}, "fallback.baseUrl"),
-    ({"local": {"endpoints": ["http://a/v1"]}, "policy": {"circuitBreaker": {"failureTreshold": 1}}},
-     "policy.circuitBreaker.failureTreshold"),
-    ({"local": {"endpoints": ["http://a/v1"], "endpoint": "http://c/v1"}}, "local.endpoint"),
-    ({"local": {"endpoints": ["http://a/v1"]}, "polcy": {}}, "polcy"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (
+            {"local": {"endpoints": ["http://a/v1"]}, "fallback": {"baseUrl": "http://b/v1"}},
+            "fallback.baseUrl",
+        ),
+        (
+            {"local": {"endpoints": ["http://a/v1"]}, "policy": {"circuitBreaker": {"failureTreshold": 1}}},
+            "policy.circuitBreaker.failureTreshold",
+        ),
+        ({"local": {"endpoints": ["http://a/v1"], "endpoint": "http://c/v1"}}, "local.endpoint"),
+        ({"local": {"endpoints": ["http://a/v1"]}, "polcy": {}}, "polcy"),
+    ],
+)
 def test_an_unknown_key_in_the_config_file_is_an_error_naming_it(data: dict[str, object], named: str) -> None:
     with pytest.raises(ValueError, match=rf"unknown key\(s\) in the router config: {named}"):
         load(data)
@@ -48,8 +56,12 @@ def test_policy_defaults_are_the_documented_ones() -> None:
 
 
 def test_a_rendered_config_round_trips() -> None:
-    config = load({"local": {"discovery": {"url": "http://p-pods.ns.svc:8080/v1"}},
-                   "fallback": {"baseURL": "https://c.example/v1", "paths": ["/chat/completions"]}})  # fmt: skip
+    config = load(
+        {
+            "local": {"discovery": {"url": "http://p-pods.ns.svc:8080/v1"}},
+            "fallback": {"baseURL": "https://c.example/v1", "paths": ["/chat/completions"]},
+        }
+    )
     assert rc.RouterConfig.from_yaml(config.to_yaml()) == config
 
 

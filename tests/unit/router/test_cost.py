@@ -48,8 +48,9 @@ PER_ANSWER = {"inputPricePerMillionTokens": 0.0, "outputPricePerMillionTokens": 
 def capped(
     cloud: str, amount: float, period: str = "daily", local: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    return priced(local or refused_url(), cloud, spendCap={"amount": amount, "period": period}, **PER_ANSWER,
-                  **extra)  # fmt: skip
+    return priced(
+        local or refused_url(), cloud, spendCap={"amount": amount, "period": period}, **PER_ANSWER, **extra
+    )
 
 
 async def test_fallback_spend_prices_input_and_output_tokens_apart(
@@ -74,9 +75,13 @@ async def test_price_per_million_tokens_alone_is_the_output_price(
 
 @pytest.mark.parametrize(("kind", "stream"), SDK_MODES, ids=SDK_IDS)
 async def test_local_answers_count_as_avoided_cost_at_the_cloud_prices(
-    kind: str, stream: bool, local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter,
+    kind: str,
+    stream: bool,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     router = await start_router(
         priced(local.url, cloud.url, inputPricePerMillionTokens=1.0, outputPricePerMillionTokens=4.0)
     )

@@ -38,11 +38,19 @@ async def test_router_command_serves_and_exits_cleanly_on_sigterm(
     config.write_text(yaml.safe_dump(route_config(local.url)))
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(port),
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "router",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         env={"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: API_KEY},
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
 
     try:
         await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
@@ -64,9 +72,14 @@ async def test_router_command_refuses_an_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "router.yaml"
     config.write_text("local: {endpoints: []}\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "router",
+        "--config",
+        str(config),
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"set endpoints" in stderr
@@ -75,12 +88,23 @@ async def test_router_command_refuses_an_invalid_config(tmp_path: Path) -> None:
 async def test_router_command_refuses_an_unknown_key_naming_it(tmp_path: Path) -> None:
     # `baseUrl` for `baseURL` used to send traffic (and the key) to the default provider silently.
     config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump({"local": {"endpoints": ["http://127.0.0.1:9/v1"]},
-                                      "fallback": {"baseUrl": "http://127.0.0.1:9/v1"}}))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "local": {"endpoints": ["http://127.0.0.1:9/v1"]},
+                "fallback": {"baseUrl": "http://127.0.0.1:9/v1"},
+            }
+        )
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "router",
+        "--config",
+        str(config),
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"fallback.baseUrl" in stderr
@@ -93,10 +117,21 @@ async def test_router_command_takes_a_log_level(
     config.write_text(yaml.safe_dump(route_config(local.url)))
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        env={"PATH": "/usr/bin:/bin"}, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "localai_operator.cli",
+        "router",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        env={"PATH": "/usr/bin:/bin"},
+        stderr=asyncio.subprocess.PIPE,
+    )
 
     try:
         await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")

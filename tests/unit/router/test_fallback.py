@@ -68,9 +68,12 @@ async def test_connect_timeout_falls_back_to_cloud(
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_local_5xx_falls_back_to_cloud(
-    status: int, local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter,
+    status: int,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     local.set(status=status)
     router = await start_router(route_config(local.url, cloud.url))
     answer = await post(client, router)
@@ -224,9 +227,12 @@ async def test_local_receives_the_clients_authorization_and_no_hop_by_hop_header
     ],
 )
 async def test_completions_and_embeddings_fall_back_like_chat(
-    path: str, body: dict[str, str], cloud: OpenAIStandIn, start_router: StartRouter,
+    path: str,
+    body: dict[str, str],
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     router = await start_router(route_config(refused_url(), cloud.url))
     answer = await post(client, router, path, body=body)
     assert (answer.status, answer.served_by) == (200, "fallback")

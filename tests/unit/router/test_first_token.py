@@ -92,9 +92,12 @@ async def test_localai_in_stream_error_before_any_content_falls_back(
 
 @pytest.mark.parametrize("shape", ["content", "event"])
 async def test_localai_error_after_content_ends_the_stream_with_an_error_event(
-    shape: str, local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter,
+    shape: str,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     local.set(tokens=5, fail_after_tokens=2, error_shape=shape)
     router = await start_router(route_config(local.url, cloud.url))
     async with client.post(router.v1("/chat/completions"), json=chat_body(stream=True)) as response:

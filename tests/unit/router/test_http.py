@@ -79,8 +79,14 @@ async def client() -> AsyncIterator[http.Client]:
 async def get(
     client: http.Client, url: URL, method: str = "POST", body: bytes = b"{}"
 ) -> tuple[http.Response, bytes]:
-    response = await client.request(method, url, [("Content-Type", "application/json")], (body,) if body else (),
-                                    connect_timeout=2, timeout=10)  # fmt: skip
+    response = await client.request(
+        method,
+        url,
+        [("Content-Type", "application/json")],
+        (body,) if body else (),
+        connect_timeout=2,
+        timeout=10,
+    )
     try:
         return response, await response.read()
     finally:
@@ -117,8 +123,10 @@ async def test_connections_idle_past_the_keep_alive_time_are_closed_by_the_sweep
 
 
 async def test_a_chunked_answer_with_extensions_and_trailers_is_decoded(client: http.Client) -> None:
-    wire = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")  # fmt: skip
+    wire = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
     server = RawServer(answer(wire))
     async with server as url:
         for _ in range(2):
@@ -141,8 +149,10 @@ async def test_an_answer_framed_by_closing_the_connection_is_read_to_the_end(cli
 
 
 async def test_connection_close_and_http_1_0_answers_are_not_reused(client: http.Client) -> None:
-    for wire in (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-                 b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"):  # fmt: skip
+    for wire in (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ):
         server = RawServer(answer(wire))
         async with server as url:
             await get(client, url)
@@ -158,9 +168,11 @@ async def test_interim_answers_are_skipped(client: http.Client) -> None:
 
 
 async def test_head_204_and_304_have_no_body(client: http.Client) -> None:
-    for method, wire in (("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
-                         ("POST", b"HTTP/1.1 204 No Content\r\n\r\n"),
-                         ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")):  # fmt: skip
+    for method, wire in (
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
+        ("POST", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+    ):
         server = RawServer(answer(wire))
         async with server as url:
             for _ in range(2):
@@ -258,17 +270,24 @@ def _certificates(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_path, key_path)
     trusting = ssl.create_default_context(cafile=str(cert_path))

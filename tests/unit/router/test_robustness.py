@@ -124,14 +124,21 @@ async def test_a_gzip_request_reaches_local_decoded_and_without_content_encoding
     assert received.json()["messages"] == chat_body()["messages"]
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/chat/completions", chat_body()),
-    ("/embeddings", {"model": LOCAL_MODEL, "input": "hello"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/completions", chat_body()),
+        ("/embeddings", {"model": LOCAL_MODEL, "input": "hello"}),
+    ],
+)
 async def test_an_empty_200_from_local_falls_back(
-    path: str, body: dict[str, object], local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter,
+    path: str,
+    body: dict[str, object],
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     local.set(empty_body=True)
     router = await start_router(route_config(local.url, cloud.url))
     answer = await post(client, router, path, body=body)
@@ -173,13 +180,17 @@ async def test_localai_only_fields_never_reach_the_cloud_and_the_rest_arrives_by
     cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
     router = await start_router(route_config(refused_url(), cloud.url))
-    body = (b'{"model": "mistral-7b-instruct", "top_k": 40, "messages": [{"role": "user", "content": "h\\u00e9"}],'
-            b' "mirostat": 2, "temperature": 0.25, "grammar": "root ::= x", "repeat_penalty": 1.1, "n": 1}')  # fmt: skip
+    body = (
+        b'{"model": "mistral-7b-instruct", "top_k": 40, "messages": [{"role": "user", "content": "h\\u00e9"}],'
+        b' "mirostat": 2, "temperature": 0.25, "grammar": "root ::= x", "repeat_penalty": 1.1, "n": 1}'
+    )
     answer = await post(client, router, data=body, headers={"Content-Type": "application/json"})
     assert answer.served_by == "fallback"
     sent = cloud.requests[-1].body
-    assert sent == (b'{"model": "deepseek-v3.2","messages": [{"role": "user", "content": "h\\u00e9"}],'
-                    b'"temperature": 0.25,"n": 1}')  # fmt: skip
+    assert sent == (
+        b'{"model": "deepseek-v3.2","messages": [{"role": "user", "content": "h\\u00e9"}],'
+        b'"temperature": 0.25,"n": 1}'
+    )
 
 
 async def test_local_keeps_localai_only_fields(
@@ -301,8 +312,10 @@ async def test_a_client_that_sends_half_a_body_and_stops_releases_its_buffer_sha
     router = await start_router(route_config(local.url, requestTimeoutSeconds=0.5))
     port = int(router.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n" + b" " * 1000)  # fmt: skip
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b" " * 1000
+        )
         await eventually(lambda: router.router.buffer.used == 100000, 5, "the body's share to be reserved")
         await eventually(
             lambda: router.router.buffer.used == 0, 10, "the share to be released after the timeout"

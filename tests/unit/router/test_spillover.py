@@ -42,9 +42,13 @@ async def busy(local: OpenAIStandIn, count: int) -> None:
 
 @pytest.mark.parametrize(("kind", "stream"), SDK_MODES, ids=SDK_IDS)
 async def test_a_request_beyond_the_pools_slots_goes_to_the_cloud_at_once_as_saturated(
-    kind: str, stream: bool, local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter,
+    kind: str,
+    stream: bool,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
     client: aiohttp.ClientSession,
-) -> None:  # fmt: skip
+) -> None:
     local.set(delay_before_first_chunk=3)
     router = await start_router(slotted(local.url, cloud.url, slots=2))
     holding = [asyncio.ensure_future(post(client, router)) for _ in range(2)]
@@ -178,8 +182,9 @@ async def test_queued_requests_are_served_in_arrival_order(
         tasks.append(asyncio.ensure_future(post(client, router, body=body)))
         await eventually(
             lambda i=index: local.counters.started + router.router.relay.waiting[SATURATED] > i,
-            10, f"request {index} to be on the pod or in the queue",
-        )  # fmt: skip
+            10,
+            f"request {index} to be on the pod or in the queue",
+        )
     await asyncio.gather(*tasks)
     order = [r.json()["messages"][0]["content"] for r in local.requests if r.path.endswith("/completions")]
     assert order == [f"request {i}" for i in range(4)]

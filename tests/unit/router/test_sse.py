@@ -20,25 +20,37 @@ def event(payload: Any) -> bytes:
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": "c1", "created": 1, "model": "m", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "finish_reason": finish, "delta": delta, **extra}], "usage": ZERO}  # fmt: skip
+    return {
+        "id": "c1",
+        "created": 1,
+        "model": "m",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "finish_reason": finish, "delta": delta, **extra}],
+        "usage": ZERO,
+    }
 
 
-@pytest.mark.parametrize(("data", "kind"), [
-    (None, sse.Kind.EMPTY),  # a comment or keep-alive
-    (b"[DONE]", sse.Kind.DONE),
-    (json.dumps(chunk({"role": "assistant"})).encode(), sse.Kind.EMPTY),  # LocalAI's first chunk, usage zeros
-    (json.dumps(chunk({})).encode(), sse.Kind.EMPTY),
-    (json.dumps(chunk({"content": ""})).encode(), sse.Kind.EMPTY),
-    (json.dumps(chunk({"content": "Hi"})).encode(), sse.Kind.CONTENT),
-    (json.dumps(chunk({"reasoning": "hmm"})).encode(), sse.Kind.CONTENT),
-    (json.dumps(chunk({"tool_calls": [{"index": 0}]})).encode(), sse.Kind.CONTENT),
-    (json.dumps(chunk({}, "stop")).encode(), sse.Kind.CONTENT),
-    (json.dumps({"choices": [], "usage": {"completion_tokens": 3}}).encode(), sse.Kind.CONTENT),
-    (json.dumps(chunk({"content": "Internal error: backend died"}, "stop")).encode(), sse.Kind.ERROR),
-    (b'{"error":"Internal error"}', sse.Kind.ERROR),
-    (b'{"error":{"message":"boom","type":"server_error"}}', sse.Kind.ERROR),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (None, sse.Kind.EMPTY),  # a comment or keep-alive
+        (b"[DONE]", sse.Kind.DONE),
+        (
+            json.dumps(chunk({"role": "assistant"})).encode(),
+            sse.Kind.EMPTY,
+        ),  # LocalAI's first chunk, usage zeros
+        (json.dumps(chunk({})).encode(), sse.Kind.EMPTY),
+        (json.dumps(chunk({"content": ""})).encode(), sse.Kind.EMPTY),
+        (json.dumps(chunk({"content": "Hi"})).encode(), sse.Kind.CONTENT),
+        (json.dumps(chunk({"reasoning": "hmm"})).encode(), sse.Kind.CONTENT),
+        (json.dumps(chunk({"tool_calls": [{"index": 0}]})).encode(), sse.Kind.CONTENT),
+        (json.dumps(chunk({}, "stop")).encode(), sse.Kind.CONTENT),
+        (json.dumps({"choices": [], "usage": {"completion_tokens": 3}}).encode(), sse.Kind.CONTENT),
+        (json.dumps(chunk({"content": "Internal error: backend died"}, "stop")).encode(), sse.Kind.ERROR),
+        (b'{"error":"Internal error"}', sse.Kind.ERROR),
+        (b'{"error":{"message":"boom","type":"server_error"}}', sse.Kind.ERROR),
+    ],
+)
 def test_events_are_told_apart_as_localai_sends_them(data: bytes | None, kind: sse.Kind) -> None:
     assert sse.classify(data, CHAT)[0] is kind
 
@@ -67,7 +79,11 @@ def test_a_byte_stream_is_cut_into_events_wherever_reads_end() -> None:
     splitter = sse.EventSplitter()
     events = [e for i in range(0, len(wire), 7) for e in splitter.feed(wire[i : i + 7])]
     assert [sse.classify(sse.event_data(e), CHAT)[0] for e in events] == [
-        sse.Kind.EMPTY, sse.Kind.EMPTY, sse.Kind.CONTENT, sse.Kind.DONE]  # fmt: skip
+        sse.Kind.EMPTY,
+        sse.Kind.EMPTY,
+        sse.Kind.CONTENT,
+        sse.Kind.DONE,
+    ]
     assert splitter.pending == b""
 
 
@@ -114,9 +130,11 @@ def test_the_assembled_answer_keeps_content_reasoning_tool_calls_logprobs_and_us
     assert (answer["id"], answer["object"], answer["model"]) == ("c1", "chat.completion", "m")
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"] == {
-        "role": "assistant", "content": "a", "reasoning": "think ",
-        "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}],
-    }  # fmt: skip
+        "role": "assistant",
+        "content": "a",
+        "reasoning": "think ",
+        "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+    }
     assert choice["logprobs"] == lp
     assert answer["usage"]["completion_tokens"] == 4
 

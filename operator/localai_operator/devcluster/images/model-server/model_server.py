@@ -71,9 +71,29 @@ from aiohttp import web
 MIRROR_DIR: Final = Path("/srv/mirror")
 # pkg/model/loader.go, knownFilesToSkip and knownModelsNameSuffixToSkip.
 _SKIPPED_FILES: Final = ("model_card", "readme", "readme.md")
-_SKIPPED_SUFFIXES: Final = (".tmpl", ".keep", ".yaml", ".yml", ".json", ".txt", ".pt", ".onnx", ".md", ".ds_store",
-                            ".", ".safetensors", ".bin", ".gguf", ".ggml", ".ckpt", ".zip", ".tag", ".bak", ".partial",
-                            ".tar.gz")  # fmt: skip
+_SKIPPED_SUFFIXES: Final = (
+    ".tmpl",
+    ".keep",
+    ".yaml",
+    ".yml",
+    ".json",
+    ".txt",
+    ".pt",
+    ".onnx",
+    ".md",
+    ".ds_store",
+    ".",
+    ".safetensors",
+    ".bin",
+    ".gguf",
+    ".ggml",
+    ".ckpt",
+    ".zip",
+    ".tag",
+    ".bak",
+    ".partial",
+    ".tar.gz",
+)
 # ggml_type values of the KV cache types LocalAI's llama-cpp backend accepts.
 _CACHE_TYPES: Final = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 _PUBLIC_PATHS: Final = ("/healthz", "/readyz")
@@ -144,8 +164,11 @@ class ModelConfig:
             key, _, value = str(option).partition(":")
             if key.strip() in ("parallel", "n_parallel") and value.strip().isdigit():
                 parallel = max(1, int(value))
-        sampling = {key: parameters[key] for key in ("temperature", "top_p", "top_k", "min_p", "max_tokens",
-                                                      "seed", "repeat_penalty") if parameters.get(key) is not None}  # fmt: skip
+        sampling = {
+            key: parameters[key]
+            for key in ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "repeat_penalty")
+            if parameters.get(key) is not None
+        }
         threads = int(data.get("threads") or settings.threads or os.cpu_count() or 4)
         return cls(
             name=str(data["name"]),
@@ -326,8 +349,17 @@ class Server:
     def _sampling(self, body: Mapping[str, Any], config: ModelConfig) -> dict[str, Any]:
         merged: dict[str, Any] = {"temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.0}
         merged.update(config.sampling)
-        for key in ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "repeat_penalty",
-                    "presence_penalty", "frequency_penalty"):  # fmt: skip
+        for key in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "max_tokens",
+            "seed",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ):
             if body.get(key) is not None:
                 merged[key] = body[key]
         if "seed" not in merged:
@@ -357,12 +389,22 @@ class Server:
             return _internal(err)
         choice = result["choices"][0]
         content = choice["message"].get("content") or ""
-        return web.json_response({
-            "created": int(time.time()), "object": "chat.completion", "id": str(uuid.uuid4()), "model": model,
-            "choices": [{"index": 0, "finish_reason": choice.get("finish_reason") or "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": _usage(result.get("usage")),
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "object": "chat.completion",
+                "id": str(uuid.uuid4()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": choice.get("finish_reason") or "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": _usage(result.get("usage")),
+            }
+        )
 
     async def _stream_chat(
         self,
@@ -379,8 +421,13 @@ class Server:
         tokens = prompt_tokens = 0
 
         def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-            return {"created": created, "object": "chat.completion.chunk", "id": ident, "model": model,
-                    "choices": [{"index": 0, "finish_reason": finish_reason, "delta": delta}]}  # fmt: skip
+            return {
+                "created": created,
+                "object": "chat.completion.chunk",
+                "id": ident,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": finish_reason, "delta": delta}],
+            }
 
         try:
             async with slots.slot() as llama:
@@ -411,10 +458,22 @@ class Server:
             await _send(response, chunk({"role": "assistant", "content": None}, None))
         await _send(response, chunk({"content": None}, finish))
         if include_usage:
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-                     "total_tokens": prompt_tokens + tokens}  # fmt: skip
-            await _send(response, {"id": ident, "object": "chat.completion.chunk", "created": created,
-                                   "model": model, "choices": [], "usage": usage})  # fmt: skip
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            }
+            await _send(
+                response,
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                },
+            )
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -435,12 +494,22 @@ class Server:
             except Exception as err:
                 return _internal(err)
             choice = result["choices"][0]
-            return web.json_response({
-                "created": created, "object": "text_completion", "id": ident, "model": model,
-                "choices": [{"index": 0, "finish_reason": choice.get("finish_reason") or "stop",
-                             "text": choice.get("text", "")}],
-                "usage": _usage(result.get("usage")),
-            })  # fmt: skip
+            return web.json_response(
+                {
+                    "created": created,
+                    "object": "text_completion",
+                    "id": ident,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": choice.get("finish_reason") or "stop",
+                            "text": choice.get("text", ""),
+                        }
+                    ],
+                    "usage": _usage(result.get("usage")),
+                }
+            )
         response = _event_stream(ident)
         await response.prepare(request)
         try:
@@ -449,18 +518,40 @@ class Server:
                 async for piece in _in_thread(generation):
                     text = piece["choices"][0].get("text")
                     if text:
-                        await _send(response, {"created": int(time.time()), "object": "text_completion",
-                                               "id": ident, "model": model,
-                                               "choices": [{"index": 0, "finish_reason": None, "text": text}]})  # fmt: skip
+                        await _send(
+                            response,
+                            {
+                                "created": int(time.time()),
+                                "object": "text_completion",
+                                "id": ident,
+                                "model": model,
+                                "choices": [{"index": 0, "finish_reason": None, "text": text}],
+                            },
+                        )
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:
-            await _send(response, {"created": created, "object": "text_completion", "id": ident, "model": model,
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "text": f"Internal error: {err}"}]})  # fmt: skip
+            await _send(
+                response,
+                {
+                    "created": created,
+                    "object": "text_completion",
+                    "id": ident,
+                    "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop", "text": f"Internal error: {err}"}],
+                },
+            )
             return response
-        await _send(response, {"created": created, "object": "text_completion", "id": ident, "model": model,
-                               "choices": [{"index": 0, "finish_reason": "stop"}]})  # fmt: skip
+        await _send(
+            response,
+            {
+                "created": created,
+                "object": "text_completion",
+                "id": ident,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop"}],
+            },
+        )
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -480,11 +571,20 @@ class Server:
                 vectors = [await asyncio.to_thread(llama.embed, text) for text in texts]
         except Exception as err:
             return _internal(err)
-        data = [{"embedding": v[0] if v and isinstance(v[0], list) else v, "index": i, "object": "embedding"}
-                for i, v in enumerate(vectors)]  # fmt: skip
-        return web.json_response({"created": int(time.time()), "object": "list", "id": str(uuid.uuid4()),
-                                  "model": str(body.get("model") or slots.config.name), "data": data,
-                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})  # fmt: skip
+        data = [
+            {"embedding": v[0] if v and isinstance(v[0], list) else v, "index": i, "object": "embedding"}
+            for i, v in enumerate(vectors)
+        ]
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "object": "list",
+                "id": str(uuid.uuid4()),
+                "model": str(body.get("model") or slots.config.name),
+                "data": data,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }
+        )
 
 
 def _text(content: Any) -> str:
@@ -509,8 +609,14 @@ def _internal(err: Exception) -> web.Response:
 
 
 def _event_stream(ident: str) -> web.StreamResponse:
-    return web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "Connection": "keep-alive", "X-Correlation-ID": ident})  # fmt: skip
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "Connection": "keep-alive",
+            "X-Correlation-ID": ident,
+        }
+    )
 
 
 async def _send(response: web.StreamResponse, payload: Mapping[str, Any]) -> None:
@@ -553,8 +659,10 @@ async def serve(settings: Settings) -> None:
     server = Server(settings, configs)
     for name in settings.load_to_memory:
         if name not in server.slots:
-            raise SystemExit(f"LocalAI failed to start: preloading model {name!r}: no config named {name!r} "
-                             f"in {settings.models_path}")  # fmt: skip
+            raise SystemExit(
+                f"LocalAI failed to start: preloading model {name!r}: no config named {name!r} "
+                f"in {settings.models_path}"
+            )
         started = time.monotonic()
         try:
             await server.slots[name].ensure_loaded()
@@ -564,8 +672,10 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True, shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
-    print(f"LocalAI stand-in serving {', '.join(configs) or 'no models'} on {settings.host}:{settings.port}",
-          flush=True)  # fmt: skip
+    print(
+        f"LocalAI stand-in serving {', '.join(configs) or 'no models'} on {settings.host}:{settings.port}",
+        flush=True,
+    )
     await _until_signalled()
     await runner.cleanup()
 
