@@ -9,6 +9,7 @@ from typing import Any
 from localai_operator.router.paths import StreamFormat
 
 _TEXT_PARTS = ("content", "reasoning", "reasoning_content", "refusal")
+_HEAD = ("id", "created", "model", "system_fingerprint")
 _COMPLETION_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 
@@ -36,18 +37,26 @@ class Assembler:
         self._choices: dict[int, _Choice] = {}
 
     def add_all(self, payloads: list[Any]) -> None:
-        if self.fmt is StreamFormat.CHAT and self.head and 0 in self._choices and self._only_text(payloads):
-            # The common read: one choice, text deltas, then the finish chunk and usage: no merging needed.
-            parts = self._choices[0].parts.setdefault("content", [])
+        if self.fmt is StreamFormat.CHAT and self._only_text(payloads):
+            # The common read: one choice, a role, text deltas, then the finish chunk and usage.
+            choice = self._choices.get(0)
             for payload in payloads:
+                if not self.head:
+                    self.head = {k: payload[k] for k in _HEAD if k in payload}
                 choices = payload.get("choices")
                 if choices:
-                    choice = choices[0]
-                    content = choice["delta"].get("content")
+                    if choice is None:
+                        choice = self._choices[0] = _Choice()
+                    raw = choices[0]
+                    delta = raw["delta"]
+                    content = delta.get("content")
                     if content:
-                        parts.append(content)
-                    if choice.get("finish_reason") is not None:
-                        self._choices[0].finish_reason = choice["finish_reason"]
+                        choice.parts.setdefault("content", []).append(content)
+                    role = delta.get("role")
+                    if role is not None:
+                        choice.role = role
+                    if raw.get("finish_reason") is not None:
+                        choice.finish_reason = raw["finish_reason"]
                         self.finished = True
                 usage = payload.get("usage")
                 if usage and (usage.get("completion_tokens") or usage.get("prompt_tokens")):
@@ -58,14 +67,18 @@ class Assembler:
 
     @staticmethod
     def _only_text(payloads: list[Any]) -> bool:
-        """Every payload is a dict with at most one choice at index 0 whose delta holds only content."""
+        """Every payload is a dict with at most one choice at index 0 whose delta holds only text content
+        and maybe a role."""
         for payload in payloads:
             if payload.__class__ is not dict:
+                return False
+            usage = payload.get("usage")
+            if usage is not None and usage.__class__ is not dict:
                 return False
             choices = payload.get("choices")
             if not choices:
                 continue
-            if len(choices) != 1:
+            if choices.__class__ is not list or len(choices) != 1:
                 return False
             choice = choices[0]
             delta = choice.get("delta") if choice.__class__ is dict else None
@@ -74,12 +87,14 @@ class Assembler:
                 or delta.__class__ is not dict
                 or choice.get("index", 0) != 0
                 or choice.get("logprobs") is not None
-                or (delta and delta.keys() - {"content"})
             ):
                 return False
-            usage = payload.get("usage")
-            if usage is not None and usage.__class__ is not dict:
-                return False
+            if delta:
+                for key, value in delta.items():
+                    if (key != "content" and key != "role") or (
+                        value is not None and value.__class__ is not str
+                    ):
+                        return False
         return True
 
     def add(self, payload: Any) -> None:
@@ -93,9 +108,7 @@ class Assembler:
                 self.final = response
             return
         if not self.head:
-            self.head = {
-                k: payload[k] for k in ("id", "created", "model", "system_fingerprint") if k in payload
-            }
+            self.head = {k: payload[k] for k in _HEAD if k in payload}
         usage = payload.get("usage")
         # LocalAI v3.12.0 puts a usage object of zeros on every chunk; the last one with counts wins.
         if (

@@ -58,7 +58,8 @@ def test_a_rewrite_replaces_in_place_drops_and_appends_keeping_every_other_byte(
     raw = b'{"model": "a",  "top_k": 40, "messages": [ {"x": 1} ], "n": 2}'
     body = bodies.parse(raw)
     out = bodies.joined(body.rewritten(drop={"top_k"}, put={"model": b'"b"', "stream": b"true"}))
-    assert out == b'{"model": "b","messages": [ {"x": 1} ],"n": 2,"stream":true}'
+    # Members kept side by side stay one slice, separators and spacing included.
+    assert out == b'{"model": "b","messages": [ {"x": 1} ], "n": 2,"stream":true}'
     assert json.loads(out) == {"model": "b", "messages": [{"x": 1}], "n": 2, "stream": True}
 
 
