@@ -45,6 +45,7 @@ from localai_operator.router.policy import (
     retry_after_header,
 )
 from localai_operator.router.upstream import (
+    ASSEMBLED_DROPPED,
     Cloud,
     Endpoint,
     Route,
@@ -642,9 +643,7 @@ class Relay:
                 counted=False,
             )
         answer = assembler.result()
-        headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None)
-        for name in ("Content-Type", "Cache-Control", "X-Accel-Buffering"):
-            headers.popall(name, None)
+        headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None, ASSEMBLED_DROPPED)
         response = web.Response(body=codec.dumps(answer), content_type="application/json", headers=headers)
         self._finish(a, 200, usage_from(answer.get("usage")), last)
         return response
