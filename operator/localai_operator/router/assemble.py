@@ -37,44 +37,29 @@ class Assembler:
         self._choices: dict[int, _Choice] = {}
 
     def add_all(self, payloads: list[Any]) -> None:
-        if self.fmt is StreamFormat.CHAT and self._only_text(payloads):
-            # The common read: one choice, a role, text deltas, then the finish chunk and usage.
-            choice = self._choices.get(0)
+        if self.fmt is not StreamFormat.CHAT or not self._add_text(payloads):
             for payload in payloads:
-                if not self.head:
-                    self.head = {k: payload[k] for k in _HEAD if k in payload}
-                choices = payload.get("choices")
-                if choices:
-                    if choice is None:
-                        choice = self._choices[0] = _Choice()
-                    raw = choices[0]
-                    delta = raw["delta"]
-                    content = delta.get("content")
-                    if content:
-                        choice.parts.setdefault("content", []).append(content)
-                    role = delta.get("role")
-                    if role is not None:
-                        choice.role = role
-                    if raw.get("finish_reason") is not None:
-                        choice.finish_reason = raw["finish_reason"]
-                        self.finished = True
-                usage = payload.get("usage")
-                if usage and (usage.get("completion_tokens") or usage.get("prompt_tokens")):
-                    self.usage = usage
-            return
-        for payload in payloads:
-            self.add(payload)
+                self.add(payload)
 
-    @staticmethod
-    def _only_text(payloads: list[Any]) -> bool:
-        """Every payload is a dict with at most one choice at index 0 whose delta holds only text content
-        and maybe a role."""
+    def _add_text(self, payloads: list[Any]) -> bool:
+        """The common read in one pass: one choice at index 0 whose deltas hold only text and maybe a role,
+        then the finish chunk and usage. False, with nothing added, for anything else."""
+        head = self.head
+        usage = self.usage
+        texts: list[str] = []
+        role = finish = None
+        seen_choice = False
         for payload in payloads:
             if payload.__class__ is not dict:
                 return False
-            usage = payload.get("usage")
-            if usage is not None and usage.__class__ is not dict:
-                return False
+            if not head:
+                head = {k: payload[k] for k in _HEAD if k in payload}
+            chunk_usage = payload.get("usage")
+            if chunk_usage is not None:
+                if chunk_usage.__class__ is not dict:
+                    return False
+                if chunk_usage.get("completion_tokens") or chunk_usage.get("prompt_tokens"):
+                    usage = chunk_usage
             choices = payload.get("choices")
             if not choices:
                 continue
@@ -89,12 +74,33 @@ class Assembler:
                 or choice.get("logprobs") is not None
             ):
                 return False
-            if delta:
-                for key, value in delta.items():
-                    if (key != "content" and key != "role") or (
-                        value is not None and value.__class__ is not str
-                    ):
-                        return False
+            seen_choice = True
+            for key, value in delta.items():
+                if value is None:
+                    continue
+                if value.__class__ is not str:
+                    return False
+                if key == "content":
+                    texts.append(value)
+                elif key == "role":
+                    role = value
+                else:
+                    return False
+            if choice.get("finish_reason") is not None:
+                finish = choice["finish_reason"]
+        self.head = head
+        self.usage = usage
+        if seen_choice:
+            target = self._choices.get(0)
+            if target is None:
+                target = self._choices[0] = _Choice()
+            if texts:
+                target.parts.setdefault("content", []).extend(texts)
+            if role is not None:
+                target.role = role
+            if finish is not None:
+                target.finish_reason = finish
+                self.finished = True
         return True
 
     def add(self, payload: Any) -> None:
