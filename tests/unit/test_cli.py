@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from localai_operator.cli import build_parser, run_options
 from localai_operator.main import RunOptions
 
@@ -31,3 +34,15 @@ def test_ports_workers_and_the_api_rate_reach_the_operator() -> None:
         5,
         7,
     )
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "localai_operator", "render", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: localai-operator render")

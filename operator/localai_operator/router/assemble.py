@@ -9,6 +9,7 @@ from typing import Any
 from localai_operator.router.paths import StreamFormat
 
 _TEXT_PARTS = ("content", "reasoning", "reasoning_content", "refusal")
+_HEAD = ("id", "created", "model", "system_fingerprint")
 _COMPLETION_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 
@@ -36,36 +37,33 @@ class Assembler:
         self._choices: dict[int, _Choice] = {}
 
     def add_all(self, payloads: list[Any]) -> None:
-        if self.fmt is StreamFormat.CHAT and self.head and 0 in self._choices and self._only_text(payloads):
-            # The common read: one choice, text deltas, then the finish chunk and usage: no merging needed.
-            parts = self._choices[0].parts.setdefault("content", [])
+        if self.fmt is not StreamFormat.CHAT or not self._add_text(payloads):
             for payload in payloads:
-                choices = payload.get("choices")
-                if choices:
-                    choice = choices[0]
-                    content = choice["delta"].get("content")
-                    if content:
-                        parts.append(content)
-                    if choice.get("finish_reason") is not None:
-                        self._choices[0].finish_reason = choice["finish_reason"]
-                        self.finished = True
-                usage = payload.get("usage")
-                if usage and (usage.get("completion_tokens") or usage.get("prompt_tokens")):
-                    self.usage = usage
-            return
-        for payload in payloads:
-            self.add(payload)
+                self.add(payload)
 
-    @staticmethod
-    def _only_text(payloads: list[Any]) -> bool:
-        """Every payload is a dict with at most one choice at index 0 whose delta holds only content."""
+    def _add_text(self, payloads: list[Any]) -> bool:
+        """The common read in one pass: one choice at index 0 whose deltas hold only text and maybe a role,
+        then the finish chunk and usage. False, with nothing added, for anything else."""
+        head = self.head
+        usage = self.usage
+        texts: list[str] = []
+        role = finish = None
+        seen_choice = False
         for payload in payloads:
             if payload.__class__ is not dict:
                 return False
+            if not head:
+                head = {k: payload[k] for k in _HEAD if k in payload}
+            chunk_usage = payload.get("usage")
+            if chunk_usage is not None:
+                if chunk_usage.__class__ is not dict:
+                    return False
+                if chunk_usage.get("completion_tokens") or chunk_usage.get("prompt_tokens"):
+                    usage = chunk_usage
             choices = payload.get("choices")
             if not choices:
                 continue
-            if len(choices) != 1:
+            if choices.__class__ is not list or len(choices) != 1:
                 return False
             choice = choices[0]
             delta = choice.get("delta") if choice.__class__ is dict else None
@@ -74,12 +72,35 @@ class Assembler:
                 or delta.__class__ is not dict
                 or choice.get("index", 0) != 0
                 or choice.get("logprobs") is not None
-                or (delta and delta.keys() - {"content"})
             ):
                 return False
-            usage = payload.get("usage")
-            if usage is not None and usage.__class__ is not dict:
-                return False
+            seen_choice = True
+            for key, value in delta.items():
+                if value is None:
+                    continue
+                if value.__class__ is not str:
+                    return False
+                if key == "content":
+                    texts.append(value)
+                elif key == "role":
+                    role = value
+                else:
+                    return False
+            if choice.get("finish_reason") is not None:
+                finish = choice["finish_reason"]
+        self.head = head
+        self.usage = usage
+        if seen_choice:
+            target = self._choices.get(0)
+            if target is None:
+                target = self._choices[0] = _Choice()
+            if texts:
+                target.parts.setdefault("content", []).extend(texts)
+            if role is not None:
+                target.role = role
+            if finish is not None:
+                target.finish_reason = finish
+                self.finished = True
         return True
 
     def add(self, payload: Any) -> None:
@@ -93,9 +114,7 @@ class Assembler:
                 self.final = response
             return
         if not self.head:
-            self.head = {
-                k: payload[k] for k in ("id", "created", "model", "system_fingerprint") if k in payload
-            }
+            self.head = {k: payload[k] for k in _HEAD if k in payload}
         usage = payload.get("usage")
         # LocalAI v3.12.0 puts a usage object of zeros on every chunk; the last one with counts wins.
         if (

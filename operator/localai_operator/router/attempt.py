@@ -4,6 +4,7 @@ where it was served and why. One value, created at admission and handed from ste
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 
@@ -16,6 +17,8 @@ from localai_operator.router.upstream import Cloud, Route
 # The body LocalAI gets when a non-stream request is streamed from it (to time its first token): the
 # client's fields, `stream` set, and the usage trailer asked for (LocalAI >= 4 sends usage only then).
 _STREAMED: dict[str, bytes] = {"stream": b"true", "stream_options": b'{"include_usage":true}'}
+_STREAMED_KEYS: Final = frozenset(_STREAMED)
+_STREAMED_MEMBERS: Final = b",".join(b'"' + k.encode() + b'":' + v for k, v in _STREAMED.items())
 
 
 @dataclass(slots=True)
@@ -60,7 +63,8 @@ class Attempt:
 
     def local_body(self) -> list[bodies.Segment] | bytes | bytearray:
         if self.body is not None and self.streamed_from_local:
-            return self.body.rewritten(drop=(), put=_STREAMED)
+            appended = self.body.appended(_STREAMED_KEYS, _STREAMED_MEMBERS)
+            return appended if appended is not None else self.body.rewritten(drop=(), put=_STREAMED)
         return self.raw
 
     def cloud_body(self, cloud: Cloud, cloud_lists: bool) -> list[bodies.Segment] | bytes | bytearray:

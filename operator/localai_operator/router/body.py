@@ -24,6 +24,8 @@ MAX_DEPTH: Final = 10_000
 # Up to this size the body is scanned by json's C scanner (values are built, then dropped); larger ones by
 # skipping values over the bytes, so that nothing of the size of the body is allocated.
 SMALL_BODY: Final = 256 * 1024
+# Up to this size a rewrite that only appends members copies the body into one buffer.
+APPEND_LIMIT: Final = 64 * 1024
 _WS: Final = re.compile(rb"[ \t\n\r]*")
 _WS_TEXT: Final = re.compile(r"[ \t\n\r]*")
 _SCALAR: Final = re.compile(rb"-?[0-9][0-9.eE+-]*|true|false|null")
@@ -90,20 +92,43 @@ class JsonBody:
     def has(self, key: str) -> bool:
         return any(m.key == key for m in self.members)
 
+    def appended(self, keys: frozenset[str], members: bytes) -> bytes | None:
+        """A small object with `members` (`"key":value,...`, the members named `keys`) added after its last
+        member, in one buffer; None when the body already has one of `keys` or is large (then `rewritten`,
+        which does not copy it)."""
+        if len(self.raw) > APPEND_LIMIT or not self.members:
+            return None
+        for member in self.members:
+            if member.key in keys:
+                return None
+        return bytes(self.raw[: self.members[-1].end]) + b"," + members + b"}"
+
     def rewritten(self, drop: Iterable[str] = (), put: Mapping[str, bytes] | None = None) -> list[Segment]:
         """The object with `drop` keys removed and `put` keys set (in place when present, else appended),
-        as segments: slices of the original for every member kept as it was."""
+        as segments: slices of the original for the members kept as they were (one slice per run of them,
+        with the separators between them)."""
         dropped = frozenset(drop)
         put = put or {}
         view = memoryview(self.raw)
         parts: list[Segment] = []
+        run_start = run_end = -1
+        present = set()
         for member in self.members:
-            if member.key in put:
-                parts.append(bytes(view[member.start : member.value_start]) + put[member.key])
-            elif member.key not in dropped:
-                parts.append(view[member.start : member.end])
-        present = {m.key for m in self.members}
-        parts.extend(json.dumps(k).encode() + b":" + v for k, v in put.items() if k not in present)
+            key = member.key
+            present.add(key)
+            if key not in put and key not in dropped:
+                if run_start < 0:
+                    run_start = member.start
+                run_end = member.end
+                continue
+            if run_start >= 0:
+                parts.append(view[run_start:run_end])
+                run_start = -1
+            if key in put:
+                parts.append(bytes(view[member.start : member.value_start]) + put[key])
+        if run_start >= 0:
+            parts.append(view[run_start:run_end])
+        parts.extend(_key(k) + b":" + v for k, v in put.items() if k not in present)
         out: list[Segment] = [b"{"]
         for index, part in enumerate(parts):
             if index:
@@ -111,6 +136,13 @@ class JsonBody:
             out.append(part)
         out.append(b"}")
         return out
+
+
+def _key(name: str) -> bytes:
+    """A member name as JSON."""
+    if name.isascii() and name.isidentifier():
+        return b'"' + name.encode() + b'"'
+    return json.dumps(name).encode()
 
 
 def _skip_ws(raw: Buffer, pos: int) -> int:

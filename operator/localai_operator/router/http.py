@@ -105,73 +105,82 @@ class _Connection(asyncio.Protocol):
     # -- parsing
 
     def _parse(self, response: Response) -> None:
-        while self._buffer:
-            state = response._state
-            if state == "head":
-                end = self._buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self._buffer) > _MAX_HEAD:
-                        raise ResponseError("the upstream's response head is too large")
+        buffer = self._buffer
+        pos = 0
+        size = len(buffer)
+        try:
+            while pos < size:
+                state = response._state
+                if state == "chunk-size":
+                    line_end = buffer.find(b"\r\n", pos)
+                    if line_end < 0:
+                        return
+                    line = buffer[pos:line_end]
+                    pos = line_end + 2
+                    try:
+                        size_of_chunk = int(line.split(b";", 1)[0] if b";" in line else line, 16)
+                    except ValueError as err:
+                        raise ResponseError(f"malformed chunk size {line[:20]!r}") from err
+                    if size_of_chunk == 0:
+                        response._state = "trailers"
+                    else:
+                        response._left = size_of_chunk
+                        response._state = "chunk-data"
+                elif state == "chunk-data":
+                    take = min(response._left, size - pos)
+                    response._feed(buffer[pos : pos + take] if pos or take < size else buffer)
+                    pos += take
+                    response._left -= take
+                    if response._left == 0:
+                        response._state = "chunk-end"
+                elif state == "chunk-end":
+                    if size - pos < 2:
+                        return
+                    if buffer[pos : pos + 2] != b"\r\n":
+                        raise ResponseError("malformed chunk end")
+                    pos += 2
+                    response._state = "chunk-size"
+                elif state == "head":
+                    end = buffer.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        if size - pos > _MAX_HEAD:
+                            raise ResponseError("the upstream's response head is too large")
+                        return
+                    head = buffer[pos:end]
+                    pos = end + 4
+                    response._head(head)
+                    if response._state == "done":
+                        self._finished(response, buffer, pos)
+                        return
+                elif state == "length":
+                    take = min(response._left, size - pos)
+                    response._feed(buffer[pos : pos + take] if pos or take < size else buffer)
+                    pos += take
+                    response._left -= take
+                    if response._left == 0:
+                        self._finished(response, buffer, pos)
+                        return
+                elif state == "trailers":
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        return
+                    line = buffer[pos:end]
+                    pos = end + 2
+                    if not line:
+                        self._finished(response, buffer, pos)
+                        return
+                elif state == "until-close":
+                    response._feed(buffer[pos:] if pos else buffer)
+                    pos = size
                     return
-                head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
-                response._head(head)
-                if response._state == "done":
-                    self._finished(response)
-                    return
-            elif state == "length":
-                take = self._buffer[: response._left]
-                self._buffer = self._buffer[len(take) :]
-                response._left -= len(take)
-                response._feed(take)
-                if response._left == 0:
-                    self._finished(response)
-                    return
-            elif state == "chunk-size":
-                line_end = self._buffer.find(b"\r\n")
-                if line_end < 0:
-                    return
-                line = self._buffer[:line_end].split(b";", 1)[0].strip()
-                self._buffer = self._buffer[line_end + 2 :]
-                try:
-                    size = int(line, 16)
-                except ValueError as err:
-                    raise ResponseError(f"malformed chunk size {line[:20]!r}") from err
-                if size == 0:
-                    response._state = "trailers"
                 else:
-                    response._left = size
-                    response._state = "chunk-data"
-            elif state == "chunk-data":
-                take = self._buffer[: response._left]
-                self._buffer = self._buffer[len(take) :]
-                response._left -= len(take)
-                response._feed(take)
-                if response._left == 0:
-                    response._state = "chunk-end"
-            elif state == "chunk-end":
-                if len(self._buffer) < 2:
                     return
-                if self._buffer[:2] != b"\r\n":
-                    raise ResponseError("malformed chunk end")
-                self._buffer = self._buffer[2:]
-                response._state = "chunk-size"
-            elif state == "trailers":
-                end = self._buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-                if not line:
-                    self._finished(response)
-                    return
-            elif state == "until-close":
-                data, self._buffer = self._buffer, b""
-                response._feed(data)
-                return
-            else:
-                return
+        finally:
+            if self.response is response:
+                self._buffer = buffer[pos:] if pos < size else b""
 
-    def _finished(self, response: Response) -> None:
-        keep = response._keep_alive and not self._buffer
+    def _finished(self, response: Response, buffer: bytes, pos: int) -> None:
+        keep = response._keep_alive and pos == len(buffer)
         self._buffer = b""
         self.response = None
         response._eof()
@@ -272,12 +281,13 @@ class Response:
             raise ResponseError(f"malformed status line {lines[0][:60]!r}") from err
         if 100 <= status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        headers: CIMultiDict[str] = CIMultiDict()
+        fields = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep:
                 raise ResponseError("malformed header line")
-            headers.add(name.strip().decode("latin-1"), value.strip().decode("latin-1"))
+            fields.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+        headers: CIMultiDict[str] = CIMultiDict(fields)
         self.status = status
         self.headers = CIMultiDictProxy(headers)
         content_type = headers.get("Content-Type", "")

@@ -30,7 +30,7 @@ from yarl import URL
 
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL, SERVED_BY_ROUTER
 from localai_operator.router import body as bodies
-from localai_operator.router import http, replies, sse
+from localai_operator.router import codec, http, replies, sse
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
 from localai_operator.router.capacity import Demand
@@ -45,6 +45,7 @@ from localai_operator.router.policy import (
     retry_after_header,
 )
 from localai_operator.router.upstream import (
+    ASSEMBLED_DROPPED,
     Cloud,
     Endpoint,
     Route,
@@ -151,6 +152,45 @@ class _Held:
     rest: list[bytes] = field(default_factory=list)
     rest_payloads: list[Any] | None = None
     rest_done: bool = False
+    # No event of that read can be an error (checked on its bytes).
+    rest_clean: bool = False
+
+
+class _Budget:
+    """`asyncio.timeout_at(deadline)` for one local attempt, with less bookkeeping (entered once per request):
+    at the deadline the task is cancelled, and that cancellation leaves the block as TimeoutError."""
+
+    __slots__ = ("_cancelling", "_deadline", "_expired", "_handle", "_task")
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._expired = False
+        self._cancelling = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def expired(self) -> bool:
+        return self._expired
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a budget is entered inside a task"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = asyncio.get_running_loop().call_at(self._deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        assert self._handle is not None and self._task is not None
+        self._handle.cancel()
+        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 def _describe(err: BaseException) -> str:
@@ -413,7 +453,7 @@ class Relay:
         endpoint.take(model)
         verdict = False
         upstream: http.Response | None = None
-        budget = asyncio.timeout_at(a.deadline) if a.deadline is not None else None
+        budget = _Budget(a.deadline) if a.deadline is not None else None
         try:
             try:
                 if budget is None:
@@ -479,30 +519,43 @@ class Relay:
         """Read a stream until its first content event; raises _StreamFailure when it fails first."""
         fmt = a.api.stream
         held = _Held([], [], sse.EventSplitter())
+        # Assembled answers need the payloads only: a read of whole events is decoded without cutting it.
+        whole_reads = a.streamed_from_local and fmt is not StreamFormat.RESPONSES
         while True:
             chunk = await upstream.readany()
             if not chunk:
                 raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content")
-            events = held.splitter.feed(chunk)
-            fast = sse.payloads_of(b"".join(events)) if fmt is not StreamFormat.RESPONSES and events else None
+            if whole_reads and not held.splitter.pending and chunk.endswith(b"\n\n"):
+                events: list[bytes] | None = None
+                raw = chunk
+            else:
+                events = held.splitter.feed(chunk)
+                raw = b"".join(events)
+            fast = sse.payloads_of(raw) if fmt is not StreamFormat.RESPONSES and raw else None
+            if fast is None and events is None:
+                events = held.splitter.feed(chunk)
             if fast is not None:
                 payloads, done = fast
+                clean = not sse.may_be_error(raw)
                 for index, payload in enumerate(payloads):
                     kind = sse.kind_of(payload, fmt)
                     if kind is sse.Kind.ERROR:
                         raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
-                    held.events.append(events[index])
+                    if events is not None:
+                        held.events.append(events[index])
                     held.payloads.append(payload)
                     if kind is sse.Kind.CONTENT:
-                        held.rest = events[index + 1 :]
+                        held.rest = events[index + 1 :] if events is not None else []
                         held.rest_payloads = payloads[index + 1 :]
                         held.rest_done = done
+                        held.rest_clean = clean
                         return held
                 if done:
                     raise _StreamFailure(
                         FallbackReason.EMPTY_RESPONSE, "local's stream ended before any content"
                     )
                 continue
+            assert events is not None
             for index, (kind, payload) in enumerate(sse.classify_all(events, fmt)):
                 if kind is sse.Kind.ERROR:
                     raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
@@ -522,20 +575,20 @@ class Relay:
         """The rest of a stream local sent for a non-stream request, as the one JSON answer."""
         fmt = a.api.stream
         assembler = Assembler(fmt)
-        for payload in held.payloads:
-            assembler.add(payload)
         done = False
         last = a.first_token_at
         try:
             events = held.rest
             if held.rest_payloads is not None:
-                if sse.may_be_error(b"".join(events)):
+                if not held.rest_clean:
                     for payload in held.rest_payloads:
                         if sse.kind_of(payload, fmt) is sse.Kind.ERROR:
                             raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
-                assembler.add_all(held.rest_payloads)
+                assembler.add_all(held.payloads + held.rest_payloads)
                 done = held.rest_done
                 events = []
+            else:
+                assembler.add_all(held.payloads)
             while True:
                 raw = b"".join(events)
                 fast = sse.payloads_of(raw) if fmt is not StreamFormat.RESPONSES else None
@@ -590,12 +643,8 @@ class Relay:
                 counted=False,
             )
         answer = assembler.result()
-        headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None)
-        for name in ("Content-Type", "Cache-Control", "X-Accel-Buffering"):
-            headers.popall(name, None)
-        response = web.Response(
-            body=json.dumps(answer).encode(), content_type="application/json", headers=headers
-        )
+        headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None, ASSEMBLED_DROPPED)
+        response = web.Response(body=codec.dumps(answer), content_type="application/json", headers=headers)
         self._finish(a, 200, usage_from(answer.get("usage")), last)
         return response
 

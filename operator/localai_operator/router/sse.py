@@ -15,10 +15,10 @@ What LocalAI sends (mudler/LocalAI, `core/http/endpoints/openai/chat.go`):
 from __future__ import annotations
 
 import enum
-import json
 import re
 from typing import Any, Final
 
+from localai_operator.router import codec
 from localai_operator.router.paths import StreamFormat
 
 LOCALAI_ERROR_PREFIX: Final = "Internal error: "
@@ -141,7 +141,7 @@ def classify(data: bytes | None, fmt: StreamFormat) -> tuple[Kind, Any]:
     if data == b"[DONE]":
         return Kind.DONE, None
     try:
-        payload = json.loads(data)
+        payload = codec.loads(data)
     except ValueError:
         return Kind.CONTENT, None
     return kind_of(payload, fmt), payload
@@ -162,7 +162,7 @@ def payloads_of(raw: bytes) -> tuple[list[Any], bool] | None:
     if b"\n" in joined:
         return None
     try:
-        payloads = json.loads(b"[" + joined + b"]")
+        payloads = codec.loads(b"[" + joined + b"]")
     except ValueError:
         return None
     return payloads, done
@@ -175,7 +175,7 @@ def classify_all(events: list[bytes], fmt: StreamFormat) -> list[tuple[Kind, Any
     objects = [d for d in (datas[:-1] if done else datas) if d is not None and d.startswith(b"{")]
     if len(objects) > 1 and len(objects) == len(datas) - done:
         try:
-            payloads = json.loads(b"[" + b",".join(objects) + b"]")
+            payloads = codec.loads(b"[" + b",".join(objects) + b"]")
         except ValueError:
             pass
         else:
@@ -233,6 +233,9 @@ def error_message(payload: Any) -> str:
 
 def may_be_error(raw: bytes) -> bool:
     """False when no event in `raw` can be an error (checked on the bytes, before decoding)."""
+    # Each marker holds "rror" or "failed": one scan of a clean read.
+    if b"rror" not in raw and b"failed" not in raw:
+        return False
     return b'"error"' in raw or b"Internal error" in raw or b'"response.failed"' in raw
 
 

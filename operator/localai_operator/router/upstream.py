@@ -45,6 +45,8 @@ _REQUEST_DROPPED: Final = frozenset(
 _CLIENT_CREDENTIALS: Final = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
 _REQUEST_DROPPED_WITH_CREDENTIALS: Final = _REQUEST_DROPPED | _CLIENT_CREDENTIALS
 _RESPONSE_DROPPED: Final = frozenset(h.lower() for h in (*_HOP_BY_HOP, "Content-Length", "Date", "Server"))
+# An answer assembled from a stream: the stream's own framing headers are not the answer's.
+ASSEMBLED_DROPPED: Final = _RESPONSE_DROPPED | {"content-type", "cache-control", "x-accel-buffering"}
 # The cloud gets an allow-list, not a deny-list: the client's Authorization, cookies and any other
 # credential-bearing header (x-api-key, api-key, ...) must never leave the cluster.
 _CLOUD_FORWARDED: Final = ("Content-Type", "Accept", "X-Request-Id")
@@ -299,11 +301,13 @@ def local_request_headers(
 
 
 def response_headers(
-    upstream: CIMultiDictProxy[str], served_by: str, fallback_reason: str | None
+    upstream: CIMultiDictProxy[str],
+    served_by: str,
+    fallback_reason: str | None,
+    dropped: frozenset[str] = _RESPONSE_DROPPED,
 ) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict(
-        [(k, v) for k, v in upstream.items() if k.lower() not in _RESPONSE_DROPPED]
-    )
+    """The upstream's end-to-end headers for the client, less `dropped` (lower-case names)."""
+    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in upstream.items() if k.lower() not in dropped])
     headers[SERVED_BY_HEADER] = served_by
     if fallback_reason is not None:
         headers[FALLBACK_REASON_HEADER] = fallback_reason

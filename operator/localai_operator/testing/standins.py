@@ -118,6 +118,9 @@ def _sse(payload: dict[str, Any], event: str | None = None) -> bytes:
     return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+_INSTANT_STREAMS_MAX: Final = 64
+
+
 def _instant_chat_stream(model: str, tokens: list[str], usage_trailer: bool) -> bytes:
     """What `_stream` writes for a chat answer with no delay, without a json.dumps per chunk: when it is
     the upstream of a benchmark, a stand-in that streams dearer than it answers would mislead."""
@@ -164,6 +167,10 @@ class OpenAIStandIn:
     initial: Behaviour | None = None
     port: int = field(default=0, init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+    _plain: dict[tuple[int, str], Behaviour] = field(default_factory=dict, init=False, repr=False)
+    _instant_streams: dict[tuple[str, int, bool, int], tuple[bytes, bytes]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def url(self) -> str:
@@ -400,16 +407,20 @@ class OpenAIStandIn:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        if chat and self._instant(b) and not payload.get("logprobs"):
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            role, rest = self._instant_stream(model, b.tokens, include_usage)
+            if b.role_chunk == "at_once":
+                await response.write(role)
+                await response.write(rest)
+            else:
+                await response.write(role + rest)
+            await response.write_eof()
+            return response
         role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""
         if role and b.role_chunk == "at_once":
             await response.write(role)
             role = b""
-        if chat and b == Behaviour(tokens=b.tokens, role_chunk=b.role_chunk) and not payload.get("logprobs"):
-            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            tokens = [self._token(i) for i in range(b.tokens)]
-            await response.write(role + _instant_chat_stream(model, tokens, include_usage))
-            await response.write_eof()
-            return response
         await self._wait_first_token(b, response)
         pieces = _tool_call_pieces() if b.tool_call and chat else [self._token(i) for i in range(b.tokens)]
         out = [role] if role else []
@@ -461,6 +472,27 @@ class OpenAIStandIn:
         await response.write(b"".join(out))
         await response.write_eof()
         return response
+
+    def _instant(self, b: Behaviour) -> bool:
+        """Nothing to wait for, fail or vary: the stream can be written at once, from `_instant_stream`."""
+        key = (b.tokens, b.role_chunk)
+        plain = self._plain.get(key)
+        if plain is None:
+            plain = self._plain[key] = Behaviour(tokens=b.tokens, role_chunk=b.role_chunk)
+        return b == plain
+
+    def _instant_stream(self, model: str, tokens: int, include_usage: bool) -> tuple[bytes, bytes]:
+        """The role chunk and the rest of an instant chat stream, built once a second per shape: as the
+        upstream of a benchmark, a stand-in that streams dearer than it answers would mislead."""
+        key = (model, tokens, include_usage, int(time.time()))
+        found = self._instant_streams.get(key)
+        if found is None:
+            if len(self._instant_streams) >= _INSTANT_STREAMS_MAX:
+                self._instant_streams.clear()
+            role = _sse(self._chunk(model, True, {"role": "assistant"}, None, None, 0))
+            rest = _instant_chat_stream(model, [self._token(i) for i in range(tokens)], include_usage)
+            found = self._instant_streams[key] = (role, rest)
+        return found
 
     def _error_event(self, model: str, chat: bool, b: Behaviour, index: int) -> bytes:
         message = f"{self.name} stand-in: inference failed"

@@ -58,7 +58,8 @@ def test_a_rewrite_replaces_in_place_drops_and_appends_keeping_every_other_byte(
     raw = b'{"model": "a",  "top_k": 40, "messages": [ {"x": 1} ], "n": 2}'
     body = bodies.parse(raw)
     out = bodies.joined(body.rewritten(drop={"top_k"}, put={"model": b'"b"', "stream": b"true"}))
-    assert out == b'{"model": "b","messages": [ {"x": 1} ],"n": 2,"stream":true}'
+    # Members kept side by side stay one slice, separators and spacing included.
+    assert out == b'{"model": "b","messages": [ {"x": 1} ], "n": 2,"stream":true}'
     assert json.loads(out) == {"model": "b", "messages": [{"x": 1}], "n": 2, "stream": True}
 
 
@@ -72,3 +73,21 @@ def test_a_rewrite_of_a_large_body_shares_its_bytes() -> None:
 def test_localai_only_fields_include_the_samplers_the_cloud_rejects() -> None:
     assert {"top_k", "mirostat", "grammar", "repeat_penalty", "min_p"} <= bodies.LOCALAI_ONLY_FIELDS
     assert not {"temperature", "top_p", "n", "seed", "stop", "tools", "logprobs"} & bodies.LOCALAI_ONLY_FIELDS
+
+
+def test_members_are_appended_in_one_copy_to_a_small_body_that_lacks_them() -> None:
+    keys = frozenset({"stream", "stream_options"})
+    members = b'"stream":true,"stream_options":{"include_usage":true}'
+    out = bodies.parse(b' { "model": "a", "n": [1, 2] } ').appended(keys, members)
+    assert out is not None
+    assert json.loads(out) == {
+        "model": "a",
+        "n": [1, 2],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    # Present already (even as false), no members, or a large body: a rewrite does it instead.
+    assert bodies.parse(b'{"model": "a", "stream": false}').appended(keys, members) is None
+    assert bodies.parse(b"{}").appended(keys, members) is None
+    large = b'{"pad": "' + b"x" * bodies.APPEND_LIMIT + b'"}'
+    assert bodies.parse(large).appended(keys, members) is None

@@ -315,3 +315,28 @@ async def test_https_upstreams_are_reached_with_certificate_checks(tmp_path: Pat
         trusted.close()
         default.close()
         await runner.cleanup()
+
+
+async def test_an_answer_arriving_a_byte_at_a_time_is_decoded_the_same(client: http.Client) -> None:
+    wire = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain"
+    )
+    first, second = wire.rsplit(b"HTTP/1.1 200", 1)
+    replies = iter([first, b"HTTP/1.1 200" + second])
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for byte in next(replies):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    server = RawServer(reply)
+    async with server as url:
+        response, body = await get(client, url)
+        assert (response.status, response.headers["X-A"], body) == (200, "1", b"hello world")
+        _, body = await get(client, url)
+        assert body == b"again"
+    assert server.connections == 1

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from localai_operator.router import sse
+from localai_operator.router import codec, sse
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.paths import StreamFormat
 
@@ -149,3 +149,63 @@ def test_completions_and_several_choices_assemble_by_index() -> None:
         (0, "ab", "stop"),
         (1, "xy", None),
     ]
+
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        # LocalAI v4.9.0: role with the first token, text, finish, usage trailer.
+        [
+            chunk({"role": "assistant", "content": "a"}),
+            chunk({"content": "b"}),
+            chunk({}, "stop"),
+            {"id": "c1", "choices": [], "usage": USAGE},
+        ],
+        # v3.12.0: a role-only chunk first, usage of zeros on every chunk, counts on the last.
+        [chunk({"role": "assistant"}), chunk({"content": "a"}), {**chunk({}, "length"), "usage": USAGE}],
+        [chunk({"role": "tool"}), chunk({"content": None}), chunk({"content": ""}, "stop")],
+        [{"id": "x", "choices": []}, chunk({"content": "late head"})],
+        # Anything else leaves the one-read path: tool calls, logprobs, other keys, other indexes.
+        [chunk({"content": "a"}), chunk({"tool_calls": [{"index": 0, "id": "t"}]}), chunk({}, "tool_calls")],
+        [chunk({"content": "a"}, logprobs={"content": []}), chunk({}, "stop")],
+        [chunk({"content": "a", "reasoning": "r"}), chunk({}, "stop")],
+        [chunk({"content": 7}), chunk({}, "stop")],
+        [{**chunk({"content": "a"}), "choices": [{"index": 1, "delta": {"content": "a"}}]}],
+    ],
+)
+def test_one_read_assembles_the_answer_event_by_event_assembly_gives(payloads: list[Any]) -> None:
+    at_once, one_by_one = Assembler(CHAT), Assembler(CHAT)
+    at_once.add_all(json.loads(json.dumps(payloads)))
+    for payload in json.loads(json.dumps(payloads)):
+        one_by_one.add(payload)
+    assert at_once.result() == one_by_one.result()
+    assert at_once.finished == one_by_one.finished
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b'[{"a": 1, "a": 2}, NaN, 123456789012345678901234567890, 1e400, "\\u00e9"]',
+        b'["\\ud800 a lone surrogate escape"]',  # refused by pydantic-core, read by the stdlib
+        '["utf-16, as json.loads detects it"]'.encode("utf-16"),
+    ],
+)
+def test_events_decode_exactly_as_json_loads_decodes_them(wire: bytes) -> None:
+    assert repr(codec.loads(wire)) == repr(json.loads(wire))
+
+
+@pytest.mark.parametrize("wire", [b"", b"[1,]", b"[1] x", b'{"x": "\xff"}'])
+def test_what_json_loads_refuses_is_a_value_error(wire: bytes) -> None:
+    with pytest.raises(ValueError):
+        codec.loads(wire)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"content": "é ✓", "n": 1.5e-7, "big": 2**70, "none": None}, {"content": "\ud800"}],
+)
+def test_an_assembled_answer_encodes_to_json_that_reads_back_the_same(value: Any) -> None:
+    assert json.loads(codec.dumps(value)) == value
