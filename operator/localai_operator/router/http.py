@@ -127,10 +127,7 @@ class _Connection(asyncio.Protocol):
                         response._left = size_of_chunk
                         response._state = "chunk-data"
                 elif state == "chunk-data":
-                    take = min(response._left, size - pos)
-                    response._feed(buffer[pos : pos + take] if pos or take < size else buffer)
-                    pos += take
-                    response._left -= take
+                    pos = response._take(buffer, pos)
                     if response._left == 0:
                         response._state = "chunk-end"
                 elif state == "chunk-end":
@@ -153,10 +150,7 @@ class _Connection(asyncio.Protocol):
                         self._finished(response, buffer, pos)
                         return
                 elif state == "length":
-                    take = min(response._left, size - pos)
-                    response._feed(buffer[pos : pos + take] if pos or take < size else buffer)
-                    pos += take
-                    response._left -= take
+                    pos = response._take(buffer, pos)
                     if response._left == 0:
                         self._finished(response, buffer, pos)
                         return
@@ -237,6 +231,7 @@ class Response:
         "_chunks",
         "_connection",
         "_deadline",
+        "_discard",
         "_error",
         "_keep_alive",
         "_left",
@@ -267,6 +262,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._discard = False
 
     # -- fed by the connection
 
@@ -312,8 +308,15 @@ class Response:
             self._keep_alive = False
         self._wake()
 
+    def _take(self, buffer: bytes, pos: int) -> int:
+        """Feed what the framing still expects of the body from `buffer` at `pos`; the position after it."""
+        take = min(self._left, len(buffer) - pos)
+        self._feed(buffer[pos : pos + take] if pos or take < len(buffer) else buffer)
+        self._left -= take
+        return pos + take
+
     def _feed(self, data: bytes) -> None:
-        if not data:
+        if not data or self._discard:
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -401,8 +404,24 @@ class Response:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def release(self) -> None:
+        """Done with an answer whose end is due at once (its last event came): what is left is read and
+        dropped as it arrives, and the connection goes back to the pool when the body ends, or is closed
+        at the request's deadline if it never does."""
+        if self._state == "eof" or self._connection is None:
+            return
+        self._discard = True
+        self._chunks.clear()
+        self._size = 0
+        if self._paused:
+            self._paused = False
+            self._connection.resume()
+
     def close(self) -> None:
-        """Done with the answer: an unfinished one closes its connection (which stops the upstream)."""
+        """Done with the answer: an unfinished one closes its connection (which stops the upstream),
+        unless it was released."""
+        if self._discard and self._state != "eof":
+            return
         self._cancel_deadline()
         connection = self._connection
         if connection is not None and self._state != "eof":

@@ -610,9 +610,8 @@ class Relay:
                         if fmt is StreamFormat.RESPONSES and assembler.final is not None:
                             done = True
                 if done:
-                    # Read the end of the body too, so the connection goes back to the pool.
-                    while await upstream.readany():
-                        pass
+                    # The end of the body follows: read in the background, the connection then pooled.
+                    upstream.release()
                     break
                 chunk = await upstream.readany()
                 if not chunk:

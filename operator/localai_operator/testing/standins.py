@@ -403,18 +403,22 @@ class OpenAIStandIn:
     async def _stream(
         self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        if chat and self._instant(b) and not payload.get("logprobs"):
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        instant = chat and self._instant(b) and not payload.get("logprobs")
+        if instant and b.role_chunk == "with_first_token":
+            # All of it at once: headers, the events and the chunked body's end in one write.
             include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
             role, rest = self._instant_stream(model, b.tokens, include_usage)
-            if b.role_chunk == "at_once":
-                await response.write(role)
-                await response.write(rest)
-            else:
-                await response.write(role + rest)
+            whole = web.Response(body=role + rest, headers=headers)
+            whole.enable_chunked_encoding()
+            return whole
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        if instant:
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            role, rest = self._instant_stream(model, b.tokens, include_usage)
+            await response.write(role)
+            await response.write(rest)
             await response.write_eof()
             return response
         role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""

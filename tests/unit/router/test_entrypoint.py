@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import sys
@@ -12,6 +13,7 @@ import aiohttp
 import yaml
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
+from localai_operator.router.server import GC_YOUNG_THRESHOLD, tune_gc
 from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import API_KEY, eventually, route_config
 
@@ -143,3 +145,15 @@ async def test_router_command_takes_a_log_level(
             await process.wait()
     # INFO lines ("listening on ...") are below the level asked for.
     assert process.returncode == 0 and b"listening on" not in stderr
+
+
+def test_once_up_the_startup_objects_leave_the_collectors_view_and_young_collections_are_rarer() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert before[0] < GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

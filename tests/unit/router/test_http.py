@@ -340,3 +340,51 @@ async def test_an_answer_arriving_a_byte_at_a_time_is_decoded_the_same(client: h
         _, body = await get(client, url)
         assert body == b"again"
     assert server.connections == 1
+
+
+async def test_a_released_answer_is_read_to_its_end_in_the_background_and_its_connection_reused(
+    client: http.Client,
+) -> None:
+    tail_sent = asyncio.Event()
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"6\r\n world\r\n0\r\n\r\n")
+        tail_sent.set()
+
+    server = RawServer(reply)
+    async with server as url:
+        response = await client.request("POST", url, [], (b"{}",), connect_timeout=2, timeout=10)
+        assert await response.readany() == b"hello"
+        response.release()
+        response.close()  # what the router does next: must not drop the connection
+        await asyncio.wait_for(tail_sent.wait(), 5)
+        await eventually(
+            lambda: bool(client.pool._idle.get(response_origin(url))), 5, "the connection pooled"
+        )
+        response, _ = await get(client, url)
+        assert response.status == 200
+    assert server.connections == 1
+
+
+async def test_a_released_answer_that_never_ends_is_closed_at_its_deadline(client: http.Client) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = RawServer(reply)
+    async with server as url:
+        response = await client.request("POST", url, [], (b"{}",), connect_timeout=2, timeout=0.5)
+        assert await response.readany() == b"hello"
+        response.release()
+        response.close()
+        await eventually(lambda: not client.pool._all, 5, "the connection closed at the deadline")
+        assert not client.pool._idle.get(response_origin(url))
+
+
+def response_origin(url: URL) -> tuple[str, str, int]:
+    assert url.raw_host is not None and url.port is not None
+    return (url.scheme, url.raw_host, url.port)
