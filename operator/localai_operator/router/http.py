@@ -50,6 +50,12 @@ class ResponseError(UpstreamError):
     """The connection broke or the answer was malformed after the request was sent."""
 
 
+def _line(buffer: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The CRLF-ended line at `pos` and the position after it; None until it is complete."""
+    end = buffer.find(b"\r\n", pos)
+    return None if end < 0 else (buffer[pos:end], end + 2)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the parser of the answer in progress."""
 
@@ -112,11 +118,10 @@ class _Connection(asyncio.Protocol):
             while pos < size:
                 state = response._state
                 if state == "chunk-size":
-                    line_end = buffer.find(b"\r\n", pos)
-                    if line_end < 0:
+                    found = _line(buffer, pos)
+                    if found is None:
                         return
-                    line = buffer[pos:line_end]
-                    pos = line_end + 2
+                    line, pos = found
                     try:
                         size_of_chunk = int(line.split(b";", 1)[0] if b";" in line else line, 16)
                     except ValueError as err:
@@ -155,11 +160,10 @@ class _Connection(asyncio.Protocol):
                         self._finished(response, buffer, pos)
                         return
                 elif state == "trailers":
-                    end = buffer.find(b"\r\n", pos)
-                    if end < 0:
+                    found = _line(buffer, pos)
+                    if found is None:
                         return
-                    line = buffer[pos:end]
-                    pos = end + 2
+                    line, pos = found
                     if not line:
                         self._finished(response, buffer, pos)
                         return
