@@ -149,6 +149,19 @@ class RealStack:
         )
         stack.run(argv)
 
+    def helm_uninstall_argv(self, *flags: str) -> list[str]:
+        """`helm uninstall` of the operator's release, with `flags` after it."""
+        return [
+            self.helm,
+            "--kubeconfig",
+            str(self.access.kubeconfig),
+            "uninstall",
+            self.release,
+            "-n",
+            self.operator_namespace,
+            *flags,
+        ]
+
     def helm_deployed(self) -> bool:
         result = subprocess.run(
             [
@@ -449,17 +462,7 @@ def uninstall(real: RealStack) -> None:
         check=False,
     )
     subprocess.run(
-        [
-            real.helm,
-            "--kubeconfig",
-            str(real.access.kubeconfig),
-            "uninstall",
-            real.release,
-            "-n",
-            real.operator_namespace,
-            "--ignore-not-found",
-            "--wait",
-        ],
+        real.helm_uninstall_argv("--ignore-not-found", "--wait"),
         capture_output=True,
         check=False,
     )

@@ -364,18 +364,7 @@ def test_helm_uninstall_stops_the_operator_pod_and_leaves_only_the_crds(real: Re
     ]
 
     subprocess.run(
-        [
-            real.helm,
-            "--kubeconfig",
-            str(real.access.kubeconfig),
-            "uninstall",
-            real.release,
-            "-n",
-            real.operator_namespace,
-            "--wait",
-            "--timeout",
-            "2m",
-        ],
+        real.helm_uninstall_argv("--wait", "--timeout", "2m"),
         capture_output=True,
         check=True,
     )
@@ -418,18 +407,7 @@ def test_helm_uninstall_leaves_one_lease_line_and_no_traceback_in_the_operators_
     )
     try:
         subprocess.run(
-            [
-                real.helm,
-                "--kubeconfig",
-                str(real.access.kubeconfig),
-                "uninstall",
-                real.release,
-                "-n",
-                real.operator_namespace,
-                "--wait",
-                "--timeout",
-                "2m",
-            ],
+            real.helm_uninstall_argv("--wait", "--timeout", "2m"),
             capture_output=True,
             check=True,
         )
