@@ -33,6 +33,11 @@ def free_port() -> int:
         return port
 
 
+def router_command(config: Path, *flags: str) -> list[str]:
+    """The `localai-operator router` command for a config file, as a fresh interpreter runs it."""
+    return [sys.executable, "-m", "localai_operator.cli", "router", "--config", str(config), *flags]
+
+
 async def test_router_command_serves_and_exits_cleanly_on_sigterm(
     local: OpenAIStandIn, tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
@@ -40,16 +45,7 @@ async def test_router_command_serves_and_exits_cleanly_on_sigterm(
     config.write_text(yaml.safe_dump(route_config(local.url)))
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "localai_operator.cli",
-        "router",
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *router_command(config, "--host", "127.0.0.1", "--port", str(port)),
         env={"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: API_KEY},
         stderr=asyncio.subprocess.PIPE,
     )
@@ -74,12 +70,7 @@ async def test_router_command_refuses_an_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "router.yaml"
     config.write_text("local: {endpoints: []}\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "localai_operator.cli",
-        "router",
-        "--config",
-        str(config),
+        *router_command(config),
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
@@ -99,12 +90,7 @@ async def test_router_command_refuses_an_unknown_key_naming_it(tmp_path: Path) -
         )
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "localai_operator.cli",
-        "router",
-        "--config",
-        str(config),
+        *router_command(config),
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
@@ -119,18 +105,7 @@ async def test_router_command_takes_a_log_level(
     config.write_text(yaml.safe_dump(route_config(local.url)))
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "localai_operator.cli",
-        "router",
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+        *router_command(config, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
         env={"PATH": "/usr/bin:/bin"},
         stderr=asyncio.subprocess.PIPE,
     )
