@@ -32,6 +32,19 @@ def autoscaling_status(crs: CustomResources, name: str) -> dict[str, Any]:
     return found
 
 
+def wait_for_autoscaling(crs: CustomResources, name: str, reason: str) -> dict[str, Any]:
+    """The pool's status.autoscaling once its reason is `reason`."""
+
+    def reached() -> dict[str, Any] | None:
+        found = autoscaling_status(crs, name)
+        return found if found.get("reason") == reason else None
+
+    result: dict[str, Any] = wait_for(
+        reached, T, f"reason {reason}", describe=lambda: crs.get("InferencePool", name).get("status")
+    )
+    return result
+
+
 def test_an_autoscaled_pool_sizes_its_deployment_and_never_writes_the_spec(
     cluster: ClusterAccess, namespace: str, crs: CustomResources
 ) -> None:
@@ -51,15 +64,7 @@ def test_an_autoscaled_pool_sizes_its_deployment_and_never_writes_the_spec(
         if "f:spec" in entry.get("fieldsV1", {})
     }
     assert spec_writers and "localai-operator" not in spec_writers, spec_writers
-    status = wait_for(
-        lambda: (
-            autoscaling_status(crs, "elastic").get("reason") == "AtMinReplicas"
-            and autoscaling_status(crs, "elastic")
-        ),
-        T,
-        "reason AtMinReplicas",
-        describe=lambda: crs.get("InferencePool", "elastic").get("status"),
-    )
+    status = wait_for_autoscaling(crs, "elastic", "AtMinReplicas")
     assert status["desiredReplicas"] == 2
 
 
@@ -74,15 +79,7 @@ def test_an_idle_autoscaled_pool_scales_to_zero_after_the_delay(
         "idle",
         {"spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "scaleDownDelaySeconds": 3}}},
     )
-    status = wait_for(
-        lambda: (
-            autoscaling_status(crs, "idle").get("reason") == "ScaledToZero"
-            and autoscaling_status(crs, "idle")
-        ),
-        T,
-        "reason ScaledToZero",
-        describe=lambda: crs.get("InferencePool", "idle").get("status"),
-    )
+    status = wait_for_autoscaling(crs, "idle", "ScaledToZero")
     assert status["desiredReplicas"] == 0
     wait_for(lambda: deployment_replicas(cluster, namespace, "idle") == 0, T, "the Deployment at 0 replicas")
     available = crs.condition("InferencePool", "idle", "Available")
@@ -115,15 +112,7 @@ def test_a_user_hpa_on_the_pool_is_left_alone(
     )
     autoscaling = client.AutoscalingV2Api(cluster.api)
     created = autoscaling.create_namespaced_horizontal_pod_autoscaler(namespace, hpa)
-    status = wait_for(
-        lambda: (
-            autoscaling_status(crs, "by-hpa").get("reason") == "ManagedByHPA"
-            and autoscaling_status(crs, "by-hpa")
-        ),
-        T,
-        "reason ManagedByHPA",
-        describe=lambda: crs.get("InferencePool", "by-hpa").get("status"),
-    )
+    status = wait_for_autoscaling(crs, "by-hpa", "ManagedByHPA")
     assert "users-hpa" in status["message"]
     # spec.replicas (the HPA's lever), not the autoscaler's maxReplicas of 1.
     wait_for(
