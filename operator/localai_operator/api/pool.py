@@ -20,6 +20,9 @@ from localai_operator.api.base import (
 from localai_operator.api.kinds import INFERENCE_POOL
 
 
+MAX_THREADS = 512
+
+
 class Accelerator(Spec):
     gpus: int = Field(
         default=0, ge=0, le=128, description="nvidia.com/gpu per replica (limits; requests equal)."
@@ -316,7 +319,7 @@ class InferencePoolSpec(Spec):
     threads: int | None = Field(
         default=None,
         ge=1,
-        le=512,
+        le=MAX_THREADS,
         description="LocalAI threads. Default: the CPU request in whole cores (min 1).",
     )
     resources: Resources | None = Field(

@@ -15,7 +15,8 @@ import yaml
 
 from localai_operator import __version__
 from localai_operator.api.llmmodel import LLMModel, ModelSource
-from localai_operator.api.pool import InferencePool
+from localai_operator.api.pool import MAX_THREADS, InferencePool
+from localai_operator.api.quantity import amount
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     APP_NAME,
@@ -87,21 +88,16 @@ def endpoint(pool: InferencePool) -> str:
     return service_url(pool.name, pool.namespace)
 
 
-def cpu_cores(quantity: str | int | None) -> float | None:
-    """A CPU quantity in cores ("4", "500m", 2.5)."""
-    if quantity is None:
-        return None
-    text = str(quantity)
-    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
 def threads(pool: InferencePool) -> int:
     if pool.spec.threads is not None:
         return pool.spec.threads
     requests = pool.spec.resources.requests if pool.spec.resources else {}
-    cores = cpu_cores(requests.get("cpu"))
-    # The seed's advice is threads = physical cores; the CPU request is what the pod is guaranteed.
-    return max(1, math.floor(cores)) if cores is not None else 4
+    cpu = requests.get("cpu")
+    if cpu is None:
+        return 4
+    # The seed's advice is threads = physical cores; the CPU request is what the pod is guaranteed. Bounded as
+    # spec.threads is.
+    return min(MAX_THREADS, max(1, math.floor(amount(cpu))))
 
 
 def image_of(pool: InferencePool, settings: RenderSettings) -> str:
