@@ -19,7 +19,6 @@ from localai_operator.api.base import (
 )
 from localai_operator.api.kinds import INFERENCE_POOL
 
-
 MAX_THREADS = 512
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from localai_operator.api.quantity import NONNEGATIVE_PATTERN
 from localai_operator.api.crd import crds
+from localai_operator.api.quantity import NONNEGATIVE_PATTERN
 
 HEADER = """# API reference
 
