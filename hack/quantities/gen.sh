@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates tests/golden/quantities.tsv: a fixed sample of quantity strings (well formed ones of every suffix,
-# sign and exponent, and malformed ones) with apimachinery v0.34.4's answer for each. Needs Go and the module
+# sign and exponent, and malformed ones) with apimachinery v0.34.4's answers for each (main.go). Needs Go and the module
 # (k8s.io/apimachinery v0.34.4, in the module cache after `make cluster-binaries`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/../../tests/golden/quantities.tsv"
+trap 'rm -f "$here/go.sum"' EXIT
 python3 - <<'PY' |
 import random
 
@@ -32,6 +33,5 @@ while len(seen) < 2000:
     seen.add("".join(random.choice(digits + ".+-eEinumkKMGTPi") for _ in range(random.randint(1, 6))))
 print("\n".join(sorted(seen)))
 PY
-trap 'rm -f "$here/go.sum"' EXIT
 (cd "$here" && GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local go run .) > "$out"
 echo "wrote $(wc -l < "$out") lines to $out"

@@ -74,10 +74,14 @@ def test_renders_are_reused_until_a_models_generation_changes() -> None:
     assert edited is not first
 
 
-def test_a_quantity_the_renderer_cannot_use_ends_as_an_invalid_spec_not_a_crash() -> None:
-    body = pool(resources={"requests": {"cpu": "1Ki"}})
+def test_every_quantity_the_schema_admits_is_rendered_as_the_api_server_writes_it() -> None:
+    body = pool(resources={"requests": {"cpu": "1.5m", "memory": "+1Gi"}, "limits": {"cpu": "1Ki"}})
     planned = pl.plan_pool(pool_observed(body, {"m": model("m")}), SETTINGS, pl.Renders())
-    assert planned.objects is None and planned.facts.invalid is not None
+    assert planned.objects is not None and planned.facts.invalid is None
+    (deployment,) = [o for o in planned.objects if o["kind"] == "Deployment"]
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    # The API server rounds a pod's resources up to a milli-unit: what it stores is what is rendered.
+    assert resources == {"requests": {"cpu": "2m", "memory": "1Gi"}, "limits": {"cpu": "1Ki"}}
 
 
 def test_a_gpu_pool_fits_only_nodes_matching_its_product() -> None:

@@ -10,23 +10,31 @@ import pytest
 from pydantic import ValidationError
 
 from localai_operator.api import InferencePool
-from localai_operator.api.quantity import MAX_LENGTH, QUANTITY_PATTERN, Quantity, QuantityError, canonical
+from localai_operator.api.quantity import (
+    MAX_LENGTH,
+    QUANTITY_PATTERN,
+    Quantity,
+    QuantityError,
+    canonical,
+    in_resource_list,
+)
 from localai_operator.render.pool import threads
 from localai_operator.render.route import memory_bytes
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "quantities.tsv"
 
 
-def apimachinery() -> list[tuple[str, str | None]]:
+def apimachinery() -> list[tuple[str, str | None, str | None]]:
+    """(string, its canonical form, its form in a pod's resources); None where apimachinery refuses it."""
     rows = [line.split("\t") for line in GOLDEN.read_text().splitlines()]
-    return [(text, None if answer == "!" else answer) for text, answer in rows]
+    return [(text, *(None if answer == "!" else answer for answer in answers)) for text, *answers in rows]
 
 
 def test_every_string_apimachinery_refuses_is_refused_and_every_other_canonicalises_the_same() -> None:
     stricter = []
-    for text, expected in apimachinery():
+    for text, expected, in_pod in apimachinery():
         try:
-            mine: str | None = canonical(text)
+            mine: tuple[str, str] | None = (canonical(text), in_resource_list(text))
         except QuantityError:
             mine = None
         if expected is None:
@@ -34,7 +42,7 @@ def test_every_string_apimachinery_refuses_is_refused_and_every_other_canonicali
         elif mine is None:
             stricter.append(text)
         else:
-            assert mine == expected, f"{text!r}: apimachinery writes {expected}, we wrote {mine}"
+            assert mine == (expected, in_pod), f"{text!r}: apimachinery writes {expected, in_pod}, we {mine}"
     # Refused on top: numbers without a digit ("+", "+.", "-E3"), which apimachinery reads as 0, and exponents
     # of more than two digits.
     for text in stricter:

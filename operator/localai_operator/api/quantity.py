@@ -5,7 +5,7 @@ A quantity is an exact decimal (never a float): a signed number, then a binary s
 (n, u, m, k, M, G, T, P, E) or a decimal exponent (e3, E-2). Parsing rounds a value finer than a nano up (away
 from zero) and caps a binary one at 2^63-1; the canonical form that the API server stores has no fraction and the
 largest suffix that keeps every digit: "1.5" is "1500m", "1.5m" is "1500u", "+1Gi" is "1Gi", "1.5Gi" is "1536Mi".
-The renderer writes canonical forms, so a live object compares equal to what was applied.
+The renderer writes what the API server will store, so a live object compares equal to what was applied.
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ class Quantity:
         # bounded() before they get here.
         return f"{sign}{number}{_DECIMAL_SUFFIX.get(exponent, '')}"
 
+    def rounded_up(self, exponent: int) -> Quantity:
+        """Rounded up (away from zero) to a multiple of 10^exponent, in the same format (RoundUp)."""
+        step = Decimal(1).scaleb(exponent)
+        return Quantity(self.amount.quantize(step, rounding=decimal.ROUND_UP, context=_ROUNDING), self.format)
+
     def value(self) -> int:
         """The value as a whole number of units, rounded up (apimachinery's Value())."""
         return math.ceil(self.amount)
@@ -121,6 +126,12 @@ class Quantity:
 def canonical(text: str | int) -> str:
     """`text` in the form the API server stores it."""
     return str(Quantity.parse(text))
+
+
+def in_resource_list(text: str | int) -> str:
+    """`text` as the API server stores it in a ResourceList (a container's requests and limits, a claim's
+    storage): rounded up to a milli-unit, then canonical ("1.5m" is "2m")."""
+    return str(Quantity.parse(text).rounded_up(-3))
 
 
 def amount(text: str | int) -> Decimal:

@@ -16,7 +16,7 @@ import yaml
 from localai_operator import __version__
 from localai_operator.api.llmmodel import LLMModel, ModelSource
 from localai_operator.api.pool import MAX_THREADS, InferencePool
-from localai_operator.api.quantity import amount
+from localai_operator.api.quantity import amount, in_resource_list
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     APP_NAME,
@@ -255,7 +255,7 @@ def persistent_volume_claim(pool: InferencePool, version: str = __version__) -> 
         return None
     spec: dict[str, Any] = {
         "accessModes": [storage.access_mode],
-        "resources": {"requests": {"storage": str(storage.size)}},
+        "resources": {"requests": {"storage": in_resource_list(storage.size)}},
     }
     if storage.storage_class_name:
         spec["storageClassName"] = storage.storage_class_name
@@ -313,8 +313,8 @@ def network_policy(pool: InferencePool, version: str = __version__) -> dict[str,
 def _resources(pool: InferencePool) -> dict[str, Any]:
     gpus = pool.spec.accelerator.gpus
     user = pool.spec.resources
-    requests: dict[str, Any] = {k: str(v) for k, v in (user.requests if user else {}).items()}
-    limits: dict[str, Any] = {k: str(v) for k, v in (user.limits if user else {}).items()}
+    requests: dict[str, Any] = {k: in_resource_list(v) for k, v in (user.requests if user else {}).items()}
+    limits: dict[str, Any] = {k: in_resource_list(v) for k, v in (user.limits if user else {}).items()}
     if not requests:
         requests = {"cpu": "4", "memory": "16Gi"} if gpus else {"cpu": "2", "memory": "4Gi"}
     if gpus:

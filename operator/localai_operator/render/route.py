@@ -9,7 +9,7 @@ from localai_operator import wire as rc
 from localai_operator.api.base import SecretKeyRef
 from localai_operator.api.llmmodel import LLMModel
 from localai_operator.api.pool import InferencePool
-from localai_operator.api.quantity import Quantity
+from localai_operator.api.quantity import Quantity, in_resource_list
 from localai_operator.api.route import FallbackRoute
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
@@ -72,9 +72,9 @@ def _resources(route: FallbackRoute) -> dict[str, Any]:
     user = route.spec.resources
     if user is None:
         return {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": DEFAULT_MEMORY_LIMIT}}
-    out: dict[str, Any] = {"requests": {k: str(v) for k, v in user.requests.items()}}
+    out: dict[str, Any] = {"requests": {k: in_resource_list(v) for k, v in user.requests.items()}}
     if user.limits:
-        out["limits"] = {k: str(v) for k, v in user.limits.items()}
+        out["limits"] = {k: in_resource_list(v) for k, v in user.limits.items()}
     return out
 
 
