@@ -72,7 +72,7 @@ def test_someone_elses_later_change_is_not_an_echo() -> None:
 def test_an_object_we_just_created_is_owned_before_the_watch_delivers_it() -> None:
     cache = bound()
     cache.wrote(obj("Service", "p", "5", ownerReferences=[OWNER]))
-    assert list(cache.owned("p-uid")) == [("Service", "p")]
+    assert list(cache.owned("ns", "p-uid")) == [("Service", "p")]
 
 
 def test_our_copy_of_a_write_expires_so_nothing_stale_outlives_a_watch_outage() -> None:
@@ -80,16 +80,43 @@ def test_our_copy_of_a_write_expires_so_nothing_stale_outlives_a_watch_outage() 
     cache = bound(clock)
     cache.wrote(obj("Service", "p", "5", ownerReferences=[OWNER]))
     clock.now += c.WRITTEN_TTL + 1
-    assert cache.owned("p-uid") == {}
+    assert cache.owned("ns", "p-uid") == {}
 
 
 def test_an_object_deleted_by_hand_is_no_longer_owned() -> None:
-    owned = {"p-uid": [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]}
+    owned = {("ns", "p-uid"): [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]}
     cache = bound(owned=owned)
     cache.wrote(obj("ConfigMap", "p-models", "8", ownerReferences=[OWNER]))
-    owned["p-uid"] = []
+    owned[("ns", "p-uid")] = []
     cache.deleted("ConfigMap", "ns", "p-models")
-    assert cache.owned("p-uid") == {}
+    assert cache.owned("ns", "p-uid") == {}
+
+
+def test_an_object_in_another_namespace_naming_a_pools_uid_is_not_the_pools() -> None:
+    # team-b's ConfigMap claims team-a's pool (same name, its uid) as controller: the index files it under team-b,
+    # so team-a's pass neither counts nor prunes it.
+    planted = obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])
+    planted["metadata"]["namespace"] = "team-b"
+    key = c.owned_key(planted)
+    assert key == ("team-b", "p-uid")
+    cache = bound(owned={key: [planted]})
+    assert cache.owned("team-a", "p-uid") == {}
+    cache.wrote(planted)
+    assert cache.owned("team-a", "p-uid") == {}
+
+
+def test_a_change_to_an_object_is_its_owners_concern_only_if_that_owner_exists_with_that_uid() -> None:
+    pool = obj("InferencePool", "p", "1")
+    pool["metadata"]["uid"] = "p-uid"
+    cache = bound(pools={("pool", "ns", "p"): [pool]})
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[OWNER])) == ("InferencePool", "p")
+    forged = {**OWNER, "uid": "another-uid"}
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[forged])) is None
+    elsewhere = obj("Service", "p", "3", ownerReferences=[OWNER])
+    elsewhere["metadata"]["namespace"] = "team-b"
+    assert cache.owner(elsewhere) is None
+    not_ours = {**OWNER, "kind": "Deployment", "apiVersion": "llm.localai-operator.io/v1alpha1"}
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[not_ours])) is None
 
 
 def test_a_pool_event_names_the_models_whose_served_by_it_changes() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localai_operator.api.kinds import Kind
+from localai_operator.api.quantity import Quantity
 from localai_operator.api.route import RouteCost
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.control.autoscale import ScaleState
@@ -32,7 +33,7 @@ from localai_operator.wire import Carried
 MODELS = "models"  # ("model", namespace, name) -> the LLMModel
 POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model"|"secret", ns, name) -> pools naming it
 ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool"|"secret", ns, name) -> routes naming it
-OWNED = "owned"  # owner uid -> the objects it controls (every owned kind)
+OWNED = "owned"  # (namespace, owner uid) -> the objects it controls there (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
 SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
@@ -89,11 +90,26 @@ def route_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[An
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """(kind, name, uid) of the custom resource controlling `body`, if one of ours does."""
+    """(kind, name, uid) of the custom resource of ours that `body`'s controller reference names, if any. Anyone
+    allowed to create an object can write any reference into it: what it claims is checked against the owner
+    (owned_key) before anything is done with it."""
     for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if str(ref.get("apiVersion", "")).startswith(f"{GROUP}/") and ref.get("controller"):
-            return str(ref["kind"]), str(ref["name"]), str(ref["uid"])
+        if (
+            ref.get("controller")
+            and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+            and ref.get("kind") in INDEX_OF
+        ):
+            return str(ref["kind"]), str(ref.get("name", "")), str(ref.get("uid", ""))
     return None
+
+
+def owned_key(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, owner uid) under which `body` counts as owned: an owner controls only objects of its own
+    namespace (the garbage collector ignores a reference across namespaces, and so does this index), so an object
+    in another namespace that names a pool's uid is no object of that pool."""
+    owner = owner_of(body)
+    namespace = (body.get("metadata") or {}).get("namespace")
+    return (str(namespace), owner[2]) if owner is not None and namespace else None
 
 
 def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
@@ -115,7 +131,7 @@ def schedulable_gpus(node: Mapping[str, Any]) -> int:
         return 0
     value = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
     try:
-        return int(str(value))
+        return max(0, Quantity.parse(value).value())
     except ValueError:
         return 0
 
@@ -166,7 +182,7 @@ class Cache:
     indexes: dict[str, Index] = field(default_factory=dict)
     clock: Any = time.monotonic
     _written: dict[tuple[str, str, str], _Written] = field(default_factory=dict)
-    _written_by_owner: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
+    _written_by_owner: dict[tuple[str, str], set[tuple[str, str, str]]] = field(default_factory=dict)
     _pool_models: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     _in_flight: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
@@ -227,6 +243,19 @@ class Cache:
     def pools_using_secret(self, namespace: str, secret: str) -> list[str]:
         return sorted(set(self._values(POOLS, ("secret", namespace, secret))))
 
+    def owner(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(kind, name) of the custom resource that controls `body`, if that resource exists in `body`'s namespace
+        with the uid the reference names: only then is `body` its object, and a change to it its concern."""
+        owner, key = owner_of(body), owned_key(body)
+        if owner is None or key is None:
+            return None
+        index, tag = INDEX_OF[owner[0]]
+        found = any(
+            (cr.get("metadata") or {}).get("uid") == key[1]
+            for cr in self._values(index, (tag, key[0], owner[1]))
+        )
+        return (owner[0], owner[1]) if found else None
+
     def spec_changed(self, kind: Kind, namespace: str, name: str, generation: Any, gone: bool) -> bool:
         """True at a custom resource's first event, at a new generation (a spec edit) and at its deletion: when
         the resources depending on it need a pass. Status writes, ours or anyone's, keep the generation."""
@@ -248,12 +277,13 @@ class Cache:
 
     # --- what the custom resources own and depend on
 
-    def owned(self, owner_uid: str) -> dict[tuple[str, str], Body]:
-        """(kind, name) -> each object `owner_uid` controls, the newer of the watch's copy and our last write."""
+    def owned(self, namespace: str, owner_uid: str) -> dict[tuple[str, str], Body]:
+        """(kind, name) -> each object of `namespace` that the resource `owner_uid` controls, the newer of the
+        watch's copy and our last write."""
         out: dict[tuple[str, str], Body] = {}
-        for body in self._values(OWNED, owner_uid):
+        for body in self._values(OWNED, (namespace, owner_uid)):
             out[(body["kind"], body["metadata"]["name"])] = body
-        for key in list(self._written_by_owner.get(owner_uid, ())):
+        for key in list(self._written_by_owner.get((namespace, owner_uid), ())):
             written = self._fresh(key)
             if written is None:
                 continue
@@ -297,9 +327,9 @@ class Cache:
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace", ""), meta["name"])
         self._written[key] = _Written(slim(body), self.clock())
-        owner = owner_of(body)
-        if owner is not None:
-            self._written_by_owner.setdefault(owner[2], set()).add(key)
+        owned = owned_key(body)
+        if owned is not None:
+            self._written_by_owner.setdefault(owned, set()).add(key)
         held = self._in_flight.pop(key, [])
         if meta.get("resourceVersion") in held:
             self.deleted(*key)  # the watch already holds this very version
@@ -312,9 +342,9 @@ class Cache:
     def deleted(self, kind: str, namespace: str, name: str) -> None:
         """An object this operator deleted, or whose deletion the watch reported: forget our copy of it."""
         written = self._written.pop((kind, namespace, name), None)
-        owner = owner_of(written.body) if written is not None else None
-        if owner is not None:
-            self._written_by_owner.get(owner[2], set()).discard((kind, namespace, name))
+        owned = owned_key(written.body) if written is not None else None
+        if owned is not None:
+            self._written_by_owner.get(owned, set()).discard((kind, namespace, name))
 
     def is_echo(self, body: Mapping[str, Any]) -> bool:
         """True when a watch event needs no pass: it reports this operator's own write (or is held back until

@@ -121,7 +121,9 @@ class Elastic:
         readings = await self._read(routes, pods, now)
         day, month = period_of("daily", wall), period_of("monthly", wall)
         for key, pool in pools.items():
-            deployment = self.cache.owned(pool.metadata.uid or "").get(("Deployment", pool.name)) or {}
+            deployment = (
+                self.cache.owned(pool.namespace, pool.metadata.uid or "").get(("Deployment", pool.name)) or {}
+            )
             replicas = int((deployment.get("status") or {}).get("replicas") or 0)
             meter = self._gpus.setdefault(key, GpuMeter())
             meter.observe(now, replicas, pool.spec.accelerator.gpus, (day, month))
@@ -240,7 +242,9 @@ class Elastic:
             return  # a model is missing or invalid: the pool applies nothing anyway
         scaler = self._scalers.get(key)
         if scaler is None:
-            deployment = self.cache.owned(pool.metadata.uid or "").get(("Deployment", pool.name))
+            deployment = self.cache.owned(pool.namespace, pool.metadata.uid or "").get(
+                ("Deployment", pool.name)
+            )
             start = (deployment or {}).get("spec", {}).get("replicas")
             start = spec.min_replicas if start is None else int(start)
             if previous is not None and previous.hpa is None:

@@ -116,8 +116,8 @@ async def routes(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
 
 
 async def owned(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    owner = cache.owner_of(body)
-    return {owner[2]: cache.slim(body)} if owner else {}
+    key = cache.owned_key(body)
+    return {key: cache.slim(body)} if key else {}
 
 
 for _kind in OWNED:
@@ -232,7 +232,7 @@ async def owned_changed(
         memo.cache.deleted(kind.kind, ns, name)
     elif memo.cache.is_echo(body):
         return
-    owner = cache.owner_of(body)
+    owner = memo.cache.owner(body)
     if owner is not None:
         memo.enqueue(owner[0], ns, owner[1], background=rollout)
 

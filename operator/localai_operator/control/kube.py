@@ -201,17 +201,17 @@ class Api:
         )
         return live
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        """Deletes in the background (the garbage collector takes the dependents); gone already is fine."""
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> None:
+        """Deletes in the background (the garbage collector takes the dependents); gone already is fine. With
+        `uid`, only that very object: one created under the same name meanwhile is left alone."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
-            await self.request(
-                "delete",
-                kind,
-                "DELETE",
-                kind.path(namespace, name),
-                body={"propagationPolicy": "Background"},
-            )
+            await self.request("delete", kind, "DELETE", kind.path(namespace, name), body=body)
         except ApiError as err:
+            if err.status == 409 and uid:
+                return  # not that object any more: ours is gone
             if err.status != 404:
                 raise
 

@@ -79,7 +79,7 @@ def _gather(
         return pl.PoolObserved(
             body=body,
             models={m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []},
-            owned=cache.owned(meta["uid"]),
+            owned=cache.owned(key.namespace, meta["uid"]),
             unschedulable=cache.unschedulable(key.namespace, key.name),
             gpu_nodes=cache.gpu_nodes() if gpus else (),
             secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
@@ -93,7 +93,7 @@ def _gather(
             body=body,
             pools=pools,
             secrets={s: cache.secret(key.namespace, s) for s in secrets},
-            owned=cache.owned(meta["uid"]),
+            owned=cache.owned(key.namespace, meta["uid"]),
             models={
                 m: cache.get(LLM_MODEL, key.namespace, str(m))
                 for m in ((primary or {}).get("spec") or {}).get("models") or []
@@ -174,7 +174,7 @@ async def _converge(
     planned = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for kind, name in sorted(set(owned) - planned):
         try:
-            await ctx.api.delete(of(kind), key.namespace, name)
+            await ctx.api.delete(of(kind), key.namespace, name, owned[(kind, name)]["metadata"].get("uid"))
         except ApiError as err:
             return f"deleting {kind} {name} was refused: {err.message}"
         ctx.cache.deleted(kind, key.namespace, name)
