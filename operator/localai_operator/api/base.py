@@ -32,9 +32,7 @@ Quantity = Annotated[
             "x-kubernetes-int-or-string": True,
             "pattern": quantity.NONNEGATIVE_PATTERN,
             "maxLength": quantity.MAX_LENGTH,
-            "x-kubernetes-validations": [
-                {"rule": "type(self) != int || int(self) >= 0", "message": "a quantity cannot be negative"}
-            ],
+            "minimum": 0,
         }
     ),
 ]

@@ -1,7 +1,7 @@
 """The controller: the operator's typed state, on Kopf's memo, and the tasks it runs beside Kopf's watches.
 
 N async workers take keys from the work queue and run one pass each; a failed pass comes back after a capped,
-jittered backoff. A resync timer and a new leader enqueue every custom resource from the caches (no LIST).
+jittered backoff: seconds for a transient failure, minutes for one the user must fix. A resync timer and a new leader enqueue every custom resource from the caches (no LIST).
 Workers wait until Kopf has indexed everything once, and pass nothing while another replica holds the Lease.
 """
 
@@ -26,7 +26,7 @@ from localai_operator.control.leader import LeaderElector
 from localai_operator.control.metrics import Metrics
 from localai_operator.control.plan import Renders
 from localai_operator.control.queue import Key, ShutDown, WorkQueue
-from localai_operator.control.reconcile import Context, reconcile
+from localai_operator.control.reconcile import Context, Failure, reconcile, user_must_fix
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Controller:
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
     last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
+    refused_inputs: dict[Key, Hashable] = field(default_factory=dict)  # and at its last refusal
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
     active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -67,8 +68,9 @@ class Controller:
             self.cache,
             self.renders,
             self.settings,
-            again=self.queue.add,
+            self.queue,
             last_inputs=self.last_inputs,
+            refused_inputs=self.refused_inputs,
         )
 
     def enqueue(
@@ -86,6 +88,7 @@ class Controller:
     async def start(self, indexes: Mapping[str, Index]) -> None:
         self.cache.bind(indexes)
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        self.metrics.held.set_function(lambda: self.queue.held_count)
         if self.options.metrics_port:
             self._servers.append(await self.metrics.serve(self.options.metrics_port))
         loop = asyncio.get_running_loop()
@@ -158,20 +161,25 @@ class Controller:
                 continue
             started, result = time.perf_counter(), "ok"
             try:
-                retry = await reconcile(key, context)
-            except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-                retry = f"API request failed: {err or type(err).__name__}"
+                failure = await reconcile(key, context)
+            except ApiError as err:
+                failure = Failure(f"API request failed: {err}", slow=user_must_fix(err))
+            except (aiohttp.ClientError, TimeoutError) as err:
+                failure = Failure(f"API request failed: {err or type(err).__name__}")
             except Exception:
                 log.exception("the pass of %s failed", key)
-                retry = "unexpected error (see the traceback above)"
+                failure = Failure("unexpected error (see the traceback above)")
             finally:
                 self.queue.done(key)
-            if retry:
-                result = "retry"
-                delay = self.queue.retry(key)
-                self.metrics.retries.labels(key.kind).inc()
-                log.info("%s: %s; retrying in %.1f s", key, retry, delay)
-            else:
+            if failure is None:
                 self.queue.forget(key)
+            elif failure.held:
+                result = "held"
+            else:
+                result = "retry"
+                kind_of = "slow" if failure.slow else "fast"
+                delay = self.queue.retry(key, slow=failure.slow)
+                self.metrics.retries.labels(key.kind, kind_of).inc()
+                log.info("%s: %s; retrying in %.1f s (%s)", key, failure.reason, delay, kind_of)
             self.metrics.passes.labels(key.kind, result).inc()
             self.metrics.duration.labels(key.kind).observe(time.perf_counter() - started)

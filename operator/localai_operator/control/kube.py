@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON = "application/json"
+# etcd's first revision: no stored object carries it (the Java Operator SDK's create-only apply uses it too).
+CREATE_ONLY = "1"
 # A request counter: (verb, kind, HTTP status or 0 when no response came back, seconds it took).
 Count = Callable[[str, str, int, float], None]
 
@@ -187,9 +189,18 @@ class Api:
             return json.loads(text) if text else None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply, forcing our field manager's ownership; returns the live object."""
+    async def apply(
+        self, obj: dict[str, Any], *, create: bool = False, uid: str | None = None
+    ) -> dict[str, Any]:
+        """Server-side apply, forcing our field manager's ownership of its fields; returns the live object.
+
+        `create`: only if nothing holds the name (else 409 Conflict): a resourceVersion no object has is a
+        precondition the API server checks on an existing object and ignores when it creates one. `uid`: only
+        onto that very object (else 422, metadata.uid is immutable)."""
         kind, meta = of(obj["kind"]), obj["metadata"]
+        if create or uid:
+            preconditions = {"resourceVersion": CREATE_ONLY} if create else {"uid": uid}
+            obj = {**obj, "metadata": {**meta, **preconditions}}
         live: dict[str, Any] = await self.request(
             "apply",
             kind,

@@ -101,6 +101,38 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
     return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets, observed.scale)
 
 
+def dependencies(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
+    """What the user can change that a pass depends on: the specs (generations, not status writes) of the
+    resource and of those it uses, and the Secrets it reads. A change resets the backoff of a refusal."""
+    if isinstance(observed, ModelObserved):
+        return _identity(observed.body)
+    secrets = tuple(sorted(observed.secrets.items()))
+    if isinstance(observed, RouteObserved):
+        pools = tuple(sorted((name, _identity(body or {})) for name, body in observed.pools.items()))
+        models = tuple(sorted((name, _identity(body or {})) for name, body in observed.models.items()))
+        return (_identity(observed.body), pools, secrets, models)
+    models = tuple((name, _identity(body or {})) for name, body in observed.models.items())
+    nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
+    return (_identity(observed.body), models, secrets, nodes, observed.scale)
+
+
+def conflict_message(
+    owner_kind: str,
+    owner_name: str,
+    namespace: str,
+    kind: str,
+    name: str,
+    held_by: tuple[str, str, str] | None,
+) -> str:
+    """Why a rendered name is not applied: `held_by` is the (kind, name, uid) of the resource of ours whose
+    object holds it, None when the operator did not create it."""
+    holder = f'it belongs to {held_by[0]} "{held_by[1]}"' if held_by else "the operator did not create it"
+    return (
+        f'{kind} "{name}" already exists in namespace "{namespace}" and {holder}, so it is left untouched: '
+        f'rename {owner_kind} "{owner_name}" or delete that {kind}.'
+    )
+
+
 class Renders:
     """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
 

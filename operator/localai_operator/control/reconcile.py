@@ -2,7 +2,9 @@
 
 Gather from the caches (no API read), plan with pure functions, apply only what differs from the live objects,
 prune what is no longer planned, write the status once. A failure a user can cause or meet ends in the status
-(Ready=False, the API server's own words) and in the returned reason, which makes the worker retry with backoff.
+(Ready=False, the API server's own words) and in the returned Failure, which makes the worker retry with a backoff
+of seconds (transient) or minutes (only the user can change the outcome; at once when the inputs change). An
+object that the resource did not create is never taken over: its name is a Conflict.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from localai_operator.api.base import Spec
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
 from localai_operator.control import plan as pl
 from localai_operator.control import status as st
-from localai_operator.control.cache import Cache
+from localai_operator.control.cache import Cache, owned_key, owner_of
 from localai_operator.control.kube import Api, ApiError, contains
-from localai_operator.control.queue import Key
+from localai_operator.control.queue import Key, WorkQueue
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -32,41 +34,74 @@ def now() -> str:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a pass has to run again. `slow`: only the user can change the outcome (an object refused as invalid,
+    forbidden or over quota, a name held by an object that is not ours): retried after minutes, or at once when
+    the inputs change. Else a transient failure (no answer, 5xx, 409, 429), retried after seconds. `held`: the
+    pass was skipped, its inputs unchanged since a slow failure whose retry is still due."""
+
+    reason: str
+    slow: bool = False
+    held: bool = False
+
+
+HELD = Failure("waiting for the slow retry of a refusal", slow=True, held=True)
+
+
+def user_must_fix(err: ApiError) -> bool:
+    """A refusal that asking again cannot change: a bad request, an invalid object, one forbidden (RBAC, an
+    admission webhook, a ResourceQuota) or in a namespace that is going."""
+    return err.status in (400, 403, 404, 422)
+
+
+@dataclass(frozen=True)
 class Context:
-    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and a way to
-    run a pass again (when someone else changed an object while we were writing it)."""
+    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and the work
+    queue (to run a pass again when someone else changed an object while we were writing it, and to know whether
+    a key waits for a slow retry)."""
 
     api: Api
     cache: Cache
     renders: pl.Renders
     settings: RenderSettings
-    again: Callable[[Key], None]
+    queue: WorkQueue
     last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
+    # What each key's pass depended on when it was last refused (a slow failure).
+    refused_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
     clock: Callable[[], str] = now
 
 
-async def reconcile(key: Key, ctx: Context) -> str | None:
+async def reconcile(key: Key, ctx: Context) -> Failure | None:
     """Runs the pass of `key`; returns why it has to run again (None: done until something changes)."""
     kind = of(key.kind)
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         ctx.last_inputs.pop(key, None)
+        ctx.refused_inputs.pop(key, None)
         return None  # gone or going: the garbage collector removes what it owned
     observed = _gather(ctx.cache, kind, key, body)
     inputs = pl.fingerprint(observed)
     if ctx.last_inputs.get(key) == inputs:
         return None  # the last pass saw exactly this and succeeded
+    depends_on = pl.dependencies(observed)
+    if ctx.queue.held(key):
+        if ctx.refused_inputs.get(key) == depends_on:
+            return HELD  # an owned object's status moved, a resync: nothing the refusal depends on
+        ctx.queue.release(key)  # the user changed something: try now, and start the backoff over
     if isinstance(observed, pl.PoolObserved):
-        error = await _pool(ctx, key, observed)
+        failure = await _pool(ctx, key, observed)
     elif isinstance(observed, pl.RouteObserved):
-        error = await _route(ctx, key, observed)
+        failure = await _route(ctx, key, observed)
     else:
-        error = await _model(ctx, key, observed)
-    if error is None:
+        failure = await _model(ctx, key, observed)
+    if failure is None:
         ctx.last_inputs[key] = inputs
+        ctx.refused_inputs.pop(key, None)
     else:
         ctx.last_inputs.pop(key, None)
-    return error
+        if failure.slow:
+            ctx.refused_inputs[key] = depends_on
+    return failure
 
 
 def _gather(
@@ -105,23 +140,31 @@ def _gather(
     return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))
 
 
-async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> str | None:
+async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> Failure | None:
     planned = pl.plan_pool(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, key, planned.objects, observed.owned)
-    facts = dataclasses.replace(planned.facts, apply_error=error)
+    applied = await _converge(ctx, key, observed.body, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, applied=applied)
     await _write_status(ctx, key, observed.body, st.pool_status(facts, *_previous(observed.body, ctx)))
-    return error
+    return _failure(applied)
 
 
-async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> str | None:
+async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> Failure | None:
     planned = pl.plan_route(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, key, planned.objects, observed.owned)
-    facts = dataclasses.replace(planned.facts, apply_error=error)
+    applied = await _converge(ctx, key, observed.body, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, applied=applied)
     await _write_status(ctx, key, observed.body, st.route_status(facts, *_previous(observed.body, ctx)))
-    return error
+    return _failure(applied)
 
 
-async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> str | None:
+def _failure(applied: st.Applied) -> Failure | None:
+    if applied.conflicts:
+        return Failure(" ".join(applied.conflicts), slow=True)
+    if applied.error:
+        return Failure(applied.error, slow=applied.refused)
+    return None
+
+
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> Failure | None:
     planned = pl.plan_model(observed)
     await _write_status(
         ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
@@ -144,41 +187,98 @@ async def _write(
         live = await send
     except BaseException:
         if ctx.cache.write_failed(*target):
-            ctx.again(key)
+            ctx.queue.add(key)
         raise
     if ctx.cache.wrote(live):
-        ctx.again(key)
+        ctx.queue.add(key)
+
+
+class Taken(Exception):
+    """A rendered name is held by an object this resource does not control: it is left untouched."""
 
 
 async def _converge(
-    ctx: Context, key: Key, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
-) -> str | None:
+    ctx: Context, key: Key, owner: pl.Body, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
+) -> st.Applied:
     """Server-side applies, all at once, each planned object the live one does not already match, then deletes
-    owned objects no longer planned. Returns the first refusal in plan order, naming the object and quoting the
-    server (the Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
+    owned objects no longer planned. A name held by an object that is not ours is a conflict, and the rest is
+    applied all the same; else the first refusal in plan order names the object and quotes the server (the
+    Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
     if objects is None:
-        return None
+        return st.Applied()
     changed = [o for o in objects if not contains(owned.get((o["kind"], o["metadata"]["name"])), o)]
     results = await asyncio.gather(
         *(
-            _write(ctx, key, (o["kind"], key.namespace, o["metadata"]["name"]), ctx.api.apply(o))
+            _write(
+                ctx,
+                key,
+                (o["kind"], key.namespace, o["metadata"]["name"]),
+                _apply(ctx, key, owner, o, owned.get((o["kind"], o["metadata"]["name"]))),
+            )
             for o in changed
         ),
         return_exceptions=True,
     )
+    conflicts: list[str] = []
+    refusal: tuple[str, bool] | None = None
     for obj, result in zip(changed, results, strict=True):
-        if isinstance(result, ApiError):
-            return f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
-        if isinstance(result, BaseException):
+        if isinstance(result, Taken):
+            conflicts.append(str(result))
+        elif isinstance(result, ApiError):
+            if refusal is None:
+                message = f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
+                refusal = (message, user_must_fix(result))
+        elif isinstance(result, BaseException):
             raise result
+    if conflicts or refusal:
+        # Nothing is pruned while the planned objects are not all in place.
+        error, refused = refusal or (None, False)
+        return st.Applied(error, refused, tuple(conflicts))
     planned = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for kind, name in sorted(set(owned) - planned):
         try:
             await ctx.api.delete(of(kind), key.namespace, name, owned[(kind, name)]["metadata"].get("uid"))
         except ApiError as err:
-            return f"deleting {kind} {name} was refused: {err.message}"
+            return st.Applied(f"deleting {kind} {name} was refused: {err.message}", user_must_fix(err))
         ctx.cache.deleted(kind, key.namespace, name)
-    return None
+    return st.Applied()
+
+
+async def _apply(
+    ctx: Context, key: Key, owner: pl.Body, obj: dict[str, Any], live: pl.Body | None
+) -> dict[str, Any]:
+    """Applies `obj` over the object we own under its name, or creates it; never takes over another object.
+
+    The first apply of a name only creates (a failed precondition if anything holds the name, atomically); a
+    later one applies to the very object we own (its uid), so one deleted and re-created under the name by
+    someone else meanwhile is refused too. Either refusal looks at the holder: ours after all (the watch had not
+    shown it yet, or someone removed our label) is applied to, anything else raises Taken."""
+    kind, name = of(obj["kind"]), obj["metadata"]["name"]
+    try:
+        if live is None:
+            return await ctx.api.apply(obj, create=True)
+        return await ctx.api.apply(obj, uid=(live.get("metadata") or {}).get("uid"))
+    except ApiError as err:
+        if not (live is None and err.status == 409) and not replaced(err):
+            raise
+    holder = await ctx.api.get(kind, key.namespace, name)
+    if holder is None:
+        raise ApiError(409, "Conflict", f"{kind.kind} {name} went away while it was applied")
+    owner_meta = owner.get("metadata") or {}
+    if owned_key(holder) == (key.namespace, owner_meta.get("uid")):
+        return await ctx.api.apply(obj, uid=holder["metadata"].get("uid"))
+    held_by = owner_of(holder)
+    if held_by is not None and held_by[:2] == (key.kind, key.name):
+        # A deleted predecessor of the same name: the garbage collector is removing its objects.
+        raise ApiError(
+            409, "Conflict", f"{kind.kind} {name} still belongs to a deleted {key.kind} {key.name}"
+        )
+    raise Taken(pl.conflict_message(key.kind, key.name, key.namespace, kind.kind, name, held_by))
+
+
+def replaced(err: ApiError) -> bool:
+    """The object under the name is not the one the uid precondition named."""
+    return err.status == 422 and "metadata.uid" in err.message
 
 
 async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:
