@@ -170,13 +170,6 @@ def test_a_cordoned_node_offers_no_gpu() -> None:
     assert c.schedulable_gpus({"status": {"allocatable": {"nvidia.com/gpu": "4"}}}) == 4
 
 
-def test_a_secret_is_kept_as_its_version_and_key_names_only() -> None:
-    secret = {"metadata": {"resourceVersion": "3"}, "data": {"api-key": "c2stc2VjcmV0"}}
-    info = c.secret_info(secret)
-    assert (info.resource_version, info.keys) == ("3", frozenset({"api-key"}))
-    assert "c2stc2VjcmV0" not in repr(info)
-
-
 def test_router_pods_are_not_pool_pods() -> None:
     labels = {"app.kubernetes.io/instance": "chat", "app.kubernetes.io/component": "router"}
     assert c.pool_of_pod({"metadata": {"labels": labels}}) is None
@@ -192,21 +185,20 @@ def test_the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object(
 
 
 def test_a_router_services_slice_gives_its_ready_pods_and_addresses() -> None:
+    def endpoint(address: str, ready: bool, target: dict[str, str] | None) -> dict[str, Any]:
+        return {"addresses": [address], "conditions": {"ready": ready}, "targetRef": target}
+
     slice_ = {
         "endpoints": [
-            {
-                "addresses": ["10.0.0.7"],
-                "conditions": {"ready": True},
-                "targetRef": {"kind": "Pod", "name": "chat-router-a"},
-            },
-            {
-                "addresses": ["10.0.0.8"],
-                "conditions": {"ready": False},
-                "targetRef": {"kind": "Pod", "name": "chat-router-b"},
-            },
+            endpoint("10.0.0.7", True, {"kind": "Pod", "name": "chat-router-a", "uid": "a-uid"}),
+            endpoint("10.0.0.8", False, {"kind": "Pod", "name": "chat-router-b", "uid": "b-uid"}),
+            endpoint("10.0.0.9", True, None),  # no pod named: nothing to check it against
+            *[endpoint("10.0.1.1", True, {"kind": "Pod", "name": f"x{i}"}) for i in range(1000)],
         ]
     }
-    assert c.router_endpoints(slice_) == (("chat-router-a", "10.0.0.7"),)
+    found = c.router_endpoints(slice_)
+    assert found[0] == c.Endpoint("chat-router-a", "a-uid", "10.0.0.7")
+    assert len(found) == c.MAX_SLICE_ENDPOINTS - 2, "at most that many are looked at"
 
 
 def test_an_hpa_is_matched_to_the_pool_it_scales_and_to_nothing_else() -> None:

@@ -17,13 +17,7 @@ from localai_operator.api.quantity import Quantity
 from localai_operator.api.route import RouteCost
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.control.autoscale import ScaleState
-from localai_operator.control.plan import (
-    Body,
-    SecretInfo,
-    pool_secret_names,
-    primary_pool,
-    route_secret_names,
-)
+from localai_operator.control.plan import Body, primary_pool
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
 from localai_operator.wire import Carried
 
@@ -31,15 +25,14 @@ from localai_operator.wire import Carried
 # per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,
 # under keys tagged with what they are.
 MODELS = "models"  # ("model", namespace, name) -> the LLMModel
-POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model"|"secret", ns, name) -> pools naming it
-ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool"|"secret", ns, name) -> routes naming it
+POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model", ns, name) -> pools naming it
+ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool", ns, name) -> routes naming it
 OWNED = "owned"  # (namespace, owner uid) -> the objects it controls there (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
-SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
-ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> ((pod, address), ...) of its ready router pods
+ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> (Endpoint, ...) of its router Service's slices
 HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS, ROUTER_ENDPOINTS, HPAS)
+INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, ROUTER_ENDPOINTS, HPAS)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -51,6 +44,7 @@ INDEX_OF = {
 WRITTEN_TTL = 10.0
 
 Index = Mapping[Any, Collection[Any]]  # what kopf.Index is, as far as reading goes
+MAX_SLICE_ENDPOINTS = 256
 
 
 # --- what the indexes hold -----------------------------------------------------------------------------------------
@@ -76,7 +70,6 @@ def model_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[An
 def pool_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
     entries: dict[Any, Any] = {("pool", namespace, name): slim(body)}
     entries.update({("model", namespace, str(m)): name for m in (body.get("spec") or {}).get("models") or []})
-    entries.update({("secret", namespace, s): name for s in pool_secret_names(body)})
     return entries
 
 
@@ -85,7 +78,6 @@ def route_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[An
     pool = primary_pool(body)
     if pool:
         entries[("pool", namespace, pool)] = name
-    entries.update({("secret", namespace, s): name for s in route_secret_names(body)})
     return entries
 
 
@@ -136,14 +128,28 @@ def schedulable_gpus(node: Mapping[str, Any]) -> int:
         return 0
 
 
-def router_endpoints(slice_: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """(pod name, address) of the ready endpoints of a router Service's EndpointSlice."""
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """A ready address of a router Service's EndpointSlice and the pod it names: a claim, until checked
+    (control/scrape.py)."""
+
+    pod: str
+    uid: str
+    address: str
+
+
+def router_endpoints(slice_: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    """The ready endpoints of a router Service's EndpointSlice that name a pod (at most a few hundred: a slice
+    holds at most 1,000 endpoints, and a route few router pods)."""
     out = []
-    for endpoint in slice_.get("endpoints") or []:
+    for endpoint in (slice_.get("endpoints") or [])[:MAX_SLICE_ENDPOINTS]:
+        target = endpoint.get("targetRef") or {}
         if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
             continue
-        pod = (endpoint.get("targetRef") or {}).get("name") or endpoint["addresses"][0]
-        out.append((str(pod), str(endpoint["addresses"][0])))
+        if target.get("kind") == "Pod" and target.get("name"):
+            out.append(
+                Endpoint(str(target["name"]), str(target.get("uid") or ""), str(endpoint["addresses"][0]))
+            )
     return tuple(sorted(out))
 
 
@@ -153,11 +159,6 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
     group = str(target.get("apiVersion", "")).partition("/")[0]
     name = target.get("name")
     return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
-
-
-def secret_info(secret: Mapping[str, Any]) -> SecretInfo:
-    keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
-    return SecretInfo(str((secret.get("metadata") or {}).get("resourceVersion", "")), frozenset(keys))
 
 
 def _version(body: Mapping[str, Any]) -> int:
@@ -237,12 +238,6 @@ class Cache:
     def routes_using_pool(self, namespace: str, pool: str) -> list[str]:
         return sorted(set(self._values(ROUTES, ("pool", namespace, pool))))
 
-    def routes_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(ROUTES, ("secret", namespace, secret))))
-
-    def pools_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(POOLS, ("secret", namespace, secret))))
-
     def owner(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
         """(kind, name) of the custom resource that controls `body`, if that resource exists in `body`'s namespace
         with the uid the reference names: only then is `body` its object, and a change to it its concern."""
@@ -299,17 +294,14 @@ class Cache:
         index = self.indexes.get(GPU_NODES, {})
         return [(dict(labels), max(index[labels])) for labels in index if index[labels]]
 
-    def router_pods(self, namespace: str, route: str) -> list[tuple[str, str]]:
-        """(pod name, address) of the route's ready router pods."""
+    def router_endpoints(self, namespace: str, route: str) -> list[Endpoint]:
+        """The ready endpoints the route's router Service's slices list (any pod carrying its labels)."""
         return sorted(
-            {pair for pairs in self._values(ROUTER_ENDPOINTS, (namespace, route)) for pair in pairs}
+            {e for endpoints in self._values(ROUTER_ENDPOINTS, (namespace, route)) for e in endpoints}
         )
 
     def hpa_for(self, namespace: str, pool: str) -> str | None:
         return next(iter(sorted(self._values(HPAS, (namespace, pool)))), None)
-
-    def secret(self, namespace: str, name: str) -> SecretInfo | None:
-        return next(iter(self._values(SECRETS, (namespace, name))), None)
 
     # --- the operator's own writes
     #

@@ -27,6 +27,7 @@ from localai_operator.control.metrics import Metrics
 from localai_operator.control.plan import Renders
 from localai_operator.control.queue import Key, ShutDown, WorkQueue
 from localai_operator.control.reconcile import Context, Failure, reconcile, user_must_fix
+from localai_operator.control.secrets import Secrets
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,16 @@ class Controller:
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
+    secrets: Secrets = field(init=False)
     last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
     refused_inputs: dict[Key, Hashable] = field(default_factory=dict)  # and at its last refusal
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
     active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _servers: list[web.AppRunner] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
 
     @property
     def context(self) -> Context:
@@ -69,6 +74,7 @@ class Controller:
             self.renders,
             self.settings,
             self.queue,
+            self.secrets,
             last_inputs=self.last_inputs,
             refused_inputs=self.refused_inputs,
         )
@@ -99,6 +105,7 @@ class Controller:
         elastic = Elastic(
             self.cache,
             lambda kind, ns, name, background: self.enqueue(kind, ns, name, background=background),
+            self.api,
             interval=self.options.autoscale_seconds,
         )
         self._tasks.append(loop.create_task(self._after_sync(elastic.run(self.active)), name="elastic"))

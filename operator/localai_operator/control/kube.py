@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import kopf
@@ -91,6 +91,12 @@ def _needs_client_library() -> bool:
         ):
             return True
     return False
+
+
+class Reader(Protocol):
+    """The reads some parts of the operator make by name (Api.get): what they need of the API client."""
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None: ...
 
 
 class TokenBucket:

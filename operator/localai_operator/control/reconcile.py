@@ -1,6 +1,6 @@
 """The pass: one per key and the same on every trigger (create, edit, an owned object's change, resync, restart).
 
-Gather from the caches (no API read), plan with pure functions, apply only what differs from the live objects,
+Gather from the caches (no API read but the Secrets it names, by name), plan with pure functions, apply only what differs from the live objects,
 prune what is no longer planned, write the status once. A failure a user can cause or meet ends in the status
 (Ready=False, the API server's own words) and in the returned Failure, which makes the worker retry with a backoff
 of seconds (transient) or minutes (only the user can change the outcome; at once when the inputs change). An
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,9 @@ from localai_operator.control import plan as pl
 from localai_operator.control import status as st
 from localai_operator.control.cache import Cache, owned_key, owner_of
 from localai_operator.control.kube import Api, ApiError, contains
+from localai_operator.control.plan import SecretInfo
 from localai_operator.control.queue import Key, WorkQueue
+from localai_operator.control.secrets import RECHECK_SECONDS, Secrets
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class Context:
     renders: pl.Renders
     settings: RenderSettings
     queue: WorkQueue
+    secrets: Secrets
     last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
     # What each key's pass depended on when it was last refused (a slow failure).
     refused_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
@@ -79,7 +82,10 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
         ctx.last_inputs.pop(key, None)
         ctx.refused_inputs.pop(key, None)
         return None  # gone or going: the garbage collector removes what it owned
-    observed = _gather(ctx.cache, kind, key, body)
+    secrets = await ctx.secrets.read(key.namespace, _secret_names(ctx.cache, kind, key, body))
+    if any(found is None for found in secrets.values()):
+        ctx.queue.add_after(key, RECHECK_SECONDS)  # no watch tells when it appears
+    observed = _gather(ctx.cache, kind, key, body, secrets)
     inputs = pl.fingerprint(observed)
     if ctx.last_inputs.get(key) == inputs:
         return None  # the last pass saw exactly this and succeeded
@@ -104,10 +110,20 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     return failure
 
 
+def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]:
+    """The Secrets a pass reads: a pool's own key; a route's fallback and client keys and its pool's key."""
+    if kind is INFERENCE_POOL:
+        return pl.pool_secret_names(body)
+    if kind is FALLBACK_ROUTE:
+        primary = cache.get(INFERENCE_POOL, key.namespace, pl.primary_pool(body) or "")
+        return pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
+    return set()
+
+
 def _gather(
-    cache: Cache, kind: Kind, key: Key, body: pl.Body
+    cache: Cache, kind: Kind, key: Key, body: pl.Body, secrets: Mapping[str, SecretInfo | None]
 ) -> pl.PoolObserved | pl.RouteObserved | pl.ModelObserved:
-    """Everything a pass reads, from the caches: no API request."""
+    """Everything a pass reads, from the caches (and the Secrets it names, read by name)."""
     meta, spec = body["metadata"], body.get("spec") or {}
     if kind is INFERENCE_POOL:
         gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
@@ -117,17 +133,16 @@ def _gather(
             owned=cache.owned(key.namespace, meta["uid"]),
             unschedulable=cache.unschedulable(key.namespace, key.name),
             gpu_nodes=cache.gpu_nodes() if gpus else (),
-            secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
+            secrets=secrets,
             scale=cache.scales.get((key.namespace, key.name)),
         )
     if kind is FALLBACK_ROUTE:
         pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
         primary = pools.get(pl.primary_pool(body) or "")
-        secrets = pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
         return pl.RouteObserved(
             body=body,
             pools=pools,
-            secrets={s: cache.secret(key.namespace, s) for s in secrets},
+            secrets=secrets,
             owned=cache.owned(key.namespace, meta["uid"]),
             models={
                 m: cache.get(LLM_MODEL, key.namespace, str(m))

@@ -55,6 +55,11 @@ def endpoint(route: FallbackRoute) -> str:
     return f"http://{route.name}.{route.namespace}.svc/v1"
 
 
+def metrics_port(route: FallbackRoute) -> int:
+    """Where the route's router pods serve /metrics (read by the operator's elastic loop)."""
+    return ROUTER_PORT
+
+
 def primary_url(route: FallbackRoute) -> str:
     primary = route.spec.primary
     if primary.pool_ref is not None:
