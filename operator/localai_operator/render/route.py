@@ -241,6 +241,8 @@ def deployment(
         container["env"] = env
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,
+        # The router needs no token of the namespace's default ServiceAccount.
+        "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,
