@@ -1,6 +1,7 @@
 """Safe in a shared cluster: what a tenant can do with only namespaced create/get (the three kinds, pods,
-Services, ConfigMaps, EndpointSlices) in its own namespace cannot turn the operator against another namespace,
-take over objects it did not create, stall the elastic loop for everyone or reach Secrets it was not given."""
+Services, ConfigMaps, EndpointSlices) in its own namespace cannot turn the operator against another namespace or
+make it take over objects it did not create. (A tenant's pod in a route's slice serving garbage metrics is on the
+real node: tests/e2e/test_real_node_tenant.py; the Secrets the operator may read: tests/e2e/test_install.py.)"""
 
 from __future__ import annotations
 
