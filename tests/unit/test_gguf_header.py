@@ -251,8 +251,13 @@ def mutate(header: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
     return bytes(data)
 
 
-# Mutations land where the grammar lives: the metadata before the vocabulary and the tensor table at the end.
-_GRAMMAR = st.one_of(st.integers(0, 1500), st.integers(GEMMA_HEADER_BYTES - 12_000, GEMMA_HEADER_BYTES - 1))
+# Mutations land mostly where the grammar lives, the metadata before the vocabulary and the tensor table at the
+# end, and anywhere else (a vocabulary string's length).
+_GRAMMAR = st.one_of(
+    st.integers(0, 1500),
+    st.integers(GEMMA_HEADER_BYTES - 12_000, GEMMA_HEADER_BYTES - 1),
+    st.integers(0, GEMMA_HEADER_BYTES - 1),
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
