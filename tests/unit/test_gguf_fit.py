@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localai_operator.api.llmmodel import GGUFStatus, LLMModelStatus
+from localai_operator.api.llmmodel import GGUFStatus, LLMModelSpec, LLMModelStatus
 from localai_operator.gguf import fit
 from localai_operator.gguf.facts import gguf_status
 from localai_operator.gguf.header import GGUFError, GGUFHeader, Value, read_header
@@ -65,7 +65,11 @@ def test_the_gemma_header_gives_its_shape_and_sizes(gemma: GGUFStatus) -> None:
     assert (gemma.key_length, gemma.value_length, gemma.vocabulary_size) == (256, 256, 262144)
     assert gemma.file_size == 253_113_024
     # one KV head of 256 for K and 256 for V: 512 elements, 1,024 bytes in f16
-    assert gemma.kv_bytes_per_token_per_layer.model_dump(by_alias=True) == {"f16": 1024, "q8_0": 544, "q4_0": 288}
+    assert gemma.kv_bytes_per_token_per_layer.model_dump(by_alias=True) == {
+        "f16": 1024,
+        "q8_0": 544,
+        "q4_0": 288,
+    }
     # Gemma 3: every sixth layer has full attention, the others a 512-token window
     assert gemma.sliding_window == 512
     assert gemma.sliding_window_layers == [i for i in range(18) if i % 6 != 5]
@@ -149,7 +153,7 @@ def test_headers_the_fit_cannot_use_fail_with_a_gguf_error(
 def test_a_gguf_without_an_architecture_is_not_a_model() -> None:
     header = read_header(io.BytesIO(b"GGUF" + (3).to_bytes(4, "little") + bytes(16)))
 
-    with pytest.raises(GGUFError, match="no general.architecture"):
+    with pytest.raises(GGUFError, match=r"no general\.architecture"):
         gguf_status(header)
 
 
@@ -165,10 +169,12 @@ def test_gpu_layers_count_the_output_layer_first(llama: GGUFStatus) -> None:
     def on_gpu(layers: int) -> fit.Usage:
         return fit.gpu_memory(model(llama, gpu_layers=layers), gpus=1)[0]
 
-    assert on_gpu(0) == fit.Usage(0, 0, LLAMA_COMPUTE_8K)  # nothing offloaded; the prompt's products still run there
-    assert on_gpu(1) == fit.Usage(LLAMA_OUTPUT, 0, LLAMA_COMPUTE_8K)  # the output layer only
+    # With layers left on the CPU the prompt's products still run on the GPU, a layer's weights copied there.
+    assert on_gpu(0) == fit.Usage(0, 0, LLAMA_COMPUTE_8K + LLAMA_LAYER)
+    assert on_gpu(1) == fit.Usage(LLAMA_OUTPUT, 0, LLAMA_COMPUTE_8K + LLAMA_LAYER)  # the output layer only
     assert on_gpu(2).weights == LLAMA_OUTPUT + LLAMA_LAYER  # and the last repeating layer
-    assert on_gpu(33) == on_gpu(999)
+    assert on_gpu(32).weights == LLAMA_OUTPUT + 31 * LLAMA_LAYER  # all but the first
+    assert on_gpu(33) == on_gpu(999) == fit.Usage(LLAMA_OUTPUT + 32 * LLAMA_LAYER, 1 * GiB, LLAMA_COMPUTE_8K)
 
 
 def test_llama_3_8b_on_a_5_gib_gpu_does_not_fit_and_says_what_would(llama: GGUFStatus) -> None:
@@ -176,17 +182,19 @@ def test_llama_3_8b_on_a_5_gib_gpu_does_not_fit_and_says_what_would(llama: GGUFS
 
     usable = 5 * GiB - 512 * MiB
     # gpuLayers n puts the output layer and n - 1 layers (weights and 8192 x 4096 bytes of KV cache each) there,
-    # next to the compute buffer: (usable - output - compute) // (layer + KV) = 27 layers, so 28.
-    assert (usable - LLAMA_OUTPUT - LLAMA_COMPUTE_8K) // (LLAMA_LAYER + 8192 * LLAMA_KV_F16) == 27
+    # next to the compute buffer and the copy of a CPU layer's weights: 26 layers, so 27.
+    assert (usable - LLAMA_OUTPUT - LLAMA_COMPUTE_8K - LLAMA_LAYER) // (
+        LLAMA_LAYER + 8192 * LLAMA_KV_F16
+    ) == 26
     # all layers: weights + compute at context c = 4,479,508,480 + (32 x 4096 + 2 x 512) c bytes <= usable for
     # c <= 2667, so 2560 in steps of 256.
     # kvCacheType q8_0: 5,058,322,432 bytes (too many); q4_0: 4,789,886,976 (fits in 4,831,838,208).
     assert not result.fits
-    assert result.suggestions == {"m": fit.Suggestion(gpu_layers=28, context_size=2560, kv_cache_type="q4_0")}
-    assert fit.auto_gpu_layers(model(llama), gpu_memory_bytes=5 * GiB, gpus=1) == 28
+    assert result.suggestions == {"m": fit.Suggestion(gpu_layers=27, context_size=2560, kv_cache_type="q4_0")}
+    assert fit.auto_gpu_layers(model(llama), gpu_memory_bytes=5 * GiB, gpus=1) == 27
     assert result.message() == (
         "needs 5.2 GiB on the GPU (weights 4.1 GiB, KV cache 1.0 GiB, compute buffers 124 MiB), more than the "
-        "4.5 GiB usable of its 5.0 GiB (512 MiB go to the CUDA context): the largest that fit: gpuLayers 28, "
+        "4.5 GiB usable of its 5.0 GiB (512 MiB go to the CUDA context): the largest that fit: gpuLayers 27, "
         "or contextSize 2560, or kvCacheType q4_0"
     )
 
@@ -197,7 +205,7 @@ def test_the_suggestions_do_fit_and_one_more_does_not(llama: GGUFStatus) -> None
     def fits(**settings: object) -> bool:
         return fit.check([model(llama, **settings)], gpu_memory_bytes=5 * GiB, gpus=1).fits
 
-    assert fits(gpu_layers=suggestion.gpu_layers) and not fits(gpu_layers=29)
+    assert fits(gpu_layers=suggestion.gpu_layers) and not fits(gpu_layers=28)
     assert fits(context_size=suggestion.context_size) and not fits(context_size=2560 + 256)
     assert fits(kv_cache_type="q4_0") and not fits(kv_cache_type="q8_0")
 
@@ -261,3 +269,27 @@ def test_without_flash_attention_the_scores_matrix_dominates(llama: GGUFStatus) 
     qkv = (32 * 128 + 8 * 256 + 32 * 128) * 512
     assert usage.compute == 4 * (4 * 4096 * 512 + scores + qkv) + 4 * 8192 * 512
     assert usage.compute == pytest.approx(572 * MiB, rel=0.10)
+
+
+def test_settings_come_from_the_spec_as_the_pool_renders_it() -> None:
+    spec = LLMModelSpec.model_validate(
+        {
+            "source": {"url": "https://models.example/m.gguf"},
+            "contextSize": 16384,
+            "kvCacheType": "q8_0",
+            "batch": 1024,
+            "tensorSplit": "3/1",
+        }
+    )
+
+    assert fit.settings_of(spec, gpu_layers=999, slots=4) == fit.Settings(
+        context_size=16384,
+        gpu_layers=999,
+        kv_cache_type="q8_0",
+        slots=4,
+        batch=1024,
+        flash_attention=True,
+        tensor_split=(3.0, 1.0),
+    )
+    off = spec.model_copy(update={"flash_attention": "off", "kv_cache_type": "f16", "tensor_split": None})
+    assert not fit.settings_of(off, gpu_layers=0, slots=1).flash_attention

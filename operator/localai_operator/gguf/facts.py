@@ -83,7 +83,9 @@ def gguf_status(header: GGUFHeader, *, file_size: int | None = None) -> GGUFStat
     """What status.gguf shows for this header; `file_size` when known (a download, a Content-Range)."""
     size = file_size if file_size is not None else header.file_size
     if max(size, header.file_size) > MAX_FILE_BYTES:
-        raise GGUFError(f"GGUF file of {max(size, header.file_size)} bytes: more than the {MAX_FILE_BYTES} allowed")
+        raise GGUFError(
+            f"GGUF file of {max(size, header.file_size)} bytes: more than the {MAX_FILE_BYTES} allowed"
+        )
     meta = header.metadata
     arch = _text(meta, "general.architecture")
     if arch is None:

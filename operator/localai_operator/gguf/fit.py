@@ -10,17 +10,20 @@ src/llama-context.cpp sched_reserve):
 - The KV cache of a layer lives where the layer does. LocalAI turns on the unified KV cache: one cache of
   contextSize cells (padded to 256) that the parallel slots share. A sliding-window layer keeps
   min(contextSize, window x slots + batch) cells instead (llama_kv_cache_iswa, swa_full off).
-- Compute buffers: see `compute_bytes`.
+- Compute buffers: see `compute_bytes`; with layers left on the CPU, the first GPU also holds a copy of one layer's
+  weights, which llama.cpp sends it to run the prompt's products there (op offload). That term is not measured
+  here (no GPU on this machine): it errs on the side of not fitting.
 A GPU also holds memory llama.cpp's buffers do not count (the CUDA context, cuBLAS workspace): `GPU_RESERVE_BYTES`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
-from localai_operator.api.llmmodel import GGUFStatus
+from localai_operator.api.llmmodel import GGUFStatus, LLMModelSpec
 from localai_operator.gguf.facts import KV_BLOCK_BYTES
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
@@ -33,6 +36,8 @@ GPU_RESERVE_BYTES: Final = 512 * MiB
 CONTEXT_STEP: Final = 256
 KV_CACHE_TYPES: Final[tuple[KVCacheType, ...]] = ("f16", "q8_0", "q4_0")  # the most precise first
 FLOAT32: Final = 4
+# ggml-cuda runs an operation whose weights stay in RAM on the GPU from this batch size on (GGML_OP_OFFLOAD_MIN_BATCH).
+OP_OFFLOAD_MIN_BATCH: Final = 32
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,23 @@ class Settings:
     batch: int = 512  # n_batch and n_ubatch: LocalAI sets both from batch
     flash_attention: bool = True  # "auto" resolves to on wherever the GPU supports it
     tensor_split: tuple[float, ...] = ()
+
+
+def settings_of(spec: LLMModelSpec, *, gpu_layers: int, slots: int) -> Settings:
+    """The fit's settings for a model as a pool renders it: `gpu_layers` and `slots` as render.model_config
+    resolves them (gpuLayers "all" or unset on a GPU pool: a number past the layer count; parallel per pool)."""
+    return Settings(
+        context_size=spec.context_size,
+        gpu_layers=gpu_layers,
+        kv_cache_type=spec.kv_cache_type,
+        slots=slots,
+        batch=spec.batch,
+        # "auto" is on wherever flash attention runs (llama.cpp resolves it per device; CUDA and the CPU have it)
+        flash_attention=spec.flash_attention != "off",
+        tensor_split=tuple(float(p) for p in re.split(r"[,/]", spec.tensor_split))
+        if spec.tensor_split
+        else (),
+    )
 
 
 @dataclass(frozen=True)
@@ -133,10 +155,16 @@ def gpu_memory(model: Model, gpus: int) -> tuple[Usage, ...]:
         weights[gpu] += g.layer_bytes[layer] if layer < len(g.layer_bytes) else 0
         elements = g.layer_kv_elements[layer] if layer < len(g.layer_kv_elements) else 0
         kv[gpu] += (swa_cells if layer in swa else cells) * kv_row_bytes(elements, s.kv_cache_type)
-    # Even with no layer offloaded llama.cpp runs the prompt's large matrix products on the first GPU (op offload).
+    # Even with no layer offloaded llama.cpp runs the prompt's large matrix products on the first GPU (op offload,
+    # for batches of 32 tokens or more): the weights of a layer left on the CPU are copied there for it.
     used[0] = True
     compute = compute_bytes(g, s)
-    return tuple(Usage(weights[i], kv[i], compute if used[i] else 0) for i in range(gpus))
+    copied = (
+        max(g.layer_bytes, default=0) if first > 0 and min(_cells(s), s.batch) >= OP_OFFLOAD_MIN_BATCH else 0
+    )
+    return tuple(
+        Usage(weights[i], kv[i], (compute if used[i] else 0) + (copied if i == 0 else 0)) for i in range(gpus)
+    )
 
 
 def check(
