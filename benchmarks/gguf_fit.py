@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))  # tests.unit.gguf_samples: the sample headers
 
 from tests.unit.gguf_samples import LLAMA_3_8B, MISTRAL_7B, sparse_gemma, write_header  # noqa: E402
 
+from localai_operator.api.llmmodel import KVCacheType  # noqa: E402
 from localai_operator.gguf import fit  # noqa: E402
 from localai_operator.gguf.facts import gguf_status  # noqa: E402
 from localai_operator.gguf.header import read_header  # noqa: E402
@@ -44,7 +45,7 @@ class Case:
     context: int
     slots: int = 1
     batch: int = 512
-    kv_type: fit.KVCacheType = "f16"
+    kv_type: KVCacheType = "f16"
     flash: str = "auto"
 
 

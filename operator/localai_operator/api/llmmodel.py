@@ -21,6 +21,8 @@ NO_PARALLEL_MESSAGE = "set the number of slots with spec.parallel, not a paralle
 # A file name inside the models directory: no path separators, no leading dot.
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+
 GpuLayers = Annotated[
     int | Literal["all"],
     Field(
@@ -180,7 +182,7 @@ class LLMModelSpec(Spec):
         le=65536,
         description="Prompt-processing batch size (llama.cpp n_batch and n_ubatch).",
     )
-    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+    kv_cache_type: KVCacheType = Field(
         default="f16",
         description="KV cache type (LocalAI cache_type_k and cache_type_v). Quantized types save 15-20% memory.",
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from localai_operator.api.llmmodel import MAX_LAYERS, GGUFStatus, KVCacheBytes
+from localai_operator.api.llmmodel import MAX_LAYERS, GGUFStatus, KVCacheBytes, KVCacheType
 from localai_operator.gguf.header import GGUFError, GGUFHeader, SkippedArray, Value
 
 UINT32_MAX: Final = 2**32 - 1
@@ -57,7 +57,7 @@ FILE_TYPES: Final[Mapping[int, str]] = {
 }
 
 # Bytes per 32 elements of a KV cache entry, per kvCacheType (ggml: f16 2 bytes; q8_0 and q4_0 blocks of 32).
-KV_BLOCK_BYTES: Final[Mapping[str, int]] = {"f16": 64, "q8_0": 34, "q4_0": 18}
+KV_BLOCK_BYTES: Final[Mapping[KVCacheType, int]] = {"f16": 64, "q8_0": 34, "q4_0": 18}
 
 # Architectures whose layers alternate sliding-window and full attention, as llama.cpp hard-codes them
 # (src/models/<arch>.cpp: set_swa_pattern): the period when the file has no attention.sliding_window_pattern, and
@@ -167,10 +167,13 @@ def gguf_status(header: GGUFHeader, *, file_size: int | None = None) -> GGUFStat
 
 
 def kv_bytes(elements: int) -> KVCacheBytes:
-    """Bytes of `elements` KV cache elements per kvCacheType (rows of K and V are multiples of 32 in practice)."""
-    return KVCacheBytes.model_validate(
-        {name: -(-elements // 32) * block for name, block in KV_BLOCK_BYTES.items()}
-    )
+    """kv_row_bytes for every kvCacheType."""
+    return KVCacheBytes.model_validate({name: kv_row_bytes(elements, name) for name in KV_BLOCK_BYTES})
+
+
+def kv_row_bytes(elements: int, kv_cache_type: KVCacheType) -> int:
+    """Bytes of one token's K and V in a layer of `elements` KV elements (rows are multiples of 32 in practice)."""
+    return -(-elements // 32) * KV_BLOCK_BYTES[kv_cache_type]
 
 
 def _sliding_window(meta: Mapping[str, Value], arch: str, layers: int) -> tuple[list[int], int]:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from typing import Final, get_args
 
-from localai_operator.api.llmmodel import GGUFStatus, LLMModelSpec
-from localai_operator.gguf.facts import KV_BLOCK_BYTES
+from localai_operator.api.llmmodel import GGUFStatus, KVCacheType, LLMModelSpec
+from localai_operator.gguf.facts import kv_row_bytes
 
-KVCacheType = Literal["f16", "q8_0", "q4_0"]
 MiB: Final = 1024 * 1024
 GiB: Final = 1024 * MiB
 # The CUDA context and libraries' workspaces on each GPU, outside llama.cpp's buffers (llama.cpp's own fit keeps
@@ -34,7 +33,7 @@ GiB: Final = 1024 * MiB
 GPU_RESERVE_BYTES: Final = 512 * MiB
 # llama.cpp pads the context to 256 cells (llama_context, for the CUDA kernels).
 CONTEXT_STEP: Final = 256
-KV_CACHE_TYPES: Final[tuple[KVCacheType, ...]] = ("f16", "q8_0", "q4_0")  # the most precise first
+KV_CACHE_TYPES: Final[tuple[KVCacheType, ...]] = get_args(KVCacheType)  # the most precise first
 FLOAT32: Final = 4
 # ggml-cuda runs an operation whose weights stay in RAM on the GPU from this batch size on (GGML_OP_OFFLOAD_MIN_BATCH).
 OP_OFFLOAD_MIN_BATCH: Final = 32
@@ -203,11 +202,6 @@ def auto_gpu_layers(
         return all(u.total <= usable for u in _replica([*others, replace(model, settings=settings)], gpus))
 
     return _largest(0, model.gguf.layers + 1, lambda n: fits_with(replace(model.settings, gpu_layers=n))) or 0
-
-
-def kv_row_bytes(elements: int, kv_cache_type: KVCacheType) -> int:
-    """Bytes of one token's K and V in a layer of `elements` KV elements."""
-    return -(-elements // 32) * KV_BLOCK_BYTES[kv_cache_type]
 
 
 def compute_bytes(g: GGUFStatus, s: Settings) -> int:
