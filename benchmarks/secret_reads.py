@@ -13,7 +13,7 @@ own client (control/kube.py's Api, aiohttp):
   re-checks a missing one every RECHECK_SECONDS);
 - for scale, the cluster-wide watch the operator had before (every Secret, values included).
 
-Run by hand: python benchmarks/secrets.py [--referenced 100] [--others 1000] [--kubeconfig PATH]
+Run by hand: python benchmarks/secret_reads.py [--referenced 100] [--others 1000] [--kubeconfig PATH]
 """
 
 from __future__ import annotations
