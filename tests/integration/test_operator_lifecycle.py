@@ -86,7 +86,9 @@ def test_a_restart_and_resyncs_over_unchanged_resources_send_no_request(
         requests = fresh.requests()
         assert fresh.writes() == 0, requests
         assert set(requests) <= {("get", "Secret"), ("get", "Pod"), ("get", "ReplicaSet")}, requests
-        routers = cluster.core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=router")
+        routers = cluster.core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/component=router"
+        )
         assert requests.get(("get", "Pod"), 0) <= len(routers.items), requests
         assert requests.get(("get", "ReplicaSet"), 0) <= len(routers.items), requests
         assert requests.get(("get", "Secret"), 0) <= fresh.reconciles(), requests

@@ -31,9 +31,18 @@ class Clock:
 
 
 def bound(clock: Clock | None = None, **indexes: dict[Any, list[Any]]) -> Cache:
+    """A cache over these indexes, objects packed as the index functions pack them. A test that changes an index
+    later writes packed objects itself."""
     cache = Cache(clock=clock or Clock())
-    cache.bind({name: indexes.get(name, {}) for name in c.INDEXES})
+    cache.bind({name: packed(indexes.get(name, {})) for name in c.INDEXES})
     return cache
+
+
+def packed(index: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+    return {
+        key: [c.pack(v) if isinstance(v, dict) and "metadata" in v else v for v in values]
+        for key, values in index.items()
+    }
 
 
 def test_a_status_write_newer_than_the_watch_copy_is_what_the_next_pass_sees() -> None:
@@ -46,7 +55,9 @@ def test_the_watch_copy_wins_once_it_is_as_new_as_our_write() -> None:
     pools = {("pool", "ns", "p"): [obj("InferencePool", "p", "10")]}
     cache = bound(pools=pools)
     cache.wrote(obj("InferencePool", "p", "11"))
-    pools[("pool", "ns", "p")] = [obj("InferencePool", "p", "12", labels={"new": "yes"})]
+    cache.indexes[c.POOLS] = packed(
+        {("pool", "ns", "p"): [obj("InferencePool", "p", "12", labels={"new": "yes"})]}
+    )
     assert cache.get(INFERENCE_POOL, "ns", "p")["metadata"]["labels"] == {"new": "yes"}
 
 
@@ -87,7 +98,7 @@ def test_an_object_deleted_by_hand_is_no_longer_owned() -> None:
     owned = {("ns", "p-uid"): [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]}
     cache = bound(owned=owned)
     cache.wrote(obj("ConfigMap", "p-models", "8", ownerReferences=[OWNER]))
-    owned[("ns", "p-uid")] = []
+    cache.indexes[c.OWNED] = {("ns", "p-uid"): []}
     cache.deleted("ConfigMap", "ns", "p-models")
     assert cache.owned("ns", "p-uid") == {}
 

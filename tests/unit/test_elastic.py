@@ -106,13 +106,26 @@ def owned_by(kind: str, name: str, owner_kind: str, owner_uid: str) -> dict[str,
 
 
 def cache_with(endpoints: list[c.Endpoint]) -> Cache:
+    return bound(
+        {
+            c.ROUTES: {("route", "team-a", "chat"): [ROUTE]},
+            c.ROUTER_ENDPOINTS: {("team-a", "chat"): [tuple(endpoints)]},
+            c.OWNED: {("team-a", "chat-uid"): [ROUTER_DEPLOYMENT]},
+        }
+    )
+
+
+def bound(indexes: dict[str, dict[Any, list[Any]]]) -> Cache:
+    """A cache over these indexes, objects packed as the index functions pack them."""
     cache = Cache()
     cache.bind(
         {name: {} for name in c.INDEXES}
         | {
-            c.ROUTES: {("route", "team-a", "chat"): [ROUTE]},
-            c.ROUTER_ENDPOINTS: {("team-a", "chat"): [tuple(endpoints)]},
-            c.OWNED: {("team-a", "chat-uid"): [ROUTER_DEPLOYMENT]},
+            name: {
+                key: [c.pack(v) if isinstance(v, dict) and "metadata" in v else v for v in values]
+                for key, values in index.items()
+            }
+            for name, index in indexes.items()
         }
     )
     return cache
@@ -290,10 +303,8 @@ async def test_a_router_answering_garbage_costs_only_its_own_routes_figures(
         "kind": "Deployment",
         "metadata": {"name": "evil-router", "namespace": "team-a", "uid": "evil-d", "resourceVersion": "1"},
     }
-    cache = Cache()
-    cache.bind(
-        {name: {} for name in c.INDEXES}
-        | {
+    cache = bound(
+        {
             c.ROUTES: {("route", "team-a", "chat"): [route], ("route", "team-a", "evil"): [bad_route]},
             c.POOLS: {("pool", "team-a", "elastic"): [POOL]},
             c.MODELS: {("model", "team-a", "m"): [MODEL]},

@@ -12,6 +12,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+
 from localai_operator.api.kinds import Kind
 from localai_operator.api.quantity import Quantity
 from localai_operator.api.route import RouteCost
@@ -63,18 +65,47 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": meta}
 
 
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A watched object as compact JSON, with what is looked at without reading it: a fifth of the memory of its
+    dicts (10,000 models and 1,000 pools' objects are most of what the operator holds). A pass unpacks what it
+    reads."""
+
+    kind: str
+    name: str
+    uid: str
+    resource_version: str
+    raw: bytes
+
+    def body(self) -> dict[str, Any]:
+        unpacked: dict[str, Any] = pydantic_core.from_json(self.raw)
+        return unpacked
+
+
+def pack(body: Mapping[str, Any]) -> Packed:
+    slimmed = slim(body)
+    meta = slimmed["metadata"]
+    return Packed(
+        str(slimmed.get("kind", "")),
+        str(meta.get("name", "")),
+        str(meta.get("uid", "")),
+        str(meta.get("resourceVersion", "")),
+        pydantic_core.to_json(slimmed),
+    )
+
+
 def model_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    return {("model", namespace, name): slim(body)}
+    return {("model", namespace, name): pack(body)}
 
 
 def pool_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    entries: dict[Any, Any] = {("pool", namespace, name): slim(body)}
+    entries: dict[Any, Any] = {("pool", namespace, name): pack(body)}
     entries.update({("model", namespace, str(m)): name for m in (body.get("spec") or {}).get("models") or []})
     return entries
 
 
 def route_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    entries: dict[Any, Any] = {("route", namespace, name): slim(body)}
+    entries: dict[Any, Any] = {("route", namespace, name): pack(body)}
     pool = primary_pool(body)
     if pool:
         entries[("pool", namespace, pool)] = name
@@ -162,10 +193,14 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
 
 
 def _version(body: Mapping[str, Any]) -> int:
+    return _number((body.get("metadata") or {}).get("resourceVersion"))
+
+
+def _number(version: Any) -> int:
     # resourceVersion is opaque to clients, but every etcd-backed API server issues increasing integers; an
     # unparsable one counts as oldest, so the watch's copy is preferred.
     try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+        return int(version or 0)
     except ValueError:
         return 0
 
@@ -210,12 +245,12 @@ class Cache:
         values = list(self._values(index, (tag, namespace, name)))
         if not values:
             return None
-        seen: Body = values[-1]
+        seen: Packed = values[-1]
         written = self._fresh((kind.kind, namespace, name))
-        same_object = written is not None and written["metadata"].get("uid") == seen["metadata"].get("uid")
-        if written is not None and same_object and _version(written) > _version(seen):
+        same_object = written is not None and written["metadata"].get("uid") == seen.uid
+        if written is not None and same_object and _version(written) > _number(seen.resource_version):
             return written
-        return seen
+        return seen.body()
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""
@@ -229,7 +264,7 @@ class Cache:
             (key[1], key[2])
             for key in index
             if key[0] == "pool"
-            and any(((p.get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
+            and any(((p.body().get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
         ]
 
     def served_by(self, namespace: str, model: str) -> tuple[str, ...]:
@@ -245,10 +280,7 @@ class Cache:
         if owner is None or key is None:
             return None
         index, tag = INDEX_OF[owner[0]]
-        found = any(
-            (cr.get("metadata") or {}).get("uid") == key[1]
-            for cr in self._values(index, (tag, key[0], owner[1]))
-        )
+        found = any(cr.uid == key[1] for cr in self._values(index, (tag, key[0], owner[1])))
         return (owner[0], owner[1]) if found else None
 
     def spec_changed(self, kind: Kind, namespace: str, name: str, generation: Any, gone: bool) -> bool:
@@ -276,8 +308,8 @@ class Cache:
         """(kind, name) -> each object of `namespace` that the resource `owner_uid` controls, the newer of the
         watch's copy and our last write."""
         out: dict[tuple[str, str], Body] = {}
-        for body in self._values(OWNED, (namespace, owner_uid)):
-            out[(body["kind"], body["metadata"]["name"])] = body
+        for packed in self._values(OWNED, (namespace, owner_uid)):
+            out[(packed.kind, packed.name)] = packed.body()
         for key in list(self._written_by_owner.get((namespace, owner_uid), ())):
             written = self._fresh(key)
             if written is None:

@@ -25,7 +25,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
-from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind
 from localai_operator.api.route import RouteCost
 from localai_operator.control.autoscale import DemandMeter, GpuMeter, Scaler, ScaleState
 from localai_operator.control.cache import Cache
@@ -42,6 +42,11 @@ COST_PUBLISH_SECONDS: Final = 30.0
 
 Key = tuple[str, str]  # (namespace, name)
 Enqueue = Callable[[str, str, str, bool], None]  # kind, namespace, name, background
+
+
+def _spec(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec: Mapping[str, Any] = body.get("spec") or {}
+    return spec
 
 
 def _iso(wall: float) -> str:
@@ -85,6 +90,9 @@ class Elastic:
         self._problems: dict[
             tuple[str, Key], str
         ] = {}  # what last went wrong with a pool's or route's figures
+        self._parses: dict[
+            tuple[str, str, str], tuple[Any, Any]
+        ] = {}  # (kind, ns, name) -> (version, parsed)
 
     async def run(self, active: asyncio.Event) -> None:
         try:
@@ -107,20 +115,25 @@ class Elastic:
 
     async def look(self) -> None:
         now, wall = self.clock(), self.wall()
-        pools = self._parsed(INFERENCE_POOL, InferencePool)
-        routes = self._parsed(FALLBACK_ROUTE, FallbackRoute)
-        autoscaled = {k: p for k, p in pools.items() if p.spec.autoscaling is not None}
+        pools = self._bodies(INFERENCE_POOL)
+        # Only what is autoscaled, and every route (their costs), is parsed: once per resourceVersion.
+        autoscaled = self._parsed(
+            INFERENCE_POOL, InferencePool, {k: b for k, b in pools.items() if _spec(b).get("autoscaling")}
+        )
+        routes = self._parsed(FALLBACK_ROUTE, FallbackRoute, self._bodies(FALLBACK_ROUTE))
         hpas = {key: hpa for key in autoscaled if (hpa := self.cache.hpa_for(*key)) is not None}
         readings = await self._read(routes, now)
         day, month = period_of("daily", wall), period_of("monthly", wall)
-        for key, pool in pools.items():
-            deployment = (
-                self.cache.owned(pool.namespace, pool.metadata.uid or "").get(("Deployment", pool.name)) or {}
-            )
+        gpu_pools = {
+            k: b for k, b in pools.items() if int((_spec(b).get("accelerator") or {}).get("gpus") or 0)
+        }
+        for key, body in gpu_pools.items():
+            meta = body.get("metadata") or {}
+            deployment = self.cache.owned(key[0], str(meta.get("uid", ""))).get(("Deployment", key[1])) or {}
             replicas = int((deployment.get("status") or {}).get("replicas") or 0)
-            meter = self._gpus.setdefault(key, GpuMeter())
-            meter.observe(now, replicas, pool.spec.accelerator.gpus, (day, month))
-        for key in [k for k in self._gpus if k not in pools]:
+            gpus = int(_spec(body)["accelerator"]["gpus"])
+            self._gpus.setdefault(key, GpuMeter()).observe(now, replicas, gpus, (day, month))
+        for key in [k for k in self._gpus if k not in gpu_pools]:
             del self._gpus[key]
         for key, pool in autoscaled.items():
             with self._isolated("pool", key):
@@ -135,6 +148,9 @@ class Elastic:
                 self._cost(key, route, readings.get(key), now, wall)
         for problem in [p for p in self._problems if p[1] not in (pools if p[0] == "pool" else routes)]:
             del self._problems[problem]
+        seen = {("InferencePool", *k) for k in autoscaled} | {("FallbackRoute", *k) for k in routes}
+        for parse in [k for k in self._parses if k not in seen]:
+            del self._parses[parse]
 
     @contextlib.contextmanager
     def _isolated(self, what: str, key: Key) -> Iterator[None]:
@@ -150,16 +166,30 @@ class Elastic:
             if self._problems.pop((what, key), None) is not None:
                 log.info("autoscaler: the figures of %s %s/%s are read again", what, key[0], key[1])
 
-    def _parsed(self, kind: Any, model: Any) -> dict[Key, Any]:
-        out: dict[Key, Any] = {}
+    def _bodies(self, kind: Kind) -> dict[Key, Mapping[str, Any]]:
+        out: dict[Key, Mapping[str, Any]] = {}
         for namespace, name in self.cache.keys(kind):
             body = self.cache.get(kind, namespace, name)
-            if body is None:
-                continue
-            try:
-                out[(namespace, name)] = model.parse(body)
-            except ValidationError:
-                continue  # its own pass reports why
+            if body is not None:
+                out[(namespace, name)] = body
+        return out
+
+    def _parsed(self, kind: Kind, model: Any, bodies: Mapping[Key, Mapping[str, Any]]) -> dict[Key, Any]:
+        """The bodies parsed, each only when its uid or resourceVersion changed (invalid ones left out: their
+        own pass reports why)."""
+        out: dict[Key, Any] = {}
+        for key, body in bodies.items():
+            meta = body.get("metadata") or {}
+            version = (meta.get("uid"), meta.get("resourceVersion"))
+            cached = self._parses.get((kind.kind, *key))
+            if cached is None or cached[0] != version:
+                try:
+                    parsed = model.parse(body)
+                except ValidationError:
+                    parsed = None
+                cached = self._parses[(kind.kind, *key)] = (version, parsed)
+            if cached[1] is not None:
+                out[key] = cached[1]
         return out
 
     async def _pods(self, routes: Mapping[Key, FallbackRoute]) -> dict[Key, tuple[list[RouterPod], bool]]:

@@ -116,7 +116,7 @@ async def routes(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
 
 async def owned(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = cache.owned_key(body)
-    return {key: cache.slim(body)} if key else {}
+    return {key: cache.pack(body)} if key else {}
 
 
 for _kind in OWNED:

@@ -18,6 +18,7 @@ import kopf
 
 from localai_operator.api.kinds import CUSTOM_RESOURCE_DEFINITION, EVENT, Kind, of
 from localai_operator.constants import APP_NAME, FIELD_MANAGER
+from localai_operator.control.kubeconfig import needs_client_library
 
 if TYPE_CHECKING:
     from kubernetes import client
@@ -58,39 +59,19 @@ def login(
     client library is never loaded; a kubeconfig whose user runs an exec plugin or an auth provider (EKS, GKE,
     OIDC) goes through that library, the only one that speaks them."""
     info = kopf.login_with_service_account(settings=settings)
-    if info is None and not _needs_client_library():
+    if info is None and not needs_client_library():
         info = kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         info = kopf.login_via_client(settings=settings, logger=logger)
     if info is None:
         hint = ""
-        if _needs_client_library():
+        if needs_client_library():
             hint = (
                 " (the kubeconfig's user runs an exec plugin or an auth provider, which needs the kubernetes"
                 " client library: pip install 'localai-operator[dev]')"
             )
         raise kopf.LoginError(f"no in-cluster ServiceAccount and no usable kubeconfig{hint}")
     return info
-
-
-def _needs_client_library() -> bool:
-    import os
-
-    import yaml
-
-    paths = [p for p in os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep) if p]
-    for path in paths:
-        try:
-            with open(os.path.expanduser(path), encoding="utf-8") as file:
-                config = yaml.safe_load(file) or {}
-        except OSError:
-            continue
-        if any(
-            "exec" in (u.get("user") or {}) or "auth-provider" in (u.get("user") or {})
-            for u in config.get("users") or []
-        ):
-            return True
-    return False
 
 
 class Reader(Protocol):

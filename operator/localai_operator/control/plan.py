@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import pydantic_core
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
@@ -137,20 +138,22 @@ class Renders:
     """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
 
     Rendering a pool of ten models costs ~15 ms (YAML and hashing); a pass triggered by a Deployment's status or
-    a resync then costs a dictionary lookup. Entries are replaced, never accumulated: one per owner.
+    a resync then costs a lookup and reading compact JSON back (kept so, a pool's objects take ~15 KB instead of
+    ~50 KB of dicts). Entries are replaced, never accumulated: one per owner.
     """
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Hashable, tuple[dict[str, Any], ...]]] = {}
+        self._last: dict[str, tuple[Hashable, bytes]] = {}
 
     def get(
         self, owner_uid: str, inputs: Hashable, render: Callable[[], list[dict[str, Any]]]
     ) -> tuple[dict[str, Any], ...]:
         cached = self._last.get(owner_uid)
         if cached is not None and cached[0] == inputs:
-            return cached[1]
+            unpacked: list[dict[str, Any]] = pydantic_core.from_json(cached[1])
+            return tuple(unpacked)
         objects = tuple(with_applied_hash(obj) for obj in render())
-        self._last[owner_uid] = (inputs, objects)
+        self._last[owner_uid] = (inputs, pydantic_core.to_json(objects))
         return objects
 
     def forget(self, owner_uid: str) -> None:
