@@ -85,12 +85,18 @@ def _version(body: Body | None) -> tuple[Any, Any] | None:
     return meta.get("uid"), meta.get("resourceVersion")
 
 
+def model_fingerprint(version: tuple[Any, Any] | None, served_by: tuple[str, ...]) -> Hashable:
+    """A model's fingerprint from its (uid, resourceVersion) and the pools serving it: all a model pass reads,
+    so a resync can tell an unchanged model without unpacking its body."""
+    return (version, served_by)
+
+
 def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
     """What a pass depends on, by identity: every input object's resourceVersion and the facts derived from the
     caches. Equal fingerprints make equal plans and statuses, so a pass over unchanged inputs (most of a resync)
     has nothing to do and can stop here."""
     if isinstance(observed, ModelObserved):
-        return (_version(observed.body), observed.served_by)
+        return model_fingerprint(_version(observed.body), observed.served_by)
     owned = tuple(sorted((key, _version(body)) for key, body in observed.owned.items()))
     secrets = tuple(sorted(observed.secrets.items()))
     if isinstance(observed, RouteObserved):
