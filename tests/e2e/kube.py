@@ -29,9 +29,10 @@ class Kube:
     helm_path: str
 
     def kubectl(
-        self, *args: str, check: bool = True, timeout: float = 300
+        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return self._run([self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args], check, timeout)
+        argv = [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args]
+        return self._run(argv, check, timeout, input)
 
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self._run([self.helm_path, "--kubeconfig", str(self.kubeconfig), *args], check, timeout)
@@ -40,8 +41,10 @@ class Kube:
         return self.kubectl("get", *resource, "--ignore-not-found", "-o", "name").stdout.strip() != ""
 
     @staticmethod
-    def _run(argv: list[str], check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    def _run(
+        argv: list[str], check: bool, timeout: float, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}"

@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 import yaml
 
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
 from tests.e2e.kube import Kube, fresh_cluster, helm_binary, kubectl_binary
 from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess
@@ -29,7 +30,7 @@ RELEASE = "localai-operator"
 # kwok never pulls the image; on kind, set LOCALAI_OPERATOR_E2E_IMAGE to one loaded into the cluster.
 IMAGE = os.environ.get("LOCALAI_OPERATOR_E2E_IMAGE", "localai-operator:e2e")
 CRDS = sorted(p.stem for p in (ROOT / "crds").glob("*.yaml"))
-KINDS = "llmmodels,inferencepools,fallbackroutes"
+KINDS = ",".join(kind.resource for kind in (LLM_MODEL, INFERENCE_POOL, FALLBACK_ROUTE))
 FORBIDDEN = re.compile(r"forbidden|\(403\)", re.IGNORECASE)
 
 

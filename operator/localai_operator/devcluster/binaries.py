@@ -286,7 +286,7 @@ def build_all(versions: Versions | None = None, *, env: Mapping[str, str] = os.e
         go = shutil.which("go", path=env.get("PATH"))
         if go is None:
             raise BinariesError("Go is required to build the control plane (or set KUBEBUILDER_ASSETS)")
-        builder = _Builder(go, _go_env(env), versions, bin_dir, work, jobs=env.get("JOBS", "2"))
+        builder = _Builder(go, go_env(env), versions, bin_dir, work, jobs=env.get("JOBS", "2"))
         if any(name in missing for name in KUBERNETES_COMMANDS):
             builder.kubernetes([name for name in KUBERNETES_COMMANDS if name in missing])
         if "kwok" in missing:
@@ -315,7 +315,7 @@ def build_node(versions: NodeVersions | None = None, *, env: Mapping[str, str] =
             raise BinariesError("Go is required to build the real node's binaries")
         builder = _Builder(
             go,
-            _go_env(env),
+            go_env(env),
             Versions(kubernetes=versions.kubernetes),
             bin_dir,
             work,
@@ -349,13 +349,13 @@ def build_registry(*, env: Mapping[str, str] = os.environ) -> Path:
         go = shutil.which("go", path=env.get("PATH"))
         if go is None:
             raise BinariesError("Go is required to build the OCI registry")
-        builder = _Builder(go, _go_env(env), Versions(), bin_dir, work, jobs=env.get("JOBS", "2"))
+        builder = _Builder(go, go_env(env), Versions(), bin_dir, work, jobs=env.get("JOBS", "2"))
         builder.registry(env.get("REGISTRY_VERSION", REGISTRY_VERSION))
     _log(f"ready in {bin_dir}")
     return bin_dir
 
 
-def _go_env(env: Mapping[str, str]) -> dict[str, str]:
+def go_env(env: Mapping[str, str]) -> dict[str, str]:
     return {
         **env,
         "GOTOOLCHAIN": "local",
