@@ -4,7 +4,7 @@
 # Writes OUT_DIR/localai-operator-VERSION.tgz and OUT_DIR/install.yaml. With OCI_REPOSITORY (oci://HOST/PATH),
 # also pushes the chart there and checks what users install from it: that version, appVersion VERSION and the
 # image IMAGE:VERSION by default. The release workflow runs it with its registry (logged in beforehand),
-# tests/e2e/test_release.py with a registry on loopback, tests/unit/test_release.py without one.
+# tests/e2e/test_oci_release.py with a registry on loopback, tests/unit/test_release.py without one.
 # Usage: hack/release-chart.sh VERSION IMAGE OUT_DIR [OCI_REPOSITORY]
 # Env: HELM_REGISTRY_FLAGS, extra flags for helm's registry calls (e.g. `--ca-file ca.crt`, `--plain-http`).
 set -euo pipefail

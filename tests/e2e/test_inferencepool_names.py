@@ -68,7 +68,6 @@ def both(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     extension_names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in extension]
     with fresh_cluster(request) as access:
         kube = Kube(access.kubeconfig, kubectl_binary(), helm_binary())
-        ours_existed = all(kube.exists("crd", name) for name in OUR_KINDS.split(","))
         theirs_existed = [name for name in extension_names if kube.exists("crd", name)]
         install_crds(access.api)
         kube.kubectl("apply", "--server-side", *(arg for p in extension for arg in ("-f", str(p))))
@@ -97,12 +96,10 @@ def both(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             yield kube
         finally:
             operator.stop()
-            for namespace in NAMESPACES:
-                kube.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
-            if access.harness is None:  # a shared cluster: leave it as we found it
-                added = [n for n in extension_names if n not in theirs_existed]
-                added += [] if ours_existed else OUR_KINDS.split(",")
-                kube.kubectl("delete", "crd", *added, "--ignore-not-found", "--wait=false")
+            if access.harness is None:  # a shared cluster (kind): leave it as we found it, but for our CRDs
+                kube.kubectl("delete", "namespace", *NAMESPACES, "--ignore-not-found", "--timeout=120s")
+                if added := [name for name in extension_names if name not in theirs_existed]:
+                    kube.kubectl("delete", "crd", *added, "--ignore-not-found", "--timeout=120s")
 
 
 def groups_reached(kube: Kube, argv: list[str]) -> tuple[set[str], str]:

@@ -88,7 +88,7 @@ def test_the_release_workflow_packages_pushes_and_checks_the_chart_with_the_test
     runs = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
     assert [r for r in runs if "release-chart.sh" in r] == [
         './hack/release-chart.sh "$VERSION" "$IMAGE" dist "oci://$CHARTS"'
-    ], "one packaging and push step, the one tests/e2e/test_release.py runs against a registry"
+    ], "one packaging and push step, the one tests/e2e/test_oci_release.py runs against a registry"
     assert not [r for r in runs if "helm push" in r or "helm package" in r], "no second packaging or push"
 
 

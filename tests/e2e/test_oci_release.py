@@ -196,7 +196,25 @@ def published(
         )  # fmt: skip
         with fresh_cluster(request) as access:
             kube = Kube(access.kubeconfig, kubectl_binary(), helm)
+            if access.harness is None:
+                remove_unused_crds(kube)
             yield Published(registry, kube, image, version, previous_version, previous_chart, chart)
+            if access.harness is None:  # a shared cluster (kind): the CRDs stay, as after any install
+                kube.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--ignore-not-found", "--wait")
+
+
+def remove_unused_crds(kube: Kube) -> None:
+    """On a shared cluster (kind), the CRDs earlier tests installed go, so that the previous release installs its
+    own; only while no resource of ours exists, or the test would delete someone's."""
+    present = [crd for crd in CRDS if kube.exists("crd", crd)]
+    if not present:
+        return
+    in_use = kube.kubectl("get", ",".join(present), "-A", "-o", "name").stdout.split()
+    assert not in_use, (
+        f"the upgrade test starts without our CRDs, and this cluster has them in use ({len(in_use)} resources,"
+        f" e.g. {in_use[:3]}): run it on a cluster without them"
+    )
+    kube.kubectl("delete", "crd", *present, "--wait", "--timeout=120s")
 
 
 def package(
