@@ -230,9 +230,19 @@ class RouterMetrics:
         waiting: GaugeRead = _nothing,
         period_cost: GaugeRead = _nothing,
         budget_exhausted: GaugeRead = _nothing,
+        build_info: GaugeRead = _nothing,
     ) -> None:
         self.registry = Registry()
         add = self.registry.add
+        self.build_info = add(
+            Gauge(
+                "localai_router_build_info",
+                "Always 1: the router's version, the event loop it runs on (uvloop, or asyncio when uvloop "
+                "cannot be imported) and the Python version.",
+                ("version", "loop", "python"),
+                build_info,
+            )
+        )
         self.requests = add(
             Counter(
                 "localai_router_requests_total",

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import platform
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
@@ -16,6 +17,7 @@ from typing import Any, Final
 import yaml
 from aiohttp import web
 
+from localai_operator import __version__
 from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
 from localai_operator.router import http, redact
 from localai_operator.router.auth import ClientKeys
@@ -92,6 +94,7 @@ class Router:
             waiting=lambda: [((r.value,), float(n)) for r, n in self.relay.waiting.items()],
             period_cost=lambda: [((kind, period), amount) for kind, period, amount in self.ledger.figures()],
             budget_exhausted=self._budget_exhausted,
+            build_info=lambda: [((__version__, loop_name(), platform.python_version()), 1.0)],
         )
         self.listing = Listing(self.metrics, clock)
         self.relay = Relay(
@@ -397,7 +400,14 @@ async def _serve(
     runner, bound = await start(app, host, port)
     router = app[ROUTER]
     tune_gc()
-    log.info("router for route %s listening on %s:%d", router.route.name, host, bound)
+    log.info(
+        "router %s for route %s listening on %s:%d, event loop: %s",
+        __version__,
+        router.route.name,
+        host,
+        bound,
+        loop_name(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -421,12 +431,20 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory (a dependency wherever it has wheels: what the benchmarks measure), or None
+    for asyncio's own loop when it cannot be imported, said in the log."""
     try:
         import uvloop
-    except ImportError:
+    except ImportError as err:
+        log.warning("uvloop cannot be imported (%s): running on asyncio's default event loop, slower", err)
         return None
     return uvloop.new_event_loop
+
+
+def loop_name() -> str:
+    """The running loop's implementation, as the build-info metric reports it: uvloop or asyncio."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 def main(
@@ -446,8 +464,7 @@ def main(
     except (yaml.YAMLError, ValueError) as err:
         log.error("the router config %s is invalid: %s", path, err)
         return 2
-    factory = _loop_factory()
-    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    factory = event_loop()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_serve(config, content, path, host, port, redaction))
     return 0
