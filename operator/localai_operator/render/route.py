@@ -45,6 +45,10 @@ DEFAULT_MEMORY_LIMIT: Final = "256Mi"
 # rewritten and sent (measured in benchmarks/router.py).
 PROCESS_RESERVE_BYTES: Final = 128 * rc.MIB
 BODY_SHARE: Final = 0.75
+# What one client connection costs besides its body (aiohttp's buffers, the request's and its stream's state),
+# a ceiling of what benchmarks/router.py measures: the rest of the memory past the bodies' share, divided by it,
+# is how many the overload guard serves at once.
+CONNECTION_BYTES: Final = 64 * 1024
 _QUANTITY: Final = re.compile(r"^([0-9.]+)([eE][0-9]+|[KMGTPE]i?|k|m)?$")
 _FACTORS: Final = {
     None: 1,
@@ -111,6 +115,15 @@ def body_buffer_bytes(route: FallbackRoute) -> int:
     if limit is None:
         return rc.DEFAULT_BODY_BUFFER_BYTES
     return max(rc.MIB, int((limit - PROCESS_RESERVE_BYTES) * BODY_SHARE))
+
+
+def connection_caps(route: FallbackRoute) -> tuple[int, int]:
+    """Client connections and waiting requests the router's overload guard allows, from its memory limit."""
+    limit = memory_bytes(_resources(route).get("limits", {}).get("memory"))
+    if limit is None:
+        return rc.DEFAULT_MAX_CONNECTIONS, rc.DEFAULT_MAX_CONNECTIONS // 2
+    connections = max(16, int((limit - PROCESS_RESERVE_BYTES) * (1 - BODY_SHARE)) // CONNECTION_BYTES)
+    return connections, connections // 2
 
 
 def client_key_dirs(route: FallbackRoute) -> list[tuple[str, str]]:
@@ -182,7 +195,12 @@ def router_config(
         fallback=fallback,
         policy=spec.policy,
         auth=rc.Auth(key_directories=[d for _, d in dirs]) if dirs else None,
-        server=rc.Server(body_buffer_bytes=body_buffer_bytes(route), state_directory=ROUTER_STATE_DIR),
+        server=rc.Server(
+            body_buffer_bytes=body_buffer_bytes(route),
+            max_connections=connection_caps(route)[0],
+            max_waiting=connection_caps(route)[1],
+            state_directory=ROUTER_STATE_DIR,
+        ),
     )
 
 

@@ -292,16 +292,19 @@ def _members_large(raw: Buffer) -> list[Member]:
 
 
 def parse(raw: Buffer) -> JsonBody:
-    """Scan a JSON object's top level; raises BodyError."""
-    members = _members_small(raw) if len(raw) <= SMALL_BODY else _members_large(raw)
-    model: str | None = None
-    stream = False
-    for key, _, value_start, end in members:
-        if key == "model" and raw[value_start] == _QUOTE:
-            text = bytes(raw[value_start + 1 : end - 1])
-            model = text.decode() if b"\\" not in text else json.loads(raw[value_start:end])
-        elif key == "stream":
-            stream = raw[value_start:end] == b"true"
+    """Scan a JSON object's top level; raises BodyError (invalid UTF-8 in a key or in `model` included)."""
+    try:
+        members = _members_small(raw) if len(raw) <= SMALL_BODY else _members_large(raw)
+        model: str | None = None
+        stream = False
+        for key, _, value_start, end in members:
+            if key == "model" and raw[value_start] == _QUOTE:
+                text = bytes(raw[value_start + 1 : end - 1])
+                model = text.decode() if b"\\" not in text else json.loads(raw[value_start:end])
+            elif key == "stream":
+                stream = raw[value_start:end] == b"true"
+    except UnicodeDecodeError as err:
+        raise _error("invalid UTF-8", err.start) from err
     return JsonBody(raw, members, model, stream)
 
 

@@ -27,6 +27,8 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 16 * MIB
 # What the router holds of request bodies at once when the config does not say (the renderer derives it
 # from the router container's memory limit): six 16 MiB bodies next to a ~60 MiB process fit 256 MiB.
 DEFAULT_BODY_BUFFER_BYTES: Final = 96 * MIB
+# The caps of the overload guard when the config does not say (what the renderer derives from 256 Mi).
+DEFAULT_MAX_CONNECTIONS: Final = 512
 URL_PATTERN: Final = r"^https?://[^\s]+$"
 
 # The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
@@ -111,6 +113,16 @@ class Policy(_Model):
         description=(
             "Largest request body accepted (decompressed); 413 beyond. The router holds a bounded total "
             "of request bytes at once, derived from its memory limit: raise both together."
+        ),
+    )
+    client_body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest pause between two reads of a request body (nginx's client_body_timeout): a body that "
+            "stalls longer is answered 408 and its connection closed. The whole body must also arrive within "
+            "requestTimeoutSeconds."
         ),
     )
     queue_timeout_ms: int = Field(
@@ -280,6 +292,20 @@ class Server(_Model):
         gt=0,
         le=3600,
         description="A connection must deliver a request's headers within this (also the idle keep-alive time).",
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        le=1_000_000,
+        description="Client connections served at once; a request on a connection beyond it is answered 503 "
+        "router_overloaded (rendered from the memory limit).",
+    )
+    max_waiting: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS // 2,
+        ge=0,
+        le=1_000_000,
+        description="Requests waiting at once for a slot, a pod or room for their body; one more is answered 503 "
+        "router_overloaded (rendered from the memory limit).",
     )
     state_directory: str | None = Field(
         default=None,

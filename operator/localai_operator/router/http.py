@@ -4,8 +4,9 @@ Why not aiohttp's client: on this hot path it costs more CPU per request than ev
 does (measured in benchmarks/router.py's notes); this one does only what the two hops need. What it does:
 - keep-alive connections per origin (scheme, host, port), idle ones closed after `keepalive` seconds;
 - one request per connection at a time; the body written in slices with write-side flow control;
-- responses framed by Content-Length, chunked transfer coding or connection close; 1xx skipped; no body
-  for HEAD, 204 and 304; `Connection: close` and HTTP/1.0 answers are not reused;
+- responses parsed strictly (`framing.py`: RFC 9112's grammar, bounded), framed by Content-Length, chunked
+  transfer coding or connection close; 1xx skipped; no body for HEAD, 204 and 304; `Connection: close` and
+  HTTP/1.0 answers are not reused; a malformed answer fails its request (`Malformed`) and its connection;
 - read-side flow control: a slow reader pauses the socket (bounded memory for large answers);
 - a connect timeout, a deadline for the whole exchange, TLS with certificate checks (https).
 A request is never re-sent: like Go's transport for a POST, a connection that breaks after the request was
@@ -25,13 +26,13 @@ from typing import Final, cast
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from localai_operator.router.framing import MalformedResponse, ResponseParser
+
 Segment = bytes | bytearray | memoryview
 
 _READ_HIGH: Final = 256 * 1024  # buffered answer bytes before the socket is paused
 _WRITE_HIGH: Final = 1024 * 1024  # transport buffer before a body write waits
 _SLICE: Final = 256 * 1024  # large bodies are written in slices of this size
-_MAX_HEAD: Final = 64 * 1024
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class UpstreamError(Exception):
@@ -50,10 +51,8 @@ class ResponseError(UpstreamError):
     """The connection broke or the answer was malformed after the request was sent."""
 
 
-def _line(buffer: bytes, pos: int) -> tuple[bytes, int] | None:
-    """The CRLF-ended line at `pos` and the position after it; None until it is complete."""
-    end = buffer.find(b"\r\n", pos)
-    return None if end < 0 else (buffer[pos:end], end + 2)
+class Malformed(ResponseError):
+    """The answer broke HTTP/1.1's grammar or the client's bounds (`framing.py`)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -68,7 +67,6 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.response: Response | None = None
-        self._buffer = b""
         self._drain: asyncio.Future[None] | None = None
         self._paused_writing = False
 
@@ -101,88 +99,19 @@ class _Connection(asyncio.Protocol):
             # Bytes with no request outstanding: the server misbehaves; do not reuse this connection.
             self.abort()
             return
-        self._buffer = self._buffer + data if self._buffer else data
         try:
-            self._parse(response)
-        except ResponseError as err:
-            response._fail(err)
+            response._parser.feed(data)
+        except MalformedResponse as err:
+            response._fail(Malformed(str(err)))
             self.abort()
+            return
+        if response._state == "eof":
+            self._finished(response)
 
-    # -- parsing
-
-    def _parse(self, response: Response) -> None:
-        buffer = self._buffer
-        pos = 0
-        size = len(buffer)
-        try:
-            while pos < size:
-                state = response._state
-                if state == "chunk-size":
-                    found = _line(buffer, pos)
-                    if found is None:
-                        return
-                    line, pos = found
-                    try:
-                        size_of_chunk = int(line.split(b";", 1)[0] if b";" in line else line, 16)
-                    except ValueError as err:
-                        raise ResponseError(f"malformed chunk size {line[:20]!r}") from err
-                    if size_of_chunk == 0:
-                        response._state = "trailers"
-                    else:
-                        response._left = size_of_chunk
-                        response._state = "chunk-data"
-                elif state == "chunk-data":
-                    pos = response._take(buffer, pos)
-                    if response._left == 0:
-                        response._state = "chunk-end"
-                elif state == "chunk-end":
-                    if size - pos < 2:
-                        return
-                    if buffer[pos : pos + 2] != b"\r\n":
-                        raise ResponseError("malformed chunk end")
-                    pos += 2
-                    response._state = "chunk-size"
-                elif state == "head":
-                    end = buffer.find(b"\r\n\r\n", pos)
-                    if end < 0:
-                        if size - pos > _MAX_HEAD:
-                            raise ResponseError("the upstream's response head is too large")
-                        return
-                    head = buffer[pos:end]
-                    pos = end + 4
-                    response._head(head)
-                    if response._state == "done":
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "length":
-                    pos = response._take(buffer, pos)
-                    if response._left == 0:
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "trailers":
-                    found = _line(buffer, pos)
-                    if found is None:
-                        return
-                    line, pos = found
-                    if not line:
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "until-close":
-                    response._feed(buffer[pos:] if pos else buffer)
-                    pos = size
-                    return
-                else:
-                    return
-        finally:
-            if self.response is response:
-                self._buffer = buffer[pos:] if pos < size else b""
-
-    def _finished(self, response: Response, buffer: bytes, pos: int) -> None:
-        keep = response._keep_alive and pos == len(buffer)
-        self._buffer = b""
+    def _finished(self, response: Response) -> None:
+        parser = response._parser
         self.response = None
-        response._eof()
-        if keep:
+        if parser.keep_alive and not parser.extra:
             self.pool.release(self)
         else:
             self.abort()
@@ -229,7 +158,7 @@ class _Connection(asyncio.Protocol):
 
 
 class Response:
-    """The status and headers of an answer, and its body as it arrives."""
+    """The status and headers of an answer, and its body as it arrives (the parser's sink)."""
 
     __slots__ = (
         "_chunks",
@@ -237,8 +166,7 @@ class Response:
         "_deadline",
         "_discard",
         "_error",
-        "_keep_alive",
-        "_left",
+        "_parser",
         "_paused",
         "_size",
         "_state",
@@ -257,9 +185,9 @@ class Response:
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.content_type = ""
         self.content_length: int | None = None
+        self._parser = ResponseParser(self, head_request)
+        # "head" until the status and headers are parsed, "body", then "eof" once the body ended.
         self._state = "head"
-        self._keep_alive = True
-        self._left = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._paused = False
@@ -268,56 +196,22 @@ class Response:
         self._deadline: asyncio.TimerHandle | None = None
         self._discard = False
 
-    # -- fed by the connection
+    # -- fed by the parser
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ResponseError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
-        try:
-            status = int(parts[1])
-        except ValueError as err:
-            raise ResponseError(f"malformed status line {lines[0][:60]!r}") from err
-        if 100 <= status < 200:
-            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        fields = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise ResponseError("malformed header line")
-            fields.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
-        headers: CIMultiDict[str] = CIMultiDict(fields)
-        self.status = status
-        self.headers = CIMultiDictProxy(headers)
-        content_type = headers.get("Content-Type", "")
+    def head_parsed(self, parser: ResponseParser) -> None:
+        self.status = parser.status
+        self.headers = parser.headers
+        self.content_length = parser.content_length
+        content_type = parser.headers.get("Content-Type", "")
         self.content_type = content_type.split(";", 1)[0].strip().lower()
-        connection = headers.get("Connection", "").lower()
-        http10 = parts[0] == b"HTTP/1.0"
-        self._keep_alive = ("keep-alive" in connection) if http10 else ("close" not in connection)
-        encoding = headers.get("Transfer-Encoding", "").lower()
-        length = headers.get("Content-Length")
-        if self.head_request or status in _NO_BODY_STATUS:
-            self._state = "done"
-        elif "chunked" in encoding:
-            self._state = "chunk-size"
-        elif length is not None:
-            try:
-                self._left = self.content_length = int(length)
-            except ValueError as err:
-                raise ResponseError(f"malformed Content-Length {length[:20]!r}") from err
-            self._state = "length" if self._left else "done"
-        else:
-            self._state = "until-close"
-            self._keep_alive = False
+        self._state = "body"
         self._wake()
 
-    def _take(self, buffer: bytes, pos: int) -> int:
-        """Feed what the framing still expects of the body from `buffer` at `pos`; the position after it."""
-        take = min(self._left, len(buffer) - pos)
-        self._feed(buffer[pos : pos + take] if pos or take < len(buffer) else buffer)
-        self._left -= take
-        return pos + take
+    def body(self, data: bytes) -> None:
+        self._feed(data)
+
+    def ended(self) -> None:
+        self._eof()
 
     def _feed(self, data: bytes) -> None:
         if not data or self._discard:
@@ -342,10 +236,10 @@ class Response:
         self._wake()
 
     def _connection_lost(self, exc: Exception | None) -> None:
-        if self._state == "until-close":
-            self._eof()
-            return
         if self._state == "eof":
+            return
+        if self._parser.until_close:
+            self._parser.closed()
             return
         self._fail(ResponseError(f"the upstream closed the connection{f': {exc}' if exc else ''}"))
 

@@ -231,6 +231,9 @@ class RouterMetrics:
         period_cost: GaugeRead = _nothing,
         budget_exhausted: GaugeRead = _nothing,
         build_info: GaugeRead = _nothing,
+        buffer_waits: GaugeRead = _nothing,
+        connections: GaugeRead = _nothing,
+        overloaded: GaugeRead = _nothing,
     ) -> None:
         self.registry = Registry()
         add = self.registry.add
@@ -473,9 +476,28 @@ class RouterMetrics:
             )
         )
         self.buffer_waits = add(
-            Counter(
+            ReadCounter(
                 "localai_router_buffer_waits_total",
-                "Requests that waited for room in the body buffer before their body was read.",
+                "Times a request body's next bytes waited for room in the body buffer.",
+                (),
+                buffer_waits,
+            )
+        )
+        self.connections = add(
+            Gauge(
+                "localai_router_client_connections",
+                "Client connections open now (server.maxConnections caps those served).",
+                (),
+                connections,
+            )
+        )
+        self.overloaded = add(
+            ReadCounter(
+                "localai_router_overloaded_total",
+                "Requests refused 503 router_overloaded by the overload guard, by the cap they hit "
+                "(connections: server.maxConnections; waiting: server.maxWaiting).",
+                ("cap",),
+                overloaded,
             )
         )
         self.reloads = add(

@@ -19,6 +19,8 @@ class FallbackReason(enum.StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     RESET = "reset"
     STATUS_5XX = "status_5xx"
+    # An answer that breaks HTTP/1.1's grammar (a bad chunk size, Content-Length, header line, ...).
+    MALFORMED = "malformed_response"
     STATUS_429 = "status_429"
     REDIRECT = "redirect"
     FIRST_TOKEN_TIMEOUT = "first_token_timeout"

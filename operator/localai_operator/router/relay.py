@@ -37,6 +37,7 @@ from localai_operator.router.capacity import Demand
 from localai_operator.router.ledger import AVOIDED, SPEND, Ledger
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
+from localai_operator.router.overload import Guard
 from localai_operator.router.paths import StreamFormat
 from localai_operator.router.policy import (
     BUDGET_EXHAUSTED,
@@ -81,6 +82,7 @@ _UNAVAILABLE: Final = {
     FallbackReason.CONNECT_ERROR: (503, "is unreachable (connection failed)"),
     FallbackReason.CONNECT_TIMEOUT: (503, "is unreachable (connect timeout)"),
     FallbackReason.RESET: (503, "closed the connection before answering"),
+    FallbackReason.MALFORMED: (502, "sent an answer that is not valid HTTP/1.1"),
     FallbackReason.REDIRECT: (502, "answered with a redirect, which the router does not follow"),
     FallbackReason.FIRST_TOKEN_TIMEOUT: (504, "did not produce a first token in time"),
     FallbackReason.REQUEST_TIMEOUT: (504, "did not finish within policy.requestTimeoutSeconds"),
@@ -129,7 +131,7 @@ class _Wait:
         # A woken request that found no room after all keeps its place at the front.
         front = self.rounds > 0
         self.rounds += 1
-        await route.waiters.of(model).wait(left, front=front)
+        await route.waiters.wait(model, left, front=front)
         return True
 
 
@@ -193,6 +195,12 @@ class _Budget:
             raise TimeoutError from exc
 
 
+def shown(model: str | None) -> str:
+    """A client-chosen model name as a message quotes it: bounded."""
+    text = repr(model)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
@@ -217,6 +225,8 @@ def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
         return FallbackReason.CONNECT_ERROR
     if isinstance(err, TimeoutError):
         return FallbackReason.REQUEST_TIMEOUT
+    if isinstance(err, http.Malformed):
+        return FallbackReason.MALFORMED
     return FallbackReason.RESET
 
 
@@ -256,9 +266,11 @@ class Relay:
         ledger: Ledger | None = None,
         current: Callable[[], Route] | None = None,
         unreachable: Callable[[], None] = lambda: None,
+        guard: Guard | None = None,
     ) -> None:
         """`current` gives the newest config snapshot: a request that waited takes the pods known now."""
         self.current = current
+        self.guard = guard
         # Called when a connection to a pod failed: the pod may be gone while its address is still known.
         self.unreachable = unreachable
         self.metrics = metrics
@@ -275,7 +287,9 @@ class Relay:
         model = a.body.model if a.body is not None else None
         if a.cloud is not None and model is not None and self.catalog.only_in_cloud(model, self.clock()):
             # Not demand for the pool: no replica of it could answer.
-            failure = LocalFailure(FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {model!r}")
+            failure = LocalFailure(
+                FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {shown(model)}"
+            )
             return await self._elsewhere(a, failure)
         demand = self.demand
         demand.begin(self.clock())
@@ -375,7 +389,7 @@ class Relay:
             pods = len(route.endpoints)
             return LocalFailure(
                 FallbackReason.SATURATED,
-                f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {model!r}",
+                f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {shown(model)}",
                 retry_after=retry_after_header(SATURATED_RETRY_AFTER),
                 counted=False,
             )
@@ -389,6 +403,8 @@ class Relay:
         )
 
     def _begin_wait(self, route: Route, reason: FallbackReason) -> _Wait:
+        if self.guard is not None:
+            self.guard.check_waiting(sum(self.waiting.values()))
         bound = route.cold_wait if reason is FallbackReason.POOL_COLD else route.queue_timeout
         self.waiting[reason] += 1
         loop = asyncio.get_running_loop()
@@ -833,6 +849,7 @@ class Relay:
                     break
                 try:
                     chunk = await upstream.readany()
+                    pending = splitter.feed(chunk) if chunk else []
                 except _UPSTREAM_ERRORS as err:
                     self._broken_stream(response, a.served_by, on_failure, err)
                     await response.write(
@@ -856,7 +873,6 @@ class Relay:
                             )
                         )
                     break
-                pending = splitter.feed(chunk)
             await response.write_eof()
         except _CLIENT_GONE:
             # The client left: closing the upstream response (in the caller) cancels generation.

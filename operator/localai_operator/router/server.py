@@ -28,6 +28,7 @@ from localai_operator.router.intake import BodyBuffer, Intake
 from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import CONTENT_TYPE, LabelValues, RouterMetrics
+from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
 from localai_operator.router.upstream import API_PREFIX, Route, build_route
@@ -76,6 +77,7 @@ class Router:
         self.shutting_down = False
         self.discovered: list[str] = []
         self.waiters = Queues()
+        self.guard = Guard(config.server.max_connections, config.server.max_waiting)
         self.route: Route = build_route(config, None, env, clock(), waiters=self.waiters)
         self.keys: ClientKeys | None = None
         self.demand = Demand(clock())
@@ -94,6 +96,9 @@ class Router:
             waiting=lambda: [((r.value,), float(n)) for r, n in self.relay.waiting.items()],
             period_cost=lambda: [((kind, period), amount) for kind, period, amount in self.ledger.figures()],
             budget_exhausted=self._budget_exhausted,
+            buffer_waits=lambda: [((), float(self.buffer.waits))],
+            connections=lambda: [((), float(self.guard.connections))],
+            overloaded=lambda: [((what,), float(n)) for what, n in self.guard.refused.items()],
             build_info=lambda: [((__version__, loop_name(), platform.python_version()), 1.0)],
         )
         self.listing = Listing(self.metrics, clock)
@@ -105,10 +110,18 @@ class Router:
             self.ledger,
             current=lambda: self.route,
             unreachable=self._unreachable,
+            guard=self.guard,
         )
-        self.buffer = BodyBuffer(config.server.body_buffer_bytes)
+        self.buffer = BodyBuffer(config.server.body_buffer_bytes, self.guard)
         self.intake = Intake(
-            lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer, self.metrics, clock
+            lambda: self.route,
+            lambda: self.keys,
+            self.relay,
+            self.listing,
+            self.buffer,
+            self.metrics,
+            clock,
+            self.guard,
         )
         self.discovery: PodDiscovery | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -127,6 +140,8 @@ class Router:
         self.route = build_route(config, self.route, self.env, self.clock(), self.discovered)
         self.waiters.wake_all()  # the slots may have changed
         self.buffer.capacity = config.server.body_buffer_bytes
+        self.guard.max_connections = config.server.max_connections
+        self.guard.max_waiting = config.server.max_waiting
         self._configure_keys(config)
         self._report(self.route)
         if config.local.discovery != old.local.discovery:
@@ -373,8 +388,9 @@ async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     # Cancelling the handler when the client disconnects is what closes the upstream request.
     # aiohttp's keep-alive timer runs from the connection's start and from each response's end until the
     # next request's headers are complete: it is the header-read timeout too.
-    runner = web.AppRunner(
+    runner = GuardedRunner(
         app,
+        app[ROUTER].guard,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.config import RouterConfig
@@ -101,6 +102,54 @@ async def eventually(predicate: Callable[[], Any], timeout: float, what: str, in
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+RawReply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server that answers each request with bytes a test writes out, and counts connections."""
+
+    def __init__(self, reply: RawReply) -> None:
+        self.reply = reply
+        self.connections = 0
+        self.closed = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                await self.reply(reader, writer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+    async def __aenter__(self) -> URL:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return URL(f"http://127.0.0.1:{port}/v1/x")
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def answer(data: bytes) -> RawReply:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+
+    return reply
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,54 +19,7 @@ from yarl import URL
 
 from localai_operator.router import http
 from localai_operator.testing.standins import UnacceptingListener, refused_url
-from tests.unit.router.conftest import eventually
-
-Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server that answers each request with bytes a test writes out, and counts connections."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.connections = 0
-        self.closed = 0
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                if length:
-                    await reader.readexactly(length)
-                await self.reply(reader, writer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.closed += 1
-            writer.close()
-
-    async def __aenter__(self) -> URL:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return URL(f"http://127.0.0.1:{port}/v1/x")
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-def answer(data: bytes) -> Reply:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(data)
-
-    return reply
+from tests.unit.router.conftest import RawServer, answer, eventually
 
 
 @pytest.fixture
@@ -194,7 +147,7 @@ async def test_a_connection_broken_mid_answer_raises_a_response_error(client: ht
 
 async def test_a_malformed_answer_raises_a_response_error(client: http.Client) -> None:
     async with RawServer(answer(b"SMTP ready\r\n\r\n")) as url:
-        with pytest.raises(http.ResponseError, match="not an HTTP"):
+        with pytest.raises(http.Malformed, match="malformed status line"):
             await get(client, url)
 
 
