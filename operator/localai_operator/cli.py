@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from localai_operator.main import RunOptions
+    from localai_operator.control.main import RunOptions
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def _cmd_router(args: argparse.Namespace) -> int:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """`run`'s flags, every one of them, as the options the operator starts with."""
-    from localai_operator.main import RunOptions
+    from localai_operator.control.main import RunOptions
 
     return RunOptions(
         namespaces=tuple(args.namespace),
@@ -62,7 +62,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from localai_operator.main import run
+    from localai_operator.control.main import run
 
     return run(run_options(args))
 

@@ -12,14 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from localai_operator import cache as c
-from localai_operator.cache import Cache
 from localai_operator.constants import FALLBACK_API_KEY_ENV, ROUTER_PORT
-from localai_operator.elastic import Elastic
-from localai_operator.router.config import RouterConfig
-from localai_operator.router.ledger import period_of
+from localai_operator.control import cache as c
+from localai_operator.control.cache import Cache
+from localai_operator.control.elastic import Elastic
 from localai_operator.router.server import create_app
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, refused_url
+from localai_operator.wire import RouterConfig, period_of
 from tests.unit.router.conftest import API_KEY, chat_body, route_config
 
 ROUTE = {

@@ -15,7 +15,7 @@ from localai_operator.constants import ANNOTATION_CONFIG_HASH, LOCAL_API_KEY_ENV
 from localai_operator.render import pool_objects, route_objects
 from localai_operator.render.pool import pods_service
 from localai_operator.render.route import body_buffer_bytes
-from localai_operator.router.config import MIB, RouterConfig
+from localai_operator.wire import MIB, RouterConfig
 
 FALLBACK = {"apiKeySecretRef": {"name": "holysheep", "key": "api-key"}}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from localai_operator import status as st
 from localai_operator.api.pool import InferencePoolStatus
+from localai_operator.control import status as st
 
 NOW, LATER = "2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z"
 POOL = st.PoolFacts(name="p", namespace="ns", replicas=1, models=("m",), endpoint="http://p.ns.svc:8080/v1")

@@ -1,6 +1,6 @@
 """FallbackRoute: how clients reach a pool, local first, then a cloud OpenAI-compatible provider.
 
-`spec.policy` is the router's own policy model (`router/config.py`): one definition of every field, its
+`spec.policy` is the router's own policy model (`wire.py`, the format the operator writes and the router reads): one definition of every field, its
 bounds, default and description, for the CRD and the router alike.
 """
 
@@ -18,7 +18,7 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
-from localai_operator.router.config import DEFAULT_CLOUD_PATHS, Policy, SpendCap
+from localai_operator.wire import DEFAULT_CLOUD_PATHS, Policy, SpendCap
 
 ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from localai_operator import wire as rc
 from localai_operator.api.base import SecretKeyRef
 from localai_operator.api.llmmodel import LLMModel
 from localai_operator.api.pool import InferencePool
@@ -34,7 +35,6 @@ from localai_operator.render.common import (
 )
 from localai_operator.render.model_config import slots
 from localai_operator.render.pool import pods_service_name, service_url
-from localai_operator.router import config as rc
 
 APP = ROUTER_APP
 COMPONENT = ROUTER_COMPONENT

@@ -21,19 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from localai_operator.router.config import SpendCap, SpendPeriod, SpendShare
+from localai_operator.wire import SPEND, SpendCap, SpendPeriod, SpendShare, period_of
 
 log = logging.getLogger(__name__)
 
 STATE_FILE: Final = "ledger.json"
-SPEND: Final = "spend"
-AVOIDED: Final = "avoided"
-
-
-def period_of(period: SpendPeriod, wall: float) -> str:
-    """The UTC period `wall` (Unix seconds) falls in: 2026-12-01 (daily) or 2026-12 (monthly)."""
-    moment = datetime.fromtimestamp(wall, UTC)
-    return moment.strftime("%Y-%m-%d" if period == "daily" else "%Y-%m")
 
 
 def _next_boundary(wall: float) -> float:

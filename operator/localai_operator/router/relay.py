@@ -34,7 +34,7 @@ from localai_operator.router import codec, http, replies, sse
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
 from localai_operator.router.capacity import Demand
-from localai_operator.router.ledger import AVOIDED, SPEND, Ledger
+from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.overload import Guard
@@ -55,6 +55,7 @@ from localai_operator.router.upstream import (
     response_headers,
 )
 from localai_operator.router.usage import Usage, usage_of
+from localai_operator.wire import AVOIDED, SPEND
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, 
 from localai_operator.router import http, redact
 from localai_operator.router.auth import ClientKeys
 from localai_operator.router.capacity import Demand, Queues
-from localai_operator.router.config import RouterConfig
 from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
 from localai_operator.router.intake import BodyBuffer, Intake
 from localai_operator.router.ledger import Ledger
@@ -32,6 +31,7 @@ from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
 from localai_operator.router.upstream import API_PREFIX, Route, build_route
+from localai_operator.wire import RouterConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from yarl import URL
 
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.router.capacity import Queues
-from localai_operator.router.config import Fallback, RouterConfig
 from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, TokenBucket, choose
+from localai_operator.wire import Fallback, RouterConfig
 
 log = logging.getLogger(__name__)
 

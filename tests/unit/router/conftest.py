@@ -21,10 +21,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
-from localai_operator.router.config import RouterConfig
 from localai_operator.router.discovery import Resolver, resolve
 from localai_operator.router.server import ROUTER, Router, create_app, start
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, local_standin
+from localai_operator.wire import RouterConfig
 
 API_KEY = "sk-cloud-test-key-5f0c2e9a7b1d"
 CLIENT_KEY = "sk-client-own-key-do-not-forward"

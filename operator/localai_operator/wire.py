@@ -1,4 +1,4 @@
-"""The router's configuration file (exactly what the rendered FallbackRoute ConfigMap holds), and the route
+"""The wire format between the operator and the router: the router's configuration file (exactly what the rendered FallbackRoute ConfigMap holds), and the route
 policy models that `FallbackRoute.spec.policy` reuses: one definition of every policy field, its bounds,
 default and description, so the CRD and the router can never disagree.
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, Union
 
@@ -386,3 +387,14 @@ def unknown_keys(model: type[BaseModel], data: Any, path: str = "") -> list[str]
                 suffix = f"[{index}]" if isinstance(value, list) else ""
                 found.extend(unknown_keys(sub, item, f"{where}{suffix}."))
     return found
+
+
+# The spend figures the router publishes (`/metrics` label values) and the operator reads back, per UTC period.
+SPEND: Final = "spend"
+AVOIDED: Final = "avoided"
+
+
+def period_of(period: SpendPeriod, wall: float) -> str:
+    """The UTC period `wall` (Unix seconds) falls in: 2026-12-01 (daily) or 2026-12 (monthly)."""
+    moment = datetime.fromtimestamp(wall, UTC)
+    return moment.strftime("%Y-%m-%d" if period == "daily" else "%Y-%m")

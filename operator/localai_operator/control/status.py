@@ -14,7 +14,7 @@ from localai_operator.api.base import Condition, Spec
 from localai_operator.api.llmmodel import LLMModelStatus
 from localai_operator.api.pool import AutoscalingStatus, InferencePoolStatus
 from localai_operator.api.route import FallbackRouteStatus, RouteCost
-from localai_operator.autoscale import ScaleState
+from localai_operator.control.autoscale import ScaleState
 
 READY = "Ready"
 
