@@ -29,7 +29,7 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 16 * MIB
 # from the router container's memory limit): six 16 MiB bodies next to a ~60 MiB process fit 256 MiB.
 DEFAULT_BODY_BUFFER_BYTES: Final = 96 * MIB
 # The caps of the overload guard when the config does not say (what the renderer derives from 256 Mi).
-DEFAULT_MAX_CONNECTIONS: Final = 512
+DEFAULT_MAX_CONNECTIONS: Final = 1024
 URL_PATTERN: Final = r"^https?://[^\s]+$"
 
 # The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
@@ -246,6 +246,12 @@ class Fallback(_Model):
     input_price_per_million_tokens: float | None = Field(default=None, ge=0)
     output_price_per_million_tokens: float | None = Field(default=None, ge=0)
     paths: list[str] = Field(default_factory=lambda: list(DEFAULT_CLOUD_PATHS))
+    price_per_request: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD per request on paths whose answers carry no token usage (audio, images, moderations), "
+        'by path relative to /v1, e.g. {"/images/generations": 0.04}. On a route with a spend cap, such a path '
+        "without a price here never goes to the cloud: its spend could not be counted.",
+    )
     spend_cap: SpendCap | None = None
     spend_share: SpendShare | None = None
 

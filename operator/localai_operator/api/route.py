@@ -96,6 +96,15 @@ class Fallback(Spec):
         description="Most the route may spend on the cloud per UTC day or month; then it is local-only "
         "(reason budget_exhausted, in status and metrics) until the period ends. Unset: no cap.",
     )
+    price_per_request: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "USD per request on paths whose answers carry no token usage (audio, images, moderations), by path "
+            'relative to /v1, e.g. {"/images/generations": 0.04}, for the cost metrics and the spend cap. With a '
+            "spendCap, such a path without a price here never goes to the cloud: its spend could not be counted."
+        ),
+    )
     paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
         max_length=64,

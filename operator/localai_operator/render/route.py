@@ -45,10 +45,10 @@ DEFAULT_MEMORY_LIMIT: Final = "256Mi"
 # rewritten and sent (measured in benchmarks/router.py).
 PROCESS_RESERVE_BYTES: Final = 128 * rc.MIB
 BODY_SHARE: Final = 0.75
-# What one client connection costs besides its body (aiohttp's buffers, the request's and its stream's state),
-# a ceiling of what benchmarks/router.py measures: the rest of the memory past the bodies' share, divided by it,
-# is how many the overload guard serves at once.
-CONNECTION_BYTES: Final = 64 * 1024
+# What one client connection costs besides its body (aiohttp's buffers, the request's and its stream's state):
+# 23 KiB measured per stream in flight (benchmarks/router.py), with room to spare. The rest of the memory past
+# the bodies' share, divided by it, is how many the overload guard serves at once: 1,024 for 256 Mi.
+CONNECTION_BYTES: Final = 32 * 1024
 _QUANTITY: Final = re.compile(r"^([0-9.]+)([eE][0-9]+|[KMGTPE]i?|k|m)?$")
 _FACTORS: Final = {
     None: 1,
@@ -167,6 +167,7 @@ def router_config(
             input_price_per_million_tokens=fb.input_price_per_million_tokens,
             output_price_per_million_tokens=fb.output_price_per_million_tokens,
             paths=list(fb.paths),
+            price_per_request=dict(fb.price_per_request),
             spend_cap=fb.spend_cap,
             # Each router replica spends its share of what the route's earlier pods left.
             spend_share=rc.SpendShare(replicas=max(1, spec.replicas), carried=carried)

@@ -92,6 +92,16 @@ class JsonBody:
     def has(self, key: str) -> bool:
         return any(m.key == key for m in self.members)
 
+    def value(self, key: str) -> Any:
+        """The decoded value of a top-level member (meant for small ones), None when absent or malformed."""
+        for member in self.members:
+            if member.key == key:
+                try:
+                    return json.loads(self.raw[member.value_start : member.end])
+                except ValueError:
+                    return None
+        return None
+
     def appended(self, keys: frozenset[str], members: bytes) -> bytes | None:
         """A small object with `members` (`"key":value,...`, the members named `keys`) added after its last
         member, in one buffer; None when the body already has one of `keys` or is large (then `rewritten`,

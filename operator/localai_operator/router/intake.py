@@ -27,7 +27,7 @@ from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.overload import CONNECTIONS, RETRY_AFTER_SECONDS, Guard, Overloaded
 from localai_operator.router.paths import Budget
-from localai_operator.router.policy import BUDGET_EXHAUSTED, retry_after_header
+from localai_operator.router.policy import BUDGET_EXHAUSTED, UNPRICED, retry_after_header
 from localai_operator.router.relay import Relay
 from localai_operator.router.upstream import API_PREFIX, Route
 
@@ -361,6 +361,13 @@ class Intake:
                 cloud.fallback.spend_cap, cloud.fallback.spend_share
             ):
                 cloud, blocked = None, BUDGET_EXHAUSTED  # local-only until the period ends
+            elif (
+                cloud is not None
+                and not api.token_usage
+                and cloud.fallback.spend_cap is not None
+                and path not in cloud.fallback.price_per_request
+            ):
+                cloud, blocked = None, UNPRICED  # its spend could not be counted
             budget = route.budget if cloud is not None and api.budget is not Budget.NONE else None
             deadline = asyncio.get_running_loop().time() + budget if budget is not None else None
             attempt = Attempt(

@@ -380,7 +380,8 @@ class RouterMetrics:
             Counter(
                 "localai_router_fallbacks_blocked_total",
                 "Requests local could not answer that did not go to the cloud although the route has a fallback, "
-                "by reason (budget_exhausted).",
+                "by reason (budget_exhausted: the spend cap is reached; unpriced: a capped route's path without token "
+                "usage and without a per-request price).",
                 ("reason",),
             )
         )

@@ -243,6 +243,14 @@ def error_message(payload: Any) -> str:
     return "the upstream reported an error in the stream"
 
 
+def usage_only(event: bytes) -> bool:
+    """The `include_usage` trailer of a chat or completion stream: no choices, only usage."""
+    if b'"usage"' not in event or b"[]" not in event:
+        return False
+    payload = classify(event_data(event), StreamFormat.CHAT)[1]
+    return isinstance(payload, dict) and payload.get("choices") == [] and bool(payload.get("usage"))
+
+
 def may_be_error(raw: bytes) -> bool:
     """False when no event in `raw` can be an error (checked on the bytes, before decoding)."""
     # Each marker holds "rror" or "failed": one scan of a clean read.

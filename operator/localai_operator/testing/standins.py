@@ -82,6 +82,9 @@ class Behaviour:
     reset: bool = False
     # Read the request and never answer.
     hang: bool = False
+    # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
+    # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
+    usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
 
 
 @dataclass(frozen=True)
@@ -353,14 +356,15 @@ class OpenAIStandIn:
                 choice["logprobs"] = {"content": [_logprob(self._token(i)) for i in range(b.tokens)]}
         else:
             choice["text"] = text
-        answer = {
+        answer: dict[str, Any] = {
             "id": "cmpl-standin",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
             "choices": [choice],
-            "usage": _usage(b.tokens),
         }
+        if b.usage != "never":
+            answer["usage"] = _usage(b.tokens)
         if b.answer_padding:
             answer["padding"] = "x" * b.answer_padding
         data = json.dumps(answer).encode()
@@ -383,22 +387,27 @@ class OpenAIStandIn:
         text: str | None,
         finish: str | None,
         tokens_so_far: int,
+        usage: bool = True,
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["delta"] = delta if delta is not None else {}
         elif text:
             choice["text"] = text
-        return {
+        chunk: dict[str, Any] = {
             "created": int(time.time()),
             "object": "chat.completion.chunk" if chat else "text_completion",
             "id": "chunk-standin",
             "model": model,
             "choices": [choice],
-            "usage": _usage(tokens_so_far)
-            if tokens_so_far
-            else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+        if usage:
+            chunk["usage"] = (
+                _usage(tokens_so_far)
+                if tokens_so_far
+                else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            )
+        return chunk
 
     async def _stream(
         self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
@@ -421,7 +430,8 @@ class OpenAIStandIn:
             await response.write(rest)
             await response.write_eof()
             return response
-        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""
+        every = b.usage == "every_chunk"
+        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0, every)) if chat else b""
         if role and b.role_chunk == "at_once":
             await response.write(role)
             role = b""
@@ -445,10 +455,10 @@ class OpenAIStandIn:
                 out = []
                 await asyncio.sleep(b.token_interval)
             if isinstance(piece, dict):
-                chunk = self._chunk(model, chat, piece, None, None, index + 1)
+                chunk = self._chunk(model, chat, piece, None, None, index + 1, every)
             else:
                 delta = {"content": piece}
-                chunk = self._chunk(model, chat, delta, piece, None, index + 1)
+                chunk = self._chunk(model, chat, delta, piece, None, index + 1, every)
                 if chat and payload.get("logprobs"):
                     chunk["choices"][0]["logprobs"] = {"content": [_logprob(piece)]}
             # CLOCK_MONOTONIC is system-wide on Linux: a client in another process can measure delay.
@@ -458,8 +468,8 @@ class OpenAIStandIn:
             out.append(self._error_event(model, chat, b, len(pieces)))
         elif not b.truncate:
             finish = "tool_calls" if b.tool_call and chat else "stop"
-            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces))))
-            if (payload.get("stream_options") or {}).get("include_usage"):
+            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces), every)))
+            if (payload.get("stream_options") or {}).get("include_usage") and b.usage != "never":
                 out.append(
                     _sse(
                         {
