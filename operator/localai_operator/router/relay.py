@@ -466,8 +466,11 @@ class Relay:
         route = a.route
         headers = local_request_headers(request.headers, route.local_key, route.config.auth is None)
         url = endpoint.url(a.path)
-        if request.query_string:
-            url = URL(str(url) + "?" + request.query_string, encoded=True)
+        query = request.raw_path.partition("?")[2]
+        if query:
+            # As the client sent it, byte for byte: decoding and re-sending would plant a raw space (%20), cut
+            # the query (%23) or decode %25 twice.
+            url = URL(str(url) + "?" + query, encoded=True)
         return await self.client.request(
             request.method,
             url,

@@ -85,11 +85,19 @@ class Behaviour:
     # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
     # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
     usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
+    # Added to every response (e.g. what a provider sends that must not reach clients: Set-Cookie).
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _raw_query(request: web.Request) -> str:
+    """The query string exactly as it came on the request line, percent-escapes and all."""
+    return request.raw_path.partition("?")[2]
 
 
 @dataclass(frozen=True)
 class Recorded:
     path: str
+    # As sent on the request line, not decoded.
     query: str
     headers: dict[str, str]
     body: bytes
@@ -201,7 +209,12 @@ class OpenAIStandIn:
         # Lets another process (the `dev up` demo) make this stand-in slow or failing, e.g.
         # {"delay_before_first_chunk": 5, "delay_before_headers": 5}; {} restores the defaults.
         app.router.add_post("/standin/behaviour", self._set_behaviour)
+        app.on_response_prepare.append(self._extra_headers)
         return app
+
+    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in self.behaviour.headers:
+            response.headers.add(name, value)
 
     async def _set_behaviour(self, request: web.Request) -> web.Response:
         changes = await request.json()
@@ -242,7 +255,7 @@ class OpenAIStandIn:
 
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), b"", time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), b"", time.monotonic())
         )
         if not self._authorized(request):
             return self._unauthorized()
@@ -261,7 +274,7 @@ class OpenAIStandIn:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), body, time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), body, time.monotonic())
         )
         counters = self.counters
         counters.started += 1
