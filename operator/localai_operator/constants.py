@@ -18,6 +18,9 @@ MODELS_PATH: Final = "/models"
 # Router (data plane)
 ROUTER_PORT: Final = 8080
 ROUTER_SERVICE_PORT: Final = 80
+# /metrics and /readyz's details for scrapers (the chart's PodMonitor, the operator's autoscaler): on routes with
+# client keys the API port answers them only with a key.
+ROUTER_METRICS_PORT: Final = 9090
 ROUTER_CONFIG_FILE: Final = "router.yaml"
 ROUTER_CONFIG_DIR: Final = "/etc/localai-operator/router"
 # The router's spend ledger (an emptyDir: it outlives a container restart).

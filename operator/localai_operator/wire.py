@@ -154,6 +154,11 @@ class RouteRef(_Model):
     namespace: str = "default"
 
 
+class SliceWatch(_Model):
+    service: str = Field(description="The headless Service whose EndpointSlices list the pool's pods.")
+    namespace: str = Field(description="Its namespace.")
+
+
 class Discovery(_Model):
     url: str = Field(
         pattern=URL_PATTERN,
@@ -161,6 +166,11 @@ class Discovery(_Model):
     )
     interval_seconds: float = Field(
         default=5, gt=0, le=3600, description="How often the name is re-resolved."
+    )
+    endpoint_slices: SliceWatch | None = Field(
+        default=None,
+        description="Follow the Service's EndpointSlices through the Kubernetes API instead (a pod's readiness "
+        "within a second); DNS stays the fallback while the watch is unavailable.",
     )
 
 

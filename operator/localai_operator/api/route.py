@@ -10,7 +10,15 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
-from localai_operator.api.base import Condition, CustomResource, LocalObjectRef, Resources, SecretKeyRef, Spec
+from localai_operator.api.base import (
+    DNS_LABEL,
+    Condition,
+    CustomResource,
+    LocalObjectRef,
+    Resources,
+    SecretKeyRef,
+    Spec,
+)
 from localai_operator.api.kinds import FALLBACK_ROUTE
 from localai_operator.api.pool import Toleration
 from localai_operator.constants import (
@@ -129,6 +137,37 @@ class Auth(Spec):
     )
 
 
+class RouteNetworkPolicy(Spec):
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Render a NetworkPolicy that admits, on the router's API port, only pods of the route's namespace "
+            "(or allowedPods among them) and of allowedNamespaces; its metrics port only the operator and "
+            "metricsNamespaces. Unset: on when the route has a cloud fallback and no spec.auth (anyone who can "
+            "reach it could spend the cloud key). Needs a CNI that enforces NetworkPolicy."
+        ),
+    )
+    allowed_pods: list[dict[str, str]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Label selectors (matchLabels) of the pods of the route's namespace that may call it; empty: "
+        "every pod of the namespace.",
+    )
+    allowed_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Namespaces whose pods may also call the route.",
+    )
+    metrics_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Namespaces whose pods may scrape the router's metrics port (your Prometheus); the operator "
+        "always may.",
+    )
+
+
 class FallbackRouteSpec(Spec):
     model_config = Spec.model_config | {
         "json_schema_extra": {
@@ -157,6 +196,9 @@ class FallbackRouteSpec(Spec):
         default_factory=Policy, description="How the router chooses between local and the cloud."
     )
     auth: Auth | None = Field(default=None, description="Client keys; omitted: the route accepts any client.")
+    network_policy: RouteNetworkPolicy = Field(
+        default_factory=RouteNetworkPolicy, description="Who may reach the router pods."
+    )
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
     resources: Resources | None = Field(
         default=None,
@@ -213,3 +255,14 @@ class FallbackRoute(CustomResource):
     def fallback_active(self) -> bool:
         fb = self.spec.fallback
         return fb is not None and fb.enabled and not self.spec.policy.sensitive
+
+    @property
+    def network_policy_enabled(self) -> bool:
+        """spec.networkPolicy.enabled, by default on when the route can spend a cloud key and checks no client key."""
+        enabled = self.spec.network_policy.enabled
+        return enabled if enabled is not None else (self.fallback_active and self.spec.auth is None)
+
+    @property
+    def open_to_cluster(self) -> bool:
+        """Any pod of the cluster could spend the route's cloud key: no client keys and no NetworkPolicy."""
+        return self.fallback_active and self.spec.auth is None and not self.network_policy_enabled

@@ -18,9 +18,14 @@ import yaml
 from aiohttp import web
 
 from localai_operator import __version__
-from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
-from localai_operator.router import http, redact
-from localai_operator.router.auth import ClientKeys
+from localai_operator.constants import (
+    LOCALAI_HEALTH_PATH,
+    LOCALAI_READY_PATH,
+    ROUTER_METRICS_PORT,
+    ROUTER_PORT,
+)
+from localai_operator.router import http, redact, replies
+from localai_operator.router.auth import INVALID, MISSING, ClientKeys, presented_key
 from localai_operator.router.capacity import Demand, Queues
 from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
 from localai_operator.router.intake import BodyBuffer, Intake
@@ -287,6 +292,9 @@ class Router:
         listed here (and logged at start), not discovered per request."""
         if self.shutting_down:
             return web.json_response({"status": "shutting down"}, status=503)
+        if not self._may_see_details(request):
+            # Probes get their answer; key names, pod addresses and spend need a key (or the metrics port).
+            return web.json_response({"status": "ready"})
         route = self.route
         now = self.clock()
         body: dict[str, Any] = {
@@ -322,13 +330,40 @@ class Router:
         return web.Response(text="ok")
 
     async def metrics_text(self, request: web.Request) -> web.Response:
+        if not self._may_see_details(request):
+            self.metrics.auth_failures.inc((MISSING if presented_key(request.headers) is None else INVALID,))
+            return replies.error(
+                401,
+                f"this route checks client keys: {METRICS_PATH} needs one here, or scrape the metrics port "
+                f"({ROUTER_METRICS_PORT})",
+                headers={"WWW-Authenticate": 'Bearer realm="localai-operator-router"'},
+            )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def _may_see_details(self, request: web.Request) -> bool:
+        """The metrics port, a route without client keys, or a request with a valid key."""
+        if request.app.get(METRICS_APP, False) or self.keys is None:
+            return True
+        presented = presented_key(request.headers)
+        return presented is not None and self.keys.name_of(presented) is not None
 
     def on_reload(self, applied: bool) -> None:
         self.metrics.reloads.inc(("applied" if applied else "rejected",))
 
 
 ROUTER: Final = web.AppKey("router", Router)
+# Set on the app of the metrics port: its requests need no client key.
+METRICS_APP: Final = web.AppKey("metrics_port", bool)
+
+
+def create_metrics_app(router: Router) -> web.Application:
+    """The metrics port's app: /metrics, /readyz with its details and /healthz, for in-cluster scrapers."""
+    app = web.Application()
+    app[METRICS_APP] = True
+    app.router.add_get(METRICS_PATH, router.metrics_text)
+    app.router.add_get(LOCALAI_READY_PATH, router.readyz)
+    app.router.add_get(LOCALAI_HEALTH_PATH, router.healthz)
+    return app
 
 
 def create_app(
@@ -411,10 +446,17 @@ async def _serve(
     host: str,
     port: int,
     redaction: redact.RedactingFilter,
+    metrics_port: int | None = None,
 ) -> None:
     app = create_app(config, config_path=config_path, config_content=content, redaction=redaction)
     runner, bound = await start(app, host, port)
     router = app[ROUTER]
+    metrics_runner = None
+    if metrics_port is not None:
+        metrics_runner = web.AppRunner(create_metrics_app(router), access_log=None, shutdown_timeout=1)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, host, metrics_port, reuse_address=True).start()
+        log.info("metrics and readiness details on %s:%d", host, metrics_port)
     tune_gc()
     log.info(
         "router %s for route %s listening on %s:%d, event loop: %s",
@@ -434,6 +476,8 @@ async def _serve(
     await asyncio.sleep(SHUTDOWN_DRAIN_SECONDS)
     log.info("stopping: finishing in-flight requests (up to %.0fs)", SHUTDOWN_TIMEOUT_SECONDS)
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
 
 
 def tune_gc() -> None:
@@ -464,7 +508,11 @@ def loop_name() -> str:
 
 
 def main(
-    config_path: str | Path, host: str = "0.0.0.0", port: int = ROUTER_PORT, log_level: str = "info"
+    config_path: str | Path,
+    host: str = "0.0.0.0",
+    port: int = ROUTER_PORT,
+    log_level: str = "info",
+    metrics_port: int | None = None,
 ) -> int:
     logging.basicConfig(
         level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -482,5 +530,5 @@ def main(
         return 2
     factory = event_loop()
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(config, content, path, host, port, redaction))
+        runner.run(_serve(config, content, path, host, port, redaction, metrics_port))
     return 0

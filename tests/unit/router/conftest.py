@@ -246,8 +246,10 @@ async def post(
         return Answer(response.status, CIMultiDict(response.headers), raw, time.monotonic() - started)
 
 
-async def scrape(client: aiohttp.ClientSession, router: RunningRouter) -> str:
-    async with client.get(f"{router.url}/metrics") as response:
+async def scrape(
+    client: aiohttp.ClientSession, router: RunningRouter, headers: dict[str, str] | None = None
+) -> str:
+    async with client.get(f"{router.url}/metrics", headers=headers) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return await response.text()
 
