@@ -28,6 +28,9 @@ ROUTER_STATE_DIR: Final = "/var/lib/localai-operator/router"
 FALLBACK_API_KEY_ENV: Final = "LOCALAI_OPERATOR_FALLBACK_API_KEY"
 # The pool's own LocalAI key (InferencePool.spec.apiKeySecretRef), sent to local instead of the client's.
 LOCAL_API_KEY_ENV: Final = "LOCALAI_OPERATOR_LOCAL_API_KEY"
+# The egress proxy's basic-auth credentials (FallbackRoute.spec.fallback.proxyCredentialsSecretRef).
+PROXY_USERNAME_ENV: Final = "LOCALAI_OPERATOR_PROXY_USERNAME"
+PROXY_PASSWORD_ENV: Final = "LOCALAI_OPERATOR_PROXY_PASSWORD"
 # One directory per client-key Secret (FallbackRoute.spec.auth), mounted into the router pod.
 ROUTER_CLIENT_KEYS_DIR: Final = "/etc/localai-operator/client-keys"
 SERVED_BY_HEADER: Final = "X-Served-By"

@@ -264,6 +264,18 @@ class Fallback(_Model):
     )
     spend_cap: SpendCap | None = None
     spend_share: SpendShare | None = None
+    proxy_url: str | None = Field(
+        default=None,
+        alias="proxyURL",
+        description="HTTP proxy for the cloud hop (CONNECT, TLS inside); unset: HTTPS_PROXY / HTTP_PROXY from the "
+        "environment, with NO_PROXY.",
+    )
+    proxy_username_env: str | None = Field(
+        default=None, description="Environment variable holding the proxy's basic-auth user name."
+    )
+    proxy_password_env: str | None = Field(
+        default=None, description="Environment variable holding the proxy's basic-auth password."
+    )
 
     @property
     def input_price(self) -> float:

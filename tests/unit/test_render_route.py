@@ -240,3 +240,13 @@ def test_a_url_route_gets_no_service_account_and_no_token() -> None:
     spec = pod_spec(objects)
     assert "serviceAccountName" not in spec and spec["automountServiceAccountToken"] is False
     assert all(v["name"] != "kube-api-access" for v in spec["volumes"])
+
+
+def test_the_egress_proxy_and_its_credentials_secret_are_rendered_into_the_router() -> None:
+    fallback = {**FALLBACK, "proxyURL": "http://proxy.corp:3128", "proxyCredentialsSecretRef": {"name": "px"}}
+    objects = route_objects(route(fallback=fallback))
+    config = config_of(objects)["fallback"]
+    assert config["proxyURL"] == "http://proxy.corp:3128"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod_spec(objects)["containers"][0]["env"]}
+    assert env[config["proxyUsernameEnv"]] == {"name": "px", "key": "username", "optional": True}
+    assert env[config["proxyPasswordEnv"]] == {"name": "px", "key": "password", "optional": True}

@@ -113,6 +113,21 @@ class Fallback(Spec):
             "spendCap, such a path without a price here never goes to the cloud: its spend could not be counted."
         ),
     )
+    proxy_url: str | None = Field(
+        default=None,
+        alias="proxyURL",
+        pattern=r"^http://[^\s]+$",
+        max_length=2048,
+        description=(
+            "HTTP proxy for the cloud hop, e.g. http://proxy.corp:3128: an HTTP CONNECT tunnel with TLS inside, to "
+            "the provider. Unset: HTTPS_PROXY / HTTP_PROXY from the router's environment, with NO_PROXY. Local "
+            "traffic and the cluster's own names (*.svc, *.cluster.local) never go through a proxy."
+        ),
+    )
+    proxy_credentials_secret_ref: LocalObjectRef | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (keys username and password) for the proxy's basic auth.",
+    )
     paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
         max_length=64,

@@ -19,6 +19,8 @@ from localai_operator.constants import (
     LABEL_NAME,
     LOCAL_API_KEY_ENV,
     LOCALAI_PORT,
+    PROXY_PASSWORD_ENV,
+    PROXY_USERNAME_ENV,
     ROUTER_CLIENT_KEYS_DIR,
     ROUTER_CONFIG_DIR,
     ROUTER_CONFIG_FILE,
@@ -172,6 +174,9 @@ def router_config(
             output_price_per_million_tokens=fb.output_price_per_million_tokens,
             paths=list(fb.paths),
             price_per_request=dict(fb.price_per_request),
+            proxy_url=fb.proxy_url,
+            proxy_username_env=PROXY_USERNAME_ENV if fb.proxy_credentials_secret_ref else None,
+            proxy_password_env=PROXY_PASSWORD_ENV if fb.proxy_credentials_secret_ref else None,
             spend_cap=fb.spend_cap,
             # Each router replica spends its share of what the route's earlier pods left.
             spend_share=rc.SpendShare(replicas=max(1, spec.replicas), carried=carried)
@@ -251,6 +256,18 @@ def deployment(
     fb = route.spec.fallback
     if route.fallback_active and fb is not None:
         env.append(_secret_env(FALLBACK_API_KEY_ENV, fb.api_key_secret_ref))
+        proxy_secret = fb.proxy_credentials_secret_ref
+        if proxy_secret is not None:
+            # Optional: without the Secret the router starts, and /readyz shows the proxy refusing it.
+            for name, key in ((PROXY_USERNAME_ENV, "username"), (PROXY_PASSWORD_ENV, "password")):
+                env.append(
+                    {
+                        "name": name,
+                        "valueFrom": {
+                            "secretKeyRef": {"name": proxy_secret.name, "key": key, "optional": True}
+                        },
+                    }
+                )
     if local_key_ref is not None:
         env.append(_secret_env(LOCAL_API_KEY_ENV, local_key_ref))
     mounts: list[dict[str, Any]] = [

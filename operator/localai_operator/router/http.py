@@ -11,8 +11,9 @@ does (measured in benchmarks/router.py's notes); this one does only what the two
 - a connect timeout, a deadline for the whole exchange, TLS with certificate checks (https).
 A request is never re-sent: like Go's transport for a POST, a connection that breaks after the request was
 written is the caller's failure to handle. Idle connections are dropped well before servers close them
-(`keepalive`), and one the server already closed is never picked. No redirects, cookies, proxies or
-compression: the router follows none and asks for identity encoding.
+(`keepalive`), and one the server already closed is never picked. An egress proxy when the caller names one
+(`proxy.py`): CONNECT with TLS inside for https, absolute form for http. No redirects, cookies or compression:
+the router follows none and asks for identity encoding.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from localai_operator.router.framing import MalformedResponse, ResponseParser
+from localai_operator.router.proxy import Proxy
 
 Segment = bytes | bytearray | memoryview
+# (scheme, host, port, proxy URL or "") of the target: connections through a proxy are pooled apart.
+Origin = tuple[str, str, int, str]
 
 _READ_HIGH: Final = 256 * 1024  # buffered answer bytes before the socket is paused
 _WRITE_HIGH: Final = 1024 * 1024  # transport buffer before a body write waits
 _SLICE: Final = 256 * 1024  # large bodies are written in slices of this size
+_MAX_TUNNEL_HEAD: Final = 16 * 1024  # the proxy's answer to CONNECT
 
 
 class UpstreamError(Exception):
@@ -51,6 +56,10 @@ class ResponseError(UpstreamError):
     """The connection broke or the answer was malformed after the request was sent."""
 
 
+class ProxyRefused(ConnectError):
+    """The egress proxy answered CONNECT with anything but 2xx (407: wrong or missing credentials)."""
+
+
 class Malformed(ResponseError):
     """The answer broke HTTP/1.1's grammar or the client's bounds (`framing.py`)."""
 
@@ -58,7 +67,7 @@ class Malformed(ResponseError):
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the parser of the answer in progress."""
 
-    def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
+    def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -67,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.response: Response | None = None
+        # While a CONNECT tunnel is being set up: the proxy's answer head as it arrives, and who waits for it.
+        self._tunnel: asyncio.Future[bytes] | None = None
+        self._tunnel_head = b""
         self._drain: asyncio.Future[None] | None = None
         self._paused_writing = False
 
@@ -85,6 +97,8 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._tunnel is not None and not self._tunnel.done():
+            self._tunnel.set_exception(ConnectError("the egress proxy closed the connection during CONNECT"))
         self.closed = True
         self.pool.forget(self)
         if self._drain is not None and not self._drain.done():
@@ -95,6 +109,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self.response
+        if self._tunnel is not None:
+            self._tunnel_data(data)
+            return
         if response is None:
             # Bytes with no request outstanding: the server misbehaves; do not reuse this connection.
             self.abort()
@@ -107,6 +124,43 @@ class _Connection(asyncio.Protocol):
             return
         if response._state == "eof":
             self._finished(response)
+
+    def _tunnel_data(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        assert tunnel is not None
+        head = self._tunnel_head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self._tunnel_head = head
+            if len(head) > _MAX_TUNNEL_HEAD and not tunnel.done():
+                tunnel.set_exception(ConnectError("the egress proxy's answer to CONNECT is too large"))
+            return
+        self._tunnel, self._tunnel_head = None, b""
+        if tunnel.done():
+            return
+        if end + 4 != len(head):
+            tunnel.set_exception(ConnectError("the egress proxy sent bytes after its answer to CONNECT"))
+        else:
+            tunnel.set_result(head[:end])
+
+    async def tunnel(self, proxy: Proxy, host: str, port: int) -> None:
+        """CONNECT to `host`:`port` through the proxy this connection goes to; raises ProxyRefused."""
+        transport = self.transport
+        assert transport is not None
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        self._tunnel = self.loop.create_future()
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = await self._tunnel
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ProxyRefused(f"the egress proxy {proxy.url} answered CONNECT with {status_line[:60]!r}")
+        if not 200 <= int(parts[1]) < 300:
+            reason = status_line.decode("latin-1", "replace")[9:80]
+            raise ProxyRefused(f"the egress proxy {proxy.url} refused CONNECT {authority}: {reason}")
 
     def _finished(self, response: Response) -> None:
         parser = response._parser
@@ -333,9 +387,11 @@ class Pool:
 
     def __init__(self, keepalive: float, tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._tls = tls or ssl.create_default_context()
+        # The last failure of each egress proxy, until a tunnel through it succeeds (the router's /readyz).
+        self.proxy_problems: dict[str, str] = {}
 
     def release(self, connection: _Connection) -> None:
         if connection.closed:
@@ -350,7 +406,7 @@ class Pool:
             idle.remove(connection)
         self._all.discard(connection)
 
-    def _take_idle(self, origin: tuple[str, str, int], now: float) -> _Connection | None:
+    def _take_idle(self, origin: Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
@@ -359,24 +415,43 @@ class Pool:
             connection.abort()
         return None
 
-    async def _open(self, origin: tuple[str, str, int], connect_timeout: float) -> _Connection:
-        scheme, host, port = origin
+    async def _open(self, origin: Origin, connect_timeout: float, proxy: Proxy | None) -> _Connection:
+        scheme, host, port, _ = origin
         loop = asyncio.get_running_loop()
+        tls = scheme == "https"
+        dial_host, dial_port = (proxy.host, proxy.port) if proxy is not None else (host, port)
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
+                transport, connection = await loop.create_connection(
                     lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=self._tls if scheme == "https" else None,
-                    server_hostname=host if scheme == "https" else None,
+                    dial_host,
+                    dial_port,
+                    ssl=self._tls if tls and proxy is None else None,
+                    server_hostname=host if tls and proxy is None else None,
                 )
+                if proxy is not None and tls:
+                    try:
+                        await connection.tunnel(proxy, host, port)
+                    except ProxyRefused as err:
+                        self.proxy_problems[proxy.url] = str(err)
+                        transport.abort()
+                        raise
+                    # TLS inside the tunnel, to the target: the proxy sees only ciphertext.
+                    upgraded = await loop.start_tls(transport, connection, self._tls, server_hostname=host)
+                    assert upgraded is not None
+                    connection.transport = upgraded
+                if proxy is not None:
+                    self.proxy_problems.pop(proxy.url, None)
         except TimeoutError as err:
-            raise ConnectTimeout(
-                f"connecting to {host}:{port} took longer than {connect_timeout:g}s"
-            ) from err
-        except (OSError, ssl.SSLError) as err:
-            raise ConnectError(f"cannot connect to {host}:{port}: {err}") from err
+            where = f"{host}:{port}" + (f" through the egress proxy {proxy.url}" if proxy is not None else "")
+            raise ConnectTimeout(f"connecting to {where} took longer than {connect_timeout:g}s") from err
+        except ProxyRefused:
+            raise
+        except (OSError, ssl.SSLError, ConnectError) as err:
+            where = f"{host}:{port}" + (f" through the egress proxy {proxy.url}" if proxy is not None else "")
+            if proxy is not None and not isinstance(err, ssl.SSLError):
+                self.proxy_problems[proxy.url] = f"the egress proxy {proxy.url} is unreachable: {err}"
+            raise ConnectError(f"cannot connect to {where}: {err}") from err
         self._all.add(connection)
         return connection
 
@@ -412,18 +487,24 @@ class Client:
         *,
         connect_timeout: float,
         timeout: float,
+        proxy: Proxy | None = None,
     ) -> Response:
+        """`proxy`: an https target is reached through a CONNECT tunnel to it, an http one in absolute form."""
         scheme = url.scheme
         host = url.raw_host
         if scheme not in _DEFAULT_PORTS or not host:
             raise ConnectError(f"cannot send to {url!s}: only absolute http and https URLs")
         port = url.port or _DEFAULT_PORTS[scheme]
-        origin = (scheme, host, port)
+        origin = (scheme, host, port, proxy.url if proxy is not None else "")
         length = sum(len(s) for s in body)
         host_header = host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
         if ":" in host and not host.startswith("["):
             host_header = f"[{host}]" if port == _DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
-        lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {host_header}"]
+        plain_proxy = proxy is not None and scheme == "http"
+        target = f"http://{host_header}{url.raw_path_qs}" if plain_proxy else url.raw_path_qs
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
+        if plain_proxy and proxy is not None and proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
         lines.extend(f"{name}: {value}" for name, value in headers)
         if length or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {length}")
@@ -433,7 +514,9 @@ class Client:
         deadline = loop.time() + timeout
         connection = self.pool._take_idle(origin, loop.time())
         if connection is None:
-            connection = await self.pool._open(origin, min(connect_timeout, max(0.0, deadline - loop.time())))
+            connection = await self.pool._open(
+                origin, min(connect_timeout, max(0.0, deadline - loop.time())), proxy
+            )
         response = Response(connection, method == "HEAD")
         connection.response = response
         response._deadline = loop.call_at(deadline, response._expire)

@@ -714,6 +714,7 @@ class Relay:
                     body,
                     connect_timeout=a.route.connect_timeout,
                     timeout=a.route.request_timeout,
+                    proxy=cloud.proxy,
                 )
                 if 300 <= upstream.status < 400:
                     location = upstream.headers.get("Location", "")

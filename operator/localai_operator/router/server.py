@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -165,8 +166,16 @@ class Router:
         for problem in route.problems:
             log.error("%s", problem)
         if self.redaction is not None:
+            proxy = route.cloud.proxy if route.cloud is not None else None
             self.redaction.set_secrets(
-                k for k in (route.cloud.api_key if route.cloud else None, route.local_key) if k
+                k
+                for k in (
+                    route.cloud.api_key if route.cloud else None,
+                    route.local_key,
+                    proxy.password if proxy is not None else None,
+                    proxy.authorization.removeprefix("Basic ") if proxy and proxy.authorization else None,
+                )
+                if k
             )
 
     def set_discovered(self, urls: list[str]) -> None:
@@ -184,7 +193,14 @@ class Router:
         return route.pool is not None and (not route.endpoints or any(self.relay.waiting.values()))
 
     def problems(self) -> list[str]:
-        return [*self.route.problems, *(self.keys.problems if self.keys is not None else ())]
+        proxy = self.route.cloud.proxy if self.route.cloud is not None else None
+        refused = getattr(self.relay, "client", None)
+        proxy_problem = refused.pool.proxy_problems.get(proxy.url) if proxy is not None and refused else None
+        return [
+            *self.route.problems,
+            *(self.keys.problems if self.keys is not None else ()),
+            *([proxy_problem] if proxy_problem else []),
+        ]
 
     def _breaker_states(self) -> Iterable[tuple[LabelValues, float]]:
         now = self.clock()
@@ -376,9 +392,11 @@ def create_app(
     redaction: redact.RedactingFilter | None = None,
     resolver: Resolver = resolve,
     wall: Callable[[], float] = time.time,
+    tls: ssl.SSLContext | None = None,
 ) -> web.Application:
     """The router app; with `config_path`, the file is watched and reloaded when its content changes. `wall`
-    (Unix seconds) decides the spend cap's periods."""
+    (Unix seconds) decides the spend cap's periods; `tls`: the context for https upstreams (default: the system's
+    CAs)."""
     router = Router(config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall)
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
     app = web.Application(client_max_size=2**63)
@@ -393,7 +411,7 @@ def create_app(
     app.router.add_route("*", "/{tail:.*}", router.intake.not_found)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS)
+        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS, tls=tls)
         router.relay.client = router.listing.client = client
         await router.start()
         watcher = None

@@ -18,6 +18,7 @@ from yarl import URL
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_FALLBACK, SERVED_BY_HEADER
 from localai_operator.router.capacity import Queues
 from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, TokenBucket, choose
+from localai_operator.router.proxy import Proxy, ProxyConfigError, proxy_for
 from localai_operator.wire import Fallback, RouterConfig
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,15 @@ class Endpoint:
 
 
 class Cloud:
-    """The fallback provider of one config snapshot."""
+    """The fallback provider of one config snapshot, and the egress proxy that reaches it, if any."""
 
-    __slots__ = ("_urls", "api_key", "base_url", "fallback", "paths")
+    __slots__ = ("_urls", "api_key", "base_url", "fallback", "paths", "proxy")
 
-    def __init__(self, fallback: Fallback, api_key: str | None) -> None:
+    def __init__(self, fallback: Fallback, api_key: str | None, proxy: Proxy | None = None) -> None:
         self.fallback = fallback
         self.base_url = fallback.base_url.rstrip("/")
         self.api_key = api_key
+        self.proxy = proxy
         self.paths = frozenset(fallback.paths)
         self._urls: dict[str, URL] = {}
 
@@ -284,7 +286,19 @@ def build_route(
         else:
             if problem:
                 problems.append(f"{problem}: cloud requests are sent without a key")
-            cloud = Cloud(config.fallback, api_key)
+            fallback = config.fallback
+            proxy = None
+            try:
+                proxy = proxy_for(
+                    fallback.base_url,
+                    env,
+                    fallback.proxy_url,
+                    env.get(fallback.proxy_username_env) if fallback.proxy_username_env else None,
+                    env.get(fallback.proxy_password_env) if fallback.proxy_password_env else None,
+                )
+            except ProxyConfigError as err:
+                problems.append(f"{err}: cloud requests go without a proxy")
+            cloud = Cloud(fallback, api_key, proxy)
 
     limit = config.policy.rate_limit
     limiter = None

@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -177,6 +178,7 @@ class OpenAIStandIn:
     # What `/standin/behaviour` changes are applied on top of (the CLI's flags), None: the defaults.
     initial: Behaviour | None = None
     port: int = field(default=0, init=False)
+    scheme: str = field(default="http", init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _plain: dict[tuple[int, str], Behaviour] = field(default_factory=dict, init=False, repr=False)
     _instant_streams: dict[tuple[str, int, bool, int], tuple[bytes, bytes]] = field(
@@ -185,7 +187,9 @@ class OpenAIStandIn:
 
     @property
     def url(self) -> str:
-        """The base URL, ending in /v1, as the router config expects."""
+        """The base URL, ending in /v1, as the router config expects (https on localhost when served with TLS)."""
+        if self.scheme == "https":
+            return f"https://localhost:{self.port}/v1"
         return f"http://127.0.0.1:{self.port}/v1"
 
     def app(self) -> web.Application:
@@ -225,7 +229,13 @@ class OpenAIStandIn:
             return web.json_response({"error": str(err)}, status=400)
         return web.json_response({"behaviour": self.behaviour.__dict__})
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> str:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> str:
         self._runner = web.AppRunner(
             self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1
         )
@@ -233,12 +243,15 @@ class OpenAIStandIn:
         site: web.BaseSite = (
             web.SockSite(self._runner, sock)
             if sock is not None
-            else web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+            else web.TCPSite(
+                self._runner, host, port, backlog=2048, reuse_address=True, ssl_context=ssl_context
+            )
         )
         await site.start()
         bound = self._runner.addresses[0][1]
         assert isinstance(bound, int)
         self.port = bound
+        self.scheme = "https" if ssl_context is not None else "http"
         return self.url
 
     async def stop(self) -> None:
@@ -685,6 +698,71 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy, as corporate egress proxies are: checks `Proxy-Authorization: Basic` when given
+    credentials (407 otherwise), records each tunnel's target and relays bytes both ways to `upstream`
+    (host, port) whatever name was asked (a test's fake cloud on loopback)."""
+
+    def __init__(self, upstream: tuple[str, int], credentials: tuple[str, str] | None = None) -> None:
+        self.upstream = upstream
+        self.credentials = credentials
+        self.tunnels: list[str] = []
+        self.refused: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)
+            }
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            if self.credentials is not None:
+                token = base64.b64encode(":".join(self.credentials).encode()).decode()
+                if fields.get("proxy-authorization") != f"Basic {token}":
+                    self.refused.append(target)
+                    writer.write(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                        b'Proxy-Authenticate: Basic realm="egress"\r\nContent-Length: 0\r\n\r\n'
+                    )
+                    return
+            self.tunnels.append(target)
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+                sink.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
 
 
 class UnacceptingListener:

@@ -4,8 +4,10 @@ SDK (sync and async), all on loopback."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +19,10 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -152,6 +158,36 @@ def answer(data: bytes) -> RawReply:
     return reply
 
 
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A CA-signed localhost certificate: the server's context and a client context trusting that CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_path, key_path)
+    trusting = ssl.create_default_context(cafile=str(cert_path))
+    return server, trusting
+
+
 @pytest.fixture
 async def local() -> AsyncIterator[OpenAIStandIn]:
     standin = local_standin()
@@ -181,6 +217,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
         env: dict[str, str] | None = None,
         resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
     ) -> RunningRouter:
         path = config_path or tmp_path / f"router-{len(runners)}.yaml"
         if config_path is None:
@@ -194,6 +231,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
             env={FALLBACK_API_KEY_ENV: API_KEY} if env is None else env,
             resolver=resolver,
             wall=wall,
+            tls=tls,
         )
         runner, port = await start(app)
         runners.append(runner)
