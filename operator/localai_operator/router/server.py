@@ -36,6 +36,7 @@ from localai_operator.router.metrics import CONTENT_TYPE, LabelValues, RouterMet
 from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
+from localai_operator.router.slices import ApiAccess, SliceWatcher, in_cluster
 from localai_operator.router.upstream import API_PREFIX, Route, build_route
 from localai_operator.wire import RouterConfig
 
@@ -75,6 +76,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
+        api: ApiAccess | None = None,
     ) -> None:
         self.env = env
         self.redaction = redaction
@@ -130,6 +132,9 @@ class Router:
             self.guard,
         )
         self.discovery: PodDiscovery | None = None
+        self.slices: SliceWatcher | None = None
+        # The Kubernetes API for the EndpointSlice watch (tests pass a stand-in); None: in-cluster, if any.
+        self.api = api
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._configure_keys(config)
         self._report(self.route)
@@ -200,6 +205,7 @@ class Router:
             *self.route.problems,
             *(self.keys.problems if self.keys is not None else ()),
             *([proxy_problem] if proxy_problem else []),
+            *([self.slices.problem] if self.slices is not None and self.slices.problem else []),
         ]
 
     def _breaker_states(self) -> Iterable[tuple[LabelValues, float]]:
@@ -251,12 +257,34 @@ class Router:
         found = self.route.config.local.discovery
         if found is None:
             self.discovery = None
+            self.slices = None
+            old_watch = self._tasks.pop("slices", None)
+            if old_watch is not None:
+                old_watch.cancel()
             old = self._tasks.pop("discovery", None)
             if old is not None:
                 old.cancel()
             return
+        watch = found.endpoint_slices
+        access = self.api if self.api is not None else in_cluster(self.env)
+        self.slices = None
+        if watch is not None and access is not None:
+            self.slices = SliceWatcher(access, watch.service, watch.namespace, found.url, self.set_discovered)
+            self._spawn("slices", self.slices.run())
+        else:
+            old = self._tasks.pop("slices", None)
+            if old is not None:
+                old.cancel()
+            if watch is not None:
+                log.info("no Kubernetes API access (no ServiceAccount token): following the pods by DNS")
+        slices = self.slices
         self.discovery = PodDiscovery(
-            found.url, found.interval_seconds, self.set_discovered, self.resolver, hurry=self._hurried
+            found.url,
+            found.interval_seconds,
+            self.set_discovered,
+            self.resolver,
+            hurry=self._hurried,
+            standing_by=lambda: slices is not None and slices.live,
         )
         self._spawn("discovery", self.discovery.run())
 
@@ -266,7 +294,12 @@ class Router:
         if found is not None and self.discovery is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FIRST_RESOLUTION_SECONDS):
-                    await self.discovery.resolve_once()
+                    slices = self.slices
+                    if slices is not None:
+                        while not slices.live and slices.problem is None:
+                            await asyncio.sleep(0.02)
+                    if slices is None or not slices.live:
+                        await self.discovery.resolve_once()
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
         self._spawn("idle-connections", self._sweep_idle())
@@ -393,11 +426,14 @@ def create_app(
     resolver: Resolver = resolve,
     wall: Callable[[], float] = time.time,
     tls: ssl.SSLContext | None = None,
+    api: ApiAccess | None = None,
 ) -> web.Application:
     """The router app; with `config_path`, the file is watched and reloaded when its content changes. `wall`
     (Unix seconds) decides the spend cap's periods; `tls`: the context for https upstreams (default: the system's
     CAs)."""
-    router = Router(config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall)
+    router = Router(
+        config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall, api=api
+    )
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
     app = web.Application(client_max_size=2**63)
     app[ROUTER] = router

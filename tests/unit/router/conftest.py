@@ -29,6 +29,7 @@ from yarl import URL
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.discovery import Resolver, resolve
 from localai_operator.router.server import ROUTER, Router, create_app, start
+from localai_operator.router.slices import ApiAccess
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, local_standin
 from localai_operator.wire import RouterConfig
 
@@ -218,6 +219,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
         resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
         tls: ssl.SSLContext | None = None,
+        api: ApiAccess | None = None,
     ) -> RunningRouter:
         path = config_path or tmp_path / f"router-{len(runners)}.yaml"
         if config_path is None:
@@ -232,6 +234,7 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
             resolver=resolver,
             wall=wall,
             tls=tls,
+            api=api,
         )
         runner, port = await start(app)
         runners.append(runner)
