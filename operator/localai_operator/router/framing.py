@@ -27,9 +27,12 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 _FRAMING_FIELDS: Final = frozenset({"content-length", "transfer-encoding"})
 
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
-_FIELD_LINE: Final = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
+_FIELD_LINE: Final = (
+    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+:[ \t]*(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*\r\n"
 )
+# A block of field lines, each ending in CRLF: checked in one pass, then split.
+_FIELD_BLOCK: Final = re.compile(b"(?:" + _FIELD_LINE + b")*")
+_ONE_FIELD: Final = re.compile(_FIELD_LINE)
 _CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _DIGITS: Final = re.compile(f"[0-9]{{1,{_MAX_LENGTH_DIGITS}}}")
 
@@ -51,15 +54,25 @@ class Sink(Protocol):
     def ended(self) -> None: ...
 
 
-def _field_lines(lines: list[bytes], what: str) -> list[tuple[str, str]]:
+def _fields(data: bytes, start: int, end: int, what: str) -> list[tuple[str, str]]:
+    """The field lines in `data[start:end]`, each ending in CRLF, as (name, value) with the value's surrounding
+    whitespace removed."""
+    if _FIELD_BLOCK.fullmatch(data, start, end) is None:
+        at = start
+        while (match := _ONE_FIELD.match(data, at, end)) is not None:
+            at = match.end()
+        line = data[at : data.find(b"\r\n", at, end) if b"\r\n" in data[at:end] else end]
+        raise MalformedResponse(f"malformed {what} field line {line[:60]!r}")
+    if end <= start:
+        return []
+    # Checked above: names are tokens (ASCII), so one latin-1 decode of the block serves names and values.
+    lines = data[start : end - 2].decode("latin-1").split("\r\n")
     if len(lines) > MAX_FIELDS:
         raise MalformedResponse(f"more than {MAX_FIELDS} {what} fields")
     fields = []
     for line in lines:
-        match = _FIELD_LINE.fullmatch(line)
-        if match is None:
-            raise MalformedResponse(f"malformed {what} field line {line[:60]!r}")
-        fields.append((match.group(1).decode("ascii"), match.group(2).decode("latin-1")))
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
     return fields
 
 
@@ -180,7 +193,7 @@ class ResponseParser:
                     return
                 if self._trailer_bytes > MAX_HEAD:
                     raise MalformedResponse(f"trailers larger than {MAX_HEAD} bytes")
-                ((name, _),) = _field_lines([line], "trailer")
+                ((name, _),) = _fields(data, pos - len(line) - 2, pos, "trailer")
                 if name.lower() in _FRAMING_FIELDS:
                     raise MalformedResponse(f"a {name} trailer: framing fields are not allowed in trailers")
             elif state == HEAD:
@@ -193,9 +206,8 @@ class ResponseParser:
                     break
                 if end - pos > MAX_HEAD:
                     raise MalformedResponse(f"a response head larger than {MAX_HEAD} bytes")
-                head = data[pos:end]
+                self._head(data, pos, end)
                 pos = end + 4
-                self._head(head)
                 if self._state == DONE:
                     self._end(pos < size)
                     return
@@ -235,13 +247,16 @@ class ResponseParser:
         self._buffer = bytearray()
         self._sink.ended()
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        status_line = _STATUS_LINE.fullmatch(lines[0])
+    def _head(self, data: bytes, start: int, end: int) -> None:
+        """The head in `data[start:end]` (its blank line follows)."""
+        first = data.find(b"\r\n", start, end)
+        line_end = end if first < 0 else first
+        status_line = _STATUS_LINE.fullmatch(data, start, line_end)
         if status_line is None:
-            raise MalformedResponse(f"malformed status line {lines[0][:60]!r}")
+            raise MalformedResponse(f"malformed status line {data[start:line_end][:60]!r}")
         status = int(status_line.group(2))
-        headers: CIMultiDict[str] = CIMultiDict(_field_lines(lines[1:], "header"))
+        fields = _fields(data, line_end + 2, end + 2, "header") if first >= 0 else []
+        headers: CIMultiDict[str] = CIMultiDict(fields)
         encodings = headers.getall("Transfer-Encoding", [])
         lengths = headers.getall("Content-Length", [])
         if encodings:
