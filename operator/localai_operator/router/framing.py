@@ -61,15 +61,15 @@ def _fields(data: bytes, start: int, end: int, what: str) -> list[tuple[str, str
         at = start
         while (match := _ONE_FIELD.match(data, at, end)) is not None:
             at = match.end()
-        line = data[at : data.find(b"\r\n", at, end) if b"\r\n" in data[at:end] else end]
-        raise MalformedResponse(f"malformed {what} field line {line[:60]!r}")
+        bad = data[at : data.find(b"\r\n", at, end) if b"\r\n" in data[at:end] else end]
+        raise MalformedResponse(f"malformed {what} field line {bad[:60]!r}")
     if end <= start:
         return []
     # Checked above: names are tokens (ASCII), so one latin-1 decode of the block serves names and values.
     lines = data[start : end - 2].decode("latin-1").split("\r\n")
     if len(lines) > MAX_FIELDS:
         raise MalformedResponse(f"more than {MAX_FIELDS} {what} fields")
-    fields = []
+    fields: list[tuple[str, str]] = []
     for line in lines:
         name, _, value = line.partition(":")
         fields.append((name, value.strip(" \t")))

@@ -199,8 +199,8 @@ class Router:
 
     def problems(self) -> list[str]:
         proxy = self.route.cloud.proxy if self.route.cloud is not None else None
-        refused = getattr(self.relay, "client", None)
-        proxy_problem = refused.pool.proxy_problems.get(proxy.url) if proxy is not None and refused else None
+        client: http.Client | None = getattr(self.relay, "client", None)  # set once the app runs
+        proxy_problem = client.pool.proxy_problems.get(proxy.url) if proxy is not None and client else None
         return [
             *self.route.problems,
             *(self.keys.problems if self.keys is not None else ()),
