@@ -368,6 +368,9 @@ def test_the_router_in_the_operator_image_runs_on_uvloop_and_says_so(
     port = _free_port()
     config = tmp_path / "router.yaml"
     config.write_text(f"local: {{endpoints: ['http://127.0.0.1:{_free_port()}/v1']}}\n")
+    # The image runs as uid 65532: the mounted directory and file must be readable to it.
+    tmp_path.chmod(0o755)
+    config.chmod(0o644)
     log = tmp_path / "router.log"
     argv = ["localai-operator", "router", "--config", "/config/router.yaml", "--host", "127.0.0.1"]
     volumes = {tmp_path: "/config"}
