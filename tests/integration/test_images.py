@@ -359,3 +359,30 @@ def test_a_preloaded_model_whose_file_is_missing_makes_the_server_exit_without_e
         running.container.stop()
     assert code != 0
     assert "LocalAI failed to start" in running.log.read_text()
+
+
+def test_the_router_in_the_operator_image_runs_on_uvloop_and_says_so(
+    operator_image: images.Image, tmp_path: Path
+) -> None:
+    # What the image installs is what benchmarks/router.py measures: the router on uvloop.
+    port = _free_port()
+    config = tmp_path / "router.yaml"
+    config.write_text(f"local: {{endpoints: ['http://127.0.0.1:{_free_port()}/v1']}}\n")
+    # The image runs as uid 65532: the mounted directory and file must be readable to it.
+    tmp_path.chmod(0o755)
+    config.chmod(0o644)
+    log = tmp_path / "router.log"
+    argv = ["localai-operator", "router", "--config", "/config/router.yaml", "--host", "127.0.0.1"]
+    volumes = {tmp_path: "/config"}
+    with images.Container(
+        operator_image, [*argv, "--port", str(port)], volumes=volumes, log=log
+    ) as container:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: _answers(f"{base}/healthz") or container.poll() is not None, 60, "the router to listen"
+        )
+        assert container.poll() is None, log.read_text()
+        status, metrics = _get(f"{base}/metrics")
+    assert status == 200
+    assert 'loop="uvloop"' in metrics.decode(), metrics.decode()
+    assert "event loop: uvloop" in log.read_text(), log.read_text()

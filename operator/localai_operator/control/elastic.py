@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
 from localai_operator.api.route import RouteCost
-from localai_operator.constants import ROUTER_PORT
+from localai_operator.constants import ROUTER_METRICS_PORT
 from localai_operator.control.autoscale import (
     DemandMeter,
     GpuMeter,
@@ -188,7 +188,7 @@ class Elastic:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
         host = f"[{ip}]" if ":" in ip else ip
         try:
-            async with self._session.get(f"http://{host}:{ROUTER_PORT}/metrics") as response:
+            async with self._session.get(f"http://{host}:{ROUTER_METRICS_PORT}/metrics") as response:
                 if response.status != 200:
                     return None
                 return parse_metrics(await response.text())
