@@ -46,9 +46,9 @@ class Command:
         return shlex.split(self.text, comments=True)
 
 
-def commands_in(path: Path) -> list[Command]:
-    """Every `kubectl ...` of a file: lines of fenced code blocks (a `$ ` prompt dropped, `\\` continuations
-    joined), inline code spans, and in NOTES.txt the lines with no template action."""
+def commands_in(path: Path, program: str = "kubectl") -> list[Command]:
+    """Every `kubectl ...` (or other `program`) of a file: lines of fenced code blocks (a `$ ` prompt dropped,
+    `\\` continuations joined), inline code spans, and in NOTES.txt the lines with no template action."""
     text = path.read_text()
     where = path.relative_to(ROOT)
     found: list[Command] = []
@@ -61,14 +61,14 @@ def commands_in(path: Path) -> list[Command]:
                 if line.rstrip().endswith("\\"):
                     continue
                 joined = " ".join(" ".join(pending).split()).removeprefix("$ ")
-                if joined.startswith("kubectl "):
+                if joined.startswith(f"{program} "):
                     found.append(Command(f"{where}:{number + offset - len(pending) + 1}", joined))
                 pending = []
-        for span in re.finditer(r"(?<!`)`(kubectl [^`]+)`", text):
+        for span in re.finditer(rf"(?<!`)`({re.escape(program)} [^`]+)`", text):
             found.append(Command(f"{where}:{text.count(chr(10), 0, span.start()) + 1}", span.group(1)))
     else:
         for number, line in enumerate(text.splitlines(), 1):
-            if line.strip().startswith("kubectl ") and "{{" not in line:
+            if line.strip().startswith(f"{program} ") and "{{" not in line:
                 found.append(Command(f"{where}:{number}", line.strip()))
     return found
 

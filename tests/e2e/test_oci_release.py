@@ -22,6 +22,7 @@ import yaml
 
 from localai_operator.devcluster.binaries import find_registry
 from localai_operator.devcluster.registry import Registry
+from tests.documented import commands_in
 from tests.e2e.kube import Kube, fresh_cluster, helm_binary, kubectl_binary
 
 pytestmark = pytest.mark.cluster
@@ -41,6 +42,16 @@ PUBLISHED = "oci://ghcr.io/<owner>/charts"
 FIRST_RELEASABLE_COMMIT = "b3cbb36b6b3d3767a79ceffbeede8c8ea522d718"
 # On kind the registry's image cannot be pulled: the tests then set the image loaded into kind.
 E2E_IMAGE = os.environ.get("LOCALAI_OPERATOR_E2E_IMAGE")
+E2E_IMAGE_VALUES = (
+    [
+        "--set",
+        f"image.repository={E2E_IMAGE.rsplit(':', 1)[0]}",
+        "--set",
+        f"image.tag={E2E_IMAGE.rsplit(':', 1)[1]}",
+    ]
+    if E2E_IMAGE
+    else []
+)
 
 
 def git(*args: str) -> str:
@@ -66,13 +77,8 @@ def previous_release(version: str) -> tuple[str, str]:
 
 
 def documented(start: str) -> list[str]:
-    """The shell lines of docs/install.md (continuations joined) that start with `start`."""
-    lines: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", INSTALL_DOC.read_text(), re.DOTALL):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", " ".join(line.split()))
-            if line.startswith(start):
-                lines.append(line)
+    """The commands of docs/install.md's code blocks (continuations joined) that start with `start`."""
+    lines = [c.text for c in commands_in(INSTALL_DOC, "helm") if c.text.startswith(start)]
     assert lines, f"docs/install.md has no command starting with {start!r}"
     return lines
 
@@ -86,8 +92,6 @@ class Published:
     image: str
     version: str
     previous_version: str
-    previous_chart: Path
-    chart: Path
 
     @property
     def repository(self) -> str:
@@ -98,17 +102,15 @@ class Published:
         line = re.sub(
             r"--version \S+", f"--version {version}", documented_line.replace(PUBLISHED, self.repository)
         )
-        if E2E_IMAGE and re.match(r"helm (install|upgrade) ", line):
-            repository, tag = E2E_IMAGE.rsplit(":", 1)
-            line += f" --set image.repository={shlex.quote(repository)} --set image.tag={shlex.quote(tag)}"
+        if E2E_IMAGE_VALUES and re.match(r"helm (install|upgrade) ", line):
+            line += " " + shlex.join(E2E_IMAGE_VALUES)
         tools = f"{Path(self.kube.helm_path).parent}:{Path(self.kube.kubectl_path).parent}"
         env = {
             **os.environ,
             "PATH": f"{tools}:{os.environ['PATH']}",
             "KUBECONFIG": str(self.kube.kubeconfig),
-            "SSL_CERT_FILE": str(
-                self.registry.ca_cert
-            ),  # helm trusts the registry's CA as users' trust theirs
+            # helm trusts the registry's CA the way users' machines trust their registry's.
+            "SSL_CERT_FILE": str(self.registry.ca_cert),
         }
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", line], env=env, capture_output=True, text=True, timeout=300
@@ -118,11 +120,9 @@ class Published:
 
     def rendered_deployment(self, version: str) -> dict[str, Any]:
         """The operator Deployment `version` of the chart renders with the values the tests install it with."""
-        values = ["--set", f"image.repository={E2E_IMAGE.rsplit(':', 1)[0]}"] if E2E_IMAGE else []
-        values += ["--set", f"image.tag={E2E_IMAGE.rsplit(':', 1)[1]}"] if E2E_IMAGE else []
         rendered = self.kube.helm(
             "template", RELEASE, f"{self.repository}/localai-operator", "--version", version,
-            "--namespace", NAMESPACE, "--ca-file", str(self.registry.ca_cert), *values,
+            "--namespace", NAMESPACE, "--ca-file", str(self.registry.ca_cert), *E2E_IMAGE_VALUES,
         ).stdout  # fmt: skip
         (deployment,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
         return dict(deployment)
@@ -178,7 +178,7 @@ def published(
         image = f"{registry.address}/localai-operator"
         flags = {"HELM_REGISTRY_FLAGS": f"--ca-file {registry.ca_cert}"}
         # This version: the release workflow's step, push and check included.
-        chart = package(ROOT, version, image, work / "dist", f"oci://{registry.address}/charts", flags)
+        package(ROOT, version, image, work / "dist", f"oci://{registry.address}/charts", flags)
         # The previous release, packaged by its own release script from its own tree.
         revision, previous_version = previous_release(version)
         old_tree = work / "previous"
@@ -198,7 +198,7 @@ def published(
             kube = Kube(access.kubeconfig, kubectl_binary(), helm)
             if access.harness is None:
                 remove_unused_crds(kube)
-            yield Published(registry, kube, image, version, previous_version, previous_chart, chart)
+            yield Published(registry, kube, image, version, previous_version)
             if access.harness is None:  # a shared cluster (kind): the CRDs stay, as after any install
                 kube.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--ignore-not-found", "--wait")
 
@@ -235,9 +235,7 @@ def package(
 @pytest.fixture(scope="module")
 def history(published: Published) -> History:
     kube = published.kube
-    present = [crd for crd in CRDS if kube.exists("crd", crd)]
-    assert not present, f"the upgrade starts from a cluster without our CRDs, and {present} exist"
-    [install] = [c for c in documented("helm install localai-operator oci://") if "--wait" in c]
+    [install] = documented("helm install localai-operator oci://")
     # The old operator's pod is not waited for: on kind it would run today's image with the old chart's settings.
     published.run(install.replace(" --wait", ""), published.previous_version)
     installed_previous = snapshot(kube)
@@ -312,7 +310,7 @@ def test_the_release_installs_from_the_registry_as_documented(history: History) 
     published = history.published
     kube = published.kube
     kube.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait")
-    [install] = [c for c in documented("helm install localai-operator oci://") if "--wait" in c]
+    [install] = documented("helm install localai-operator oci://")
     notes = published.run(install, published.version)
     assert f"localai-operator {published.version} is installed" in notes, notes
     kube.kubectl(
