@@ -3,7 +3,7 @@ PYTHON ?= python3
 STAMP := .tools/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install cluster-binaries node-packages node-binaries tools image-tools images actionlint lint typecheck \
+.PHONY: help install cluster-binaries node-packages node-binaries registry tools image-tools images actionlint lint typecheck \
         unit integration e2e test crds docs golden install-manifest dev-up dev-status dev-down bench-router \
         bench-operator bench-model-server bench-real-node clean clean-images
 
@@ -24,6 +24,9 @@ node-packages: ## the real node's Debian packages (runc, iptables, gcc, ...; as 
 
 node-binaries: install node-packages ## build (once) and cache the real node's kubelet, kube-proxy, containerd, CNI plugins, CoreDNS, pause
 	$(PYTHON) -m localai_operator.devcluster --node
+
+registry: install ## build (once) and cache the OCI registry (CNCF distribution) the release e2e test pushes the chart to
+	$(PYTHON) -m localai_operator.devcluster --registry
 
 tools: ## put helm into .tools/bin
 	./hack/tools.sh
@@ -52,10 +55,10 @@ unit: install tools ## fast tests: render golden files, API, router, chart (no c
 integration: install cluster-binaries node-binaries images ## tests on the local control plane with its real node (or --kubeconfig), and the images
 	$(PYTHON) -m pytest tests/integration
 
-e2e: install cluster-binaries node-binaries tools images ## the user's path: helm install (kwok, and on the real node with the built images), kubectl apply, dev up
+e2e: install cluster-binaries node-binaries registry tools images ## the user's path: helm install (kwok, and on the real node with the built images), kubectl apply, dev up
 	$(PYTHON) -m pytest tests/e2e
 
-test: install cluster-binaries node-binaries tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
+test: install cluster-binaries node-binaries registry tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
 	$(PYTHON) -m pytest
 
 crds: install tools ## regenerate crds/, the chart's crds/ and manifests/install.yaml from the API models

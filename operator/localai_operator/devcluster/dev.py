@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.constants import (
     FALLBACK_API_KEY_ENV,
     FALLBACK_REASON_HEADER,
@@ -603,7 +604,15 @@ def _scale_pool(cluster: Cluster, kube: Kube, replicas: int) -> None:
     if pool is not None and pool["spec"].get("replicas") != replicas:
         patch = json.dumps({"spec": {"replicas": replicas}})
         _kubectl(
-            cluster, "patch", "inferencepool", stack.POOL, "-n", stack.NAMESPACE, "--type=merge", "-p", patch
+            cluster,
+            "patch",
+            INFERENCE_POOL.resource,
+            stack.POOL,
+            "-n",
+            stack.NAMESPACE,
+            "--type=merge",
+            "-p",
+            patch,
         )
 
 
