@@ -77,8 +77,8 @@ else:
 
 @dataclass(frozen=True)
 class StartupSample:
-    """One look at the pool while its first pod started: its Ready condition, and whether the model server in
-    the pod answered a completion on its own port at that moment."""
+    """One look at the pool while its first pod started: its Ready condition, and whether LocalAI in the pod
+    answered a completion on its own port at that moment."""
 
     seconds: float
     pool_ready: bool
@@ -298,14 +298,9 @@ class RealStack:
         )
 
     def model_answers_in(self, pod: client.V1Pod) -> bool:
-        """Whether the model server in `pod` answers a one-token completion on its own port (exec in the pod, so
-        the pool's NetworkPolicy, enforced on kind, is not in the way)."""
-        probe = (
-            "import json, urllib.request; r = urllib.request.Request('http://127.0.0.1:8080/v1/completions', "
-            f"json.dumps({{'model': '{stack.MODEL}', 'prompt': 'Hi', 'max_tokens': 1}}).encode(), "
-            "{'Content-Type': 'application/json'}); "
-            "print(json.load(urllib.request.urlopen(r, timeout=20))['choices'][0]['text'] is not None)"
-        )
+        """Whether LocalAI in `pod` answers a one-token completion on its own port: curl in its container (LocalAI's
+        images carry curl), so the pool's NetworkPolicy, enforced on kind, is not in the way."""
+        body = json.dumps({"model": stack.MODEL, "prompt": "Hi", "max_tokens": 1})
         result = kubectl(
             self.access,
             "exec",
@@ -315,11 +310,23 @@ class RealStack:
             "-c",
             "localai",
             "--",
-            "python",
-            "-c",
-            probe,
+            "curl",
+            "-sS",
+            "-m",
+            "20",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            "http://127.0.0.1:8080/v1/completions",
         )
-        return result.returncode == 0 and result.stdout.strip() == "True"
+        if result.returncode != 0:
+            return False
+        try:
+            answer = json.loads(result.stdout)
+        except ValueError:
+            return False
+        return isinstance(answer, dict) and bool(answer.get("choices"))
 
     def router_lists_a_pod(self, route: str) -> bool:
         endpoints = self.readyz(route).get("endpoints") or []

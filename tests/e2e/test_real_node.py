@@ -94,9 +94,10 @@ def test_fetch_models_downloaded_the_model_from_the_mirror_and_verified_it(real:
         "-c",
         "localai",
         "--",
-        "python",
+        "stat",
         "-c",
-        f"import os; print(os.path.getsize('/models/{MODEL_FILE}'))",
+        "%s",
+        f"/models/{MODEL_FILE}",
     )
 
     assert f"model {MODEL}: downloaded {MODEL_FILE}" in log
