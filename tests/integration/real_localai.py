@@ -147,17 +147,23 @@ class LocalAI:
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
 
-    def headers(self, key: str | None = "default", **extra: str) -> dict[str, str]:
+    def headers(self, key: str | None = "default", extra: Mapping[str, str] | None = None) -> dict[str, str]:
         token = self.key if key == "default" else key
         auth = {"Authorization": f"Bearer {token}"} if token else {}
-        return {"Content-Type": "application/json", **auth, **extra}
+        return {"Content-Type": "application/json", **auth, **(extra or {})}
 
     def request(
-        self, method: str, path: str, body: Any = None, *, key: str | None = "default", **headers: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = "default",
+        headers: Mapping[str, str] | None = None,
     ) -> urllib.request.Request:
         data = None if body is None else json.dumps(body).encode()
         return urllib.request.Request(
-            self.url(path), data=data, method=method, headers=self.headers(key, **headers)
+            self.url(path), data=data, method=method, headers=self.headers(key, headers)
         )
 
     def call(
@@ -168,11 +174,11 @@ class LocalAI:
         *,
         key: str | None = "default",
         timeout: float = 120,
-        **headers: str,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         try:
             with urllib.request.urlopen(
-                self.request(method, path, body, key=key, **headers), timeout=timeout
+                self.request(method, path, body, key=key, headers=headers), timeout=timeout
             ) as r:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as err:
@@ -208,7 +214,7 @@ class LocalAI:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(self.url("/readyz"), timeout=5) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except OSError:
             return False
 
