@@ -6,6 +6,7 @@ run on kind (--kubeconfig), where the workflow loads the images and labels a wor
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -133,13 +134,20 @@ def test_the_sensitive_route_answers_from_the_model_too(real: RealStack) -> None
     assert answer["json"]["model"] == MODEL
 
 
-def test_kubectl_logs_shows_the_model_server_that_serves_the_pool(real: RealStack) -> None:
+def test_the_pool_pod_runs_localais_own_process_and_kubectl_logs_shows_it_serving(real: RealStack) -> None:
     pod = real.ready_pool_pod()
 
-    log = real.kubectl("logs", "-n", real.namespace, pod.metadata.name, "-c", "localai")
+    command = real.kubectl(
+        "exec", "-n", real.namespace, pod.metadata.name, "-c", "localai", "--", "cat", "/proc/1/cmdline"
+    )
+    log = re.sub(
+        r"\x1b\[[0-9;]*m", "", real.kubectl("logs", "-n", real.namespace, pod.metadata.name, "-c", "localai")
+    )
 
-    assert f"preloaded {MODEL}" in log
-    assert f"serving {MODEL} on 0.0.0.0:8080" in log
+    assert command.split("\0")[0].endswith("local-ai"), command
+    assert 'LocalAI version version="v4.9.0' in log
+    assert f'BackendLoader starting modelID="{MODEL}"' in log
+    assert 'LocalAI is started and running address=":8080"' in log
 
 
 @pytest.fixture
