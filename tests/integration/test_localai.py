@@ -12,6 +12,7 @@ request: a shape the binary changes fails its test here before it misleads a uni
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -100,22 +101,23 @@ def localai(
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[str]:
-    """The LocalAI stand-in of the unit tests on a loopback port, in a thread of its own; yields its base URL."""
+def standin() -> Iterator[OpenAIStandIn]:
+    """The LocalAI stand-in of the unit tests on a loopback port, in a thread of its own."""
     fake: OpenAIStandIn = local_standin(models=(MODEL,), api_key=API_KEY)
     fake.behaviour = Behaviour(tokens=STANDIN_TOKENS)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    yield fake.url.removesuffix("/v1")
+    yield fake
     asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
 
 
-def like(localai: LocalAI, base: str) -> LocalAI:
-    """A client of another server (the stand-in) with the same helpers and key."""
+def like(localai: LocalAI, other: str | OpenAIStandIn) -> LocalAI:
+    """A client of another server (the stand-in, the router) with the same helpers and key."""
+    base = other if isinstance(other, str) else other.url.removesuffix("/v1")
     return LocalAI(localai.container, base, localai.log, localai.key)
 
 
@@ -180,7 +182,9 @@ def test_readyz_answers_only_once_the_preloaded_model_is_in_memory(
     assert log.index("n_slots = 2") < log.index("LocalAI is started and running")
 
 
-def test_the_probes_are_open_without_the_key_and_answer_an_empty_200(localai: LocalAI, standin: str) -> None:
+def test_the_probes_are_open_without_the_key_and_answer_an_empty_200(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
     for server in (localai, like(localai, standin)):
         for path in ("/readyz", "/healthz"):
             status, headers, body = server.call("GET", path, key=None)
@@ -191,7 +195,7 @@ def test_the_probes_are_open_without_the_key_and_answer_an_empty_200(localai: Lo
             )
 
 
-def test_the_api_needs_the_pool_key_as_bearer_or_x_api_key(localai: LocalAI, standin: str) -> None:
+def test_the_api_needs_the_pool_key_as_bearer_or_x_api_key(localai: LocalAI, standin: OpenAIStandIn) -> None:
     for server in (localai, like(localai, standin)):
         status, _, body = server.call("GET", "/v1/models", key=None)
         assert (status, json.loads(body)) == (
@@ -210,7 +214,7 @@ def test_the_api_needs_the_pool_key_as_bearer_or_x_api_key(localai: LocalAI, sta
 
 
 def test_models_lists_exactly_the_yamls_in_models_without_the_weights_or_the_markers(
-    localai: LocalAI, standin: str, fetched: Path
+    localai: LocalAI, standin: OpenAIStandIn, fetched: Path
 ) -> None:
     assert (fetched / ".localai-operator").is_dir(), "fetch-models keeps its verified markers there"
     for server in (localai, like(localai, standin)):
@@ -221,7 +225,7 @@ def test_models_lists_exactly_the_yamls_in_models_without_the_weights_or_the_mar
         )
 
 
-def test_an_unknown_model_is_a_404_naming_it(localai: LocalAI, standin: str) -> None:
+def test_an_unknown_model_is_a_404_naming_it(localai: LocalAI, standin: OpenAIStandIn) -> None:
     expected = {
         "error": {
             "code": 404,
@@ -250,7 +254,7 @@ def test_the_gallery_ui_and_install_endpoints_are_404_and_inference_is_unaffecte
     assert status == 200 and answer["choices"][0]["message"]["content"]
 
 
-def test_a_chat_stream_has_localais_exact_shape(localai: LocalAI, standin: str) -> None:
+def test_a_chat_stream_has_localais_exact_shape(localai: LocalAI, standin: OpenAIStandIn) -> None:
     body = {**CHAT, "stream": True, "max_tokens": CUT}
     headers, events = localai.events("/v1/chat/completions", body)
     role, null, *rest = events
@@ -273,7 +277,7 @@ def test_a_chat_stream_has_localais_exact_shape(localai: LocalAI, standin: str) 
 
 
 def test_a_chat_stream_reports_usage_only_in_the_trailer_include_usage_asks_for(
-    localai: LocalAI, standin: str
+    localai: LocalAI, standin: OpenAIStandIn
 ) -> None:
     body = {**CHAT, "stream": True, "max_tokens": CUT, "stream_options": {"include_usage": True}}
     _, events = localai.events("/v1/chat/completions", body)
@@ -285,7 +289,7 @@ def test_a_chat_stream_reports_usage_only_in_the_trailer_include_usage_asks_for(
 
 
 def test_a_completion_stream_opens_and_closes_without_text_and_always_says_stop(
-    localai: LocalAI, standin: str
+    localai: LocalAI, standin: OpenAIStandIn
 ) -> None:
     body = {**PROMPT, "stream": True, "max_tokens": CUT}
     _, events = localai.events("/v1/completions", body)
@@ -299,7 +303,7 @@ def test_a_completion_stream_opens_and_closes_without_text_and_always_says_stop(
 
 
 def test_a_completion_reports_zero_usage_and_stop_when_max_tokens_cut_it(
-    localai: LocalAI, standin: str
+    localai: LocalAI, standin: OpenAIStandIn
 ) -> None:
     status, _, answer = localai.post("/v1/completions", {**PROMPT, "max_tokens": CUT})
     assert status == 200 and answer["choices"][0]["text"]
@@ -311,7 +315,7 @@ def test_a_completion_reports_zero_usage_and_stop_when_max_tokens_cut_it(
 
 
 def test_a_chat_answer_reports_usage_and_length_when_max_tokens_cut_it(
-    localai: LocalAI, standin: str
+    localai: LocalAI, standin: OpenAIStandIn
 ) -> None:
     status, headers, answer = localai.post("/v1/chat/completions", {**CHAT, "max_tokens": CUT})
     assert status == 200
@@ -393,47 +397,36 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 # ---------------------------------------------------------------------------------------------- the router
 
 
-@pytest.fixture(scope="module")
-def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The sample route's router, as the operator renders its config, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in; yields (router base URL, the config path to rewrite for other budgets)."""
-    work = tmp_path_factory.mktemp("router")
+@contextlib.contextmanager
+def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[str]:
+    """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
+    key) and a cloud stand-in, with a first-token budget of `budget_ms`; yields its base URL."""
+    work.mkdir(parents=True, exist_ok=True)
     cloud_port, router_port = free_port(), free_port()
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     route = FallbackRoute.parse(
         {**sample_route(), "metadata": {**sample_route()["metadata"], "uid": "r-uid"}}
     )
     objects = route_objects(route, RenderSettings())
     config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["router.yaml"])
-    config["local"].pop("discovery")
+    for key in ("discovery", "pool"):  # one static endpoint instead of the pool's pods found by DNS
+        config["local"].pop(key)
     config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
     config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
-    config["policy"]["firstTokenTimeoutMs"] = 1500
+    config["policy"]["firstTokenTimeoutMs"] = budget_ms
     config["server"]["stateDirectory"] = str(work / "state")
     path = work / "router.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: "unused", "LOCAL_KEY": API_KEY}
-    router = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localai_operator.cli",
-            "router",
-            "--config",
-            str(path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(router_port),
-        ],
-        env=env,
+    cloud = subprocess.Popen(
+        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
         stdout=subprocess.DEVNULL,
-        stderr=(work / "router.log").open("w"),
+        stderr=subprocess.DEVNULL,
     )
+    argv = ["router", "--config", str(path), "--host", "127.0.0.1", "--port", str(router_port)]
+    with (work / "router.log").open("w") as log:
+        router = subprocess.Popen(
+            [sys.executable, "-m", "localai_operator.cli", *argv], env=env, stdout=log, stderr=log
+        )
     base = f"http://127.0.0.1:{router_port}"
     try:
         wait_for(
@@ -442,11 +435,17 @@ def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "the router to list LocalAI",
             describe=lambda: (work / "router.log").read_text(),
         )
-        yield base, str(path)
+        yield base
     finally:
         for process in (router, cloud):
             process.terminate()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with router_in_front(localai, tmp_path_factory.mktemp("router"), 5000) as base:
+        yield base
 
 
 def sample_route() -> dict[str, Any]:
@@ -468,9 +467,9 @@ def _endpoint_ready(base: str) -> bool:
 
 
 def test_the_router_relays_localais_content_less_events_and_answers_locally(
-    localai: LocalAI, routed: tuple[str, str]
+    localai: LocalAI, routed: str
 ) -> None:
-    base, _ = routed
+    base = routed
     body = {**CHAT, "stream": True, "max_tokens": CUT}
     _, direct = localai.events("/v1/chat/completions", body)
     headers, relayed = like(localai, base).events("/v1/chat/completions", body)
@@ -478,19 +477,63 @@ def test_the_router_relays_localais_content_less_events_and_answers_locally(
     assert stream_shape(relayed) == stream_shape(direct)
 
 
-def test_the_first_token_budget_fires_on_localais_slow_first_token(
-    localai: LocalAI, routed: tuple[str, str]
-) -> None:
-    base, _ = routed
-    # A long prompt never seen before (no cached prefix): its evaluation takes LocalAI seconds on 2 cores, and it
-    # sends nothing, not even headers, before the first token; the route's budget is 1.5 s.
-    words = " ".join(f"w{n}{time.monotonic_ns()}" for n in range(1200))
-    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": words}]}
-    started = time.monotonic()
-    with urllib.request.urlopen(
-        like(localai, base).request("POST", "/v1/chat/completions", body), timeout=120
-    ) as r:
-        r.read()
-        served, reason = r.headers[SERVED_BY_HEADER], r.headers.get(FALLBACK_REASON_HEADER)
+def test_the_first_token_budget_fires_on_localais_slow_first_token(localai: LocalAI, tmp_path: Path) -> None:
+    # A long prompt never seen before (a new prefix: nothing cached) takes LocalAI a while to evaluate, and it sends
+    # nothing, not even headers, before the first token: a route with a 250 ms budget answers from the cloud.
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+    ]
+    text = f"{time.monotonic_ns()} " + " ".join(words[n % len(words)] for n in range(1200))
+    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    with router_in_front(localai, tmp_path, 250) as base:
+        request = like(localai, base).request("POST", "/v1/chat/completions", body)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+            served, reason = response.headers[SERVED_BY_HEADER], response.headers.get(FALLBACK_REASON_HEADER)
     assert (served, reason) == ("fallback", "first_token_timeout")
-    assert time.monotonic() - started < 10
+
+
+def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_answers_with(
+    localai: LocalAI, standin: OpenAIStandIn, routed: str
+) -> None:
+    # LocalAI streams the backend's error as a content delta holding its text, then the error event (two writes,
+    # about a millisecond apart on loopback).
+    text = " ".join(f"w{n}" for n in range(3000))
+    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    _, events = localai.events("/v1/chat/completions", body)
+    role, echo, error, done = events
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert "exceeds the available context size" in echo["choices"][0]["delta"]["content"]
+    assert error["error"]["type"] == "server_error"
+    assert "exceeds the available context size" in error["error"]["message"]
+    assert done == "[DONE]"
+    standin.behaviour = Behaviour(tokens=STANDIN_TOKENS, fail_after_tokens=0, error_shape="echoed")
+    try:
+        _, mimic = like(localai, standin).events("/v1/chat/completions", body)
+    finally:
+        standin.behaviour = Behaviour(tokens=STANDIN_TOKENS)
+    assert stream_shape(mimic) == stream_shape(events)
+    # The router falls back from it when the echo arrives in one read with the error event (the unit test of error
+    # shape "echoed"); when the two writes reach it in two reads it has already taken the echo for the first token
+    # and passes the failure on as an error event at the end of a local answer. Either way the client never gets
+    # the error as an answer. (Falling back in the second case too needs the relay to look past the first content
+    # event: not done here.)
+    headers, relayed = like(localai, routed).events("/v1/chat/completions", body)
+    if headers[SERVED_BY_HEADER] == "fallback":
+        assert headers.get(FALLBACK_REASON_HEADER) == "stream_error"
+        assert not any("exceeds" in json.dumps(e) for e in relayed)
+    else:
+        assert any(isinstance(e, dict) and "error" in e for e in relayed), relayed

@@ -18,7 +18,9 @@ Behaviours reproduce older or rarer shapes on demand: `role_chunk="at_once"` (v3
 before any token: `core/http/endpoints/openai/chat.go` at v3.12.0, line 41), an inference error after the stream
 started as `data: {"error":{"message":…,"type":"server_error"}}` then `data: [DONE]` (v4.9.0, `chat.go` lines
 505-521, `error_shape="event"`) or as a chunk whose content is `"Internal error: <err>"` with `finish_reason:
-"stop"` (v3.12.0, `error_shape="content"`). The cloud stand-in (dialect "openai") keeps the shapes of OpenAI's API.
+"stop"` (v3.12.0, `error_shape="content"`), or, as v4.9.0 reports a backend error (a prompt longer than the context,
+seen on the binary), as the error's text in a content delta followed by the error event (`error_shape="echoed"`).
+The cloud stand-in (dialect "openai") keeps the shapes of OpenAI's API.
 
 Tests, the benchmark and `dev up` start them; `python -m localai_operator.testing.standins` serves one.
 The router never imports this package (an import-linter contract).
@@ -81,7 +83,9 @@ class Behaviour:
     abort_after_tokens: int | None = None
     # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
     fail_after_tokens: int | None = None
-    error_shape: Literal["content", "event"] = "content"
+    # "echoed": LocalAI v4.9.0 on a backend error (a prompt longer than the context, seen on the binary): the error's
+    # text as a content delta, then the error event and [DONE], all at once.
+    error_shape: Literal["content", "event", "echoed"] = "content"
     role_chunk: Literal["at_once", "with_first_token"] = "at_once"
     # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
     keepalive_interval: float = 0.0
@@ -257,9 +261,7 @@ class OpenAIStandIn:
 
     async def _ok(self, request: web.Request) -> web.Response:
         if self.dialect == "localai":
-            response = web.Response(status=200)
-            response.content_type = ""  # LocalAI's probes answer with no body and no Content-Type
-            return response
+            return web.Response(status=200)  # LocalAI's probes: no body, no Content-Type
         return web.Response(text="ok")
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -591,6 +593,8 @@ class OpenAIStandIn:
                 event({"delta": {"role": "assistant", "content": None}}),
                 event({"delta": {"content": None}}),
             ]
+            if b.fail_after_tokens == 0 and b.error_shape == "echoed":
+                opening = opening[:1]  # the backend's error text is the first "token" LocalAI gets
             closing = [event({"delta": {"content": None}})] * LOCALAI_TRAILING_NULL_EVENTS
             finish = "tool_calls" if b.tool_call else ("length" if cut else "stop")
             closing.append(event({"finish_reason": finish, "delta": {"content": None}}))
@@ -677,11 +681,13 @@ class OpenAIStandIn:
 
     def _error_event(self, model: str, chat: bool, b: Behaviour, index: int) -> bytes:
         message = f"{self.name} stand-in: inference failed"
+        error = {"error": {"code": "server_error", "message": message, "type": "server_error"}}
         if b.error_shape == "event":
-            return (
-                _sse({"error": {"message": message, "type": "server_error", "code": "server_error"}})
-                + b"data: [DONE]\n\n"
-            )
+            return _sse(error) + b"data: [DONE]\n\n"
+        if b.error_shape == "echoed":
+            echo = self._chunk(model, chat, {"content": message}, message, None, index)
+            echo.pop("usage")
+            return _sse(echo) + _sse(error) + b"data: [DONE]\n\n"
         text = LOCALAI_ERROR_PREFIX + message
         event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
         return event + (b"data: [DONE]\n\n" if chat else b"")
@@ -826,7 +832,8 @@ def _reset(request: web.Request) -> None:
 
 def local_standin(**kwargs: Any) -> OpenAIStandIn:
     """A LocalAI v4.9.0 (its shapes: the module docstring)."""
-    return OpenAIStandIn(name="local", models=DEFAULT_LOCAL_MODELS, dialect="localai", **kwargs)
+    kwargs.setdefault("models", DEFAULT_LOCAL_MODELS)
+    return OpenAIStandIn(name="local", dialect="localai", **kwargs)
 
 
 def cloud_standin(api_key: str | None = None, **kwargs: Any) -> OpenAIStandIn:

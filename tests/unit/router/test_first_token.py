@@ -81,17 +81,19 @@ async def test_localai_v4_shape_role_chunk_with_the_first_token_is_timed_the_sam
     assert (reply.served_by, reply.fallback_reason) == ("fallback", "first_token_timeout")
 
 
-@pytest.mark.parametrize("shape", ["content", "event"])
+@pytest.mark.parametrize("shape", ["content", "event", "echoed"])
 @pytest.mark.parametrize(("kind", "stream"), SDK_MODES, ids=SDK_IDS)
 async def test_localai_in_stream_error_before_any_content_falls_back(
     shape: str, kind: str, stream: bool, local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter
 ) -> None:
-    # v3.12.0: "Internal error: ..." as the content with finish_reason; v4.9.0: a data: {"error": ...} event.
+    # v3.12.0: "Internal error: ..." as the content with finish_reason; v4.9.0: a data: {"error": ...} event, and on a
+    # backend error (a prompt longer than the context) the error's text as a content delta just before that event.
     local.set(fail_after_tokens=0, error_shape=shape)
     router = await start_router(route_config(local.url, cloud.url))
     reply = await sdk_chat(router, sync=kind == "sync", stream=stream)
     assert (reply.served_by, reply.fallback_reason) == ("fallback", "stream_error")
-    assert "Internal error" not in reply.text and "cloud-token-0" in reply.text
+    assert "Internal error" not in reply.text and "inference failed" not in reply.text
+    assert "cloud-token-0" in reply.text
 
 
 @pytest.mark.parametrize("shape", ["content", "event"])
