@@ -214,7 +214,21 @@ def wait_for_a_new_ready_pod(real: RealStack, old: client.V1Pod, seen: list[int]
     return found
 
 
-def settled(traffic: Traffic, kinds: tuple[str, ...], since: float) -> bool:
+class Both:
+    """Two client loops read as one (their lines by time)."""
+
+    def __init__(self, *loops: Traffic) -> None:
+        self.loops = loops
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return sorted((line for loop in self.loops for line in list(loop.lines)), key=lambda line: line["t"])
+
+    def of(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return [line for loop in self.loops for line in loop.of(kind, since)]
+
+
+def settled(traffic: Traffic | Both, kinds: tuple[str, ...], since: float) -> bool:
     """Whether each route has answered from the model since `since`."""
     return all(any(line.get("served_by") == "local" for line in traffic.of(kind, since)) for kind in kinds)
 
@@ -226,11 +240,13 @@ def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_ba
     deployment = real.access.apps.read_namespaced_deployment(POOL, real.namespace)
     assert deployment.spec.strategy.rolling_update.max_surge == 0
     seen: list[int] = []
-    targets = [
-        f"chat={real.url(ROUTE, '/v1/chat/completions')}",
-        f"private={real.url(SENSITIVE_ROUTE, '/v1/chat/completions')}",
-    ]
-    with real.traffic(targets) as traffic:
+    # One client loop per route: a request one route holds (or that waits on the stopping pod) never delays the
+    # other route's requests through the gap.
+    with (
+        real.traffic([f"chat={real.url(ROUTE, '/v1/chat/completions')}"]) as chat_loop,
+        real.traffic([f"private={real.url(SENSITIVE_ROUTE, '/v1/chat/completions')}"]) as private_loop,
+    ):
+        traffic = Both(chat_loop, private_loop)
         wait_for(
             lambda: settled(traffic, ("chat", "private"), 0),
             120,
@@ -268,7 +284,10 @@ def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_ba
     assert {by for status, by in answers(private) if status == 200} == {"local"}, answers(private)
     # With no ready pod the sensitive route holds a request until the new one is Ready (pool_cold), not 503.
     held = [line for line in private if line.get("status") == 200 and line["seconds"] > HELD_SECONDS]
-    assert held, [(line.get("status"), round(line["seconds"], 1)) for line in private]
+    assert held, [
+        (line["kind"], line.get("status", line.get("error")), line.get("reason"), round(line["seconds"], 1))
+        for line in sorted(chat + private, key=lambda line: line["t"])
+    ]
 
 
 @pytest.fixture
