@@ -11,7 +11,7 @@ help: ## list every developer command
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m pip install --quiet -e '.[test,fast]'
+	$(PYTHON) -m pip install --quiet -e '.[test]'
 	@mkdir -p .tools && touch $(STAMP)
 
 install: $(STAMP) ## install the package and the test tools (editable)

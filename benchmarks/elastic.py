@@ -4,7 +4,7 @@ Both runs use the real router (in-process, its real slots, spillover, cold-start
 front of LocalAI stand-ins, and a cloud stand-in. The pool itself is simulated on loopback: a replica is a
 stand-in on its own 127.0.0.x address that the router finds through its pod-discovery seam (as it would the
 pool's headless Service), and a new replica becomes ready only after --cold-start seconds (a compressed model
-download and load). The elastic run is sized by the operator's own arithmetic (autoscale.py: DemandMeter and
+download and load). The elastic run is sized by the operator's own arithmetic (control/autoscale.py: DemandMeter and
 Scaler on the router's /metrics, read over HTTP every --look seconds); the fixed run keeps --max-replicas
 replicas all day, sized for the peak.
 
@@ -29,11 +29,11 @@ import aiohttp
 from aiohttp import web
 
 from localai_operator.api.pool import Autoscaling
-from localai_operator.autoscale import DemandMeter, Scaler, parse_metrics
 from localai_operator.constants import FALLBACK_API_KEY_ENV
-from localai_operator.router.config import RouterConfig
+from localai_operator.control.autoscale import DemandMeter, Scaler, parse_metrics
 from localai_operator.router.server import create_app
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, local_standin
+from localai_operator.wire import RouterConfig
 
 MODEL = "mistral-7b-instruct"
 SLOTS = 2

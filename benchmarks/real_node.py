@@ -35,9 +35,9 @@ sys.path.insert(
 from harness import cluster_pids, memory_mib  # noqa: E402
 from kubernetes import config  # noqa: E402
 
+from localai_operator.control.kube import Kube  # noqa: E402
 from localai_operator.devcluster import Cluster, stack  # noqa: E402
 from localai_operator.devcluster.dev import POOL_POD_SELECTOR, DevState, complete, state_root  # noqa: E402
-from localai_operator.kube import Kube  # noqa: E402
 
 PROMPT = "Kubernetes is"
 

@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 
 from localai_operator.constants import GROUP, VERSION
-from localai_operator.kube import Kube
+from localai_operator.control.kube import Kube
 from tests.helpers import wait_for
 
 READ_VERBS = frozenset({"get", "list"})

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from localai_operator.main import RunOptions
+    from localai_operator.control.main import RunOptions
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -41,12 +41,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_router(args: argparse.Namespace) -> int:
     from localai_operator.router.server import main as router_main
 
-    return router_main(config_path=args.config, host=args.host, port=args.port, log_level=args.log_level)
+    return router_main(
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        metrics_port=args.metrics_port,
+    )
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """`run`'s flags, every one of them, as the options the operator starts with."""
-    from localai_operator.main import RunOptions
+    from localai_operator.control.main import RunOptions
 
     return RunOptions(
         namespaces=tuple(args.namespace),
@@ -62,7 +68,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from localai_operator.main import run
+    from localai_operator.control.main import run
 
     return run(run_options(args))
 
@@ -131,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.add_argument("--host", default="0.0.0.0")
     router.add_argument("--port", type=int, default=8080)
+    router.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /metrics, /readyz and /healthz on this port, without client keys (for scrapers)",
+    )
     router.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

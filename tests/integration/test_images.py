@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from localai_operator.devcluster import images
-from tests.integration.real_localai import fetch_models, render
+from tests.helpers import wait_for
+from tests.integration.real_localai import fetch_models, free_port, render
 
 # These build and run images on this machine (root, buildah), like the harness: with --kubeconfig (kind in
 # GitHub Actions, where Docker builds the images) they have nothing to test.
@@ -56,3 +57,39 @@ def test_the_mirror_serves_a_byte_range_for_a_resumed_download(mirror: str) -> N
             == f"bytes 253113000-{images.MODEL_SIZE - 1}/{images.MODEL_SIZE}"
         )
         assert len(response.read()) == images.MODEL_SIZE - 253113000
+
+
+def test_the_router_in_the_operator_image_runs_on_uvloop_and_says_so(
+    operator_image: images.Image, tmp_path: Path
+) -> None:
+    # What the image installs is what benchmarks/router.py measures: the router on uvloop.
+    port = free_port()
+    config = tmp_path / "router.yaml"
+    config.write_text(f"local: {{endpoints: ['http://127.0.0.1:{free_port()}/v1']}}\n")
+    # The image runs as uid 65532: the mounted directory and file must be readable to it.
+    tmp_path.chmod(0o755)
+    config.chmod(0o644)
+    log = tmp_path / "router.log"
+    argv = ["localai-operator", "router", "--config", "/config/router.yaml", "--host", "127.0.0.1"]
+    volumes = {tmp_path: "/config"}
+    with images.Container(
+        operator_image, [*argv, "--port", str(port)], volumes=volumes, log=log
+    ) as container:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: _answers(f"{base}/healthz") or container.poll() is not None, 60, "the router to listen"
+        )
+        assert container.poll() is None, log.read_text()
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            status, metrics = response.status, response.read()
+    assert status == 200
+    assert 'loop="uvloop"' in metrics.decode(), metrics.decode()
+    assert "event loop: uvloop" in log.read_text(), log.read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

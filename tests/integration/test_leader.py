@@ -14,8 +14,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from localai_operator.kube import Api
-from localai_operator.leader import LeaderElector
+from localai_operator.control.kube import Api
+from localai_operator.control.leader import LeaderElector
 from tests.helpers import ClusterAccess, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -84,14 +84,14 @@ async def leader(cluster: ClusterAccess, namespace: str) -> AsyncIterator[Candid
 
 
 def _release_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "localai_operator.leader"]
+    return [r for r in caplog.records if r.name == "localai_operator.control.leader"]
 
 
 async def test_on_shutdown_the_lease_is_handed_back(
     cluster: ClusterAccess, namespace: str, leader: Candidate, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert _lease_holder(cluster, namespace) == "operator-0"
-    with caplog.at_level(logging.INFO, logger="localai_operator.leader"):
+    with caplog.at_level(logging.INFO, logger="localai_operator.control.leader"):
         await leader.elector.release()
     assert _lease_holder(cluster, namespace) == ""
     assert [r.getMessage() for r in _release_lines(caplog)] == [f"handed back the Lease {namespace}/{LEASE}"]
@@ -104,7 +104,7 @@ async def test_a_lease_whose_role_binding_is_gone_is_nothing_to_release_in_one_l
     wait_for(
         lambda: _forbidden(cluster, leader.token, namespace), 30, "the ServiceAccount refused the Lease (403)"
     )
-    with caplog.at_level(logging.DEBUG, logger="localai_operator.leader"):
+    with caplog.at_level(logging.DEBUG, logger="localai_operator.control.leader"):
         await leader.elector.release()
     [line] = _release_lines(caplog)
     assert (line.levelno, line.exc_info) == (logging.INFO, None)
@@ -115,7 +115,7 @@ async def test_a_lease_deleted_before_shutdown_is_nothing_to_release_in_one_line
     cluster: ClusterAccess, namespace: str, leader: Candidate, caplog: pytest.LogCaptureFixture
 ) -> None:
     client.CoordinationV1Api(cluster.api).delete_namespaced_lease(LEASE, namespace)
-    with caplog.at_level(logging.DEBUG, logger="localai_operator.leader"):
+    with caplog.at_level(logging.DEBUG, logger="localai_operator.control.leader"):
         await leader.elector.release()
     [line] = _release_lines(caplog)
     assert (line.levelno, line.exc_info) == (logging.INFO, None)

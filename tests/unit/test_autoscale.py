@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localai_operator.api.pool import Autoscaling
-from localai_operator.autoscale import (
+from localai_operator.control.autoscale import (
     DemandMeter,
     GpuMeter,
     RouterSample,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from localai_operator import cache as c
 from localai_operator.api.kinds import INFERENCE_POOL
-from localai_operator.cache import Cache
+from localai_operator.control import cache as c
+from localai_operator.control.cache import Cache
 
 OWNER = {
     "apiVersion": "llm.localai-operator.io/v1alpha1",

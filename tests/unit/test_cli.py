@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from localai_operator.cli import build_parser, run_options
-from localai_operator.main import RunOptions
+from localai_operator.control.main import RunOptions
 
 
 def options(*argv: str) -> RunOptions:

@@ -12,14 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from localai_operator import cache as c
-from localai_operator.cache import Cache
-from localai_operator.constants import FALLBACK_API_KEY_ENV, ROUTER_PORT
-from localai_operator.elastic import Elastic
-from localai_operator.router.config import RouterConfig
-from localai_operator.router.ledger import period_of
-from localai_operator.router.server import create_app
+from localai_operator.constants import FALLBACK_API_KEY_ENV, ROUTER_METRICS_PORT, ROUTER_PORT
+from localai_operator.control import cache as c
+from localai_operator.control.cache import Cache
+from localai_operator.control.elastic import Elastic
+from localai_operator.router.server import ROUTER, create_app, create_metrics_app
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, refused_url
+from localai_operator.wire import RouterConfig, period_of
 from tests.unit.router.conftest import API_KEY, chat_body, route_config
 
 ROUTE = {
@@ -48,15 +47,21 @@ async def cloud() -> AsyncIterator[OpenAIStandIn]:
 
 @pytest.fixture
 async def router_pod(cloud: OpenAIStandIn) -> AsyncIterator[StartRouter]:
-    """Starts a router "pod" on `address`:8080 whose local upstream refuses, so every answer is the cloud's."""
+    """Starts a router "pod" on `address`:8080 (metrics on 9090) whose local upstream refuses, so every answer is the cloud's."""
     runners: list[web.AppRunner] = []
 
     async def start(address: str) -> str:
         config = RouterConfig.model_validate(route_config(refused_url(), cloud.url))
-        runner = web.AppRunner(create_app(config, env={FALLBACK_API_KEY_ENV: API_KEY}))
+        app = create_app(config, env={FALLBACK_API_KEY_ENV: API_KEY})
+        runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, address, ROUTER_PORT).start()
         runners.append(runner)
+        # As the rendered pod does: the operator scrapes the metrics port.
+        metrics = web.AppRunner(create_metrics_app(app[ROUTER]))
+        await metrics.setup()
+        await web.TCPSite(metrics, address, ROUTER_METRICS_PORT).start()
+        runners.append(metrics)
         return f"http://{address}:{ROUTER_PORT}/v1/chat/completions"
 
     yield start

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from localai_operator import plan as pl
-from localai_operator import status as st
-from localai_operator.autoscale import ScaleState
 from localai_operator.constants import ANNOTATION_APPLIED, LOCAL_API_KEY_ENV
+from localai_operator.control import plan as pl
+from localai_operator.control import status as st
+from localai_operator.control.autoscale import ScaleState
 from localai_operator.render import RenderSettings
 
 SETTINGS = RenderSettings()

@@ -270,7 +270,7 @@ def test_a_sensitive_route_renders_no_fallback_and_no_key() -> None:
 
 
 def test_the_rendered_route_config_is_what_the_router_loads(tmp_path: Path) -> None:
-    from localai_operator.router.config import RouterConfig
+    from localai_operator.wire import RouterConfig
 
     objects = route_objects(
         route(fallback={"apiKeySecretRef": {"name": "k", "key": "k"}, "modelMap": {"a": "b"}})

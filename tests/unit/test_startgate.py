@@ -6,7 +6,7 @@ import asyncio
 
 from kopf._cogs.aiokits.aiotoggles import Toggle, ToggleSet
 
-from localai_operator import startgate
+from localai_operator.control import startgate
 
 
 async def gate_with_waiters(n: int) -> tuple[int, bool]:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from localai_operator.workqueue import Backoff, Key, ShutDown, WorkQueue
+from localai_operator.control.queue import Backoff, Key, ShutDown, WorkQueue
 
 A, B, C = Key("InferencePool", "ns", "a"), Key("InferencePool", "ns", "b"), Key("LLMModel", "ns", "c")
 

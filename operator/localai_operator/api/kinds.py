@@ -47,6 +47,10 @@ PERSISTENT_VOLUME_CLAIM = Kind("PersistentVolumeClaim", "v1", "persistentvolumec
 DEPLOYMENT = Kind("Deployment", "apps/v1", "deployments")
 POD_DISRUPTION_BUDGET = Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets")
 NETWORK_POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies")
+# A pool route's router reads its pool's EndpointSlices with its own ServiceAccount and a namespaced Role.
+SERVICE_ACCOUNT = Kind("ServiceAccount", "v1", "serviceaccounts")
+ROLE = Kind("Role", "rbac.authorization.k8s.io/v1", "roles")
+ROLE_BINDING = Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings")
 
 POD = Kind("Pod", "v1", "pods")
 NODE = Kind("Node", "v1", "nodes", namespaced=False)
@@ -73,6 +77,9 @@ OWNED: tuple[Kind, ...] = (
     DEPLOYMENT,
     POD_DISRUPTION_BUDGET,
     NETWORK_POLICY,
+    SERVICE_ACCOUNT,
+    ROLE,
+    ROLE_BINDING,
 )
 KINDS: dict[str, Kind] = {
     k.kind: k

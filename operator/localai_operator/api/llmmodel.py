@@ -21,6 +21,8 @@ NO_PARALLEL_MESSAGE = "set the number of slots with spec.parallel, not a paralle
 # A file name inside the models directory: no path separators, no leading dot.
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+
 GpuLayers = Annotated[
     int | Literal["all"],
     Field(
@@ -180,7 +182,7 @@ class LLMModelSpec(Spec):
         le=65536,
         description="Prompt-processing batch size (llama.cpp n_batch and n_ubatch).",
     )
-    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+    kv_cache_type: KVCacheType = Field(
         default="f16",
         description="KV cache type (LocalAI cache_type_k and cache_type_v). Quantized types save 15-20% memory.",
     )
@@ -244,11 +246,85 @@ class LLMModelSpec(Spec):
         return self
 
 
+# The most layers status.gguf describes one by one (Llama 3.1 405B has 126).
+MAX_LAYERS = 1024
+
+
+class KVCacheBytes(Spec):
+    """Bytes of one KV cache entry per kvCacheType (llama.cpp stores K and V of this type)."""
+
+    f16: int = Field(ge=0)
+    q8_0: int = Field(ge=0, alias="q8_0")
+    q4_0: int = Field(ge=0, alias="q4_0")
+
+
+class GGUFStatus(Spec):
+    """What the GGUF header says: the model's shape, and the sizes the GPU-memory fit is computed from."""
+
+    architecture: str = Field(max_length=64, description="general.architecture, e.g. llama, qwen2, gemma3.")
+    name: str | None = Field(default=None, max_length=256, description="general.name.")
+    parameter_count: int = Field(ge=0, description="Parameters: the elements of every tensor.")
+    layers: int = Field(ge=0, le=MAX_LAYERS, description="Repeating layers (block_count).")
+    trained_context: int = Field(
+        ge=0, description="Context the model was trained for (context_length), tokens."
+    )
+    quantization: str = Field(max_length=32, description="File type (general.file_type), e.g. Q4_K_M, F16.")
+    file_size: int = Field(ge=0, description="Bytes of the file: header and tensor data.")
+    kv_bytes_per_token_per_layer: KVCacheBytes = Field(
+        description="KV cache bytes one token takes in one full-attention layer, per kvCacheType: 2 (K and V) x "
+        "key/value length x KV heads (fewer than attention heads with grouped-query attention)."
+    )
+    embedding_length: int = Field(ge=0, description="Hidden size (embedding_length).")
+    head_count: int = Field(ge=0, description="Attention heads (the largest over layers).")
+    head_count_kv: int = Field(ge=0, alias="headCountKV", description="KV heads (the largest over layers).")
+    key_length: int = Field(ge=0, description="Width of one attention head's key.")
+    value_length: int = Field(ge=0, description="Width of one attention head's value.")
+    feed_forward_length: int = Field(ge=0, description="Feed-forward width (the largest over layers).")
+    expert_count: int = Field(
+        default=0, ge=0, description="Experts of a mixture-of-experts model; 0 if dense."
+    )
+    expert_used_count: int = Field(default=0, ge=0, description="Experts each token goes through.")
+    expert_feed_forward_length: int = Field(default=0, ge=0, description="Feed-forward width of one expert.")
+    vocabulary_size: int = Field(ge=0, description="Tokens in the vocabulary.")
+    sliding_window: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokens a sliding-window attention layer sees; absent without such layers.",
+    )
+    sliding_window_layers: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_LAYERS,
+        description="Layers with sliding-window attention: their KV cache holds about slidingWindow x parallel + "
+        "batch tokens, not contextSize.",
+    )
+    layer_bytes: list[int] = Field(
+        default_factory=list, max_length=MAX_LAYERS, description="Weight bytes of each repeating layer."
+    )
+    layer_kv_elements: list[int] = Field(
+        default_factory=list,
+        alias="layerKVElements",
+        max_length=MAX_LAYERS,
+        description="KV cache elements (K plus V) one token takes in each layer; 0 for a layer without a KV cache.",
+    )
+    input_bytes: int = Field(
+        ge=0,
+        description="Weight bytes of the input layer (token embeddings), which llama.cpp keeps on the CPU.",
+    )
+    output_bytes: int = Field(
+        ge=0,
+        description="Weight bytes of the output layer, offloaded with the last layer; with tied embeddings llama.cpp "
+        "copies the token embeddings there.",
+    )
+
+
 class LLMModelStatus(Spec):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     served_by: list[str] = Field(default_factory=list, description="InferencePools that serve this model.")
     file: str | None = Field(default=None, description="File name inside the models directory.")
+    gguf: GGUFStatus | None = Field(
+        default=None, description="The model file's GGUF header, read before the model runs."
+    )
 
 
 class LLMModel(CustomResource):

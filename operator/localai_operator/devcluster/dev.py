@@ -28,6 +28,7 @@ from localai_operator.constants import (
     LABEL_INSTANCE,
     SERVED_BY_HEADER,
 )
+from localai_operator.control.kube import Kube
 from localai_operator.devcluster import binaries as binaries_module
 from localai_operator.devcluster import images as images_module
 from localai_operator.devcluster import stack
@@ -35,7 +36,6 @@ from localai_operator.devcluster.cluster import Cluster, ClusterError
 from localai_operator.devcluster.errors import RealNodeError
 from localai_operator.devcluster.process import ProcessRecord, free_ports, record, spawn, stop_groups
 from localai_operator.devcluster.realnode import unavailable_reason as real_node_unavailable_reason
-from localai_operator.kube import Kube
 
 STATE_FILE = "dev.json"
 KINDS = ("LLMModel", "InferencePool", "FallbackRoute")

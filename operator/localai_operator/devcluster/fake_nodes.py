@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from kubernetes import config
 
-    from localai_operator.kube import Kube
+    from localai_operator.control.kube import Kube
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
     (args.state_dir / "kwok.yaml").write_text(_KWOK_CONFIG)

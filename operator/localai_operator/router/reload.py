@@ -15,7 +15,7 @@ from typing import Final
 
 import yaml
 
-from localai_operator.router.config import RouterConfig
+from localai_operator.wire import RouterConfig
 
 log = logging.getLogger(__name__)
 

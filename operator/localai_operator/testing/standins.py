@@ -36,6 +36,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -105,11 +106,22 @@ class Behaviour:
     reset: bool = False
     # Read the request and never answer.
     hang: bool = False
+    # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
+    # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
+    usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
+    # Added to every response (e.g. what a provider sends that must not reach clients: Set-Cookie).
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _raw_query(request: web.Request) -> str:
+    """The query string exactly as it came on the request line, percent-escapes and all."""
+    return request.raw_path.partition("?")[2]
 
 
 @dataclass(frozen=True)
 class Recorded:
     path: str
+    # As sent on the request line, not decoded.
     query: str
     headers: dict[str, str]
     body: bytes
@@ -191,6 +203,7 @@ class OpenAIStandIn:
     # "localai": the shapes of the LocalAI v4.9.0 binary (the module docstring); "openai": OpenAI's.
     dialect: Dialect = "openai"
     port: int = field(default=0, init=False)
+    scheme: str = field(default="http", init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _plain: dict[tuple[int, str], Behaviour] = field(default_factory=dict, init=False, repr=False)
     _instant_streams: dict[tuple[str, int, bool, int], tuple[bytes, bytes]] = field(
@@ -199,7 +212,9 @@ class OpenAIStandIn:
 
     @property
     def url(self) -> str:
-        """The base URL, ending in /v1, as the router config expects."""
+        """The base URL, ending in /v1, as the router config expects (https on localhost when served with TLS)."""
+        if self.scheme == "https":
+            return f"https://localhost:{self.port}/v1"
         return f"http://127.0.0.1:{self.port}/v1"
 
     def app(self) -> web.Application:
@@ -223,7 +238,12 @@ class OpenAIStandIn:
         # Lets another process (the `dev up` demo) make this stand-in slow or failing, e.g.
         # {"delay_before_first_chunk": 5, "delay_before_headers": 5}; {} restores the defaults.
         app.router.add_post("/standin/behaviour", self._set_behaviour)
+        app.on_response_prepare.append(self._extra_headers)
         return app
+
+    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in self.behaviour.headers:
+            response.headers.add(name, value)
 
     async def _set_behaviour(self, request: web.Request) -> web.Response:
         changes = await request.json()
@@ -234,7 +254,13 @@ class OpenAIStandIn:
             return web.json_response({"error": str(err)}, status=400)
         return web.json_response({"behaviour": self.behaviour.__dict__})
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> str:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> str:
         self._runner = web.AppRunner(
             self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1
         )
@@ -242,12 +268,15 @@ class OpenAIStandIn:
         site: web.BaseSite = (
             web.SockSite(self._runner, sock)
             if sock is not None
-            else web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+            else web.TCPSite(
+                self._runner, host, port, backlog=2048, reuse_address=True, ssl_context=ssl_context
+            )
         )
         await site.start()
         bound = self._runner.addresses[0][1]
         assert isinstance(bound, int)
         self.port = bound
+        self.scheme = "https" if ssl_context is not None else "http"
         return self.url
 
     async def stop(self) -> None:
@@ -266,7 +295,7 @@ class OpenAIStandIn:
 
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), b"", time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), b"", time.monotonic())
         )
         if not self._authorized(request):
             return self._unauthorized()
@@ -293,7 +322,7 @@ class OpenAIStandIn:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), body, time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), body, time.monotonic())
         )
         counters = self.counters
         counters.started += 1
@@ -394,14 +423,15 @@ class OpenAIStandIn:
                 choice["logprobs"] = {"content": [_logprob(self._token(i)) for i in range(b.tokens)]}
         else:
             choice["text"] = text
-        answer = {
+        answer: dict[str, Any] = {
             "id": "cmpl-standin",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
             "choices": [choice],
-            "usage": _usage(b.tokens),
         }
+        if b.usage != "never":
+            answer["usage"] = _usage(b.tokens)
         if b.answer_padding:
             answer["padding"] = "x" * b.answer_padding
         data = json.dumps(answer).encode()
@@ -424,22 +454,27 @@ class OpenAIStandIn:
         text: str | None,
         finish: str | None,
         tokens_so_far: int,
+        usage: bool = True,
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["delta"] = delta if delta is not None else {}
         elif text:
             choice["text"] = text
-        return {
+        chunk: dict[str, Any] = {
             "created": int(time.time()),
             "object": "chat.completion.chunk" if chat else "text_completion",
             "id": "chunk-standin",
             "model": model,
             "choices": [choice],
-            "usage": _usage(tokens_so_far)
-            if tokens_so_far
-            else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+        if usage:
+            chunk["usage"] = (
+                _usage(tokens_so_far)
+                if tokens_so_far
+                else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            )
+        return chunk
 
     async def _stream(
         self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
@@ -462,7 +497,8 @@ class OpenAIStandIn:
             await response.write(rest)
             await response.write_eof()
             return response
-        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""
+        every = b.usage == "every_chunk"
+        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0, every)) if chat else b""
         if role and b.role_chunk == "at_once":
             await response.write(role)
             role = b""
@@ -486,10 +522,10 @@ class OpenAIStandIn:
                 out = []
                 await asyncio.sleep(b.token_interval)
             if isinstance(piece, dict):
-                chunk = self._chunk(model, chat, piece, None, None, index + 1)
+                chunk = self._chunk(model, chat, piece, None, None, index + 1, every)
             else:
                 delta = {"content": piece}
-                chunk = self._chunk(model, chat, delta, piece, None, index + 1)
+                chunk = self._chunk(model, chat, delta, piece, None, index + 1, every)
                 if chat and payload.get("logprobs"):
                     chunk["choices"][0]["logprobs"] = {"content": [_logprob(piece)]}
             # CLOCK_MONOTONIC is system-wide on Linux: a client in another process can measure delay.
@@ -499,8 +535,8 @@ class OpenAIStandIn:
             out.append(self._error_event(model, chat, b, len(pieces)))
         elif not b.truncate:
             finish = "tool_calls" if b.tool_call and chat else "stop"
-            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces))))
-            if (payload.get("stream_options") or {}).get("include_usage"):
+            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces), every)))
+            if (payload.get("stream_options") or {}).get("include_usage") and b.usage != "never":
                 out.append(
                     _sse(
                         {
@@ -847,6 +883,71 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy, as corporate egress proxies are: checks `Proxy-Authorization: Basic` when given
+    credentials (407 otherwise), records each tunnel's target and relays bytes both ways to `upstream`
+    (host, port) whatever name was asked (a test's fake cloud on loopback)."""
+
+    def __init__(self, upstream: tuple[str, int], credentials: tuple[str, str] | None = None) -> None:
+        self.upstream = upstream
+        self.credentials = credentials
+        self.tunnels: list[str] = []
+        self.refused: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)
+            }
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            if self.credentials is not None:
+                token = base64.b64encode(":".join(self.credentials).encode()).decode()
+                if fields.get("proxy-authorization") != f"Basic {token}":
+                    self.refused.append(target)
+                    writer.write(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                        b'Proxy-Authenticate: Basic realm="egress"\r\nContent-Length: 0\r\n\r\n'
+                    )
+                    return
+            self.tunnels.append(target)
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+                sink.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
 
 
 class UnacceptingListener:

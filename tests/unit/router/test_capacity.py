@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localai_operator.router import config as rc
+from localai_operator import wire as rc
 from localai_operator.router.capacity import Demand, Waiters
-from localai_operator.router.ledger import SPEND, Ledger, period_of
+from localai_operator.router.ledger import Ledger
 from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, choose
 from localai_operator.router.upstream import Endpoint
+from localai_operator.wire import SPEND, period_of
 
 
 def test_demand_seconds_integrate_requests_in_flight_over_time() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from localai_operator import wire as rc
 from localai_operator.api.route import FallbackRoute, FallbackRouteSpec
-from localai_operator.router import config as rc
 
 
 def load(data: dict[str, object]) -> rc.RouterConfig:

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from localai_operator.router.ledger import period_of
 from localai_operator.testing.standins import OpenAIStandIn, refused_url
+from localai_operator.wire import period_of
 from tests.unit.router.conftest import (
     SDK_IDS,
     SDK_MODES,

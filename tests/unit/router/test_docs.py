@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from localai_operator.router.body import LOCALAI_ONLY_FIELDS
-from localai_operator.router.config import DEFAULT_CLOUD_PATHS
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.paths import API_PATHS
 from localai_operator.router.policy import FallbackReason
+from localai_operator.wire import DEFAULT_CLOUD_PATHS
 
 DOC = (Path(__file__).resolve().parents[3] / "docs" / "router.md").read_text()
 

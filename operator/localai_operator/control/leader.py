@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from localai_operator.api.kinds import LEASE
-from localai_operator.kube import Api, ApiError
+from localai_operator.control.kube import Api, ApiError
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from localai_operator import status as st
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.base import SecretKeyRef, validation_problems
 from localai_operator.api.route import RouteCost
-from localai_operator.autoscale import ScaleState
 from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
+from localai_operator.control import status as st
+from localai_operator.control.autoscale import ScaleState
 from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.common import content_hash
 from localai_operator.render.pool import endpoint as pool_endpoint
 from localai_operator.render.pool import file_conflicts
 from localai_operator.render.route import endpoint as route_endpoint
 from localai_operator.render.route import primary_url, router_name
-from localai_operator.router.config import Carried
+from localai_operator.wire import Carried
 
 Body = Mapping[str, Any]
 Owned = Mapping[tuple[str, str], Body]  # (kind, name) -> the live object
@@ -399,6 +399,7 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
         primary=primary_url(route),
         sensitive=route.spec.policy.sensitive,
         fallback=route.fallback_active,
+        open_to_cluster=route.open_to_cluster,
         replicas=route.spec.replicas,
         endpoint=route_endpoint(route),
     )

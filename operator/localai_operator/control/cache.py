@@ -14,11 +14,17 @@ from typing import Any
 
 from localai_operator.api.kinds import Kind
 from localai_operator.api.route import RouteCost
-from localai_operator.autoscale import ScaleState
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
-from localai_operator.plan import Body, SecretInfo, pool_secret_names, primary_pool, route_secret_names
+from localai_operator.control.autoscale import ScaleState
+from localai_operator.control.plan import (
+    Body,
+    SecretInfo,
+    pool_secret_names,
+    primary_pool,
+    route_secret_names,
+)
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
-from localai_operator.router.config import Carried
+from localai_operator.wire import Carried
 
 # Index names: the ids of the @kopf.index handlers, and the kwargs Kopf passes them to handlers under. One index
 # per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,

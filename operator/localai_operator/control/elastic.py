@@ -24,12 +24,18 @@ from pydantic import ValidationError
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
 from localai_operator.api.route import RouteCost
-from localai_operator.autoscale import DemandMeter, GpuMeter, RouterSample, Scaler, ScaleState, parse_metrics
-from localai_operator.cache import Cache
-from localai_operator.constants import ROUTER_PORT
+from localai_operator.constants import ROUTER_METRICS_PORT
+from localai_operator.control.autoscale import (
+    DemandMeter,
+    GpuMeter,
+    RouterSample,
+    Scaler,
+    ScaleState,
+    parse_metrics,
+)
+from localai_operator.control.cache import Cache
 from localai_operator.render.route import pod_slots
-from localai_operator.router.config import Carried
-from localai_operator.router.ledger import AVOIDED, SPEND, period_of
+from localai_operator.wire import AVOIDED, SPEND, Carried, period_of
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +188,7 @@ class Elastic:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
         host = f"[{ip}]" if ":" in ip else ip
         try:
-            async with self._session.get(f"http://{host}:{ROUTER_PORT}/metrics") as response:
+            async with self._session.get(f"http://{host}:{ROUTER_METRICS_PORT}/metrics") as response:
                 if response.status != 200:
                     return None
                 return parse_metrics(await response.text())

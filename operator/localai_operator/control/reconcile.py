@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from localai_operator import plan as pl
-from localai_operator import status as st
 from localai_operator.api.base import Spec
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
-from localai_operator.cache import Cache
-from localai_operator.kube import Api, ApiError, contains
+from localai_operator.control import plan as pl
+from localai_operator.control import status as st
+from localai_operator.control.cache import Cache
+from localai_operator.control.kube import Api, ApiError, contains
+from localai_operator.control.queue import Key
 from localai_operator.render import RenderSettings
-from localai_operator.workqueue import Key
 
 log = logging.getLogger(__name__)
 

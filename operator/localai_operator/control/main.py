@@ -11,18 +11,18 @@ from dataclasses import dataclass
 
 import kopf
 
-from localai_operator import (
+from localai_operator.control import (
     handlers,  # noqa: F401  (registers the handlers with Kopf)
     startgate,
 )
-from localai_operator.controller import Controller, Options
-from localai_operator.elastic import INTERVAL_SECONDS
-from localai_operator.kube import Api, login
-from localai_operator.leader import LeaderElector
-from localai_operator.metrics import Metrics
+from localai_operator.control.controller import Controller, Options
+from localai_operator.control.elastic import INTERVAL_SECONDS
+from localai_operator.control.kube import Api, login
+from localai_operator.control.leader import LeaderElector
+from localai_operator.control.metrics import Metrics
+from localai_operator.control.queue import WorkQueue
 from localai_operator.render import RenderSettings
 from localai_operator.render.common import content_hash
-from localai_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 

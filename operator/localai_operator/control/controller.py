@@ -19,15 +19,15 @@ import aiohttp
 from aiohttp import web
 
 from localai_operator.api.kinds import CUSTOM
-from localai_operator.cache import Cache, Index
-from localai_operator.elastic import INTERVAL_SECONDS, Elastic
-from localai_operator.kube import Api, ApiError
-from localai_operator.leader import LeaderElector
-from localai_operator.metrics import Metrics
-from localai_operator.plan import Renders
-from localai_operator.reconcile import Context, reconcile
+from localai_operator.control.cache import Cache, Index
+from localai_operator.control.elastic import INTERVAL_SECONDS, Elastic
+from localai_operator.control.kube import Api, ApiError
+from localai_operator.control.leader import LeaderElector
+from localai_operator.control.metrics import Metrics
+from localai_operator.control.plan import Renders
+from localai_operator.control.queue import Key, ShutDown, WorkQueue
+from localai_operator.control.reconcile import Context, reconcile
 from localai_operator.render import RenderSettings
-from localai_operator.workqueue import Key, ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 

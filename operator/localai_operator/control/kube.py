@@ -61,7 +61,13 @@ def login(
     if info is None:
         info = kopf.login_via_client(settings=settings, logger=logger)
     if info is None:
-        raise kopf.LoginError("no in-cluster ServiceAccount and no usable kubeconfig")
+        hint = ""
+        if _needs_client_library():
+            hint = (
+                " (the kubeconfig's user runs an exec plugin or an auth provider, which needs the kubernetes"
+                " client library: pip install 'localai-operator[dev]')"
+            )
+        raise kopf.LoginError(f"no in-cluster ServiceAccount and no usable kubeconfig{hint}")
     return info
 
 

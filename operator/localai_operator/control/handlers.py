@@ -12,7 +12,6 @@ from typing import Any
 
 import kopf
 
-from localai_operator import cache
 from localai_operator.api.kinds import (
     DEPLOYMENT,
     ENDPOINT_SLICE,
@@ -28,9 +27,10 @@ from localai_operator.api.kinds import (
     of,
 )
 from localai_operator.constants import APP_NAME, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
-from localai_operator.controller import Controller
-from localai_operator.kube import login as kube_login
-from localai_operator.plan import routes_clashing_with
+from localai_operator.control import cache
+from localai_operator.control.controller import Controller
+from localai_operator.control.kube import login as kube_login
+from localai_operator.control.plan import routes_clashing_with
 from localai_operator.render.common import ROUTER_COMPONENT
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
