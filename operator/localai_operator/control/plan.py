@@ -440,6 +440,7 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
         primary=primary_url(route),
         sensitive=route.spec.policy.sensitive,
         fallback=route.fallback_active,
+        open_to_cluster=route.open_to_cluster,
         replicas=route.spec.replicas,
         endpoint=route_endpoint(route),
     )
