@@ -68,6 +68,9 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from localai_operator.control.kubeconfig import leave_out_the_client_library
+
+    leave_out_the_client_library()
     from localai_operator.control.main import run
 
     return run(run_options(args))

@@ -40,10 +40,34 @@ class Download:
     url: str
     sha256: str | None = None
     token_env: str | None = None
+    size_bytes: int | None = None  # the exact size declared (source.sizeBytes)
+    max_bytes: int | None = None  # the most it may take: declared, and at most the model volume
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> Download:
-        return cls(entry["model"], entry["file"], entry["url"], entry.get("sha256"), entry.get("tokenEnv"))
+        return cls(
+            entry["model"],
+            entry["file"],
+            entry["url"],
+            entry.get("sha256"),
+            entry.get("tokenEnv"),
+            entry.get("sizeBytes"),
+            entry.get("maxBytes"),
+        )
+
+    def check_size(self, size: int, *, final: bool) -> None:
+        """A FetchError if `size` bytes break the declared bounds (`final`: the whole file, which must then have
+        exactly sizeBytes)."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise FetchError(
+                f"model {self.model}: {self.file} is larger than {self.max_bytes} bytes (source.maxBytes or "
+                "sizeBytes, or the model volume); raise the bound or fix the source"
+            )
+        if self.size_bytes is not None and (size > self.size_bytes or (final and size != self.size_bytes)):
+            raise FetchError(
+                f"model {self.model}: {self.file} has {size} bytes, not the {self.size_bytes} of "
+                "source.sizeBytes; fix sizeBytes or the source"
+            )
 
     @property
     def config(self) -> str:
@@ -84,7 +108,17 @@ def _stamp(path: Path, sha: str) -> str:
 
 
 def already_present(item: Download, target: Path) -> bool:
-    if not target.exists():
+    if not target.exists() and not target.is_symlink():
+        return False
+    if target.is_symlink() or not target.is_file():
+        raise FetchError(f"model {item.model}: {item.file} in the models directory is not a regular file")
+    size = target.stat().st_size
+    if item.size_bytes is not None and size != item.size_bytes:
+        print(
+            f"model {item.model}: {target.name} has {size} bytes, not {item.size_bytes}; downloading again",
+            flush=True,
+        )
+        target.unlink()
         return False
     if item.sha256 is None:
         return True
@@ -122,11 +156,15 @@ def _download_once(item: Download, partial: Path) -> None:
             return  # the partial file already holds every byte
         raise
     with response:
-        mode = "ab" if offset and response.status == 206 else "wb"
+        resumed = offset if response.status == 206 else 0
+        mode = "ab" if resumed else "wb"
         expected = response.headers.get("Content-Length")
+        if expected is not None and expected.isdigit():
+            item.check_size(resumed + int(expected), final=True)
         received = 0
         with partial.open(mode) as out:
             while chunk := response.read(CHUNK):
+                item.check_size(resumed + received + len(chunk), final=False)
                 out.write(chunk)
                 received += len(chunk)
             out.flush()
@@ -147,6 +185,9 @@ def fetch(item: Download, models_dir: Path) -> str:
         try:
             _download_once(item, partial)
             break
+        except FetchError:
+            partial.unlink(missing_ok=True)  # larger than allowed: nothing of it is worth resuming
+            raise
         except urllib.error.HTTPError as err:
             if 400 <= err.code < 500 and err.code not in (408, 429):
                 hint = " (is the token Secret set?)" if err.code in (401, 403) else ""
@@ -160,6 +201,11 @@ def fetch(item: Download, models_dir: Path) -> str:
         time.sleep(min(30, 2**attempt))
     else:
         raise FetchError(f"model {item.model}: download failed after {ATTEMPTS} attempts: {last_error}")
+    try:
+        item.check_size(partial.stat().st_size, final=True)
+    except FetchError:
+        partial.unlink()
+        raise
     if item.sha256 is not None:
         actual = _hash_file(partial).hexdigest()
         if actual != item.sha256:
@@ -221,21 +267,40 @@ def install_configs(config_dir: Path, models_dir: Path, items: list[Download]) -
 
 
 def main(manifest: str, config_dir: str, models_dir: str) -> int:
+    """Every failure ends in one line on stderr naming the model (or the step that is no model's), exit code 1;
+    never a traceback."""
     out = Path(models_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items = [Download.from_json(e) for e in json.loads(Path(manifest).read_text())]
-    prepare_state(out, items)
-    # Stale files first: the space they free may be what the new downloads need.
-    for name in remove_stale(out, items):
-        print(f"removed {name}: no model of the pool uses it", flush=True)
-    done: set[str] = set()
     try:
-        for item in items:
-            if item.file not in done:  # several models may share one file from one source
-                print(f"model {item.model}: {fetch(item, out)} {item.file}", flush=True)
-                done.add(item.file)
-    except FetchError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
-    install_configs(Path(config_dir), out, items)
+        out.mkdir(parents=True, exist_ok=True)
+        items = [Download.from_json(e) for e in json.loads(Path(manifest).read_text())]
+        prepare_state(out, items)
+        # Stale files first: the space they free may be what the new downloads need.
+        for name in remove_stale(out, items):
+            print(f"removed {name}: no model of the pool uses it", flush=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return _failed(f"the models directory {models_dir} or the manifest {manifest}: {_reason(err)}")
+    done: set[str] = set()
+    for item in items:
+        if item.file in done:  # several models may share one file from one source
+            continue
+        try:
+            print(f"model {item.model}: {fetch(item, out)} {item.file}", flush=True)
+        except FetchError as err:
+            return _failed(str(err))
+        except Exception as err:  # a full disk, a read-only volume: still one line naming the model
+            return _failed(f"model {item.model}: {item.file}: {_reason(err)}")
+        done.add(item.file)
+    try:
+        install_configs(Path(config_dir), out, items)
+    except OSError as err:
+        return _failed(f"installing the models' configurations: {_reason(err)}")
     return 0
+
+
+def _reason(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _failed(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return 1

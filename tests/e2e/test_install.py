@@ -93,13 +93,12 @@ def forbidden_lines(log: Path) -> list[str]:
     return [line for line in log.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
 
 
-def samples_reach_ready_with_token_of(
+@contextmanager
+def operator_as(
     kube: Kube, service_account: str, tmp_path: Path, operator_args: tuple[str, ...] = ("-A",)
-) -> None:
-    """Runs `localai-operator run` locally as the installed operator would run (its ServiceAccount's token, its
-    namespace for the leader-election Lease), applies the samples and waits for every Ready=True; fails as soon as
-    the operator's log shows a 403."""
-    # The installed operator (a kwok fake here, a real pod on kind) steps aside: the local one is the only one.
+) -> Iterator[OperatorProcess]:
+    """`localai-operator run` locally as the installed operator would run (its ServiceAccount's token, its
+    namespace for the leader-election Lease); the installed one (a kwok fake here, a real pod on kind) steps aside."""
     kube.kubectl("scale", f"deployment/{RELEASE}", "-n", NAMESPACE, "--replicas=0")
     selector = "app.kubernetes.io/component=operator"
     wait_for(lambda: not kube.exists("pods", "-n", NAMESPACE, "-l", selector), 60, "the operator pod to go")
@@ -107,33 +106,44 @@ def samples_reach_ready_with_token_of(
     log = tmp_path / "operator.log"
     with mock.patch.dict(os.environ, {"POD_NAMESPACE": NAMESPACE, "LOCALAI_OPERATOR_IMAGE": IMAGE}):
         operator = OperatorProcess(kubeconfig, log, args=list(operator_args)).start()
-
-    def all_ready() -> bool:
-        denied = forbidden_lines(log)
-        assert denied == [], "the ServiceAccount lacks permissions:\n" + "\n".join(denied[:20])
-        waited = kube.kubectl(
-            "wait",
-            "--for=condition=Ready",
-            KINDS,
-            "--all",
-            "-n",
-            SAMPLES_NAMESPACE,
-            "--timeout=5s",
-            check=False,
-        )
-        return waited.returncode == 0
-
-    def state() -> str:
-        listing = kube.kubectl("get", KINDS, "-n", SAMPLES_NAMESPACE, check=False).stdout
-        return f"{listing}\noperator log:\n{operator.log_tail(40)}"
-
     try:
-        kube.kubectl("apply", "-f", str(SAMPLES))
-        wait_for(all_ready, 180, "every sample to be Ready", interval=1, describe=state)
+        yield operator
     finally:
         operator.stop()
-        kube.kubectl("delete", "namespace", SAMPLES_NAMESPACE, "--ignore-not-found", "--wait=false")
     assert forbidden_lines(log) == []
+
+
+def samples_reach_ready_with_token_of(
+    kube: Kube, service_account: str, tmp_path: Path, operator_args: tuple[str, ...] = ("-A",)
+) -> None:
+    """Runs the operator with the ServiceAccount's token (operator_as), applies the samples and waits for every
+    Ready=True; fails as soon as the operator's log shows a 403."""
+    with operator_as(kube, service_account, tmp_path, operator_args) as operator:
+
+        def all_ready() -> bool:
+            denied = forbidden_lines(operator.log_path)
+            assert denied == [], "the ServiceAccount lacks permissions:\n" + "\n".join(denied[:20])
+            waited = kube.kubectl(
+                "wait",
+                "--for=condition=Ready",
+                KINDS,
+                "--all",
+                "-n",
+                SAMPLES_NAMESPACE,
+                "--timeout=5s",
+                check=False,
+            )
+            return waited.returncode == 0
+
+        def state() -> str:
+            listing = kube.kubectl("get", KINDS, "-n", SAMPLES_NAMESPACE, check=False).stdout
+            return f"{listing}\noperator log:\n{operator.log_tail(40)}"
+
+        try:
+            kube.kubectl("apply", "-f", str(SAMPLES))
+            wait_for(all_ready, 180, "every sample to be Ready", interval=1, describe=state)
+        finally:
+            kube.kubectl("delete", "namespace", SAMPLES_NAMESPACE, "--ignore-not-found", "--wait=false")
     wait_for(
         lambda: not kube.exists("namespace", SAMPLES_NAMESPACE), 120, f"namespace {SAMPLES_NAMESPACE} to go"
     )
@@ -151,6 +161,75 @@ def test_the_chart_service_account_is_enough_to_reconcile_the_samples(
     installed: Kube, tmp_path: Path
 ) -> None:
     samples_reach_ready_with_token_of(installed, RELEASE, tmp_path)
+
+
+def test_the_chart_service_account_reads_secrets_only_by_name_and_still_finds_a_late_one(
+    installed: Kube, tmp_path: Path
+) -> None:
+    account = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+
+    def can(*request: str) -> bool:
+        answer = installed.kubectl("auth", "can-i", *request, f"--as={account}", check=False)
+        return answer.stdout.strip() == "yes"
+
+    assert not can("list", "secrets", "--all-namespaces")
+    assert not can("watch", "secrets", "--all-namespaces")
+    assert not can("list", "secrets", "-n", "default")
+    assert can("get", "secrets", "-n", "default")
+    namespace = "late-secret"
+    installed.kubectl("create", "namespace", namespace)
+    resources = [
+        {
+            "kind": "LLMModel",
+            "metadata": {"name": "m"},
+            "spec": {"source": {"url": "https://models.example/m.gguf"}},
+        },
+        {"kind": "InferencePool", "metadata": {"name": "p"}, "spec": {"models": ["m"]}},
+        {
+            "kind": "FallbackRoute",
+            "metadata": {"name": "chat"},
+            "spec": {
+                "primary": {"poolRef": {"name": "p"}},
+                "fallback": {"apiKeySecretRef": {"name": "cloud-key", "key": "api-key"}},
+            },
+        },
+    ]
+    manifest = tmp_path / "late.yaml"
+    manifest.write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "llm.localai-operator.io/v1alpha1",
+                    **r,
+                    "metadata": {**r["metadata"], "namespace": namespace},
+                }
+                for r in resources
+            ]
+        )
+    )
+
+    def reason() -> str:
+        return installed.kubectl(
+            "get",
+            "fbr",
+            "chat",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].reason}",
+            check=False,
+        ).stdout
+
+    try:
+        with operator_as(installed, RELEASE, tmp_path) as operator:
+            installed.kubectl("apply", "-f", str(manifest))
+            wait_for(lambda: reason() == "SecretMissing", 60, "SecretMissing", describe=operator.log_tail)
+            installed.kubectl(
+                "create", "secret", "generic", "cloud-key", "-n", namespace, "--from-literal=api-key=sk-late"
+            )
+            wait_for(lambda: reason() == "Ready", 60, "chat Ready once its Secret exists", describe=reason)
+    finally:
+        installed.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
 
 
 def test_in_namespaced_mode_the_roles_are_enough_to_reconcile_the_samples(

@@ -23,7 +23,7 @@ from tests.operator_process import CustomResources, OperatorProcess, install_crd
 
 pytestmark = pytest.mark.cluster
 T = 60
-RETRY = re.compile(r"^(\S+ \S+) INFO \S+: InferencePool (\S+): .*; retrying in ([0-9.]+) s$")
+RETRY = re.compile(r"^(\S+ \S+) INFO \S+: InferencePool (\S+): .*; retrying in ([0-9.]+) s \((slow|fast)\)$")
 
 
 def owned_object(
@@ -66,44 +66,46 @@ def test_an_owned_object_deleted_by_hand_is_back_within_5_seconds(
     wait_for(lambda: uid_of(read, name, namespace) not in (None, before), 5, f"{kind} {name} re-created")
 
 
-def test_an_apply_refused_by_a_resource_quota_is_reported_and_retried_with_backoff_until_the_quota_is_lifted(
+def test_an_apply_refused_by_a_resource_quota_backs_off_to_minutes_and_recovers_within_seconds_of_a_spec_change(
     cluster: ClusterAccess, namespace: str, crs: CustomResources, operator: OperatorProcess
 ) -> None:
     quota = client.V1ResourceQuota(
-        metadata=client.V1ObjectMeta(name="no-more-configmaps"),
-        spec=client.V1ResourceQuotaSpec(hard={"configmaps": "1"}),  # kube-root-ca.crt is the one
+        metadata=client.V1ObjectMeta(name="no-claims"),
+        spec=client.V1ResourceQuotaSpec(hard={"persistentvolumeclaims": "0"}),
     )
     cluster.core.create_namespaced_resource_quota(namespace, quota)
-    wait_for(
-        lambda: cluster.core.list_namespaced_config_map(namespace).items,
-        30,
-        "the namespace's kube-root-ca.crt",
-    )
     # The usage the quota controller would write, written now: after earlier tiers delete and re-create CRDs,
     # that controller re-syncs its monitors and has left a new quota uncounted for over 90 s on this machine,
     # and admission enforces only a counted quota.
-    usage = {"status": {"hard": {"configmaps": "1"}, "used": {"configmaps": "1"}}}
-    cluster.core.patch_namespaced_resource_quota_status("no-more-configmaps", namespace, usage)
+    usage = {"status": {"hard": {"persistentvolumeclaims": "0"}, "used": {"persistentvolumeclaims": "0"}}}
+    cluster.core.patch_namespaced_resource_quota_status("no-claims", namespace, usage)
     crs.create(model("m"))
-    crs.create(pool("p", ["m"]))
+    crs.create(pool("p", ["m"], storage={"size": "1Gi"}))
 
-    condition = crs.wait_for_reason("InferencePool", "p", "ApplyFailed", 30)
+    condition = crs.wait_for_reason("InferencePool", "p", "ApplyRefused", 30)
     assert condition["status"] == "False"
-    assert 'configmaps "p-models" is forbidden: exceeded quota: no-more-configmaps' in condition["message"]
-    wait_for(lambda: events(cluster, namespace, "p", "ApplyFailed"), 10, "a Warning Event on the pool")
+    assert 'persistentvolumeclaims "p-models" is forbidden: exceeded quota: no-claims' in condition["message"]
+    assert "up to 5 minutes" in condition["message"]
+    wait_for(lambda: events(cluster, namespace, "p", "ApplyRefused"), 10, "a Warning Event on the pool")
 
-    def delays() -> list[float]:
+    def delays() -> list[tuple[float, str]]:
         lines = operator.log_path.read_text(errors="replace").splitlines()
-        return [float(m[3]) for m in map(RETRY.match, lines) if m and m[2] == f"{namespace}/p"]
+        return [(float(m[3]), m[4]) for m in map(RETRY.match, lines) if m and m[2] == f"{namespace}/p"]
 
-    wait_for(lambda: len(delays()) >= 4, 30, "four retries of the pool's pass", describe=delays)
+    # A refusal only the user can lift is retried slowly: 2 s, 4 s, 8 s, ... up to 5 minutes (the unit tests
+    # follow the schedule to its cap), whatever the Deployment's status changes meanwhile.
+    wait_for(lambda: len(delays()) >= 4, 45, "four retries of the pool's pass", describe=delays)
     first = delays()[:4]
-    assert all(later > earlier for earlier, later in itertools.pairwise(first)), first
-    cluster.core.delete_namespaced_resource_quota("no-more-configmaps", namespace)
+    assert [kind for _, kind in first] == ["slow"] * 4, first
+    assert all(later >= 1.5 * earlier for (earlier, _), (later, _) in itertools.pairwise(first)), first
+    assert first[-1][0] > 12, "the next try is further away than the recovery below may take"
+    assert operator.metrics()['localai_operator_retries_total{class="slow",kind="InferencePool"}'] >= 4
+
+    crs.patch("InferencePool", "p", {"spec": {"storage": None}})
     wait_for(
         lambda: crs.is_ready("InferencePool", "p"),
         10,
-        "p Ready within 10 s of lifting the quota",
+        "p Ready within 10 s of its spec dropping the claim",
         describe=lambda: crs.condition("InferencePool", "p"),
     )
 

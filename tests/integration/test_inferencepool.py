@@ -220,3 +220,22 @@ def test_a_pool_whose_models_download_files_of_one_name_is_refused_naming_both(c
     assert condition["status"] == "False"
     assert '"mistral-q4"' in condition["message"] and '"llama-q4"' in condition["message"]
     assert '"model.gguf"' in condition["message"]
+
+
+def test_quantities_the_schema_admits_are_applied_as_the_api_server_stores_them_and_applied_once(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, operator: OperatorProcess
+) -> None:
+    crs.create(model("m"))
+    resources = {"requests": {"cpu": "1.5m", "memory": "+1Gi"}, "limits": {"cpu": "2k", "memory": "1.5Gi"}}
+    crs.create(pool("odd", ["m"], resources=resources))
+    wait_for(lambda: crs.is_ready("InferencePool", "odd"), T, "odd Ready")
+    container = cluster.apps.read_namespaced_deployment("odd", namespace).spec.template.spec.containers[0]
+    assert container.resources.requests == {"cpu": "2m", "memory": "1Gi"}
+    assert container.resources.limits == {"cpu": "2k", "memory": "1536Mi"}
+    env = {e.name: e.value for e in container.env}
+    assert env["LOCALAI_THREADS"] == "1"
+    # What was applied is what is stored: the resyncs (every 3 s) find nothing to apply again.
+    applied = operator.requests().get(("apply", "Deployment"), 0)
+    before = operator.reconciles()
+    wait_for(lambda: operator.reconciles() > before + 10, T, "a few resyncs")
+    assert operator.requests().get(("apply", "Deployment"), 0) == applied

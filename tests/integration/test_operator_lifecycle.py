@@ -71,8 +71,10 @@ def test_a_restart_and_resyncs_over_unchanged_resources_send_no_request(
         lambda: all(crs.is_ready(d["kind"], d["metadata"]["name"]) for d in custom), 90, "the samples Ready"
     )
     # A second operator, scoped to this namespace so other tests' churn is not counted, starts over resources
-    # that are already right: its start-up passes and two resyncs read nothing (the caches answer) and write
-    # nothing. Its Lease renewals are not counted, and Kopf's own list and watch requests are not ours.
+    # that are already right: its start-up passes and two resyncs write nothing, and read only what no watch
+    # gives it: the Secrets its resources name (by name, once per pass at most) and, once each, the router pods
+    # whose /metrics it may read and their ReplicaSet. Its Lease renewals are not counted, and Kopf's own list
+    # and watch requests are not ours.
     fresh = OperatorProcess(cluster.kubeconfig, tmp_path / "fresh.log", args=["-n", namespace]).start()
     try:
         wait_for(
@@ -81,7 +83,15 @@ def test_a_restart_and_resyncs_over_unchanged_resources_send_no_request(
             "the start-up passes and two resyncs",
             describe=fresh.reconciles,
         )
-        assert fresh.requests() == {}, fresh.requests()
+        requests = fresh.requests()
+        assert fresh.writes() == 0, requests
+        assert set(requests) <= {("get", "Secret"), ("get", "Pod"), ("get", "ReplicaSet")}, requests
+        routers = cluster.core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/component=router"
+        )
+        assert requests.get(("get", "Pod"), 0) <= len(routers.items), requests
+        assert requests.get(("get", "ReplicaSet"), 0) <= len(routers.items), requests
+        assert requests.get(("get", "Secret"), 0) <= fresh.reconciles(), requests
     finally:
         fresh.stop()
 

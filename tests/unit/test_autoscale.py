@@ -118,3 +118,16 @@ def test_a_pool_held_at_min_replicas_says_so() -> None:
     spec = SPEC.model_copy(update={"min_replicas": 2})
     scaler = Scaler(2, 0.0)
     assert (scaler.decide(spec, 0.0, 2, 1.0).desired, scaler.reason) == (2, "AtMinReplicas")
+
+
+def test_samples_that_are_not_finite_or_are_negative_are_dropped() -> None:
+    text = (
+        "localai_router_demand_seconds_total 12\nlocalai_router_demand_in_flight 2\n"
+        'localai_router_period_cost{kind="spend",period="2026-12"} +Inf\n'
+        'localai_router_period_cost{kind="avoided",period="2026-12"} -3\n'
+        "localai_router_demand_in_flight NaN\n"
+    )
+    sample = parse_metrics(text)
+    assert (sample.demand_seconds, sample.in_flight, dict(sample.costs)) == (12, 2, {})
+    with pytest.raises(ValueError, match="no localai_router_demand"):
+        parse_metrics("localai_router_demand_seconds_total 1\nlocalai_router_demand_in_flight +Inf\n")

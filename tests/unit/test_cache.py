@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localai_operator.api.kinds import INFERENCE_POOL
+from localai_operator.api.kinds import INFERENCE_POOL, LLM_MODEL
 from localai_operator.control import cache as c
 from localai_operator.control.cache import Cache
 
@@ -31,9 +31,18 @@ class Clock:
 
 
 def bound(clock: Clock | None = None, **indexes: dict[Any, list[Any]]) -> Cache:
+    """A cache over these indexes, objects packed as the index functions pack them. A test that changes an index
+    later writes packed objects itself."""
     cache = Cache(clock=clock or Clock())
-    cache.bind({name: indexes.get(name, {}) for name in c.INDEXES})
+    cache.bind({name: packed(indexes.get(name, {})) for name in c.INDEXES})
     return cache
+
+
+def packed(index: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+    return {
+        key: [c.pack(v) if isinstance(v, dict) and "metadata" in v else v for v in values]
+        for key, values in index.items()
+    }
 
 
 def test_a_status_write_newer_than_the_watch_copy_is_what_the_next_pass_sees() -> None:
@@ -46,7 +55,9 @@ def test_the_watch_copy_wins_once_it_is_as_new_as_our_write() -> None:
     pools = {("pool", "ns", "p"): [obj("InferencePool", "p", "10")]}
     cache = bound(pools=pools)
     cache.wrote(obj("InferencePool", "p", "11"))
-    pools[("pool", "ns", "p")] = [obj("InferencePool", "p", "12", labels={"new": "yes"})]
+    cache.indexes[c.POOLS] = packed(
+        {("pool", "ns", "p"): [obj("InferencePool", "p", "12", labels={"new": "yes"})]}
+    )
     assert cache.get(INFERENCE_POOL, "ns", "p")["metadata"]["labels"] == {"new": "yes"}
 
 
@@ -72,7 +83,7 @@ def test_someone_elses_later_change_is_not_an_echo() -> None:
 def test_an_object_we_just_created_is_owned_before_the_watch_delivers_it() -> None:
     cache = bound()
     cache.wrote(obj("Service", "p", "5", ownerReferences=[OWNER]))
-    assert list(cache.owned("p-uid")) == [("Service", "p")]
+    assert list(cache.owned("ns", "p-uid")) == [("Service", "p")]
 
 
 def test_our_copy_of_a_write_expires_so_nothing_stale_outlives_a_watch_outage() -> None:
@@ -80,16 +91,43 @@ def test_our_copy_of_a_write_expires_so_nothing_stale_outlives_a_watch_outage() 
     cache = bound(clock)
     cache.wrote(obj("Service", "p", "5", ownerReferences=[OWNER]))
     clock.now += c.WRITTEN_TTL + 1
-    assert cache.owned("p-uid") == {}
+    assert cache.owned("ns", "p-uid") == {}
 
 
 def test_an_object_deleted_by_hand_is_no_longer_owned() -> None:
-    owned = {"p-uid": [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]}
+    owned = {("ns", "p-uid"): [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]}
     cache = bound(owned=owned)
     cache.wrote(obj("ConfigMap", "p-models", "8", ownerReferences=[OWNER]))
-    owned["p-uid"] = []
+    cache.indexes[c.OWNED] = {("ns", "p-uid"): []}
     cache.deleted("ConfigMap", "ns", "p-models")
-    assert cache.owned("p-uid") == {}
+    assert cache.owned("ns", "p-uid") == {}
+
+
+def test_an_object_in_another_namespace_naming_a_pools_uid_is_not_the_pools() -> None:
+    # team-b's ConfigMap claims team-a's pool (same name, its uid) as controller: the index files it under team-b,
+    # so team-a's pass neither counts nor prunes it.
+    planted = obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])
+    planted["metadata"]["namespace"] = "team-b"
+    key = c.owned_key(planted)
+    assert key == ("team-b", "p-uid")
+    cache = bound(owned={key: [planted]})
+    assert cache.owned("team-a", "p-uid") == {}
+    cache.wrote(planted)
+    assert cache.owned("team-a", "p-uid") == {}
+
+
+def test_a_change_to_an_object_is_its_owners_concern_only_if_that_owner_exists_with_that_uid() -> None:
+    pool = obj("InferencePool", "p", "1")
+    pool["metadata"]["uid"] = "p-uid"
+    cache = bound(pools={("pool", "ns", "p"): [pool]})
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[OWNER])) == ("InferencePool", "p")
+    forged = {**OWNER, "uid": "another-uid"}
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[forged])) is None
+    elsewhere = obj("Service", "p", "3", ownerReferences=[OWNER])
+    elsewhere["metadata"]["namespace"] = "team-b"
+    assert cache.owner(elsewhere) is None
+    not_ours = {**OWNER, "kind": "Deployment", "apiVersion": "llm.localai-operator.io/v1alpha1"}
+    assert cache.owner(obj("Service", "p", "3", ownerReferences=[not_ours])) is None
 
 
 def test_a_pool_event_names_the_models_whose_served_by_it_changes() -> None:
@@ -143,13 +181,6 @@ def test_a_cordoned_node_offers_no_gpu() -> None:
     assert c.schedulable_gpus({"status": {"allocatable": {"nvidia.com/gpu": "4"}}}) == 4
 
 
-def test_a_secret_is_kept_as_its_version_and_key_names_only() -> None:
-    secret = {"metadata": {"resourceVersion": "3"}, "data": {"api-key": "c2stc2VjcmV0"}}
-    info = c.secret_info(secret)
-    assert (info.resource_version, info.keys) == ("3", frozenset({"api-key"}))
-    assert "c2stc2VjcmV0" not in repr(info)
-
-
 def test_router_pods_are_not_pool_pods() -> None:
     labels = {"app.kubernetes.io/instance": "chat", "app.kubernetes.io/component": "router"}
     assert c.pool_of_pod({"metadata": {"labels": labels}}) is None
@@ -165,21 +196,20 @@ def test_the_cache_keeps_neither_managed_fields_nor_kubectls_copy_of_the_object(
 
 
 def test_a_router_services_slice_gives_its_ready_pods_and_addresses() -> None:
+    def endpoint(address: str, ready: bool, target: dict[str, str] | None) -> dict[str, Any]:
+        return {"addresses": [address], "conditions": {"ready": ready}, "targetRef": target}
+
     slice_ = {
         "endpoints": [
-            {
-                "addresses": ["10.0.0.7"],
-                "conditions": {"ready": True},
-                "targetRef": {"kind": "Pod", "name": "chat-router-a"},
-            },
-            {
-                "addresses": ["10.0.0.8"],
-                "conditions": {"ready": False},
-                "targetRef": {"kind": "Pod", "name": "chat-router-b"},
-            },
+            endpoint("10.0.0.7", True, {"kind": "Pod", "name": "chat-router-a", "uid": "a-uid"}),
+            endpoint("10.0.0.8", False, {"kind": "Pod", "name": "chat-router-b", "uid": "b-uid"}),
+            endpoint("10.0.0.9", True, None),  # no pod named: nothing to check it against
+            *[endpoint("10.0.1.1", True, {"kind": "Pod", "name": f"x{i}"}) for i in range(1000)],
         ]
     }
-    assert c.router_endpoints(slice_) == (("chat-router-a", "10.0.0.7"),)
+    found = c.router_endpoints(slice_)
+    assert found[0] == c.Endpoint("chat-router-a", "a-uid", "10.0.0.7")
+    assert len(found) == c.MAX_SLICE_ENDPOINTS - 2, "at most that many are looked at"
 
 
 def test_an_hpa_is_matched_to_the_pool_it_scales_and_to_nothing_else() -> None:
@@ -188,3 +218,11 @@ def test_an_hpa_is_matched_to_the_pool_it_scales_and_to_nothing_else() -> None:
 
     assert c.hpa_target_pool(hpa("InferencePool", "llm.localai-operator.io/v1alpha1")) == "gpu-pool"
     assert c.hpa_target_pool(hpa("Deployment", "apps/v1")) is None
+
+
+def test_the_identity_of_a_resource_is_read_without_unpacking_and_follows_our_newer_write() -> None:
+    cache = bound(models={("model", "ns", "m"): [obj("LLMModel", "m", "10")]})
+    assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "10", False)
+    cache.wrote(obj("LLMModel", "m", "11"))
+    assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "11", False)
+    assert cache.identity(LLM_MODEL, "ns", "gone") is None

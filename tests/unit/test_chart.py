@@ -219,7 +219,8 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles(helm: st
 def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, tmp_path: Path) -> None:
     objects = render(helm, tmp_path, {})
     granted = rules_by_resource([r for cr in of_kind(objects, "ClusterRole") for r in cr["rules"]])
-    assert granted["/secrets"] == {"get", "list", "watch"}
+    assert granted["/secrets"] == {"get"}, "by name only: no Secret the resources do not name is read"
+    assert granted["apps/replicasets"] == {"get"}
     assert granted["/pods"] == {"get", "list", "watch"}
     assert granted["/nodes"] == {"get", "list", "watch"}
     assert granted["autoscaling/horizontalpodautoscalers"] == {"get", "list", "watch"}
@@ -254,6 +255,7 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         "/nodes",
         "autoscaling/horizontalpodautoscalers",
         "discovery.k8s.io/endpointslices",
+        "apps/replicasets",
         "/namespaces",
         "apiextensions.k8s.io/customresourcedefinitions",
     }

@@ -42,3 +42,27 @@ def test_the_operator_and_the_router_start_where_the_harness_libraries_are_not_i
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "started"
+
+
+def test_the_operator_leaves_the_client_library_out_unless_its_kubeconfig_needs_it(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("users: [{name: admin, user: {client-certificate-data: x, client-key-data: y}}]\n")
+    eks = tmp_path / "eks"
+    eks.write_text("users: [{name: eks, user: {exec: {command: aws}}}]\n")
+    probe = (
+        "from localai_operator.control.kubeconfig import leave_out_the_client_library\n"
+        "leave_out_the_client_library()\n"
+        "import kopf, sys\n"
+        "print(sys.modules.get('kubernetes') is not None)\n"
+    )
+    loaded = {}
+    for name, kubeconfig in (("plain", plain), ("eks", eks)):
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")},
+        )
+        loaded[name] = result.stdout.strip()
+    assert loaded == {"plain": "False", "eks": "True"}

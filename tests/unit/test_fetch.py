@@ -194,6 +194,8 @@ def item(
 def write_manifest(path: Path, *items: fetch.Download) -> Path:
     entries = [
         {"model": i.model, "file": i.file, "url": i.url, "sha256": i.sha256, "tokenEnv": i.token_env}
+        | ({"sizeBytes": i.size_bytes} if i.size_bytes is not None else {})
+        | ({"maxBytes": i.max_bytes} if i.max_bytes is not None else {})
         for i in items
     ]
     path.write_text(json.dumps(entries))
@@ -518,3 +520,66 @@ def test_cli_fetch_models_works_end_to_end_as_a_subprocess(
     assert f"model {MODEL}: downloaded {FILE}" in result.stdout
     assert sha256_of(models_dir / FILE) == PAYLOAD_SHA
     assert (models_dir / f"{MODEL}.yaml").exists()
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_download_larger_than_max_bytes_stops_there_and_fails_naming_the_model(
+    origin: Origin,
+    tmp_path: Path,
+    config_dir: Path,
+    models_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    chunked: bool,
+) -> None:
+    origin.chunked = chunked
+    bounded = fetch.Download(MODEL, FILE, origin.url, None, None, max_bytes=2**20)
+    assert run_main(tmp_path, config_dir, models_dir, bounded) == 1
+    err = one_line_error(capsys)
+    assert MODEL in err and f"larger than {2**20} bytes" in err
+    assert not (models_dir / FILE).exists() and not partial_of(models_dir).exists()
+
+
+def test_a_download_of_another_size_than_size_bytes_fails_naming_the_model(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    declared = fetch.Download(MODEL, FILE, origin.url, None, None, size_bytes=len(PAYLOAD) + 1)
+    assert run_main(tmp_path, config_dir, models_dir, declared) == 1
+    err = one_line_error(capsys)
+    assert f"has {len(PAYLOAD)} bytes, not the {len(PAYLOAD) + 1} of source.sizeBytes" in err
+    exact = fetch.Download(MODEL, FILE, origin.url, PAYLOAD_SHA, None, size_bytes=len(PAYLOAD))
+    assert run_main(tmp_path, config_dir, models_dir, exact) == 0
+
+
+@pytest.mark.parametrize("name", ["..", "subdir"])
+def test_a_directory_where_the_file_would_be_is_one_line_naming_the_model_never_a_traceback(
+    origin: Origin,
+    tmp_path: Path,
+    config_dir: Path,
+    models_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    (models_dir / "subdir").mkdir()
+    odd = fetch.Download(MODEL, name, origin.url, None, None)
+    assert run_main(tmp_path, config_dir, models_dir, odd) == 1
+    assert MODEL in one_line_error(capsys)
+
+
+def test_any_other_failure_of_a_model_is_one_line_naming_the_model(
+    origin: Origin, tmp_path: Path, config_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (models_dir / FILE).write_bytes(PAYLOAD)
+    marker_of(models_dir).parent.parent.mkdir()
+    marker_of(models_dir).parent.write_text("")  # where the verified marker goes: an OSError, no FetchError
+    assert run_main(tmp_path, config_dir, models_dir, item(origin)) == 1
+    err = one_line_error(capsys)
+    assert (
+        f"model {MODEL}: {FILE}: FileExistsError" in err
+        or f"model {MODEL}: {FILE}: NotADirectoryError" in err
+    )

@@ -66,18 +66,29 @@ def test_a_pool_with_a_missing_model_plans_nothing_and_names_the_model() -> None
 
 
 def test_renders_are_reused_until_a_models_generation_changes() -> None:
-    renders = pl.Renders()
-    first = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
-    again = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
-    edited = pl.plan_pool(pool_observed(pool(), {"m": model("m", generation=2)}), SETTINGS, renders).objects
-    assert again is first
-    assert edited is not first
+    renders, calls = pl.Renders(), []
+
+    def render() -> list[dict[str, object]]:
+        calls.append(1)
+        return [{"kind": "ConfigMap", "metadata": {"name": "p-models"}, "data": {"n": str(len(calls))}}]
+
+    first = renders.get("p-uid", ("m", 1), render)
+    again = renders.get("p-uid", ("m", 1), render)
+    assert again == first and len(calls) == 1
+    edited = renders.get("p-uid", ("m", 2), render)
+    assert edited != first and len(calls) == 2
+    planned = pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
+    assert planned == pl.plan_pool(pool_observed(pool(), {"m": model("m")}), SETTINGS, renders).objects
 
 
-def test_a_quantity_the_renderer_cannot_use_ends_as_an_invalid_spec_not_a_crash() -> None:
-    body = pool(resources={"requests": {"cpu": "1Ki"}})
+def test_every_quantity_the_schema_admits_is_rendered_as_the_api_server_writes_it() -> None:
+    body = pool(resources={"requests": {"cpu": "1.5m", "memory": "+1Gi"}, "limits": {"cpu": "1Ki"}})
     planned = pl.plan_pool(pool_observed(body, {"m": model("m")}), SETTINGS, pl.Renders())
-    assert planned.objects is None and planned.facts.invalid is not None
+    assert planned.objects is not None and planned.facts.invalid is None
+    (deployment,) = [o for o in planned.objects if o["kind"] == "Deployment"]
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    # The API server rounds a pod's resources up to a milli-unit: what it stores is what is rendered.
+    assert resources == {"requests": {"cpu": "2m", "memory": "1Gi"}, "limits": {"cpu": "1Ki"}}
 
 
 def test_a_gpu_pool_fits_only_nodes_matching_its_product() -> None:

@@ -218,6 +218,7 @@ def test_init_container_downloads_every_model_with_its_checksum() -> None:
         "url": "https://example.org/mistral.gguf",
         "sha256": SHA,
         "tokenEnv": None,
+        "maxBytes": 100 * 2**30,  # no size declared: at most the models emptyDir's default limit
     }
 
 

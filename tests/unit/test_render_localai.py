@@ -172,7 +172,7 @@ def test_with_storage_the_backends_stay_on_the_model_volume_one_directory_per_re
 def test_without_storage_the_backends_are_an_empty_dir_downloaded_at_the_pinned_release() -> None:
     objects = render()
     assert mounts(objects)["/backends"]["name"] == "backends"
-    assert {"name": "backends", "emptyDir": {}} in pod(objects)["volumes"]
+    assert {"name": "backends", "emptyDir": {"sizeLimit": "10Gi"}} in pod(objects)["volumes"]
 
 
 def test_every_localai_variable_a_pool_sets_is_one_localai_v4_9_0_reads() -> None:
@@ -492,3 +492,67 @@ def test_every_new_field_renders_schema_valid_objects() -> None:
     vision = model(mlock=True, mmproj={"url": "https://example.org/p.gguf"}, options=["use_jinja"])
     for obj in render(p, vision, api_key_version="7"):
         kubernetes_validate.validate(obj, "1.34.0", strict=True)
+
+
+# --- pods that stay in their box ----------------------------------------------------------------------------------
+
+
+def sized(name: str, size: int | None = None, maximum: int | None = None) -> LLMModel:
+    source: dict[str, Any] = {"url": f"https://example.org/{name}.gguf", "sha256": SHA}
+    if size is not None:
+        source["sizeBytes"] = size
+    if maximum is not None:
+        source["maxBytes"] = maximum
+    return LLMModel.parse({"metadata": {"name": name, "namespace": "ai"}, "spec": {"source": source}})
+
+
+def volumes(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod(objects)["volumes"]}
+
+
+def downloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["downloads.json"])
+    return loaded
+
+
+def test_localai_pods_mount_no_service_account_token_and_router_pods_only_their_own() -> None:
+    localai = pod(render())
+    assert localai["automountServiceAccountToken"] is False and "serviceAccountName" not in localai
+    route = FallbackRoute.parse(
+        {"metadata": {"name": "chat", "namespace": "ai"}, "spec": {"primary": {"poolRef": {"name": "p"}}}}
+    )
+    router = by_kind(route_objects(route), "Deployment")["spec"]["template"]["spec"]
+    # Never the namespace's default ServiceAccount: the router's own (EndpointSlices of its namespace, read only),
+    # its token as an explicit projected volume.
+    assert router["automountServiceAccountToken"] is False and router["serviceAccountName"] == "chat-router"
+    assert [v["name"] for v in router["volumes"] if "projected" in v] == ["kube-api-access"]
+
+
+def test_every_emptydir_has_a_size_limit_and_the_models_one_follows_the_declared_sizes() -> None:
+    undeclared = volumes(render())
+    assert all("sizeLimit" in v["emptyDir"] for v in undeclared.values() if "emptyDir" in v)
+    assert undeclared["models"]["emptyDir"]["sizeLimit"] == "100Gi"
+    a, b = sized("a", size=4 * 2**30), sized("b", maximum=6 * 2**30)
+    # (4 + 6) GiB x 1.1 + 1 GiB = 12 GiB
+    assert volumes(render(None, a, b))["models"]["emptyDir"]["sizeLimit"] == "12Gi"
+    mixed = volumes(render(None, a, sized("c")))
+    assert mixed["models"]["emptyDir"]["sizeLimit"] == "100Gi", "one size unknown: the documented default"
+    chosen = pool("a", "b", emptyDirSizeLimit="50Gi")
+    assert volumes(render(chosen, a, b))["models"]["emptyDir"]["sizeLimit"] == "50Gi"
+
+
+def test_every_download_is_bounded_by_what_its_model_declares_and_by_the_volume() -> None:
+    a, b = sized("a", size=4 * 2**30), sized("b")
+    entries = {e["model"]: e for e in downloads(render(pool("a", "b", emptyDirSizeLimit="20Gi"), a, b))}
+    assert (entries["a"]["sizeBytes"], entries["a"]["maxBytes"]) == (4 * 2**30, 4 * 2**30)
+    assert "sizeBytes" not in entries["b"] and entries["b"]["maxBytes"] == 20 * 2**30
+    claimed = downloads(render(pool("b", storage={"size": "30Gi"}), b))
+    assert claimed[0]["maxBytes"] == 30 * 2**30
+
+
+def test_a_cpu_pool_cannot_set_nvidia_variables_and_a_gpu_pool_can() -> None:
+    nvidia = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    with pytest.raises(ValueError, match="NVIDIA_"):
+        pool(gpus=0, extraEnv=nvidia)
+    assert env(render(pool(gpus=0)))["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert env(render(pool(gpus=1, extraEnv=nvidia)))["NVIDIA_VISIBLE_DEVICES"] == "all"

@@ -21,9 +21,24 @@ def ready(
 
 
 def test_a_refused_apply_makes_the_pool_not_ready_with_the_servers_message() -> None:
-    condition = ready(replace(POOL, apply_error="exceeded quota: q, used: count/configmaps=1"))
-    assert (condition["status"], condition["reason"]) == ("False", "ApplyFailed")
+    refused = st.Applied("exceeded quota: q, used: count/configmaps=1", refused=True)
+    condition = ready(replace(POOL, applied=refused))
+    assert (condition["status"], condition["reason"]) == ("False", "ApplyRefused")
     assert "exceeded quota: q" in str(condition["message"])
+    assert "up to 5 minutes" in str(condition["message"])
+
+
+def test_a_transient_failure_is_not_a_refusal() -> None:
+    condition = ready(replace(POOL, applied=st.Applied("the API server answered 503")))
+    assert (condition["status"], condition["reason"]) == ("False", "ApplyFailed")
+    assert "within seconds" in str(condition["message"])
+
+
+def test_a_name_held_by_another_object_is_a_conflict_naming_it() -> None:
+    taken = 'Service "p" already exists in namespace "ns" and was not created for this InferencePool.'
+    condition = ready(replace(POOL, applied=st.Applied(conflicts=(taken,))))
+    assert (condition["status"], condition["reason"]) == ("False", "Conflict")
+    assert str(condition["message"]).startswith(taken)
 
 
 def test_pods_refused_by_admission_make_the_pool_not_ready_with_the_servers_message() -> None:
@@ -48,7 +63,7 @@ def test_the_transition_time_moves_only_when_the_status_flips() -> None:
     first = st.patch_of(st.pool_status(facts, None, 1, NOW))
     again = ready(facts, first, LATER)
     assert again["lastTransitionTime"] == NOW
-    flipped = ready(replace(POOL, apply_error="refused"), first, LATER)
+    flipped = ready(replace(POOL, applied=st.Applied("refused")), first, LATER)
     assert flipped["lastTransitionTime"] == LATER
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from localai_operator.control.queue import Backoff, Key, ShutDown, WorkQueue
+from localai_operator.control import status as st
+from localai_operator.control.queue import SLOW_BASE, SLOW_CAP, Backoff, Key, ShutDown, WorkQueue
 
 A, B, C = Key("InferencePool", "ns", "a"), Key("InferencePool", "ns", "b"), Key("LLMModel", "ns", "c")
 
@@ -127,3 +128,26 @@ async def test_waiting_workers_all_get_work_when_a_batch_arrives() -> None:
         queue.add(key, background=True)
     done, _ = await asyncio.wait(workers, timeout=1)
     assert {task.result() for task in done} == {A, B, C}
+
+
+def test_a_refusal_backs_off_to_minutes_as_client_go_does() -> None:
+    queue = WorkQueue(slow_backoff=Backoff(SLOW_BASE, SLOW_CAP, jitter=0))
+    delays = [queue.slow_backoff.next(A) for _ in range(10)]
+    assert delays[:3] == [2.0, 4.0, 8.0]
+    assert delays[-1] == SLOW_CAP == st.SLOW_RETRY_CAP_SECONDS == 300.0
+    assert sum(delays[:7]) < 300, "minutes apart within a few minutes of the first refusal"
+
+
+async def test_a_slow_retry_holds_the_key_until_due_and_a_release_starts_it_over() -> None:
+    queue = WorkQueue(slow_backoff=Backoff(base=0.05, cap=60, jitter=0))
+    queue.retry(A, slow=True)
+    assert queue.held(A) and queue.held_count == 1
+    assert await asyncio.wait_for(queue.get(), timeout=1) == A  # due: no longer held
+    assert not queue.held(A)
+    queue.done(A)
+    assert queue.retry(A, slow=True) == pytest.approx(0.1)
+    queue.release(A)  # the inputs changed
+    assert not queue.held(A)
+    assert queue.retry(A, slow=True) == pytest.approx(0.05)
+    queue.forget(A)
+    assert not queue.held(A)

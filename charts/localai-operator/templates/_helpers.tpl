@@ -73,10 +73,11 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [get, list, watch, create, update, patch, delete]
-# Only the existence and resourceVersion of referenced Secrets; the routers read the keys themselves.
+# Only the Secrets the resources name, by name: their resourceVersion and key names (the pods read the keys
+# themselves). No list or watch: the operator reads no other Secret of the namespace.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch]
+  verbs: [get]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
@@ -96,10 +97,14 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch]
-# Read only: the router Services' slices say where the router pods are, whose /metrics the autoscaler reads.
+# Read only: the router Services' slices say where the router pods are, whose /metrics the autoscaler reads
+# once a pod's ReplicaSet shows that the route's router Deployment controls it.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [get, list, watch]
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [get]
 # One NetworkPolicy per pool, admitting only the routers to LocalAI, and one per route, admitting its clients.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.alias_generators import to_camel
 
+from localai_operator.api import quantity
 from localai_operator.constants import API_VERSION
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# Kubernetes' own quantity grammar (apimachinery resource.Quantity, as controller-gen writes it into CRDs).
-QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY = re.compile(QUANTITY)
-
-
-def _quantity(value: object) -> str | int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _QUANTITY.match(value):
-        return value
-    raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. 500m, 2, 1.5, 512Mi or 16Gi")
-
-
 # An object name that LocalAI also uses as a model name and a file stem.
 ResourceName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
-# An integer or a quantity string; the API server checks the same pattern, so `cpu: lots` never gets stored.
+
+
+def _quantity(value: object) -> str:
+    if not isinstance(value, (str, int)):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. 500m, 2, 1.5, 512Mi or 16Gi")
+    return str(quantity.Quantity.parse(value).bounded())
+
+
+# A non-negative integer or quantity string, kept in the canonical form the API server writes back ("1.5" is
+# "1500m"). The API server checks the same grammar, so `cpu: lots` or `-1` never gets stored.
 Quantity = Annotated[
-    str | int,
+    str,
     PlainValidator(_quantity, json_schema_input_type=int | str),
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY}),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": quantity.NONNEGATIVE_PATTERN,
+            "maxLength": quantity.MAX_LENGTH,
+            "minimum": 0,
+        }
+    ),
 ]
 
 

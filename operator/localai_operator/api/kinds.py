@@ -62,8 +62,10 @@ POD = Kind("Pod", "v1", "pods")
 NODE = Kind("Node", "v1", "nodes", namespaced=False)
 # Read only: a user's HPA on a pool's scale subresource makes the autoscaler stand aside.
 HORIZONTAL_POD_AUTOSCALER = Kind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers")
-# Read only: where the routers' pods are, to read their /metrics (the router Services' slices).
+# Read only: where the routers' pods are, to read their /metrics (the router Services' slices), and which of
+# them the route's router Deployment controls (a pod's ReplicaSet, read by name).
 ENDPOINT_SLICE = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")
+REPLICA_SET = Kind("ReplicaSet", "apps/v1", "replicasets")
 SECRET = Kind("Secret", "v1", "secrets")
 EVENT = Kind("Event", "v1", "events")
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
@@ -95,6 +97,8 @@ KINDS: dict[str, Kind] = {
         POD,
         NODE,
         HORIZONTAL_POD_AUTOSCALER,
+        ENDPOINT_SLICE,
+        REPLICA_SET,
         SECRET,
         EVENT,
         LEASE,

@@ -18,8 +18,18 @@ TENSOR_SPLIT = r"^[0-9]+(\.[0-9]+)?([,/][0-9]+(\.[0-9]+)?)*$"
 OPTION = r"^[^\s:]+(:[^\s:]+)?$"
 NO_PARALLEL_OPTION = "self.all(o, !o.matches('^(n_)?parallel(:|$)'))"
 NO_PARALLEL_MESSAGE = "set the number of slots with spec.parallel, not a parallel option"
-# A file name inside the models directory: no path separators, no leading dot.
-FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
+# A file name inside the models directory: no path separators, no leading dot (nor ".."), and no YAML, which LocalAI
+# would read as a model's configuration.
+_FILE = r"[A-Za-z0-9_][A-Za-z0-9._+-]*"
+FILE_NAME = rf"^{_FILE}$"
+# An http(s) URL whose last path segment (the query dropped, trailing slashes too: ModelSource.file_name) is such a
+# name.
+URL_WITH_FILE = rf"^https?://[^\s/?#]+(/[^\s?]*)?/{_FILE}/*(\?\S*)?$"
+NOT_YAML = r"(?i)[.]ya?ml$"
+NOT_YAML_MESSAGE = (
+    "the model file cannot be a .yaml or .yml file (LocalAI would read it as a model configuration)"
+)
+MAX_FILE_BYTES = 2**50  # 1 PiB
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
 
@@ -35,13 +45,25 @@ GpuLayers = Annotated[
 ]
 
 
+SIZE_MESSAGE = "sizeBytes cannot exceed maxBytes"
+
+
 class HuggingFaceSource(Spec):
     repo: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
         max_length=200,
         description="Hugging Face repository, owner/name, e.g. TheBloke/Mistral-7B-Instruct-v0.2-GGUF.",
     )
-    file: str = Field(pattern=FILE_NAME, max_length=255, description="GGUF file in the repository.")
+    file: str = Field(
+        pattern=FILE_NAME,
+        max_length=255,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"!self.matches('{NOT_YAML}')", "message": NOT_YAML_MESSAGE}
+            ]
+        },
+        description="GGUF file in the repository.",
+    )
     revision: str = Field(default="main", min_length=1, max_length=100, description="Branch, tag or commit.")
     token_secret_ref: SecretKeyRef | None = Field(
         default=None,
@@ -56,21 +78,46 @@ class ModelSource(Spec):
                 {
                     "rule": "has(self.huggingFace) != has(self.url)",
                     "message": "set exactly one of source.huggingFace or source.url",
-                }
+                },
+                {
+                    "rule": "!has(self.url) || !self.url.split('?')[0].matches('(?i)[.]ya?ml/*$')",
+                    "message": NOT_YAML_MESSAGE,
+                    "fieldPath": ".url",
+                },
+                {
+                    "rule": "!has(self.sizeBytes) || !has(self.maxBytes) || self.sizeBytes <= self.maxBytes",
+                    "message": SIZE_MESSAGE,
+                    "fieldPath": ".sizeBytes",
+                },
             ]
         }
     }
     hugging_face: HuggingFaceSource | None = Field(default=None, description="Download from Hugging Face.")
     url: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s]+$",
+        pattern=URL_WITH_FILE,
         max_length=2048,
-        description="Download from this http(s) URL. The file name is the last path segment.",
+        description="Download from this http(s) URL. The file name is the last path segment (before any query): "
+        "letters, digits and ._+- only, not starting with a dot, not a .yaml or .yml file.",
     )
     sha256: str | None = Field(
         default=None,
         pattern=SHA256,
         description="Expected SHA-256 of the file (64 hex characters), verified after download. Recommended.",
+    )
+    size_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_FILE_BYTES,
+        description="The file's exact size in bytes: the download fails on any other size, and the pool's models "
+        "emptyDir is sized from it (InferencePool.spec.emptyDirSizeLimit).",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_FILE_BYTES,
+        description="The most bytes the download may take: it stops and fails beyond. Without it (and without "
+        "sizeBytes) a download may fill at most the pool's model volume.",
     )
 
     @model_validator(mode="after")
@@ -78,6 +125,20 @@ class ModelSource(Spec):
         if (self.hugging_face is None) == (self.url is None):
             raise ValueError("set exactly one of source.huggingFace or source.url")
         return self
+
+    @model_validator(mode="after")
+    def _a_model_file(self) -> ModelSource:
+        if self.url is not None and re.search(NOT_YAML, self.url.split("?", 1)[0].rstrip("/")):
+            raise ValueError(NOT_YAML_MESSAGE)
+        if self.hugging_face is not None and re.search(NOT_YAML, self.hugging_face.file):
+            raise ValueError(NOT_YAML_MESSAGE)
+        if self.size_bytes is not None and self.max_bytes is not None and self.size_bytes > self.max_bytes:
+            raise ValueError(SIZE_MESSAGE)
+        return self
+
+    def byte_bound(self) -> int | None:
+        """The most bytes the file may have, as declared (sizeBytes, else maxBytes)."""
+        return self.size_bytes if self.size_bytes is not None else self.max_bytes
 
     def file_name(self) -> str:
         if self.hugging_face is not None:

@@ -19,6 +19,8 @@ from localai_operator.api.base import (
 )
 from localai_operator.api.kinds import INFERENCE_POOL
 
+MAX_THREADS = 512
+
 
 class Accelerator(Spec):
     gpus: int = Field(
@@ -125,6 +127,17 @@ RESERVED_ENV = (
 RESERVED_ENV_MESSAGE = (
     "extraEnv cannot set the variables that keep LocalAI's admin API closed or name its volumes"
     " (LOCALAI_ADDRESS, *_PATH, LOCALAI_API_KEY, *GALLER*, LOCALAI_DISABLE_*); use spec.apiKeySecretRef for the key"
+)
+# On a pool without GPUs, the NVIDIA container runtime's variables: NVIDIA_VISIBLE_DEVICES=void is what keeps a
+# node's GPUs out of a CPU pool's pods where the node's default runtime is NVIDIA's.
+GPU_ENV_PREFIX = "NVIDIA_"
+GPU_ENV_MESSAGE = (
+    "extraEnv cannot set NVIDIA_* variables on a pool without GPUs (accelerator.gpus is 0): they would give its "
+    "pods the node's GPUs; ask for GPUs with accelerator.gpus instead"
+)
+GPU_ENV_RULE = (
+    "(has(self.accelerator) && has(self.accelerator.gpus) && self.accelerator.gpus > 0)"
+    f" || !has(self.extraEnv) || self.extraEnv.all(e, !e.name.startsWith('{GPU_ENV_PREFIX}'))"
 )
 
 
@@ -275,7 +288,10 @@ GPU_IMAGE_MESSAGE = (
 class InferencePoolSpec(Spec):
     model_config = Spec.model_config | {
         "json_schema_extra": {
-            "x-kubernetes-validations": [{"rule": GPU_IMAGE_RULE, "message": GPU_IMAGE_MESSAGE}]
+            "x-kubernetes-validations": [
+                {"rule": GPU_IMAGE_RULE, "message": GPU_IMAGE_MESSAGE},
+                {"rule": GPU_ENV_RULE, "message": GPU_ENV_MESSAGE, "fieldPath": ".extraEnv"},
+            ]
         }
     }
 
@@ -290,6 +306,8 @@ class InferencePoolSpec(Spec):
     def _extra_env_keeps_the_reserved_names(self) -> InferencePoolSpec:
         if any(e.name in RESERVED_ENV for e in self.extra_env):
             raise ValueError(RESERVED_ENV_MESSAGE)
+        if not self.accelerator.gpus and any(e.name.startswith(GPU_ENV_PREFIX) for e in self.extra_env):
+            raise ValueError(GPU_ENV_MESSAGE)
         return self
 
     models: list[str] = Field(
@@ -316,7 +334,7 @@ class InferencePoolSpec(Spec):
     threads: int | None = Field(
         default=None,
         ge=1,
-        le=512,
+        le=MAX_THREADS,
         description="LocalAI threads. Default: the CPU request in whole cores (min 1).",
     )
     resources: Resources | None = Field(
@@ -324,6 +342,12 @@ class InferencePoolSpec(Spec):
     )
     storage: Storage | None = Field(
         default=None, description="Model volume as a PersistentVolumeClaim; emptyDir when omitted."
+    )
+    empty_dir_size_limit: Quantity | None = Field(
+        default=None,
+        description="Without storage: the most the models emptyDir may hold (the kubelet evicts a pod beyond "
+        "it), and so the most a download may take. Default: the models' declared sizes (source.sizeBytes, else "
+        "source.maxBytes, and their mmproj) plus 10% and 1Gi when every model declares one, else 100Gi.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations.")

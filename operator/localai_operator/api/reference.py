@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from localai_operator.api.base import QUANTITY
 from localai_operator.api.crd import crds
+from localai_operator.api.quantity import NONNEGATIVE_PATTERN
 
 HEADER = """# API reference
 
@@ -30,6 +30,7 @@ def _type(node: dict[str, Any]) -> str:
 
 def _constraints(node: dict[str, Any]) -> str:
     parts = []
+    quantity = node.get("pattern") == NONNEGATIVE_PATTERN
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
     for key, label in (
@@ -39,13 +40,13 @@ def _constraints(node: dict[str, Any]) -> str:
         ("maxItems", "items <="),
         ("maxLength", "length <="),
     ):
-        if key in node:
+        if key in node and not (quantity and key == "maxLength"):
             parts.append(f"{label} {node[key]}")
-    if node.get("pattern") == QUANTITY:
-        parts.append("a Kubernetes quantity (e.g. `500m`, `2`, `16Gi`)")
+    if quantity:
+        parts.append("a Kubernetes quantity >= 0 (e.g. `500m`, `2`, `16Gi`)")
     elif "pattern" in node:
         parts.append(f"pattern `{node['pattern']}`")
-    for rule in node.get("x-kubernetes-validations", []):
+    for rule in node.get("x-kubernetes-validations", []) if not quantity else ():
         parts.append(f"rule: {rule['message']}")
     return "; ".join(parts)
 

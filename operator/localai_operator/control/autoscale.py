@@ -36,7 +36,8 @@ class RouterSample:
 
 def parse_metrics(text: str) -> RouterSample:
     """The demand and cost series of a router's Prometheus text; ValueError when it has no demand series (not
-    a router of this version)."""
+    a router of this version). Samples that are not finite or are negative (no figure read here can be) are
+    dropped, as if the line were not there."""
     values: dict[str, float] = {}
     costs: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
@@ -49,6 +50,8 @@ def parse_metrics(text: str) -> RouterSample:
         try:
             value = float(raw)
         except ValueError:
+            continue
+        if not math.isfinite(value) or value < 0:
             continue
         if name == PERIOD_COST:
             by = dict(_LABEL.findall(labels or ""))

@@ -12,17 +12,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+
 from localai_operator.api.kinds import Kind
+from localai_operator.api.quantity import Quantity
 from localai_operator.api.route import RouteCost
 from localai_operator.constants import GPU_RESOURCE, GROUP, LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.control.autoscale import ScaleState
-from localai_operator.control.plan import (
-    Body,
-    SecretInfo,
-    pool_secret_names,
-    primary_pool,
-    route_secret_names,
-)
+from localai_operator.control.plan import Body, primary_pool
 from localai_operator.render.pool import COMPONENT as POOL_COMPONENT
 from localai_operator.wire import Carried
 
@@ -30,15 +27,14 @@ from localai_operator.wire import Carried
 # per watched kind (Kopf's cost is per index function and event); a custom kind's index also holds its references,
 # under keys tagged with what they are.
 MODELS = "models"  # ("model", namespace, name) -> the LLMModel
-POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model"|"secret", ns, name) -> pools naming it
-ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool"|"secret", ns, name) -> routes naming it
-OWNED = "owned"  # owner uid -> the objects it controls (every owned kind)
+POOLS = "pools"  # ("pool", ns, name) -> the InferencePool; ("model", ns, name) -> pools naming it
+ROUTES = "routes"  # ("route", ns, name) -> the FallbackRoute; ("pool", ns, name) -> routes naming it
+OWNED = "owned"  # (namespace, owner uid) -> the objects it controls there (every owned kind)
 UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's message, per Pending pod
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
-SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
-ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> ((pod, address), ...) of its ready router pods
+ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> (Endpoint, ...) of its router Service's slices
 HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS, ROUTER_ENDPOINTS, HPAS)
+INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, ROUTER_ENDPOINTS, HPAS)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -50,6 +46,7 @@ INDEX_OF = {
 WRITTEN_TTL = 10.0
 
 Index = Mapping[Any, Collection[Any]]  # what kopf.Index is, as far as reading goes
+MAX_SLICE_ENDPOINTS = 256
 
 
 # --- what the indexes hold -----------------------------------------------------------------------------------------
@@ -68,32 +65,76 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": meta}
 
 
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A watched object as compact JSON, with what is looked at without reading it: a fifth of the memory of its
+    dicts (10,000 models and 1,000 pools' objects are most of what the operator holds). A pass unpacks what it
+    reads."""
+
+    kind: str
+    name: str
+    uid: str
+    resource_version: str
+    deleting: bool
+    raw: bytes
+
+    def body(self) -> dict[str, Any]:
+        unpacked: dict[str, Any] = pydantic_core.from_json(self.raw)
+        return unpacked
+
+
+def pack(body: Mapping[str, Any]) -> Packed:
+    slimmed = slim(body)
+    meta = slimmed["metadata"]
+    return Packed(
+        str(slimmed.get("kind", "")),
+        str(meta.get("name", "")),
+        str(meta.get("uid", "")),
+        str(meta.get("resourceVersion", "")),
+        bool(meta.get("deletionTimestamp")),
+        pydantic_core.to_json(slimmed),
+    )
+
+
 def model_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    return {("model", namespace, name): slim(body)}
+    return {("model", namespace, name): pack(body)}
 
 
 def pool_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    entries: dict[Any, Any] = {("pool", namespace, name): slim(body)}
+    entries: dict[Any, Any] = {("pool", namespace, name): pack(body)}
     entries.update({("model", namespace, str(m)): name for m in (body.get("spec") or {}).get("models") or []})
-    entries.update({("secret", namespace, s): name for s in pool_secret_names(body)})
     return entries
 
 
 def route_entries(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, Any]:
-    entries: dict[Any, Any] = {("route", namespace, name): slim(body)}
+    entries: dict[Any, Any] = {("route", namespace, name): pack(body)}
     pool = primary_pool(body)
     if pool:
         entries[("pool", namespace, pool)] = name
-    entries.update({("secret", namespace, s): name for s in route_secret_names(body)})
     return entries
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """(kind, name, uid) of the custom resource controlling `body`, if one of ours does."""
+    """(kind, name, uid) of the custom resource of ours that `body`'s controller reference names, if any. Anyone
+    allowed to create an object can write any reference into it: what it claims is checked against the owner
+    (owned_key) before anything is done with it."""
     for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if str(ref.get("apiVersion", "")).startswith(f"{GROUP}/") and ref.get("controller"):
-            return str(ref["kind"]), str(ref["name"]), str(ref["uid"])
+        if (
+            ref.get("controller")
+            and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+            and ref.get("kind") in INDEX_OF
+        ):
+            return str(ref["kind"]), str(ref.get("name", "")), str(ref.get("uid", ""))
     return None
+
+
+def owned_key(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, owner uid) under which `body` counts as owned: an owner controls only objects of its own
+    namespace (the garbage collector ignores a reference across namespaces, and so does this index), so an object
+    in another namespace that names a pool's uid is no object of that pool."""
+    owner = owner_of(body)
+    namespace = (body.get("metadata") or {}).get("namespace")
+    return (str(namespace), owner[2]) if owner is not None and namespace else None
 
 
 def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
@@ -115,19 +156,33 @@ def schedulable_gpus(node: Mapping[str, Any]) -> int:
         return 0
     value = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0")
     try:
-        return int(str(value))
+        return max(0, Quantity.parse(value).value())
     except ValueError:
         return 0
 
 
-def router_endpoints(slice_: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """(pod name, address) of the ready endpoints of a router Service's EndpointSlice."""
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """A ready address of a router Service's EndpointSlice and the pod it names: a claim, until checked
+    (control/scrape.py)."""
+
+    pod: str
+    uid: str
+    address: str
+
+
+def router_endpoints(slice_: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    """The ready endpoints of a router Service's EndpointSlice that name a pod (at most a few hundred: a slice
+    holds at most 1,000 endpoints, and a route few router pods)."""
     out = []
-    for endpoint in slice_.get("endpoints") or []:
+    for endpoint in (slice_.get("endpoints") or [])[:MAX_SLICE_ENDPOINTS]:
+        target = endpoint.get("targetRef") or {}
         if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
             continue
-        pod = (endpoint.get("targetRef") or {}).get("name") or endpoint["addresses"][0]
-        out.append((str(pod), str(endpoint["addresses"][0])))
+        if target.get("kind") == "Pod" and target.get("name"):
+            out.append(
+                Endpoint(str(target["name"]), str(target.get("uid") or ""), str(endpoint["addresses"][0]))
+            )
     return tuple(sorted(out))
 
 
@@ -139,16 +194,15 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
     return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
 
 
-def secret_info(secret: Mapping[str, Any]) -> SecretInfo:
-    keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
-    return SecretInfo(str((secret.get("metadata") or {}).get("resourceVersion", "")), frozenset(keys))
-
-
 def _version(body: Mapping[str, Any]) -> int:
+    return _number((body.get("metadata") or {}).get("resourceVersion"))
+
+
+def _number(version: Any) -> int:
     # resourceVersion is opaque to clients, but every etcd-backed API server issues increasing integers; an
     # unparsable one counts as oldest, so the watch's copy is preferred.
     try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+        return int(version or 0)
     except ValueError:
         return 0
 
@@ -166,7 +220,7 @@ class Cache:
     indexes: dict[str, Index] = field(default_factory=dict)
     clock: Any = time.monotonic
     _written: dict[tuple[str, str, str], _Written] = field(default_factory=dict)
-    _written_by_owner: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
+    _written_by_owner: dict[tuple[str, str], set[tuple[str, str, str]]] = field(default_factory=dict)
     _pool_models: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _generations: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     _in_flight: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
@@ -193,12 +247,29 @@ class Cache:
         values = list(self._values(index, (tag, namespace, name)))
         if not values:
             return None
-        seen: Body = values[-1]
+        seen: Packed = values[-1]
         written = self._fresh((kind.kind, namespace, name))
-        same_object = written is not None and written["metadata"].get("uid") == seen["metadata"].get("uid")
-        if written is not None and same_object and _version(written) > _version(seen):
+        same_object = written is not None and written["metadata"].get("uid") == seen.uid
+        if written is not None and same_object and _version(written) > _number(seen.resource_version):
             return written
-        return seen
+        return seen.body()
+
+    def identity(self, kind: Kind, namespace: str, name: str) -> tuple[str, str, bool] | None:
+        """(uid, resourceVersion, being deleted) of what get() would return, without unpacking it."""
+        index, tag = INDEX_OF[kind.kind]
+        values = list(self._values(index, (tag, namespace, name)))
+        if not values:
+            return None
+        seen: Packed = values[-1]
+        written = self._fresh((kind.kind, namespace, name))
+        if (
+            written is not None
+            and written["metadata"].get("uid") == seen.uid
+            and _version(written) > _number(seen.resource_version)
+        ):
+            meta = written["metadata"]
+            return str(meta.get("uid")), str(meta.get("resourceVersion")), bool(meta.get("deletionTimestamp"))
+        return seen.uid, seen.resource_version, seen.deleting
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""
@@ -212,7 +283,7 @@ class Cache:
             (key[1], key[2])
             for key in index
             if key[0] == "pool"
-            and any(((p.get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
+            and any(((p.body().get("spec") or {}).get("accelerator") or {}).get("gpus") for p in index[key])
         ]
 
     def served_by(self, namespace: str, model: str) -> tuple[str, ...]:
@@ -221,11 +292,15 @@ class Cache:
     def routes_using_pool(self, namespace: str, pool: str) -> list[str]:
         return sorted(set(self._values(ROUTES, ("pool", namespace, pool))))
 
-    def routes_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(ROUTES, ("secret", namespace, secret))))
-
-    def pools_using_secret(self, namespace: str, secret: str) -> list[str]:
-        return sorted(set(self._values(POOLS, ("secret", namespace, secret))))
+    def owner(self, body: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(kind, name) of the custom resource that controls `body`, if that resource exists in `body`'s namespace
+        with the uid the reference names: only then is `body` its object, and a change to it its concern."""
+        owner, key = owner_of(body), owned_key(body)
+        if owner is None or key is None:
+            return None
+        index, tag = INDEX_OF[owner[0]]
+        found = any(cr.uid == key[1] for cr in self._values(index, (tag, key[0], owner[1])))
+        return (owner[0], owner[1]) if found else None
 
     def spec_changed(self, kind: Kind, namespace: str, name: str, generation: Any, gone: bool) -> bool:
         """True at a custom resource's first event, at a new generation (a spec edit) and at its deletion: when
@@ -248,12 +323,13 @@ class Cache:
 
     # --- what the custom resources own and depend on
 
-    def owned(self, owner_uid: str) -> dict[tuple[str, str], Body]:
-        """(kind, name) -> each object `owner_uid` controls, the newer of the watch's copy and our last write."""
+    def owned(self, namespace: str, owner_uid: str) -> dict[tuple[str, str], Body]:
+        """(kind, name) -> each object of `namespace` that the resource `owner_uid` controls, the newer of the
+        watch's copy and our last write."""
         out: dict[tuple[str, str], Body] = {}
-        for body in self._values(OWNED, owner_uid):
-            out[(body["kind"], body["metadata"]["name"])] = body
-        for key in list(self._written_by_owner.get(owner_uid, ())):
+        for packed in self._values(OWNED, (namespace, owner_uid)):
+            out[(packed.kind, packed.name)] = packed.body()
+        for key in list(self._written_by_owner.get((namespace, owner_uid), ())):
             written = self._fresh(key)
             if written is None:
                 continue
@@ -269,17 +345,14 @@ class Cache:
         index = self.indexes.get(GPU_NODES, {})
         return [(dict(labels), max(index[labels])) for labels in index if index[labels]]
 
-    def router_pods(self, namespace: str, route: str) -> list[tuple[str, str]]:
-        """(pod name, address) of the route's ready router pods."""
+    def router_endpoints(self, namespace: str, route: str) -> list[Endpoint]:
+        """The ready endpoints the route's router Service's slices list (any pod carrying its labels)."""
         return sorted(
-            {pair for pairs in self._values(ROUTER_ENDPOINTS, (namespace, route)) for pair in pairs}
+            {e for endpoints in self._values(ROUTER_ENDPOINTS, (namespace, route)) for e in endpoints}
         )
 
     def hpa_for(self, namespace: str, pool: str) -> str | None:
         return next(iter(sorted(self._values(HPAS, (namespace, pool)))), None)
-
-    def secret(self, namespace: str, name: str) -> SecretInfo | None:
-        return next(iter(self._values(SECRETS, (namespace, name))), None)
 
     # --- the operator's own writes
     #
@@ -297,9 +370,9 @@ class Cache:
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace", ""), meta["name"])
         self._written[key] = _Written(slim(body), self.clock())
-        owner = owner_of(body)
-        if owner is not None:
-            self._written_by_owner.setdefault(owner[2], set()).add(key)
+        owned = owned_key(body)
+        if owned is not None:
+            self._written_by_owner.setdefault(owned, set()).add(key)
         held = self._in_flight.pop(key, [])
         if meta.get("resourceVersion") in held:
             self.deleted(*key)  # the watch already holds this very version
@@ -312,9 +385,9 @@ class Cache:
     def deleted(self, kind: str, namespace: str, name: str) -> None:
         """An object this operator deleted, or whose deletion the watch reported: forget our copy of it."""
         written = self._written.pop((kind, namespace, name), None)
-        owner = owner_of(written.body) if written is not None else None
-        if owner is not None:
-            self._written_by_owner.get(owner[2], set()).discard((kind, namespace, name))
+        owned = owned_key(written.body) if written is not None else None
+        if owned is not None:
+            self._written_by_owner.get(owned, set()).discard((kind, namespace, name))
 
     def is_echo(self, body: Mapping[str, Any]) -> bool:
         """True when a watch event needs no pass: it reports this operator's own write (or is held back until

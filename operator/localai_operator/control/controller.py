@@ -1,7 +1,7 @@
 """The controller: the operator's typed state, on Kopf's memo, and the tasks it runs beside Kopf's watches.
 
 N async workers take keys from the work queue and run one pass each; a failed pass comes back after a capped,
-jittered backoff. A resync timer and a new leader enqueue every custom resource from the caches (no LIST).
+jittered backoff: seconds for a transient failure, minutes for one the user must fix. A resync timer and a new leader enqueue every custom resource from the caches (no LIST).
 Workers wait until Kopf has indexed everything once, and pass nothing while another replica holds the Lease.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Hashable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,8 @@ from localai_operator.control.leader import LeaderElector
 from localai_operator.control.metrics import Metrics
 from localai_operator.control.plan import Renders
 from localai_operator.control.queue import Key, ShutDown, WorkQueue
-from localai_operator.control.reconcile import Context, reconcile
+from localai_operator.control.reconcile import Context, Failure, reconcile, user_must_fix
+from localai_operator.control.secrets import Secrets
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ class Options:
 
 @dataclass(frozen=True)
 class Controller:
-    """Shared by every handler: Kopf gives each object a shallow copy of its memo, so every field here is an
-    object that all copies share, and none is ever reassigned."""
+    """Shared by every handler: Kopf gives each object a shallow copy of its memo, which is this very object (no
+    field is ever reassigned, and no handler keeps anything per object on it)."""
 
     api: Api
     settings: RenderSettings
@@ -54,11 +55,22 @@ class Controller:
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
-    last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
+    secrets: Secrets = field(init=False)
+    last_inputs: dict[Key, int] = field(
+        default_factory=dict
+    )  # (a hash of) each key's inputs at its last good pass
+    refused_inputs: dict[Key, int] = field(default_factory=dict)  # and at its last refusal
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
     active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _servers: list[web.AppRunner] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
+
+    def __copy__(self) -> Controller:
+        """Kopf copies the memo for every object it sees: all copies would share every field anyway."""
+        return self
 
     @property
     def context(self) -> Context:
@@ -67,8 +79,10 @@ class Controller:
             self.cache,
             self.renders,
             self.settings,
-            again=self.queue.add,
+            self.queue,
+            self.secrets,
             last_inputs=self.last_inputs,
+            refused_inputs=self.refused_inputs,
         )
 
     def enqueue(
@@ -86,6 +100,7 @@ class Controller:
     async def start(self, indexes: Mapping[str, Index]) -> None:
         self.cache.bind(indexes)
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        self.metrics.held.set_function(lambda: self.queue.held_count)
         if self.options.metrics_port:
             self._servers.append(await self.metrics.serve(self.options.metrics_port))
         loop = asyncio.get_running_loop()
@@ -96,6 +111,7 @@ class Controller:
         elastic = Elastic(
             self.cache,
             lambda kind, ns, name, background: self.enqueue(kind, ns, name, background=background),
+            self.api,
             interval=self.options.autoscale_seconds,
         )
         self._tasks.append(loop.create_task(self._after_sync(elastic.run(self.active)), name="elastic"))
@@ -158,20 +174,25 @@ class Controller:
                 continue
             started, result = time.perf_counter(), "ok"
             try:
-                retry = await reconcile(key, context)
-            except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-                retry = f"API request failed: {err or type(err).__name__}"
+                failure = await reconcile(key, context)
+            except ApiError as err:
+                failure = Failure(f"API request failed: {err}", slow=user_must_fix(err))
+            except (aiohttp.ClientError, TimeoutError) as err:
+                failure = Failure(f"API request failed: {err or type(err).__name__}")
             except Exception:
                 log.exception("the pass of %s failed", key)
-                retry = "unexpected error (see the traceback above)"
+                failure = Failure("unexpected error (see the traceback above)")
             finally:
                 self.queue.done(key)
-            if retry:
-                result = "retry"
-                delay = self.queue.retry(key)
-                self.metrics.retries.labels(key.kind).inc()
-                log.info("%s: %s; retrying in %.1f s", key, retry, delay)
-            else:
+            if failure is None:
                 self.queue.forget(key)
+            elif failure.held:
+                result = "held"
+            else:
+                result = "retry"
+                kind_of = "slow" if failure.slow else "fast"
+                delay = self.queue.retry(key, slow=failure.slow)
+                self.metrics.retries.labels(key.kind, kind_of).inc()
+                log.info("%s: %s; retrying in %.1f s (%s)", key, failure.reason, delay, kind_of)
             self.metrics.passes.labels(key.kind, result).inc()
             self.metrics.duration.labels(key.kind).observe(time.perf_counter() - started)

@@ -1,8 +1,10 @@
 """The elastic loop: while leading, every few seconds, read every router's demand and spend from its pods'
 /metrics (no Prometheus, no KEDA), decide the size of each autoscaled pool, count GPU-hours, and leave the results
 in the cache for the pools' and routes' passes to render (the Deployment's replicas, status). Never writes a spec,
-and sends the API server nothing: the router pods' addresses come from their Services' EndpointSlices and the
-HorizontalPodAutoscalers from the caches.
+and writes nothing to the API server: the router pods' addresses come from their Services' EndpointSlices and the
+HorizontalPodAutoscalers from the caches; a pod is read only once one GET of it and of its ReplicaSet showed that
+the route's router Deployment controls it (control/scrape.py). One pool's or route's figures failing (an answer
+that cannot be read, a bug) costs only that pool's or route's figures, never the look.
 
 A pool that a user's HorizontalPodAutoscaler (or a KEDA ScaledObject, which makes one) targets through its scale
 subresource is left to it: its spec.replicas is rendered as without autoscaling.
@@ -11,9 +13,10 @@ subresource is left to it: its spec.replicas is rendered as without autoscaling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -22,19 +25,13 @@ import aiohttp
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
-from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind
 from localai_operator.api.route import RouteCost
-from localai_operator.constants import ROUTER_METRICS_PORT
-from localai_operator.control.autoscale import (
-    DemandMeter,
-    GpuMeter,
-    RouterSample,
-    Scaler,
-    ScaleState,
-    parse_metrics,
-)
+from localai_operator.control.autoscale import DemandMeter, GpuMeter, Scaler, ScaleState
 from localai_operator.control.cache import Cache
-from localai_operator.render.route import pod_slots
+from localai_operator.control.kube import Reader
+from localai_operator.control.scrape import RouterPod, RouterPods, Scraper
+from localai_operator.render.route import metrics_port, pod_slots, router_name
 from localai_operator.wire import AVOIDED, SPEND, Carried, period_of
 
 log = logging.getLogger(__name__)
@@ -42,20 +39,18 @@ log = logging.getLogger(__name__)
 INTERVAL_SECONDS: Final = 5.0
 # Route cost in status changes with every answer: written at most this often per route.
 COST_PUBLISH_SECONDS: Final = 30.0
-SCRAPE_TIMEOUT_SECONDS: Final = 2.0
 
 Key = tuple[str, str]  # (namespace, name)
 Enqueue = Callable[[str, str, str, bool], None]  # kind, namespace, name, background
 
 
+def _spec(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec: Mapping[str, Any] = body.get("spec") or {}
+    return spec
+
+
 def _iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class _RouterPod:
-    name: str
-    ip: str
 
 
 @dataclass
@@ -73,6 +68,7 @@ class Elastic:
         self,
         cache: Cache,
         enqueue: Enqueue,
+        reader: Reader,
         *,
         interval: float = INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -89,7 +85,14 @@ class Elastic:
         self._pod_costs: dict[Key, dict[str, dict[tuple[str, str], float]]] = {}  # route -> pod -> figures
         self._gone: dict[Key, dict[tuple[str, str], float]] = {}  # route -> figures of its pods that went
         self._published: dict[Key, float] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._router_pods = RouterPods(reader)
+        self._scraper = Scraper()
+        self._problems: dict[
+            tuple[str, Key], str
+        ] = {}  # what last went wrong with a pool's or route's figures
+        self._parses: dict[
+            tuple[str, str, str], tuple[Any, Any]
+        ] = {}  # (kind, ns, name) -> (version, parsed)
 
     async def run(self, active: asyncio.Event) -> None:
         try:
@@ -106,55 +109,110 @@ class Elastic:
                 except Exception:
                     log.exception("autoscaler: unexpected error")
         finally:
-            if self._session is not None:
-                await self._session.close()
+            await self._scraper.close()
 
     # ------------------------------------------------------------------ one look
 
     async def look(self) -> None:
         now, wall = self.clock(), self.wall()
-        pools = self._parsed(INFERENCE_POOL, InferencePool)
-        routes = self._parsed(FALLBACK_ROUTE, FallbackRoute)
-        autoscaled = {k: p for k, p in pools.items() if p.spec.autoscaling is not None}
-        pods = {key: [_RouterPod(n, ip) for n, ip in self.cache.router_pods(*key)] for key in routes}
+        pools = self._bodies(INFERENCE_POOL)
+        # Only what is autoscaled, and every route (their costs), is parsed: once per resourceVersion.
+        autoscaled = self._parsed(
+            INFERENCE_POOL, InferencePool, {k: b for k, b in pools.items() if _spec(b).get("autoscaling")}
+        )
+        routes = self._parsed(FALLBACK_ROUTE, FallbackRoute, self._bodies(FALLBACK_ROUTE))
         hpas = {key: hpa for key in autoscaled if (hpa := self.cache.hpa_for(*key)) is not None}
-        readings = await self._read(routes, pods, now)
+        readings = await self._read(routes, now)
         day, month = period_of("daily", wall), period_of("monthly", wall)
-        for key, pool in pools.items():
-            deployment = self.cache.owned(pool.metadata.uid or "").get(("Deployment", pool.name)) or {}
+        gpu_pools = {
+            k: b for k, b in pools.items() if int((_spec(b).get("accelerator") or {}).get("gpus") or 0)
+        }
+        for key, body in gpu_pools.items():
+            meta = body.get("metadata") or {}
+            deployment = self.cache.owned(key[0], str(meta.get("uid", ""))).get(("Deployment", key[1])) or {}
             replicas = int((deployment.get("status") or {}).get("replicas") or 0)
-            meter = self._gpus.setdefault(key, GpuMeter())
-            meter.observe(now, replicas, pool.spec.accelerator.gpus, (day, month))
-        for key in [k for k in self._gpus if k not in pools]:
+            gpus = int(_spec(body)["accelerator"]["gpus"])
+            self._gpus.setdefault(key, GpuMeter()).observe(now, replicas, gpus, (day, month))
+        for key in [k for k in self._gpus if k not in gpu_pools]:
             del self._gpus[key]
         for key, pool in autoscaled.items():
-            self._scale(key, pool, routes, readings, hpas.get(key), now, wall)
+            with self._isolated("pool", key):
+                self._scale(key, pool, routes, readings, hpas.get(key), now, wall)
         for key in [k for k in self._scalers if k not in autoscaled]:
             del self._scalers[key]
         for key in [k for k in self.cache.scales if k not in autoscaled]:
             del self.cache.scales[key]
             self.enqueue(INFERENCE_POOL.kind, key[0], key[1], False)  # back to spec.replicas
         for key, route in routes.items():
-            self._cost(key, route, readings.get(key), now, wall)
+            with self._isolated("route", key):
+                self._cost(key, route, readings.get(key), now, wall)
+        for problem in [p for p in self._problems if p[1] not in (pools if p[0] == "pool" else routes)]:
+            del self._problems[problem]
+        seen = {("InferencePool", *k) for k in autoscaled} | {("FallbackRoute", *k) for k in routes}
+        for parse in [k for k in self._parses if k not in seen]:
+            del self._parses[parse]
 
-    def _parsed(self, kind: Any, model: Any) -> dict[Key, Any]:
-        out: dict[Key, Any] = {}
+    @contextlib.contextmanager
+    def _isolated(self, what: str, key: Key) -> Iterator[None]:
+        """One pool's or route's figures failing costs only them, logged once per change of what went wrong."""
+        try:
+            yield
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}"
+            if self._problems.get((what, key)) != message:
+                log.exception("autoscaler: the figures of %s %s/%s: %s", what, key[0], key[1], message)
+            self._problems[(what, key)] = message
+        else:
+            if self._problems.pop((what, key), None) is not None:
+                log.info("autoscaler: the figures of %s %s/%s are read again", what, key[0], key[1])
+
+    def _bodies(self, kind: Kind) -> dict[Key, Mapping[str, Any]]:
+        out: dict[Key, Mapping[str, Any]] = {}
         for namespace, name in self.cache.keys(kind):
             body = self.cache.get(kind, namespace, name)
-            if body is None:
-                continue
-            try:
-                out[(namespace, name)] = model.parse(body)
-            except ValidationError:
-                continue  # its own pass reports why
+            if body is not None:
+                out[(namespace, name)] = body
         return out
 
-    async def _read(
-        self, routes: Mapping[Key, FallbackRoute], pods: Mapping[Key, list[_RouterPod]], now: float
-    ) -> dict[Key, _RouteReading]:
-        wanted = [(key, pod) for key in routes for pod in pods.get(key, ())]
-        samples = await asyncio.gather(*(self._scrape(pod.ip) for _, pod in wanted))
-        readings: dict[Key, _RouteReading] = {key: _RouteReading() for key in routes}
+    def _parsed(self, kind: Kind, model: Any, bodies: Mapping[Key, Mapping[str, Any]]) -> dict[Key, Any]:
+        """The bodies parsed, each only when its uid or resourceVersion changed (invalid ones left out: their
+        own pass reports why)."""
+        out: dict[Key, Any] = {}
+        for key, body in bodies.items():
+            meta = body.get("metadata") or {}
+            version = (meta.get("uid"), meta.get("resourceVersion"))
+            cached = self._parses.get((kind.kind, *key))
+            if cached is None or cached[0] != version:
+                try:
+                    parsed = model.parse(body)
+                except ValidationError:
+                    parsed = None
+                cached = self._parses[(kind.kind, *key)] = (version, parsed)
+            if cached[1] is not None:
+                out[key] = cached[1]
+        return out
+
+    async def _pods(self, routes: Mapping[Key, FallbackRoute]) -> dict[Key, tuple[list[RouterPod], bool]]:
+        """Each route's router pods to read, and whether all its endpoints could be checked."""
+        listed = {key: self.cache.router_endpoints(*key) for key in routes}
+        self._router_pods.keep((key[0], e) for key, endpoints in listed.items() for e in endpoints)
+
+        async def trusted(key: Key, route: FallbackRoute) -> tuple[list[RouterPod], bool]:
+            owned = self.cache.owned(key[0], route.metadata.uid or "")
+            deployment = owned.get(("Deployment", router_name(route))) or {}
+            uid = (deployment.get("metadata") or {}).get("uid")
+            return await self._router_pods.trusted(key[0], uid, listed[key])
+
+        found = await asyncio.gather(*(trusted(key, route) for key, route in routes.items()))
+        return dict(zip(routes, found, strict=True))
+
+    async def _read(self, routes: Mapping[Key, FallbackRoute], now: float) -> dict[Key, _RouteReading]:
+        pods = await self._pods(routes)
+        wanted = [(key, pod) for key in routes for pod in pods[key][0]]
+        samples = await asyncio.gather(
+            *(self._scraper.read(pod.address, metrics_port(routes[key])) for key, pod in wanted)
+        )
+        readings: dict[Key, _RouteReading] = {key: _RouteReading(complete=pods[key][1]) for key in routes}
         seen: dict[Key, set[str]] = {key: set() for key in routes}
         for (key, pod), sample in zip(wanted, samples, strict=True):
             reading = readings[key]
@@ -182,19 +240,6 @@ class Elastic:
             self._gone.pop(key, None)
             self._published.pop(key, None)
         return readings
-
-    async def _scrape(self, ip: str) -> RouterSample | None:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS))
-        host = f"[{ip}]" if ":" in ip else ip
-        try:
-            async with self._session.get(f"http://{host}:{ROUTER_METRICS_PORT}/metrics") as response:
-                if response.status != 200:
-                    return None
-                return parse_metrics(await response.text())
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            log.debug("router metrics at %s: %s", ip, err)
-            return None
 
     # ------------------------------------------------------------------ decisions
 
@@ -240,7 +285,9 @@ class Elastic:
             return  # a model is missing or invalid: the pool applies nothing anyway
         scaler = self._scalers.get(key)
         if scaler is None:
-            deployment = self.cache.owned(pool.metadata.uid or "").get(("Deployment", pool.name))
+            deployment = self.cache.owned(pool.namespace, pool.metadata.uid or "").get(
+                ("Deployment", pool.name)
+            )
             start = (deployment or {}).get("spec", {}).get("replicas")
             start = spec.min_replicas if start is None else int(start)
             if previous is not None and previous.hpa is None:

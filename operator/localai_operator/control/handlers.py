@@ -22,7 +22,6 @@ from localai_operator.api.kinds import (
     NODE,
     OWNED,
     POD,
-    SECRET,
     Kind,
     of,
 )
@@ -116,8 +115,8 @@ async def routes(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
 
 
 async def owned(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    owner = cache.owner_of(body)
-    return {owner[2]: cache.slim(body)} if owner else {}
+    key = cache.owned_key(body)
+    return {key: cache.pack(body)} if key else {}
 
 
 for _kind in OWNED:
@@ -134,11 +133,6 @@ async def unschedulable_pods(namespace: str | None, body: kopf.Body, **_: Any) -
 async def gpu_nodes(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
     gpus = cache.schedulable_gpus(body)
     return {frozenset(labels.items()): gpus} if gpus else {}
-
-
-@kopf.index(*_on(SECRET), id=cache.SECRETS)
-async def secrets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): cache.secret_info(body)}
 
 
 @kopf.index(*_on(ENDPOINT_SLICE), id=cache.ROUTER_ENDPOINTS)
@@ -232,7 +226,7 @@ async def owned_changed(
         memo.cache.deleted(kind.kind, ns, name)
     elif memo.cache.is_echo(body):
         return
-    owner = cache.owner_of(body)
+    owner = memo.cache.owner(body)
     if owner is not None:
         memo.enqueue(owner[0], ns, owner[1], background=rollout)
 
@@ -257,16 +251,3 @@ async def node_changed(type: str | None, memo: Controller, **_: Any) -> None:
     if type in ("ADDED", DELETED):
         for namespace, name in memo.cache.gpu_pools():
             memo.enqueue(INFERENCE_POOL.kind, namespace, name, background=True)
-
-
-@kopf.on.event(*_on(SECRET), id="secret")
-async def secret_changed(namespace: str | None, name: str, memo: Controller, **_: Any) -> None:
-    """A Secret a route or a pool reads appeared, changed (a rotated key rolls their pods) or went away."""
-    memo.synced.set()
-    ns = _ns(namespace)
-    pools = memo.cache.pools_using_secret(ns, name)
-    memo.enqueue(INFERENCE_POOL.kind, ns, set(pools))
-    routes = set(memo.cache.routes_using_secret(ns, name))
-    for pool in pools:  # a route's router carries its pool's key too
-        routes |= set(memo.cache.routes_using_pool(ns, pool))
-    memo.enqueue(FALLBACK_ROUTE.kind, ns, routes)

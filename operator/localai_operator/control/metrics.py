@@ -37,7 +37,16 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter(
-            "localai_operator_retries", "Passes scheduled again after a failure", ["kind"], registry=r
+            "localai_operator_retries",
+            "Passes scheduled again after a failure, by kind and class: fast (transient: no answer, 5xx, 409, "
+            "429), slow (the user must fix: refused objects, conflicts; backoff of minutes)",
+            ["kind", "class"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "localai_operator_refused_resources",
+            "Resources waiting for a slow retry: their objects were refused or their names are taken",
+            registry=r,
         )
         self.requests = Counter(
             "localai_operator_api_requests",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import pydantic_core
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
@@ -84,12 +85,18 @@ def _version(body: Body | None) -> tuple[Any, Any] | None:
     return meta.get("uid"), meta.get("resourceVersion")
 
 
+def model_fingerprint(version: tuple[Any, Any] | None, served_by: tuple[str, ...]) -> Hashable:
+    """A model's fingerprint from its (uid, resourceVersion) and the pools serving it: all a model pass reads,
+    so a resync can tell an unchanged model without unpacking its body."""
+    return (version, served_by)
+
+
 def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
     """What a pass depends on, by identity: every input object's resourceVersion and the facts derived from the
     caches. Equal fingerprints make equal plans and statuses, so a pass over unchanged inputs (most of a resync)
     has nothing to do and can stop here."""
     if isinstance(observed, ModelObserved):
-        return (_version(observed.body), observed.served_by)
+        return model_fingerprint(_version(observed.body), observed.served_by)
     owned = tuple(sorted((key, _version(body)) for key, body in observed.owned.items()))
     secrets = tuple(sorted(observed.secrets.items()))
     if isinstance(observed, RouteObserved):
@@ -101,24 +108,58 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
     return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets, observed.scale)
 
 
+def dependencies(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
+    """What the user can change that a pass depends on: the specs (generations, not status writes) of the
+    resource and of those it uses, and the Secrets it reads. A change resets the backoff of a refusal."""
+    if isinstance(observed, ModelObserved):
+        return _identity(observed.body)
+    secrets = tuple(sorted(observed.secrets.items()))
+    if isinstance(observed, RouteObserved):
+        pools = tuple(sorted((name, _identity(body or {})) for name, body in observed.pools.items()))
+        models = tuple(sorted((name, _identity(body or {})) for name, body in observed.models.items()))
+        return (_identity(observed.body), pools, secrets, models)
+    models = tuple((name, _identity(body or {})) for name, body in observed.models.items())
+    nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
+    return (_identity(observed.body), models, secrets, nodes, observed.scale)
+
+
+def conflict_message(
+    owner_kind: str,
+    owner_name: str,
+    namespace: str,
+    kind: str,
+    name: str,
+    held_by: tuple[str, str, str] | None,
+) -> str:
+    """Why a rendered name is not applied: `held_by` is the (kind, name, uid) of the resource of ours whose
+    object holds it, None when the operator did not create it."""
+    holder = f'it belongs to {held_by[0]} "{held_by[1]}"' if held_by else "the operator did not create it"
+    return (
+        f'{kind} "{name}" already exists in namespace "{namespace}" and {holder}, so it is left untouched: '
+        f'rename {owner_kind} "{owner_name}" or delete that {kind}.'
+    )
+
+
 class Renders:
     """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
 
     Rendering a pool of ten models costs ~15 ms (YAML and hashing); a pass triggered by a Deployment's status or
-    a resync then costs a dictionary lookup. Entries are replaced, never accumulated: one per owner.
+    a resync then costs a lookup and reading compact JSON back (kept so, a pool's objects take ~15 KB instead of
+    ~50 KB of dicts). Entries are replaced, never accumulated: one per owner.
     """
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Hashable, tuple[dict[str, Any], ...]]] = {}
+        self._last: dict[str, tuple[Hashable, bytes]] = {}
 
     def get(
         self, owner_uid: str, inputs: Hashable, render: Callable[[], list[dict[str, Any]]]
     ) -> tuple[dict[str, Any], ...]:
         cached = self._last.get(owner_uid)
         if cached is not None and cached[0] == inputs:
-            return cached[1]
+            unpacked: list[dict[str, Any]] = pydantic_core.from_json(cached[1])
+            return tuple(unpacked)
         objects = tuple(with_applied_hash(obj) for obj in render())
-        self._last[owner_uid] = (inputs, objects)
+        self._last[owner_uid] = (inputs, pydantic_core.to_json(objects))
         return objects
 
     def forget(self, owner_uid: str) -> None:

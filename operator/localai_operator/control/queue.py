@@ -2,7 +2,9 @@
 
 A key is queued at most once however many events name it; a key being processed is never handed to a second
 worker, and one added meanwhile comes back once the first pass is done. Failed keys return after a capped,
-jittered exponential backoff. Urgent keys (something the user or the cluster changed) go before background ones
+jittered exponential backoff of one of two kinds: seconds for a failure that passes by itself (a dropped
+connection, an overloaded API server), minutes for one that the user must fix (a refused object), which is
+"held" until then unless its inputs change. Urgent keys (something the user or the cluster changed) go before background ones
 (resyncs, derived fields such as a model's servedBy, a Deployment's rollout). Background keys wait while urgent
 passes run (the oldest at most `patience` seconds) and never take more than `background_limit` workers: a
 resync or a thousand servedBy updates do not compete with a burst of new pools, at the workers or at the API
@@ -17,6 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from localai_operator.control.status import SLOW_RETRY_CAP_SECONDS
 
 
 @dataclass(frozen=True, order=True)
@@ -34,7 +38,8 @@ class ShutDown(Exception):
 
 
 class Backoff:
-    """base · 2^(failures - 1), at most `cap`, spread by ±`jitter` so failing keys do not retry in lockstep."""
+    """base · 2^(failures - 1), at most `cap`, spread by ±`jitter` so failing keys do not retry in lockstep.
+    The defaults are for transient failures; SLOW, client-go's per-item backoff, for failures the user must fix."""
 
     def __init__(
         self,
@@ -59,16 +64,23 @@ class Backoff:
         self._failures.pop(key, None)
 
 
+# Failures the user must fix: 2 s, 4 s, ... 256 s, then every 5 minutes (as the status message says).
+SLOW_BASE, SLOW_CAP = 2.0, SLOW_RETRY_CAP_SECONDS
+
+
 class WorkQueue:
     def __init__(
         self,
         backoff: Backoff | None = None,
         *,
+        slow_backoff: Backoff | None = None,
         background_limit: int = 4,
         patience: float = 5.0,
         waited: Callable[[Key, float], None] | None = None,
     ) -> None:
         self.backoff = backoff or Backoff()
+        self.slow_backoff = slow_backoff or Backoff(SLOW_BASE, SLOW_CAP)
+        self._held: set[Key] = set()  # keys whose pending retry is a slow one
         self.background_limit, self.patience = background_limit, patience
         self._waited = waited or (lambda key, seconds: None)  # how long each key sat in the queue
         self._since: dict[Key, float] = {}
@@ -84,6 +96,11 @@ class WorkQueue:
 
     def __len__(self) -> int:
         return len(self._urgent) + len(self._background)
+
+    @property
+    def held_count(self) -> int:
+        """Keys waiting for a slow retry: resources the user must fix."""
+        return len(self._held)
 
     def add(self, key: Key, *, background: bool = False) -> None:
         if self._shut:
@@ -116,17 +133,42 @@ class WorkQueue:
 
     def _due(self, key: Key) -> None:
         self._timers.pop(key, None)
+        self._held.discard(key)
         self.add(key)
 
-    def retry(self, key: Key) -> float:
-        """Schedules `key` again after its next backoff; returns that delay."""
-        delay = self.backoff.next(key)
+    def retry(self, key: Key, *, slow: bool = False) -> float:
+        """Schedules `key` again after its next backoff (the slow one: the user must change something); returns
+        that delay. A slow retry holds the key: passes before it are the caller's to skip (held())."""
+        if slow:
+            delay = self.slow_backoff.next(key)
+            self._cancel(key)  # a slow retry replaces an earlier one, whenever it was due
+            self._held.add(key)
+        else:
+            delay = self.backoff.next(key)
         self.add_after(key, delay)
         return delay
+
+    def held(self, key: Key) -> bool:
+        """True while a slow retry of `key` is pending."""
+        return key in self._held
+
+    def release(self, key: Key) -> None:
+        """Something the key's pass depends on changed: its slow retry is moot, and the backoff starts over."""
+        if key in self._held:
+            self._cancel(key)
+        self.slow_backoff.forget(key)
+
+    def _cancel(self, key: Key) -> None:
+        self._held.discard(key)
+        scheduled = self._timers.pop(key, None)
+        if scheduled is not None:
+            scheduled[1].cancel()
 
     def forget(self, key: Key) -> None:
         """The key's pass succeeded: its next failure starts the backoff over."""
         self.backoff.forget(key)
+        self.slow_backoff.forget(key)
+        self._held.discard(key)
 
     async def get(self) -> Key:
         loop = asyncio.get_running_loop()
@@ -195,6 +237,7 @@ class WorkQueue:
         for _, timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._held.clear()
         if self._patience is not None:
             self._patience.cancel()
         while self._waiters:

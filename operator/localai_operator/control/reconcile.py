@@ -1,8 +1,10 @@
 """The pass: one per key and the same on every trigger (create, edit, an owned object's change, resync, restart).
 
-Gather from the caches (no API read), plan with pure functions, apply only what differs from the live objects,
+Gather from the caches (no API read but the Secrets it names, by name), plan with pure functions, apply only what differs from the live objects,
 prune what is no longer planned, write the status once. A failure a user can cause or meet ends in the status
-(Ready=False, the API server's own words) and in the returned reason, which makes the worker retry with backoff.
+(Ready=False, the API server's own words) and in the returned Failure, which makes the worker retry with a backoff
+of seconds (transient) or minutes (only the user can change the outcome; at once when the inputs change). An
+object that the resource did not create is never taken over: its name is a Conflict.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +21,11 @@ from localai_operator.api.base import Spec
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
 from localai_operator.control import plan as pl
 from localai_operator.control import status as st
-from localai_operator.control.cache import Cache
+from localai_operator.control.cache import Cache, owned_key, owner_of
 from localai_operator.control.kube import Api, ApiError, contains
-from localai_operator.control.queue import Key
+from localai_operator.control.plan import SecretInfo
+from localai_operator.control.queue import Key, WorkQueue
+from localai_operator.control.secrets import RECHECK_SECONDS, Secrets
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -32,68 +36,126 @@ def now() -> str:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a pass has to run again. `slow`: only the user can change the outcome (an object refused as invalid,
+    forbidden or over quota, a name held by an object that is not ours): retried after minutes, or at once when
+    the inputs change. Else a transient failure (no answer, 5xx, 409, 429), retried after seconds. `held`: the
+    pass was skipped, its inputs unchanged since a slow failure whose retry is still due."""
+
+    reason: str
+    slow: bool = False
+    held: bool = False
+
+
+HELD = Failure("waiting for the slow retry of a refusal", slow=True, held=True)
+
+
+def user_must_fix(err: ApiError) -> bool:
+    """A refusal that asking again cannot change: a bad request, an invalid object, one forbidden (RBAC, an
+    admission webhook, a ResourceQuota) or in a namespace that is going."""
+    return err.status in (400, 403, 404, 422)
+
+
+@dataclass(frozen=True)
 class Context:
-    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and a way to
-    run a pass again (when someone else changed an object while we were writing it)."""
+    """What a pass needs: the client, the caches, the render memo, the operator's render settings, and the work
+    queue (to run a pass again when someone else changed an object while we were writing it, and to know whether
+    a key waits for a slow retry)."""
 
     api: Api
     cache: Cache
     renders: pl.Renders
     settings: RenderSettings
-    again: Callable[[Key], None]
-    last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
+    queue: WorkQueue
+    secrets: Secrets
+    # The hash of each key's inputs (plan.fingerprint) at its last good pass, and of what it depended on
+    # (plan.dependencies) when it was last refused (a slow failure).
+    last_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
+    refused_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
     clock: Callable[[], str] = now
 
 
-async def reconcile(key: Key, ctx: Context) -> str | None:
+async def reconcile(key: Key, ctx: Context) -> Failure | None:
     """Runs the pass of `key`; returns why it has to run again (None: done until something changes)."""
     kind = of(key.kind)
+    if kind is LLM_MODEL and _model_unchanged(ctx, key):
+        return None  # most of a resync: ten models to a pool, and nothing to unpack to know
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         ctx.last_inputs.pop(key, None)
+        ctx.refused_inputs.pop(key, None)
         return None  # gone or going: the garbage collector removes what it owned
-    observed = _gather(ctx.cache, kind, key, body)
-    inputs = pl.fingerprint(observed)
+    secrets = await ctx.secrets.read(key.namespace, _secret_names(ctx.cache, kind, key, body))
+    if any(found is None for found in secrets.values()):
+        ctx.queue.add_after(key, RECHECK_SECONDS)  # no watch tells when it appears
+    observed = _gather(ctx.cache, kind, key, body, secrets)
+    inputs = hash(pl.fingerprint(observed))
     if ctx.last_inputs.get(key) == inputs:
         return None  # the last pass saw exactly this and succeeded
+    depends_on = hash(pl.dependencies(observed))
+    if ctx.queue.held(key):
+        if ctx.refused_inputs.get(key) == depends_on:
+            return HELD  # an owned object's status moved, a resync: nothing the refusal depends on
+        ctx.queue.release(key)  # the user changed something: try now, and start the backoff over
     if isinstance(observed, pl.PoolObserved):
-        error = await _pool(ctx, key, observed)
+        failure = await _pool(ctx, key, observed)
     elif isinstance(observed, pl.RouteObserved):
-        error = await _route(ctx, key, observed)
+        failure = await _route(ctx, key, observed)
     else:
-        error = await _model(ctx, key, observed)
-    if error is None:
+        failure = await _model(ctx, key, observed)
+    if failure is None:
         ctx.last_inputs[key] = inputs
+        ctx.refused_inputs.pop(key, None)
     else:
         ctx.last_inputs.pop(key, None)
-    return error
+        if failure.slow:
+            ctx.refused_inputs[key] = depends_on
+    return failure
+
+
+def _model_unchanged(ctx: Context, key: Key) -> bool:
+    """Whether a model's last pass saw what the caches hold now (pl.fingerprint of a ModelObserved)."""
+    identity = ctx.cache.identity(LLM_MODEL, key.namespace, key.name)
+    if identity is None or identity[2]:
+        return False
+    seen = pl.model_fingerprint((identity[0], identity[1]), ctx.cache.served_by(key.namespace, key.name))
+    return ctx.last_inputs.get(key) == hash(seen)
+
+
+def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]:
+    """The Secrets a pass reads: a pool's own key; a route's fallback and client keys and its pool's key."""
+    if kind is INFERENCE_POOL:
+        return pl.pool_secret_names(body)
+    if kind is FALLBACK_ROUTE:
+        primary = cache.get(INFERENCE_POOL, key.namespace, pl.primary_pool(body) or "")
+        return pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
+    return set()
 
 
 def _gather(
-    cache: Cache, kind: Kind, key: Key, body: pl.Body
+    cache: Cache, kind: Kind, key: Key, body: pl.Body, secrets: Mapping[str, SecretInfo | None]
 ) -> pl.PoolObserved | pl.RouteObserved | pl.ModelObserved:
-    """Everything a pass reads, from the caches: no API request."""
+    """Everything a pass reads, from the caches (and the Secrets it names, read by name)."""
     meta, spec = body["metadata"], body.get("spec") or {}
     if kind is INFERENCE_POOL:
         gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
         return pl.PoolObserved(
             body=body,
             models={m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []},
-            owned=cache.owned(meta["uid"]),
+            owned=cache.owned(key.namespace, meta["uid"]),
             unschedulable=cache.unschedulable(key.namespace, key.name),
             gpu_nodes=cache.gpu_nodes() if gpus else (),
-            secrets={s: cache.secret(key.namespace, s) for s in pl.pool_secret_names(body)},
+            secrets=secrets,
             scale=cache.scales.get((key.namespace, key.name)),
         )
     if kind is FALLBACK_ROUTE:
         pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
         primary = pools.get(pl.primary_pool(body) or "")
-        secrets = pl.route_secret_names(body) | (pl.pool_secret_names(primary) if primary else set())
         return pl.RouteObserved(
             body=body,
             pools=pools,
-            secrets={s: cache.secret(key.namespace, s) for s in secrets},
-            owned=cache.owned(meta["uid"]),
+            secrets=secrets,
+            owned=cache.owned(key.namespace, meta["uid"]),
             models={
                 m: cache.get(LLM_MODEL, key.namespace, str(m))
                 for m in ((primary or {}).get("spec") or {}).get("models") or []
@@ -105,23 +167,31 @@ def _gather(
     return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))
 
 
-async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> str | None:
+async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> Failure | None:
     planned = pl.plan_pool(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, key, planned.objects, observed.owned)
-    facts = dataclasses.replace(planned.facts, apply_error=error)
+    applied = await _converge(ctx, key, observed.body, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, applied=applied)
     await _write_status(ctx, key, observed.body, st.pool_status(facts, *_previous(observed.body, ctx)))
-    return error
+    return _failure(applied)
 
 
-async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> str | None:
+async def _route(ctx: Context, key: Key, observed: pl.RouteObserved) -> Failure | None:
     planned = pl.plan_route(observed, ctx.settings, ctx.renders)
-    error = await _converge(ctx, key, planned.objects, observed.owned)
-    facts = dataclasses.replace(planned.facts, apply_error=error)
+    applied = await _converge(ctx, key, observed.body, planned.objects, observed.owned)
+    facts = dataclasses.replace(planned.facts, applied=applied)
     await _write_status(ctx, key, observed.body, st.route_status(facts, *_previous(observed.body, ctx)))
-    return error
+    return _failure(applied)
 
 
-async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> str | None:
+def _failure(applied: st.Applied) -> Failure | None:
+    if applied.conflicts:
+        return Failure(" ".join(applied.conflicts), slow=True)
+    if applied.error:
+        return Failure(applied.error, slow=applied.refused)
+    return None
+
+
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> Failure | None:
     planned = pl.plan_model(observed)
     await _write_status(
         ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
@@ -144,41 +214,98 @@ async def _write(
         live = await send
     except BaseException:
         if ctx.cache.write_failed(*target):
-            ctx.again(key)
+            ctx.queue.add(key)
         raise
     if ctx.cache.wrote(live):
-        ctx.again(key)
+        ctx.queue.add(key)
+
+
+class Taken(Exception):
+    """A rendered name is held by an object this resource does not control: it is left untouched."""
 
 
 async def _converge(
-    ctx: Context, key: Key, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
-) -> str | None:
+    ctx: Context, key: Key, owner: pl.Body, objects: tuple[dict[str, Any], ...] | None, owned: pl.Owned
+) -> st.Applied:
     """Server-side applies, all at once, each planned object the live one does not already match, then deletes
-    owned objects no longer planned. Returns the first refusal in plan order, naming the object and quoting the
-    server (the Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
+    owned objects no longer planned. A name held by an object that is not ours is a conflict, and the rest is
+    applied all the same; else the first refusal in plan order names the object and quotes the server (the
+    Deployment does not wait for its ConfigMap: its pods wait for the volume by themselves)."""
     if objects is None:
-        return None
+        return st.Applied()
     changed = [o for o in objects if not contains(owned.get((o["kind"], o["metadata"]["name"])), o)]
     results = await asyncio.gather(
         *(
-            _write(ctx, key, (o["kind"], key.namespace, o["metadata"]["name"]), ctx.api.apply(o))
+            _write(
+                ctx,
+                key,
+                (o["kind"], key.namespace, o["metadata"]["name"]),
+                _apply(ctx, key, owner, o, owned.get((o["kind"], o["metadata"]["name"]))),
+            )
             for o in changed
         ),
         return_exceptions=True,
     )
+    conflicts: list[str] = []
+    refusal: tuple[str, bool] | None = None
     for obj, result in zip(changed, results, strict=True):
-        if isinstance(result, ApiError):
-            return f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
-        if isinstance(result, BaseException):
+        if isinstance(result, Taken):
+            conflicts.append(str(result))
+        elif isinstance(result, ApiError):
+            if refusal is None:
+                message = f"{obj['kind']} {obj['metadata']['name']} was refused: {result.message}"
+                refusal = (message, user_must_fix(result))
+        elif isinstance(result, BaseException):
             raise result
+    if conflicts or refusal:
+        # Nothing is pruned while the planned objects are not all in place.
+        error, refused = refusal or (None, False)
+        return st.Applied(error, refused, tuple(conflicts))
     planned = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for kind, name in sorted(set(owned) - planned):
         try:
-            await ctx.api.delete(of(kind), key.namespace, name)
+            await ctx.api.delete(of(kind), key.namespace, name, owned[(kind, name)]["metadata"].get("uid"))
         except ApiError as err:
-            return f"deleting {kind} {name} was refused: {err.message}"
+            return st.Applied(f"deleting {kind} {name} was refused: {err.message}", user_must_fix(err))
         ctx.cache.deleted(kind, key.namespace, name)
-    return None
+    return st.Applied()
+
+
+async def _apply(
+    ctx: Context, key: Key, owner: pl.Body, obj: dict[str, Any], live: pl.Body | None
+) -> dict[str, Any]:
+    """Applies `obj` over the object we own under its name, or creates it; never takes over another object.
+
+    The first apply of a name only creates (a failed precondition if anything holds the name, atomically); a
+    later one applies to the very object we own (its uid), so one deleted and re-created under the name by
+    someone else meanwhile is refused too. Either refusal looks at the holder: ours after all (the watch had not
+    shown it yet, or someone removed our label) is applied to, anything else raises Taken."""
+    kind, name = of(obj["kind"]), obj["metadata"]["name"]
+    try:
+        if live is None:
+            return await ctx.api.apply(obj, create=True)
+        return await ctx.api.apply(obj, uid=(live.get("metadata") or {}).get("uid"))
+    except ApiError as err:
+        if not (live is None and err.status == 409) and not replaced(err):
+            raise
+    holder = await ctx.api.get(kind, key.namespace, name)
+    if holder is None:
+        raise ApiError(409, "Conflict", f"{kind.kind} {name} went away while it was applied")
+    owner_meta = owner.get("metadata") or {}
+    if owned_key(holder) == (key.namespace, owner_meta.get("uid")):
+        return await ctx.api.apply(obj, uid=holder["metadata"].get("uid"))
+    held_by = owner_of(holder)
+    if held_by is not None and held_by[:2] == (key.kind, key.name):
+        # A deleted predecessor of the same name: the garbage collector is removing its objects.
+        raise ApiError(
+            409, "Conflict", f"{kind.kind} {name} still belongs to a deleted {key.kind} {key.name}"
+        )
+    raise Taken(pl.conflict_message(key.kind, key.name, key.namespace, kind.kind, name, held_by))
+
+
+def replaced(err: ApiError) -> bool:
+    """The object under the name is not the one the uid precondition named."""
+    return err.status == 422 and "metadata.uid" in err.message
 
 
 async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:

@@ -130,9 +130,35 @@ def pods_refused(deployment: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def _applied(apply_error: str | None) -> Check:
-    if apply_error:
-        return Check("Applied", False, "ApplyFailed", apply_error)
+# The longest a resource the user must fix waits between two tries (the work queue's slow backoff).
+SLOW_RETRY_CAP_SECONDS = 300.0
+SLOW_RETRY = (
+    f"the operator tries again after a growing delay of up to {SLOW_RETRY_CAP_SECONDS / 60:g} minutes, and at "
+    "once when this resource or one it uses changes"
+)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """How the pass's writes went: the first refusal (naming the object, quoting the server), whether only the
+    user can change its outcome (refused, not failed), and the names held by objects that are not ours."""
+
+    error: str | None = None
+    refused: bool = False
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.conflicts
+
+
+def _applied(applied: Applied) -> Check:
+    if applied.conflicts:
+        return Check("Applied", False, "Conflict", f"{' '.join(applied.conflicts)} Meanwhile {SLOW_RETRY}.")
+    if applied.error and applied.refused:
+        return Check("Applied", False, "ApplyRefused", f"{applied.error}; {SLOW_RETRY}.")
+    if applied.error:
+        return Check("Applied", False, "ApplyFailed", f"{applied.error}; retried within seconds.")
     return Check("Applied", True, "Applied", "Every owned object is applied.")
 
 
@@ -163,7 +189,7 @@ class PoolFacts:
     invalid_models: tuple[str, ...] = ()
     # Further pure checks of the pool and its models (plan.POOL_CHECKS): failing ones stop the apply.
     spec_checks: tuple[Check, ...] = ()
-    apply_error: str | None = None
+    applied: Applied = Applied()
     deployment: Mapping[str, Any] | None = None
     unschedulable: str | None = None
     largest_node_gpus: int | None = None
@@ -208,8 +234,8 @@ def pool_checks(f: PoolFacts) -> list[Check]:
             checks[same] = check
     if any(c.ok is False for c in f.spec_checks):
         return checks
-    checks.append(_applied(f.apply_error))
-    if f.apply_error:
+    checks.append(_applied(f.applied))
+    if not f.applied.ok:
         return checks
     if f.gpus and f.largest_node_gpus is not None and f.gpus > f.largest_node_gpus:
         checks.append(
@@ -315,7 +341,7 @@ class RouteFacts:
     client_keys_problem: str | None = None
     sensitive: bool = False
     fallback: bool = False
-    apply_error: str | None = None
+    applied: Applied = Applied()
     deployment: Mapping[str, Any] | None = None
     replicas: int = 1
     endpoint: str | None = None
@@ -367,8 +393,8 @@ def route_checks(f: RouteFacts) -> list[Check]:
                 "spec.networkPolicy.enabled (on by default without auth).",
             )
         )
-    checks.append(_applied(f.apply_error))
-    if f.apply_error:
+    checks.append(_applied(f.applied))
+    if not f.applied.ok:
         return checks
     refused = pods_refused(f.deployment)
     checks.append(_pods_created(refused))

@@ -15,7 +15,8 @@ import yaml
 
 from localai_operator import __version__
 from localai_operator.api.llmmodel import LLMModel, ModelSource
-from localai_operator.api.pool import InferencePool
+from localai_operator.api.pool import MAX_THREADS, InferencePool
+from localai_operator.api.quantity import Quantity, amount, canonical, in_resource_list
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     APP_NAME,
@@ -72,6 +73,11 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # network volume at 50 MB/s, with the backend download on top.
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 360
+# Every emptyDir has a size limit (the kubelet evicts a pod that writes more): the models' (InferencePool.spec.
+# emptyDirSizeLimit, else derived by models_volume_limit), and these for what LocalAI writes besides.
+DEFAULT_MODELS_LIMIT = "100Gi"
+MODELS_HEADROOM = 1.1, 2**30  # declared sizes x 1.1 + 1 GiB: a partial download, markers, the model YAMLs
+SCRATCH_LIMITS = {"backends": "10Gi", "tmp": "4Gi", "data": "1Gi", "configuration": "64Mi"}
 
 
 def config_map_name(pool: InferencePool) -> str:
@@ -87,21 +93,16 @@ def endpoint(pool: InferencePool) -> str:
     return service_url(pool.name, pool.namespace)
 
 
-def cpu_cores(quantity: str | int | None) -> float | None:
-    """A CPU quantity in cores ("4", "500m", 2.5)."""
-    if quantity is None:
-        return None
-    text = str(quantity)
-    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
 def threads(pool: InferencePool) -> int:
     if pool.spec.threads is not None:
         return pool.spec.threads
     requests = pool.spec.resources.requests if pool.spec.resources else {}
-    cores = cpu_cores(requests.get("cpu"))
-    # The seed's advice is threads = physical cores; the CPU request is what the pod is guaranteed.
-    return max(1, math.floor(cores)) if cores is not None else 4
+    cpu = requests.get("cpu")
+    if cpu is None:
+        return 4
+    # The seed's advice is threads = physical cores; the CPU request is what the pod is guaranteed. Bounded as
+    # spec.threads is.
+    return min(MAX_THREADS, max(1, math.floor(amount(cpu))))
 
 
 def image_of(pool: InferencePool, settings: RenderSettings) -> str:
@@ -139,27 +140,55 @@ def file_conflicts(models: list[LLMModel]) -> str | None:
     return None
 
 
-def _downloads(models: list[LLMModel]) -> list[tuple[dict[str, Any], ModelSource]]:
-    """One entry per file of each model; fetch-models downloads a file shared by several models once."""
+def models_volume_limit(pool: InferencePool, models: list[LLMModel]) -> str | None:
+    """The size limit of the models emptyDir (None with storage: the claim's size bounds it)."""
+    if pool.spec.storage is not None:
+        return None
+    if pool.spec.empty_dir_size_limit is not None:
+        return pool.spec.empty_dir_size_limit
+    bounds = [source.byte_bound() for model in models for _, source in _files(model)]
+    if not bounds or any(bound is None for bound in bounds):
+        return DEFAULT_MODELS_LIMIT
+    factor, extra = MODELS_HEADROOM
+    total = math.ceil(sum(b for b in bounds if b is not None) * factor) + extra
+    return canonical(f"{math.ceil(total / 2**20)}Mi")
+
+
+def models_volume_bytes(pool: InferencePool, models: list[LLMModel]) -> int:
+    """How many bytes the models volume holds at most: no file can be larger."""
+    size = pool.spec.storage.size if pool.spec.storage is not None else models_volume_limit(pool, models)
+    return Quantity.parse(size or DEFAULT_MODELS_LIMIT).value()
+
+
+def _downloads(
+    models: list[LLMModel], volume_bytes: int | None = None
+) -> list[tuple[dict[str, Any], ModelSource]]:
+    """One entry per file of each model; fetch-models downloads a file shared by several models once, never more
+    bytes than maxBytes (what the model declares, and at most the volume)."""
     entries: list[tuple[dict[str, Any], ModelSource]] = []
     for model in models:
         for _, source in _files(model):
             token = source.hugging_face.token_secret_ref if source.hugging_face else None
-            entry = {
+            entry: dict[str, Any] = {
                 "model": model.name,
                 "file": source.file_name(),
                 "url": source.download_url(),
                 "sha256": source.sha256.lower() if source.sha256 else None,
                 "tokenEnv": f"MODEL_TOKEN_{len(entries)}" if token else None,
             }
+            if source.size_bytes is not None:
+                entry["sizeBytes"] = source.size_bytes
+            bounds = [b for b in (source.byte_bound(), volume_bytes) if b is not None]
+            if bounds:
+                entry["maxBytes"] = min(bounds)
             entries.append((entry, source))
     return entries
 
 
-def download_manifest(models: list[LLMModel]) -> list[dict[str, Any]]:
+def download_manifest(models: list[LLMModel], volume_bytes: int | None = None) -> list[dict[str, Any]]:
     """What fetch-models makes present: every model's files (and, from the models named, their YAMLs). `models`
-    must have no file_conflicts."""
-    return [entry for entry, _ in _downloads(models)]
+    must have no file_conflicts; `volume_bytes` bounds every download."""
+    return [entry for entry, _ in _downloads(models, volume_bytes)]
 
 
 def backend_version(image: str, settings: RenderSettings) -> str:
@@ -214,7 +243,8 @@ def config_map_data(pool: InferencePool, models: list[LLMModel], settings: Rende
         f"{model.name}.yaml": model_config_yaml(model, gpu=gpu, parallel_requests=pool.spec.parallel_requests)
         for model in models
     }
-    data[DOWNLOADS_FILE] = json.dumps(download_manifest(models), indent=2, sort_keys=True) + "\n"
+    manifest = download_manifest(models, models_volume_bytes(pool, models))
+    data[DOWNLOADS_FILE] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if pool.spec.preinstall_backends:
         data[GALLERY_KEY] = yaml.safe_dump(
             backend_gallery(image_of(pool, settings), settings), sort_keys=False
@@ -259,7 +289,7 @@ def persistent_volume_claim(pool: InferencePool, version: str = __version__) -> 
         return None
     spec: dict[str, Any] = {
         "accessModes": [storage.access_mode],
-        "resources": {"requests": {"storage": str(storage.size)}},
+        "resources": {"requests": {"storage": in_resource_list(storage.size)}},
     }
     if storage.storage_class_name:
         spec["storageClassName"] = storage.storage_class_name
@@ -317,8 +347,8 @@ def network_policy(pool: InferencePool, version: str = __version__) -> dict[str,
 def _resources(pool: InferencePool) -> dict[str, Any]:
     gpus = pool.spec.accelerator.gpus
     user = pool.spec.resources
-    requests: dict[str, Any] = {k: str(v) for k, v in (user.requests if user else {}).items()}
-    limits: dict[str, Any] = {k: str(v) for k, v in (user.limits if user else {}).items()}
+    requests: dict[str, Any] = {k: in_resource_list(v) for k, v in (user.requests if user else {}).items()}
+    limits: dict[str, Any] = {k: in_resource_list(v) for k, v in (user.limits if user else {}).items()}
     if not requests:
         requests = {"cpu": "4", "memory": "16Gi"} if gpus else {"cpu": "2", "memory": "4Gi"}
     if gpus:
@@ -510,17 +540,21 @@ def deployment(
         gpu_toleration = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
         if gpu_toleration not in tolerations:
             tolerations.append(gpu_toleration)
+    limit = models_volume_limit(pool, models)
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": config_map_name(pool)}}
         if spec.storage
-        else {"name": "models", "emptyDir": {}},
+        else {"name": "models", "emptyDir": {"sizeLimit": limit}},
         {"name": "model-config", "configMap": {"name": config_map_name(pool)}},
     ]
+    scratch = ["tmp", "data", "configuration"]
     if spec.preinstall_backends and not spec.storage:
-        volumes.append({"name": "backends", "emptyDir": {}})
-    volumes += [{"name": name, "emptyDir": {}} for name in ("tmp", "data", "configuration")]
+        scratch.insert(0, "backends")
+    volumes += [{"name": name, "emptyDir": {"sizeLimit": SCRATCH_LIMITS[name]}} for name in scratch]
     pod_spec: dict[str, Any] = {
         "enableServiceLinks": False,  # Service env vars named LOCALAI_* would be read as LocalAI settings
+        # LocalAI never calls the API server: no token of the namespace's default ServiceAccount in its pods.
+        "automountServiceAccountToken": False,
         # OnRootMismatch: a model volume of tens of GB is not chowned file by file on every start.
         "securityContext": {
             "fsGroup": FETCH_UID,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -10,6 +9,7 @@ from localai_operator import wire as rc
 from localai_operator.api.base import SecretKeyRef
 from localai_operator.api.llmmodel import LLMModel
 from localai_operator.api.pool import InferencePool
+from localai_operator.api.quantity import Quantity, in_resource_list
 from localai_operator.api.route import FallbackRoute
 from localai_operator.constants import (
     ANNOTATION_CONFIG_HASH,
@@ -55,23 +55,6 @@ BODY_SHARE: Final = 0.75
 # 23 KiB measured per stream in flight (benchmarks/router.py), with room to spare. The rest of the memory past
 # the bodies' share, divided by it, is how many the overload guard serves at once: 1,024 for 256 Mi.
 CONNECTION_BYTES: Final = 32 * 1024
-_QUANTITY: Final = re.compile(r"^([0-9.]+)([eE][0-9]+|[KMGTPE]i?|k|m)?$")
-_FACTORS: Final = {
-    None: 1,
-    "k": 10**3,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
 
 
 def router_name(route: FallbackRoute) -> str:
@@ -82,6 +65,12 @@ def endpoint(route: FallbackRoute) -> str:
     return f"http://{route.name}.{route.namespace}.svc/v1"
 
 
+def metrics_port(route: FallbackRoute) -> int:
+    """Where the route's router pods serve /metrics (read by the operator's elastic loop): the metrics port, which
+    answers without a client key."""
+    return ROUTER_METRICS_PORT
+
+
 def primary_url(route: FallbackRoute) -> str:
     primary = route.spec.primary
     if primary.pool_ref is not None:
@@ -90,28 +79,18 @@ def primary_url(route: FallbackRoute) -> str:
     return primary.url.rstrip("/")
 
 
-def memory_bytes(quantity: str | int | None) -> int | None:
-    """A Kubernetes memory quantity in bytes ("256Mi", "1G", 1e9), None when absent or unreadable."""
-    if quantity is None:
-        return None
-    match = _QUANTITY.match(str(quantity).strip())
-    if match is None:
-        return None
-    number, suffix = float(match.group(1)), match.group(2)
-    if suffix and suffix[0] in "eE":
-        return int(number * 10 ** int(suffix[1:]))
-    if suffix == "m":
-        return int(number / 1000)
-    return int(number * _FACTORS[suffix])
+def memory_bytes(memory: str | int | None) -> int | None:
+    """A memory quantity in bytes, rounded up ("256Mi", "1G", "+1Gi"), None when absent."""
+    return None if memory is None else Quantity.parse(memory).value()
 
 
 def _resources(route: FallbackRoute) -> dict[str, Any]:
     user = route.spec.resources
     if user is None:
         return {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": DEFAULT_MEMORY_LIMIT}}
-    out: dict[str, Any] = {"requests": {k: str(v) for k, v in user.requests.items()}}
+    out: dict[str, Any] = {"requests": {k: in_resource_list(v) for k, v in user.requests.items()}}
     if user.limits:
-        out["limits"] = {k: str(v) for k, v in user.limits.items()}
+        out["limits"] = {k: in_resource_list(v) for k, v in user.limits.items()}
     return out
 
 
