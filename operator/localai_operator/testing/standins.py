@@ -56,6 +56,11 @@ LOCALAI_UNAUTHORIZED: Final = {
 LOCALAI_KEY_HEADERS: Final = ("x-api-key", "xi-api-key")
 # The `{"content":null}` events LocalAI sends after the text, before the one with finish_reason.
 LOCALAI_TRAILING_NULL_EVENTS: Final = 2
+# What LocalAI v4.9.0 answers once SIGTERM stopped its backend process (seen on the binary).
+LOCALAI_BACKEND_UNAVAILABLE: Final = (
+    'rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp '
+    '127.0.0.1:37033: connect: connection refused"'
+)
 Dialect = Literal["localai", "openai"]
 
 
@@ -106,6 +111,9 @@ class Behaviour:
     reset: bool = False
     # Read the request and never answer.
     hang: bool = False
+    # LocalAI v4.9.0 once SIGTERM stopped its backend (seen on the binary): every generation request fails at once
+    # with gRPC's Unavailable, as an error event under 200 (streams) or a 500.
+    stopping: bool = False
     # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
     # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
     usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
@@ -374,6 +382,8 @@ class OpenAIStandIn:
         if b.empty_body:
             return web.Response(status=200, content_type="application/json")
         path = request.path.removeprefix("/v1/")
+        if b.stopping and path in ("chat/completions", "completions"):
+            return await self._stopping(request, payload, path == "chat/completions")
         if path in ("chat/completions", "completions"):
             chat = path == "chat/completions"
             if self.dialect == "localai":
@@ -551,6 +561,28 @@ class OpenAIStandIn:
                 )
             out.append(b"data: [DONE]\n\n")
         await response.write(b"".join(out))
+        await response.write_eof()
+        return response
+
+    async def _stopping(
+        self, request: web.Request, payload: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
+        """LocalAI's answer once its backend is gone: chat.go's error event (completion.go's `Internal error:` text
+        chunk) under 200 for a stream, else a 500."""
+        if not payload.get("stream"):
+            error = {"code": 500, "message": LOCALAI_BACKEND_UNAVAILABLE, "type": ""}
+            return web.json_response({"error": error}, status=500)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if chat:
+            error = {"code": "server_error", "message": LOCALAI_BACKEND_UNAVAILABLE, "type": "server_error"}
+            await response.write(_sse({"error": error}) + b"data: [DONE]\n\n")
+        else:
+            text = LOCALAI_ERROR_PREFIX + LOCALAI_BACKEND_UNAVAILABLE
+            choice = {"index": 0, "finish_reason": "stop", "text": text}
+            await response.write(_sse({"object": "text_completion", "choices": [choice]}))
         await response.write_eof()
         return response
 
