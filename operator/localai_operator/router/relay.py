@@ -81,6 +81,12 @@ _CONNECT_FAILURES: Final = frozenset({FallbackReason.CONNECT_ERROR, FallbackReas
 # that did not come up within the cold-start allowance is unlikely to within one second.
 SATURATED_RETRY_AFTER: Final = 1.0
 COLD_RETRY_AFTER: Final = 10.0
+# How long a first content that may be LocalAI's echo of an error waits for the event after it (the binary sends
+# the error 0.3-4 ms after the echo on loopback, under load). Only answers of that shape wait (`_may_be_echo`).
+ECHO_GRACE_SECONDS: Final = 0.1
+# A held first content is released this long before the first-token budget ends, so that the budget never fires
+# on an answer whose content came in time.
+_DEADLINE_MARGIN: Final = 0.005
 # A request starts again elsewhere at most this often when the pods it runs on leave the ready set.
 MAX_DEPARTURES: Final = 3
 # How long a request that nothing else may answer gives a pod whose LocalAI said its backend is unavailable to
@@ -167,6 +173,21 @@ def _raise_if_echoed_error(following: list[Any], fmt: StreamFormat) -> None:
             raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
         if kind is sse.Kind.CONTENT:
             return
+
+
+def _may_be_echo(before: list[Any], fmt: StreamFormat) -> bool:
+    """Whether a stream's first content, after the events `before` it, may be LocalAI's echo of an error. LocalAI
+    v4.9.0 writes one event per reply of its backend, and the backend's first reply of an answer is an empty one
+    (llama.cpp's role-init element): a chat answer opens with the role event and `{"content":null}`, a completion
+    with an event without `text`, then the first token. When the backend's first reply is an error instead, its
+    text becomes the first content at once — right after the role event (chat), or as the first event
+    (completions) — and gRPC's status of it follows (`grpc-server.cpp`, `PredictStream`; `chat_stream_workers.go`,
+    `processStream`; `completion.go`). Seen on the binary, in two writes about a millisecond apart."""
+    if fmt is StreamFormat.CHAT:
+        return all(sse.role_only(payload) for payload in before)
+    if fmt is StreamFormat.COMPLETION:
+        return not before
+    return False
 
 
 @dataclass(slots=True)
@@ -714,6 +735,8 @@ class Relay:
                         held.rest_payloads = payloads[index + 1 :]
                         held.rest_done = done
                         held.rest_clean = clean
+                        if index + 1 == len(payloads) and not done:
+                            await self._unless_echo(a, upstream, held)
                         return held
                 if done:
                     raise _StreamFailure(
@@ -736,7 +759,44 @@ class Relay:
                         [p for k, p in classified[index + 1 :] if k is not sse.Kind.DONE], fmt
                     )
                     held.rest = events[index + 1 :]
+                    if index + 1 == len(classified):
+                        await self._unless_echo(a, upstream, held)
                     return held
+
+    async def _unless_echo(self, a: Attempt, upstream: http.Response, held: _Held) -> None:
+        """A first content that may be LocalAI's echo of an error (`_may_be_echo`) and came last in its read is
+        held until the next event, at most ECHO_GRACE_SECONDS (and never past the first-token budget): an error
+        then means the content was the error's text (raises _StreamFailure), anything else is the answer going on
+        (its events join the held ones). LocalAI's ordinary answers open with an empty event and are never held."""
+        fmt = a.api.stream
+        if not _may_be_echo(held.payloads[:-1], fmt):
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + ECHO_GRACE_SECONDS
+        if a.deadline is not None:
+            until = min(until, a.deadline - _DEADLINE_MARGIN)
+        following: list[bytes] = []
+        while not following and (left := until - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    chunk = await upstream.readany()
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            following = held.splitter.feed(chunk)
+        if not following:
+            return
+        for kind, payload in sse.classify_all(following, fmt):
+            if kind is sse.Kind.ERROR:
+                raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+            if kind is not sse.Kind.EMPTY:
+                break
+        # The events already decoded are kept as payloads only in the one-read case: decode the rest from bytes.
+        if held.rest_payloads is not None:
+            held.rest_payloads = None
+            held.rest_clean = False
+        held.rest = [*held.rest, *following]
 
     async def _assembled(
         self, a: Attempt, upstream: http.Response, held: _Held, endpoint: Endpoint

@@ -90,8 +90,11 @@ class Behaviour:
     # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
     fail_after_tokens: int | None = None
     # "echoed": LocalAI v4.9.0 on a backend error (a prompt longer than the context, seen on the binary): the error's
-    # text as a content delta, then the error event and [DONE], all at once.
+    # text as the first content (chat: right after the role event, without the `{"content":null}` one; completions:
+    # as the first event), then, `echo_gap` seconds later in a write of its own, the error with gRPC's prefix (chat:
+    # the error event and [DONE]; completions: an `Internal error: ` text chunk with finish_reason "stop", no [DONE]).
     error_shape: Literal["content", "event", "echoed"] = "content"
+    echo_gap: float = 0.001
     role_chunk: Literal["at_once", "with_first_token"] = "at_once"
     # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
     keepalive_interval: float = 0.0
@@ -662,13 +665,13 @@ class OpenAIStandIn:
                 event({"delta": {"content": None}}),
             ]
             if b.fail_after_tokens == 0 and b.error_shape == "echoed":
-                opening = opening[:1]  # the backend's error text is the first "token" LocalAI gets
+                opening = opening[:1]  # the backend's error is its first reply: no empty one before it
             closing = [event({"delta": {"content": None}})] * LOCALAI_TRAILING_NULL_EVENTS
             finish = "tool_calls" if b.tool_call else ("length" if cut else "stop")
             closing.append(event({"finish_reason": finish, "delta": {"content": None}}))
             pieces: list[Any] = _tool_call_pieces() if b.tool_call else [self._token(i) for i in range(count)]
         else:
-            opening = [event({})]
+            opening = [] if b.fail_after_tokens == 0 and b.error_shape == "echoed" else [event({})]
             closing = [event({}), event({"finish_reason": "stop"})]
             pieces = [self._token(i) for i in range(count)]
         if chat and include_usage:
@@ -702,9 +705,7 @@ class OpenAIStandIn:
                 request.transport.abort()
                 await asyncio.Event().wait()
             if b.fail_after_tokens is not None and index == b.fail_after_tokens:
-                out.append(self._error_event(model, chat, b, index))
-                await response.write(b"".join(out))
-                await response.write_eof()
+                await self._localai_failure(response, out, event, model, chat, b, index)
                 return response
             if index and b.token_interval:
                 await response.write(b"".join(out))
@@ -719,12 +720,42 @@ class OpenAIStandIn:
             else:
                 out.append(event({"text": piece}))
         if b.fail_after_tokens is not None and b.fail_after_tokens >= len(pieces):
-            out.append(self._error_event(model, chat, b, len(pieces)))
-        elif not b.truncate:
+            await self._localai_failure(response, out, event, model, chat, b, len(pieces))
+            return response
+        if not b.truncate:
             out += [*closing, b"data: [DONE]\n\n"]
         await response.write(b"".join(out))
         await response.write_eof()
         return response
+
+    async def _localai_failure(
+        self,
+        response: web.StreamResponse,
+        out: list[bytes],
+        event: Any,
+        model: str,
+        chat: bool,
+        b: Behaviour,
+        index: int,
+    ) -> None:
+        """Ends a LocalAI stream with an inference error in `b.error_shape`, after what `out` holds."""
+        if b.error_shape != "echoed":
+            out.append(self._error_event(model, chat, b, index))
+            await response.write(b"".join(out))
+            await response.write_eof()
+            return
+        # The backend's message as a token, then (each event is flushed on its own) gRPC's status of it.
+        message = f"{self.name} stand-in: request exceeds the available context size"
+        out.append(event({"delta": {"content": message}} if chat else {"text": message}))
+        await response.write(b"".join(out))
+        await asyncio.sleep(b.echo_gap)
+        status = f"rpc error: code = Internal desc = {message}"
+        if chat:
+            error = {"error": {"code": "server_error", "message": status, "type": "server_error"}}
+            await response.write(_sse(error) + b"data: [DONE]\n\n")
+        else:
+            await response.write(event({"finish_reason": "stop", "text": LOCALAI_ERROR_PREFIX + status}))
+        await response.write_eof()
 
     def _instant(self, b: Behaviour) -> bool:
         """Nothing to wait for, fail or vary: the stream can be written at once, from `_instant_stream`."""
@@ -752,10 +783,6 @@ class OpenAIStandIn:
         error = {"error": {"code": "server_error", "message": message, "type": "server_error"}}
         if b.error_shape == "event":
             return _sse(error) + b"data: [DONE]\n\n"
-        if b.error_shape == "echoed":
-            echo = self._chunk(model, chat, {"content": message}, message, None, index)
-            echo.pop("usage")
-            return _sse(echo) + _sse(error) + b"data: [DONE]\n\n"
         text = LOCALAI_ERROR_PREFIX + message
         event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
         return event + (b"data: [DONE]\n\n" if chat else b"")
