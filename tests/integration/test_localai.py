@@ -543,3 +543,21 @@ def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_an
     echoed_by_the_standin_and_never_the_routers_answer(
         localai, standin, routed, "/v1/chat/completions", body, events
     )
+
+
+def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_without_done_never_the_answer(
+    localai: LocalAI, standin: OpenAIStandIn, routed: str
+) -> None:
+    # A completion stream echoes the backend's error as its first event (no empty event before it), then ends with
+    # one more text event holding gRPC's status after LocalAI's "Internal error: " and finish_reason "stop", and no
+    # [DONE].
+    body = {**PROMPT, "stream": True, "max_tokens": 2, "prompt": TOO_LONG}
+    _, events = localai.events("/v1/completions", body)
+    [echo, error] = [e["choices"][0] for e in events]
+    assert "exceeds the available context size" in echo["text"]
+    assert error["finish_reason"] == "stop"
+    assert error["text"].startswith("Internal error: rpc error: code = Internal desc = ")
+    assert "exceeds the available context size" in error["text"]
+    echoed_by_the_standin_and_never_the_routers_answer(
+        localai, standin, routed, "/v1/completions", body, events
+    )
