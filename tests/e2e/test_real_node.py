@@ -280,13 +280,9 @@ def test_editing_the_model_rolls_the_pool_with_no_surge_while_the_routes_fall_ba
     assert max(seen) <= 1, f"maxSurge 0 yet {max(seen)} pool pods ran at once"
     assert {status for status, _ in answers(chat)} == {200}, answers(chat)
     assert "fallback" in {by for _, by in answers(chat)}, "the route never fell back during the gap"
-    # LocalAI ends the stream of a request it is answering when its pod stops (its backend goes first): the
-    # sensitive route, which cannot fall back, answers that one request 500. The router does not retry it on the
-    # new pod (yet): at most the one request in flight then.
-    failed = [status for status, by in answers(private) if (status, by) == (500, "router")]
-    assert len(failed) <= 1, answers(private)
-    assert {status for status, _ in answers(private)} <= {200, 500, 503}, answers(private)
-    assert {by for status, by in answers(private) if status == 200} == {"local"}, answers(private)
+    # The request in flight on the old pod when it stops (LocalAI ends it: SIGTERM stops its backend) had sent the
+    # client nothing: the router moves it to the new pod as it does a new one, so every answer is the model's.
+    assert set(answers(private)) == {(200, "local")}, answers(private)
     # With no ready pod the sensitive route holds a request until the new one is Ready (pool_cold), not 503.
     held = [line for line in private if line.get("status") == 200 and line["seconds"] > HELD_SECONDS]
     assert held, [

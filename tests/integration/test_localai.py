@@ -506,13 +506,33 @@ def test_the_first_token_budget_fires_on_localais_slow_first_token(localai: Loca
     assert (served, reason) == ("fallback", "first_token_timeout")
 
 
+# A prompt longer than the sample model's context: LocalAI's backend refuses it before the first token.
+TOO_LONG = " ".join(f"w{n}" for n in range(3000))
+
+
+def echoed_by_the_standin_and_never_the_routers_answer(
+    localai: LocalAI, standin: OpenAIStandIn, routed: str, path: str, body: Any, events: list[Any]
+) -> None:
+    """The stand-in's "echoed" error has the binary's shape, and the router falls back from the binary's whether
+    its two writes reach it in one read or two (a first content that may be an echo waits for the next event, at
+    most 0.1 s, and that is the error)."""
+    standin.behaviour = Behaviour(tokens=STANDIN_TOKENS, fail_after_tokens=0, error_shape="echoed")
+    try:
+        _, mimic = like(localai, standin).events(path, body)
+    finally:
+        standin.behaviour = Behaviour(tokens=STANDIN_TOKENS)
+    assert stream_shape(mimic) == stream_shape(events)
+    headers, relayed = like(localai, routed).events(path, body)
+    assert (headers[SERVED_BY_HEADER], headers.get(FALLBACK_REASON_HEADER)) == ("fallback", "stream_error")
+    assert not any("exceeds" in json.dumps(e) for e in relayed), relayed
+
+
 def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_answers_with(
     localai: LocalAI, standin: OpenAIStandIn, routed: str
 ) -> None:
     # LocalAI streams the backend's error as a content delta holding its text, then the error event (two writes,
     # about a millisecond apart on loopback).
-    text = " ".join(f"w{n}" for n in range(3000))
-    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": TOO_LONG}]}
     _, events = localai.events("/v1/chat/completions", body)
     role, echo, error, done = events
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": None}
@@ -520,20 +540,24 @@ def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_an
     assert error["error"]["type"] == "server_error"
     assert "exceeds the available context size" in error["error"]["message"]
     assert done == "[DONE]"
-    standin.behaviour = Behaviour(tokens=STANDIN_TOKENS, fail_after_tokens=0, error_shape="echoed")
-    try:
-        _, mimic = like(localai, standin).events("/v1/chat/completions", body)
-    finally:
-        standin.behaviour = Behaviour(tokens=STANDIN_TOKENS)
-    assert stream_shape(mimic) == stream_shape(events)
-    # The router falls back from it when the echo arrives in one read with the error event (the unit test of error
-    # shape "echoed"); when the two writes reach it in two reads it has already taken the echo for the first token
-    # and passes the failure on as an error event at the end of a local answer. Either way the client never gets
-    # the error as an answer. (Falling back in the second case too needs the relay to look past the first content
-    # event: not done here.)
-    headers, relayed = like(localai, routed).events("/v1/chat/completions", body)
-    if headers[SERVED_BY_HEADER] == "fallback":
-        assert headers.get(FALLBACK_REASON_HEADER) == "stream_error"
-        assert not any("exceeds" in json.dumps(e) for e in relayed)
-    else:
-        assert any(isinstance(e, dict) and "error" in e for e in relayed), relayed
+    echoed_by_the_standin_and_never_the_routers_answer(
+        localai, standin, routed, "/v1/chat/completions", body, events
+    )
+
+
+def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_without_done_never_the_answer(
+    localai: LocalAI, standin: OpenAIStandIn, routed: str
+) -> None:
+    # A completion stream echoes the backend's error as its first event (no empty event before it), then ends with
+    # one more text event holding gRPC's status after LocalAI's "Internal error: " and finish_reason "stop", and no
+    # [DONE].
+    body = {**PROMPT, "stream": True, "max_tokens": 2, "prompt": TOO_LONG}
+    _, events = localai.events("/v1/completions", body)
+    [echo, error] = [e["choices"][0] for e in events]
+    assert "exceeds the available context size" in echo["text"]
+    assert error["finish_reason"] == "stop"
+    assert error["text"].startswith("Internal error: rpc error: code = Internal desc = ")
+    assert "exceeds the available context size" in error["text"]
+    echoed_by_the_standin_and_never_the_routers_answer(
+        localai, standin, routed, "/v1/completions", body, events
+    )

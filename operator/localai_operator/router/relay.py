@@ -81,6 +81,19 @@ _CONNECT_FAILURES: Final = frozenset({FallbackReason.CONNECT_ERROR, FallbackReas
 # that did not come up within the cold-start allowance is unlikely to within one second.
 SATURATED_RETRY_AFTER: Final = 1.0
 COLD_RETRY_AFTER: Final = 10.0
+# How long a first content that may be LocalAI's echo of an error waits for the event after it (the binary sends
+# the error 0.3-4 ms after the echo on loopback, under load). Only answers of that shape wait (`_may_be_echo`).
+ECHO_GRACE_SECONDS: Final = 0.1
+# A held first content is released this long before the first-token budget ends, so that the budget never fires
+# on an answer whose content came in time.
+_DEADLINE_MARGIN: Final = 0.005
+# A request starts again elsewhere at most this often when the pods it runs on leave the ready set.
+MAX_DEPARTURES: Final = 3
+# How long a request that nothing else may answer gives a pod whose LocalAI said its backend is unavailable to
+# leave the ready set (a stopping pod does within tens of milliseconds once the EndpointSlices say so).
+UNAVAILABLE_SETTLE_SECONDS: Final = 1.0
+# How Go's gRPC spells the status in the error LocalAI passes on ("rpc error: code = Unavailable desc = …").
+_UNAVAILABLE_MARK: Final = "code = Unavailable"
 # Waiting, by what is awaited: the `reason` label of the waiting metrics.
 WAIT_REASONS: Final = (FallbackReason.SATURATED, FallbackReason.POOL_COLD)
 
@@ -113,6 +126,8 @@ class LocalFailure:
     retry_after: str | None = None
     # Whether the breaker of the endpoint should count it (set by the attempt, read when retrying).
     counted: bool = True
+    # The pod left the ready set with the request in flight: not the request's failure, it goes on elsewhere.
+    departed: bool = False
 
 
 @dataclass(slots=True)
@@ -158,6 +173,21 @@ def _raise_if_echoed_error(following: list[Any], fmt: StreamFormat) -> None:
             raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
         if kind is sse.Kind.CONTENT:
             return
+
+
+def _may_be_echo(before: list[Any], fmt: StreamFormat) -> bool:
+    """Whether a stream's first content, after the events `before` it, may be LocalAI's echo of an error. LocalAI
+    v4.9.0 writes one event per reply of its backend, and the backend's first reply of an answer is an empty one
+    (llama.cpp's role-init element): a chat answer opens with the role event and `{"content":null}`, a completion
+    with an event without `text`, then the first token. When the backend's first reply is an error instead, its
+    text becomes the first content at once — right after the role event (chat), or as the first event
+    (completions) — and gRPC's status of it follows (`grpc-server.cpp`, `PredictStream`; `chat_stream_workers.go`,
+    `processStream`; `completion.go`). Seen on the binary, in two writes about a millisecond apart."""
+    if fmt is StreamFormat.CHAT:
+        return all(sse.role_only(payload) for payload in before)
+    if fmt is StreamFormat.COMPLETION:
+        return not before
+    return False
 
 
 @dataclass(slots=True)
@@ -213,6 +243,48 @@ class _Budget:
             raise TimeoutError from exc
 
 
+class _Departed(Exception):
+    """The attempt's pod left the pool's ready pods before anything reached the client."""
+
+
+class _Departure:
+    """The scope of one local attempt: when its pod departs for certain (the pool's EndpointSlices say so) while
+    nothing has reached the client, the attempt's task is cancelled and the cancellation leaves the block as
+    _Departed. A LocalAI pod that stops (SIGTERM) stops its backend at once: what it was answering would end in an
+    error ~15 s later (docs/localai-facts.md §12)."""
+
+    __slots__ = ("_attempt", "_cancelling", "_endpoint", "_fired", "_task", "_unregister")
+
+    def __init__(self, attempt: Attempt, endpoint: Endpoint) -> None:
+        self._attempt = attempt
+        self._endpoint = endpoint
+        self._fired = False
+        self._cancelling = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._unregister: Callable[[], None] | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "an attempt runs inside a task"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._unregister = self._endpoint.on_departure(self._departed)
+
+    def _departed(self, certain: bool) -> None:
+        # Once response headers went out, the answer is the client's: it ends as the pod ends it.
+        if certain and not self._attempt.committed and self._task is not None:
+            self._fired = True
+            self._task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        assert self._unregister is not None and self._task is not None
+        self._unregister()
+        if self._fired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise _Departed from exc
+
+
 def shown(model: str | None) -> str:
     """A client-chosen model name as a message quotes it: bounded."""
     text = repr(model)
@@ -232,6 +304,12 @@ def _upstream_message(body: bytes) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     return body[:_ERROR_EXCERPT].decode("utf-8", "replace").strip()
+
+
+def _backend_unavailable(failure: LocalFailure) -> bool:
+    """LocalAI's error for a request its backend process cannot take (gRPC status Unavailable: the backend stopped,
+    as on SIGTERM, or crashed), in an error event or a 5xx body."""
+    return _UNAVAILABLE_MARK in failure.detail or _UNAVAILABLE_MARK.encode() in failure.body
 
 
 def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
@@ -373,6 +451,7 @@ class Relay:
         tried: Endpoint | None = None
         failure: LocalFailure | None = None
         waiting: _Wait | None = None
+        departures = 0
         try:
             while True:
                 if waiting is None and a.cloud is None and route.endpoints and route.waiters.waiting(model):
@@ -407,6 +486,18 @@ class Relay:
                     return result
                 if result.reason in _CONNECT_FAILURES:
                     self.unreachable()
+                if departures < MAX_DEPARTURES and await self._went_away(a, endpoint, result):
+                    # Not the request's failure: it starts again on the pods known now (or waits for one, or
+                    # goes to the cloud), with a first-token budget of its own.
+                    departures += 1
+                    if self.current is not None:
+                        route = a.route = self.current()
+                    tried, failure = endpoint, None
+                    if a.deadline is not None and route.budget is not None:
+                        a.deadline = asyncio.get_running_loop().time() + route.budget
+                    a.first_token_at = None
+                    self.metrics.retries.inc()
+                    continue
                 if result.reason not in _CONNECT_FAILURES or tried is not None:
                     return result
                 if a.deadline is not None and asyncio.get_running_loop().time() >= a.deadline:
@@ -418,6 +509,18 @@ class Relay:
         finally:
             if waiting is not None:
                 self._end_wait(waiting)
+
+    async def _went_away(self, a: Attempt, endpoint: Endpoint, failure: LocalFailure) -> bool:
+        """Whether a local failure is the pod's going away (it left the ready pods) rather than the request's."""
+        if failure.departed or endpoint.departed:
+            return True
+        if a.cloud is not None or a.route.pool is None or not _backend_unavailable(failure):
+            return False
+        # LocalAI answers every request gRPC's Unavailable once SIGTERM stopped its backend, which can be a moment
+        # before the router hears that the pod is terminating: with nowhere else to go, the request gives the pod
+        # that moment to leave before its failure stands.
+        self.unreachable()
+        return await endpoint.departure(UNAVAILABLE_SETTLE_SECONDS)
 
     def _unavailable(self, route: Route, why: Unavailable, model: str | None) -> LocalFailure:
         now = self.clock()
@@ -517,46 +620,65 @@ class Relay:
         upstream: http.Response | None = None
         budget = _Budget(a.deadline) if a.deadline is not None else None
         try:
-            try:
-                if budget is None:
-                    upstream = await self._send(a, endpoint)
-                    opened = await self._prelude(a, upstream)
-                else:
-                    async with budget:
+            async with _Departure(a, endpoint):
+                try:
+                    if budget is None:
                         upstream = await self._send(a, endpoint)
                         opened = await self._prelude(a, upstream)
-            except _UPSTREAM_ERRORS as err:
-                reason = _reason_of(err, budget is not None and budget.expired())
-                # Without a stream, no token shows whether a pod that takes this long is sick or busy.
-                if reason is not FallbackReason.REQUEST_TIMEOUT or a.client_stream or a.streamed_from_local:
+                    else:
+                        async with budget:
+                            upstream = await self._send(a, endpoint)
+                            opened = await self._prelude(a, upstream)
+                except _UPSTREAM_ERRORS as err:
+                    reason = _reason_of(err, budget is not None and budget.expired())
+                    # Without a stream, no token shows whether a pod that takes this long is sick or busy.
+                    if (
+                        reason is not FallbackReason.REQUEST_TIMEOUT
+                        or a.client_stream
+                        or a.streamed_from_local
+                    ):
+                        verdict = True
+                        self._failed(endpoint, probe)
+                    log.info("local %s failed: %s (%s)", endpoint.base_url, reason.value, _describe(err))
+                    return LocalFailure(reason, f"{reason.value}: {_describe(err)}", counted=verdict)
+                except _StreamFailure as err:
                     verdict = True
                     self._failed(endpoint, probe)
-                log.info("local %s failed: %s (%s)", endpoint.base_url, reason.value, _describe(err))
-                return LocalFailure(reason, f"{reason.value}: {_describe(err)}", counted=verdict)
-            except _StreamFailure as err:
+                    log.info("local %s failed: %s (%s)", endpoint.base_url, err.reason.value, err.detail)
+                    return LocalFailure(err.reason, err.detail)
                 verdict = True
-                self._failed(endpoint, probe)
-                log.info("local %s failed: %s (%s)", endpoint.base_url, err.reason.value, err.detail)
-                return LocalFailure(err.reason, err.detail)
-            verdict = True
-            if isinstance(opened, LocalFailure):
-                self._failed(endpoint, probe)
-                return opened
-            self._succeeded(endpoint, probe)
-            if isinstance(opened, _Held):
-                a.first_token_at = self.clock()
-                self.metrics.ttft.observe((SERVED_BY_LOCAL,), a.first_token_at - a.started)
-                if a.streamed_from_local:
-                    return await self._assembled(a, upstream, opened, endpoint)
-                return await self._stream(
-                    a, upstream, opened, on_failure=lambda: self._failed(endpoint, False)
-                )
-            if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
-                return await self._stream(a, upstream, None, on_failure=lambda: self._failed(endpoint, False))
-            answer = await self._answer(a, upstream, opened)
-            if isinstance(answer, LocalFailure) and answer.counted:
-                self._failed(endpoint, False)
-            return answer
+                if isinstance(opened, LocalFailure):
+                    self._failed(endpoint, probe)
+                    return opened
+                self._succeeded(endpoint, probe)
+                if isinstance(opened, _Held):
+                    a.first_token_at = self.clock()
+                    self.metrics.ttft.observe((SERVED_BY_LOCAL,), a.first_token_at - a.started)
+                    if a.streamed_from_local:
+                        return await self._assembled(a, upstream, opened, endpoint)
+                    return await self._stream(
+                        a, upstream, opened, on_failure=lambda: self._failed(endpoint, False)
+                    )
+                if upstream.content_type == SSE_CONTENT_TYPE and upstream.status < 300:
+                    return await self._stream(
+                        a, upstream, None, on_failure=lambda: self._failed(endpoint, False)
+                    )
+                answer = await self._answer(a, upstream, opened)
+                if isinstance(answer, LocalFailure) and answer.counted:
+                    self._failed(endpoint, False)
+                return answer
+        except _Departed:
+            # Nothing reached the client: the request goes on elsewhere, as if never sent to this pod.
+            log.info(
+                "local %s left the pool's ready pods with a request in flight: trying again",
+                endpoint.base_url,
+            )
+            return LocalFailure(
+                FallbackReason.RESET,
+                "the pod left the pool's ready pods with the request in flight",
+                counted=False,
+                departed=True,
+            )
         finally:
             endpoint.give(model)
             a.route.waiters.freed(model)
@@ -613,6 +735,8 @@ class Relay:
                         held.rest_payloads = payloads[index + 1 :]
                         held.rest_done = done
                         held.rest_clean = clean
+                        if index + 1 == len(payloads) and not done:
+                            await self._unless_echo(a, upstream, held)
                         return held
                 if done:
                     raise _StreamFailure(
@@ -635,7 +759,44 @@ class Relay:
                         [p for k, p in classified[index + 1 :] if k is not sse.Kind.DONE], fmt
                     )
                     held.rest = events[index + 1 :]
+                    if index + 1 == len(classified):
+                        await self._unless_echo(a, upstream, held)
                     return held
+
+    async def _unless_echo(self, a: Attempt, upstream: http.Response, held: _Held) -> None:
+        """A first content that may be LocalAI's echo of an error (`_may_be_echo`) and came last in its read is
+        held until the next event, at most ECHO_GRACE_SECONDS (and never past the first-token budget): an error
+        then means the content was the error's text (raises _StreamFailure), anything else is the answer going on
+        (its events join the held ones). LocalAI's ordinary answers open with an empty event and are never held."""
+        fmt = a.api.stream
+        if not _may_be_echo(held.payloads[:-1], fmt):
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + ECHO_GRACE_SECONDS
+        if a.deadline is not None:
+            until = min(until, a.deadline - _DEADLINE_MARGIN)
+        following: list[bytes] = []
+        while not following and (left := until - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    chunk = await upstream.readany()
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            following = held.splitter.feed(chunk)
+        if not following:
+            return
+        for kind, payload in sse.classify_all(following, fmt):
+            if kind is sse.Kind.ERROR:
+                raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+            if kind is not sse.Kind.EMPTY:
+                break
+        # The events already decoded are kept as payloads only in the one-read case: decode the rest from bytes.
+        if held.rest_payloads is not None:
+            held.rest_payloads = None
+            held.rest_clean = False
+        held.rest = [*held.rest, *following]
 
     async def _assembled(
         self, a: Attempt, upstream: http.Response, held: _Held, endpoint: Endpoint

@@ -37,7 +37,7 @@ from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
 from localai_operator.router.slices import ApiAccess, SliceWatcher, in_cluster
-from localai_operator.router.upstream import API_PREFIX, Route, build_route
+from localai_operator.router.upstream import API_PREFIX, Route, build_route, departed
 from localai_operator.wire import RouterConfig
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,10 @@ class Router:
         old = self.route.config
         if config.local.discovery != old.local.discovery:
             self.discovered = []
-        self.route = build_route(config, self.route, self.env, self.clock(), self.discovered)
+        previous = self.route
+        self.route = build_route(config, previous, self.env, self.clock(), self.discovered)
+        for endpoint in departed(previous, self.route):
+            endpoint.depart(certain=True)
         self.waiters.wake_all()  # the slots may have changed
         self.buffer.capacity = config.server.body_buffer_bytes
         self.guard.max_connections = config.server.max_connections
@@ -183,10 +186,17 @@ class Router:
                 if k
             )
 
-    def set_discovered(self, urls: list[str]) -> None:
+    def set_discovered(self, urls: list[str], certain: bool = False) -> None:
+        """The pool's ready pods, from DNS or (`certain`) from its EndpointSlices."""
         self.discovered = urls
-        self.route = build_route(self.route.config, self.route, self.env, self.clock(), urls)
+        previous = self.route
+        self.route = build_route(previous.config, previous, self.env, self.clock(), urls)
+        for endpoint in departed(previous, self.route):
+            endpoint.depart(certain)
         self.waiters.wake_all()  # a pod came: requests waiting for one or for a slot look again
+
+    def _set_watched(self, urls: list[str]) -> None:
+        self.set_discovered(urls, certain=True)
 
     def _unreachable(self) -> None:
         if self.discovery is not None:
@@ -269,7 +279,7 @@ class Router:
         access = self.api if self.api is not None else in_cluster(self.env)
         self.slices = None
         if watch is not None and access is not None:
-            self.slices = SliceWatcher(access, watch.service, watch.namespace, found.url, self.set_discovered)
+            self.slices = SliceWatcher(access, watch.service, watch.namespace, found.url, self._set_watched)
             self._spawn("slices", self.slices.run())
         else:
             old = self._tasks.pop("slices", None)

@@ -224,6 +224,21 @@ def kind_of(payload: Any, fmt: StreamFormat) -> Kind:
     return Kind.CONTENT if content else Kind.EMPTY
 
 
+def role_only(payload: Any) -> bool:
+    """A chat event that opens the answer: its delta names the role and carries nothing else but nulls."""
+    if payload.__class__ is not dict:
+        return False
+    choices = payload.get("choices")
+    if not choices or len(choices) != 1 or choices[0].__class__ is not dict:
+        return False
+    delta = choices[0].get("delta")
+    return (
+        delta.__class__ is dict
+        and "role" in delta
+        and all(value is None for key, value in delta.items() if key != "role")
+    )
+
+
 def error_message(payload: Any) -> str:
     """A readable message from an ERROR event's payload."""
     if isinstance(payload, dict):

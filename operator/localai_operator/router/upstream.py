@@ -5,11 +5,12 @@ cloud target, the keys for each hop and the header rules. A reload or a new set 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -92,9 +93,9 @@ def usable_key(value: str | None, where: str) -> tuple[str | None, str | None]:
 
 class Endpoint:
     """One local LocalAI base URL (one pod), with its breaker and in-flight counts, in all and per model
-    (kept across snapshots)."""
+    (kept across snapshots), and whether it left the pool's ready pods (`departed`)."""
 
-    __slots__ = ("_urls", "base_url", "breaker", "by_model", "outstanding")
+    __slots__ = ("_hooks", "_urls", "base_url", "breaker", "by_model", "departed", "outstanding")
 
     def __init__(self, base_url: str, breaker: Breaker) -> None:
         self.base_url = base_url.rstrip("/")
@@ -102,6 +103,43 @@ class Endpoint:
         self.outstanding = 0
         self.by_model: dict[str, int] = {}
         self._urls: dict[str, URL] = {}
+        self.departed = False
+        # Called once when the endpoint departs: the attempts in flight on it that want to know.
+        self._hooks: set[Callable[[bool], None]] = set()
+
+    def depart(self, certain: bool) -> None:
+        """The pod left the ready set; `certain` when the EndpointSlices or the config say so (not a DNS answer,
+        which a hiccup can empty)."""
+        if self.departed:
+            return
+        self.departed = True
+        hooks, self._hooks = self._hooks, set()
+        for hook in hooks:
+            hook(certain)
+
+    async def departure(self, timeout: float) -> bool:
+        """Whether the endpoint departs within `timeout` seconds (True at once if it has)."""
+        if self.departed:
+            return True
+        gone = asyncio.get_running_loop().create_future()
+
+        def hook(_: bool) -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        unregister = self.on_departure(hook)
+        try:
+            await asyncio.wait_for(gone, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            unregister()
+        return True
+
+    def on_departure(self, hook: Callable[[bool], None]) -> Callable[[], None]:
+        """Calls `hook(certain)` if the endpoint departs; returns the function that unregisters it."""
+        self._hooks.add(hook)
+        return lambda: self._hooks.discard(hook)
 
     def take(self, model: str | None) -> None:
         self.outstanding += 1
@@ -311,6 +349,12 @@ def build_route(
     if waiters is None and previous is not None:
         waiters = previous.waiters
     return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems), waiters)
+
+
+def departed(previous: Route, current: Route) -> list[Endpoint]:
+    """The endpoints of `previous` that `current` no longer has."""
+    kept = {id(e) for e in current.endpoints}
+    return [e for e in previous.endpoints if id(e) not in kept]
 
 
 def local_request_headers(

@@ -56,6 +56,11 @@ LOCALAI_UNAUTHORIZED: Final = {
 LOCALAI_KEY_HEADERS: Final = ("x-api-key", "xi-api-key")
 # The `{"content":null}` events LocalAI sends after the text, before the one with finish_reason.
 LOCALAI_TRAILING_NULL_EVENTS: Final = 2
+# What LocalAI v4.9.0 answers once SIGTERM stopped its backend process (seen on the binary).
+LOCALAI_BACKEND_UNAVAILABLE: Final = (
+    'rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp '
+    '127.0.0.1:37033: connect: connection refused"'
+)
 Dialect = Literal["localai", "openai"]
 
 
@@ -85,8 +90,11 @@ class Behaviour:
     # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
     fail_after_tokens: int | None = None
     # "echoed": LocalAI v4.9.0 on a backend error (a prompt longer than the context, seen on the binary): the error's
-    # text as a content delta, then the error event and [DONE], all at once.
+    # text as the first content (chat: right after the role event, without the `{"content":null}` one; completions:
+    # as the first event), then, `echo_gap` seconds later in a write of its own, the error with gRPC's prefix (chat:
+    # the error event and [DONE]; completions: an `Internal error: ` text chunk with finish_reason "stop", no [DONE]).
     error_shape: Literal["content", "event", "echoed"] = "content"
+    echo_gap: float = 0.001
     role_chunk: Literal["at_once", "with_first_token"] = "at_once"
     # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
     keepalive_interval: float = 0.0
@@ -106,6 +114,9 @@ class Behaviour:
     reset: bool = False
     # Read the request and never answer.
     hang: bool = False
+    # LocalAI v4.9.0 once SIGTERM stopped its backend (seen on the binary): every generation request fails at once
+    # with gRPC's Unavailable, as an error event under 200 (streams) or a 500.
+    stopping: bool = False
     # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
     # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
     usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
@@ -374,6 +385,8 @@ class OpenAIStandIn:
         if b.empty_body:
             return web.Response(status=200, content_type="application/json")
         path = request.path.removeprefix("/v1/")
+        if b.stopping and path in ("chat/completions", "completions"):
+            return await self._stopping(request, payload, path == "chat/completions")
         if path in ("chat/completions", "completions"):
             chat = path == "chat/completions"
             if self.dialect == "localai":
@@ -554,6 +567,28 @@ class OpenAIStandIn:
         await response.write_eof()
         return response
 
+    async def _stopping(
+        self, request: web.Request, payload: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
+        """LocalAI's answer once its backend is gone: chat.go's error event (completion.go's `Internal error:` text
+        chunk) under 200 for a stream, else a 500."""
+        if not payload.get("stream"):
+            error = {"code": 500, "message": LOCALAI_BACKEND_UNAVAILABLE, "type": ""}
+            return web.json_response({"error": error}, status=500)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        if chat:
+            error = {"code": "server_error", "message": LOCALAI_BACKEND_UNAVAILABLE, "type": "server_error"}
+            await response.write(_sse({"error": error}) + b"data: [DONE]\n\n")
+        else:
+            text = LOCALAI_ERROR_PREFIX + LOCALAI_BACKEND_UNAVAILABLE
+            choice = {"index": 0, "finish_reason": "stop", "text": text}
+            await response.write(_sse({"object": "text_completion", "choices": [choice]}))
+        await response.write_eof()
+        return response
+
     @staticmethod
     def _localai_length(payload: dict[str, Any], b: Behaviour) -> tuple[int, bool]:
         """How many tokens LocalAI generates for `payload`, and whether max_tokens cut them."""
@@ -630,13 +665,13 @@ class OpenAIStandIn:
                 event({"delta": {"content": None}}),
             ]
             if b.fail_after_tokens == 0 and b.error_shape == "echoed":
-                opening = opening[:1]  # the backend's error text is the first "token" LocalAI gets
+                opening = opening[:1]  # the backend's error is its first reply: no empty one before it
             closing = [event({"delta": {"content": None}})] * LOCALAI_TRAILING_NULL_EVENTS
             finish = "tool_calls" if b.tool_call else ("length" if cut else "stop")
             closing.append(event({"finish_reason": finish, "delta": {"content": None}}))
             pieces: list[Any] = _tool_call_pieces() if b.tool_call else [self._token(i) for i in range(count)]
         else:
-            opening = [event({})]
+            opening = [] if b.fail_after_tokens == 0 and b.error_shape == "echoed" else [event({})]
             closing = [event({}), event({"finish_reason": "stop"})]
             pieces = [self._token(i) for i in range(count)]
         if chat and include_usage:
@@ -670,9 +705,7 @@ class OpenAIStandIn:
                 request.transport.abort()
                 await asyncio.Event().wait()
             if b.fail_after_tokens is not None and index == b.fail_after_tokens:
-                out.append(self._error_event(model, chat, b, index))
-                await response.write(b"".join(out))
-                await response.write_eof()
+                await self._localai_failure(response, out, event, model, chat, b, index)
                 return response
             if index and b.token_interval:
                 await response.write(b"".join(out))
@@ -687,12 +720,42 @@ class OpenAIStandIn:
             else:
                 out.append(event({"text": piece}))
         if b.fail_after_tokens is not None and b.fail_after_tokens >= len(pieces):
-            out.append(self._error_event(model, chat, b, len(pieces)))
-        elif not b.truncate:
+            await self._localai_failure(response, out, event, model, chat, b, len(pieces))
+            return response
+        if not b.truncate:
             out += [*closing, b"data: [DONE]\n\n"]
         await response.write(b"".join(out))
         await response.write_eof()
         return response
+
+    async def _localai_failure(
+        self,
+        response: web.StreamResponse,
+        out: list[bytes],
+        event: Any,
+        model: str,
+        chat: bool,
+        b: Behaviour,
+        index: int,
+    ) -> None:
+        """Ends a LocalAI stream with an inference error in `b.error_shape`, after what `out` holds."""
+        if b.error_shape != "echoed":
+            out.append(self._error_event(model, chat, b, index))
+            await response.write(b"".join(out))
+            await response.write_eof()
+            return
+        # The backend's message as a token, then (each event is flushed on its own) gRPC's status of it.
+        message = f"{self.name} stand-in: request exceeds the available context size"
+        out.append(event({"delta": {"content": message}} if chat else {"text": message}))
+        await response.write(b"".join(out))
+        await asyncio.sleep(b.echo_gap)
+        status = f"rpc error: code = Internal desc = {message}"
+        if chat:
+            error = {"error": {"code": "server_error", "message": status, "type": "server_error"}}
+            await response.write(_sse(error) + b"data: [DONE]\n\n")
+        else:
+            await response.write(event({"finish_reason": "stop", "text": LOCALAI_ERROR_PREFIX + status}))
+        await response.write_eof()
 
     def _instant(self, b: Behaviour) -> bool:
         """Nothing to wait for, fail or vary: the stream can be written at once, from `_instant_stream`."""
@@ -720,10 +783,6 @@ class OpenAIStandIn:
         error = {"error": {"code": "server_error", "message": message, "type": "server_error"}}
         if b.error_shape == "event":
             return _sse(error) + b"data: [DONE]\n\n"
-        if b.error_shape == "echoed":
-            echo = self._chunk(model, chat, {"content": message}, message, None, index)
-            echo.pop("usage")
-            return _sse(echo) + _sse(error) + b"data: [DONE]\n\n"
         text = LOCALAI_ERROR_PREFIX + message
         event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
         return event + (b"data: [DONE]\n\n" if chat else b"")

@@ -3,12 +3,15 @@ stream and not). The stand-in sends the role chunk at once, content later, error
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import openai
 import pytest
 
-from localai_operator.testing.standins import OpenAIStandIn
+from localai_operator.testing.standins import OpenAIStandIn, cloud_standin
 from tests.unit.router.conftest import (
+    LOCAL_MODEL,
     SDK_IDS,
     SDK_MODES,
     StartRouter,
@@ -94,6 +97,73 @@ async def test_localai_in_stream_error_before_any_content_falls_back(
     assert (reply.served_by, reply.fallback_reason) == ("fallback", "stream_error")
     assert "Internal error" not in reply.text and "inference failed" not in reply.text
     assert "cloud-token-0" in reply.text
+
+
+async def until_line_with(response: aiohttp.ClientResponse, marker: bytes) -> float:
+    """Seconds until a line of the answer holds `marker`."""
+    started = asyncio.get_running_loop().time()
+    while marker not in (line := await response.content.readline()):
+        assert line, f"the answer ended without {marker!r}"
+    return asyncio.get_running_loop().time() - started
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.02], ids=["one-read", "two-reads"])
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+async def test_localais_echo_of_an_error_is_never_the_answer_in_one_read_or_two(
+    gap: float,
+    path: str,
+    stream: bool,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
+    client: aiohttp.ClientSession,
+) -> None:
+    # LocalAI v4.9.0 on a backend error (a prompt longer than the context): the error's text as the first content,
+    # then gRPC's status of it in a write of its own about a millisecond later (20 ms here in "two-reads").
+    local.set(fail_after_tokens=0, error_shape="echoed", echo_gap=gap)
+    router = await start_router(route_config(local.url, cloud.url))
+    body = {"model": LOCAL_MODEL, "stream": stream, "max_tokens": 8}
+    body |= (
+        {"messages": [{"role": "user", "content": "hi"}]} if path == "/chat/completions" else {"prompt": "hi"}
+    )
+    async with client.post(router.v1(path), json=body) as response:
+        text = await response.text()
+        served_by, reason = response.headers["X-Served-By"], response.headers.get("X-Fallback-Reason")
+    assert (served_by, reason) == ("fallback", "stream_error")
+    assert "context size" not in text and "cloud-token-0" in text
+
+
+async def test_localais_first_token_after_its_empty_opening_event_is_relayed_without_waiting(
+    local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    # The ordinary shape (role, `{"content":null}`, token) cannot be an echo: nothing waits for the next token.
+    local.set(tokens=2, token_interval=5)
+    router = await start_router(route_config(local.url, cloud.url))
+    async with client.post(router.v1("/chat/completions"), json=chat_body(stream=True)) as response:
+        assert await until_line_with(response, b"local-token-0") < 2.5, (
+            "the first token waited for the second"
+        )
+
+
+async def test_a_first_token_right_after_the_role_event_waits_for_the_next_event_at_most_the_grace(
+    cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    # A stream that opens with the role event then content (LocalAI's tools path; other servers) may be an echo:
+    # its first token waits for the next event, ECHO_GRACE_SECONDS at most, then goes out as it came.
+    other = cloud_standin()
+    other.name, other.models = "other", (LOCAL_MODEL,)
+    other.set(tokens=2, token_interval=5, role_chunk="with_first_token")
+    await other.start()
+    try:
+        router = await start_router(route_config(other.url, cloud.url))
+        async with client.post(router.v1("/chat/completions"), json=chat_body(stream=True)) as response:
+            waited = await until_line_with(response, b"other-token-0")
+            rest = await response.text()
+    finally:
+        await other.stop()
+    assert waited < 2.5, "the first token waited for the second"
+    assert response.headers["X-Served-By"] == "local" and "other-token-1" in rest
 
 
 @pytest.mark.parametrize("shape", ["content", "event"])

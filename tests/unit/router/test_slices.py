@@ -1,6 +1,7 @@
 """The router follows a pool's ready pods through the EndpointSlice watch, against a real aiohttp stand-in of the
 Kubernetes API on loopback: a pod that turns Ready takes requests within a second, one that turns unready takes
-no new one (in-flight requests finish), a 410 relists, and without the watch the router follows DNS."""
+no new one, and the requests in flight on it that have sent the client nothing go on elsewhere (one that has,
+finishes there); a 410 relists, and without the watch the router follows DNS."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from localai_operator.router.policy import FallbackReason
+from localai_operator.router.relay import UNAVAILABLE_SETTLE_SECONDS
 from localai_operator.router.slices import ApiAccess
 from localai_operator.testing.standins import OpenAIStandIn, local_standin
-from tests.unit.router.conftest import RunningRouter, StartRouter, eventually, post, route_config
+from tests.unit.router.conftest import RunningRouter, StartRouter, chat_body, eventually, post, route_config
 from tests.unit.router.test_pods import Names
 
 TOKEN = "router-sa-token"
@@ -125,7 +128,8 @@ async def pods() -> AsyncIterator[list[OpenAIStandIn]]:
         await standin.stop()
 
 
-def watched_route(port: int) -> dict[str, Any]:
+def watched_route(port: int, cloud: str | None = None) -> dict[str, Any]:
+    """The pool's route: sensitive, or with `cloud` as its fallback."""
     local = {
         "discovery": {
             "url": f"http://{SERVICE}.{NAMESPACE}.svc:{port}/v1",
@@ -134,7 +138,7 @@ def watched_route(port: int) -> dict[str, Any]:
         },
         "pool": "gpu-pool",
     }
-    return route_config([], None, local_extra=local, sensitive=True)
+    return route_config([], cloud, local_extra=local, sensitive=cloud is None)
 
 
 def endpoints(router: RunningRouter) -> list[str]:
@@ -198,3 +202,129 @@ async def test_without_the_watch_the_router_follows_dns_and_says_why(
         problems = (await response.json())["problems"]
     assert any("EndpointSlices" in p and "403" in p for p in problems), problems
     assert (await post(client, router)).status == 200
+
+
+def slow_on(standin: OpenAIStandIn) -> None:
+    """The pod is busy with a long answer: nothing comes for a minute."""
+    standin.set(delay_before_first_chunk=60)
+
+
+async def test_a_request_in_flight_on_a_pod_that_leaves_goes_to_another_before_anything_reached_the_client(
+    api: FakeApiServer, pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    port = pods[0].port
+    api.put("s", {PODS[0]: True, PODS[1]: False}, port)
+    router = await start_router(watched_route(port), api=api.access, resolver=Names())
+    slow_on(pods[0])
+    in_flight = asyncio.create_task(post(client, router))
+    await eventually(lambda: pods[0].counters.active == 1, 5, "the request on the first pod")
+
+    # The first pod stops (a rollout, a scale-down): LocalAI would end what it answers in an error ~15 s later.
+    api.put("s", {PODS[0]: False, PODS[1]: True}, port)
+    answer = await asyncio.wait_for(in_flight, 10)
+
+    assert (answer.status, answer.served_by) == (200, "local")
+    assert PODS[1] in answer.json()["choices"][0]["message"]["content"]
+    await eventually(lambda: pods[0].counters.cancelled == 1, 5, "the first pod's request to be dropped")
+
+
+async def test_a_sensitive_request_whose_only_pod_leaves_waits_for_the_next_pod_instead_of_failing(
+    api: FakeApiServer, pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    port = pods[0].port
+    api.put("s", {PODS[0]: True}, port)
+    router = await start_router(watched_route(port), api=api.access, resolver=Names())
+    slow_on(pods[0])
+    in_flight = asyncio.create_task(post(client, router))
+    await eventually(lambda: pods[0].counters.active == 1, 5, "the request on the pod")
+
+    api.put("s", {PODS[0]: False}, port)  # maxSurge 0: the old pod goes before the new one is Ready
+    await eventually(
+        lambda: router.router.relay.waiting[FallbackReason.POOL_COLD] == 1, 5, "the request to wait"
+    )
+    api.put("s", {PODS[0]: False, PODS[1]: True}, port)
+    answer = await asyncio.wait_for(in_flight, 10)
+
+    assert (answer.status, answer.served_by) == (200, "local")
+    assert PODS[1] in answer.json()["choices"][0]["message"]["content"]
+
+
+async def test_a_stream_that_reached_the_client_finishes_on_the_pod_that_leaves(
+    api: FakeApiServer, pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    port = pods[0].port
+    api.put("s", {PODS[0]: True, PODS[1]: True}, port)
+    router = await start_router(watched_route(port), api=api.access, resolver=Names())
+    for pod in pods:
+        pod.set(tokens=6, token_interval=0.1)
+    async with client.post(router.v1("/chat/completions"), json=chat_body(stream=True)) as response:
+        first = await response.content.readline()
+        assert first.startswith(b"data: ")
+        serving = next(i for i, pod in enumerate(pods) if pod.counters.active)
+        api.put("s", {PODS[serving]: False, PODS[1 - serving]: True}, port)
+        await eventually(lambda: len(endpoints(router)) == 1, 5, "the pod to leave")
+        whole = (first + await response.read()).decode()
+    assert whole.rstrip().endswith("data: [DONE]") and "error" not in whole
+    assert whole.count(f"{PODS[serving]}-token-") == 6
+
+
+async def test_a_sensitive_request_refused_by_a_stopping_localai_goes_to_the_next_pod_once_the_pod_leaves(
+    api: FakeApiServer, pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    # SIGTERM reaches LocalAI a moment before the router hears that its pod is terminating; meanwhile the pod
+    # answers every request gRPC's Unavailable (a 500 here).
+    port = pods[0].port
+    api.put("s", {PODS[0]: True}, port)
+    router = await start_router(watched_route(port), api=api.access, resolver=Names())
+    pods[0].set(stopping=True)
+    in_flight = asyncio.create_task(post(client, router))
+    await eventually(lambda: pods[0].counters.completed == 1, 5, "the stopping pod's answer")
+    api.put("s", {PODS[0]: False, PODS[1]: True}, port)
+    answer = await asyncio.wait_for(in_flight, 10)
+
+    assert (answer.status, answer.served_by) == (200, "local")
+    assert PODS[1] in answer.json()["choices"][0]["message"]["content"]
+
+
+async def test_localais_unavailable_stands_when_its_pod_stays_ready(
+    api: FakeApiServer, pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    port = pods[0].port
+    api.put("s", {PODS[0]: True}, port)
+    router = await start_router(watched_route(port), api=api.access, resolver=Names())
+    pods[0].set(stopping=True)
+
+    answer = await post(client, router)
+
+    assert answer.status == 500 and "code = Unavailable" in answer.json()["error"]["message"]
+    assert answer.elapsed >= UNAVAILABLE_SETTLE_SECONDS
+    assert pods[0].counters.completed == 1
+
+
+async def test_an_answer_being_assembled_on_a_pod_that_leaves_goes_to_the_cloud_at_once(
+    api: FakeApiServer,
+    pods: list[OpenAIStandIn],
+    cloud: OpenAIStandIn,
+    start_router: StartRouter,
+    client: aiohttp.ClientSession,
+) -> None:
+    # A non-stream request is streamed from the pod and assembled: its first token came in time, the rest never
+    # will (the pod stops). Nothing reached the client, so the cloud answers it instead, without waiting.
+    port = pods[0].port
+    api.put("s", {PODS[0]: True}, port)
+    router = await start_router(watched_route(port, cloud.url), api=api.access, resolver=Names())
+    pods[0].set(tokens=4, token_interval=60)
+    in_flight = asyncio.create_task(post(client, router))
+    await eventually(lambda: pods[0].counters.active == 1, 5, "the request on the pod")
+    await eventually(
+        lambda: router.router.metrics.ttft.count(("local",)) == 1, 5, "the first token to reach the router"
+    )
+
+    api.put("s", {PODS[0]: False}, port)
+    answer = await asyncio.wait_for(in_flight, 10)
+
+    assert (answer.status, answer.served_by, answer.headers["X-Fallback-Reason"]) == (
+        200,
+        "fallback",
+        "pool_cold",
+    )
