@@ -26,7 +26,7 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
-from localai_operator.wire import DEFAULT_CLOUD_PATHS, Policy, SpendCap
+from localai_operator.wire import DEFAULT_CLOUD_PATHS, URL_PATTERN, Policy, SpendCap, Telemetry
 
 ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
@@ -183,6 +183,45 @@ class RouteNetworkPolicy(Spec):
     )
 
 
+class RouteTelemetry(Telemetry):
+    """The router's OpenTelemetry export (docs/router.md#telemetry); propagateToCloud and captureContent go into
+    its config, the rest into its environment as the OTEL_* variables."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "false: this route's routers export nothing, whatever the operator's default. Unset or true: they export "
+            "to otlpEndpoint, else to the operator's default (the chart's telemetry.otlpEndpoint), if either is set."
+        ),
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=URL_PATTERN,
+        max_length=2048,
+        description=(
+            "OTLP/HTTP (protobuf) base URL of a collector, e.g. http://otel-collector.observability:4318: spans go "
+            "to /v1/traces, metrics to /v1/metrics. Rendered as OTEL_EXPORTER_OTLP_ENDPOINT."
+        ),
+    )
+    headers_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A Secret key holding the exporter's headers as OTEL_EXPORTER_OTLP_HEADERS reads them "
+            "(`x-api-key=...,x-tenant=...`), for a backend that wants credentials. Optional: without the Secret "
+            "the router runs and the collector refuses its exports."
+        ),
+    )
+    sampling_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Fraction of traces recorded (parent-based: a client's sampled traceparent is always followed). Unset: "
+            "the operator's default, else every trace."
+        ),
+    )
+
+
 class FallbackRouteSpec(Spec):
     model_config = Spec.model_config | {
         "json_schema_extra": {
@@ -213,6 +252,13 @@ class FallbackRouteSpec(Spec):
     auth: Auth | None = Field(default=None, description="Client keys; omitted: the route accepts any client.")
     network_policy: RouteNetworkPolicy = Field(
         default_factory=RouteNetworkPolicy, description="Who may reach the router pods."
+    )
+    telemetry: RouteTelemetry | None = Field(
+        default=None,
+        description=(
+            "OpenTelemetry traces and GenAI metrics of the router, over OTLP. Unset: the operator's default (the "
+            "chart's telemetry.otlpEndpoint; none: off)."
+        ),
     )
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
     resources: Resources | None = Field(

@@ -27,6 +27,7 @@ from localai_operator.control.metrics import Metrics
 from localai_operator.control.plan import Renders
 from localai_operator.control.queue import Key, ShutDown, WorkQueue
 from localai_operator.control.reconcile import Context, reconcile
+from localai_operator.control.tracing import PassTracer, traced
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class Controller:
     metrics: Metrics
     options: Options = field(default_factory=Options)
     elector: LeaderElector | None = None
+    # A span per pass when the environment names an OTLP endpoint.
+    tracer: PassTracer | None = None
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
@@ -122,6 +125,8 @@ class Controller:
         for runner in self._servers:
             await runner.cleanup()
         await self.api.close()
+        if self.tracer is not None:
+            await self.tracer.providers.stop(within=2.0)
 
     async def _after_sync(self, task: Coroutine[Any, Any, None]) -> None:
         await self.synced.wait()
@@ -158,7 +163,7 @@ class Controller:
                 continue
             started, result = time.perf_counter(), "ok"
             try:
-                retry = await reconcile(key, context)
+                retry = await traced(self.tracer, key, reconcile(key, context))
             except (ApiError, aiohttp.ClientError, TimeoutError) as err:
                 retry = f"API request failed: {err or type(err).__name__}"
             except Exception:

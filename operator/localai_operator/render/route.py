@@ -26,6 +26,7 @@ from localai_operator.constants import (
     ROUTER_CONFIG_FILE,
     ROUTER_METRICS_PORT,
     ROUTER_PORT,
+    ROUTER_SERVICE_NAME,
     ROUTER_SERVICE_PORT,
     ROUTER_STATE_DIR,
 )
@@ -205,6 +206,7 @@ def router_config(
             endpoints=[primary_url(route)], api_key_env=LOCAL_API_KEY_ENV if local_key else None
         )
     dirs = client_key_dirs(route)
+    telemetry = spec.telemetry
     return rc.RouterConfig(
         route=rc.RouteRef(name=route.name, namespace=route.namespace),
         local=local,
@@ -217,6 +219,11 @@ def router_config(
             max_waiting=connection_caps(route)[1],
             state_directory=ROUTER_STATE_DIR,
         ),
+        telemetry=rc.Telemetry(
+            propagate_to_cloud=telemetry.propagate_to_cloud, capture_content=telemetry.capture_content
+        )
+        if telemetry is not None
+        else None,
     )
 
 
@@ -245,6 +252,50 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+# The pod's name, for the resource attributes of its spans (Kubernetes expands $(NAME) of an earlier variable).
+POD_NAME_ENV: Final = "LOCALAI_OPERATOR_POD_NAME"
+
+
+def telemetry_env(route: FallbackRoute, settings: RenderSettings) -> list[dict[str, Any]]:
+    """The OTEL_* variables of the router: its route's spec.telemetry, else the operator's default endpoint and
+    sampling ratio; none when neither names an endpoint or the route turns telemetry off."""
+    spec = route.spec.telemetry
+    if spec is not None and spec.enabled is False:
+        return []
+    endpoint = (spec.otlp_endpoint if spec is not None else None) or settings.router_otlp_endpoint
+    if endpoint is None:
+        return []
+    resource = ",".join(
+        (
+            f"k8s.namespace.name={route.namespace}",
+            f"k8s.deployment.name={router_name(route)}",
+            f"k8s.pod.name=$({POD_NAME_ENV})",
+            f"localai_operator.route={route.namespace}/{route.name}",
+        )
+    )
+    env: list[dict[str, Any]] = [
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": endpoint},
+        {"name": "OTEL_SERVICE_NAME", "value": ROUTER_SERVICE_NAME},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource},
+    ]
+    ratio = spec.sampling_ratio if spec is not None and spec.sampling_ratio is not None else None
+    if ratio is None:
+        ratio = settings.router_sampling_ratio
+    if ratio is not None:
+        env.append({"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"})
+        env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": f"{ratio:g}"})
+    if spec is not None and spec.headers_secret_ref is not None:
+        ref = spec.headers_secret_ref
+        env.append(
+            {
+                "name": "OTEL_EXPORTER_OTLP_HEADERS",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": True}},
+            }
+        )
+    return env
+
+
 def deployment(
     route: FallbackRoute,
     settings: RenderSettings,
@@ -270,6 +321,7 @@ def deployment(
                 )
     if local_key_ref is not None:
         env.append(_secret_env(LOCAL_API_KEY_ENV, local_key_ref))
+    env.extend(telemetry_env(route, settings))
     mounts: list[dict[str, Any]] = [
         # Mounted as a directory, not subPath, so ConfigMap edits reach the router's hot reload.
         {"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True},
