@@ -55,7 +55,6 @@ OPERATIONS: Final = {
 SERVED_BY: Final = "localai_operator.served_by"
 FALLBACK_REASON: Final = "localai_operator.fallback.reason"
 BREAKER_STATE: Final = "localai_operator.breaker.state"
-BREAKER_PROBE: Final = "localai_operator.breaker.probe"
 CLIENT_KEY: Final = "localai_operator.client_key.name"
 ROUTE: Final = "localai_operator.route"
 UPSTREAM: Final = "localai_operator.upstream"
