@@ -84,11 +84,14 @@ TARGETS = (
     "router",
     "router-baseline",
     "router-traced",
+    "router-sampled",
     "router-asyncio",
     "relay",
     "nginx",
     "litellm",
 )
+# router-sampled: telemetry on with 1 trace in 1 / SAMPLED_RATIO recorded (and the GenAI metrics of every request).
+SAMPLED_RATIO = 0.1
 PEERS = ("relay", "nginx", "litellm")
 STARTUP_SECONDS = 60.0
 INSTALL_HINTS = {
@@ -650,16 +653,25 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
         setup.otlp = processes.ctx.Queue()
         _, sink = processes.spawn(otlp_sink_process, free_port(), loop, after=(setup.otlp,))
         scenarios.append(("traced", router_configs(ports)["main"]))
-    extra = {"asyncio": "router-asyncio", "baseline": "router-baseline", "traced": "router-traced"}
+        scenarios.append(("sampled", router_configs(ports)["main"]))
+    extra = {
+        "asyncio": "router-asyncio",
+        "baseline": "router-baseline",
+        "traced": "router-traced",
+        "sampled": "router-sampled",
+    }
     for scenario, config in scenarios:
         path = workdir / f"router-{scenario}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         scenario_env = env
-        if scenario == "traced":
-            # Traces and the GenAI metrics on, every trace sampled (the SDK's defaults), to a collector that
-            # only counts: the router's cost of producing and exporting them.
+        if scenario in ("traced", "sampled"):
+            # Traces and the GenAI metrics on, to a collector that only counts: the router's cost of producing and
+            # exporting them; every trace recorded (the SDK's default), or one in ten.
             scenario_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink}"}
+            if scenario == "sampled":
+                scenario_env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+                scenario_env["OTEL_TRACES_SAMPLER_ARG"] = str(SAMPLED_RATIO)
         argv = router_argv(
             args,
             path,
@@ -1363,7 +1375,12 @@ def comparisons(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, in
         (
             "router-traced",
             "router",
-            "telemetry on (every trace sampled, spans and GenAI metrics exported) vs off",
+            "telemetry on (every trace recorded, spans and GenAI metrics exported) vs off",
+        ),
+        (
+            "router-sampled",
+            "router",
+            f"telemetry on ({SAMPLED_RATIO:g} of traces recorded, every metric) vs off",
         ),
     ]
     lines = []
@@ -1467,8 +1484,8 @@ def main() -> int:
     parser.add_argument(
         "--traced",
         action="store_true",
-        help="adds router-traced: the same router exporting spans and the GenAI metrics over OTLP to a collector "
-        "stand-in that only counts",
+        help="adds router-traced and router-sampled: the same router exporting spans (every trace; one in ten) "
+        "and the GenAI metrics over OTLP to a collector stand-in that only counts",
     )
     parser.add_argument(
         "--request-only",
