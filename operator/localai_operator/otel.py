@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Final
 from localai_operator import __version__
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics import MeterProvider
+    from collections.abc import Callable
+
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -138,40 +141,56 @@ def sampler(env: Mapping[str, str]) -> Sampler:
     return ParentBased(ALWAYS_ON)
 
 
+def in_thread(work: Callable[[], object]) -> asyncio.Future[None]:
+    """`work` (an export: blocking, retrying while a collector is down) on a daemon thread, so that it never
+    blocks the event loop nor holds the process's exit; the future is done when it is."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("OpenTelemetry export failed")
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=run, name="otel-export", daemon=True).start()
+    return done
+
+
+async def within(done: asyncio.Future[None], seconds: float) -> None:
+    """Waits for `done` at most `seconds` (it goes on after that)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(done), seconds)
+
+
 @dataclass(frozen=True)
 class Providers:
-    """The process's tracer and meter providers (either may be off), shut down once when the process stops."""
+    """The process's tracer provider and metric exporter (either may be off), and the resource both describe;
+    shut down once when the process stops. Metrics are the caller's to aggregate and hand to the exporter every
+    `metric_interval` seconds (the router's are a few histograms it keeps cheaper than the SDK's instruments)."""
 
     tracer_provider: TracerProvider | None
-    meter_provider: MeterProvider | None
+    metric_exporter: MetricExporter | None
+    resource: Resource
+    metric_interval: float = DEFAULT_METRIC_INTERVAL_MS / 1000
 
     def shutdown(self) -> None:
-        """Sends what is batched and stops the exporters' threads (blocking)."""
+        """Sends the spans batched and stops the exporters (blocking)."""
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
-        if self.meter_provider is not None:
-            self.meter_provider.shutdown(timeout_millis=5_000)
+        if self.metric_exporter is not None:
+            self.metric_exporter.shutdown()
 
-    async def stop(self, within: float) -> None:
-        """`shutdown` from a daemon thread, awaited for at most `within` seconds: a collector that is down (the
-        exporters retry) must not hold the process's exit."""
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def finished() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def run() -> None:
-            try:
-                self.shutdown()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(finished)
-
-        threading.Thread(target=run, name="otel-shutdown", daemon=True).start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done, within)
+    async def stop(self, seconds: float) -> None:
+        """`shutdown` from a daemon thread, awaited at most `seconds`."""
+        await within(in_thread(self.shutdown), seconds)
 
 
 def start(service: str, env: Mapping[str, str], *, metrics: bool = True) -> Providers | None:
@@ -187,8 +206,6 @@ def start(service: str, env: Mapping[str, str], *, metrics: bool = True) -> Prov
     try:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -213,20 +230,16 @@ def start(service: str, env: Mapping[str, str], *, metrics: bool = True) -> Prov
                 schedule_delay_millis=_number(env, SCHEDULE_DELAY),
             )
         )
-    meter_provider = None
+    metric_exporter = None
     target = signal_endpoint(env, "METRICS") if metrics else None
     if target is not None:
-        interval = _number(env, METRIC_INTERVAL) or DEFAULT_METRIC_INTERVAL_MS
-        reader = PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=target, headers=_headers(env, "METRICS")),
-            export_interval_millis=max(100.0, interval),
-        )
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
-    if tracer_provider is None and meter_provider is None:
+        metric_exporter = OTLPMetricExporter(endpoint=target, headers=_headers(env, "METRICS"))
+    if tracer_provider is None and metric_exporter is None:
         return None
     log.info(
         "OpenTelemetry: traces to %s, metrics to %s (OTLP/HTTP)",
         traces or "nowhere",
         target or "nowhere",
     )
-    return Providers(tracer_provider, meter_provider)
+    interval = max(100.0, _number(env, METRIC_INTERVAL) or DEFAULT_METRIC_INTERVAL_MS) / 1000
+    return Providers(tracer_provider, metric_exporter, resource, interval)

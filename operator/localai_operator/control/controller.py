@@ -126,7 +126,7 @@ class Controller:
             await runner.cleanup()
         await self.api.close()
         if self.tracer is not None:
-            await self.tracer.providers.stop(within=2.0)
+            await self.tracer.providers.stop(2.0)
 
     async def _after_sync(self, task: Coroutine[Any, Any, None]) -> None:
         await self.synced.wait()

@@ -310,6 +310,8 @@ class Router:
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
         self._spawn("idle-connections", self._sweep_idle())
+        if self.telemetry is not None and self.telemetry.providers.metric_exporter is not None:
+            self._spawn("telemetry-metrics", self.telemetry.export_forever())
         if self.ledger.path is not None:
             self._spawn("ledger", self._flush_ledger())
 
@@ -340,7 +342,7 @@ class Router:
         self.ledger.save()
         if self.telemetry is not None:
             # The last spans and metrics go out, within a bound: a collector that is down must not hold the exit.
-            await self.telemetry.providers.stop(TELEMETRY_SHUTDOWN_SECONDS)
+            await self.telemetry.close(TELEMETRY_SHUTDOWN_SECONDS)
 
     # ------------------------------------------------------------------ operational endpoints
 
