@@ -341,3 +341,26 @@ async def test_a_router_whose_collector_is_down_serves_as_usual(
     router = await start_router(route_config(local.url), env=env)
     for _ in range(20):
         assert (await post(client, router)).status == 200
+
+
+def test_client_chosen_model_names_cannot_grow_a_metric_past_its_cardinality_limit() -> None:
+    from localai_operator.router.telemetry import CARDINALITY_LIMIT, OVERFLOW, GenAIMetrics
+
+    metrics = GenAIMetrics()
+    for n in range(CARDINALITY_LIMIT + 50):
+        metrics.record("gen_ai.server.request.duration", 0.05, (("gen_ai.request.model", f"made-up-{n}"),))
+    table = metrics.series["gen_ai.server.request.duration"]
+    assert len(table) == CARDINALITY_LIMIT + 1
+    assert table[OVERFLOW].count == 51
+    assert sum(p.count for p in table.values()) == CARDINALITY_LIMIT + 50
+
+
+def test_a_value_lands_in_the_bucket_whose_upper_bound_holds_it() -> None:
+    from localai_operator.router.telemetry import TTFT_BUCKETS, GenAIMetrics
+
+    metrics = GenAIMetrics()
+    for value in (0.001, 0.0011, 99.0):
+        metrics.record("gen_ai.server.time_to_first_token", value, ())
+    point = metrics.series["gen_ai.server.time_to_first_token"][()]
+    assert point.buckets[0] == 1 and point.buckets[1] == 1 and point.buckets[len(TTFT_BUCKETS)] == 1
+    assert (point.count, point.low, point.high) == (3, 0.001, 99.0)
