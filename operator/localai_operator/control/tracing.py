@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from localai_operator import __version__, otel
+from localai_operator.constants import OPERATOR_SERVICE_NAME
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from localai_operator.control.queue import Key
 
-SERVICE: Final = "localai-operator"
 KIND: Final = "localai_operator.resource.kind"
 NAME: Final = "localai_operator.resource.name"
 NAMESPACE: Final = "k8s.namespace.name"
@@ -38,7 +38,7 @@ class PassTracer:
 
     @classmethod
     def start(cls, env: Mapping[str, str]) -> PassTracer | None:
-        providers = otel.start(SERVICE, env, metrics=False)
+        providers = otel.start(OPERATOR_SERVICE_NAME, env, metrics=False)
         return cls(providers) if providers is not None else None
 
     async def run(self, key: Key, work: Awaitable[R]) -> R:

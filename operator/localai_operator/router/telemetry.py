@@ -25,7 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from localai_operator import __version__, otel
-from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL
+from localai_operator.constants import ROUTER_SERVICE_NAME, SERVED_BY_FALLBACK, SERVED_BY_LOCAL
 from localai_operator.router import codec, tokens
 from localai_operator.router.usage import usage_of
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICE: Final = "localai-router"
 INSTRUMENTATION: Final = "localai_operator.router"
 # What gen_ai.provider.name says of a local pod (no well-known value exists for LocalAI).
 LOCAL_PROVIDER: Final = "localai"
@@ -312,14 +311,13 @@ class RouterTelemetry:
         self.in_context = set_span_in_context
         self.server, self.client = SpanKind.SERVER, SpanKind.CLIENT
         self.error = Status(StatusCode.ERROR)
-        self.status_error = StatusCode.ERROR
 
     @classmethod
     def start(
         cls, env: Mapping[str, str], clock: Callable[[], float] = time.monotonic
     ) -> RouterTelemetry | None:
         """Telemetry when `env` names an OTLP endpoint (and the packages are installed), else None."""
-        providers = otel.start(SERVICE, env)
+        providers = otel.start(ROUTER_SERVICE_NAME, env)
         return cls(providers, clock) if providers is not None else None
 
     async def traced(
@@ -375,13 +373,11 @@ class RequestTrace:
         "output_tokens",
         "response_model",
         "span",
-        "started",
         "telemetry",
     )
 
     def __init__(self, telemetry: RouterTelemetry, request: web.Request) -> None:
         self.telemetry = telemetry
-        self.started = telemetry.clock()
         parent = telemetry.propagator.extract(request.headers)
         self.span: Span = telemetry.tracer.start_span(
             f"{request.method} {request.path}"[:NAME_LIMIT],
