@@ -118,6 +118,8 @@ def test_spec_telemetry_reaches_the_routers_environment_and_config_and_leaves_it
         "headersSecretRef": {"name": "otlp", "key": "headers"},
         "captureContent": True,
     }
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": "sk-1"})
+    cluster.core.create_namespaced_secret(namespace, secret)
     crs.create(route("chat", "somewhere", fallback=FALLBACK, telemetry=telemetry))
 
     def router_env() -> dict[str, client.V1EnvVar] | None:
@@ -128,7 +130,10 @@ def test_spec_telemetry_reaches_the_routers_environment_and_config_and_leaves_it
         return {e.name: e for e in deployment.spec.template.spec.containers[0].env or []}
 
     env = wait_for(
-        lambda: (found := router_env()) and "OTEL_EXPORTER_OTLP_ENDPOINT" in found and found, T, "OTEL env"
+        lambda: (found := router_env()) and "OTEL_EXPORTER_OTLP_ENDPOINT" in found and found,
+        T,
+        "the router's Deployment with the OTEL variables",
+        describe=lambda: (router_env(), crs.get("FallbackRoute", "chat").get("status")),
     )
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].value == telemetry["otlpEndpoint"]
     assert env["OTEL_SERVICE_NAME"].value == "localai-router"
