@@ -265,6 +265,7 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         "/serviceaccounts",
         "rbac.authorization.k8s.io/roles",
         "rbac.authorization.k8s.io/rolebindings",
+        "gateway.networking.k8s.io/httproutes",
         "/nodes",
         "autoscaling/horizontalpodautoscalers",
         "discovery.k8s.io/endpointslices",

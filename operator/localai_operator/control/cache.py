@@ -38,7 +38,19 @@ GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GP
 SECRETS = "secrets"  # (namespace, name) -> SecretInfo (resourceVersion and key names; never values)
 ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> ((pod, address), ...) of its ready router pods
 HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, SECRETS, ROUTER_ENDPOINTS, HPAS)
+GATEWAY_API = "gateway_api"  # the HTTPRoute CRD's name -> whether the API server serves it (Established)
+INDEXES = (
+    MODELS,
+    POOLS,
+    ROUTES,
+    OWNED,
+    UNSCHEDULABLE,
+    GPU_NODES,
+    SECRETS,
+    ROUTER_ENDPOINTS,
+    HPAS,
+    GATEWAY_API,
+)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -139,6 +151,14 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
     return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
 
 
+def serves(crd: Mapping[str, Any], version: str) -> bool:
+    """Whether a CustomResourceDefinition is Established and serves `version`."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+    versions = (crd.get("spec") or {}).get("versions") or []
+    return established and any(v.get("name") == version and v.get("served") for v in versions)
+
+
 def secret_info(secret: Mapping[str, Any]) -> SecretInfo:
     keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
     return SecretInfo(str((secret.get("metadata") or {}).get("resourceVersion", "")), frozenset(keys))
@@ -199,6 +219,10 @@ class Cache:
         if written is not None and same_object and _version(written) > _version(seen):
             return written
         return seen
+
+    def gateway_api(self) -> bool:
+        """Whether the cluster serves HTTPRoute (gateway.networking.k8s.io/v1): its CRD is Established."""
+        return any(any(values) for values in self.indexes.get(GATEWAY_API, {}).values())
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""

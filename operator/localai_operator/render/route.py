@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from localai_operator import wire as rc
 from localai_operator.api.base import SecretKeyRef
+from localai_operator.api.kinds import HTTP_ROUTE
 from localai_operator.api.llmmodel import LLMModel
 from localai_operator.api.pool import InferencePool
 from localai_operator.api.route import FallbackRoute
@@ -507,6 +508,42 @@ def network_policy(route: FallbackRoute) -> dict[str, Any] | None:
     }
 
 
+def http_route(route: FallbackRoute) -> dict[str, Any] | None:
+    """The HTTPRoute of spec.gateway: requests under its path prefix, on its hostnames, through its Gateways, to
+    the route's Service (the same port clients in the cluster use). Defaults written out as the API server fills
+    them, so that the live object contains the rendered one."""
+    gateway = route.spec.gateway
+    if gateway is None:
+        return None
+    parents = []
+    for ref in gateway.parent_refs:
+        parent: dict[str, Any] = {"group": ref.group, "kind": ref.kind, "name": ref.name}
+        if ref.namespace is not None:
+            parent["namespace"] = ref.namespace
+        if ref.section_name is not None:
+            parent["sectionName"] = ref.section_name
+        if ref.port is not None:
+            parent["port"] = ref.port
+        parents.append(parent)
+    spec: dict[str, Any] = {"parentRefs": parents}
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": gateway.path_prefix}}],
+            "backendRefs": [
+                {"group": "", "kind": "Service", "name": route.name, "port": ROUTER_SERVICE_PORT, "weight": 1}
+            ],
+        }
+    ]
+    return {
+        "apiVersion": HTTP_ROUTE.api_version,
+        "kind": HTTP_ROUTE.kind,
+        "metadata": meta(route, route.name, name=APP, component=COMPONENT),
+        "spec": spec,
+    }
+
+
 def route_objects(
     route: FallbackRoute,
     settings: RenderSettings | None = None,
@@ -517,8 +554,10 @@ def route_objects(
     pool: InferencePool | None = None,
     models: Mapping[str, LLMModel] | None = None,
     carried: rc.Carried | None = None,
+    gateway_api: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every object the operator owns for a route. `local_key_ref`: the key of the route's pool
+    """Every object the operator owns for a route. `gateway_api`: the cluster serves HTTPRoute, which spec.gateway
+    then gets (none otherwise: the status says so). `local_key_ref`: the key of the route's pool
     (`InferencePool.spec.apiKeySecretRef`), sent to local instead of the client's key; its Secret's
     resourceVersion, like the fallback key's, rolls the router pods when it changes. `pool` and `models`: the
     primary pool and its LLMModels, whose slots per pod the router fills before it spills to the cloud (without
@@ -526,10 +565,12 @@ def route_objects(
     cap's current period (the operator's ledger); none of these roll the router: its config hot-reloads."""
     settings = settings or RenderSettings()
     policy = network_policy(route)
+    exposed = http_route(route) if gateway_api else None
     return [
         config_map(route, local_key=local_key_ref is not None, pool=pool, models=models, carried=carried),
         deployment(route, settings, secret_version, local_key_ref, local_key_version),
         service(route),
         *([policy] if policy is not None else []),
         *slice_reader(route),
+        *([exposed] if exposed is not None else []),
     ]
