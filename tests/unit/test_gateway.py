@@ -5,9 +5,12 @@ of both."""
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute
@@ -214,3 +217,46 @@ def test_the_gateway_api_counts_as_served_once_its_crd_is_established_with_v1_se
     assert serves(crd, "v1")
     assert not serves({**crd, "status": {"conditions": [{"type": "Established", "status": "False"}]}}, "v1")
     assert not serves({**crd, "spec": {"versions": [{"name": "v1beta1", "served": True}]}}, "v1")
+
+
+def gateway_section_yaml() -> list[list[dict[str, Any]]]:
+    """The YAML blocks of docs/router.md's Gateway section, each as its documents."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "router.md").read_text()
+    section = doc.split("## Through a Gateway: `spec.gateway`")[1].split("\n## ")[0]
+    blocks = re.findall(r"^```yaml\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    return [list(yaml.safe_load_all(block)) for block in blocks]
+
+
+def test_the_documented_route_renders_the_documented_httproute_to_its_service() -> None:
+    [[body], _] = gateway_section_yaml()
+    route = FallbackRoute.parse({**body, "metadata": {**body["metadata"], "uid": "u"}})
+    rendered = http_route(route)
+    assert rendered is not None
+    assert rendered["spec"]["hostnames"] == ["llm.example.com"]
+    assert rendered["spec"]["parentRefs"][0]["namespace"] == "gateways"
+
+
+def test_the_envoy_ai_gateway_example_names_the_service_and_port_rendered_for_the_documented_route() -> None:
+    [[body], envoy] = gateway_section_yaml()
+    route = FallbackRoute.parse(body)
+    rendered = service(route)
+    by_kind = {o["kind"]: o for o in envoy}
+    assert set(by_kind) == {"Backend", "AIServiceBackend", "AIGatewayRoute"}
+    backend, ai_backend, ai_route = by_kind["Backend"], by_kind["AIServiceBackend"], by_kind["AIGatewayRoute"]
+    [endpoint] = backend["spec"]["endpoints"]
+    service_meta = rendered["metadata"]
+    assert (
+        endpoint["fqdn"]["hostname"]
+        == f"{service_meta['name']}.{service_meta['namespace']}.svc.cluster.local"
+    )
+    assert [endpoint["fqdn"]["port"]] == [p["port"] for p in rendered["spec"]["ports"]]
+    assert backend["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"
+    assert ai_backend["spec"]["schema"] == {"name": "OpenAI"}
+    assert ai_backend["spec"]["backendRef"] == {
+        "name": backend["metadata"]["name"],
+        "kind": "Backend",
+        "group": "gateway.envoyproxy.io",
+    }
+    [rule] = ai_route["spec"]["rules"]
+    assert rule["backendRefs"] == [{"name": ai_backend["metadata"]["name"]}]
+    assert {o["metadata"]["namespace"] for o in envoy} == {route.namespace}
