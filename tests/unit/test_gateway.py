@@ -202,6 +202,10 @@ def test_a_gateway_controllers_hostile_condition_is_bounded_and_cannot_break_the
     status = route_status_with(
         live_http_route(parent(("False", "not a reason!", "x" * 100_000), ("Maybe", "", "")))
     )
+    hostile = live_http_route(parent(("True", "Accepted", ""), ("True", "ResolvedRefs", "")))
+    hostile["status"]["parents"][0]["conditions"][0]["observedGeneration"] = "seven"
+    hostile["status"]["parents"][0]["conditions"][0]["lastTransitionTime"] = {"not": "a time"}
+    route_status_with(hostile)
     [copied] = status.http_route.parents
     accepted, resolved = copied.conditions
     assert accepted.reason == "Unknown" and len(accepted.message) == st.MESSAGE_LIMIT

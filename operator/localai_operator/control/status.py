@@ -431,14 +431,15 @@ def parents_of(live: Mapping[str, Any] | None) -> list[HTTPRouteParentStatus]:
                 continue
             status = c.get("status") if c.get("status") in ("True", "False", "Unknown") else "Unknown"
             reason = str(c.get("reason") or "")
+            generation = c.get("observedGeneration")
             copied.append(
                 Condition(
                     type=c["type"],
                     status=status,
                     reason=reason if REASON.match(reason) else "Unknown",
                     message=str(c.get("message") or "")[:MESSAGE_LIMIT],
-                    observed_generation=c.get("observedGeneration"),
-                    last_transition_time=c.get("lastTransitionTime"),
+                    observed_generation=generation if isinstance(generation, int) else None,
+                    last_transition_time=str(c.get("lastTransitionTime") or "")[:64] or None,
                 )
             )
         controller = parent.get("controllerName")
