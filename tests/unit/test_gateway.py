@@ -95,6 +95,8 @@ def test_the_httproute_is_an_owned_kind_so_it_is_watched_and_pruned_like_the_oth
         {"parentRefs": [{"name": "Public"}]},
         {"parentRefs": [{"name": "p"}], "hostnames": ["http://llm.example.com"]},
         {"parentRefs": [{"name": "p"}], "pathPrefix": "v1"},
+        {"parentRefs": [{"name": "p"}], "pathPrefix": "/v1//chat"},
+        {"parentRefs": [{"name": "p"}], "pathPrefix": "/v1/.."},
         {"parentRefs": [{"name": "p", "port": 0}]},
     ],
 )

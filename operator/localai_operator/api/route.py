@@ -236,6 +236,11 @@ Hostname = Annotated[
 ]
 
 
+# What the HTTPRoute CRD's CEL rules refuse in a PathPrefix, refused here first.
+UNNORMALIZED_PATH_PARTS = ("//", "/./", "/../", "%2f", "%2F")
+PATH_PREFIX_MESSAGE = "spec.gateway.pathPrefix must be a normalized path: no '//', '/./', '/../' or '%2f', not ending in '/.' or '/..'"
+
+
 class ParentRef(Spec):
     """A Gateway (or another parent its implementation accepts) for the HTTPRoute, as a ParentReference."""
 
@@ -272,6 +277,26 @@ class ParentRef(Spec):
 
 class RouteGateway(Spec):
     """An HTTPRoute (gateway.networking.k8s.io/v1) of the route's name to its Service."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.pathPrefix) || ("
+                    + " && ".join(f"!self.pathPrefix.contains('{p}')" for p in UNNORMALIZED_PATH_PARTS)
+                    + " && !self.pathPrefix.endsWith('/.') && !self.pathPrefix.endsWith('/..'))",
+                    "message": PATH_PREFIX_MESSAGE,
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _normalized_prefix(self) -> RouteGateway:
+        prefix = self.path_prefix
+        if any(p in prefix for p in UNNORMALIZED_PATH_PARTS) or prefix.endswith(("/.", "/..")):
+            raise ValueError(PATH_PREFIX_MESSAGE)
+        return self
 
     parent_refs: list[ParentRef] = Field(
         min_length=1, max_length=32, description="The Gateways the HTTPRoute attaches to."
