@@ -14,9 +14,10 @@ WORKDIR /src
 # README.m[d]: optional, so the build does not depend on it.
 COPY pyproject.toml README.m[d] ./
 COPY operator ./operator
-RUN pip wheel --wheel-dir /wheels . \
+# With the telemetry extra: the OpenTelemetry SDK and OTLP exporter, imported only when an endpoint is set.
+RUN pip wheel --wheel-dir /wheels '.[telemetry]' \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels localai-operator \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels 'localai-operator[telemetry]' \
  && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

@@ -79,7 +79,19 @@ SSE_FIRST_TOKEN = 0.1
 # Request/response: the pinned LocalAI v4.9.0, whose role chunk comes with the first token; with nothing to
 # wait for, the stand-in writes the whole (instant) stream at once.
 PINNED_SHAPE = "with_first_token"
-TARGETS = ("direct", "router", "router-asyncio", "relay", "nginx", "litellm")
+TARGETS = (
+    "direct",
+    "router",
+    "router-baseline",
+    "router-traced",
+    "router-sampled",
+    "router-asyncio",
+    "relay",
+    "nginx",
+    "litellm",
+)
+# router-sampled: telemetry on with 1 trace in 1 / SAMPLED_RATIO recorded (and the GenAI metrics of every request).
+SAMPLED_RATIO = 0.1
 PEERS = ("relay", "nginx", "litellm")
 STARTUP_SECONDS = 60.0
 INSTALL_HINTS = {
@@ -97,22 +109,24 @@ WITHOUT_UVLOOP = (
 )
 
 
-def shipped_python() -> Path:
-    """The python of a venv holding what the image installs: the wheels `pip wheel .` builds (the Dockerfile's
-    build stage), installed with --no-index. Cached by the content of pyproject.toml and the package."""
+def shipped_python(repo: Path = REPO) -> Path:
+    """The python of a venv holding what the image installs: the wheels `pip wheel '.[telemetry]'` builds (the
+    Dockerfile's build stage), installed with --no-index. Cached by the content of pyproject.toml and the
+    package."""
     import hashlib
 
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes())
-    for path in sorted((REPO / "operator").rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    digest = hashlib.sha256((repo / "pyproject.toml").read_bytes())
+    for path in sorted((repo / "operator").rglob("*.py")):
+        digest.update(path.relative_to(repo).as_posix().encode() + path.read_bytes())
     root = Path.home() / ".cache" / "localai-operator" / "bench" / f"router-venv-{digest.hexdigest()[:12]}"
     python = root / "venv" / "bin" / "python"
     if python.exists():
         return python
-    print(f"building the shipped dependency set in {root} (once per source change)", flush=True)
+    print(f"building the shipped dependency set of {repo} in {root} (once per source change)", flush=True)
     wheels = root / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)], check=True
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), f"{repo}[telemetry]"],
+        check=True,
     )
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
     subprocess.run(
@@ -125,18 +139,40 @@ def shipped_python() -> Path:
             "--no-index",
             "--find-links",
             str(wheels),
-            "localai-operator",
+            "localai-operator[telemetry]",
         ],
         check=True,
     )
     return python
 
 
+def baseline_python(ref: str) -> Path:
+    """The shipped dependency set of the router at git `ref` (e.g. main), for the before/after of a change in
+    one run: the tree exported with `git archive`, then built as `shipped_python` builds this one."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    tree = Path.home() / ".cache" / "localai-operator" / "bench" / f"tree-{commit[:12]}"
+    if not (tree / "pyproject.toml").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return shipped_python(tree)
+
+
 def router_argv(
-    args: argparse.Namespace, config: Path, port: int, *flags: str, asyncio_only: bool = False
+    args: argparse.Namespace,
+    config: Path,
+    port: int,
+    *flags: str,
+    asyncio_only: bool = False,
+    python_path: Path | None = None,
 ) -> list[str]:
-    """`localai-operator router` for `config` on `port`, from the chosen dependency set."""
-    python = str(args.router_python)
+    """`localai-operator router` for `config` on `port`, from the chosen dependency set (or `python_path`'s)."""
+    python = str(python_path or args.router_python)
     command = [python, "-c", WITHOUT_UVLOOP] if asyncio_only else [python, "-m", "localai_operator"]
     return [*command, "router", "--config", str(config), "--host", HOST, "--port", str(port), *flags]
 
@@ -177,6 +213,20 @@ def standin_process(kind: str, behaviour: Behaviour, port: int, loop: str, ready
         await standin.start(HOST, port)
         ready.put(standin.port)
         await asyncio.Event().wait()
+
+    _run(loop, main)
+
+
+def otlp_sink_process(port: int, loop: str, ready: Any, counts: Any) -> None:
+    """An OTLP/HTTP receiver that only counts what it gets (decoding would cost this machine's cores)."""
+    from localai_operator.testing.otlp import OtlpReceiver
+
+    async def main() -> None:
+        receiver = await OtlpReceiver(decode=False).start(HOST, port)
+        ready.put(receiver.port)
+        while True:
+            await asyncio.sleep(0.5)
+            counts.put((dict(receiver.requests), receiver.received_bytes))
 
     _run(loop, main)
 
@@ -264,10 +314,10 @@ class Processes:
         self.spawned: list[Any] = []
         self.commands: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, target: Callable[..., None], *args: Any) -> tuple[int, int]:
-        """Start `target(*args, port, loop, ready)`; returns (pid, port)."""
+    def spawn(self, target: Callable[..., None], *args: Any, after: tuple[Any, ...] = ()) -> tuple[int, int]:
+        """Start `target(*args, port, loop, ready, *after)`; returns (pid, port)."""
         ready = self.ctx.Queue()
-        process = self.ctx.Process(target=target, args=(*args, ready), daemon=True)
+        process = self.ctx.Process(target=target, args=(*args, ready, *after), daemon=True)
         process.start()
         self.spawned.append(process)
         port = ready.get(timeout=STARTUP_SECONDS)
@@ -561,6 +611,8 @@ class Setup:
     notes: list[str] = field(default_factory=list)
     # The event loop each router target reported.
     loops: dict[str, str] = field(default_factory=dict)
+    # Reports of what the traced router's collector stand-in received: ({path: requests}, bytes), a queue.
+    otlp: Any = None
 
 
 def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> Setup:
@@ -588,21 +640,52 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
 
     # Our router, through its production entry point.
     env = {**os.environ, FALLBACK_API_KEY_ENV: API_KEY}
-    scenarios = list(router_configs(ports).items())
-    scenarios.append(("asyncio", router_configs(ports)["main"]))
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"):
+        env.pop(name, None)
+    scenarios = list(router_configs(ports).items()) if not args.request_only else []
+    if args.request_only:
+        scenarios.append(("main", router_configs(ports)["main"]))
+    if "asyncio" not in args.without:
+        scenarios.append(("asyncio", router_configs(ports)["main"]))
+    if args.baseline:
+        scenarios.append(("baseline", router_configs(ports)["main"]))
+    if args.traced:
+        setup.otlp = processes.ctx.Queue()
+        _, sink = processes.spawn(otlp_sink_process, free_port(), loop, after=(setup.otlp,))
+        scenarios.append(("traced", router_configs(ports)["main"]))
+        scenarios.append(("sampled", router_configs(ports)["main"]))
+    extra = {
+        "asyncio": "router-asyncio",
+        "baseline": "router-baseline",
+        "traced": "router-traced",
+        "sampled": "router-sampled",
+    }
     for scenario, config in scenarios:
         path = workdir / f"router-{scenario}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
-        process = processes.command(
-            f"router-{scenario}", router_argv(args, path, port, asyncio_only=scenario == "asyncio"), env
+        scenario_env = env
+        if scenario in ("traced", "sampled"):
+            # Traces and the GenAI metrics on, to a collector that only counts: the router's cost of producing and
+            # exporting them; every trace recorded (the SDK's default), or one in ten.
+            scenario_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink}"}
+            if scenario == "sampled":
+                scenario_env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+                scenario_env["OTEL_TRACES_SAMPLER_ARG"] = str(SAMPLED_RATIO)
+        argv = router_argv(
+            args,
+            path,
+            port,
+            asyncio_only=scenario == "asyncio",
+            python_path=args.baseline_python if scenario == "baseline" else None,
         )
+        process = processes.command(f"router-{scenario}", argv, scenario_env)
         wait_for_port(port, deadline, lambda p=process: p.poll() is None)
-        name = "router-asyncio" if scenario == "asyncio" else "router"
+        name = extra.get(scenario, "router")
         target = Target(name, f"http://{HOST}:{port}/v1", pids=lambda pid=process.pid: [pid])
-        if scenario == "asyncio":
-            setup.request["router-asyncio"] = target
-            setup.loops["router-asyncio"] = router_loop(target.base)
+        if scenario in extra:
+            setup.request[name] = target
+            setup.loops[name] = router_loop(target.base)
         elif scenario == "main":
             setup.request["router"] = target
             setup.loops["router"] = router_loop(target.base)
@@ -1284,6 +1367,73 @@ def report(
         print(f"- failover on refused: {ms(refused)} ms added p50")
 
 
+def comparisons(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], list[WrkRun]]) -> None:
+    """Router against router in this run: requests/s and CPU per request, as the median of per-round ratios (each
+    pair measured in the same round, under the same background load)."""
+    pairs = [
+        ("router", "router-baseline", f"this tree vs {args.baseline} (telemetry off in both)"),
+        (
+            "router-traced",
+            "router",
+            "telemetry on (every trace recorded, spans and GenAI metrics exported) vs off",
+        ),
+        (
+            "router-sampled",
+            "router",
+            f"telemetry on ({SAMPLED_RATIO:g} of traces recorded, every metric) vs off",
+        ),
+    ]
+    lines = []
+    for ours, theirs, what in pairs:
+        if ours not in setup.request or theirs not in setup.request:
+            continue
+        for c in (LOW, HIGH):
+            rps = [x.rps / y.rps for x, y in zip(runs[ours, c], runs[theirs, c], strict=True)]
+            cpu = [
+                (x.cpu / max(x.requests, 1)) / max(y.cpu / max(y.requests, 1), 1e-12)
+                for x, y in zip(runs[ours, c], runs[theirs, c], strict=True)
+            ]
+            lines.append(
+                f"- {what}, {c} client(s): requests/s {med(rps):.3f}x (rounds {min(rps):.3f}-{max(rps):.3f}), "
+                f"CPU per request {med(cpu):.3f}x"
+            )
+    if not lines:
+        return
+    print("\n## Router against router (per-round ratios, median)")
+    print("\n".join(lines))
+    latest = None
+    while setup.otlp is not None:
+        try:
+            latest = setup.otlp.get_nowait()
+        except Exception:  # queue.Empty
+            break
+    if latest is not None:
+        requests, size = latest
+        print(f"- the traced router's collector received {requests} ({size / 1024 / 1024:.1f} MiB of OTLP)")
+
+
+def request_report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], list[WrkRun]]) -> None:
+    """The request/response figures alone (--request-only)."""
+    names = [n for n in TARGETS if n in setup.request]
+    print(f"\n## Request/response (medians over {args.rounds} rounds of {args.seconds:g} s)")
+    print("| | " + " | ".join(f"{n} ({setup.loops[n]})" if n in setup.loops else n for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for c in (LOW, HIGH):
+        cells = [f"{med(x.rps for x in runs[n, c]):,.0f}" for n in names]
+        print(f"| {c} client(s): requests/s | " + " | ".join(cells) + " |")
+        cells = [
+            f"{ms(med(x.p50 for x in runs[n, c]))} / {ms(med(x.p99 for x in runs[n, c]))}" for n in names
+        ]
+        print(f"| {c} client(s): latency p50 / p99 (ms) | " + " | ".join(cells) + " |")
+    cells = [
+        ms(sum(x.cpu for x in runs[n, HIGH]) / max(1, sum(x.requests for x in runs[n, HIGH])), 3)
+        for n in names
+    ]
+    print(f"| {HIGH} clients: server CPU per request (ms) | " + " | ".join(cells) + " |")
+    errors = [str(sum(x.errors for c in (LOW, HIGH) for x in runs[n, c])) for n in names]
+    print("| errors, all runs | " + " | ".join(errors) + " |")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1322,11 +1472,30 @@ def main() -> int:
     parser.add_argument("--nginx", default=shutil.which("nginx") or "")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "")
-    parser.add_argument("--without", default="", help="comma-separated peers to skip: relay,nginx,litellm")
+    parser.add_argument(
+        "--without", default="", help="comma-separated targets to skip: relay,nginx,litellm,asyncio"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git ref (e.g. main): adds router-baseline, the router at that commit (its shipped dependency set, "
+        "built once), to compare this tree against in the same run",
+    )
+    parser.add_argument(
+        "--traced",
+        action="store_true",
+        help="adds router-traced and router-sampled: the same router exporting spans (every trace; one in ten) "
+        "and the GenAI metrics over OTLP to a collector stand-in that only counts",
+    )
+    parser.add_argument(
+        "--request-only",
+        action="store_true",
+        help="only the request/response phase (wrk): no SSE, failover, memory or overload phase",
+    )
     args = parser.parse_args()
     args.without = {w.strip() for w in args.without.split(",") if w.strip()}
     args.seconds = min(max(args.seconds, 1.0), 60.0)
-    args.rounds = min(max(args.rounds, 1), 10)
+    args.rounds = min(max(args.rounds, 1), 30)
     args.warmup = min(max(args.warmup, 1.0), 30.0)
     args.failover_requests = min(max(args.failover_requests, 10), 1000)
     args.slow_requests = min(max(args.slow_requests, 1), 50)
@@ -1344,6 +1513,7 @@ def main() -> int:
         args.router_python = shipped_python()
     elif args.router_python == "current":
         args.router_python = Path(sys.executable)
+    args.baseline_python = baseline_python(args.baseline) if args.baseline else None
     # SIGTERM runs the finally below like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
@@ -1362,8 +1532,14 @@ def main() -> int:
             flush=True,
         )
         runs = request_response(args, setup, workdir)
+        if args.request_only:
+            request_report(args, setup, runs)
+            comparisons(args, setup, runs)
+            print(f"load average (1/5/15 min) at start: {load_at_start}; at end: {load_average()}")
+            return 0
         more = asyncio.run(streaming_and_failover(args, setup))
         report(args, setup, runs, more)
+        comparisons(args, setup, runs)
         print("  memory phase (the other targets are stopped first)", flush=True)
         processes.stop()
         processes = Processes(workdir)

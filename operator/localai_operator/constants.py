@@ -31,6 +31,12 @@ LOCAL_API_KEY_ENV: Final = "LOCALAI_OPERATOR_LOCAL_API_KEY"
 # The egress proxy's basic-auth credentials (FallbackRoute.spec.fallback.proxyCredentialsSecretRef).
 PROXY_USERNAME_ENV: Final = "LOCALAI_OPERATOR_PROXY_USERNAME"
 PROXY_PASSWORD_ENV: Final = "LOCALAI_OPERATOR_PROXY_PASSWORD"
+# The chart's telemetry values, read by the operator as every router's default (spec.telemetry overrides them).
+ROUTER_OTLP_ENDPOINT_ENV: Final = "LOCALAI_OPERATOR_ROUTER_OTLP_ENDPOINT"
+ROUTER_SAMPLING_RATIO_ENV: Final = "LOCALAI_OPERATOR_ROUTER_SAMPLING_RATIO"
+# service.name of the spans and metrics each process exports (OTEL_SERVICE_NAME overrides it).
+ROUTER_SERVICE_NAME: Final = "localai-router"
+OPERATOR_SERVICE_NAME: Final = "localai-operator"
 # One directory per client-key Secret (FallbackRoute.spec.auth), mounted into the router pod.
 ROUTER_CLIENT_KEYS_DIR: Final = "/etc/localai-operator/client-keys"
 SERVED_BY_HEADER: Final = "X-Served-By"

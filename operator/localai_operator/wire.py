@@ -342,6 +342,27 @@ class Server(_Model):
     )
 
 
+class Telemetry(_Model):
+    """What the router's spans carry beyond the defaults; whether it exports at all is its environment's
+    OTEL_EXPORTER_OTLP_ENDPOINT (docs/router.md#telemetry)."""
+
+    propagate_to_cloud: bool = Field(
+        default=False,
+        description=(
+            "Send the cloud attempt's W3C traceparent and tracestate to the fallback provider. Off by default: the "
+            "provider is a third party outside the cluster, and the trace is whole without it (the router's own span "
+            "times the cloud call). Local pods always get it."
+        ),
+    )
+    capture_content: bool = Field(
+        default=False,
+        description=(
+            "Record prompts and answers in the request's span (gen_ai.input.messages, gen_ai.output.messages, up to "
+            "64 KiB each). SENSITIVE: whoever reads the traces reads what clients asked and got. Off by default."
+        ),
+    )
+
+
 class RouterConfig(_Model):
     route: RouteRef = RouteRef()
     local: LocalUpstream
@@ -349,6 +370,7 @@ class RouterConfig(_Model):
     policy: Policy = Policy()
     auth: Auth | None = None
     server: Server = Server()
+    telemetry: Telemetry | None = None
 
     @model_validator(mode="after")
     def _sensitive_has_no_fallback(self) -> RouterConfig:

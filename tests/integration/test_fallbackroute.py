@@ -107,3 +107,48 @@ def test_a_route_on_a_pool_reaches_its_pods_through_the_pools_headless_service(
     ).items
     config = yaml.safe_load(config_map.data["router.yaml"])
     assert config["local"]["discovery"]["url"] == f"http://local-pods.{namespace}.svc:8080/v1"
+
+
+def test_spec_telemetry_reaches_the_routers_environment_and_config_and_leaves_it_when_turned_off(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources
+) -> None:
+    telemetry = {
+        "otlpEndpoint": "http://otel-collector.observability:4318",
+        "samplingRatio": 0.5,
+        "headersSecretRef": {"name": "otlp", "key": "headers"},
+        "captureContent": True,
+    }
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="cloud-key"), string_data={"api-key": "sk-1"})
+    cluster.core.create_namespaced_secret(namespace, secret)
+    crs.create(route("chat", "somewhere", fallback=FALLBACK, telemetry=telemetry))
+
+    def router_env() -> dict[str, client.V1EnvVar] | None:
+        try:
+            deployment = cluster.apps.read_namespaced_deployment("chat-router", namespace)
+        except client.ApiException:
+            return None
+        return {e.name: e for e in deployment.spec.template.spec.containers[0].env or []}
+
+    env = wait_for(
+        lambda: (found := router_env()) and "OTEL_EXPORTER_OTLP_ENDPOINT" in found and found,
+        T,
+        "the router's Deployment with the OTEL variables",
+        describe=lambda: (router_env(), crs.get("FallbackRoute", "chat").get("status")),
+    )
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].value == telemetry["otlpEndpoint"]
+    assert env["OTEL_SERVICE_NAME"].value == "localai-router"
+    assert env["OTEL_TRACES_SAMPLER_ARG"].value == "0.5"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"].value_from.secret_key_ref.name == "otlp"
+    assert f"localai_operator.route={namespace}/chat" in env["OTEL_RESOURCE_ATTRIBUTES"].value
+    [config_map] = cluster.core.list_namespaced_config_map(
+        namespace, label_selector="app.kubernetes.io/instance=chat"
+    ).items
+    config = yaml.safe_load(config_map.data["router.yaml"])
+    assert config["telemetry"] == {"propagateToCloud": False, "captureContent": True}
+
+    crs.patch("FallbackRoute", "chat", {"spec": {"telemetry": {"enabled": False}}})
+    wait_for(
+        lambda: (found := router_env()) is not None and not [n for n in found if n.startswith("OTEL_")],
+        T,
+        "the OTEL variables to leave the router's Deployment",
+    )

@@ -37,6 +37,9 @@ VALUES: dict[str, dict[str, Any]] = {
     "standby": {"replicas": 2},
     "no-leader-election": {"leaderElection": {"enabled": False}},
     "debug-digest": {"logLevel": "debug", "image": {"digest": "sha256:" + "a" * 64}},
+    "telemetry": {
+        "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4318", "samplingRatio": 0.2}
+    },
 }
 
 
@@ -129,8 +132,19 @@ def test_values_yaml_satisfies_its_schema() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"telemetry": {"otlpEndpoint": "collector:4318"}}, "/telemetry/otlpEndpoint"),
+        ({"telemetry": {"samplingRatio": 2}}, "/telemetry/samplingRatio"),
     ],
-    ids=["replicas-string", "unknown-key", "log-level", "namespace-name", "pull-policy", "port-range"],
+    ids=[
+        "replicas-string",
+        "unknown-key",
+        "log-level",
+        "namespace-name",
+        "pull-policy",
+        "port-range",
+        "otlp-endpoint",
+        "sampling-ratio",
+    ],
 )
 def test_a_bad_value_is_rejected_by_the_schema(
     helm: str, tmp_path: Path, values: dict[str, Any], complaint: str
@@ -252,6 +266,7 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         "/serviceaccounts",
         "rbac.authorization.k8s.io/roles",
         "rbac.authorization.k8s.io/rolebindings",
+        "gateway.networking.k8s.io/httproutes",
         "/nodes",
         "autoscaling/horizontalpodautoscalers",
         "discovery.k8s.io/endpointslices",
@@ -361,6 +376,29 @@ def test_localai_images_and_backend_repository_reach_the_operator_only_when_set(
     mirrored = env({"localai": {"cpuImage": "reg/l:v4.9.0", "backendRepository": "reg/local-ai-backends"}})
     assert mirrored["LOCALAI_OPERATOR_LOCALAI_CPU_IMAGE"] == "reg/l:v4.9.0"
     assert mirrored["LOCALAI_OPERATOR_LOCALAI_BACKEND_REPOSITORY"] == "reg/local-ai-backends"
+
+
+def test_telemetry_reaches_the_operator_and_the_routers_default_only_when_an_endpoint_is_set(
+    helm: str, tmp_path: Path
+) -> None:
+    from localai_operator.constants import ROUTER_OTLP_ENDPOINT_ENV, ROUTER_SAMPLING_RATIO_ENV
+
+    def env(values: dict[str, Any]) -> dict[str, str | None]:
+        return {e["name"]: e.get("value") for e in operator_container(render(helm, tmp_path, values))["env"]}
+
+    assert not {k for k in env({}) if k.startswith("OTEL_") or k == ROUTER_OTLP_ENDPOINT_ENV}
+    on = env(VALUES["telemetry"])
+    assert (
+        on["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        == on[ROUTER_OTLP_ENDPOINT_ENV]
+        == "http://otel-collector.observability:4318"
+    )
+    assert on["OTEL_SERVICE_NAME"] == "localai-operator"
+    assert on["OTEL_TRACES_SAMPLER_ARG"] == on[ROUTER_SAMPLING_RATIO_ENV] == "0.2"
+    routers_only = env({"telemetry": {**VALUES["telemetry"]["telemetry"], "operator": False}})
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in routers_only and ROUTER_OTLP_ENDPOINT_ENV in routers_only
+    operator_only = env({"telemetry": {**VALUES["telemetry"]["telemetry"], "routers": False}})
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in operator_only and ROUTER_OTLP_ENDPOINT_ENV not in operator_only
 
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ def test_the_operator_and_the_router_start_where_the_harness_libraries_are_not_i
         "sys.meta_path.insert(0, Absent())\n"
         "import localai_operator.cli, localai_operator.control.main, localai_operator.router.server\n"
         "import localai_operator.fetch\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported without an endpoint'\n"
         "print('started')\n"
     )
     result = subprocess.run(
@@ -66,3 +67,12 @@ def test_the_operator_leaves_the_client_library_out_unless_its_kubeconfig_needs_
         )
         loaded[name] = result.stdout.strip()
     assert loaded == {"plain": "False", "eks": "True"}
+
+
+def test_the_image_installs_the_telemetry_extra_that_the_runtime_does_without() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_name(r) for r in project["dependencies"]}
+    telemetry = {_name(r) for r in project["optional-dependencies"]["telemetry"]}
+    assert telemetry == {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}
+    assert runtime.isdisjoint(telemetry)
+    assert "'localai-operator[telemetry]'" in (ROOT / "Dockerfile").read_text()

@@ -250,3 +250,83 @@ def test_the_egress_proxy_and_its_credentials_secret_are_rendered_into_the_route
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod_spec(objects)["containers"][0]["env"]}
     assert env[config["proxyUsernameEnv"]] == {"name": "px", "key": "username", "optional": True}
     assert env[config["proxyPasswordEnv"]] == {"name": "px", "key": "password", "optional": True}
+
+
+def router_env(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    [container] = pod_spec(objects)["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_a_route_without_telemetry_renders_no_otel_variable_and_no_telemetry_config() -> None:
+    objects = route_objects(route())
+    assert not [name for name in router_env(objects) if name.startswith("OTEL_")]
+    assert "telemetry" not in config_of(objects)
+
+
+def test_spec_telemetry_renders_the_otel_variables_and_the_routers_telemetry_config() -> None:
+    objects = route_objects(
+        route(
+            telemetry={
+                "otlpEndpoint": "http://otel-collector.observability:4318",
+                "samplingRatio": 0.25,
+                "headersSecretRef": {"name": "otlp", "key": "headers"},
+                "propagateToCloud": True,
+            }
+        )
+    )
+    kubernetes_validate.validate(of_kind(objects, "Deployment"), "1.34.0", strict=True)
+    env = router_env(objects)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+    assert env["OTEL_SERVICE_NAME"]["value"] == "localai-router"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "otlp",
+        "key": "headers",
+        "optional": True,
+    }
+    attributes = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(","))
+    assert attributes["k8s.namespace.name"] == "ai" and attributes["localai_operator.route"] == "ai/chat"
+    # The pod's name is expanded by Kubernetes from a variable defined before it.
+    names = list(env)
+    assert attributes["k8s.pod.name"] == "$(LOCALAI_OPERATOR_POD_NAME)"
+    assert names.index("LOCALAI_OPERATOR_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert config_of(objects)["telemetry"] == {"propagateToCloud": True, "captureContent": False}
+
+
+def test_the_operators_default_endpoint_reaches_every_router_unless_a_route_turns_it_off() -> None:
+    from localai_operator.render import RenderSettings
+
+    settings = RenderSettings(router_otlp_endpoint="http://collector:4318", router_sampling_ratio=0.1)
+    env = router_env(route_objects(route(), settings))
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://collector:4318"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1"
+    own = router_env(route_objects(route(telemetry={"otlpEndpoint": "http://mine:4318"}), settings))
+    assert own["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://mine:4318"
+    off = router_env(route_objects(route(telemetry={"enabled": False}), settings))
+    assert not [name for name in off if name.startswith("OTEL_")]
+
+
+def test_the_operator_reads_the_charts_telemetry_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from localai_operator.constants import ROUTER_OTLP_ENDPOINT_ENV, ROUTER_SAMPLING_RATIO_ENV
+    from localai_operator.control.main import settings_from_env
+
+    assert settings_from_env().router_otlp_endpoint is None
+    monkeypatch.setenv(ROUTER_OTLP_ENDPOINT_ENV, "http://collector:4318")
+    monkeypatch.setenv(ROUTER_SAMPLING_RATIO_ENV, "0.5")
+    settings = settings_from_env()
+    assert (settings.router_otlp_endpoint, settings.router_sampling_ratio) == ("http://collector:4318", 0.5)
+
+
+@pytest.mark.parametrize(
+    "telemetry",
+    [
+        {"otlpEndpoint": "collector:4318"},
+        {"samplingRatio": 1.5},
+        {"headersSecretRef": {"name": "Not_A_Name", "key": "headers"}},
+    ],
+    ids=["endpoint-not-a-url", "ratio-above-one", "secret-name"],
+)
+def test_an_invalid_telemetry_field_is_refused(telemetry: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        route(telemetry=telemetry)

@@ -118,6 +118,10 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
+# A route's spec.gateway: an HTTPRoute, where the cluster serves the Gateway API.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, create, update, patch, delete]
 {{- end -}}
 
 {{/* Operator arguments after `run`: the namespaces to watch, ports, leader election, verbosity. */}}

@@ -58,6 +58,9 @@ SERVICE_ACCOUNT = Kind("ServiceAccount", "v1", "serviceaccounts")
 ROLE = Kind("Role", "rbac.authorization.k8s.io/v1", "roles")
 ROLE_BINDING = Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings")
 
+# Gateway API: rendered for a route's spec.gateway only where the cluster serves it (watched when it does).
+HTTP_ROUTE = Kind("HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes")
+
 POD = Kind("Pod", "v1", "pods")
 NODE = Kind("Node", "v1", "nodes", namespaced=False)
 # Read only: a user's HPA on a pool's scale subresource makes the autoscaler stand aside.
@@ -88,6 +91,7 @@ OWNED: tuple[Kind, ...] = (
     SERVICE_ACCOUNT,
     ROLE,
     ROLE_BINDING,
+    HTTP_ROUTE,
 )
 KINDS: dict[str, Kind] = {
     k.kind: k

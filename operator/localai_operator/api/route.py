@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from localai_operator.api.base import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     Condition,
     CustomResource,
     LocalObjectRef,
@@ -26,7 +27,7 @@ from localai_operator.constants import (
     HOLYSHEEP_DEFAULT_MODEL,
     HOLYSHEEP_PRICE_PER_MILLION,
 )
-from localai_operator.wire import DEFAULT_CLOUD_PATHS, Policy, SpendCap
+from localai_operator.wire import DEFAULT_CLOUD_PATHS, URL_PATTERN, Policy, SpendCap, Telemetry
 
 ApiPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]+$", max_length=256)]
 
@@ -183,6 +184,137 @@ class RouteNetworkPolicy(Spec):
     )
 
 
+class RouteTelemetry(Telemetry):
+    """The router's OpenTelemetry export (docs/router.md#telemetry); propagateToCloud and captureContent go into
+    its config, the rest into its environment as the OTEL_* variables."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "false: this route's routers export nothing, whatever the operator's default. Unset or true: they export "
+            "to otlpEndpoint, else to the operator's default (the chart's telemetry.otlpEndpoint), if either is set."
+        ),
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=URL_PATTERN,
+        max_length=2048,
+        description=(
+            "OTLP/HTTP (protobuf) base URL of a collector, e.g. http://otel-collector.observability:4318: spans go "
+            "to /v1/traces, metrics to /v1/metrics. Rendered as OTEL_EXPORTER_OTLP_ENDPOINT."
+        ),
+    )
+    headers_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A Secret key holding the exporter's headers as OTEL_EXPORTER_OTLP_HEADERS reads them "
+            "(`x-api-key=...,x-tenant=...`), for a backend that wants credentials. Optional: without the Secret "
+            "the router runs and the collector refuses its exports."
+        ),
+    )
+    sampling_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Fraction of traces recorded (parent-based: a client's sampled traceparent is always followed). Unset: "
+            "the operator's default, else every trace."
+        ),
+    )
+
+
+# Gateway API's own bounds (gateway.networking.k8s.io/v1): names are DNS subdomains, kinds and groups as its
+# Kind and Group types, hostnames with an optional leading wildcard label.
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+Hostname = Annotated[
+    str,
+    Field(
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        min_length=1,
+        max_length=253,
+    ),
+]
+
+
+# What the HTTPRoute CRD's CEL rules refuse in a PathPrefix, refused here first.
+UNNORMALIZED_PATH_PARTS = ("//", "/./", "/../", "%2f", "%2F")
+PATH_PREFIX_MESSAGE = "spec.gateway.pathPrefix must be a normalized path: no '//', '/./', '/../' or '%2f', not ending in '/.' or '/..'"
+
+
+class ParentRef(Spec):
+    """A Gateway (or another parent its implementation accepts) for the HTTPRoute, as a ParentReference."""
+
+    group: str = Field(
+        default=GATEWAY_API_GROUP,
+        pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        max_length=253,
+        description="API group of the parent.",
+    )
+    kind: str = Field(
+        default="Gateway",
+        pattern=r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$",
+        min_length=1,
+        max_length=63,
+        description="Kind of the parent.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of the parent; unset: the route's (another needs its Gateway to allow it).",
+    )
+    name: str = Field(pattern=DNS_SUBDOMAIN, min_length=1, max_length=253, description="Name of the parent.")
+    section_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="A listener of the Gateway, by name; unset: every listener that allows the route.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="A listener of the Gateway, by port; unset: any."
+    )
+
+
+class RouteGateway(Spec):
+    """An HTTPRoute (gateway.networking.k8s.io/v1) of the route's name to its Service."""
+
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.pathPrefix) || ("
+                    + " && ".join(f"!self.pathPrefix.contains('{p}')" for p in UNNORMALIZED_PATH_PARTS)
+                    + " && !self.pathPrefix.endsWith('/.') && !self.pathPrefix.endsWith('/..'))",
+                    "message": PATH_PREFIX_MESSAGE,
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _normalized_prefix(self) -> RouteGateway:
+        prefix = self.path_prefix
+        if any(p in prefix for p in UNNORMALIZED_PATH_PARTS) or prefix.endswith(("/.", "/..")):
+            raise ValueError(PATH_PREFIX_MESSAGE)
+        return self
+
+    parent_refs: list[ParentRef] = Field(
+        min_length=1, max_length=32, description="The Gateways the HTTPRoute attaches to."
+    )
+    hostnames: list[Hostname] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Host names the HTTPRoute matches; empty: those of the Gateway's listeners.",
+    )
+    path_prefix: str = Field(
+        default="/v1",
+        pattern=r"^/[A-Za-z0-9/_.~%-]*$",
+        max_length=1024,
+        description="Requests whose path starts with this prefix go to the route's router (the OpenAI API is "
+        "under /v1).",
+    )
+
+
 class FallbackRouteSpec(Spec):
     model_config = Spec.model_config | {
         "json_schema_extra": {
@@ -213,6 +345,20 @@ class FallbackRouteSpec(Spec):
     auth: Auth | None = Field(default=None, description="Client keys; omitted: the route accepts any client.")
     network_policy: RouteNetworkPolicy = Field(
         default_factory=RouteNetworkPolicy, description="Who may reach the router pods."
+    )
+    telemetry: RouteTelemetry | None = Field(
+        default=None,
+        description=(
+            "OpenTelemetry traces and GenAI metrics of the router, over OTLP. Unset: the operator's default (the "
+            "chart's telemetry.otlpEndpoint; none: off)."
+        ),
+    )
+    gateway: RouteGateway | None = Field(
+        default=None,
+        description=(
+            "Exposes the route through the Gateway API: an HTTPRoute to the route's Service, made only when the "
+            "cluster serves gateway.networking.k8s.io/v1 (the HTTPRouteAccepted condition says otherwise)."
+        ),
     )
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
     resources: Resources | None = Field(
@@ -247,6 +393,24 @@ class RouteCost(Spec):
     )
 
 
+class HTTPRouteParentStatus(Spec):
+    """What a Gateway's controller reported on the route's HTTPRoute: its Accepted and ResolvedRefs conditions."""
+
+    parent_ref: dict[str, str] = Field(
+        description="The parent, as in the HTTPRoute's status (port as a string)."
+    )
+    controller_name: str | None = Field(default=None, description="The Gateway controller that reported.")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class HTTPRouteStatus(Spec):
+    name: str = Field(description="The HTTPRoute the operator made for spec.gateway.")
+    parents: list[HTTPRouteParentStatus] = Field(
+        default_factory=list,
+        description="Its parents' Accepted and ResolvedRefs conditions, as they reported.",
+    )
+
+
 class FallbackRouteStatus(Spec):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
@@ -256,6 +420,9 @@ class FallbackRouteStatus(Spec):
     primary: str | None = Field(default=None, description="Where local traffic goes.")
     cost: RouteCost | None = Field(
         default=None, description="Spend, avoided cost and GPU-hours, read from the route's routers."
+    )
+    http_route: HTTPRouteStatus | None = Field(
+        default=None, description="The HTTPRoute made for spec.gateway, as its Gateways see it."
     )
 
 

@@ -34,7 +34,18 @@ UNSCHEDULABLE = "unschedulable_pods"  # (namespace, pool) -> the scheduler's mes
 GPU_NODES = "gpu_nodes"  # a schedulable GPU node's labels -> its allocatable GPUs
 ROUTER_ENDPOINTS = "router_endpoints"  # (namespace, route) -> (Endpoint, ...) of its router Service's slices
 HPAS = "hpas"  # (namespace, pool) -> the name of a HorizontalPodAutoscaler targeting the pool
-INDEXES = (MODELS, POOLS, ROUTES, OWNED, UNSCHEDULABLE, GPU_NODES, ROUTER_ENDPOINTS, HPAS)
+GATEWAY_API = "gateway_api"  # the HTTPRoute CRD's name -> whether the API server serves it (Established)
+INDEXES = (
+    MODELS,
+    POOLS,
+    ROUTES,
+    OWNED,
+    UNSCHEDULABLE,
+    GPU_NODES,
+    ROUTER_ENDPOINTS,
+    HPAS,
+    GATEWAY_API,
+)
 INDEX_OF = {
     "LLMModel": (MODELS, "model"),
     "InferencePool": (POOLS, "pool"),
@@ -194,6 +205,14 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
     return str(name) if target.get("kind") == "InferencePool" and group == GROUP and name else None
 
 
+def serves(crd: Mapping[str, Any], version: str) -> bool:
+    """Whether a CustomResourceDefinition is Established and serves `version`."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+    versions = (crd.get("spec") or {}).get("versions") or []
+    return established and any(v.get("name") == version and v.get("served") for v in versions)
+
+
 def _version(body: Mapping[str, Any]) -> int:
     return _number((body.get("metadata") or {}).get("resourceVersion"))
 
@@ -270,6 +289,10 @@ class Cache:
             meta = written["metadata"]
             return str(meta.get("uid")), str(meta.get("resourceVersion")), bool(meta.get("deletionTimestamp"))
         return seen.uid, seen.resource_version, seen.deleting
+
+    def gateway_api(self) -> bool:
+        """Whether the cluster serves HTTPRoute (gateway.networking.k8s.io/v1): its CRD is Established."""
+        return any(any(values) for values in self.indexes.get(GATEWAY_API, {}).values())
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""

@@ -28,6 +28,7 @@ from localai_operator.control.plan import Renders
 from localai_operator.control.queue import Key, ShutDown, WorkQueue
 from localai_operator.control.reconcile import Context, Failure, reconcile, user_must_fix
 from localai_operator.control.secrets import Secrets
+from localai_operator.control.tracing import PassTracer, traced
 from localai_operator.render import RenderSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Controller:
     metrics: Metrics
     options: Options = field(default_factory=Options)
     elector: LeaderElector | None = None
+    # A span per pass when the environment names an OTLP endpoint.
+    tracer: PassTracer | None = None
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
@@ -138,6 +141,8 @@ class Controller:
         for runner in self._servers:
             await runner.cleanup()
         await self.api.close()
+        if self.tracer is not None:
+            await self.tracer.providers.stop(2.0)
 
     async def _after_sync(self, task: Coroutine[Any, Any, None]) -> None:
         await self.synced.wait()
@@ -174,7 +179,7 @@ class Controller:
                 continue
             started, result = time.perf_counter(), "ok"
             try:
-                failure = await reconcile(key, context)
+                failure = await traced(self.tracer, key, reconcile(key, context))
             except ApiError as err:
                 failure = Failure(f"API request failed: {err}", slow=user_must_fix(err))
             except (aiohttp.ClientError, TimeoutError) as err:

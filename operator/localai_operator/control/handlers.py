@@ -13,10 +13,12 @@ from typing import Any
 import kopf
 
 from localai_operator.api.kinds import (
+    CUSTOM_RESOURCE_DEFINITION,
     DEPLOYMENT,
     ENDPOINT_SLICE,
     FALLBACK_ROUTE,
     HORIZONTAL_POD_AUTOSCALER,
+    HTTP_ROUTE,
     INFERENCE_POOL,
     LLM_MODEL,
     NODE,
@@ -149,6 +151,12 @@ async def hpas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> d
     return {(namespace, pool): name} if pool else {}
 
 
+# Every CRD, not one by field selector: Kopf's own discovery of new resources shares this watch's selectors.
+@kopf.index(*_on(CUSTOM_RESOURCE_DEFINITION), id=cache.GATEWAY_API)
+async def gateway_api(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: cache.serves(body, HTTP_ROUTE.version)} if name == HTTP_ROUTE.resource else {}
+
+
 # --- events: what each change puts into the work queue ------------------------------------------------------------
 
 
@@ -251,3 +259,13 @@ async def node_changed(type: str | None, memo: Controller, **_: Any) -> None:
     if type in ("ADDED", DELETED):
         for namespace, name in memo.cache.gpu_pools():
             memo.enqueue(INFERENCE_POOL.kind, namespace, name, background=True)
+
+
+@kopf.on.event(*_on(CUSTOM_RESOURCE_DEFINITION), id="gateway-api")
+async def gateway_api_changed(name: str, memo: Controller, **_: Any) -> None:
+    """The Gateway API was installed or removed: the routes with spec.gateway make or drop their HTTPRoute."""
+    if name != HTTP_ROUTE.resource:
+        return
+    for namespace, route in memo.cache.keys(FALLBACK_ROUTE):
+        if ((memo.cache.get(FALLBACK_ROUTE, namespace, route) or {}).get("spec") or {}).get("gateway"):
+            memo.enqueue(FALLBACK_ROUTE.kind, namespace, route)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import kopf
 
+from localai_operator.constants import ROUTER_OTLP_ENDPOINT_ENV, ROUTER_SAMPLING_RATIO_ENV
 from localai_operator.control import (
     handlers,  # noqa: F401  (registers the handlers with Kopf)
     startgate,
@@ -21,6 +22,7 @@ from localai_operator.control.kube import Api, login
 from localai_operator.control.leader import LeaderElector
 from localai_operator.control.metrics import Metrics
 from localai_operator.control.queue import WorkQueue
+from localai_operator.control.tracing import PassTracer
 from localai_operator.render import RenderSettings
 from localai_operator.render.common import content_hash
 
@@ -55,7 +57,17 @@ def settings_from_env() -> RenderSettings:
         localai_gpu_image=os.environ.get("LOCALAI_OPERATOR_LOCALAI_GPU_IMAGE", defaults.localai_gpu_image),
         downloader_image=os.environ.get("LOCALAI_OPERATOR_DOWNLOADER_IMAGE") or None,
         backend_repository=os.environ.get("LOCALAI_OPERATOR_LOCALAI_BACKEND_REPOSITORY") or None,
+        router_otlp_endpoint=os.environ.get(ROUTER_OTLP_ENDPOINT_ENV) or None,
+        router_sampling_ratio=_ratio(os.environ.get(ROUTER_SAMPLING_RATIO_ENV)),
     )
+
+
+def _ratio(value: str | None) -> float | None:
+    try:
+        return min(1.0, max(0.0, float(value))) if value else None
+    except ValueError:
+        log.warning("%s=%r is not a number: the routers sample every trace", ROUTER_SAMPLING_RATIO_ENV, value)
+        return None
 
 
 def lease_name(namespaces: list[str] | None) -> str:
@@ -94,6 +106,7 @@ def controller(options: RunOptions, settings: kopf.OperatorSettings) -> Controll
             autoscale_seconds=autoscale,
         ),
         elector=elector,
+        tracer=PassTracer.start(os.environ),
         # A few workers at most for resyncs and derived fields (servedBy): the rest are always free for changes,
         # and a burst of pools does not compete at the API server with a thousand servedBy updates.
         queue=WorkQueue(

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.base import SecretKeyRef, validation_problems
+from localai_operator.api.kinds import HTTP_ROUTE
 from localai_operator.api.route import RouteCost
 from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
 from localai_operator.control import status as st
@@ -70,6 +71,7 @@ class RouteObserved:
     models: Mapping[str, Body | None] = dataclasses.field(default_factory=dict)  # the primary pool's
     cost: RouteCost | None = None  # read from its routers by the elastic loop
     carried: Carried | None = None  # what its router pods that went spent in the spend cap's period
+    gateway_api: bool = False  # the cluster serves HTTPRoute (spec.gateway renders one)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,16 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
     if isinstance(observed, RouteObserved):
         pools = tuple(sorted((name, _version(body)) for name, body in observed.pools.items()))
         models = tuple(sorted((name, _version(body)) for name, body in observed.models.items()))
-        return (_version(observed.body), pools, secrets, owned, models, observed.cost, observed.carried)
+        return (
+            _version(observed.body),
+            pools,
+            secrets,
+            owned,
+            models,
+            observed.cost,
+            observed.carried,
+            observed.gateway_api,
+        )
     models = tuple((name, _version(body)) for name, body in observed.models.items())
     nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
     return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets, observed.scale)
@@ -459,6 +470,7 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
             None, dataclasses.replace(facts, secret_problem=problem, client_keys_problem=keys_problem)
         )
     arguments = route_render_arguments(route, observed.pools, observed.secrets)
+    arguments["gateway_api"] = observed.gateway_api and route.spec.gateway is not None
     pool, models = _primary_and_models(route, observed)
     inputs = (
         _identity(observed.body),
@@ -477,9 +489,20 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
     # Until the elastic loop has read the routers (after a restart), the stored figures stay.
     cost = observed.cost or (route.status.cost if route.status is not None else None)
     facts = dataclasses.replace(
-        facts, deployment=observed.owned.get(("Deployment", router_name(route))), cost=cost
+        facts,
+        deployment=observed.owned.get(("Deployment", router_name(route))),
+        cost=cost,
+        gateway=_gateway_facts(route, observed),
     )
     return Plan(objects, facts)
+
+
+def _gateway_facts(route: FallbackRoute, observed: RouteObserved) -> st.GatewayFacts | None:
+    """spec.gateway's HTTPRoute: whether one could be made, and the live one (its parents' status)."""
+    if route.spec.gateway is None:
+        return None
+    live = observed.owned.get((HTTP_ROUTE.kind, route.name)) if observed.gateway_api else None
+    return st.GatewayFacts(name=route.name, api_served=observed.gateway_api, live=live)
 
 
 def _primary_and_models(

@@ -162,6 +162,7 @@ def _gather(
             },
             cost=cache.costs.get((key.namespace, key.name)),
             carried=cache.carried.get((key.namespace, key.name)),
+            gateway_api=cache.gateway_api(),
         )
     assert kind is LLM_MODEL, f"no pass for {key}"
     return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))

@@ -6,6 +6,7 @@ same models the CRD schema is generated from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,12 @@ from typing import Any
 from localai_operator.api.base import Condition, Spec
 from localai_operator.api.llmmodel import LLMModelStatus
 from localai_operator.api.pool import AutoscalingStatus, InferencePoolStatus
-from localai_operator.api.route import FallbackRouteStatus, RouteCost
+from localai_operator.api.route import (
+    FallbackRouteStatus,
+    HTTPRouteParentStatus,
+    HTTPRouteStatus,
+    RouteCost,
+)
 from localai_operator.control.autoscale import ScaleState
 
 READY = "Ready"
@@ -27,14 +33,17 @@ class Check:
     ok: bool | None
     reason: str
     message: str
+    # False: reported, but Ready does not depend on it (what the router serves works without it).
+    gates_ready: bool = True
 
 
 def conditions(
     checks: Sequence[Check], previous: Sequence[Mapping[str, Any]], generation: int | None, now: str
 ) -> list[Condition]:
     """The checks plus a Ready summary; lastTransitionTime moves only when a condition's status flips."""
-    failing = next((c for c in checks if c.ok is False), None) or next(
-        (c for c in checks if c.ok is None), None
+    gating = [c for c in checks if c.gates_ready]
+    failing = next((c for c in gating if c.ok is False), None) or next(
+        (c for c in gating if c.ok is None), None
     )
     if failing is None:
         ready = Check(READY, True, "Ready", "All conditions are met.")
@@ -330,6 +339,15 @@ def _autoscaling(f: PoolFacts) -> AutoscalingStatus | None:
 
 
 @dataclass(frozen=True)
+class GatewayFacts:
+    """spec.gateway's HTTPRoute: its name, whether the cluster serves the API, and the live object if any."""
+
+    name: str
+    api_served: bool
+    live: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class RouteFacts:
     name: str
     namespace: str
@@ -348,6 +366,7 @@ class RouteFacts:
     cost: RouteCost | None = None
     # Any pod of the cluster could spend the cloud key: no spec.auth and no NetworkPolicy.
     open_to_cluster: bool = False
+    gateway: GatewayFacts | None = None
 
 
 def route_checks(f: RouteFacts) -> list[Check]:
@@ -394,6 +413,8 @@ def route_checks(f: RouteFacts) -> list[Check]:
             )
         )
     checks.append(_applied(f.applied))
+    if f.gateway is not None:
+        checks.append(http_route_check(f.gateway, f.namespace))
     if not f.applied.ok:
         return checks
     refused = pods_refused(f.deployment)
@@ -412,14 +433,117 @@ def route_checks(f: RouteFacts) -> list[Check]:
     return checks
 
 
+HTTP_ROUTE_ACCEPTED = "HTTPRouteAccepted"
+# The HTTPRoute's parent conditions copied into the route's status; the rest are the Gateway's business.
+PARENT_CONDITIONS = ("Accepted", "ResolvedRefs")
+MESSAGE_LIMIT = 1024  # a Gateway controller's message is another program's text: bounded
+REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+
+
+def _parent_name(ref: Mapping[str, Any], namespace: str) -> str:
+    kind = ref.get("kind") or "Gateway"
+    return f'{kind} "{ref.get("namespace") or namespace}/{ref.get("name")}"'
+
+
+def parents_of(live: Mapping[str, Any] | None) -> list[HTTPRouteParentStatus]:
+    """The HTTPRoute's status.parents, Accepted and ResolvedRefs only, bounded and with reasons a condition
+    accepts (anything else reads as Unknown)."""
+    out = []
+    for parent in ((live or {}).get("status") or {}).get("parents") or []:
+        ref = {str(k): str(v) for k, v in (parent.get("parentRef") or {}).items()}
+        copied = []
+        for c in parent.get("conditions") or []:
+            if c.get("type") not in PARENT_CONDITIONS:
+                continue
+            status = c.get("status") if c.get("status") in ("True", "False", "Unknown") else "Unknown"
+            reason = str(c.get("reason") or "")
+            generation = c.get("observedGeneration")
+            copied.append(
+                Condition(
+                    type=c["type"],
+                    status=status,
+                    reason=reason if REASON.match(reason) else "Unknown",
+                    message=str(c.get("message") or "")[:MESSAGE_LIMIT],
+                    observed_generation=generation if isinstance(generation, int) else None,
+                    last_transition_time=str(c.get("lastTransitionTime") or "")[:64] or None,
+                )
+            )
+        controller = parent.get("controllerName")
+        out.append(
+            HTTPRouteParentStatus(
+                parent_ref=ref,
+                controller_name=str(controller)[:253] if controller else None,
+                conditions=copied,
+            )
+        )
+    return out
+
+
+def http_route_check(g: GatewayFacts, namespace: str) -> Check:
+    """HTTPRouteAccepted, which Ready does not wait for: the route serves in the cluster either way."""
+    if not g.api_served:
+        return Check(
+            HTTP_ROUTE_ACCEPTED,
+            False,
+            "GatewayAPINotInstalled",
+            "spec.gateway is set but this cluster serves no HTTPRoute (gateway.networking.k8s.io/v1): no "
+            "HTTPRoute was made. Install the Gateway API CRDs and the route gets one; it serves in the cluster "
+            "meanwhile.",
+            gates_ready=False,
+        )
+    if g.live is None:
+        return Check(
+            HTTP_ROUTE_ACCEPTED, None, "Pending", f'HTTPRoute "{g.name}" is being made.', gates_ready=False
+        )
+    parents = parents_of(g.live)
+    if not parents:
+        return Check(
+            HTTP_ROUTE_ACCEPTED,
+            None,
+            "Pending",
+            f'No Gateway controller has reported on HTTPRoute "{g.name}" yet.',
+            gates_ready=False,
+        )
+    for parent in parents:
+        for c in parent.conditions:
+            if c.status != "True":
+                where = _parent_name(parent.parent_ref, namespace)
+                return Check(
+                    HTTP_ROUTE_ACCEPTED,
+                    False if c.status == "False" else None,
+                    c.reason,
+                    f"{where}: {c.type} is {c.status}: {c.message}",
+                    gates_ready=False,
+                )
+        if {c.type for c in parent.conditions} != set(PARENT_CONDITIONS):
+            where = _parent_name(parent.parent_ref, namespace)
+            return Check(
+                HTTP_ROUTE_ACCEPTED, None, "Pending", f"{where} has not reported yet.", gates_ready=False
+            )
+    names = ", ".join(_parent_name(p.parent_ref, namespace) for p in parents)
+    return Check(
+        HTTP_ROUTE_ACCEPTED,
+        True,
+        "Accepted",
+        f'HTTPRoute "{g.name}" is accepted by {names}.',
+        gates_ready=False,
+    )
+
+
 def route_status(
     f: RouteFacts, previous: Mapping[str, Any] | None, generation: int | None, now: str
 ) -> FallbackRouteStatus:
+    gateway = f.gateway
     return FallbackRouteStatus(
         observed_generation=generation,
         endpoint=f.endpoint,
         primary=f.primary,
         cost=f.cost,
+        http_route=(
+            HTTPRouteStatus(name=gateway.name, parents=parents_of(gateway.live))
+            if gateway is not None and gateway.live is not None
+            else None
+        ),
         conditions=conditions(route_checks(f), (previous or {}).get("conditions") or [], generation, now),
     )
 

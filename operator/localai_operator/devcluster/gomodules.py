@@ -47,3 +47,15 @@ def inference_pool_crds(env: Mapping[str, str] = os.environ) -> list[Path]:
         module_dir(INFERENCE_EXTENSION_MODULE, INFERENCE_EXTENSION_VERSION, env) / "config" / "crd" / "bases"
     )
     return [bases / f"{group}_inferencepools.yaml" for group in INFERENCE_EXTENSION_GROUPS]
+
+
+# The Gateway API, standard channel: the HTTPRoute a FallbackRoute's spec.gateway renders is validated by its CRD.
+# v1.4.1 serves gateway.networking.k8s.io/v1 HTTPRoute (GA since v1.0) with the CEL rules of current releases.
+GATEWAY_API_MODULE: Final = "sigs.k8s.io/gateway-api"
+GATEWAY_API_VERSION: Final = "v1.4.1"
+
+
+def gateway_api_crds(env: Mapping[str, str] = os.environ) -> list[Path]:
+    """The Gateway API's standard-channel CRDs (GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ...)."""
+    standard = module_dir(GATEWAY_API_MODULE, GATEWAY_API_VERSION, env) / "config" / "crd" / "standard"
+    return sorted(standard.glob("gateway.networking.k8s.io_*.yaml"))

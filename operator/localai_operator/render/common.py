@@ -46,6 +46,10 @@ class RenderSettings:
     localai_version: str = LOCALAI_VERSION
     # None: LocalAI's own repository with its Docker Hub copy as a mirror; set it to an internal mirror.
     backend_repository: str | None = None
+    # Where routers send spans and GenAI metrics unless their route's spec.telemetry says otherwise (the chart's
+    # telemetry.otlpEndpoint; None: nowhere), and the fraction of traces they sample (None: every one).
+    router_otlp_endpoint: str | None = None
+    router_sampling_ratio: float | None = None
 
     def fetch_image(self) -> str:
         """The image of the fetch-models init container."""

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from localai_operator import wire as rc
 from localai_operator.api.base import SecretKeyRef
+from localai_operator.api.kinds import HTTP_ROUTE
 from localai_operator.api.llmmodel import LLMModel
 from localai_operator.api.pool import InferencePool
 from localai_operator.api.quantity import Quantity, in_resource_list
@@ -26,6 +27,7 @@ from localai_operator.constants import (
     ROUTER_CONFIG_FILE,
     ROUTER_METRICS_PORT,
     ROUTER_PORT,
+    ROUTER_SERVICE_NAME,
     ROUTER_SERVICE_PORT,
     ROUTER_STATE_DIR,
 )
@@ -184,6 +186,7 @@ def router_config(
             endpoints=[primary_url(route)], api_key_env=LOCAL_API_KEY_ENV if local_key else None
         )
     dirs = client_key_dirs(route)
+    telemetry = spec.telemetry
     return rc.RouterConfig(
         route=rc.RouteRef(name=route.name, namespace=route.namespace),
         local=local,
@@ -196,6 +199,11 @@ def router_config(
             max_waiting=connection_caps(route)[1],
             state_directory=ROUTER_STATE_DIR,
         ),
+        telemetry=rc.Telemetry(
+            propagate_to_cloud=telemetry.propagate_to_cloud, capture_content=telemetry.capture_content
+        )
+        if telemetry is not None
+        else None,
     )
 
 
@@ -224,6 +232,50 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+# The pod's name, for the resource attributes of its spans (Kubernetes expands $(NAME) of an earlier variable).
+POD_NAME_ENV: Final = "LOCALAI_OPERATOR_POD_NAME"
+
+
+def telemetry_env(route: FallbackRoute, settings: RenderSettings) -> list[dict[str, Any]]:
+    """The OTEL_* variables of the router: its route's spec.telemetry, else the operator's default endpoint and
+    sampling ratio; none when neither names an endpoint or the route turns telemetry off."""
+    spec = route.spec.telemetry
+    if spec is not None and spec.enabled is False:
+        return []
+    endpoint = (spec.otlp_endpoint if spec is not None else None) or settings.router_otlp_endpoint
+    if endpoint is None:
+        return []
+    resource = ",".join(
+        (
+            f"k8s.namespace.name={route.namespace}",
+            f"k8s.deployment.name={router_name(route)}",
+            f"k8s.pod.name=$({POD_NAME_ENV})",
+            f"localai_operator.route={route.namespace}/{route.name}",
+        )
+    )
+    env: list[dict[str, Any]] = [
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": endpoint},
+        {"name": "OTEL_SERVICE_NAME", "value": ROUTER_SERVICE_NAME},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource},
+    ]
+    ratio = spec.sampling_ratio if spec is not None and spec.sampling_ratio is not None else None
+    if ratio is None:
+        ratio = settings.router_sampling_ratio
+    if ratio is not None:
+        env.append({"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"})
+        env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": f"{ratio:g}"})
+    if spec is not None and spec.headers_secret_ref is not None:
+        ref = spec.headers_secret_ref
+        env.append(
+            {
+                "name": "OTEL_EXPORTER_OTLP_HEADERS",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": True}},
+            }
+        )
+    return env
+
+
 def deployment(
     route: FallbackRoute,
     settings: RenderSettings,
@@ -249,6 +301,7 @@ def deployment(
                 )
     if local_key_ref is not None:
         env.append(_secret_env(LOCAL_API_KEY_ENV, local_key_ref))
+    env.extend(telemetry_env(route, settings))
     mounts: list[dict[str, Any]] = [
         # Mounted as a directory, not subPath, so ConfigMap edits reach the router's hot reload.
         {"name": "config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True},
@@ -434,6 +487,42 @@ def network_policy(route: FallbackRoute) -> dict[str, Any] | None:
     }
 
 
+def http_route(route: FallbackRoute) -> dict[str, Any] | None:
+    """The HTTPRoute of spec.gateway: requests under its path prefix, on its hostnames, through its Gateways, to
+    the route's Service (the same port clients in the cluster use). Defaults written out as the API server fills
+    them, so that the live object contains the rendered one."""
+    gateway = route.spec.gateway
+    if gateway is None:
+        return None
+    parents = []
+    for ref in gateway.parent_refs:
+        parent: dict[str, Any] = {"group": ref.group, "kind": ref.kind, "name": ref.name}
+        if ref.namespace is not None:
+            parent["namespace"] = ref.namespace
+        if ref.section_name is not None:
+            parent["sectionName"] = ref.section_name
+        if ref.port is not None:
+            parent["port"] = ref.port
+        parents.append(parent)
+    spec: dict[str, Any] = {"parentRefs": parents}
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": gateway.path_prefix}}],
+            "backendRefs": [
+                {"group": "", "kind": "Service", "name": route.name, "port": ROUTER_SERVICE_PORT, "weight": 1}
+            ],
+        }
+    ]
+    return {
+        "apiVersion": HTTP_ROUTE.api_version,
+        "kind": HTTP_ROUTE.kind,
+        "metadata": meta(route, route.name, name=APP, component=COMPONENT),
+        "spec": spec,
+    }
+
+
 def route_objects(
     route: FallbackRoute,
     settings: RenderSettings | None = None,
@@ -444,8 +533,10 @@ def route_objects(
     pool: InferencePool | None = None,
     models: Mapping[str, LLMModel] | None = None,
     carried: rc.Carried | None = None,
+    gateway_api: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every object the operator owns for a route. `local_key_ref`: the key of the route's pool
+    """Every object the operator owns for a route. `gateway_api`: the cluster serves HTTPRoute, which spec.gateway
+    then gets (none otherwise: the status says so). `local_key_ref`: the key of the route's pool
     (`InferencePool.spec.apiKeySecretRef`), sent to local instead of the client's key; its Secret's
     resourceVersion, like the fallback key's, rolls the router pods when it changes. `pool` and `models`: the
     primary pool and its LLMModels, whose slots per pod the router fills before it spills to the cloud (without
@@ -453,10 +544,12 @@ def route_objects(
     cap's current period (the operator's ledger); none of these roll the router: its config hot-reloads."""
     settings = settings or RenderSettings()
     policy = network_policy(route)
+    exposed = http_route(route) if gateway_api else None
     return [
         config_map(route, local_key=local_key_ref is not None, pool=pool, models=models, carried=carried),
         deployment(route, settings, secret_version, local_key_ref, local_key_version),
         service(route),
         *([policy] if policy is not None else []),
         *slice_reader(route),
+        *([exposed] if exposed is not None else []),
     ]

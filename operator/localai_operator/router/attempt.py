@@ -4,7 +4,7 @@ where it was served and why. One value, created at admission and handed from ste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -14,6 +14,9 @@ from localai_operator.router import codec
 from localai_operator.router.paths import ApiPath, StreamFormat
 from localai_operator.router.policy import FallbackReason
 from localai_operator.router.upstream import Cloud, Route
+
+if TYPE_CHECKING:
+    from localai_operator.router.telemetry import RequestTrace
 
 # The body LocalAI gets when a non-stream request is streamed from it (to time its first token): the
 # client's fields, `stream` set, and the usage trailer asked for (LocalAI >= 4 sends usage only then).
@@ -49,6 +52,8 @@ class Attempt:
     blocked: str | None = None
     # The cloud was asked for a stream's usage that the client did not ask for: its usage event is not relayed.
     usage_hidden: bool = False
+    # The request's spans, when the router's telemetry is on (router/telemetry.py).
+    trace: RequestTrace | None = None
 
     @property
     def client_stream(self) -> bool:

@@ -29,6 +29,7 @@ from localai_operator.router.overload import CONNECTIONS, RETRY_AFTER_SECONDS, G
 from localai_operator.router.paths import Budget
 from localai_operator.router.policy import BUDGET_EXHAUSTED, UNPRICED, retry_after_header
 from localai_operator.router.relay import Relay
+from localai_operator.router.telemetry import RequestTrace, RouterTelemetry
 from localai_operator.router.upstream import API_PREFIX, Route
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,10 @@ class Intake:
         metrics: RouterMetrics,
         clock: Callable[[], float],
         guard: Guard,
+        telemetry: RouterTelemetry | None = None,
     ) -> None:
+        """With `telemetry`, the app routes /v1 to `handle_traced` instead of `handle`."""
+        self.telemetry = telemetry
         self.guard = guard
         self.route = route
         self.keys = keys
@@ -261,15 +265,20 @@ class Intake:
             response.force_close()
         return response
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request, trace: RequestTrace | None = None) -> web.StreamResponse:
         if not self.guard.admits(request):
             return self._overloaded(self.guard.refuse_connection())
         try:
-            return await self._handle(request)
+            return await self._handle(request, trace)
         except Overloaded as err:
             return self._overloaded(err)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle_traced(self, request: web.Request) -> web.StreamResponse:
+        """`handle`, inside the request's span."""
+        assert self.telemetry is not None, "routed here only with telemetry on"
+        return await self.telemetry.traced(request, self.handle)
+
+    async def _handle(self, request: web.Request, trace: RequestTrace | None = None) -> web.StreamResponse:
         route = self.route()
         started = self.clock()
         path = request.path[len(API_PREFIX) :]
@@ -304,7 +313,7 @@ class Intake:
             if path == "/models":
                 return await self.listing.models(request, route, started, keep_credentials)
             return await self.listing.model(request, route, path.rsplit("/", 1)[1], started, keep_credentials)
-        return await self._with_body(request, route, api, path, started, key_name)
+        return await self._with_body(request, route, api, path, started, key_name, trace)
 
     async def _with_body(
         self,
@@ -314,6 +323,7 @@ class Intake:
         path: str,
         started: float,
         key_name: str | None,
+        trace: RequestTrace | None = None,
     ) -> web.StreamResponse:
         limit = route.max_request_bytes
         length = request.content_length
@@ -373,6 +383,8 @@ class Intake:
             attempt = Attempt(
                 request, route, api, path, started, raw, parsed, key_name, cloud, deadline, blocked=blocked
             )
+            if trace is not None:
+                trace.bind(attempt)
             return await self.relay.run(attempt)
         except Overloaded:
             raise

@@ -481,7 +481,13 @@ class Relay:
                     self._end_wait(waiting)
                     waiting = None
                 endpoint, probe = choice
+                if a.trace is not None:
+                    a.trace.local(a, endpoint)
                 result = await self._local_once(a, endpoint, probe, model)
+                if a.trace is not None:
+                    a.trace.attempt_ended(
+                        result.status, None if isinstance(result, web.StreamResponse) else result.reason.value
+                    )
                 if isinstance(result, web.StreamResponse):
                     return result
                 if result.reason in _CONNECT_FAILURES:
@@ -586,6 +592,8 @@ class Relay:
             # As the client sent it, byte for byte: decoding and re-sending would plant a raw space (%20), cut
             # the query (%23) or decode %25 twice.
             url = URL(str(url) + "?" + query, encoded=True)
+        if a.trace is not None:
+            a.trace.inject(headers)
         return await self.client.request(
             request.method,
             url,
@@ -873,6 +881,8 @@ class Relay:
         answer = assembler.result()
         headers = response_headers(upstream.headers, SERVED_BY_LOCAL, None, ASSEMBLED_DROPPED)
         response = web.Response(body=codec.dumps(answer), content_type="application/json", headers=headers)
+        if a.trace is not None and isinstance(response.body, bytes):
+            a.trace.answered(response.body)
         self._finish(a, 200, usage_from(answer.get("usage")), last)
         return response
 
@@ -885,11 +895,18 @@ class Relay:
         model = a.body.model if a.body is not None else None
         try:
             try:
-                body = _segments(a.cloud_body(cloud, model is not None and self.catalog.cloud_lists(model)))
+                lists = model is not None and self.catalog.cloud_lists(model)
+                body = _segments(a.cloud_body(cloud, lists))
+                headers = cloud.request_headers(request.headers)
+                if a.trace is not None:
+                    a.trace.cloud(
+                        a, cloud, cloud.fallback.cloud_model(model, lists) if a.body is not None else None
+                    )
+                    a.trace.inject(headers, cloud=True)
                 upstream = await self.client.request(
                     request.method,
                     cloud.url(a.path),
-                    cloud.request_headers(request.headers).items(),
+                    headers.items(),
                     body,
                     connect_timeout=a.route.connect_timeout,
                     timeout=a.route.request_timeout,
@@ -964,6 +981,8 @@ class Relay:
         headers = response_headers(upstream.headers, a.served_by, self._reason(a))
         response = web.Response(status=status, body=body, headers=headers)
         usage = usage_of(body) if status < 300 else None
+        if a.trace is not None:
+            a.trace.answered(body)
         if usage is None and status < 300 and self._estimated(a):
             try:
                 text = tokens.answer_text(codec.loads(body))
@@ -1015,6 +1034,8 @@ class Relay:
 
     def _large_cost(self, a: Attempt, status: int, last: bytes, relayed: int) -> None:
         usage = usage_of(last)
+        if a.trace is not None:
+            a.trace.answered(last)
         if usage is None and self._estimated(a):
             # Too large to keep for its text: its bytes, at the estimator's rate.
             usage = Usage(tokens.prompt_tokens(a.body), math.ceil(relayed / tokens.CHARS_PER_TOKEN))
@@ -1040,7 +1061,9 @@ class Relay:
         last_token = a.first_token_at
         pending = [*held.events, *held.rest] if held is not None else []
         # A cloud stream's text, for the estimator when the provider reports no usage.
-        text: list[str] | None = [] if self._estimated(a) else None
+        text: list[str] | None = (
+            [] if self._estimated(a) or (a.trace is not None and a.trace.capture) else None
+        )
         hide_usage = a.usage_hidden
         gone = False
         try:
@@ -1132,8 +1155,11 @@ class Relay:
         self, a: Attempt, status: int, recent: deque[bytes], text: list[str] | None
     ) -> Usage | None:
         """Count a stream's tokens and cost from its usage event, else (cloud) the estimator on its text."""
-        usage = usage_of(b"".join(recent))
-        if usage is None and text is not None:
+        tail = b"".join(recent)
+        usage = usage_of(tail)
+        if a.trace is not None:
+            a.trace.answered(tail, text)
+        if usage is None and text is not None and self._estimated(a):
             usage = Usage(tokens.prompt_tokens(a.body), tokens.text_tokens("".join(text)))
         self._settle_cost(a, status, usage)
         return usage

@@ -18,7 +18,7 @@ from typing import Any, Final
 import yaml
 from aiohttp import web
 
-from localai_operator import __version__
+from localai_operator import __version__, otel
 from localai_operator.constants import (
     LOCALAI_HEALTH_PATH,
     LOCALAI_READY_PATH,
@@ -37,6 +37,7 @@ from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
 from localai_operator.router.slices import ApiAccess, SliceWatcher, in_cluster
+from localai_operator.router.telemetry import RouterTelemetry
 from localai_operator.router.upstream import API_PREFIX, Route, build_route, departed
 from localai_operator.wire import RouterConfig
 
@@ -62,6 +63,8 @@ CLIENT_KEYS_INTERVAL: Final = 2.0
 FIRST_RESOLUTION_SECONDS: Final = 5.0
 # Avoided cost is written to the ledger file at most this often (spend is written at once).
 LEDGER_FLUSH_SECONDS: Final = 1.0
+# How long the last export of spans and metrics may take when the router stops.
+TELEMETRY_SHUTDOWN_SECONDS: Final = 5.0
 
 
 class Router:
@@ -121,6 +124,8 @@ class Router:
             guard=self.guard,
         )
         self.buffer = BodyBuffer(config.server.body_buffer_bytes, self.guard)
+        # OpenTelemetry when the environment names an OTLP endpoint; None: no request pays for it.
+        self.telemetry = RouterTelemetry.start(env, clock)
         self.intake = Intake(
             lambda: self.route,
             lambda: self.keys,
@@ -130,6 +135,7 @@ class Router:
             self.metrics,
             clock,
             self.guard,
+            self.telemetry,
         )
         self.discovery: PodDiscovery | None = None
         self.slices: SliceWatcher | None = None
@@ -182,6 +188,7 @@ class Router:
                     route.local_key,
                     proxy.password if proxy is not None else None,
                     proxy.authorization.removeprefix("Basic ") if proxy and proxy.authorization else None,
+                    *otel.header_values(self.env),
                 )
                 if k
             )
@@ -313,6 +320,8 @@ class Router:
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
         self._spawn("idle-connections", self._sweep_idle())
+        if self.telemetry is not None and self.telemetry.providers.metric_exporter is not None:
+            self._spawn("telemetry-metrics", self.telemetry.export_forever())
         if self.ledger.path is not None:
             self._spawn("ledger", self._flush_ledger())
 
@@ -341,6 +350,9 @@ class Router:
                 await task
         self._tasks.clear()
         self.ledger.save()
+        if self.telemetry is not None:
+            # The last spans and metrics go out, within a bound: a collector that is down must not hold the exit.
+            await self.telemetry.close(TELEMETRY_SHUTDOWN_SECONDS)
 
     # ------------------------------------------------------------------ operational endpoints
 
@@ -447,9 +459,11 @@ def create_app(
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
     app = web.Application(client_max_size=2**63)
     app[ROUTER] = router
+    # With telemetry off, requests take the handler without its hooks.
+    handle = router.intake.handle if router.telemetry is None else router.intake.handle_traced
     for path in HOT_PATHS:
-        app.router.add_route("*", API_PREFIX + path, router.intake.handle)
-    app.router.add_route("*", API_PREFIX + "/{tail:.*}", router.intake.handle)
+        app.router.add_route("*", API_PREFIX + path, handle)
+    app.router.add_route("*", API_PREFIX + "/{tail:.*}", handle)
     app.router.add_get(LOCALAI_READY_PATH, router.readyz)
     app.router.add_get(LOCALAI_HEALTH_PATH, router.healthz)
     app.router.add_get(METRICS_PATH, router.metrics_text)

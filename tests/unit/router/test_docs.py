@@ -55,3 +55,18 @@ def test_every_metric_is_listed_with_its_type_and_labels() -> None:
 def test_every_fallback_reason_is_listed() -> None:
     paragraph = DOC.split("Fallback reasons:")[1].split("\n\n")[0]
     assert set(re.findall(r"`([a-z_0-9]+)`", paragraph)) == {r.value for r in FallbackReason}
+
+
+def test_every_genai_metric_is_listed_with_its_unit() -> None:
+    from localai_operator.router.telemetry import METRICS
+
+    rows = {r[0]: r[1] for r in table_rows("metric")}
+    assert rows == {name: unit for name, (unit, _, _) in METRICS.items()}
+
+
+def test_every_attribute_of_ours_on_a_span_is_listed() -> None:
+    from localai_operator.router import telemetry
+
+    documented = {name.strip("`") for row in table_rows("attribute") for name in row[0].split(", ")}
+    ours = {telemetry.SERVED_BY, telemetry.FALLBACK_REASON, telemetry.BREAKER_STATE, telemetry.CLIENT_KEY}
+    assert ours | {telemetry.ROUTE, telemetry.UPSTREAM} <= documented

@@ -1,0 +1,190 @@
+"""FallbackRoute.spec.gateway on the real control plane, with the Gateway API's standard-channel CRDs from its Go
+module (gomodules.GATEWAY_API_VERSION) installed by the test that needs them and removed after it: the HTTPRoute
+passes the API server's validation, is owned by the route and garbage-collected with it, its parents' conditions
+(written here as a Gateway controller would) reach the route's status; without the CRDs the route is Ready and
+says that no HTTPRoute was made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from localai_operator.api.kinds import HTTP_ROUTE
+from localai_operator.devcluster.gomodules import gateway_api_crds
+from tests.helpers import ClusterAccess, kubectl, wait_for
+from tests.operator_process import CustomResources
+
+pytestmark = pytest.mark.cluster
+T = 60
+GATEWAY = {"parentRefs": [{"name": "public", "sectionName": "http"}], "hostnames": ["llm.example.com"]}
+NOW = "2026-12-07T19:00:00Z"
+
+
+def route(**spec: Any) -> dict[str, Any]:
+    return {
+        "kind": "FallbackRoute",
+        "metadata": {"name": "chat"},
+        "spec": {"primary": {"url": "http://localai.example:8080/v1"}, "policy": {"sensitive": True}, **spec},
+    }
+
+
+def condition(crs: CustomResources, type_: str) -> dict[str, Any] | None:
+    return crs.condition("FallbackRoute", "chat", type_)
+
+
+@pytest.fixture
+def install_gateway_api(cluster: ClusterAccess) -> Iterator[Callable[[], None]]:
+    """Installs the Gateway API CRDs when called (server-side apply, then Established); removes them after."""
+    files = gateway_api_crds()
+    assert any(p.name.endswith("_httproutes.yaml") for p in files), files
+    extensions = client.ApiextensionsV1Api(cluster.api)
+    installed: list[str] = []
+
+    def install() -> None:
+        result = kubectl(cluster, "apply", "--server-side", *(a for p in files for a in ("-f", str(p))))
+        assert result.returncode == 0, result.stderr
+        installed.extend(
+            c.metadata.name
+            for c in extensions.list_custom_resource_definition().items
+            if c.spec.group == "gateway.networking.k8s.io"
+        )
+        kubectl(
+            cluster, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in installed)
+        )
+
+    yield install
+    if installed:
+        result = kubectl(cluster, "delete", "crd", *installed, "--ignore-not-found", "--timeout=120s")
+        assert result.returncode == 0, result.stderr
+
+
+def http_route(cluster: ClusterAccess, namespace: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+            HTTP_ROUTE.group, HTTP_ROUTE.version, namespace, HTTP_ROUTE.plural, "chat"
+        )
+    except client.ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return found
+
+
+def test_without_the_gateway_api_the_route_is_ready_and_says_no_httproute_was_made_until_it_is_installed(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, install_gateway_api: Callable[[], None]
+) -> None:
+    served = kubectl(cluster, "get", "crd", HTTP_ROUTE.resource, "--ignore-not-found", "-o", "name")
+    assert not served.stdout.strip(), (
+        "the Gateway API is installed already: this test needs a cluster without"
+    )
+    crs.create(route(gateway=GATEWAY))
+
+    wait_for(lambda: crs.is_ready("FallbackRoute", "chat"), T, "the route Ready without the Gateway API")
+    missing = wait_for(
+        lambda: (c := condition(crs, "HTTPRouteAccepted")) and c["reason"] == "GatewayAPINotInstalled" and c,
+        T,
+        "HTTPRouteAccepted to say the Gateway API is missing",
+    )
+    assert missing["status"] == "False" and "no HTTPRoute was made" in missing["message"]
+
+    install_gateway_api()
+    wait_for(lambda: http_route(cluster, namespace), T, "the HTTPRoute once the Gateway API is installed")
+    wait_for(
+        lambda: (c := condition(crs, "HTTPRouteAccepted")) and c["reason"] == "Pending",
+        T,
+        "HTTPRouteAccepted to wait for a Gateway controller",
+    )
+    assert crs.is_ready("FallbackRoute", "chat")
+
+
+def test_the_httproute_passes_validation_carries_its_parents_conditions_and_goes_with_the_route(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, install_gateway_api: Callable[[], None]
+) -> None:
+    install_gateway_api()
+    created = crs.create(route(gateway=GATEWAY))
+    live = wait_for(lambda: http_route(cluster, namespace), T, "the HTTPRoute")
+
+    # The API server took it through the CRD's schema and CEL rules, and filled its defaults in.
+    [owner] = live["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "FallbackRoute",
+        "chat",
+        created["metadata"]["uid"],
+    )
+    assert owner["controller"] is True
+    [rule] = live["spec"]["rules"]
+    [backend] = rule["backendRefs"]
+    service = cluster.core.read_namespaced_service("chat", namespace)
+    assert (backend["name"], backend["port"]) == (service.metadata.name, service.spec.ports[0].port)
+    assert live["spec"]["hostnames"] == ["llm.example.com"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    invalid = kubectl(
+        cluster,
+        "patch",
+        "httproute",
+        "chat",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"rules":[{"matches":[{"path":{"type":"PathPrefix","value":"no-slash"}}]}]}}',
+        "--dry-run=server",
+    )
+    assert invalid.returncode != 0, "the HTTPRoute CRD validates what is written to it"
+
+    # What a Gateway controller reports on its parents reaches the route's status; Ready does not depend on it.
+    parent = {
+        "group": "gateway.networking.k8s.io",
+        "kind": "Gateway",
+        "name": "public",
+        "sectionName": "http",
+    }
+    conditions = [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Route is accepted"},
+        {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "no endpoints"},
+    ]
+    status = {
+        "parents": [
+            {
+                "parentRef": parent,
+                "controllerName": "example.com/gateway-controller",
+                "conditions": [{**c, "lastTransitionTime": NOW, "observedGeneration": 1} for c in conditions],
+            }
+        ]
+    }
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
+        HTTP_ROUTE.group, HTTP_ROUTE.version, namespace, HTTP_ROUTE.plural, "chat", {"status": status}
+    )
+    refused = wait_for(
+        lambda: (c := condition(crs, "HTTPRouteAccepted")) and c["reason"] == "BackendNotFound" and c,
+        T,
+        "the parent's ResolvedRefs in the route's conditions",
+        describe=lambda: crs.get("FallbackRoute", "chat").get("status"),
+    )
+    assert refused["status"] == "False" and "no endpoints" in refused["message"]
+    [copied] = crs.get("FallbackRoute", "chat")["status"]["httpRoute"]["parents"]
+    assert copied["parentRef"]["name"] == "public"
+    assert [(c["type"], c["status"], c["reason"]) for c in copied["conditions"]] == [
+        ("Accepted", "True", "Accepted"),
+        ("ResolvedRefs", "False", "BackendNotFound"),
+    ]
+    assert crs.is_ready("FallbackRoute", "chat")
+
+    crs.delete("FallbackRoute", "chat")
+    wait_for(
+        lambda: http_route(cluster, namespace) is None, T, "the garbage collector to delete the HTTPRoute"
+    )
+
+
+def test_removing_spec_gateway_deletes_the_httproute(
+    cluster: ClusterAccess, namespace: str, crs: CustomResources, install_gateway_api: Callable[[], None]
+) -> None:
+    install_gateway_api()
+    crs.create(route(gateway=GATEWAY))
+    wait_for(lambda: http_route(cluster, namespace), T, "the HTTPRoute")
+    crs.patch("FallbackRoute", "chat", {"spec": {"gateway": None}})
+    wait_for(lambda: http_route(cluster, namespace) is None, T, "the HTTPRoute pruned")
+    wait_for(lambda: condition(crs, "HTTPRouteAccepted") is None, T, "the condition gone")
