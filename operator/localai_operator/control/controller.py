@@ -21,6 +21,7 @@ from aiohttp import web
 from localai_operator.api.kinds import CUSTOM
 from localai_operator.control.cache import Cache, Index
 from localai_operator.control.elastic import INTERVAL_SECONDS, Elastic
+from localai_operator.control.headers import Headers
 from localai_operator.control.kube import Api, ApiError
 from localai_operator.control.leader import LeaderElector
 from localai_operator.control.metrics import Metrics
@@ -40,6 +41,8 @@ class Options:
     metrics_port: int = 0
     # How often the elastic loop reads the routers' demand and decides the autoscaled pools' sizes.
     autoscale_seconds: float = INTERVAL_SECONDS
+    # Read each model's GGUF header from its source (status.gguf, the GPU-memory fit of GPU pools).
+    read_headers: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Controller:
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
     secrets: Secrets = field(init=False)
+    headers: Headers = field(init=False)
     last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
     refused_inputs: dict[Key, Hashable] = field(default_factory=dict)  # and at its last refusal
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
@@ -65,6 +69,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
+        object.__setattr__(self, "headers", Headers(self._header_read))
 
     @property
     def context(self) -> Context:
@@ -77,7 +82,12 @@ class Controller:
             self.secrets,
             last_inputs=self.last_inputs,
             refused_inputs=self.refused_inputs,
+            headers=self.headers if self.options.read_headers else None,
         )
+
+    def _header_read(self, keys: set[Key]) -> None:
+        for key in keys:
+            self.queue.add(key)
 
     def enqueue(
         self, kind: str, namespace: str, names: str | list[str] | set[str], *, background: bool = False
@@ -124,6 +134,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.headers.close()
         if self.elector is not None:
             # Within a second of SIGTERM: a standby that misses the hand-back waits for the Lease to expire.
             with contextlib.suppress(TimeoutError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localai_operator.api.base import Condition, Spec
-from localai_operator.api.llmmodel import LLMModelStatus
+from localai_operator.api.llmmodel import GGUFStatus, LLMModelStatus
 from localai_operator.api.pool import AutoscalingStatus, InferencePoolStatus
 from localai_operator.api.route import FallbackRouteStatus, RouteCost
 from localai_operator.control.autoscale import ScaleState
@@ -21,20 +21,23 @@ READY = "Ready"
 
 @dataclass(frozen=True)
 class Check:
-    """One kind-specific condition: ok is None while unknown (e.g. pods still starting)."""
+    """One kind-specific condition: ok is None while unknown (e.g. pods still starting). An `advisory` one is
+    shown but does not decide Ready."""
 
     type: str
     ok: bool | None
     reason: str
     message: str
+    advisory: bool = False
 
 
 def conditions(
     checks: Sequence[Check], previous: Sequence[Mapping[str, Any]], generation: int | None, now: str
 ) -> list[Condition]:
     """The checks plus a Ready summary; lastTransitionTime moves only when a condition's status flips."""
-    failing = next((c for c in checks if c.ok is False), None) or next(
-        (c for c in checks if c.ok is None), None
+    deciding = [c for c in checks if not c.advisory]
+    failing = next((c for c in deciding if c.ok is False), None) or next(
+        (c for c in deciding if c.ok is None), None
     )
     if failing is None:
         ready = Check(READY, True, "Ready", "All conditions are met.")
@@ -196,6 +199,9 @@ class PoolFacts:
     endpoint: str | None = None
     autoscaled: bool = False
     scale: ScaleState | None = None
+    # The GPU-memory fit (control/gpufit.py); `held`: nothing was applied because of it.
+    gpu_memory: Check | None = None
+    held: bool = False
 
 
 def pool_checks(f: PoolFacts) -> list[Check]:
@@ -234,6 +240,10 @@ def pool_checks(f: PoolFacts) -> list[Check]:
             checks[same] = check
     if any(c.ok is False for c in f.spec_checks):
         return checks
+    if f.gpu_memory is not None:
+        checks.append(f.gpu_memory)
+        if f.held:
+            return checks
     checks.append(_applied(f.applied))
     if not f.applied.ok:
         return checks
@@ -419,14 +429,34 @@ class ModelFacts:
     invalid: str | None = None
     served_by: tuple[str, ...] = ()
     file: str | None = None
+    # The GGUF header: its condition (None when the operator reads no headers), and what it says.
+    header: Check | None = None
+    gguf: GGUFStatus | None = None
+    context_size: int | None = None
 
 
 def model_checks(f: ModelFacts) -> list[Check]:
     if f.invalid:
         return [invalid(f.invalid)]
     if f.served_by:
-        return [Check("Served", True, "Served", f"Served by InferencePool {', '.join(f.served_by)}.")]
-    return [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
+        checks = [Check("Served", True, "Served", f"Served by InferencePool {', '.join(f.served_by)}.")]
+    else:
+        checks = [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
+    if f.header is not None:
+        checks.append(f.header)
+    trained = f.gguf.trained_context if f.gguf is not None else 0
+    if trained and f.context_size is not None:
+        if f.context_size > trained:
+            message = (
+                f"spec.contextSize {f.context_size} is more than the {trained} tokens the model was trained for: "
+                "llama.cpp runs it, but answers past the trained context degrade (lower contextSize, or use a "
+                "model trained for a longer context)."
+            )
+            checks.append(Check("ContextFits", False, "ContextBeyondTraining", message, advisory=True))
+        else:
+            message = f"spec.contextSize {f.context_size} is within the trained context of {trained} tokens."
+            checks.append(Check("ContextFits", True, "WithinTraining", message, advisory=True))
+    return checks
 
 
 def model_status(
@@ -436,5 +466,6 @@ def model_status(
         observed_generation=generation,
         served_by=list(f.served_by),
         file=f.file,
+        gguf=f.gguf,
         conditions=conditions(model_checks(f), (previous or {}).get("conditions") or [], generation, now),
     )
