@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from localai_operator import fetch
 from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control.gpufit import Header
-from localai_operator.control.headers import Headers, read_source, source_of
+from localai_operator.control.headers import Headers, fetched_headers, read_source, source_of
 from localai_operator.control.queue import Key
 from localai_operator.testing.file_server import FileServer, serve_files
 from tests.unit.gguf_samples import GEMMA_FILE_SIZE, GEMMA_HEADER_BYTES, sparse_gemma
@@ -132,3 +134,46 @@ def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile
     assert seen[0] is None
     assert [h.serial for h in seen[1:] if h is not None] == [1, 1]
     assert len(calls) == 2
+
+
+def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:
+    terminated = {"exitCode": exit_code, "message": message}
+    return {
+        "status": {"initContainerStatuses": [{"name": "fetch-models", "state": {"terminated": terminated}}]}
+    }
+
+
+def test_fetch_models_reports_the_headers_it_downloaded_and_the_operator_reads_them_back(
+    models_dir: Path,
+) -> None:
+    items = [
+        fetch.Download("gemma", "gemma-header-only.gguf", "http://x/g.gguf", "A" * 64),
+        fetch.Download("page", "page.gguf", "http://x/p.gguf"),  # no GGUF: left out
+    ]
+    report = fetch.header_report(items, models_dir)
+    assert len(report) <= fetch.MAX_REPORT_BYTES
+    entries = fetched_headers(pod_with_report(report))
+    assert [(m, f, s) for m, f, s, _ in entries] == [("gemma", "gemma-header-only.gguf", "a" * 64)]
+    assert entries[0][3].architecture == "gemma3" and entries[0][3].file_size == GEMMA_FILE_SIZE
+
+    headers = Headers(lambda keys: None)
+    assert headers.report("ns", entries) == {"gemma"}
+    assert headers.report("ns", entries) == set()  # nothing new
+    found = headers.fetched("ns", "gemma", "gemma-header-only.gguf", "a" * 64)
+    assert found is not None and found.gguf == entries[0][3]
+    assert headers.fetched("ns", "gemma", "other.gguf", "a" * 64) is None  # another file: not this report
+    assert headers.fetched("other-ns", "gemma", "gemma-header-only.gguf", "a" * 64) is None
+
+
+def test_the_report_stays_within_the_kubelets_4_kib_and_hostile_reports_are_dropped(models_dir: Path) -> None:
+    items = [fetch.Download(f"m{i}", "gemma-header-only.gguf", "http://x/g.gguf") for i in range(20)]
+    report = fetch.header_report(items, models_dir)
+    assert len(report) <= fetch.MAX_REPORT_BYTES and 1 <= len(json.loads(report)["gguf"]) < 20
+    assert fetched_headers(pod_with_report(report, exit_code=1)) == []
+    assert fetched_headers(pod_with_report("not json")) == []
+    assert (
+        fetched_headers(pod_with_report('{"gguf": [{"model": "m", "file": "f", "gguf": {"layers": -1}}]}'))
+        == []
+    )
+    assert fetched_headers(pod_with_report('{"gguf": 7}')) == []
+    assert fetched_headers({"status": {}}) == []

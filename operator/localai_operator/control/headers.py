@@ -5,6 +5,10 @@ CONCURRENT at once, each in a thread: the parse is CPU work of up to seconds on 
 keys that asked are queued again. A result is kept per source (download URL and sha256), so a source is read once
 per process, not every pass; a failed read is tried again after RETRY_SECONDS.
 
+Where the operator cannot read a source, the pool's `fetch-models` init container reports the headers of the files
+it downloaded in its termination message (fetch.header_report), which the operator sees on the pod while it is
+Pending (`Headers.report`); a pass uses it for a model whose file and sha256 it names.
+
 A read is bounded: it asks for the first MAX_HEADER_BYTES (`Range: bytes=0-...`), stops as soon as the header
 is parsed, and gives up after DEADLINE_SECONDS in all (each socket read after TIMEOUT_SECONDS). A server that
 ignores Range is read the same way, up to the same bound. Sources that need a token (a gated Hugging Face
@@ -15,17 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.client import HTTPResponse
-from typing import Final
+from typing import Any, Final
+
+from pydantic import ValidationError
 
 from localai_operator import __version__
-from localai_operator.api.llmmodel import ModelSource
+from localai_operator.api.llmmodel import GGUFStatus, ModelSource
 from localai_operator.control.gpufit import Header
 from localai_operator.control.queue import Key
 from localai_operator.gguf.facts import gguf_status
@@ -100,6 +107,39 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+FETCH_CONTAINER = "fetch-models"
+MAX_REPORTED = 32
+
+
+def fetched_headers(pod: Mapping[str, Any]) -> list[tuple[str, str, str | None, GGUFStatus]]:
+    """(model, file, sha256, status.gguf) from the termination message of a pod's finished fetch-models container
+    (at most 4 KiB, the kubelet's bound; hostile: every entry is validated, invalid ones are dropped)."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if status.get("name") != FETCH_CONTAINER:
+            continue
+        terminated = (status.get("state") or {}).get("terminated") or {}
+        message = terminated.get("message")
+        if terminated.get("exitCode") != 0 or not isinstance(message, str) or len(message) > 4096:
+            return []
+        try:
+            entries = json.loads(message).get("gguf")
+        except (ValueError, AttributeError):
+            return []
+        found = []
+        for entry in entries[:MAX_REPORTED] if isinstance(entries, list) else []:
+            try:
+                model, file, sha = entry["model"], entry["file"], entry.get("sha256")
+                if not (isinstance(model, str) and isinstance(file, str) and isinstance(sha, str | None)):
+                    continue
+                found.append(
+                    (model, file, sha.lower() if sha else None, GGUFStatus.model_validate(entry["gguf"]))
+                )
+            except (KeyError, TypeError, AttributeError, ValidationError):
+                continue
+        return found
+    return []
+
+
 class Headers:
     def __init__(
         self,
@@ -114,6 +154,8 @@ class Headers:
         self._clock = clock
         self._known: OrderedDict[Source, tuple[Header, float]] = OrderedDict()
         self._reading: dict[Source, set[Key]] = {}
+        # (namespace, model) -> (file, sha256, header) as a pool's fetch-models reported it
+        self._fetched: OrderedDict[tuple[str, str], tuple[str, str | None, Header]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(CONCURRENT)
         self.reads = 0  # range reads started, for tests and metrics
@@ -158,6 +200,28 @@ class Headers:
         while len(self._known) > MAX_SOURCES:
             self._known.popitem(last=False)
         self._notify(self._reading.pop(source, set()))
+
+    def report(self, namespace: str, entries: list[tuple[str, str, str | None, GGUFStatus]]) -> set[str]:
+        """Keeps what a fetch-models container reported; returns the models whose header is new."""
+        changed = set()
+        for model, file, sha, gguf in entries:
+            known = self._fetched.get((namespace, model))
+            if known is not None and known[:2] == (file, sha) and known[2].gguf == gguf:
+                continue
+            header = Header("Read", next(self._counter), gguf=gguf, source="the fetch-models report")
+            self._fetched[(namespace, model)] = (file, sha, header)
+            self._fetched.move_to_end((namespace, model))
+            changed.add(model)
+        while len(self._fetched) > MAX_SOURCES:
+            self._fetched.popitem(last=False)
+        return changed
+
+    def fetched(self, namespace: str, model: str, file: str, sha256: str | None) -> Header | None:
+        """The header a fetch-models container reported for this model's current file (and sha256), if any."""
+        known = self._fetched.get((namespace, model))
+        if known is None or known[:2] != (file, sha256):
+            return None
+        return known[2]
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -183,7 +183,8 @@ NEEDS_TOKEN = Header(
 
 def _header(headers: Headers, asker: Key, model: pl.Body) -> Header | None:
     """A model's GGUF header as far as it is known (None: being read, and `asker` runs again when it is). One
-    that cannot be read now falls back on the status.gguf written for the same spec."""
+    that the operator cannot read falls back on what a pool's fetch-models reported for the same file, else on
+    the status.gguf written for the same spec."""
     try:
         source = ModelSource.model_validate((model.get("spec") or {}).get("source"))
     except ValidationError:
@@ -191,7 +192,10 @@ def _header(headers: Headers, asker: Key, model: pl.Body) -> Header | None:
     key = source_of(source)
     header = headers.get(key, asker) if key is not None else NEEDS_TOKEN
     if header is not None and header.state == "Unreadable":
-        return pl.stored_header(model) or header
+        name = str((model.get("metadata") or {}).get("name", ""))
+        sha = (source.sha256 or "").lower() or None
+        reported = headers.fetched(asker.namespace, name, source.file_name(), sha)
+        return reported or pl.stored_header(model) or header
     return header
 
 
