@@ -18,10 +18,17 @@ interleaved rounds, so drift in background load hits every target alike.
 
     python benchmarks/router.py [--seconds 4] [--rounds 3] [--litellm PATH] [--without nginx,litellm]
 
+The router runs from the dependency set the image installs (`--router-python shipped`, the default: a venv made
+from the wheels `pip wheel .` builds, as the Dockerfile does, cached by content), so the loop it runs on is the
+shipped one; `router-asyncio` is the same router with uvloop made unimportable (what the image ran before uvloop
+became a dependency), in the same run. Every router figure is labelled with the loop the router reported
+(`localai_router_build_info`).
+
 Then, with the router alone: time to first content token through the router vs direct on streams (the
 stand-in sends LocalAI v3.12's instant role chunk, the router holds it), and its peak RSS while N clients send
 max-size bodies at once (`--memory-clients`, default 8), to local and then to the cloud, against the memory
-limit the operator renders for a router (256 Mi).
+limit the operator renders for a router (256 Mi); and its RSS with the overload guard's cap of connections
+(`server.maxConnections` as rendered for 256 Mi) all holding a stream, and what the next connection gets.
 
 nginx: `apt-get install -y nginx`. LiteLLM: `pip install 'litellm[proxy]'` (any environment; pass
 the `litellm` executable with --litellm when it is not on PATH). Neither is a project dependency.
@@ -72,7 +79,7 @@ SSE_FIRST_TOKEN = 0.1
 # Request/response: the pinned LocalAI v4.9.0, whose role chunk comes with the first token; with nothing to
 # wait for, the stand-in writes the whole (instant) stream at once.
 PINNED_SHAPE = "with_first_token"
-TARGETS = ("direct", "router", "relay", "nginx", "litellm")
+TARGETS = ("direct", "router", "router-asyncio", "relay", "nginx", "litellm")
 PEERS = ("relay", "nginx", "litellm")
 STARTUP_SECONDS = 60.0
 INSTALL_HINTS = {
@@ -80,6 +87,67 @@ INSTALL_HINTS = {
     "litellm": "litellm not found on PATH: `pip install 'litellm[proxy]'` (a venv is fine; pass --litellm PATH)",
     "wrk": "wrk not found on PATH: install it with `apt-get update && apt-get install -y wrk`",
 }
+
+
+# --------------------------------------------------------------------------- the router as shipped
+
+REPO = Path(__file__).resolve().parents[1]
+WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; from localai_operator.cli import main; sys.exit(main())"
+)
+
+
+def shipped_python() -> Path:
+    """The python of a venv holding what the image installs: the wheels `pip wheel .` builds (the Dockerfile's
+    build stage), installed with --no-index. Cached by the content of pyproject.toml and the package."""
+    import hashlib
+
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes())
+    for path in sorted((REPO / "operator").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    root = Path.home() / ".cache" / "localai-operator" / "bench" / f"router-venv-{digest.hexdigest()[:12]}"
+    python = root / "venv" / "bin" / "python"
+    if python.exists():
+        return python
+    print(f"building the shipped dependency set in {root} (once per source change)", flush=True)
+    wheels = root / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)], check=True
+    )
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "localai-operator",
+        ],
+        check=True,
+    )
+    return python
+
+
+def router_argv(
+    args: argparse.Namespace, config: Path, port: int, *flags: str, asyncio_only: bool = False
+) -> list[str]:
+    """`localai-operator router` for `config` on `port`, from the chosen dependency set."""
+    python = str(args.router_python)
+    command = [python, "-c", WITHOUT_UVLOOP] if asyncio_only else [python, "-m", "localai_operator"]
+    return [*command, "router", "--config", str(config), "--host", HOST, "--port", str(port), *flags]
+
+
+def router_loop(base: str) -> str:
+    """The event loop a router reports in its build-info metric."""
+    import urllib.request
+
+    with urllib.request.urlopen(base.removesuffix("/v1") + "/metrics", timeout=5) as answer:
+        found = re.search(r'localai_router_build_info\{[^}]*loop="([a-z]+)"', answer.read().decode())
+    return found.group(1) if found else "unknown"
 
 
 # --------------------------------------------------------------------------- in-script servers
@@ -491,6 +559,8 @@ class Setup:
     failover: dict[str, dict[str, Target]] = field(default_factory=dict)  # scenario -> name -> target
     cloud: Target | None = None
     notes: list[str] = field(default_factory=list)
+    # The event loop each router target reported.
+    loops: dict[str, str] = field(default_factory=dict)
 
 
 def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> Setup:
@@ -518,21 +588,24 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
 
     # Our router, through its production entry point.
     env = {**os.environ, FALLBACK_API_KEY_ENV: API_KEY}
-    cli = shutil.which("localai-operator")
-    router_cmd = [cli] if cli else [sys.executable, "-m", "localai_operator"]
-    for scenario, config in router_configs(ports).items():
+    scenarios = list(router_configs(ports).items())
+    scenarios.append(("asyncio", router_configs(ports)["main"]))
+    for scenario, config in scenarios:
         path = workdir / f"router-{scenario}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         process = processes.command(
-            f"router-{scenario}",
-            [*router_cmd, "router", "--config", str(path), "--host", HOST, "--port", str(port)],
-            env,
+            f"router-{scenario}", router_argv(args, path, port, asyncio_only=scenario == "asyncio"), env
         )
         wait_for_port(port, deadline, lambda p=process: p.poll() is None)
-        target = Target("router", f"http://{HOST}:{port}/v1", pids=lambda pid=process.pid: [pid])
-        if scenario == "main":
+        name = "router-asyncio" if scenario == "asyncio" else "router"
+        target = Target(name, f"http://{HOST}:{port}/v1", pids=lambda pid=process.pid: [pid])
+        if scenario == "asyncio":
+            setup.request["router-asyncio"] = target
+            setup.loops["router-asyncio"] = router_loop(target.base)
+        elif scenario == "main":
             setup.request["router"] = target
+            setup.loops["router"] = router_loop(target.base)
         elif scenario == "sse":
             setup.sse["router"] = target
         else:
@@ -894,11 +967,9 @@ async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: P
     path = workdir / "router-memory.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
-    cli = shutil.which("localai-operator")
-    router_cmd = [cli] if cli else [sys.executable, "-m", "localai_operator"]
     process = processes.command(
         "router-memory",
-        [*router_cmd, "router", "--config", str(path), "--host", HOST, "--port", str(port)],
+        router_argv(args, path, port),
         {**os.environ, FALLBACK_API_KEY_ENV: API_KEY},
     )
     wait_for_port(port, time.monotonic() + STARTUP_SECONDS, lambda: process.poll() is None)
@@ -956,6 +1027,61 @@ async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: P
                 if line.startswith("localai_router_buffer_waits_total "):
                     result.waits = int(float(line.split()[1]))
     return result
+
+
+async def overload_rss(args: argparse.Namespace, processes: Processes, workdir: Path) -> str:
+    """The router's RSS with every connection its overload guard allows holding a stream (the config the
+    operator renders for 256 Mi, first-token budget raised so the streams stay open), and what one more gets."""
+    loop = args.loop
+    _, local = processes.spawn(
+        standin_process, "local", Behaviour(delay_before_first_chunk=3600), free_port(), loop
+    )
+    config = memory_config(local, free_port())
+    config["policy"]["firstTokenTimeoutMs"] = 600_000
+    cap = args.overload_cap or config["server"]["maxConnections"]
+    config["server"]["maxConnections"] = cap
+    path = workdir / "router-overload.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port, metrics_port = free_port(), free_port()
+    process = processes.command(
+        "router-overload",
+        router_argv(args, path, port, "--metrics-port", str(metrics_port)),
+        {**os.environ, FALLBACK_API_KEY_ENV: API_KEY},
+    )
+    wait_for_port(port, time.monotonic() + STARTUP_SECONDS, lambda: process.poll() is None)
+    base = f"http://{HOST}:{port}/v1/chat/completions"
+    body = {"model": LOCAL_MODEL, "messages": MESSAGES, "stream": True}
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        baseline = rss_kib(process.pid)["VmRSS"]
+
+        async def hold() -> None:
+            async with session.post(base, json=body) as response:
+                await response.read()
+
+        holders = [asyncio.create_task(hold()) for _ in range(cap)]
+        deadline = time.monotonic() + 120
+        held = 0.0
+        while time.monotonic() < deadline:
+            async with session.get(f"http://{HOST}:{metrics_port}/metrics") as response:
+                found = re.search(r"^localai_router_client_connections (\S+)$", await response.text(), re.M)
+            held = float(found.group(1)) if found else 0.0
+            if held >= cap:
+                break
+            await asyncio.sleep(0.2)
+        at_cap = rss_kib(process.pid)["VmRSS"]
+        async with aiohttp.ClientSession() as fresh, fresh.post(base, json=body) as response:
+            refused = f"{response.status} {(await response.json())['error']['code']}, Retry-After {response.headers.get('Retry-After')}"
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+    limit = memory_bytes(DEFAULT_MEMORY_LIMIT) or 1
+    return (
+        f"\n## Overload guard: {int(held)} of {cap} connections (server.maxConnections for {DEFAULT_MEMORY_LIMIT}) "
+        f"holding a stream\n- RSS {baseline / 1024:.0f} MiB idle, {at_cap / 1024:.0f} MiB at the cap = "
+        f"{at_cap * 1024 / limit:.2f}x the limit ({(at_cap - baseline) / max(held, 1):.1f} KiB per connection); "
+        f"one more connection: {refused}"
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -1096,7 +1222,8 @@ def report(
     for note in setup.notes:
         print(f"note: {note}")
     print()
-    print("| | " + " | ".join(names) + " |")
+    labels = {n: f"{n} ({setup.loops[n]})" if n in setup.loops else n for n in names}
+    print("| | " + " | ".join(labels[n] for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(cells.get(n, "") for n in names) + " |")
@@ -1106,7 +1233,8 @@ def report(
         print(footnote)
 
     router = summary["router"]
-    print("\n## Ratios, ours vs each peer (same run)")
+    loop = setup.loops.get("router", "unknown")
+    print(f"\n## Ratios, ours (router on {loop}) vs each peer (same run)")
     for peer in peers:
         p = summary[peer]
         parts = [
@@ -1121,13 +1249,20 @@ def report(
                 parts.append(
                     f"{scenario} failover: {ms(failovers[scenario, 'router'])} vs {ms(failovers[scenario, peer])} ms"
                 )
-        print(f"- router vs {peer}: " + "; ".join(parts))
+        print(f"- router ({loop}) vs {peer}: " + "; ".join(parts))
+    if "router-asyncio" in summary:
+        slow = summary["router-asyncio"]
+        print(
+            f"- router ({loop}) vs the same router on asyncio: RPS at {HIGH}: "
+            f"{times(router[f'rps_{HIGH}'], slow[f'rps_{HIGH}'])}, at {LOW}: "
+            f"{times(router[f'rps_{LOW}'], slow[f'rps_{LOW}'])}"
+        )
 
-    print("\n## Targets (issue 10)")
+    print(f"\n## Targets (issues 10 and 20; router on {loop})")
     relay_ratio = router[f"rps_{HIGH}"] / max(summary.get("relay", {}).get(f"rps_{HIGH}", 0), 1e-9)
     if "relay" in summary:
-        verdict = "met" if relay_ratio >= 0.85 else "NOT met"
-        print(f"- RPS >= 0.85x the bare aiohttp relay: {relay_ratio:.2f}x at {HIGH} clients -> {verdict}")
+        verdict = "met" if relay_ratio >= 0.9 else "NOT met"
+        print(f"- RPS >= 0.9x the bare aiohttp relay: {relay_ratio:.2f}x at {HIGH} clients -> {verdict}")
     if "litellm" in summary:
         ratio = router[f"rps_{HIGH}"] / max(summary["litellm"][f"rps_{HIGH}"], 1e-9)
         print(
@@ -1172,6 +1307,18 @@ def main() -> int:
         default="uvloop",
         help="event loop of the stand-ins and the aiohttp relay (the router picks its own)",
     )
+    parser.add_argument(
+        "--router-python",
+        default="shipped",
+        help="python the router runs with: shipped (a venv of the wheels the image installs, built once), "
+        "current (this interpreter), or a path",
+    )
+    parser.add_argument(
+        "--overload-cap",
+        type=int,
+        default=0,
+        help="connections for the overload phase (0: as rendered for 256 Mi)",
+    )
     parser.add_argument("--nginx", default=shutil.which("nginx") or "")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "")
@@ -1193,6 +1340,10 @@ def main() -> int:
         print("(or skip a peer with --without nginx,litellm)", file=sys.stderr)
         return 2
 
+    if args.router_python == "shipped":
+        args.router_python = shipped_python()
+    elif args.router_python == "current":
+        args.router_python = Path(sys.executable)
     # SIGTERM runs the finally below like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
@@ -1217,6 +1368,9 @@ def main() -> int:
         processes.stop()
         processes = Processes(workdir)
         memory_report(asyncio.run(memory_peak(args, processes, workdir)))
+        processes.stop()
+        processes = Processes(workdir)
+        print(asyncio.run(overload_rss(args, processes, workdir)))
         print(f"load average (1/5/15 min) at start: {load_at_start}; at end: {load_average()}")
     finally:
         processes.stop()

@@ -41,7 +41,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_router(args: argparse.Namespace) -> int:
     from localai_operator.router.server import main as router_main
 
-    return router_main(config_path=args.config, host=args.host, port=args.port, log_level=args.log_level)
+    return router_main(
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        metrics_port=args.metrics_port,
+    )
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.add_argument("--host", default="0.0.0.0")
     router.add_argument("--port", type=int, default=8080)
+    router.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /metrics, /readyz and /healthz on this port, without client keys (for scrapers)",
+    )
     router.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

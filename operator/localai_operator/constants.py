@@ -18,6 +18,9 @@ MODELS_PATH: Final = "/models"
 # Router (data plane)
 ROUTER_PORT: Final = 8080
 ROUTER_SERVICE_PORT: Final = 80
+# /metrics and /readyz's details for scrapers (the chart's PodMonitor, the operator's autoscaler): on routes with
+# client keys the API port answers them only with a key.
+ROUTER_METRICS_PORT: Final = 9090
 ROUTER_CONFIG_FILE: Final = "router.yaml"
 ROUTER_CONFIG_DIR: Final = "/etc/localai-operator/router"
 # The router's spend ledger (an emptyDir: it outlives a container restart).
@@ -25,6 +28,9 @@ ROUTER_STATE_DIR: Final = "/var/lib/localai-operator/router"
 FALLBACK_API_KEY_ENV: Final = "LOCALAI_OPERATOR_FALLBACK_API_KEY"
 # The pool's own LocalAI key (InferencePool.spec.apiKeySecretRef), sent to local instead of the client's.
 LOCAL_API_KEY_ENV: Final = "LOCALAI_OPERATOR_LOCAL_API_KEY"
+# The egress proxy's basic-auth credentials (FallbackRoute.spec.fallback.proxyCredentialsSecretRef).
+PROXY_USERNAME_ENV: Final = "LOCALAI_OPERATOR_PROXY_USERNAME"
+PROXY_PASSWORD_ENV: Final = "LOCALAI_OPERATOR_PROXY_PASSWORD"
 # One directory per client-key Secret (FallbackRoute.spec.auth), mounted into the router pod.
 ROUTER_CLIENT_KEYS_DIR: Final = "/etc/localai-operator/client-keys"
 SERVED_BY_HEADER: Final = "X-Served-By"

@@ -28,6 +28,8 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 16 * MIB
 # What the router holds of request bodies at once when the config does not say (the renderer derives it
 # from the router container's memory limit): six 16 MiB bodies next to a ~60 MiB process fit 256 MiB.
 DEFAULT_BODY_BUFFER_BYTES: Final = 96 * MIB
+# The caps of the overload guard when the config does not say (what the renderer derives from 256 Mi).
+DEFAULT_MAX_CONNECTIONS: Final = 1024
 URL_PATTERN: Final = r"^https?://[^\s]+$"
 
 # The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
@@ -114,6 +116,16 @@ class Policy(_Model):
             "of request bytes at once, derived from its memory limit: raise both together."
         ),
     )
+    client_body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest pause between two reads of a request body (nginx's client_body_timeout): a body that "
+            "stalls longer is answered 408 and its connection closed. The whole body must also arrive within "
+            "requestTimeoutSeconds."
+        ),
+    )
     queue_timeout_ms: int = Field(
         default=30000,
         ge=0,
@@ -142,6 +154,11 @@ class RouteRef(_Model):
     namespace: str = "default"
 
 
+class SliceWatch(_Model):
+    service: str = Field(description="The headless Service whose EndpointSlices list the pool's pods.")
+    namespace: str = Field(description="Its namespace.")
+
+
 class Discovery(_Model):
     url: str = Field(
         pattern=URL_PATTERN,
@@ -149,6 +166,11 @@ class Discovery(_Model):
     )
     interval_seconds: float = Field(
         default=5, gt=0, le=3600, description="How often the name is re-resolved."
+    )
+    endpoint_slices: SliceWatch | None = Field(
+        default=None,
+        description="Follow the Service's EndpointSlices through the Kubernetes API instead (a pod's readiness "
+        "within a second); DNS stays the fallback while the watch is unavailable.",
     )
 
 
@@ -234,8 +256,26 @@ class Fallback(_Model):
     input_price_per_million_tokens: float | None = Field(default=None, ge=0)
     output_price_per_million_tokens: float | None = Field(default=None, ge=0)
     paths: list[str] = Field(default_factory=lambda: list(DEFAULT_CLOUD_PATHS))
+    price_per_request: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD per request on paths whose answers carry no token usage (audio, images, moderations), "
+        'by path relative to /v1, e.g. {"/images/generations": 0.04}. On a route with a spend cap, such a path '
+        "without a price here never goes to the cloud: its spend could not be counted.",
+    )
     spend_cap: SpendCap | None = None
     spend_share: SpendShare | None = None
+    proxy_url: str | None = Field(
+        default=None,
+        alias="proxyURL",
+        description="HTTP proxy for the cloud hop (CONNECT, TLS inside); unset: HTTPS_PROXY / HTTP_PROXY from the "
+        "environment, with NO_PROXY.",
+    )
+    proxy_username_env: str | None = Field(
+        default=None, description="Environment variable holding the proxy's basic-auth user name."
+    )
+    proxy_password_env: str | None = Field(
+        default=None, description="Environment variable holding the proxy's basic-auth password."
+    )
 
     @property
     def input_price(self) -> float:
@@ -281,6 +321,20 @@ class Server(_Model):
         gt=0,
         le=3600,
         description="A connection must deliver a request's headers within this (also the idle keep-alive time).",
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        le=1_000_000,
+        description="Client connections served at once; a request on a connection beyond it is answered 503 "
+        "router_overloaded (rendered from the memory limit).",
+    )
+    max_waiting: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS // 2,
+        ge=0,
+        le=1_000_000,
+        description="Requests waiting at once for a slot, a pod or room for their body; one more is answered 503 "
+        "router_overloaded (rendered from the memory limit).",
     )
     state_directory: str | None = Field(
         default=None,

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from localai_operator.constants import LABEL_COMPONENT, LABEL_INSTANCE, ROUTER_PORT
+from localai_operator.api.kinds import INFERENCE_POOL
+from localai_operator.constants import LABEL_COMPONENT, LABEL_INSTANCE, ROUTER_METRICS_PORT, ROUTER_PORT
 from localai_operator.devcluster import REAL_NODE_LABEL, REAL_NODE_TOLERATION
 from localai_operator.devcluster.stack import POOL, ROUTE, SENSITIVE_ROUTE
 from tests.e2e.realstack import RESTRICTED, RealStack, pod_ready
@@ -55,12 +56,19 @@ class Metrics(http.server.BaseHTTPRequestHandler):
         pass
 
 http.server.ThreadingHTTPServer(("", PORT), Metrics).serve_forever()
-""".replace("PORT", str(ROUTER_PORT))
+""".replace("PORT", str(ROUTER_METRICS_PORT))
 
 
 def patch_pool(real: RealStack, spec: dict[str, Any]) -> None:
     real.kubectl(
-        "patch", "inferencepool", POOL, "-n", real.namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+        "patch",
+        INFERENCE_POOL.resource,
+        POOL,
+        "-n",
+        real.namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": spec}),
     )
 
 
@@ -120,8 +128,12 @@ def hostile_pod(real: RealStack) -> dict[str, Any]:
                     "image": real.images.operator,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["python", "-c", HOSTILE_SCRIPT],
-                    "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
-                    "readinessProbe": {"tcpSocket": {"port": ROUTER_PORT}, "periodSeconds": 1},
+                    # Serving where the operator scrapes a router pod: the metrics port.
+                    "ports": [
+                        {"name": "http", "containerPort": ROUTER_PORT},
+                        {"name": "metrics", "containerPort": ROUTER_METRICS_PORT},
+                    ],
+                    "readinessProbe": {"tcpSocket": {"port": ROUTER_METRICS_PORT}, "periodSeconds": 1},
                     "resources": {
                         "requests": {"cpu": "10m", "memory": "32Mi"},
                         "limits": {"memory": "128Mi"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localai_operator.api.kinds import INFERENCE_POOL
+from localai_operator.api.kinds import INFERENCE_POOL, LLM_MODEL
 from localai_operator.control import cache as c
 from localai_operator.control.cache import Cache
 
@@ -218,3 +218,11 @@ def test_an_hpa_is_matched_to_the_pool_it_scales_and_to_nothing_else() -> None:
 
     assert c.hpa_target_pool(hpa("InferencePool", "llm.localai-operator.io/v1alpha1")) == "gpu-pool"
     assert c.hpa_target_pool(hpa("Deployment", "apps/v1")) is None
+
+
+def test_the_identity_of_a_resource_is_read_without_unpacking_and_follows_our_newer_write() -> None:
+    cache = bound(models={("model", "ns", "m"): [obj("LLMModel", "m", "10")]})
+    assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "10", False)
+    cache.wrote(obj("LLMModel", "m", "11"))
+    assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "11", False)
+    assert cache.identity(LLM_MODEL, "ns", "gone") is None

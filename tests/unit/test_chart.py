@@ -13,6 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from localai_operator.api.route import FallbackRoute
+from localai_operator.render.route import slice_reader
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "localai-operator"
 KUBE_VERSION = "1.34.0"
@@ -222,6 +225,14 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
     assert granted["/nodes"] == {"get", "list", "watch"}
     assert granted["autoscaling/horizontalpodautoscalers"] == {"get", "list", "watch"}
     assert granted["discovery.k8s.io/endpointslices"] == {"get", "list", "watch"}
+    # RBAC's escalation check: the Role the operator renders for a router grants nothing the operator lacks.
+    route = FallbackRoute.parse(
+        {"metadata": {"name": "r", "namespace": "a"}, "spec": {"primary": {"poolRef": {"name": "p"}}}}
+    )
+    for rule in next(o for o in slice_reader(route) if o["kind"] == "Role")["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert set(rule["verbs"]) <= granted[f"{group}/{resource}"], resource
     assert granted["/events"] == granted["events.k8s.io/events"] == {"create", "patch"}
     assert set(granted) == {
         f"{GROUP}/{plural}{sub}"
@@ -238,6 +249,9 @@ def test_secrets_and_pods_are_read_only_and_nothing_else_is_granted(helm: str, t
         "apps/deployments",
         "policy/poddisruptionbudgets",
         "networking.k8s.io/networkpolicies",
+        "/serviceaccounts",
+        "rbac.authorization.k8s.io/roles",
+        "rbac.authorization.k8s.io/rolebindings",
         "/nodes",
         "autoscaling/horizontalpodautoscalers",
         "discovery.k8s.io/endpointslices",
@@ -440,7 +454,8 @@ def test_the_router_pod_monitor_is_off_by_default_and_scrapes_every_router_pod_w
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     [endpoint] = monitor["spec"]["podMetricsEndpoints"]
     assert (
-        endpoint["port"] == pod["spec"]["containers"][0]["ports"][0]["name"]
+        endpoint["port"] == "metrics"
+        and "metrics" in {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
         and endpoint["path"] == "/metrics"
     )
     assert monitor["spec"]["namespaceSelector"] == {"any": True}

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 
 from localai_operator.api.kinds import Kind
-from localai_operator.constants import FALLBACK_API_KEY_ENV, ROUTER_PORT
+from localai_operator.constants import FALLBACK_API_KEY_ENV, ROUTER_METRICS_PORT, ROUTER_PORT
 from localai_operator.control import cache as c
 from localai_operator.control.cache import Cache
 from localai_operator.control.elastic import Elastic
-from localai_operator.router.server import create_app
+from localai_operator.router.server import ROUTER, create_app, create_metrics_app
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, refused_url
 from localai_operator.wire import RouterConfig, period_of
 from tests.unit.router.conftest import API_KEY, chat_body, route_config
@@ -48,15 +48,21 @@ async def cloud() -> AsyncIterator[OpenAIStandIn]:
 
 @pytest.fixture
 async def router_pod(cloud: OpenAIStandIn) -> AsyncIterator[StartRouter]:
-    """Starts a router "pod" on `address`:8080 whose local upstream refuses, so every answer is the cloud's."""
+    """Starts a router "pod" on `address`:8080 (metrics on 9090) whose local upstream refuses, so every answer is the cloud's."""
     runners: list[web.AppRunner] = []
 
     async def start(address: str) -> str:
         config = RouterConfig.model_validate(route_config(refused_url(), cloud.url))
-        runner = web.AppRunner(create_app(config, env={FALLBACK_API_KEY_ENV: API_KEY}))
+        app = create_app(config, env={FALLBACK_API_KEY_ENV: API_KEY})
+        runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, address, ROUTER_PORT).start()
         runners.append(runner)
+        # As the rendered pod does: the operator scrapes the metrics port.
+        metrics = web.AppRunner(create_metrics_app(app[ROUTER]))
+        await metrics.setup()
+        await web.TCPSite(metrics, address, ROUTER_METRICS_PORT).start()
+        runners.append(metrics)
         return f"http://{address}:{ROUTER_PORT}/v1/chat/completions"
 
     yield start
@@ -176,7 +182,7 @@ async def test_an_unreadable_router_pod_publishes_nothing() -> None:
 
 
 class MetricsServer:
-    """A pod's /metrics on `address`:8080 answering `body` (or `size` bytes of junk, streamed)."""
+    """A pod's /metrics on `address`:9090 answering `body` (or `size` bytes of junk, streamed)."""
 
     def __init__(self, body: str = "", size: int = 0) -> None:
         self.body, self.size = body, size
@@ -204,7 +210,7 @@ class MetricsServer:
         app.router.add_get("/metrics", metrics)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        await web.TCPSite(self.runner, address, ROUTER_PORT).start()
+        await web.TCPSite(self.runner, address, ROUTER_METRICS_PORT).start()
         return self
 
     async def stop(self) -> None:

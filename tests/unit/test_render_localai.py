@@ -515,13 +515,17 @@ def downloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return loaded
 
 
-def test_localai_and_router_pods_mount_no_service_account_token() -> None:
-    assert pod(render())["automountServiceAccountToken"] is False
+def test_localai_pods_mount_no_service_account_token_and_router_pods_only_their_own() -> None:
+    localai = pod(render())
+    assert localai["automountServiceAccountToken"] is False and "serviceAccountName" not in localai
     route = FallbackRoute.parse(
         {"metadata": {"name": "chat", "namespace": "ai"}, "spec": {"primary": {"poolRef": {"name": "p"}}}}
     )
     router = by_kind(route_objects(route), "Deployment")["spec"]["template"]["spec"]
-    assert router["automountServiceAccountToken"] is False
+    # Never the namespace's default ServiceAccount: the router's own (EndpointSlices of its namespace, read only),
+    # its token as an explicit projected volume.
+    assert router["automountServiceAccountToken"] is False and router["serviceAccountName"] == "chat-router"
+    assert [v["name"] for v in router["volumes"] if "projected" in v] == ["kube-api-access"]
 
 
 def test_every_emptydir_has_a_size_limit_and_the_models_one_follows_the_declared_sizes() -> None:

@@ -155,6 +155,12 @@ def test_rendered_route_objects_with_every_option_pass_strict_schema_validation(
             nodeSelector={"a": "b"},
             tolerations=[{"operator": "Exists"}],
             policy={"maxRequestBytes": 1048576},
+            networkPolicy={
+                "enabled": True,
+                "allowedPods": [{"app": "billing"}],
+                "allowedNamespaces": ["web"],
+                "metricsNamespaces": ["monitoring"],
+            },
         ),
         local_key_ref=SecretKeyRef(name="p", key="k"),
         local_key_version="7",
@@ -170,3 +176,77 @@ def test_router_pods_keep_the_labels_the_pool_network_policy_admits() -> None:
         labels["app.kubernetes.io/name"] == "localai-router"
         and labels["app.kubernetes.io/component"] == "router"
     )
+
+
+def test_a_route_that_can_spend_a_cloud_key_without_auth_admits_only_its_namespace_by_default() -> None:
+    policy = of_kind(route_objects(route()), "NetworkPolicy")
+    api, metrics = policy["spec"]["ingress"]
+    assert api == {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]
+    operator = {"app.kubernetes.io/name": "localai-operator", "app.kubernetes.io/component": "operator"}
+    assert metrics["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": operator}}]
+    labels = of_kind(route_objects(route()), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize(
+    ("spec", "rendered"),
+    [
+        ({"auth": {"clientKeySecrets": [{"name": "k"}]}}, False),
+        ({"networkPolicy": {"enabled": False}}, False),
+        ({"fallback": None}, False),
+        ({"fallback": None, "networkPolicy": {"enabled": True}}, True),
+    ],
+    ids=["auth", "switched-off", "no-fallback", "switched-on"],
+)
+def test_the_route_network_policy_is_on_by_default_only_where_a_cloud_key_is_open(
+    spec: dict[str, Any], rendered: bool
+) -> None:
+    objects = route_objects(route(**spec))
+    assert any(o["kind"] == "NetworkPolicy" for o in objects) is rendered
+
+
+def test_a_pool_routes_router_reads_endpoint_slices_with_its_own_service_account_only() -> None:
+    objects = route_objects(route())
+    account, role, binding = (
+        of_kind(objects, "ServiceAccount"),
+        of_kind(objects, "Role"),
+        of_kind(objects, "RoleBinding"),
+    )
+    assert account["metadata"]["name"] == "chat-router" and account["automountServiceAccountToken"] is False
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chat-router", "namespace": "ai"}]
+    spec = pod_spec(objects)
+    assert spec["serviceAccountName"] == "chat-router" and spec["automountServiceAccountToken"] is False
+    [volume] = [v for v in spec["volumes"] if v["name"] == "kube-api-access"]
+    assert [next(iter(source)) for source in volume["projected"]["sources"]] == [
+        "serviceAccountToken",
+        "configMap",
+        "downwardAPI",
+    ]
+    watch = config_of(objects)["local"]["discovery"]["endpointSlices"]
+    assert watch == {"service": "gpu-pool-pods", "namespace": "ai"}
+
+
+def test_a_url_route_gets_no_service_account_and_no_token() -> None:
+    objects = route_objects(route(primary={"url": "http://workstation.lan:8080/v1"}))
+    assert not {"ServiceAccount", "Role", "RoleBinding"} & {o["kind"] for o in objects}
+    spec = pod_spec(objects)
+    assert "serviceAccountName" not in spec and spec["automountServiceAccountToken"] is False
+    assert all(v["name"] != "kube-api-access" for v in spec["volumes"])
+
+
+def test_the_egress_proxy_and_its_credentials_secret_are_rendered_into_the_router() -> None:
+    fallback = {**FALLBACK, "proxyURL": "http://proxy.corp:3128", "proxyCredentialsSecretRef": {"name": "px"}}
+    objects = route_objects(route(fallback=fallback))
+    config = config_of(objects)["fallback"]
+    assert config["proxyURL"] == "http://proxy.corp:3128"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod_spec(objects)["containers"][0]["env"]}
+    assert env[config["proxyUsernameEnv"]] == {"name": "px", "key": "username", "optional": True}
+    assert env[config["proxyPasswordEnv"]] == {"name": "px", "key": "password", "optional": True}

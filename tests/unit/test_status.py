@@ -82,3 +82,16 @@ def test_a_status_differing_only_in_transition_times_is_not_written_again() -> N
     stored = {k: v for k, v in stored.items() if v is not None}  # the API server drops nulls
     assert st.unchanged(stored, st.patch_of(st.pool_status(POOL, None, 1, LATER)))
     assert not st.unchanged(stored, st.patch_of(st.pool_status(POOL, None, 2, LATER)))
+
+
+def test_a_route_open_to_the_cluster_says_so_in_a_warning_condition_without_failing_ready() -> None:
+    from localai_operator.control.status import RouteFacts, route_checks
+
+    facts = RouteFacts(name="chat", namespace="ai", primary="x", fallback=True, open_to_cluster=True)
+    checks = {c.type: c for c in route_checks(facts)}
+    warning = checks["OpenToCluster"]
+    assert (warning.ok, warning.reason) == (True, "NoAuthNoNetworkPolicy")
+    assert "spec.auth" in warning.message and "spec.networkPolicy" in warning.message
+    assert "OpenToCluster" not in {
+        c.type for c in route_checks(RouteFacts(name="c", namespace="ai", fallback=True))
+    }

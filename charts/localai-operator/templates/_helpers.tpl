@@ -105,9 +105,18 @@ namespace, a Role in each watched namespace otherwise.
 - apiGroups: [apps]
   resources: [replicasets]
   verbs: [get]
-# One NetworkPolicy per pool, admitting only the routers to LocalAI.
+# One NetworkPolicy per pool, admitting only the routers to LocalAI, and one per route, admitting its clients.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
+  verbs: [get, list, watch, create, update, patch, delete]
+# A pool route's router reads the pool's EndpointSlices with a ServiceAccount and a namespaced read-only Role
+# of its own; the operator holds what that Role grants (endpointslices get/list/watch above), as RBAC's
+# escalation check requires.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, create, update, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
 {{- end -}}
 

@@ -24,6 +24,12 @@ class Kind:
     def version(self) -> str:
         return self.api_version.rpartition("/")[2]
 
+    @property
+    def resource(self) -> str:
+        """`plural.group`, the name kubectl resolves to this kind alone: other groups may serve the same kind and
+        plural (the Gateway API Inference Extension's InferencePool)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
     def path(self, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
         """The API server path of the collection, or of one object (and its subresource)."""
         base = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
@@ -47,6 +53,10 @@ PERSISTENT_VOLUME_CLAIM = Kind("PersistentVolumeClaim", "v1", "persistentvolumec
 DEPLOYMENT = Kind("Deployment", "apps/v1", "deployments")
 POD_DISRUPTION_BUDGET = Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets")
 NETWORK_POLICY = Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies")
+# A pool route's router reads its pool's EndpointSlices with its own ServiceAccount and a namespaced Role.
+SERVICE_ACCOUNT = Kind("ServiceAccount", "v1", "serviceaccounts")
+ROLE = Kind("Role", "rbac.authorization.k8s.io/v1", "roles")
+ROLE_BINDING = Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings")
 
 POD = Kind("Pod", "v1", "pods")
 NODE = Kind("Node", "v1", "nodes", namespaced=False)
@@ -75,6 +85,9 @@ OWNED: tuple[Kind, ...] = (
     DEPLOYMENT,
     POD_DISRUPTION_BUDGET,
     NETWORK_POLICY,
+    SERVICE_ACCOUNT,
+    ROLE,
+    ROLE_BINDING,
 )
 KINDS: dict[str, Kind] = {
     k.kind: k

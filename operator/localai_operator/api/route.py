@@ -10,7 +10,15 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
-from localai_operator.api.base import Condition, CustomResource, LocalObjectRef, Resources, SecretKeyRef, Spec
+from localai_operator.api.base import (
+    DNS_LABEL,
+    Condition,
+    CustomResource,
+    LocalObjectRef,
+    Resources,
+    SecretKeyRef,
+    Spec,
+)
 from localai_operator.api.kinds import FALLBACK_ROUTE
 from localai_operator.api.pool import Toleration
 from localai_operator.constants import (
@@ -96,6 +104,30 @@ class Fallback(Spec):
         description="Most the route may spend on the cloud per UTC day or month; then it is local-only "
         "(reason budget_exhausted, in status and metrics) until the period ends. Unset: no cap.",
     )
+    price_per_request: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "USD per request on paths whose answers carry no token usage (audio, images, moderations), by path "
+            'relative to /v1, e.g. {"/images/generations": 0.04}, for the cost metrics and the spend cap. With a '
+            "spendCap, such a path without a price here never goes to the cloud: its spend could not be counted."
+        ),
+    )
+    proxy_url: str | None = Field(
+        default=None,
+        alias="proxyURL",
+        pattern=r"^http://[^\s]+$",
+        max_length=2048,
+        description=(
+            "HTTP proxy for the cloud hop, e.g. http://proxy.corp:3128: an HTTP CONNECT tunnel with TLS inside, to "
+            "the provider. Unset: HTTPS_PROXY / HTTP_PROXY from the router's environment, with NO_PROXY. Local "
+            "traffic and the cluster's own names (*.svc, *.cluster.local) never go through a proxy."
+        ),
+    )
+    proxy_credentials_secret_ref: LocalObjectRef | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (keys username and password) for the proxy's basic auth.",
+    )
     paths: list[ApiPath] = Field(
         default_factory=lambda: list(DEFAULT_CLOUD_PATHS),
         max_length=64,
@@ -117,6 +149,37 @@ class Auth(Spec):
             "(never the key). Clients send `Authorization: Bearer <key>` or `x-api-key: <key>`; a missing or "
             "wrong key is answered 401. Keys may be rotated in place: the router re-reads them."
         ),
+    )
+
+
+class RouteNetworkPolicy(Spec):
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Render a NetworkPolicy that admits, on the router's API port, only pods of the route's namespace "
+            "(or allowedPods among them) and of allowedNamespaces; its metrics port only the operator and "
+            "metricsNamespaces. Unset: on when the route has a cloud fallback and no spec.auth (anyone who can "
+            "reach it could spend the cloud key). Needs a CNI that enforces NetworkPolicy."
+        ),
+    )
+    allowed_pods: list[dict[str, str]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Label selectors (matchLabels) of the pods of the route's namespace that may call it; empty: "
+        "every pod of the namespace.",
+    )
+    allowed_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Namespaces whose pods may also call the route.",
+    )
+    metrics_namespaces: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Namespaces whose pods may scrape the router's metrics port (your Prometheus); the operator "
+        "always may.",
     )
 
 
@@ -148,6 +211,9 @@ class FallbackRouteSpec(Spec):
         default_factory=Policy, description="How the router chooses between local and the cloud."
     )
     auth: Auth | None = Field(default=None, description="Client keys; omitted: the route accepts any client.")
+    network_policy: RouteNetworkPolicy = Field(
+        default_factory=RouteNetworkPolicy, description="Who may reach the router pods."
+    )
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
     resources: Resources | None = Field(
         default=None,
@@ -204,3 +270,14 @@ class FallbackRoute(CustomResource):
     def fallback_active(self) -> bool:
         fb = self.spec.fallback
         return fb is not None and fb.enabled and not self.spec.policy.sensitive
+
+    @property
+    def network_policy_enabled(self) -> bool:
+        """spec.networkPolicy.enabled, by default on when the route can spend a cloud key and checks no client key."""
+        enabled = self.spec.network_policy.enabled
+        return enabled if enabled is not None else (self.fallback_active and self.spec.auth is None)
+
+    @property
+    def open_to_cluster(self) -> bool:
+        """Any pod of the cluster could spend the route's cloud key: no client keys and no NetworkPolicy."""
+        return self.fallback_active and self.spec.auth is None and not self.network_policy_enabled

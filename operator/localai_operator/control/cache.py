@@ -75,6 +75,7 @@ class Packed:
     name: str
     uid: str
     resource_version: str
+    deleting: bool
     raw: bytes
 
     def body(self) -> dict[str, Any]:
@@ -90,6 +91,7 @@ def pack(body: Mapping[str, Any]) -> Packed:
         str(meta.get("name", "")),
         str(meta.get("uid", "")),
         str(meta.get("resourceVersion", "")),
+        bool(meta.get("deletionTimestamp")),
         pydantic_core.to_json(slimmed),
     )
 
@@ -251,6 +253,23 @@ class Cache:
         if written is not None and same_object and _version(written) > _number(seen.resource_version):
             return written
         return seen.body()
+
+    def identity(self, kind: Kind, namespace: str, name: str) -> tuple[str, str, bool] | None:
+        """(uid, resourceVersion, being deleted) of what get() would return, without unpacking it."""
+        index, tag = INDEX_OF[kind.kind]
+        values = list(self._values(index, (tag, namespace, name)))
+        if not values:
+            return None
+        seen: Packed = values[-1]
+        written = self._fresh((kind.kind, namespace, name))
+        if (
+            written is not None
+            and written["metadata"].get("uid") == seen.uid
+            and _version(written) > _number(seen.resource_version)
+        ):
+            meta = written["metadata"]
+            return str(meta.get("uid")), str(meta.get("resourceVersion")), bool(meta.get("deletionTimestamp"))
+        return seen.uid, seen.resource_version, seen.deleting
 
     def keys(self, kind: Kind) -> list[tuple[str, str]]:
         """(namespace, name) of every object of a custom kind: what a resync enqueues."""

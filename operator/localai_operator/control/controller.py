@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Hashable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,8 @@ class Options:
 
 @dataclass(frozen=True)
 class Controller:
-    """Shared by every handler: Kopf gives each object a shallow copy of its memo, so every field here is an
-    object that all copies share, and none is ever reassigned."""
+    """Shared by every handler: Kopf gives each object a shallow copy of its memo, which is this very object (no
+    field is ever reassigned, and no handler keeps anything per object on it)."""
 
     api: Api
     settings: RenderSettings
@@ -60,8 +60,10 @@ class Controller:
     renders: Renders = field(default_factory=Renders)
     secrets: Secrets = field(init=False)
     headers: Headers = field(init=False)
-    last_inputs: dict[Key, Hashable] = field(default_factory=dict)  # each key's inputs at its last good pass
-    refused_inputs: dict[Key, Hashable] = field(default_factory=dict)  # and at its last refusal
+    last_inputs: dict[Key, int] = field(
+        default_factory=dict
+    )  # (a hash of) each key's inputs at its last good pass
+    refused_inputs: dict[Key, int] = field(default_factory=dict)  # and at its last refusal
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # Kopf has indexed every listed object
     active: asyncio.Event = field(default_factory=asyncio.Event)  # leading, and not shutting down
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -70,6 +72,10 @@ class Controller:
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
         object.__setattr__(self, "headers", Headers(self._header_read))
+
+    def __copy__(self) -> Controller:
+        """Kopf copies the memo for every object it sees: all copies would share every field anyway."""
+        return self
 
     @property
     def context(self) -> Context:
@@ -86,7 +92,13 @@ class Controller:
         )
 
     def _header_read(self, keys: set[Key]) -> None:
+        self.header_known(keys)
+
+    def header_known(self, keys: set[Key]) -> None:
+        """A GGUF header was read or reported: the passes that asked for it run again, even over inputs that are
+        otherwise unchanged (a model's fingerprint does not hold its header)."""
         for key in keys:
+            self.last_inputs.pop(key, None)
             self.queue.add(key)
 
     def enqueue(

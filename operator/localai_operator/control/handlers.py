@@ -31,6 +31,7 @@ from localai_operator.control.controller import Controller
 from localai_operator.control.headers import fetched_headers
 from localai_operator.control.kube import login as kube_login
 from localai_operator.control.plan import routes_clashing_with
+from localai_operator.control.queue import Key
 from localai_operator.render.common import ROUTER_COMPONENT
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
@@ -247,8 +248,7 @@ async def pod_changed(body: kopf.Body, namespace: str | None, memo: Controller, 
         memo.enqueue(INFERENCE_POOL.kind, _ns(namespace), pool, background=True)
         # Its fetch-models may have reported the headers of models the operator could not read itself.
         reported = memo.headers.report(_ns(namespace), fetched_headers(body))
-        if reported:
-            memo.enqueue(LLM_MODEL.kind, _ns(namespace), reported)
+        memo.header_known({Key(LLM_MODEL.kind, _ns(namespace), model) for model in reported})
 
 
 @kopf.on.event(*_on(NODE), id="node")

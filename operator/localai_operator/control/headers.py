@@ -173,7 +173,7 @@ class Headers:
             return None
         if known is not None:
             # A failed read is tried again, but the pass keeps its result meanwhile (pools do not wait on it again).
-            self._start(source, set())
+            self._start(source, {asker})
             return known[0]
         self._start(source, {asker})
         return None

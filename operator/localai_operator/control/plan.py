@@ -91,12 +91,19 @@ def _version(body: Body | None) -> tuple[Any, Any] | None:
     return meta.get("uid"), meta.get("resourceVersion")
 
 
+def model_fingerprint(version: tuple[Any, Any] | None, served_by: tuple[str, ...]) -> Hashable:
+    """A model's fingerprint from its (uid, resourceVersion) and the pools serving it: all a model pass reads,
+    so a resync can tell an unchanged model without unpacking its body. (Its GGUF header too: whoever learns a
+    new one forgets the model's last inputs, Controller.header_known.)"""
+    return (version, served_by)
+
+
 def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
     """What a pass depends on, by identity: every input object's resourceVersion and the facts derived from the
     caches. Equal fingerprints make equal plans and statuses, so a pass over unchanged inputs (most of a resync)
     has nothing to do and can stop here."""
     if isinstance(observed, ModelObserved):
-        return (_version(observed.body), observed.served_by, _header_version(observed.header))
+        return model_fingerprint(_version(observed.body), observed.served_by)
     owned = tuple(sorted((key, _version(body)) for key, body in observed.owned.items()))
     secrets = tuple(sorted(observed.secrets.items()))
     if isinstance(observed, RouteObserved):
@@ -468,6 +475,7 @@ def plan_route(observed: RouteObserved, settings: RenderSettings, renders: Rende
         primary=primary_url(route),
         sensitive=route.spec.policy.sensitive,
         fallback=route.fallback_active,
+        open_to_cluster=route.open_to_cluster,
         replicas=route.spec.replicas,
         endpoint=route_endpoint(route),
     )

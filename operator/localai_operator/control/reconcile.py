@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,9 +73,10 @@ class Context:
     settings: RenderSettings
     queue: WorkQueue
     secrets: Secrets
-    last_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
-    # What each key's pass depended on when it was last refused (a slow failure).
-    refused_inputs: dict[Key, Hashable] = dataclasses.field(default_factory=dict)
+    # The hash of each key's inputs (plan.fingerprint) at its last good pass, and of what it depended on
+    # (plan.dependencies) when it was last refused (a slow failure).
+    last_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
+    refused_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
     clock: Callable[[], str] = now
     headers: Headers | None = None  # the models' GGUF headers; None: the operator reads none
 
@@ -83,6 +84,8 @@ class Context:
 async def reconcile(key: Key, ctx: Context) -> Failure | None:
     """Runs the pass of `key`; returns why it has to run again (None: done until something changes)."""
     kind = of(key.kind)
+    if kind is LLM_MODEL and _model_unchanged(ctx, key):
+        return None  # most of a resync: ten models to a pool, and nothing to unpack to know
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         ctx.last_inputs.pop(key, None)
@@ -92,10 +95,10 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     if any(found is None for found in secrets.values()):
         ctx.queue.add_after(key, RECHECK_SECONDS)  # no watch tells when it appears
     observed = _gather(ctx.cache, kind, key, body, secrets, ctx.headers)
-    inputs = pl.fingerprint(observed)
+    inputs = hash(pl.fingerprint(observed))
     if ctx.last_inputs.get(key) == inputs:
         return None  # the last pass saw exactly this and succeeded
-    depends_on = pl.dependencies(observed)
+    depends_on = hash(pl.dependencies(observed))
     if ctx.queue.held(key):
         if ctx.refused_inputs.get(key) == depends_on:
             return HELD  # an owned object's status moved, a resync: nothing the refusal depends on
@@ -114,6 +117,15 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
         if failure.slow:
             ctx.refused_inputs[key] = depends_on
     return failure
+
+
+def _model_unchanged(ctx: Context, key: Key) -> bool:
+    """Whether a model's last pass saw what the caches hold now (pl.fingerprint of a ModelObserved)."""
+    identity = ctx.cache.identity(LLM_MODEL, key.namespace, key.name)
+    if identity is None or identity[2]:
+        return False
+    seen = pl.model_fingerprint((identity[0], identity[1]), ctx.cache.served_by(key.namespace, key.name))
+    return ctx.last_inputs.get(key) == hash(seen)
 
 
 def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]:

@@ -356,6 +356,8 @@ class RouteFacts:
     replicas: int = 1
     endpoint: str | None = None
     cost: RouteCost | None = None
+    # Any pod of the cluster could spend the cloud key: no spec.auth and no NetworkPolicy.
+    open_to_cluster: bool = False
 
 
 def route_checks(f: RouteFacts) -> list[Check]:
@@ -390,6 +392,17 @@ def route_checks(f: RouteFacts) -> list[Check]:
         return checks
     else:
         checks.append(Check("FallbackReady", True, "SecretFound", "The fallback API key Secret is present."))
+    if f.open_to_cluster:
+        # A warning, not a failure: the route works, and anyone who can reach it may spend its cloud key.
+        checks.append(
+            Check(
+                "OpenToCluster",
+                True,
+                "NoAuthNoNetworkPolicy",
+                "Any pod in the cluster can spend this route's cloud key: set spec.auth.clientKeySecrets or "
+                "spec.networkPolicy.enabled (on by default without auth).",
+            )
+        )
     checks.append(_applied(f.applied))
     if not f.applied.ok:
         return checks

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from localai_operator.constants import SERVED_BY_LOCAL
 from localai_operator.router import body as bodies
-from localai_operator.router.paths import ApiPath
+from localai_operator.router import codec
+from localai_operator.router.paths import ApiPath, StreamFormat
 from localai_operator.router.policy import FallbackReason
 from localai_operator.router.upstream import Cloud, Route
 
@@ -46,6 +47,8 @@ class Attempt:
     committed: bool = False
     # Why a request that would have had a cloud has none (the spend cap is reached), for the metrics.
     blocked: str | None = None
+    # The cloud was asked for a stream's usage that the client did not ask for: its usage event is not relayed.
+    usage_hidden: bool = False
 
     @property
     def client_stream(self) -> bool:
@@ -73,4 +76,12 @@ class Attempt:
             return self.raw
         model = cloud.fallback.cloud_model(self.body.model, cloud_lists)
         drop = [m.key for m in self.body.members if m.key in bodies.LOCALAI_ONLY_FIELDS]
-        return self.body.rewritten(drop=drop, put={"model": bodies.json_string(model)})
+        put = {"model": bodies.json_string(model)}
+        if self.body.stream and self.api.stream in (StreamFormat.CHAT, StreamFormat.COMPLETION):
+            # OpenAI-style providers send a stream's usage only when asked: without it the spend goes uncounted.
+            options = self.body.value("stream_options")
+            options = options if isinstance(options, dict) else {}
+            if options.get("include_usage") is not True:
+                self.usage_hidden = True
+                put["stream_options"] = codec.dumps({**options, "include_usage": True})
+        return self.body.rewritten(drop=drop, put=put)

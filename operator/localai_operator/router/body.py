@@ -92,6 +92,16 @@ class JsonBody:
     def has(self, key: str) -> bool:
         return any(m.key == key for m in self.members)
 
+    def value(self, key: str) -> Any:
+        """The decoded value of a top-level member (meant for small ones), None when absent or malformed."""
+        for member in self.members:
+            if member.key == key:
+                try:
+                    return json.loads(self.raw[member.value_start : member.end])
+                except ValueError:
+                    return None
+        return None
+
     def appended(self, keys: frozenset[str], members: bytes) -> bytes | None:
         """A small object with `members` (`"key":value,...`, the members named `keys`) added after its last
         member, in one buffer; None when the body already has one of `keys` or is large (then `rewritten`,
@@ -292,16 +302,19 @@ def _members_large(raw: Buffer) -> list[Member]:
 
 
 def parse(raw: Buffer) -> JsonBody:
-    """Scan a JSON object's top level; raises BodyError."""
-    members = _members_small(raw) if len(raw) <= SMALL_BODY else _members_large(raw)
-    model: str | None = None
-    stream = False
-    for key, _, value_start, end in members:
-        if key == "model" and raw[value_start] == _QUOTE:
-            text = bytes(raw[value_start + 1 : end - 1])
-            model = text.decode() if b"\\" not in text else json.loads(raw[value_start:end])
-        elif key == "stream":
-            stream = raw[value_start:end] == b"true"
+    """Scan a JSON object's top level; raises BodyError (invalid UTF-8 in a key or in `model` included)."""
+    try:
+        members = _members_small(raw) if len(raw) <= SMALL_BODY else _members_large(raw)
+        model: str | None = None
+        stream = False
+        for key, _, value_start, end in members:
+            if key == "model" and raw[value_start] == _QUOTE:
+                text = bytes(raw[value_start + 1 : end - 1])
+                model = text.decode() if b"\\" not in text else json.loads(raw[value_start:end])
+            elif key == "stream":
+                stream = raw[value_start:end] == b"true"
+    except UnicodeDecodeError as err:
+        raise _error("invalid UTF-8", err.start) from err
     return JsonBody(raw, members, model, stream)
 
 

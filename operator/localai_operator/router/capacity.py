@@ -6,7 +6,9 @@ the integral of in-flight over time, so a burst between two scrapes is seen in f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
+from typing import Final
 
 
 class Demand:
@@ -94,31 +96,55 @@ class Waiters:
                 waiter.set_result(None)
 
 
+# A client chooses the model name (up to a whole body's size): a queue is keyed by at most this much of it.
+MAX_MODEL_KEY: Final = 256
+
+
+def model_key(model: str | None) -> str | None:
+    """A bounded key for a client-chosen model name: itself when short, else a digest of it."""
+    if model is None or len(model) <= MAX_MODEL_KEY:
+        return model
+    return "sha256:" + hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class Queues:
     """One queue of waiters per model (a freed slot of one model is no use to a request for another), shared
-    by every config snapshot of a router."""
+    by every config snapshot of a router. A queue exists only while someone waits in it, keyed by a bounded
+    name, so client-chosen model names cannot pile up."""
 
     __slots__ = ("_by_model",)
 
     def __init__(self) -> None:
         self._by_model: dict[str | None, Waiters] = {}
 
-    def of(self, model: str | None) -> Waiters:
-        found = self._by_model.get(model)
+    def __len__(self) -> int:
+        """Models with a queue now."""
+        return len(self._by_model)
+
+    async def wait(self, model: str | None, timeout: float, *, front: bool = False) -> bool:
+        """Wait in `model`'s queue until woken (True) or `timeout` seconds pass (False)."""
+        key = model_key(model)
+        found = self._by_model.get(key)
         if found is None:
-            found = self._by_model[model] = Waiters()
-        return found
+            found = self._by_model[key] = Waiters()
+        try:
+            return await found.wait(timeout, front=front)
+        finally:
+            if not found._queue and self._by_model.get(key) is found:
+                del self._by_model[key]
 
     def waiting(self, model: str | None) -> int:
-        found = self._by_model.get(model)
+        found = self._by_model.get(model_key(model))
         return len(found) if found is not None else 0
 
     def freed(self, model: str | None) -> None:
         """A slot of `model` was given back."""
-        found = self._by_model.get(model)
+        if not self._by_model:
+            return
+        found = self._by_model.get(model_key(model))
         if found is not None:
             found.wake_one()
 
     def wake_all(self) -> None:
-        for waiters in self._by_model.values():
+        for waiters in list(self._by_model.values()):
             waiters.wake_all()

@@ -59,12 +59,15 @@ class PodDiscovery:
         on_change: Callable[[list[str]], None],
         resolver: Resolver = resolve,
         hurry: Callable[[], bool] = lambda: False,
+        standing_by: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`standing_by`: True while something better (the EndpointSlice watch) follows the pods."""
         self.url = url
         self.interval = interval
         self.on_change = on_change
         self.resolver = resolver
         self.hurry = hurry
+        self.standing_by = standing_by
         self.current: list[str] | None = None
         self._woken = asyncio.Event()
 
@@ -92,6 +95,9 @@ class PodDiscovery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), interval)
             self._woken.clear()
+            if self.standing_by():
+                self.current = None  # report afresh once it is needed again
+                continue
             try:
                 await self.resolve_once()
             except Exception:

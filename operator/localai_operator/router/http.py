@@ -4,14 +4,16 @@ Why not aiohttp's client: on this hot path it costs more CPU per request than ev
 does (measured in benchmarks/router.py's notes); this one does only what the two hops need. What it does:
 - keep-alive connections per origin (scheme, host, port), idle ones closed after `keepalive` seconds;
 - one request per connection at a time; the body written in slices with write-side flow control;
-- responses framed by Content-Length, chunked transfer coding or connection close; 1xx skipped; no body
-  for HEAD, 204 and 304; `Connection: close` and HTTP/1.0 answers are not reused;
+- responses parsed strictly (`framing.py`: RFC 9112's grammar, bounded), framed by Content-Length, chunked
+  transfer coding or connection close; 1xx skipped; no body for HEAD, 204 and 304; `Connection: close` and
+  HTTP/1.0 answers are not reused; a malformed answer fails its request (`Malformed`) and its connection;
 - read-side flow control: a slow reader pauses the socket (bounded memory for large answers);
 - a connect timeout, a deadline for the whole exchange, TLS with certificate checks (https).
 A request is never re-sent: like Go's transport for a POST, a connection that breaks after the request was
 written is the caller's failure to handle. Idle connections are dropped well before servers close them
-(`keepalive`), and one the server already closed is never picked. No redirects, cookies, proxies or
-compression: the router follows none and asks for identity encoding.
+(`keepalive`), and one the server already closed is never picked. An egress proxy when the caller names one
+(`proxy.py`): CONNECT with TLS inside for https, absolute form for http. No redirects, cookies or compression:
+the router follows none and asks for identity encoding.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ from typing import Final, cast
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from localai_operator.router.framing import MalformedResponse, ResponseParser
+from localai_operator.router.proxy import Proxy
+
 Segment = bytes | bytearray | memoryview
+# (scheme, host, port, proxy URL or "") of the target: connections through a proxy are pooled apart.
+Origin = tuple[str, str, int, str]
 
 _READ_HIGH: Final = 256 * 1024  # buffered answer bytes before the socket is paused
 _WRITE_HIGH: Final = 1024 * 1024  # transport buffer before a body write waits
 _SLICE: Final = 256 * 1024  # large bodies are written in slices of this size
-_MAX_HEAD: Final = 64 * 1024
-_NO_BODY_STATUS: Final = frozenset({204, 304})
+_MAX_TUNNEL_HEAD: Final = 16 * 1024  # the proxy's answer to CONNECT
 
 
 class UpstreamError(Exception):
@@ -50,16 +56,18 @@ class ResponseError(UpstreamError):
     """The connection broke or the answer was malformed after the request was sent."""
 
 
-def _line(buffer: bytes, pos: int) -> tuple[bytes, int] | None:
-    """The CRLF-ended line at `pos` and the position after it; None until it is complete."""
-    end = buffer.find(b"\r\n", pos)
-    return None if end < 0 else (buffer[pos:end], end + 2)
+class ProxyRefused(ConnectError):
+    """The egress proxy answered CONNECT with anything but 2xx (407: wrong or missing credentials)."""
+
+
+class Malformed(ResponseError):
+    """The answer broke HTTP/1.1's grammar or the client's bounds (`framing.py`)."""
 
 
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the parser of the answer in progress."""
 
-    def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
+    def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -68,7 +76,9 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.response: Response | None = None
-        self._buffer = b""
+        # While a CONNECT tunnel is being set up: the proxy's answer head as it arrives, and who waits for it.
+        self._tunnel: asyncio.Future[bytes] | None = None
+        self._tunnel_head = b""
         self._drain: asyncio.Future[None] | None = None
         self._paused_writing = False
 
@@ -87,6 +97,8 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._tunnel is not None and not self._tunnel.done():
+            self._tunnel.set_exception(ConnectError("the egress proxy closed the connection during CONNECT"))
         self.closed = True
         self.pool.forget(self)
         if self._drain is not None and not self._drain.done():
@@ -97,92 +109,63 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self.response
+        if self._tunnel is not None:
+            self._tunnel_data(data)
+            return
         if response is None:
             # Bytes with no request outstanding: the server misbehaves; do not reuse this connection.
             self.abort()
             return
-        self._buffer = self._buffer + data if self._buffer else data
         try:
-            self._parse(response)
-        except ResponseError as err:
-            response._fail(err)
+            response._parser.feed(data)
+        except MalformedResponse as err:
+            response._fail(Malformed(str(err)))
             self.abort()
+            return
+        if response._state == "eof":
+            self._finished(response)
 
-    # -- parsing
+    def _tunnel_data(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        assert tunnel is not None
+        head = self._tunnel_head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self._tunnel_head = head
+            if len(head) > _MAX_TUNNEL_HEAD and not tunnel.done():
+                tunnel.set_exception(ConnectError("the egress proxy's answer to CONNECT is too large"))
+            return
+        self._tunnel, self._tunnel_head = None, b""
+        if tunnel.done():
+            return
+        if end + 4 != len(head):
+            tunnel.set_exception(ConnectError("the egress proxy sent bytes after its answer to CONNECT"))
+        else:
+            tunnel.set_result(head[:end])
 
-    def _parse(self, response: Response) -> None:
-        buffer = self._buffer
-        pos = 0
-        size = len(buffer)
-        try:
-            while pos < size:
-                state = response._state
-                if state == "chunk-size":
-                    found = _line(buffer, pos)
-                    if found is None:
-                        return
-                    line, pos = found
-                    try:
-                        size_of_chunk = int(line.split(b";", 1)[0] if b";" in line else line, 16)
-                    except ValueError as err:
-                        raise ResponseError(f"malformed chunk size {line[:20]!r}") from err
-                    if size_of_chunk == 0:
-                        response._state = "trailers"
-                    else:
-                        response._left = size_of_chunk
-                        response._state = "chunk-data"
-                elif state == "chunk-data":
-                    pos = response._take(buffer, pos)
-                    if response._left == 0:
-                        response._state = "chunk-end"
-                elif state == "chunk-end":
-                    if size - pos < 2:
-                        return
-                    if buffer[pos : pos + 2] != b"\r\n":
-                        raise ResponseError("malformed chunk end")
-                    pos += 2
-                    response._state = "chunk-size"
-                elif state == "head":
-                    end = buffer.find(b"\r\n\r\n", pos)
-                    if end < 0:
-                        if size - pos > _MAX_HEAD:
-                            raise ResponseError("the upstream's response head is too large")
-                        return
-                    head = buffer[pos:end]
-                    pos = end + 4
-                    response._head(head)
-                    if response._state == "done":
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "length":
-                    pos = response._take(buffer, pos)
-                    if response._left == 0:
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "trailers":
-                    found = _line(buffer, pos)
-                    if found is None:
-                        return
-                    line, pos = found
-                    if not line:
-                        self._finished(response, buffer, pos)
-                        return
-                elif state == "until-close":
-                    response._feed(buffer[pos:] if pos else buffer)
-                    pos = size
-                    return
-                else:
-                    return
-        finally:
-            if self.response is response:
-                self._buffer = buffer[pos:] if pos < size else b""
+    async def tunnel(self, proxy: Proxy, host: str, port: int) -> None:
+        """CONNECT to `host`:`port` through the proxy this connection goes to; raises ProxyRefused."""
+        transport = self.transport
+        assert transport is not None
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        self._tunnel = self.loop.create_future()
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = await self._tunnel
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ProxyRefused(f"the egress proxy {proxy.url} answered CONNECT with {status_line[:60]!r}")
+        if not 200 <= int(parts[1]) < 300:
+            reason = status_line.decode("latin-1", "replace")[9:80]
+            raise ProxyRefused(f"the egress proxy {proxy.url} refused CONNECT {authority}: {reason}")
 
-    def _finished(self, response: Response, buffer: bytes, pos: int) -> None:
-        keep = response._keep_alive and pos == len(buffer)
-        self._buffer = b""
+    def _finished(self, response: Response) -> None:
+        parser = response._parser
         self.response = None
-        response._eof()
-        if keep:
+        if parser.keep_alive and not parser.extra:
             self.pool.release(self)
         else:
             self.abort()
@@ -229,7 +212,7 @@ class _Connection(asyncio.Protocol):
 
 
 class Response:
-    """The status and headers of an answer, and its body as it arrives."""
+    """The status and headers of an answer, and its body as it arrives (the parser's sink)."""
 
     __slots__ = (
         "_chunks",
@@ -237,8 +220,7 @@ class Response:
         "_deadline",
         "_discard",
         "_error",
-        "_keep_alive",
-        "_left",
+        "_parser",
         "_paused",
         "_size",
         "_state",
@@ -257,9 +239,9 @@ class Response:
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.content_type = ""
         self.content_length: int | None = None
+        self._parser = ResponseParser(self, head_request)
+        # "head" until the status and headers are parsed, "body", then "eof" once the body ended.
         self._state = "head"
-        self._keep_alive = True
-        self._left = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._paused = False
@@ -268,56 +250,22 @@ class Response:
         self._deadline: asyncio.TimerHandle | None = None
         self._discard = False
 
-    # -- fed by the connection
+    # -- fed by the parser
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ResponseError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
-        try:
-            status = int(parts[1])
-        except ValueError as err:
-            raise ResponseError(f"malformed status line {lines[0][:60]!r}") from err
-        if 100 <= status < 200:
-            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        fields = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise ResponseError("malformed header line")
-            fields.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
-        headers: CIMultiDict[str] = CIMultiDict(fields)
-        self.status = status
-        self.headers = CIMultiDictProxy(headers)
-        content_type = headers.get("Content-Type", "")
+    def head_parsed(self, parser: ResponseParser) -> None:
+        self.status = parser.status
+        self.headers = parser.headers
+        self.content_length = parser.content_length
+        content_type = parser.headers.get("Content-Type", "")
         self.content_type = content_type.split(";", 1)[0].strip().lower()
-        connection = headers.get("Connection", "").lower()
-        http10 = parts[0] == b"HTTP/1.0"
-        self._keep_alive = ("keep-alive" in connection) if http10 else ("close" not in connection)
-        encoding = headers.get("Transfer-Encoding", "").lower()
-        length = headers.get("Content-Length")
-        if self.head_request or status in _NO_BODY_STATUS:
-            self._state = "done"
-        elif "chunked" in encoding:
-            self._state = "chunk-size"
-        elif length is not None:
-            try:
-                self._left = self.content_length = int(length)
-            except ValueError as err:
-                raise ResponseError(f"malformed Content-Length {length[:20]!r}") from err
-            self._state = "length" if self._left else "done"
-        else:
-            self._state = "until-close"
-            self._keep_alive = False
+        self._state = "body"
         self._wake()
 
-    def _take(self, buffer: bytes, pos: int) -> int:
-        """Feed what the framing still expects of the body from `buffer` at `pos`; the position after it."""
-        take = min(self._left, len(buffer) - pos)
-        self._feed(buffer[pos : pos + take] if pos or take < len(buffer) else buffer)
-        self._left -= take
-        return pos + take
+    def body(self, data: bytes) -> None:
+        self._feed(data)
+
+    def ended(self) -> None:
+        self._eof()
 
     def _feed(self, data: bytes) -> None:
         if not data or self._discard:
@@ -342,10 +290,10 @@ class Response:
         self._wake()
 
     def _connection_lost(self, exc: Exception | None) -> None:
-        if self._state == "until-close":
-            self._eof()
-            return
         if self._state == "eof":
+            return
+        if self._parser.until_close:
+            self._parser.closed()
             return
         self._fail(ResponseError(f"the upstream closed the connection{f': {exc}' if exc else ''}"))
 
@@ -439,9 +387,11 @@ class Pool:
 
     def __init__(self, keepalive: float, tls: ssl.SSLContext | None = None) -> None:
         self.keepalive = keepalive
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._tls = tls or ssl.create_default_context()
+        # The last failure of each egress proxy, until a tunnel through it succeeds (the router's /readyz).
+        self.proxy_problems: dict[str, str] = {}
 
     def release(self, connection: _Connection) -> None:
         if connection.closed:
@@ -456,7 +406,7 @@ class Pool:
             idle.remove(connection)
         self._all.discard(connection)
 
-    def _take_idle(self, origin: tuple[str, str, int], now: float) -> _Connection | None:
+    def _take_idle(self, origin: Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
@@ -465,24 +415,43 @@ class Pool:
             connection.abort()
         return None
 
-    async def _open(self, origin: tuple[str, str, int], connect_timeout: float) -> _Connection:
-        scheme, host, port = origin
+    async def _open(self, origin: Origin, connect_timeout: float, proxy: Proxy | None) -> _Connection:
+        scheme, host, port, _ = origin
         loop = asyncio.get_running_loop()
+        tls = scheme == "https"
+        dial_host, dial_port = (proxy.host, proxy.port) if proxy is not None else (host, port)
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
+                transport, connection = await loop.create_connection(
                     lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=self._tls if scheme == "https" else None,
-                    server_hostname=host if scheme == "https" else None,
+                    dial_host,
+                    dial_port,
+                    ssl=self._tls if tls and proxy is None else None,
+                    server_hostname=host if tls and proxy is None else None,
                 )
+                if proxy is not None and tls:
+                    try:
+                        await connection.tunnel(proxy, host, port)
+                    except ProxyRefused as err:
+                        self.proxy_problems[proxy.url] = str(err)
+                        transport.abort()
+                        raise
+                    # TLS inside the tunnel, to the target: the proxy sees only ciphertext.
+                    upgraded = await loop.start_tls(transport, connection, self._tls, server_hostname=host)
+                    assert upgraded is not None
+                    connection.transport = upgraded
+                if proxy is not None:
+                    self.proxy_problems.pop(proxy.url, None)
         except TimeoutError as err:
-            raise ConnectTimeout(
-                f"connecting to {host}:{port} took longer than {connect_timeout:g}s"
-            ) from err
-        except (OSError, ssl.SSLError) as err:
-            raise ConnectError(f"cannot connect to {host}:{port}: {err}") from err
+            where = f"{host}:{port}" + (f" through the egress proxy {proxy.url}" if proxy is not None else "")
+            raise ConnectTimeout(f"connecting to {where} took longer than {connect_timeout:g}s") from err
+        except ProxyRefused:
+            raise
+        except (OSError, ssl.SSLError, ConnectError) as err:
+            where = f"{host}:{port}" + (f" through the egress proxy {proxy.url}" if proxy is not None else "")
+            if proxy is not None and not isinstance(err, ssl.SSLError):
+                self.proxy_problems[proxy.url] = f"the egress proxy {proxy.url} is unreachable: {err}"
+            raise ConnectError(f"cannot connect to {where}: {err}") from err
         self._all.add(connection)
         return connection
 
@@ -518,18 +487,24 @@ class Client:
         *,
         connect_timeout: float,
         timeout: float,
+        proxy: Proxy | None = None,
     ) -> Response:
+        """`proxy`: an https target is reached through a CONNECT tunnel to it, an http one in absolute form."""
         scheme = url.scheme
         host = url.raw_host
         if scheme not in _DEFAULT_PORTS or not host:
             raise ConnectError(f"cannot send to {url!s}: only absolute http and https URLs")
         port = url.port or _DEFAULT_PORTS[scheme]
-        origin = (scheme, host, port)
+        origin = (scheme, host, port, proxy.url if proxy is not None else "")
         length = sum(len(s) for s in body)
         host_header = host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
         if ":" in host and not host.startswith("["):
             host_header = f"[{host}]" if port == _DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
-        lines = [f"{method} {url.raw_path_qs} HTTP/1.1", f"Host: {host_header}"]
+        plain_proxy = proxy is not None and scheme == "http"
+        target = f"http://{host_header}{url.raw_path_qs}" if plain_proxy else url.raw_path_qs
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
+        if plain_proxy and proxy is not None and proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
         lines.extend(f"{name}: {value}" for name, value in headers)
         if length or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {length}")
@@ -539,7 +514,9 @@ class Client:
         deadline = loop.time() + timeout
         connection = self.pool._take_idle(origin, loop.time())
         if connection is None:
-            connection = await self.pool._open(origin, min(connect_timeout, max(0.0, deadline - loop.time())))
+            connection = await self.pool._open(
+                origin, min(connect_timeout, max(0.0, deadline - loop.time())), proxy
+            )
         response = Response(connection, method == "HEAD")
         connection.response = response
         response._deadline = loop.call_at(deadline, response._expire)

@@ -1,14 +1,16 @@
 """Admission of one /v1 request: the path, the client key, the rate limit, then the body, read once into
 a bounded buffer; the request then goes to the listing or, as an `Attempt`, to the relay.
 
-Memory: every body is held once, in a buffer of exactly its size (or growing up to `maxRequestBytes`
-when its size is unknown), and the router holds at most `server.bodyBufferBytes` of bodies at once; a
-request that would exceed that waits, unread, until room is free (TCP pushes back on its sender).
+Memory: every body is held once, in a buffer that grows as its bytes arrive (up to `maxRequestBytes`), and
+the router holds at most `server.bodyBufferBytes` of bodies at once, taken as the bytes arrive: a connection
+that sends headers and no body holds nothing, one whose body stalls for `policy.clientBodyTimeoutSeconds` is
+answered 408, and a body that finds no room waits, unread (TCP pushes back on its sender).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -23,8 +25,9 @@ from localai_operator.router.attempt import Attempt
 from localai_operator.router.auth import INVALID, MISSING, ClientKeys, presented_key
 from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import RouterMetrics
+from localai_operator.router.overload import CONNECTIONS, RETRY_AFTER_SECONDS, Guard, Overloaded
 from localai_operator.router.paths import Budget
-from localai_operator.router.policy import BUDGET_EXHAUSTED, retry_after_header
+from localai_operator.router.policy import BUDGET_EXHAUSTED, UNPRICED, retry_after_header
 from localai_operator.router.relay import Relay
 from localai_operator.router.upstream import API_PREFIX, Route
 
@@ -39,90 +42,154 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyBuffer:
-    """A byte budget for request bodies, granted first come, first served."""
+class BufferFull(Exception):
+    """No room came for a body's next bytes in time, or the router had to refuse one body so that the others
+    could finish."""
 
-    def __init__(self, capacity: int) -> None:
+
+class BodyBuffer:
+    """A byte budget for request bodies, taken once their bytes arrive, granted first come, first served.
+
+    A connection that sent headers and no body holds none of it. A body of unknown size takes it piece by piece:
+    when every body holding budget waits for more (together they exceed it), the youngest is refused (503) and
+    gives its bytes back, so the others finish instead of all waiting until they time out."""
+
+    def __init__(self, capacity: int, guard: Guard | None = None) -> None:
         self.capacity = capacity
+        self.guard = guard
         self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.holders = 0
+        # Takes that had to wait for room (a counter metric).
+        self.waits = 0
+        self._seq = itertools.count()
+        self._waiters: deque[tuple[Claim, int, asyncio.Future[None]]] = deque()
+
+    def claim(self) -> Claim:
+        return Claim(self, next(self._seq))
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, waiter in self._waiters if not waiter.done())
+
+    def _grant(self, claim: Claim, size: int) -> None:
+        if not claim.held:
+            self.holders += 1
+        self.used += size
+        claim.held += size
 
     def _wake(self) -> None:
         while self._waiters:
-            size, waiter = self._waiters[0]
+            claim, size, waiter = self._waiters[0]
             if waiter.done():
                 self._waiters.popleft()
             elif self.used + size <= self.capacity:
                 self._waiters.popleft()
-                self.used += size
+                self._grant(claim, size)
                 waiter.set_result(None)
             else:
                 break
 
-    def try_take(self, size: int) -> bool:
-        """Reserve `size` bytes if there is room now and nobody is waiting."""
-        size = min(size, self.capacity)
-        if not self._waiters and self.used + size <= self.capacity:
-            self.used += size
-            return True
-        return False
+    def _break_deadlock(self) -> None:
+        blocked = [(c, w) for c, _, w in self._waiters if c.held and not w.done()]
+        if blocked and len(blocked) == self.holders:
+            _, waiter = max(blocked, key=lambda entry: entry[0].seq)
+            waiter.set_exception(BufferFull("refused so that the bodies that came before it can finish"))
 
-    async def take(self, size: int, timeout: float) -> bool:
-        """Reserve `size` bytes (at most the whole budget); False when no room came within `timeout`."""
-        if self.try_take(size):
-            return True
-        size = min(size, self.capacity)
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((size, waiter))
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        except BaseException as err:
-            if waiter.done() and not waiter.cancelled():
-                self.give(size)  # granted just as the wait ended
-            else:
-                waiter.cancel()
-                self._wake()
-            if isinstance(err, TimeoutError):
-                return False
-            raise
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= min(size, self.capacity)
+    def _give(self, claim: Claim) -> None:
+        if claim.held:
+            self.used -= claim.held
+            self.holders -= 1
+            claim.held = 0
         self._wake()
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | bytearray:
-    """The whole body, decoded when the client sent it compressed; BodyTooLarge beyond `limit`."""
+class Claim:
+    """The budget one request's body holds."""
+
+    __slots__ = ("buffer", "held", "seq")
+
+    def __init__(self, buffer: BodyBuffer, seq: int) -> None:
+        self.buffer = buffer
+        self.seq = seq
+        self.held = 0
+
+    def take_now(self, size: int) -> bool:
+        buffer = self.buffer
+        if not buffer._waiters and buffer.used + size <= buffer.capacity:
+            buffer._grant(self, size)
+            return True
+        return False
+
+    async def take(self, size: int, timeout: float) -> None:
+        """`size` more bytes, waiting for room up to `timeout`; raises BufferFull."""
+        if self.take_now(size):
+            return
+        buffer = self.buffer
+        if buffer.guard is not None:
+            buffer.guard.check_waiting(buffer.waiting)
+        buffer.waits += 1
+        size = min(size, buffer.capacity)
+        waiter = asyncio.get_running_loop().create_future()
+        buffer._waiters.append((self, size, waiter))
+        buffer._break_deadlock()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError as err:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                return  # granted just as the wait ended
+            waiter.cancel()
+            buffer._wake()
+            raise BufferFull("no room for the body within policy.requestTimeoutSeconds") from err
+        except BaseException:
+            if not waiter.done():
+                waiter.cancel()
+            buffer._wake()
+            raise
+
+    def release(self) -> None:
+        self.buffer._give(self)
+
+
+async def read_body(
+    request: web.Request, limit: int, claim: Claim, idle: float, timeout: float
+) -> bytes | bytearray:
+    """The whole body, decoded when the client sent it compressed, its budget taken as it arrives; raises
+    BodyTooLarge beyond `limit`, TimeoutError when no byte came for `idle` seconds, BufferFull when no room
+    came within `timeout`."""
     if not request.body_exists:
         return b""
+    content = request.content
     length = request.content_length
     decoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
     if length is not None and not decoded:
         if length > limit:
             raise BodyTooLarge
-        if length <= _SMALL_BODY:
-            return await request.read()
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        at = 0
-        while at < length:
-            chunk = await request.content.readany()
-            if not chunk:
-                raise ConnectionResetError("the client closed the connection before sending its whole body")
-            view[at : at + len(chunk)] = chunk
-            at += len(chunk)
-        view.release()
-        return buffer
-    grown = bytearray()
+        if length <= _SMALL_BODY and content.is_eof():
+            raw = await request.read()  # already received: nothing to wait for
+            if not claim.take_now(len(raw)):
+                await claim.take(len(raw), timeout)
+            return raw
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    # A body of known size takes its whole room once its first bytes came, so it never waits half-read; one of
+    # unknown size (chunked, compressed) takes room piece by piece.
+    known = length if length is not None and not decoded else None
+    body = bytearray()
     while True:
-        chunk = await request.content.readany()
+        async with asyncio.timeout(min(idle, deadline - loop.time())):
+            chunk = await content.readany()
         if not chunk:
-            return grown
-        if len(grown) + len(chunk) > limit:
+            break
+        if len(body) + len(chunk) > limit:
             raise BodyTooLarge
-        grown += chunk
+        wanted = len(chunk) if known is None else (known if not body else 0)
+        if wanted and not claim.take_now(wanted):
+            await claim.take(wanted, deadline - loop.time())
+        body += chunk
+    if length is not None and not decoded and len(body) != length:
+        raise ConnectionResetError("the client closed the connection before sending its whole body")
+    return body
 
 
 class Intake:
@@ -137,7 +204,9 @@ class Intake:
         buffer: BodyBuffer,
         metrics: RouterMetrics,
         clock: Callable[[], float],
+        guard: Guard,
     ) -> None:
+        self.guard = guard
         self.route = route
         self.keys = keys
         self.relay = relay
@@ -180,7 +249,27 @@ class Intake:
             code="unknown_endpoint",
         )
 
+    def _overloaded(self, err: Overloaded) -> web.Response:
+        log.debug("refused: %s", err)
+        response = self._refuse(
+            503,
+            f"the router is overloaded: {err}; retry shortly",
+            code="router_overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+        if err.what == CONNECTIONS:
+            response.force_close()
+        return response
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.guard.admits(request):
+            return self._overloaded(self.guard.refuse_connection())
+        try:
+            return await self._handle(request)
+        except Overloaded as err:
+            return self._overloaded(err)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         route = self.route()
         started = self.clock()
         path = request.path[len(API_PREFIX) :]
@@ -230,31 +319,28 @@ class Intake:
         length = request.content_length
         if length is not None and length > limit and "Content-Encoding" not in request.headers:
             return self._too_large(limit)
-        known = length is not None and "Content-Encoding" not in request.headers
-        reserved = length if known and length is not None else (limit if request.body_exists else 0)
-        timeout = route.config.policy.request_timeout_seconds
-        if not self.buffer.try_take(reserved):
-            self.metrics.buffer_waits.inc()
-            if not await self.buffer.take(reserved, timeout):
-                return self._refuse(
-                    503,
-                    "the router is holding as many request bodies as its memory allows; retry shortly",
-                    code="router_busy",
-                    headers={"Retry-After": "1"},
-                )
+        policy = route.config.policy
+        claim = self.buffer.claim()
         attempt: Attempt | None = None
         try:
             try:
-                if request.content.is_eof():
-                    raw = await read_body(request, limit)  # already received: nothing to wait for
-                else:
-                    async with asyncio.timeout(timeout):
-                        raw = await read_body(request, limit)
+                raw = await read_body(
+                    request, limit, claim, policy.client_body_timeout_seconds, policy.request_timeout_seconds
+                )
             except BodyTooLarge:
                 return self._too_large(limit)
+            except BufferFull as err:
+                return self._refuse(
+                    503,
+                    f"the router is holding as many request bodies as its memory allows ({err}); retry shortly",
+                    code="router_busy",
+                    headers={"Retry-After": "1"},
+                )
             except TimeoutError:
                 return self._refuse(
-                    408, "the request body did not arrive within policy.requestTimeoutSeconds"
+                    408,
+                    f"the request body stalled (no byte for {policy.client_body_timeout_seconds:g}s: "
+                    "policy.clientBodyTimeoutSeconds) or took longer than policy.requestTimeoutSeconds",
                 )
             parsed: bodies.JsonBody | None = None
             content_type = request.content_type
@@ -275,12 +361,21 @@ class Intake:
                 cloud.fallback.spend_cap, cloud.fallback.spend_share
             ):
                 cloud, blocked = None, BUDGET_EXHAUSTED  # local-only until the period ends
+            elif (
+                cloud is not None
+                and not api.token_usage
+                and cloud.fallback.spend_cap is not None
+                and path not in cloud.fallback.price_per_request
+            ):
+                cloud, blocked = None, UNPRICED  # its spend could not be counted
             budget = route.budget if cloud is not None and api.budget is not Budget.NONE else None
             deadline = asyncio.get_running_loop().time() + budget if budget is not None else None
             attempt = Attempt(
                 request, route, api, path, started, raw, parsed, key_name, cloud, deadline, blocked=blocked
             )
             return await self.relay.run(attempt)
+        except Overloaded:
+            raise
         except Exception:
             if attempt is not None and attempt.committed:
                 raise  # the answer has started: aiohttp closes the connection
@@ -289,7 +384,7 @@ class Intake:
                 500, "the router failed to handle this request; see its log", code="router_error"
             )
         finally:
-            self.buffer.give(reserved)
+            claim.release()
 
     def _too_large(self, limit: int) -> web.Response:
         return self._refuse(

@@ -45,6 +45,8 @@ class Ledger:
         self._periods: tuple[str, str] = ("", "")
         self._boundary = 0.0
         self._dirty = False
+        # Estimated cost of the requests on their way to the cloud now (see `admit`).
+        self.reserved = 0.0
         self.load()
 
     # ------------------------------------------------------------------ periods
@@ -83,10 +85,8 @@ class Ledger:
         if kind == SPEND:
             self.save()  # money: on disk before the next request asks whether the cap is reached
 
-    def exhausted(self, cap: SpendCap | None, share: SpendShare | None) -> bool:
-        """This replica has spent its share of the cap for the current period."""
-        if cap is None:
-            return False
+    def allowance(self, cap: SpendCap, share: SpendShare | None) -> float:
+        """What this replica may spend in the cap's current period: its share of what earlier pods left."""
         period = self.current(cap.period)
         carried = 0.0
         replicas = 1
@@ -94,8 +94,28 @@ class Ledger:
             replicas = share.replicas
             if share.carried is not None and share.carried.period == period:
                 carried = share.carried.amount
-        allowance = max(0.0, cap.amount - carried) / replicas
-        return self.amount(SPEND, period) >= allowance
+        return max(0.0, cap.amount - carried) / replicas
+
+    def admit(self, cap: SpendCap | None, share: SpendShare | None, estimate: float) -> bool:
+        """Reserve `estimate` for a request about to go to the cloud, if what is spent and reserved by the
+        requests already on their way leaves some of the allowance; `settle` gives the reservation back once
+        the request's real cost is counted. So concurrent requests cannot each see the cap unreached."""
+        if cap is None:
+            return True
+        spent = self.amount(SPEND, self.current(cap.period))
+        if spent + self.reserved >= self.allowance(cap, share):
+            return False
+        self.reserved += estimate
+        return True
+
+    def settle(self, estimate: float) -> None:
+        self.reserved = max(0.0, self.reserved - estimate)
+
+    def exhausted(self, cap: SpendCap | None, share: SpendShare | None) -> bool:
+        """This replica has spent its share of the cap for the current period."""
+        if cap is None:
+            return False
+        return self.amount(SPEND, self.current(cap.period)) >= self.allowance(cap, share)
 
     # ------------------------------------------------------------------ the state file
 

@@ -20,6 +20,7 @@ from yarl import URL
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_HEADER, SERVED_BY_LOCAL, SERVED_BY_ROUTER
 from localai_operator.router import http, replies
 from localai_operator.router.metrics import RouterMetrics
+from localai_operator.router.proxy import Proxy
 from localai_operator.router.upstream import Route, local_request_headers
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class Listing:
         self.clock = clock
         self.catalog = Catalog()
 
-    async def _fetch(self, url: URL, headers: CIMultiDict[str], route: Route) -> Entries | None:
+    async def _fetch(
+        self, url: URL, headers: CIMultiDict[str], route: Route, proxy: Proxy | None = None
+    ) -> Entries | None:
         upstream = None
         try:
             upstream = await self.client.request(
@@ -81,6 +84,7 @@ class Listing:
                 headers.items(),
                 connect_timeout=route.connect_timeout,
                 timeout=route.listing_timeout,
+                proxy=proxy,
             )
             if upstream.status != 200:
                 log.info("model list from %s answered %d", url.origin(), upstream.status)
@@ -116,7 +120,8 @@ class Listing:
         async def cloud() -> Entries | None:
             if route.cloud is None:
                 return None
-            return await self._fetch(route.cloud.url("/models"), route.cloud.request_headers(client), route)
+            cloud = route.cloud
+            return await self._fetch(cloud.url("/models"), cloud.request_headers(client), route, cloud.proxy)
 
         local_entries, cloud_entries = await asyncio.gather(local(), cloud())
         done = self.clock()

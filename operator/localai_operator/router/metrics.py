@@ -230,9 +230,22 @@ class RouterMetrics:
         waiting: GaugeRead = _nothing,
         period_cost: GaugeRead = _nothing,
         budget_exhausted: GaugeRead = _nothing,
+        build_info: GaugeRead = _nothing,
+        buffer_waits: GaugeRead = _nothing,
+        connections: GaugeRead = _nothing,
+        overloaded: GaugeRead = _nothing,
     ) -> None:
         self.registry = Registry()
         add = self.registry.add
+        self.build_info = add(
+            Gauge(
+                "localai_router_build_info",
+                "Always 1: the router's version, the event loop it runs on (uvloop, or asyncio when uvloop "
+                "cannot be imported) and the Python version.",
+                ("version", "loop", "python"),
+                build_info,
+            )
+        )
         self.requests = add(
             Counter(
                 "localai_router_requests_total",
@@ -367,7 +380,8 @@ class RouterMetrics:
             Counter(
                 "localai_router_fallbacks_blocked_total",
                 "Requests local could not answer that did not go to the cloud although the route has a fallback, "
-                "by reason (budget_exhausted).",
+                "by reason (budget_exhausted: the spend cap is reached; unpriced: a capped route's path without token "
+                "usage and without a per-request price).",
                 ("reason",),
             )
         )
@@ -463,9 +477,28 @@ class RouterMetrics:
             )
         )
         self.buffer_waits = add(
-            Counter(
+            ReadCounter(
                 "localai_router_buffer_waits_total",
-                "Requests that waited for room in the body buffer before their body was read.",
+                "Times a request body's next bytes waited for room in the body buffer.",
+                (),
+                buffer_waits,
+            )
+        )
+        self.connections = add(
+            Gauge(
+                "localai_router_client_connections",
+                "Client connections open now (server.maxConnections caps those served).",
+                (),
+                connections,
+            )
+        )
+        self.overloaded = add(
+            ReadCounter(
+                "localai_router_overloaded_total",
+                "Requests refused 503 router_overloaded by the overload guard, by the cap they hit "
+                "(connections: server.maxConnections; waiting: server.maxWaiting).",
+                ("cap",),
+                overloaded,
             )
         )
         self.reloads = add(

@@ -45,6 +45,12 @@ class ApiPath:
     listing: bool = False
 
     @property
+    def token_usage(self) -> bool:
+        """Answers carry OpenAI token usage (generation and embeddings), so their spend is priced by tokens;
+        the others (audio, images, moderations, ...) only by a per-request price."""
+        return self.budget is Budget.FIRST_TOKEN or self.pattern.endswith("/embeddings")
+
+    @property
     def converts_to_stream(self) -> bool:
         """A non-stream request is sent to local as a stream, so its first token can be timed."""
         return self.budget is Budget.FIRST_TOKEN

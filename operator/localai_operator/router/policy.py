@@ -19,6 +19,8 @@ class FallbackReason(enum.StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     RESET = "reset"
     STATUS_5XX = "status_5xx"
+    # An answer that breaks HTTP/1.1's grammar (a bad chunk size, Content-Length, header line, ...).
+    MALFORMED = "malformed_response"
     STATUS_429 = "status_429"
     REDIRECT = "redirect"
     FIRST_TOKEN_TIMEOUT = "first_token_timeout"
@@ -39,6 +41,9 @@ class FallbackReason(enum.StrEnum):
 
 # Why a request that would have gone to the cloud did not: the route's spend cap is reached.
 BUDGET_EXHAUSTED: Final = "budget_exhausted"
+# Why a request on a path without token usage did not go to the cloud: the route has a spend cap and no
+# per-request price for the path, so its spend could not be counted.
+UNPRICED: Final = "unpriced"
 
 
 def falls_back_on_status(status: int) -> bool:

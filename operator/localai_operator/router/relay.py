@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,16 +31,18 @@ from yarl import URL
 
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL, SERVED_BY_ROUTER
 from localai_operator.router import body as bodies
-from localai_operator.router import codec, http, replies, sse
+from localai_operator.router import codec, http, replies, sse, tokens
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
 from localai_operator.router.capacity import Demand
 from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
+from localai_operator.router.overload import Guard
 from localai_operator.router.paths import StreamFormat
 from localai_operator.router.policy import (
     BUDGET_EXHAUSTED,
+    UNPRICED,
     FallbackReason,
     falls_back_on_status,
     retry_after_header,
@@ -54,7 +57,7 @@ from localai_operator.router.upstream import (
     response_headers,
 )
 from localai_operator.router.usage import Usage, usage_of
-from localai_operator.wire import AVOIDED, SPEND
+from localai_operator.wire import AVOIDED, SPEND, Fallback
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ SSE_CONTENT_TYPE: Final = "text/event-stream"
 BUFFERED_ANSWER_BYTES: Final = 1024 * 1024
 # Bodies above this go out as slices of the client's buffer instead of one joined copy.
 _JOIN_LIMIT: Final = 256 * 1024
+# The answer a request without `max_tokens` is assumed to allow when its cost is reserved against a spend cap
+# (the seed's typical answer: 256 tokens).
+RESERVED_ANSWER_TOKENS: Final = 256
 # A stream's last events are kept to read the final `usage`; per-stream memory stays bounded.
 _TAIL_EVENTS: Final = 4
 _ERROR_EXCERPT: Final = 500
@@ -82,6 +88,7 @@ _UNAVAILABLE: Final = {
     FallbackReason.CONNECT_ERROR: (503, "is unreachable (connection failed)"),
     FallbackReason.CONNECT_TIMEOUT: (503, "is unreachable (connect timeout)"),
     FallbackReason.RESET: (503, "closed the connection before answering"),
+    FallbackReason.MALFORMED: (502, "sent an answer that is not valid HTTP/1.1"),
     FallbackReason.REDIRECT: (502, "answered with a redirect, which the router does not follow"),
     FallbackReason.FIRST_TOKEN_TIMEOUT: (504, "did not produce a first token in time"),
     FallbackReason.REQUEST_TIMEOUT: (504, "did not finish within policy.requestTimeoutSeconds"),
@@ -130,7 +137,7 @@ class _Wait:
         # A woken request that found no room after all keeps its place at the front.
         front = self.rounds > 0
         self.rounds += 1
-        await route.waiters.of(model).wait(left, front=front)
+        await route.waiters.wait(model, left, front=front)
         return True
 
 
@@ -139,6 +146,18 @@ class _StreamFailure(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+def _raise_if_echoed_error(following: list[Any], fmt: StreamFormat) -> None:
+    """LocalAI v4.9.0 streams a backend error (a prompt longer than the context, say) as a content delta holding
+    the error's text, then the error event, in one write (seen on the binary): an error event that arrived with
+    the first content, before any other content, means that content was the error, not an answer."""
+    for payload in following:
+        kind = sse.kind_of(payload, fmt)
+        if kind is sse.Kind.ERROR:
+            raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+        if kind is sse.Kind.CONTENT:
+            return
 
 
 @dataclass(slots=True)
@@ -194,6 +213,12 @@ class _Budget:
             raise TimeoutError from exc
 
 
+def shown(model: str | None) -> str:
+    """A client-chosen model name as a message quotes it: bounded."""
+    text = repr(model)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
@@ -218,6 +243,8 @@ def _reason_of(err: BaseException, budget_expired: bool) -> FallbackReason:
         return FallbackReason.CONNECT_ERROR
     if isinstance(err, TimeoutError):
         return FallbackReason.REQUEST_TIMEOUT
+    if isinstance(err, http.Malformed):
+        return FallbackReason.MALFORMED
     return FallbackReason.RESET
 
 
@@ -257,9 +284,11 @@ class Relay:
         ledger: Ledger | None = None,
         current: Callable[[], Route] | None = None,
         unreachable: Callable[[], None] = lambda: None,
+        guard: Guard | None = None,
     ) -> None:
         """`current` gives the newest config snapshot: a request that waited takes the pods known now."""
         self.current = current
+        self.guard = guard
         # Called when a connection to a pod failed: the pod may be gone while its address is still known.
         self.unreachable = unreachable
         self.metrics = metrics
@@ -276,7 +305,9 @@ class Relay:
         model = a.body.model if a.body is not None else None
         if a.cloud is not None and model is not None and self.catalog.only_in_cloud(model, self.clock()):
             # Not demand for the pool: no replica of it could answer.
-            failure = LocalFailure(FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {model!r}")
+            failure = LocalFailure(
+                FallbackReason.MODEL_NOT_LOCAL, f"local does not list the model {shown(model)}"
+            )
             return await self._elsewhere(a, failure)
         demand = self.demand
         demand.begin(self.clock())
@@ -305,9 +336,34 @@ class Relay:
             f" (client key {a.key_name})" if a.key_name else "",
             failure.reason.value,
         )
+        fallback = a.cloud.fallback
+        estimate = self._estimate(a, fallback) if fallback.spend_cap is not None else 0.0
+        if not self.ledger.admit(fallback.spend_cap, fallback.spend_share, estimate):
+            # What is spent and what the requests already on their way may spend leave nothing for this one.
+            a.cloud, a.blocked = None, BUDGET_EXHAUSTED
+            self.metrics.blocked.inc((a.blocked,))
+            return self._no_fallback(a, failure)
         a.fallback_reason = failure.reason
         a.served_by = SERVED_BY_FALLBACK
-        return await self._cloud(a, a.cloud, failure)
+        try:
+            return await self._cloud(a, a.cloud, failure)
+        finally:
+            self.ledger.settle(estimate)
+
+    @staticmethod
+    def _estimate(a: Attempt, fallback: Fallback) -> float:
+        """What a request may cost in the cloud, reserved against the spend cap while it runs: its prompt and
+        the answer it allows (`max_tokens` and kin, else RESERVED_ANSWER_TOKENS), or its per-request price."""
+        if not a.api.token_usage:
+            return fallback.price_per_request.get(a.path, 0.0)
+        answer = RESERVED_ANSWER_TOKENS
+        if a.body is not None:
+            for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+                value = a.body.value(key) if a.body.has(key) else None
+                if isinstance(value, int) and value > 0:
+                    answer = value
+                    break
+        return fallback.cost(tokens.prompt_tokens(a.body), answer)
 
     # ------------------------------------------------------------------ local
 
@@ -376,7 +432,7 @@ class Relay:
             pods = len(route.endpoints)
             return LocalFailure(
                 FallbackReason.SATURATED,
-                f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {model!r}",
+                f"all {route.slots_of(model)} slots of each of the {pods} ready pod(s) are busy with {shown(model)}",
                 retry_after=retry_after_header(SATURATED_RETRY_AFTER),
                 counted=False,
             )
@@ -390,6 +446,8 @@ class Relay:
         )
 
     def _begin_wait(self, route: Route, reason: FallbackReason) -> _Wait:
+        if self.guard is not None:
+            self.guard.check_waiting(sum(self.waiting.values()))
         bound = route.cold_wait if reason is FallbackReason.POOL_COLD else route.queue_timeout
         self.waiting[reason] += 1
         loop = asyncio.get_running_loop()
@@ -420,8 +478,11 @@ class Relay:
         route = a.route
         headers = local_request_headers(request.headers, route.local_key, route.config.auth is None)
         url = endpoint.url(a.path)
-        if request.query_string:
-            url = URL(str(url) + "?" + request.query_string, encoded=True)
+        query = request.raw_path.partition("?")[2]
+        if query:
+            # As the client sent it, byte for byte: decoding and re-sending would plant a raw space (%20), cut
+            # the query (%23) or decode %25 twice.
+            url = URL(str(url) + "?" + query, encoded=True)
         return await self.client.request(
             request.method,
             url,
@@ -546,6 +607,8 @@ class Relay:
                         held.events.append(events[index])
                     held.payloads.append(payload)
                     if kind is sse.Kind.CONTENT:
+                        if not clean:
+                            _raise_if_echoed_error(payloads[index + 1 :], fmt)
                         held.rest = events[index + 1 :] if events is not None else []
                         held.rest_payloads = payloads[index + 1 :]
                         held.rest_done = done
@@ -557,7 +620,8 @@ class Relay:
                     )
                 continue
             assert events is not None
-            for index, (kind, payload) in enumerate(sse.classify_all(events, fmt)):
+            classified = sse.classify_all(events, fmt)
+            for index, (kind, payload) in enumerate(classified):
                 if kind is sse.Kind.ERROR:
                     raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
                 if kind is sse.Kind.DONE:
@@ -567,6 +631,9 @@ class Relay:
                 held.events.append(events[index])
                 held.payloads.append(payload)
                 if kind is sse.Kind.CONTENT:
+                    _raise_if_echoed_error(
+                        [p for k, p in classified[index + 1 :] if k is not sse.Kind.DONE], fmt
+                    )
                     held.rest = events[index + 1 :]
                     return held
 
@@ -665,6 +732,7 @@ class Relay:
                     body,
                     connect_timeout=a.route.connect_timeout,
                     timeout=a.route.request_timeout,
+                    proxy=cloud.proxy,
                 )
                 if 300 <= upstream.status < 400:
                     location = upstream.headers.get("Location", "")
@@ -734,7 +802,14 @@ class Relay:
             return LocalFailure(FallbackReason.EMPTY_RESPONSE, "answered an empty 200")
         headers = response_headers(upstream.headers, a.served_by, self._reason(a))
         response = web.Response(status=status, body=body, headers=headers)
-        self._finish(a, status, usage_of(body) if status < 300 else None, None)
+        usage = usage_of(body) if status < 300 else None
+        if usage is None and status < 300 and self._estimated(a):
+            try:
+                text = tokens.answer_text(codec.loads(body))
+            except ValueError:
+                text = ""
+            usage = Usage(tokens.prompt_tokens(a.body), tokens.text_tokens(text))
+        self._finish(a, status, usage, None)
         return response
 
     async def _relay_large(
@@ -746,6 +821,7 @@ class Relay:
         if length is not None and length.isdigit():
             response.content_length = int(length)
         last = b""
+        relayed = sum(len(part) for part in parts)
         try:
             a.committed = True
             await response.prepare(a.request)
@@ -762,17 +838,26 @@ class Relay:
                     return response
                 if not chunk:
                     break
+                relayed += len(chunk)
                 await response.write(chunk)
                 last = chunk
             await response.write_eof()
         except _CLIENT_GONE:
-            return response
+            pass
+        except asyncio.CancelledError:
+            self._large_cost(a, upstream.status, last, relayed)
+            raise
         finally:
             self._account(a.served_by, upstream.status, a.started)
-        usage = usage_of(last)
-        if usage is not None and upstream.status < 300:
-            self._count_tokens(a, usage)
+        self._large_cost(a, upstream.status, last, relayed)
         return response
+
+    def _large_cost(self, a: Attempt, status: int, last: bytes, relayed: int) -> None:
+        usage = usage_of(last)
+        if usage is None and self._estimated(a):
+            # Too large to keep for its text: its bytes, at the estimator's rate.
+            usage = Usage(tokens.prompt_tokens(a.body), math.ceil(relayed / tokens.CHARS_PER_TOKEN))
+        self._settle_cost(a, status, usage)
 
     async def _stream(
         self,
@@ -793,6 +878,10 @@ class Relay:
         content_seen = held is not None
         last_token = a.first_token_at
         pending = [*held.events, *held.rest] if held is not None else []
+        # A cloud stream's text, for the estimator when the provider reports no usage.
+        text: list[str] | None = [] if self._estimated(a) else None
+        hide_usage = a.usage_hidden
+        gone = False
         try:
             a.committed = True
             await response.prepare(a.request)
@@ -817,6 +906,10 @@ class Relay:
                             break
                     tail.see(event)
                     recent.append(event)
+                    if text is not None:
+                        text.append(tokens.answer_text(sse.classify(sse.event_data(event), fmt)[1]))
+                    if hide_usage and sse.usage_only(event):
+                        continue  # asked for by the router, not by the client
                     out.append(event)
                 if out:
                     await response.write(out[0] if len(out) == 1 else b"".join(out))
@@ -834,6 +927,7 @@ class Relay:
                     break
                 try:
                     chunk = await upstream.readany()
+                    pending = splitter.feed(chunk) if chunk else []
                 except _UPSTREAM_ERRORS as err:
                     self._broken_stream(response, a.served_by, on_failure, err)
                     await response.write(
@@ -857,19 +951,31 @@ class Relay:
                             )
                         )
                     break
-                pending = splitter.feed(chunk)
             await response.write_eof()
         except _CLIENT_GONE:
-            # The client left: closing the upstream response (in the caller) cancels generation.
-            return response
+            # The client left: closing the upstream response (in the caller) cancels generation. What was
+            # generated until then is still counted.
+            gone = True
+        except asyncio.CancelledError:
+            # The client left and aiohttp cancelled the handler: the same, then stop.
+            self._stream_cost(a, upstream.status, recent, text)
+            raise
         finally:
             self._account(a.served_by, upstream.status, a.started)
-        usage = usage_of(b"".join(recent))
-        if upstream.status < 300:
-            if usage is not None:
-                self._count_tokens(a, usage)
+        usage = self._stream_cost(a, upstream.status, recent, text)
+        if upstream.status < 300 and not gone:
             self._observe_tpot(a, usage, last_token, tail.events)
         return response
+
+    def _stream_cost(
+        self, a: Attempt, status: int, recent: deque[bytes], text: list[str] | None
+    ) -> Usage | None:
+        """Count a stream's tokens and cost from its usage event, else (cloud) the estimator on its text."""
+        usage = usage_of(b"".join(recent))
+        if usage is None and text is not None:
+            usage = Usage(tokens.prompt_tokens(a.body), tokens.text_tokens("".join(text)))
+        self._settle_cost(a, status, usage)
+        return usage
 
     def _broken_stream(
         self,
@@ -894,7 +1000,13 @@ class Relay:
         route = a.route
         code = "sensitive_route_no_fallback" if route.sensitive else "no_fallback"
         cap = route.cloud.fallback.spend_cap if route.cloud is not None else None
-        if a.blocked == BUDGET_EXHAUSTED and cap is not None:
+        if a.blocked == UNPRICED:
+            why = (
+                f"route {route.name} has a spend cap and {a.path} answers carry no token usage: without a price in "
+                "fallback.pricePerRequest its spend could not be counted, so it never goes to the cloud"
+            )
+            code = UNPRICED
+        elif a.blocked == BUDGET_EXHAUSTED and cap is not None:
             why = (
                 f"route {route.name} reached its {cap.period} fallback spend cap of {cap.amount:g} "
                 "(fallback.spendCap), so it is local-only until the period ends"
@@ -961,9 +1073,26 @@ class Relay:
         if not started_stream:
             # A buffered answer's first byte leaves together with its last.
             self.metrics.ttfb.observe((a.served_by,), elapsed)
+        self._settle_cost(a, status, usage)
         if usage is not None and status < 300:
-            self._count_tokens(a, usage)
             self._observe_tpot(a, usage, last_token, 0)
+
+    @staticmethod
+    def _estimated(a: Attempt) -> bool:
+        """A cloud answer on a path priced by tokens: its tokens are estimated when the provider reports none."""
+        return a.served_by == SERVED_BY_FALLBACK and a.api.token_usage
+
+    def _settle_cost(self, a: Attempt, status: int, usage: Usage | None) -> None:
+        """Count a successful answer's tokens and cost: by its usage, or its path's per-request price."""
+        if status >= 300:
+            return
+        if usage is not None:
+            self._count_tokens(a, usage)
+            return
+        fallback = a.route.config.fallback
+        price = fallback.price_per_request.get(a.path) if fallback is not None else None
+        if price and not a.api.token_usage:
+            self._add_cost(a, price)
 
     def _observe_tpot(self, a: Attempt, usage: Usage | None, last_token: float | None, events: int) -> None:
         if a.first_token_at is None or last_token is None:
@@ -973,14 +1102,16 @@ class Relay:
             self.metrics.tpot.observe((a.served_by,), (last_token - a.first_token_at) / (tokens - 1))
 
     def _count_tokens(self, a: Attempt, usage: Usage) -> None:
-        tokens = self.metrics.tokens
-        tokens.inc((a.served_by, "prompt"), usage.prompt_tokens)
-        tokens.inc((a.served_by, "completion"), usage.completion_tokens)
+        counted = self.metrics.tokens
+        counted.inc((a.served_by, "prompt"), usage.prompt_tokens)
+        counted.inc((a.served_by, "completion"), usage.completion_tokens)
         # Local answers are priced like the cloud's: what the route would have paid without its pool.
         prices = a.route.config.fallback
         if prices is None:
             return
-        cost = prices.cost(usage.prompt_tokens, usage.completion_tokens)
+        self._add_cost(a, prices.cost(usage.prompt_tokens, usage.completion_tokens))
+
+    def _add_cost(self, a: Attempt, cost: float) -> None:
         if not cost:
             return
         if a.served_by == SERVED_BY_FALLBACK:

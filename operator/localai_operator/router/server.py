@@ -7,7 +7,9 @@ import contextlib
 import gc
 import logging
 import os
+import platform
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -16,17 +18,25 @@ from typing import Any, Final
 import yaml
 from aiohttp import web
 
-from localai_operator.constants import LOCALAI_HEALTH_PATH, LOCALAI_READY_PATH, ROUTER_PORT
-from localai_operator.router import http, redact
-from localai_operator.router.auth import ClientKeys
+from localai_operator import __version__
+from localai_operator.constants import (
+    LOCALAI_HEALTH_PATH,
+    LOCALAI_READY_PATH,
+    ROUTER_METRICS_PORT,
+    ROUTER_PORT,
+)
+from localai_operator.router import http, redact, replies
+from localai_operator.router.auth import INVALID, MISSING, ClientKeys, presented_key
 from localai_operator.router.capacity import Demand, Queues
 from localai_operator.router.discovery import PodDiscovery, Resolver, resolve
 from localai_operator.router.intake import BodyBuffer, Intake
 from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Listing
 from localai_operator.router.metrics import CONTENT_TYPE, LabelValues, RouterMetrics
+from localai_operator.router.overload import Guard, GuardedRunner
 from localai_operator.router.relay import Relay
 from localai_operator.router.reload import DEFAULT_INTERVAL, ConfigWatcher
+from localai_operator.router.slices import ApiAccess, SliceWatcher, in_cluster
 from localai_operator.router.upstream import API_PREFIX, Route, build_route
 from localai_operator.wire import RouterConfig
 
@@ -66,6 +76,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
+        api: ApiAccess | None = None,
     ) -> None:
         self.env = env
         self.redaction = redaction
@@ -74,6 +85,7 @@ class Router:
         self.shutting_down = False
         self.discovered: list[str] = []
         self.waiters = Queues()
+        self.guard = Guard(config.server.max_connections, config.server.max_waiting)
         self.route: Route = build_route(config, None, env, clock(), waiters=self.waiters)
         self.keys: ClientKeys | None = None
         self.demand = Demand(clock())
@@ -92,6 +104,10 @@ class Router:
             waiting=lambda: [((r.value,), float(n)) for r, n in self.relay.waiting.items()],
             period_cost=lambda: [((kind, period), amount) for kind, period, amount in self.ledger.figures()],
             budget_exhausted=self._budget_exhausted,
+            buffer_waits=lambda: [((), float(self.buffer.waits))],
+            connections=lambda: [((), float(self.guard.connections))],
+            overloaded=lambda: [((what,), float(n)) for what, n in self.guard.refused.items()],
+            build_info=lambda: [((__version__, loop_name(), platform.python_version()), 1.0)],
         )
         self.listing = Listing(self.metrics, clock)
         self.relay = Relay(
@@ -102,12 +118,23 @@ class Router:
             self.ledger,
             current=lambda: self.route,
             unreachable=self._unreachable,
+            guard=self.guard,
         )
-        self.buffer = BodyBuffer(config.server.body_buffer_bytes)
+        self.buffer = BodyBuffer(config.server.body_buffer_bytes, self.guard)
         self.intake = Intake(
-            lambda: self.route, lambda: self.keys, self.relay, self.listing, self.buffer, self.metrics, clock
+            lambda: self.route,
+            lambda: self.keys,
+            self.relay,
+            self.listing,
+            self.buffer,
+            self.metrics,
+            clock,
+            self.guard,
         )
         self.discovery: PodDiscovery | None = None
+        self.slices: SliceWatcher | None = None
+        # The Kubernetes API for the EndpointSlice watch (tests pass a stand-in); None: in-cluster, if any.
+        self.api = api
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._configure_keys(config)
         self._report(self.route)
@@ -124,6 +151,8 @@ class Router:
         self.route = build_route(config, self.route, self.env, self.clock(), self.discovered)
         self.waiters.wake_all()  # the slots may have changed
         self.buffer.capacity = config.server.body_buffer_bytes
+        self.guard.max_connections = config.server.max_connections
+        self.guard.max_waiting = config.server.max_waiting
         self._configure_keys(config)
         self._report(self.route)
         if config.local.discovery != old.local.discovery:
@@ -142,8 +171,16 @@ class Router:
         for problem in route.problems:
             log.error("%s", problem)
         if self.redaction is not None:
+            proxy = route.cloud.proxy if route.cloud is not None else None
             self.redaction.set_secrets(
-                k for k in (route.cloud.api_key if route.cloud else None, route.local_key) if k
+                k
+                for k in (
+                    route.cloud.api_key if route.cloud else None,
+                    route.local_key,
+                    proxy.password if proxy is not None else None,
+                    proxy.authorization.removeprefix("Basic ") if proxy and proxy.authorization else None,
+                )
+                if k
             )
 
     def set_discovered(self, urls: list[str]) -> None:
@@ -161,7 +198,15 @@ class Router:
         return route.pool is not None and (not route.endpoints or any(self.relay.waiting.values()))
 
     def problems(self) -> list[str]:
-        return [*self.route.problems, *(self.keys.problems if self.keys is not None else ())]
+        proxy = self.route.cloud.proxy if self.route.cloud is not None else None
+        client: http.Client | None = getattr(self.relay, "client", None)  # set once the app runs
+        proxy_problem = client.pool.proxy_problems.get(proxy.url) if proxy is not None and client else None
+        return [
+            *self.route.problems,
+            *(self.keys.problems if self.keys is not None else ()),
+            *([proxy_problem] if proxy_problem else []),
+            *([self.slices.problem] if self.slices is not None and self.slices.problem else []),
+        ]
 
     def _breaker_states(self) -> Iterable[tuple[LabelValues, float]]:
         now = self.clock()
@@ -212,12 +257,34 @@ class Router:
         found = self.route.config.local.discovery
         if found is None:
             self.discovery = None
+            self.slices = None
+            old_watch = self._tasks.pop("slices", None)
+            if old_watch is not None:
+                old_watch.cancel()
             old = self._tasks.pop("discovery", None)
             if old is not None:
                 old.cancel()
             return
+        watch = found.endpoint_slices
+        access = self.api if self.api is not None else in_cluster(self.env)
+        self.slices = None
+        if watch is not None and access is not None:
+            self.slices = SliceWatcher(access, watch.service, watch.namespace, found.url, self.set_discovered)
+            self._spawn("slices", self.slices.run())
+        else:
+            old = self._tasks.pop("slices", None)
+            if old is not None:
+                old.cancel()
+            if watch is not None:
+                log.info("no Kubernetes API access (no ServiceAccount token): following the pods by DNS")
+        slices = self.slices
         self.discovery = PodDiscovery(
-            found.url, found.interval_seconds, self.set_discovered, self.resolver, hurry=self._hurried
+            found.url,
+            found.interval_seconds,
+            self.set_discovered,
+            self.resolver,
+            hurry=self._hurried,
+            standing_by=lambda: slices is not None and slices.live,
         )
         self._spawn("discovery", self.discovery.run())
 
@@ -227,7 +294,12 @@ class Router:
         if found is not None and self.discovery is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FIRST_RESOLUTION_SECONDS):
-                    await self.discovery.resolve_once()
+                    slices = self.slices
+                    if slices is not None:
+                        while not slices.live and slices.problem is None:
+                            await asyncio.sleep(0.02)
+                    if slices is None or not slices.live:
+                        await self.discovery.resolve_once()
         self._spawn("client-keys", self._reload_keys())
         self._spawn("catalog", self.listing.refresh_forever(lambda: self.route))
         self._spawn("idle-connections", self._sweep_idle())
@@ -269,6 +341,9 @@ class Router:
         listed here (and logged at start), not discovered per request."""
         if self.shutting_down:
             return web.json_response({"status": "shutting down"}, status=503)
+        if not self._may_see_details(request):
+            # Probes get their answer; key names, pod addresses and spend need a key (or the metrics port).
+            return web.json_response({"status": "ready"})
         route = self.route
         now = self.clock()
         body: dict[str, Any] = {
@@ -304,13 +379,40 @@ class Router:
         return web.Response(text="ok")
 
     async def metrics_text(self, request: web.Request) -> web.Response:
+        if not self._may_see_details(request):
+            self.metrics.auth_failures.inc((MISSING if presented_key(request.headers) is None else INVALID,))
+            return replies.error(
+                401,
+                f"this route checks client keys: {METRICS_PATH} needs one here, or scrape the metrics port "
+                f"({ROUTER_METRICS_PORT})",
+                headers={"WWW-Authenticate": 'Bearer realm="localai-operator-router"'},
+            )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def _may_see_details(self, request: web.Request) -> bool:
+        """The metrics port, a route without client keys, or a request with a valid key."""
+        if request.app.get(METRICS_APP, False) or self.keys is None:
+            return True
+        presented = presented_key(request.headers)
+        return presented is not None and self.keys.name_of(presented) is not None
 
     def on_reload(self, applied: bool) -> None:
         self.metrics.reloads.inc(("applied" if applied else "rejected",))
 
 
 ROUTER: Final = web.AppKey("router", Router)
+# Set on the app of the metrics port: its requests need no client key.
+METRICS_APP: Final = web.AppKey("metrics_port", bool)
+
+
+def create_metrics_app(router: Router) -> web.Application:
+    """The metrics port's app: /metrics, /readyz with its details and /healthz, for in-cluster scrapers."""
+    app = web.Application()
+    app[METRICS_APP] = True
+    app.router.add_get(METRICS_PATH, router.metrics_text)
+    app.router.add_get(LOCALAI_READY_PATH, router.readyz)
+    app.router.add_get(LOCALAI_HEALTH_PATH, router.healthz)
+    return app
 
 
 def create_app(
@@ -323,10 +425,15 @@ def create_app(
     redaction: redact.RedactingFilter | None = None,
     resolver: Resolver = resolve,
     wall: Callable[[], float] = time.time,
+    tls: ssl.SSLContext | None = None,
+    api: ApiAccess | None = None,
 ) -> web.Application:
     """The router app; with `config_path`, the file is watched and reloaded when its content changes. `wall`
-    (Unix seconds) decides the spend cap's periods."""
-    router = Router(config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall)
+    (Unix seconds) decides the spend cap's periods; `tls`: the context for https upstreams (default: the system's
+    CAs)."""
+    router = Router(
+        config, os.environ if env is None else env, redaction, resolver=resolver, wall=wall, api=api
+    )
     # Body size is the router's own policy (policy.maxRequestBytes), checked as the body is read.
     app = web.Application(client_max_size=2**63)
     app[ROUTER] = router
@@ -340,7 +447,7 @@ def create_app(
     app.router.add_route("*", "/{tail:.*}", router.intake.not_found)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS)
+        client = http.Client(keepalive=UPSTREAM_KEEPALIVE_SECONDS, tls=tls)
         router.relay.client = router.listing.client = client
         await router.start()
         watcher = None
@@ -370,8 +477,9 @@ async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     # Cancelling the handler when the client disconnects is what closes the upstream request.
     # aiohttp's keep-alive timer runs from the connection's start and from each response's end until the
     # next request's headers are complete: it is the header-read timeout too.
-    runner = web.AppRunner(
+    runner = GuardedRunner(
         app,
+        app[ROUTER].guard,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
@@ -392,12 +500,26 @@ async def _serve(
     host: str,
     port: int,
     redaction: redact.RedactingFilter,
+    metrics_port: int | None = None,
 ) -> None:
     app = create_app(config, config_path=config_path, config_content=content, redaction=redaction)
     runner, bound = await start(app, host, port)
     router = app[ROUTER]
+    metrics_runner = None
+    if metrics_port is not None:
+        metrics_runner = web.AppRunner(create_metrics_app(router), access_log=None, shutdown_timeout=1)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, host, metrics_port, reuse_address=True).start()
+        log.info("metrics and readiness details on %s:%d", host, metrics_port)
     tune_gc()
-    log.info("router for route %s listening on %s:%d", router.route.name, host, bound)
+    log.info(
+        "router %s for route %s listening on %s:%d, event loop: %s",
+        __version__,
+        router.route.name,
+        host,
+        bound,
+        loop_name(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -408,6 +530,8 @@ async def _serve(
     await asyncio.sleep(SHUTDOWN_DRAIN_SECONDS)
     log.info("stopping: finishing in-flight requests (up to %.0fs)", SHUTDOWN_TIMEOUT_SECONDS)
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
 
 
 def tune_gc() -> None:
@@ -421,16 +545,28 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory (a dependency wherever it has wheels: what the benchmarks measure), or None
+    for asyncio's own loop when it cannot be imported, said in the log."""
     try:
         import uvloop
-    except ImportError:
+    except ImportError as err:
+        log.warning("uvloop cannot be imported (%s): running on asyncio's default event loop, slower", err)
         return None
     return uvloop.new_event_loop
 
 
+def loop_name() -> str:
+    """The running loop's implementation, as the build-info metric reports it: uvloop or asyncio."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
 def main(
-    config_path: str | Path, host: str = "0.0.0.0", port: int = ROUTER_PORT, log_level: str = "info"
+    config_path: str | Path,
+    host: str = "0.0.0.0",
+    port: int = ROUTER_PORT,
+    log_level: str = "info",
+    metrics_port: int | None = None,
 ) -> int:
     logging.basicConfig(
         level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -446,8 +582,7 @@ def main(
     except (yaml.YAMLError, ValueError) as err:
         log.error("the router config %s is invalid: %s", path, err)
         return 2
-    factory = _loop_factory()
-    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    factory = event_loop()
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(config, content, path, host, port, redaction))
+        runner.run(_serve(config, content, path, host, port, redaction, metrics_port))
     return 0

@@ -18,10 +18,13 @@ import enum
 import re
 from typing import Any, Final
 
-from localai_operator.router import codec
+from localai_operator.router import codec, http
 from localai_operator.router.paths import StreamFormat
 
 LOCALAI_ERROR_PREFIX: Final = "Internal error: "
+# The largest event the router holds while it waits for its end. LocalAI's events are a few hundred bytes; the
+# largest legitimate one is the Responses API's `response.completed`, which repeats the whole answer.
+MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 _FINISHED: Final = re.compile(rb'"finish_reason"\s*:\s*"')
 _RESPONSES_TERMINAL: Final = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 # Responses API events that only announce what follows.
@@ -52,24 +55,33 @@ class Kind(enum.Enum):
     DONE = "done"  # `data: [DONE]`
 
 
+class EventTooLarge(http.Malformed):
+    """An event grew past MAX_EVENT_BYTES without ending: the upstream failed."""
+
+
 class EventSplitter:
-    """Cuts a byte stream into complete events (each with its terminating blank line)."""
+    """Cuts a byte stream into complete events (each with its terminating blank line); an event larger
+    than `limit` raises EventTooLarge."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._pending = b""
+        self.limit = limit
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + chunk if self._pending else chunk
         if b"\r" in data:
-            return self._feed_crlf(data)
-        events: list[bytes] = []
-        start = 0
-        while (end := data.find(b"\n\n", start)) >= 0:
-            events.append(data[start : end + 2])
-            start = end + 2
-        self._pending = data[start:] if start else data
+            events = self._feed_crlf(data)
+        else:
+            events = []
+            start = 0
+            while (end := data.find(b"\n\n", start)) >= 0:
+                events.append(data[start : end + 2])
+                start = end + 2
+            self._pending = data[start:] if start else data
+        if len(self._pending) > self.limit:
+            raise EventTooLarge(f"an event of the stream grew past {self.limit} bytes without ending")
         return events
 
     def _feed_crlf(self, data: bytes) -> list[bytes]:
@@ -229,6 +241,14 @@ def error_message(payload: Any) -> str:
                 if isinstance(text, str):
                     return text
     return "the upstream reported an error in the stream"
+
+
+def usage_only(event: bytes) -> bool:
+    """The `include_usage` trailer of a chat or completion stream: no choices, only usage."""
+    if b'"usage"' not in event or b"[]" not in event:
+        return False
+    payload = classify(event_data(event), StreamFormat.CHAT)[1]
+    return isinstance(payload, dict) and payload.get("choices") == [] and bool(payload.get("usage"))
 
 
 def may_be_error(raw: bytes) -> bool:

@@ -15,9 +15,10 @@ from typing import Final
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
+from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_FALLBACK, SERVED_BY_HEADER
 from localai_operator.router.capacity import Queues
 from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, TokenBucket, choose
+from localai_operator.router.proxy import Proxy, ProxyConfigError, proxy_for
 from localai_operator.wire import Fallback, RouterConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,25 @@ ASSEMBLED_DROPPED: Final = _RESPONSE_DROPPED | {"content-type", "cache-control",
 # The cloud gets an allow-list, not a deny-list: the client's Authorization, cookies and any other
 # credential-bearing header (x-api-key, api-key, ...) must never leave the cluster.
 _CLOUD_FORWARDED: Final = ("Content-Type", "Accept", "X-Request-Id")
+# What of a cloud answer's headers reaches the client (lower case): its type and the ids and limits a client
+# acts on. Not the provider's Set-Cookie, its account headers (openai-organization, openai-project) or anything
+# else it adds.
+CLOUD_RESPONSE_HEADERS: Final = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "cache-control",
+        "retry-after",
+        "x-request-id",
+        "request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "ratelimit",
+    }
+)
+# Rate-limit header families: OpenAI's x-ratelimit-*, the IETF draft's RateLimit-* (RateLimit and
+# RateLimit itself is in the set).
+CLOUD_RESPONSE_PREFIXES: Final = ("x-ratelimit-", "ratelimit-")
 # Identity encoding keeps relayed bytes exactly as received and SSE chunks unbuffered by a decoder.
 _ACCEPT_ENCODING: Final = ("Accept-Encoding", "identity")
 USER_AGENT: Final = "localai-operator-router"
@@ -107,14 +127,15 @@ class Endpoint:
 
 
 class Cloud:
-    """The fallback provider of one config snapshot."""
+    """The fallback provider of one config snapshot, and the egress proxy that reaches it, if any."""
 
-    __slots__ = ("_urls", "api_key", "base_url", "fallback", "paths")
+    __slots__ = ("_urls", "api_key", "base_url", "fallback", "paths", "proxy")
 
-    def __init__(self, fallback: Fallback, api_key: str | None) -> None:
+    def __init__(self, fallback: Fallback, api_key: str | None, proxy: Proxy | None = None) -> None:
         self.fallback = fallback
         self.base_url = fallback.base_url.rstrip("/")
         self.api_key = api_key
+        self.proxy = proxy
         self.paths = frozenset(fallback.paths)
         self._urls: dict[str, URL] = {}
 
@@ -265,7 +286,19 @@ def build_route(
         else:
             if problem:
                 problems.append(f"{problem}: cloud requests are sent without a key")
-            cloud = Cloud(config.fallback, api_key)
+            fallback = config.fallback
+            proxy = None
+            try:
+                proxy = proxy_for(
+                    fallback.base_url,
+                    env,
+                    fallback.proxy_url,
+                    env.get(fallback.proxy_username_env) if fallback.proxy_username_env else None,
+                    env.get(fallback.proxy_password_env) if fallback.proxy_password_env else None,
+                )
+            except ProxyConfigError as err:
+                problems.append(f"{err}: cloud requests go without a proxy")
+            cloud = Cloud(fallback, api_key, proxy)
 
     limit = config.policy.rate_limit
     limiter = None
@@ -290,14 +323,21 @@ def local_request_headers(
         if keep_client_credentials and local_key is None
         else _REQUEST_DROPPED_WITH_CREDENTIALS
     )
-    connection = client.get("Connection")
+    connection = client.getall("Connection", ())
     if connection:
-        dropped = dropped | {name.strip().lower() for name in connection.split(",")}
+        # Every Connection line names hop-by-hop headers, not only the first.
+        dropped = dropped | {name.strip().lower() for line in connection for name in line.split(",")}
     headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in client.items() if k.lower() not in dropped])
     if local_key is not None:
         headers["Authorization"] = f"Bearer {local_key}"
     headers[_ACCEPT_ENCODING[0]] = _ACCEPT_ENCODING[1]
     return headers
+
+
+def cloud_header_allowed(name: str) -> bool:
+    """Whether a cloud response header may reach the client (`name` in lower case): CLOUD_RESPONSE_HEADERS and
+    the rate-limit families; never the provider's cookies or the paying account's identity."""
+    return name in CLOUD_RESPONSE_HEADERS or name.startswith(CLOUD_RESPONSE_PREFIXES)
 
 
 def response_headers(
@@ -306,8 +346,17 @@ def response_headers(
     fallback_reason: str | None,
     dropped: frozenset[str] = _RESPONSE_DROPPED,
 ) -> CIMultiDict[str]:
-    """The upstream's end-to-end headers for the client, less `dropped` (lower-case names)."""
-    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in upstream.items() if k.lower() not in dropped])
+    """The upstream's end-to-end headers for the client, less `dropped` (lower-case names); of the cloud's only
+    those `cloud_header_allowed` lets through."""
+    if served_by == SERVED_BY_FALLBACK:
+        kept = [
+            (k, v)
+            for k, v in upstream.items()
+            if k.lower() not in dropped and cloud_header_allowed(k.lower())
+        ]
+    else:
+        kept = [(k, v) for k, v in upstream.items() if k.lower() not in dropped]
+    headers: CIMultiDict[str] = CIMultiDict(kept)
     headers[SERVED_BY_HEADER] = served_by
     if fallback_reason is not None:
         headers[FALLBACK_REASON_HEADER] = fallback_reason

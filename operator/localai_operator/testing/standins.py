@@ -1,21 +1,26 @@
 """In-process stand-ins for a LocalAI server and a cloud provider, with scriptable behaviour.
 
-The LocalAI stand-in answers the way LocalAI's source says it does (mudler/LocalAI):
-- chat streams send `{"delta":{"role":"assistant"}}` first and at once, before any token
-  (`core/http/endpoints/openai/chat.go` at v3.12.0, line 41: `responses <- initialMessage` precedes
-  `ComputeChoices`); at v4.9.0 the role chunk comes with the first token (`chat_stream_workers.go`,
-  `sentInitialRole`): `Behaviour(role_chunk="with_first_token")`;
-- every v3.12.0 chunk carries a `usage` object (zeros in the role chunk; `core/schema/openai.go`,
-  `Usage OpenAIUsage json:"usage"`); a `stream_options.include_usage` request also gets the v4.9.0
-  trailer `{"choices":[],"usage":…}` (`chat.go` lines 664-681);
-- the stream ends with a chunk carrying `finish_reason` and an empty delta, then `data: [DONE]`;
-- an inference error after the stream started is a chunk whose `delta.content` is
-  `"Internal error: <err>"` with `finish_reason: "stop"`, then `data: [DONE]`, under HTTP 200 (v3.12.0
-  `chat.go` lines 579-603); completions send `text: "Internal error: <err>"` and no [DONE]
-  (`completion.go` lines 153-176); v4.9.0 sends `data: {"error":{"message":…,"type":"server_error"}}` then
-  `data: [DONE]` (`chat.go` lines 505-521): `Behaviour(error_shape="event")`;
-- a non-stream answer is written only when generation is over (v3.12.0 `chat.go`, the `default:` branch
-  at line 639).
+The LocalAI stand-in (`local_standin`, dialect "localai") answers in the shapes the real LocalAI v4.9.0 binary
+was seen to send, each pinned by a test against the binary (tests/integration/test_localai.py):
+- a chat stream sends nothing before the first token; then, together, `delta: {"role":"assistant","content":null}`,
+  `delta: {"content":null}` and the first token; one event per token; two more `{"content":null}` events after the
+  text; a last event with `finish_reason` ("length" when max_tokens cut the text) and `delta: {"content":null}`; a
+  `{"choices":[],"usage":…}` trailer only with `stream_options.include_usage`; `data: [DONE]`. No `usage` in the
+  other events; `id` is the `X-Correlation-Id` header's UUID;
+- a completion stream: an event without `text`, one per token, one more without `text`, a last one with
+  `finish_reason: "stop"` whatever cut the text, `data: [DONE]`;
+- a non-streamed completion reports `usage` all zeros and `finish_reason: "stop"`; a non-streamed chat reports
+  usage, `finish_reason: "length"` when max_tokens cut it, and a UUID `id` of its own;
+- an unknown model is a 404 `model "<m>" not found. To see available models, call GET /v1/models`; a missing key
+  a 401 `An authentication key is required` (Bearer, `x-api-key` or `xi-api-key` accepted); `/readyz` and
+  `/healthz` answer 200 with an empty body and no key; `/v1/models` lists `{"id","object"}` only.
+Behaviours reproduce older or rarer shapes on demand: `role_chunk="at_once"` (v3.12.0 sent the role chunk at once,
+before any token: `core/http/endpoints/openai/chat.go` at v3.12.0, line 41), an inference error after the stream
+started as `data: {"error":{"message":…,"type":"server_error"}}` then `data: [DONE]` (v4.9.0, `chat.go` lines
+505-521, `error_shape="event"`) or as a chunk whose content is `"Internal error: <err>"` with `finish_reason:
+"stop"` (v3.12.0, `error_shape="content"`), or, as v4.9.0 reports a backend error (a prompt longer than the context,
+seen on the binary), as the error's text in a content delta followed by the error event (`error_shape="echoed"`).
+The cloud stand-in (dialect "openai") keeps the shapes of OpenAI's API.
 
 Tests, the benchmark and `dev up` start them; `python -m localai_operator.testing.standins` serves one.
 The router never imports this package (an import-linter contract).
@@ -31,8 +36,10 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
@@ -42,6 +49,21 @@ from aiohttp import web
 DEFAULT_LOCAL_MODELS: Final = ("mistral-7b-instruct",)
 DEFAULT_CLOUD_MODELS: Final = ("deepseek-v3.2",)
 LOCALAI_ERROR_PREFIX: Final = "Internal error: "
+# LocalAI v4.9.0's answers (seen on the binary; tests/integration/test_localai.py pins each).
+LOCALAI_UNAUTHORIZED: Final = {
+    "error": {"code": 401, "message": "An authentication key is required", "type": "invalid_request_error"}
+}
+LOCALAI_KEY_HEADERS: Final = ("x-api-key", "xi-api-key")
+# The `{"content":null}` events LocalAI sends after the text, before the one with finish_reason.
+LOCALAI_TRAILING_NULL_EVENTS: Final = 2
+Dialect = Literal["localai", "openai"]
+
+
+def localai_unknown_model(model: str) -> dict[str, Any]:
+    message = f'model "{model}" not found. To see available models, call GET /v1/models'
+    return {"error": {"code": 404, "message": message, "type": "invalid_request_error"}}
+
+
 _RECORDED_MAX: Final = 1000
 _PROMPT_TOKENS: Final = 7
 
@@ -62,7 +84,9 @@ class Behaviour:
     abort_after_tokens: int | None = None
     # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
     fail_after_tokens: int | None = None
-    error_shape: Literal["content", "event"] = "content"
+    # "echoed": LocalAI v4.9.0 on a backend error (a prompt longer than the context, seen on the binary): the error's
+    # text as a content delta, then the error event and [DONE], all at once.
+    error_shape: Literal["content", "event", "echoed"] = "content"
     role_chunk: Literal["at_once", "with_first_token"] = "at_once"
     # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
     keepalive_interval: float = 0.0
@@ -82,11 +106,22 @@ class Behaviour:
     reset: bool = False
     # Read the request and never answer.
     hang: bool = False
+    # Token usage: on every stream chunk as LocalAI sends it, only in the trailer a stream asks for with
+    # `stream_options.include_usage` as OpenAI-style providers do, or never (non-stream answers too).
+    usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
+    # Added to every response (e.g. what a provider sends that must not reach clients: Set-Cookie).
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _raw_query(request: web.Request) -> str:
+    """The query string exactly as it came on the request line, percent-escapes and all."""
+    return request.raw_path.partition("?")[2]
 
 
 @dataclass(frozen=True)
 class Recorded:
     path: str
+    # As sent on the request line, not decoded.
     query: str
     headers: dict[str, str]
     body: bytes
@@ -165,7 +200,10 @@ class OpenAIStandIn:
     counters: Counters = field(default_factory=Counters)
     # What `/standin/behaviour` changes are applied on top of (the CLI's flags), None: the defaults.
     initial: Behaviour | None = None
+    # "localai": the shapes of the LocalAI v4.9.0 binary (the module docstring); "openai": OpenAI's.
+    dialect: Dialect = "openai"
     port: int = field(default=0, init=False)
+    scheme: str = field(default="http", init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _plain: dict[tuple[int, str], Behaviour] = field(default_factory=dict, init=False, repr=False)
     _instant_streams: dict[tuple[str, int, bool, int], tuple[bytes, bytes]] = field(
@@ -174,7 +212,9 @@ class OpenAIStandIn:
 
     @property
     def url(self) -> str:
-        """The base URL, ending in /v1, as the router config expects."""
+        """The base URL, ending in /v1, as the router config expects (https on localhost when served with TLS)."""
+        if self.scheme == "https":
+            return f"https://localhost:{self.port}/v1"
         return f"http://127.0.0.1:{self.port}/v1"
 
     def app(self) -> web.Application:
@@ -198,7 +238,12 @@ class OpenAIStandIn:
         # Lets another process (the `dev up` demo) make this stand-in slow or failing, e.g.
         # {"delay_before_first_chunk": 5, "delay_before_headers": 5}; {} restores the defaults.
         app.router.add_post("/standin/behaviour", self._set_behaviour)
+        app.on_response_prepare.append(self._extra_headers)
         return app
+
+    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in self.behaviour.headers:
+            response.headers.add(name, value)
 
     async def _set_behaviour(self, request: web.Request) -> web.Response:
         changes = await request.json()
@@ -209,7 +254,13 @@ class OpenAIStandIn:
             return web.json_response({"error": str(err)}, status=400)
         return web.json_response({"behaviour": self.behaviour.__dict__})
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> str:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> str:
         self._runner = web.AppRunner(
             self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1
         )
@@ -217,12 +268,15 @@ class OpenAIStandIn:
         site: web.BaseSite = (
             web.SockSite(self._runner, sock)
             if sock is not None
-            else web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+            else web.TCPSite(
+                self._runner, host, port, backlog=2048, reuse_address=True, ssl_context=ssl_context
+            )
         )
         await site.start()
         bound = self._runner.addresses[0][1]
         assert isinstance(bound, int)
         self.port = bound
+        self.scheme = "https" if ssl_context is not None else "http"
         return self.url
 
     async def stop(self) -> None:
@@ -235,22 +289,32 @@ class OpenAIStandIn:
         self.behaviour = replace(Behaviour(), **changes)
 
     async def _ok(self, request: web.Request) -> web.Response:
+        if self.dialect == "localai":
+            return web.Response(status=200)  # LocalAI's probes: no body, no Content-Type
         return web.Response(text="ok")
 
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), b"", time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), b"", time.monotonic())
         )
         if not self._authorized(request):
             return self._unauthorized()
-        data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
+        if self.dialect == "localai":
+            data = [{"id": m, "object": "model"} for m in self.models]
+        else:
+            data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
     def _authorized(self, request: web.Request) -> bool:
-        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        if self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return True
+        return self.dialect == "localai" and any(
+            request.headers.get(name) == self.api_key for name in LOCALAI_KEY_HEADERS
+        )
 
-    @staticmethod
-    def _unauthorized() -> web.Response:
+    def _unauthorized(self) -> web.Response:
+        if self.dialect == "localai":
+            return web.json_response(LOCALAI_UNAUTHORIZED, status=401)
         return web.json_response(
             {"error": {"message": "invalid API key", "type": "invalid_request_error"}}, status=401
         )
@@ -258,7 +322,7 @@ class OpenAIStandIn:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.path, request.query_string, dict(request.headers), body, time.monotonic())
+            Recorded(request.path, _raw_query(request), dict(request.headers), body, time.monotonic())
         )
         counters = self.counters
         counters.started += 1
@@ -294,6 +358,8 @@ class OpenAIStandIn:
                 )
         payload = payload or {}
         model = str(payload.get("model") or self.models[0])
+        if self.dialect == "localai" and model not in self.models:
+            return web.json_response(localai_unknown_model(model), status=404)
         await asyncio.sleep(b.delay_before_headers)
         if b.redirect is not None:
             return web.Response(status=307, headers={"Location": b.redirect})
@@ -310,6 +376,10 @@ class OpenAIStandIn:
         path = request.path.removeprefix("/v1/")
         if path in ("chat/completions", "completions"):
             chat = path == "chat/completions"
+            if self.dialect == "localai":
+                if payload.get("stream"):
+                    return await self._localai_stream(request, payload, model, chat, b)
+                return await self._localai_complete(payload, model, chat, b)
             if payload.get("stream"):
                 return await self._stream(request, payload, model, chat, b)
             return await self._complete(request, payload, model, chat, b)
@@ -353,14 +423,15 @@ class OpenAIStandIn:
                 choice["logprobs"] = {"content": [_logprob(self._token(i)) for i in range(b.tokens)]}
         else:
             choice["text"] = text
-        answer = {
+        answer: dict[str, Any] = {
             "id": "cmpl-standin",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
             "choices": [choice],
-            "usage": _usage(b.tokens),
         }
+        if b.usage != "never":
+            answer["usage"] = _usage(b.tokens)
         if b.answer_padding:
             answer["padding"] = "x" * b.answer_padding
         data = json.dumps(answer).encode()
@@ -383,22 +454,27 @@ class OpenAIStandIn:
         text: str | None,
         finish: str | None,
         tokens_so_far: int,
+        usage: bool = True,
     ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["delta"] = delta if delta is not None else {}
         elif text:
             choice["text"] = text
-        return {
+        chunk: dict[str, Any] = {
             "created": int(time.time()),
             "object": "chat.completion.chunk" if chat else "text_completion",
             "id": "chunk-standin",
             "model": model,
             "choices": [choice],
-            "usage": _usage(tokens_so_far)
-            if tokens_so_far
-            else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+        if usage:
+            chunk["usage"] = (
+                _usage(tokens_so_far)
+                if tokens_so_far
+                else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            )
+        return chunk
 
     async def _stream(
         self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
@@ -421,7 +497,8 @@ class OpenAIStandIn:
             await response.write(rest)
             await response.write_eof()
             return response
-        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0)) if chat else b""
+        every = b.usage == "every_chunk"
+        role = _sse(self._chunk(model, chat, {"role": "assistant"}, None, None, 0, every)) if chat else b""
         if role and b.role_chunk == "at_once":
             await response.write(role)
             role = b""
@@ -445,10 +522,10 @@ class OpenAIStandIn:
                 out = []
                 await asyncio.sleep(b.token_interval)
             if isinstance(piece, dict):
-                chunk = self._chunk(model, chat, piece, None, None, index + 1)
+                chunk = self._chunk(model, chat, piece, None, None, index + 1, every)
             else:
                 delta = {"content": piece}
-                chunk = self._chunk(model, chat, delta, piece, None, index + 1)
+                chunk = self._chunk(model, chat, delta, piece, None, index + 1, every)
                 if chat and payload.get("logprobs"):
                     chunk["choices"][0]["logprobs"] = {"content": [_logprob(piece)]}
             # CLOCK_MONOTONIC is system-wide on Linux: a client in another process can measure delay.
@@ -458,8 +535,8 @@ class OpenAIStandIn:
             out.append(self._error_event(model, chat, b, len(pieces)))
         elif not b.truncate:
             finish = "tool_calls" if b.tool_call and chat else "stop"
-            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces))))
-            if (payload.get("stream_options") or {}).get("include_usage"):
+            out.append(_sse(self._chunk(model, chat, {}, None, finish, len(pieces), every)))
+            if (payload.get("stream_options") or {}).get("include_usage") and b.usage != "never":
                 out.append(
                     _sse(
                         {
@@ -473,6 +550,146 @@ class OpenAIStandIn:
                     )
                 )
             out.append(b"data: [DONE]\n\n")
+        await response.write(b"".join(out))
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _localai_length(payload: dict[str, Any], b: Behaviour) -> tuple[int, bool]:
+        """How many tokens LocalAI generates for `payload`, and whether max_tokens cut them."""
+        limit = payload.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < b.tokens:
+            return limit, True
+        return b.tokens, False
+
+    async def _localai_complete(
+        self, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        """A non-streamed answer as LocalAI v4.9.0 writes it once generation is over."""
+        await self._wait_first_token(b, None)
+        headers = {"X-Correlation-Id": str(uuid.uuid4())}
+        if b.fail_after_tokens is not None:
+            error = {"code": 500, "message": f"{self.name} stand-in: inference failed", "type": ""}
+            return web.json_response({"error": error}, status=500, headers=headers)
+        count, cut = self._localai_length(payload, b)
+        await asyncio.sleep(max(0, count - 1) * b.token_interval)
+        text = "".join(self._token(i) for i in range(count))
+        choice: dict[str, Any] = {"index": 0}
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": None if b.tool_call else text}
+            if b.tool_call:
+                message["tool_calls"] = [_tool_call_whole()]
+            choice["finish_reason"] = "tool_calls" if b.tool_call else ("length" if cut else "stop")
+            choice["message"] = message
+            usage = _usage(count)
+        else:
+            # LocalAI reports neither the length cut nor any usage for completions.
+            choice["finish_reason"] = "stop"
+            choice["text"] = text
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        answer = {
+            "created": int(time.time()),
+            "object": "chat.completion" if chat else "text_completion",
+            "id": str(uuid.uuid4()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+        if b.answer_padding:
+            answer["padding"] = "x" * b.answer_padding
+        return web.json_response(answer, headers=headers)
+
+    async def _localai_stream(
+        self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        """A stream as LocalAI v4.9.0 sends it (the module docstring): headers and the first events together with
+        the first token, unless `role_chunk="at_once"` or keep-alives need the headers earlier."""
+        ident = str(uuid.uuid4())
+        created = int(time.time())
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Correlation-Id": ident,
+        }
+        count, cut = self._localai_length(payload, b)
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+
+        def event(choice: dict[str, Any]) -> bytes:
+            body = {
+                "created": created,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "id": ident,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": None, **choice}],
+            }
+            return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+        if chat:
+            opening = [
+                event({"delta": {"role": "assistant", "content": None}}),
+                event({"delta": {"content": None}}),
+            ]
+            if b.fail_after_tokens == 0 and b.error_shape == "echoed":
+                opening = opening[:1]  # the backend's error text is the first "token" LocalAI gets
+            closing = [event({"delta": {"content": None}})] * LOCALAI_TRAILING_NULL_EVENTS
+            finish = "tool_calls" if b.tool_call else ("length" if cut else "stop")
+            closing.append(event({"finish_reason": finish, "delta": {"content": None}}))
+            pieces: list[Any] = _tool_call_pieces() if b.tool_call else [self._token(i) for i in range(count)]
+        else:
+            opening = [event({})]
+            closing = [event({}), event({"finish_reason": "stop"})]
+            pieces = [self._token(i) for i in range(count)]
+        if chat and include_usage:
+            trailer = {
+                "id": ident,
+                "created": created,
+                "model": model,
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": _usage(len(pieces)),
+            }
+            closing.append(b"data: " + json.dumps(trailer, separators=(",", ":")).encode() + b"\n\n")
+        response = web.StreamResponse(headers=headers)
+        out: list[bytes] = []
+        if b.role_chunk == "at_once" or b.keepalive_interval:
+            await response.prepare(request)
+            if b.role_chunk == "at_once":
+                await response.write(b"".join(opening))
+            else:
+                out = list(opening)
+            await self._wait_first_token(b, response)
+        else:
+            await self._wait_first_token(b, None)
+            await response.prepare(request)
+            out = list(opening)
+        for index, piece in enumerate(pieces):
+            if b.abort_after_tokens is not None and index == b.abort_after_tokens:
+                if out:
+                    await response.write(b"".join(out))
+                assert request.transport is not None
+                request.transport.abort()
+                await asyncio.Event().wait()
+            if b.fail_after_tokens is not None and index == b.fail_after_tokens:
+                out.append(self._error_event(model, chat, b, index))
+                await response.write(b"".join(out))
+                await response.write_eof()
+                return response
+            if index and b.token_interval:
+                await response.write(b"".join(out))
+                out = []
+                await asyncio.sleep(b.token_interval)
+            if isinstance(piece, dict):
+                out.append(event({"delta": piece}))
+            elif chat and payload.get("logprobs"):
+                out.append(event({"delta": {"content": piece}, "logprobs": {"content": [_logprob(piece)]}}))
+            elif chat:
+                out.append(event({"delta": {"content": piece}}))
+            else:
+                out.append(event({"text": piece}))
+        if b.fail_after_tokens is not None and b.fail_after_tokens >= len(pieces):
+            out.append(self._error_event(model, chat, b, len(pieces)))
+        elif not b.truncate:
+            out += [*closing, b"data: [DONE]\n\n"]
         await response.write(b"".join(out))
         await response.write_eof()
         return response
@@ -500,11 +717,13 @@ class OpenAIStandIn:
 
     def _error_event(self, model: str, chat: bool, b: Behaviour, index: int) -> bytes:
         message = f"{self.name} stand-in: inference failed"
+        error = {"error": {"code": "server_error", "message": message, "type": "server_error"}}
         if b.error_shape == "event":
-            return (
-                _sse({"error": {"message": message, "type": "server_error", "code": "server_error"}})
-                + b"data: [DONE]\n\n"
-            )
+            return _sse(error) + b"data: [DONE]\n\n"
+        if b.error_shape == "echoed":
+            echo = self._chunk(model, chat, {"content": message}, message, None, index)
+            echo.pop("usage")
+            return _sse(echo) + _sse(error) + b"data: [DONE]\n\n"
         text = LOCALAI_ERROR_PREFIX + message
         event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
         return event + (b"data: [DONE]\n\n" if chat else b"")
@@ -648,7 +867,9 @@ def _reset(request: web.Request) -> None:
 
 
 def local_standin(**kwargs: Any) -> OpenAIStandIn:
-    return OpenAIStandIn(name="local", models=DEFAULT_LOCAL_MODELS, **kwargs)
+    """A LocalAI v4.9.0 (its shapes: the module docstring)."""
+    kwargs.setdefault("models", DEFAULT_LOCAL_MODELS)
+    return OpenAIStandIn(name="local", dialect="localai", **kwargs)
 
 
 def cloud_standin(api_key: str | None = None, **kwargs: Any) -> OpenAIStandIn:
@@ -662,6 +883,71 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy, as corporate egress proxies are: checks `Proxy-Authorization: Basic` when given
+    credentials (407 otherwise), records each tunnel's target and relays bytes both ways to `upstream`
+    (host, port) whatever name was asked (a test's fake cloud on loopback)."""
+
+    def __init__(self, upstream: tuple[str, int], credentials: tuple[str, str] | None = None) -> None:
+        self.upstream = upstream
+        self.credentials = credentials
+        self.tunnels: list[str] = []
+        self.refused: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)
+            }
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            if self.credentials is not None:
+                token = base64.b64encode(":".join(self.credentials).encode()).decode()
+                if fields.get("proxy-authorization") != f"Basic {token}":
+                    self.refused.append(target)
+                    writer.write(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                        b'Proxy-Authenticate: Basic realm="egress"\r\nContent-Length: 0\r\n\r\n'
+                    )
+                    return
+            self.tunnels.append(target)
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await source.read(65536):
+                        sink.write(data)
+                        await sink.drain()
+                sink.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
 
 
 class UnacceptingListener:

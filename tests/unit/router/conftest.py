@@ -4,8 +4,10 @@ SDK (sync and async), all on loopback."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,11 +19,17 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
+from yarl import URL
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.discovery import Resolver, resolve
 from localai_operator.router.server import ROUTER, Router, create_app, start
+from localai_operator.router.slices import ApiAccess
 from localai_operator.testing.standins import OpenAIStandIn, cloud_standin, local_standin
 from localai_operator.wire import RouterConfig
 
@@ -103,6 +111,84 @@ async def eventually(predicate: Callable[[], Any], timeout: float, what: str, in
         await asyncio.sleep(interval)
 
 
+RawReply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server that answers each request with bytes a test writes out, and counts connections."""
+
+    def __init__(self, reply: RawReply) -> None:
+        self.reply = reply
+        self.connections = 0
+        self.closed = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                await self.reply(reader, writer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+    async def __aenter__(self) -> URL:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return URL(f"http://127.0.0.1:{port}/v1/x")
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def answer(data: bytes) -> RawReply:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+
+    return reply
+
+
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A CA-signed localhost certificate: the server's context and a client context trusting that CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_path, key_path)
+    trusting = ssl.create_default_context(cafile=str(cert_path))
+    return server, trusting
+
+
 @pytest.fixture
 async def local() -> AsyncIterator[OpenAIStandIn]:
     standin = local_standin()
@@ -132,6 +218,8 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
         env: dict[str, str] | None = None,
         resolver: Resolver = resolve,
         wall: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
+        api: ApiAccess | None = None,
     ) -> RunningRouter:
         path = config_path or tmp_path / f"router-{len(runners)}.yaml"
         if config_path is None:
@@ -145,6 +233,8 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
             env={FALLBACK_API_KEY_ENV: API_KEY} if env is None else env,
             resolver=resolver,
             wall=wall,
+            tls=tls,
+            api=api,
         )
         runner, port = await start(app)
         runners.append(runner)
@@ -197,8 +287,10 @@ async def post(
         return Answer(response.status, CIMultiDict(response.headers), raw, time.monotonic() - started)
 
 
-async def scrape(client: aiohttp.ClientSession, router: RunningRouter) -> str:
-    async with client.get(f"{router.url}/metrics") as response:
+async def scrape(
+    client: aiohttp.ClientSession, router: RunningRouter, headers: dict[str, str] | None = None
+) -> str:
+    async with client.get(f"{router.url}/metrics", headers=headers) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return await response.text()
 

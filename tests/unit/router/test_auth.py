@@ -9,8 +9,10 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV, LOCAL_API_KEY_ENV
+from localai_operator.router.server import create_metrics_app
 from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import (
     API_KEY,
@@ -115,7 +117,7 @@ async def test_metrics_count_requests_by_key_name_and_refusals_by_reason_never_t
     await post(client, router, headers={"Authorization": f"Bearer {ALICE}"})
     await post(client, router, headers={"Authorization": "Bearer sk-wrong"})
     await post(client, router)
-    text = await scrape(client, router)
+    text = await scrape(client, router, {"Authorization": f"Bearer {BOB}"})
     lines = text.splitlines()
     assert 'localai_router_client_requests_total{key="alice"} 2' in lines
     assert 'localai_router_auth_failures_total{reason="invalid"} 1' in lines
@@ -136,7 +138,7 @@ async def test_the_key_names_are_in_readyz_and_logs_never_hold_a_key(
     router = await auth_router(start_router, local, cloud, keys)
     await post(client, router, headers={"Authorization": f"Bearer {ALICE}"})
     await post(client, router, headers={"Authorization": f"Bearer {BOB}x"})
-    async with client.get(f"{router.url}/readyz") as response:
+    async with client.get(f"{router.url}/readyz", headers={"Authorization": f"Bearer {ALICE}"}) as response:
         assert (await response.json())["auth"] == ["alice", "bob"]
     assert "alice" in caplog.text and "invalid client key" in caplog.text
     assert ALICE not in caplog.text and BOB not in caplog.text
@@ -185,7 +187,7 @@ async def test_a_rotated_key_is_accepted_and_the_old_one_refused_without_restart
     assert (await post(client, router, headers={"x-api-key": ALICE})).status == 401
 
 
-async def test_health_readiness_and_metrics_need_no_key(
+async def test_with_auth_only_healthz_answers_without_a_key_and_the_metrics_port_needs_none(
     local: OpenAIStandIn,
     cloud: OpenAIStandIn,
     start_router: StartRouter,
@@ -193,6 +195,27 @@ async def test_health_readiness_and_metrics_need_no_key(
     client: aiohttp.ClientSession,
 ) -> None:
     router = await auth_router(start_router, local, cloud, keys)
-    for path in ("/healthz", "/readyz", "/metrics"):
-        async with client.get(router.url + path) as response:
-            assert response.status == 200, path
+    async with client.get(router.url + "/healthz") as response:
+        assert response.status == 200
+    # The probe's answer, without the key names, pod addresses and spend.
+    async with client.get(router.url + "/readyz") as response:
+        assert (response.status, await response.json()) == (200, {"status": "ready"})
+    async with client.get(router.url + "/metrics") as response:
+        assert (response.status, response.headers["X-Served-By"]) == (401, "router")
+        assert "metrics port" in (await response.json())["error"]["message"]
+    async with client.get(router.url + "/metrics", headers={"Authorization": "Bearer sk-wrong"}) as response:
+        assert response.status == 401
+    async with client.get(router.url + "/metrics", headers={"x-api-key": ALICE}) as response:
+        assert response.status == 200
+    runner = web.AppRunner(create_metrics_app(router.router))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with client.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200 and "localai_router_requests_total" in await response.text()
+        async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert (await response.json())["auth"] == ["alice", "bob"]
+    finally:
+        await runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import signal
 import socket
 import sys
@@ -120,6 +121,62 @@ async def test_router_command_takes_a_log_level(
             await process.wait()
     # INFO lines ("listening on ...") are below the level asked for.
     assert process.returncode == 0 and b"listening on" not in stderr
+
+
+async def run_router_briefly(
+    argv: list[str], config: Path, client: aiohttp.ClientSession
+) -> tuple[bytes, str]:
+    """Start a router process, read its /metrics once it is ready, stop it: its stderr and the metrics."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        "router",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env={"PATH": "/usr/bin:/bin"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
+        async with client.get(f"http://127.0.0.1:{port}/metrics") as response:
+            metrics = await response.text()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return stderr, metrics
+
+
+async def test_the_router_runs_on_uvloop_and_says_so_in_its_log_and_metrics(
+    local: OpenAIStandIn, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(route_config(local.url)))
+    stderr, metrics = await run_router_briefly([sys.executable, "-m", "localai_operator.cli"], config, client)
+    assert b"event loop: uvloop" in stderr
+    assert re.search(
+        r'^localai_router_build_info\{version="[^"]+",loop="uvloop",python="[^"]+"\} 1$', metrics, re.M
+    )
+
+
+async def test_without_uvloop_the_router_falls_back_to_asyncio_and_says_so(
+    local: OpenAIStandIn, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(route_config(local.url)))
+    # None in sys.modules makes `import uvloop` raise ImportError, as on a platform without its wheels.
+    without_uvloop = (
+        "import sys; sys.modules['uvloop'] = None; from localai_operator.cli import main; sys.exit(main())"
+    )
+    stderr, metrics = await run_router_briefly([sys.executable, "-c", without_uvloop], config, client)
+    assert b"uvloop cannot be imported" in stderr and b"event loop: asyncio" in stderr
+    assert re.search(r'^localai_router_build_info\{[^}]*loop="asyncio"[^}]*\} 1$', metrics, re.M)
 
 
 def test_once_up_the_startup_objects_leave_the_collectors_view_and_young_collections_are_rarer() -> None:

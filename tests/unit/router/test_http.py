@@ -4,69 +4,16 @@ interim answers, flow control, timeouts and TLS."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from localai_operator.router import http
 from localai_operator.testing.standins import UnacceptingListener, refused_url
-from tests.unit.router.conftest import eventually
-
-Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server that answers each request with bytes a test writes out, and counts connections."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.connections = 0
-        self.closed = 0
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                if length:
-                    await reader.readexactly(length)
-                await self.reply(reader, writer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.closed += 1
-            writer.close()
-
-    async def __aenter__(self) -> URL:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return URL(f"http://127.0.0.1:{port}/v1/x")
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-def answer(data: bytes) -> Reply:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(data)
-
-    return reply
+from tests.unit.router.conftest import RawServer, answer, eventually, tls_contexts
 
 
 @pytest.fixture
@@ -194,7 +141,7 @@ async def test_a_connection_broken_mid_answer_raises_a_response_error(client: ht
 
 async def test_a_malformed_answer_raises_a_response_error(client: http.Client) -> None:
     async with RawServer(answer(b"SMTP ready\r\n\r\n")) as url:
-        with pytest.raises(http.ResponseError, match="not an HTTP"):
+        with pytest.raises(http.Malformed, match="malformed status line"):
             await get(client, url)
 
 
@@ -264,38 +211,8 @@ async def test_a_large_body_is_sent_whole_in_slices(client: http.Client) -> None
     assert received == [8_000_000]
 
 
-def _certificates(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A CA-signed localhost certificate: the server's context and a client context trusting that CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_path, key_path)
-    trusting = ssl.create_default_context(cafile=str(cert_path))
-    return server, trusting
-
-
 async def test_https_upstreams_are_reached_with_certificate_checks(tmp_path: Path) -> None:
-    server_tls, trusting = _certificates(tmp_path)
+    server_tls, trusting = tls_contexts(tmp_path)
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text="over tls")
@@ -385,6 +302,6 @@ async def test_a_released_answer_that_never_ends_is_closed_at_its_deadline(clien
         assert not client.pool._idle.get(response_origin(url))
 
 
-def response_origin(url: URL) -> tuple[str, str, int]:
+def response_origin(url: URL) -> http.Origin:
     assert url.raw_host is not None and url.port is not None
-    return (url.scheme, url.raw_host, url.port)
+    return (url.scheme, url.raw_host, url.port, "")

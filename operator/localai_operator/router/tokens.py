@@ -1,0 +1,126 @@
+"""Token counts estimated from text, for answers that report no usage: pure, no tokenizer to download, a few
+microseconds per kilobyte.
+
+The estimate leans high, since it prices spend against a cap: ASCII text at one token per 4 characters, rounded
+up (OpenAI's rule of thumb for English; code and numbers run a little denser), every non-ASCII character as one
+token (CJK text is about one token per character; accented Latin letters are counted generously), each chat
+message 4 tokens of framing on top of its text (OpenAI's chat format: role and separators) and 3 for the reply's
+priming, each image part 85 tokens (OpenAI's base cost of an image). A prompt given as token ids counts exactly.
+
+`prompt_tokens(body)` reads what a request asks (`messages`, `prompt` or `input`); `text_tokens(text)` reads
+relayed answer text. Both are what docs/router.md documents as "the estimator".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+from localai_operator.router import codec
+from localai_operator.router.body import JsonBody
+
+CHARS_PER_TOKEN: Final = 4
+MESSAGE_TOKENS: Final = 4
+REPLY_PRIMING_TOKENS: Final = 3
+IMAGE_TOKENS: Final = 85
+# Members of a request body that hold the prompt, by API: chat (messages), completions (prompt), embeddings and
+# the Responses API (input), and the Responses API's system text (instructions).
+PROMPT_MEMBERS: Final = ("messages", "prompt", "input", "instructions")
+
+
+def text_tokens(text: str | bytes) -> int:
+    """Tokens of a piece of text (UTF-8 bytes or a string)."""
+    if not text:
+        return 0
+    if isinstance(text, bytes):
+        if text.isascii():
+            return math.ceil(len(text) / CHARS_PER_TOKEN)
+        text = text.decode("utf-8", "replace")
+    if text.isascii():
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+    ascii_chars = sum(1 for char in text if char < "\x80")
+    return math.ceil(ascii_chars / CHARS_PER_TOKEN) + (len(text) - ascii_chars)
+
+
+def _content_tokens(content: Any) -> int:
+    """Tokens of a message's content: a string, or a list of parts (text, images, audio)."""
+    if isinstance(content, str):
+        return text_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, dict):
+                kind = part.get("type")
+                if isinstance(kind, str) and ("image" in kind or "audio" in kind or "file" in kind):
+                    total += IMAGE_TOKENS
+                else:
+                    total += text_tokens(str(part.get("text") or part.get("content") or ""))
+            else:
+                total += _value_tokens(part)
+        return total
+    return 0
+
+
+def _value_tokens(value: Any) -> int:
+    """Tokens of a `prompt` or `input`: text, token ids, lists of either, or Responses API message items."""
+    if isinstance(value, str):
+        return text_tokens(value)
+    if isinstance(value, int):
+        return 1  # a token id
+    if isinstance(value, list):
+        return sum(_value_tokens(item) for item in value)
+    if isinstance(value, dict):  # a message item (Responses API input, chat message)
+        return (
+            MESSAGE_TOKENS + _content_tokens(value.get("content")) + text_tokens(str(value.get("name") or ""))
+        )
+    return 0
+
+
+def prompt_tokens(body: JsonBody | None) -> int:
+    """Tokens of what a request asks: its messages (with their framing), prompt or input."""
+    if body is None:
+        return 0
+    total = 0
+    for member in body.members:
+        if member.key not in PROMPT_MEMBERS:
+            continue
+        try:
+            value = codec.loads(bytes(body.raw[member.value_start : member.end]))
+        except ValueError:
+            continue
+        if member.key == "messages" and isinstance(value, list):
+            total += REPLY_PRIMING_TOKENS
+            for message in value:
+                if isinstance(message, dict):
+                    total += MESSAGE_TOKENS + _content_tokens(message.get("content"))
+                    total += text_tokens(str(message.get("name") or ""))
+        else:
+            total += _value_tokens(value)
+    return total
+
+
+def answer_text(payload: Any) -> str:
+    """The text of a decoded answer or stream event (chat, completion, Responses API), for `text_tokens`."""
+    if not isinstance(payload, dict):
+        return ""
+    parts: list[str] = []
+    for choice in payload.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        for holder in (choice.get("delta"), choice.get("message"), choice):
+            if isinstance(holder, dict):
+                for key in ("content", "text", "reasoning_content", "refusal"):
+                    value = holder.get(key)
+                    if isinstance(value, str):
+                        parts.append(value)
+                calls = holder.get("tool_calls")
+                if isinstance(calls, list):
+                    parts.extend(
+                        str((call.get("function") or {}).get("arguments") or "")
+                        for call in calls
+                        if isinstance(call, dict)
+                    )
+    delta = payload.get("delta")
+    if isinstance(delta, str):  # a Responses API text delta
+        parts.append(delta)
+    return "".join(parts)
