@@ -192,3 +192,28 @@ def test_a_file_that_is_no_gguf_makes_the_model_not_ready() -> None:
 def test_an_unreadable_source_leaves_the_model_ready() -> None:
     conditions = {c.type: c for c in model_facts(Header("Unreadable", 1, problem="no route"))}
     assert conditions["GGUFHeader"].status == "Unknown" and conditions["Ready"].status == "True"
+
+
+def test_while_a_header_is_read_again_the_status_of_the_same_spec_stands_in(llama: GGUFStatus) -> None:
+    # After a restart the header is read again: meanwhile the stored status, if written for this generation, holds,
+    # so that the restart writes no status and holds no pool.
+    body = model() | {
+        "status": {"observedGeneration": 1, "gguf": llama.model_dump(mode="json", by_alias=True)}
+    }
+    stored = pl.stored_header(body)
+    assert stored is not None and (stored.state, stored.gguf) == ("Read", llama)
+    refused = model() | {
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "GGUFHeader", "status": "False", "reason": "NotGGUF", "message": "m is no GGUF"}
+            ],
+        }
+    }
+    carried = pl.stored_header(refused)
+    assert carried is not None and pl.header_check(carried) == st.Check(
+        "GGUFHeader", False, "NotGGUF", "m is no GGUF"
+    )
+    assert pl.stored_header(refused, read_only=True) is None
+    edited = body | {"metadata": body["metadata"] | {"generation": 2}}
+    assert pl.stored_header(edited) is None  # an edited spec waits for its own header

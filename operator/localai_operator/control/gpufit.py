@@ -38,6 +38,7 @@ class Header:
     gguf: GGUFStatus | None = None
     problem: str | None = None
     source: str = ""  # where it was read from, for messages
+    message: str | None = None  # the GGUFHeader condition's message as stored, for a result carried over
 
 
 @dataclass(frozen=True)

@@ -576,11 +576,10 @@ def header_check(header: Header | None) -> st.Check:
     if header is None:
         return st.Check(HEADER, None, "Reading", "Reading the model file's GGUF header.", advisory=True)
     if header.state == "NotGGUF":
-        return st.Check(
-            HEADER, False, "NotGGUF", f"{header.problem}: llama.cpp cannot load it; fix spec.source."
-        )
+        message = header.message or f"{header.problem}: llama.cpp cannot load it; fix spec.source."
+        return st.Check(HEADER, False, "NotGGUF", message)
     if header.state == "Unreadable" or header.gguf is None:
-        message = (
+        message = header.message or (
             f"The GGUF header was not read ({header.problem or 'the source needs a token'}): status.gguf stays "
             "empty and the GPU-memory fit of the pools serving the model is not checked."
         )
@@ -593,15 +592,26 @@ def header_check(header: Header | None) -> st.Check:
     return st.Check(HEADER, True, "Read", message)
 
 
-def stored_header(body: Body) -> Header | None:
-    """status.gguf as a previous pass wrote it for the current spec (observedGeneration), if any: what the model
-    is known to be when its source cannot be read now (after a restart, say)."""
+def stored_header(body: Body, *, read_only: bool = False) -> Header | None:
+    """What the stored status says of the header, if a previous pass wrote it for the current spec
+    (observedGeneration): status.gguf, or (unless `read_only`) that the file is no GGUF model or could not be read.
+    What the model is known to be while its source is read again, or cannot be read now (after a restart, say):
+    a restart then writes no status and holds no pool."""
     status = body.get("status") or {}
+    if status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"):
+        return None
     stored = status.get("gguf")
-    if not stored or status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"):
+    if stored:
+        try:
+            return Header("Read", 0, gguf=GGUFStatus.model_validate(stored), source="status.gguf")
+        except ValidationError:
+            return None
+    if read_only:
         return None
-    try:
-        gguf = GGUFStatus.model_validate(stored)
-    except ValidationError:
-        return None
-    return Header("Read", 0, gguf=gguf, source="status.gguf")
+    condition: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == HEADER), {}
+    )
+    reason, message = condition.get("reason"), condition.get("message")
+    if reason in ("NotGGUF", "Unreadable") and isinstance(message, str):
+        return Header(reason, 0, message=message)
+    return None

@@ -194,20 +194,22 @@ NEEDS_TOKEN = Header(
 
 
 def _header(headers: Headers, asker: Key, model: pl.Body) -> Header | None:
-    """A model's GGUF header as far as it is known (None: being read, and `asker` runs again when it is). One
-    that the operator cannot read falls back on what a pool's fetch-models reported for the same file, else on
-    the status.gguf written for the same spec."""
+    """A model's GGUF header as far as it is known (None: being read, and `asker` runs again when it is; while
+    it is, what the stored status says of the same spec). One that the operator cannot read falls back on what a
+    pool's fetch-models reported for the same file, else on the status.gguf written for the same spec."""
     try:
         source = ModelSource.model_validate((model.get("spec") or {}).get("source"))
     except ValidationError:
         return None
     key = source_of(source)
     header = headers.get(key, asker) if key is not None else NEEDS_TOKEN
-    if header is not None and header.state == "Unreadable":
+    if header is None:
+        return pl.stored_header(model)  # being read: what the status says of this spec meanwhile, if anything
+    if header.state == "Unreadable":
         name = str((model.get("metadata") or {}).get("name", ""))
         sha = (source.sha256 or "").lower() or None
         reported = headers.fetched(asker.namespace, name, source.file_name(), sha)
-        return reported or pl.stored_header(model) or header
+        return reported or pl.stored_header(model, read_only=True) or header
     return header
 
 
