@@ -84,7 +84,7 @@ def test_a_file_that_is_no_gguf_makes_the_model_not_ready_and_says_why(
 ) -> None:
     crs.create(served(origin, "notes", "notes.gguf"))
     condition = crs.wait_for_reason("LLMModel", "notes", "NotGGUF")
-    assert condition["status"] == "False" and "not a GGUF file" in condition["message"]
+    assert condition["status"] == "False" and "does not start with the GGUF magic" in condition["message"]
 
 
 def test_a_pool_on_16_gib_gpus_is_held_with_a_suggestion_and_an_edit_to_it_makes_it_ready(

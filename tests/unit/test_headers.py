@@ -64,10 +64,11 @@ def test_a_server_that_ignores_range_is_read_just_as_far(models_dir: Path) -> No
         assert origin.sent["gemma-header-only.gguf"] < GEMMA_FILE_SIZE // 4
 
 
-def test_a_file_that_is_no_gguf_is_said_so_with_its_first_bytes(origin: FileServer) -> None:
+def test_a_file_that_is_no_gguf_is_said_so_without_its_bytes(origin: FileServer) -> None:
     header = read(origin.url("page.gguf"))
     assert header.state == "NotGGUF"
-    assert header.problem is not None and "not a GGUF file" in header.problem and "<!do" in header.problem
+    assert header.problem is not None and "does not start with the GGUF magic" in header.problem
+    assert "<!do" not in header.problem  # what a URL answers is not shown to whoever names it
 
 
 def test_a_missing_file_or_a_closed_port_is_unreadable_not_an_error(origin: FileServer) -> None:
@@ -177,3 +178,16 @@ def test_the_report_stays_within_the_kubelets_4_kib_and_hostile_reports_are_drop
     )
     assert fetched_headers(pod_with_report('{"gguf": 7}')) == []
     assert fetched_headers({"status": {}}) == []
+
+
+def test_with_reading_off_no_source_is_read_and_reports_still_count() -> None:
+    def never(url: str) -> Header:
+        raise AssertionError(f"read {url}")
+
+    headers = Headers(lambda keys: None, read=never, enabled=False)
+    header = headers.get(("http://10.0.0.1/m.gguf", None), Key("LLMModel", "ns", "m"))
+    assert (
+        header is not None
+        and header.state == "Unreadable"
+        and "--no-read-model-headers" in (header.problem or "")
+    )

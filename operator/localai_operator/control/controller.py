@@ -71,7 +71,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
-        object.__setattr__(self, "headers", Headers(self._header_read))
+        object.__setattr__(self, "headers", Headers(self._header_read, enabled=self.options.read_headers))
 
     def __copy__(self) -> Controller:
         """Kopf copies the memo for every object it sees: all copies would share every field anyway."""
@@ -88,7 +88,7 @@ class Controller:
             self.secrets,
             last_inputs=self.last_inputs,
             refused_inputs=self.refused_inputs,
-            headers=self.headers if self.options.read_headers else None,
+            headers=self.headers,
         )
 
     def _header_read(self, keys: set[Key]) -> None:

@@ -36,7 +36,7 @@ from localai_operator.api.llmmodel import GGUFStatus, ModelSource
 from localai_operator.control.gpufit import Header
 from localai_operator.control.queue import Key
 from localai_operator.gguf.facts import gguf_status
-from localai_operator.gguf.header import MAX_HEADER_BYTES, GGUFError, read_header
+from localai_operator.gguf.header import MAX_HEADER_BYTES, GGUFError, NotGGUF, read_header
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ def read_source(url: str, *, counter: itertools.count[int]) -> Header:
             size = _file_size(response)
             header = read_header(_Deadline(response, time.monotonic() + DEADLINE_SECONDS), file_size=size)
             status = gguf_status(header, file_size=size)
+    except NotGGUF:
+        # Not its first bytes: a URL's answer is no business of whoever may create an LLMModel.
+        problem = f"{where} is no GGUF file (it does not start with the GGUF magic)"
+        return Header("NotGGUF", next(counter), problem=problem, source=where)
     except GGUFError as err:
         return Header("NotGGUF", next(counter), problem=f"{where} is no GGUF model: {err}", source=where)
     except urllib.error.HTTPError as err:
@@ -107,6 +111,7 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+OFF = Header("Unreadable", 0, problem="the operator reads no sources (run --no-read-model-headers)")
 FETCH_CONTAINER = "fetch-models"
 MAX_REPORTED = 32
 
@@ -147,8 +152,10 @@ class Headers:
         *,
         read: Callable[[str], Header] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
     ) -> None:
         self._notify = notify
+        self._enabled = enabled  # False: no source is read; only fetch-models reports count
         self._counter = itertools.count(1)
         self._read = read or (lambda url: read_source(url, counter=self._counter))
         self._clock = clock
@@ -162,6 +169,8 @@ class Headers:
 
     def get(self, source: Source, asker: Key) -> Header | None:
         """The header of `source`, or None while it is being read (then `asker` is queued when it is)."""
+        if not self._enabled:
+            return OFF
         known = self._known.get(source)
         if known is not None:
             header, at = known
