@@ -5,6 +5,7 @@ model that does not fit."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from localai_operator.constants import GPU_MEMORY_LABEL
 from localai_operator.devcluster.nodes import FakeNode
 from localai_operator.testing.file_server import FileServer, serve_files
-from tests.helpers import ClusterAccess, wait_for
+from tests.helpers import ClusterAccess, kubectl, wait_for
 from tests.operator_process import CustomResources, OperatorProcess, model, pool
 from tests.unit.gguf_samples import GEMMA_FILE_SIZE, LLAMA_3_8B, sparse_gemma, write_header
 
@@ -39,9 +40,11 @@ def gpu_16gib_node(cluster: ClusterAccess) -> Iterator[str]:
     node = FakeNode(
         name="gpu-16gib-node", gpus=1, gpu_product=PRODUCT, labels={GPU_MEMORY_LABEL: str(16 * 1024)}
     )
-    cluster.core.create_node(node.manifest(index=200))
+    # kubectl, not the client library, whose models insist on a full nodeInfo.
+    created = kubectl(cluster, "create", "-f", "-", input=json.dumps(node.manifest(index=200)))
+    assert created.returncode == 0, created.stderr
     yield node.name
-    cluster.core.delete_node(node.name)
+    kubectl(cluster, "delete", "node", node.name, "--wait=false")
 
 
 def served(origin: FileServer, name: str, file: str, **spec: Any) -> dict[str, Any]:
