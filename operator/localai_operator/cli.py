@@ -64,6 +64,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         workers=args.workers,
         api_qps=args.api_qps,
         api_burst=args.api_burst,
+        read_model_headers=args.read_model_headers,
     )
 
 
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-qps", type=float, default=200.0, help="sustained API requests per second the operator may send"
     )
     run.add_argument("--api-burst", type=int, default=400, help="API requests it may send at once")
+    run.add_argument(
+        "--read-model-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read each LLMModel's GGUF header from its source (status.gguf, the GPU-memory fit); off: only from "
+        "what the pools' fetch-models report",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
 

@@ -60,6 +60,8 @@ ANNOTATION_APPLIED: Final = f"{GROUP}/applied-hash"  # on owned objects only, ne
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 GPU_PRESENT_LABEL: Final = "nvidia.com/gpu.present"
+# Memory of one GPU in MiB, as NVIDIA GPU Feature Discovery labels a node.
+GPU_MEMORY_LABEL: Final = "nvidia.com/gpu.memory"
 
 # Default cloud fallback (from the seed: HolySheep, OpenAI-compatible)
 HOLYSHEEP_BASE_URL: Final = "https://api.holysheep.ai/v1"

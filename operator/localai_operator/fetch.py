@@ -3,7 +3,9 @@
 Streams to a `.partial` file, resumes it with HTTP Range, verifies sha256, then renames atomically, so a crashed
 download never leaves a file that looks complete. The models directory ends up holding only what the pool serves:
 LocalAI serves every `*.yaml` it finds there, so files of models the pool no longer names are removed first.
-Standard library only: it runs in the operator's image.
+It runs in the operator's image: the standard library, and the package's own GGUF header reader for the report it
+leaves in its termination message (what each model's header says, for an operator that cannot read the source
+itself: a gated repository, a host only the nodes reach).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
+# The kubelet keeps at most 4096 bytes of a container's termination message.
+TERMINATION_LOG = "/dev/termination-log"
+MAX_REPORT_BYTES = 4096
 ATTEMPTS = 5
 # fetch-models' own bookkeeping inside the models directory. A directory: LocalAI lists no directory as a model and
 # reads configs only from top-level files (pkg/model/loader.go ListFilesInModelPath, core/config/model_config_loader.go
@@ -266,7 +271,50 @@ def install_configs(config_dir: Path, models_dir: Path, items: list[Download]) -
         os.replace(tmp, models_dir / name)
 
 
-def main(manifest: str, config_dir: str, models_dir: str) -> int:
+def header_report(items: list[Download], models_dir: Path) -> str:
+    """The termination message: {"gguf": [{"model", "file", "sha256", "gguf": status.gguf}, ...]}, the models in
+    manifest order as long as the whole stays within MAX_REPORT_BYTES; a file whose header is no model's is left
+    out (an mmproj, a file LocalAI will refuse anyway)."""
+    from localai_operator.gguf.facts import gguf_status
+    from localai_operator.gguf.header import GGUFError, read_header
+
+    entries: list[dict[str, Any]] = []
+    size = len(json.dumps({"gguf": []}, separators=(",", ":")))
+    for item in items:
+        path = models_dir / item.file
+        try:
+            with path.open("rb") as f:
+                status = gguf_status(
+                    read_header(f, file_size=path.stat().st_size), file_size=path.stat().st_size
+                )
+        except (OSError, GGUFError):
+            continue
+        entry = {
+            "model": item.model,
+            "file": item.file,
+            "sha256": item.sha256,
+            "gguf": status.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        }
+        cost = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if size + cost > MAX_REPORT_BYTES:
+            break
+        entries.append(entry)
+        size += cost
+    return json.dumps({"gguf": entries}, separators=(",", ":"))
+
+
+def write_report(items: list[Download], models_dir: Path, report: str | None) -> None:
+    """The header report where the kubelet reads it; a report that cannot be made is no failure of the pod."""
+    if report is None:
+        return
+    try:
+        text = header_report(items, models_dir)
+        Path(report).write_text(text)
+    except Exception as err:  # the models are in place: LocalAI serves them with or without the report
+        print(f"no header report: {_reason(err)}", flush=True)
+
+
+def main(manifest: str, config_dir: str, models_dir: str, report: str | None = TERMINATION_LOG) -> int:
     """Every failure ends in one line on stderr naming the model (or the step that is no model's), exit code 1;
     never a traceback."""
     out = Path(models_dir)
@@ -294,6 +342,8 @@ def main(manifest: str, config_dir: str, models_dir: str) -> int:
         install_configs(Path(config_dir), out, items)
     except OSError as err:
         return _failed(f"installing the models' configurations: {_reason(err)}")
+    # The kubelet mounts the file in the container; elsewhere (a test, a shell) there is nothing to write to.
+    write_report(items, out, report if report and Path(report).is_file() else None)
     return 0
 
 

@@ -54,8 +54,9 @@ def test_model_defaults_encode_the_tuning_advice() -> None:
     )  # decided by the pool: all layers and f16 on GPU pools
 
 
-def test_gpu_layers_accepts_all_or_a_number_only() -> None:
+def test_gpu_layers_accepts_all_auto_or_a_number_only() -> None:
     assert LLMModel.parse(model_body(gpuLayers="all")).spec.gpu_layers == "all"
+    assert LLMModel.parse(model_body(gpuLayers="auto")).spec.gpu_layers == "auto"
     assert LLMModel.parse(model_body(gpuLayers=35)).spec.gpu_layers == 35
     with pytest.raises(ValidationError):
         LLMModel.parse(model_body(gpuLayers="most"))

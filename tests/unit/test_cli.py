@@ -36,6 +36,11 @@ def test_ports_workers_and_the_api_rate_reach_the_operator() -> None:
     )
 
 
+def test_no_read_model_headers_reaches_the_operator() -> None:
+    assert options("--no-read-model-headers").read_model_headers is False
+    assert options().read_model_headers is True
+
+
 def test_python_dash_m_runs_the_same_command() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "localai_operator", "render", "--help"],

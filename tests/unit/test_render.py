@@ -140,6 +140,15 @@ def test_gpu_layers_default_to_all_on_gpu_pools_and_zero_on_cpu_pools() -> None:
     assert (gpu["gpu_layers"], cpu["gpu_layers"]) == (999, 0)
 
 
+def test_gpu_layers_auto_left_unresolved_renders_the_default() -> None:
+    # The operator resolves "auto" from the GGUF header before rendering (control/gpufit.py); offline, or where
+    # the fit is not checked, it is the default.
+    auto = model(gpuLayers="auto")
+    gpu = yaml.safe_load(by_kind(render_pool(pool(gpus=1), auto), "ConfigMap")["data"]["mistral.yaml"])
+    cpu = yaml.safe_load(by_kind(render_pool(pool(gpus=0), auto), "ConfigMap")["data"]["mistral.yaml"])
+    assert (gpu["gpu_layers"], cpu["gpu_layers"]) == (999, 0)
+
+
 def test_threads_default_to_the_cpu_request_in_whole_cores() -> None:
     p = pool(resources={"requests": {"cpu": "6500m", "memory": "8Gi"}})
     env = by_kind(render_pool(p), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -34,12 +34,14 @@ MAX_FILE_BYTES = 2**50  # 1 PiB
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
 
 GpuLayers = Annotated[
-    int | Literal["all"],
+    int | Literal["all", "auto"],
     Field(
         json_schema_extra={"x-kubernetes-int-or-string": True},
         description=(
-            'Layers offloaded to the GPU (LocalAI gpu_layers): a number, or "all". Default: "all" on a pool '
-            "with GPUs, 0 on a CPU pool. Lower it when the GPU runs out of memory."
+            'Layers offloaded to the GPU (LocalAI gpu_layers): a number, "all", or "auto": on a pool with GPUs, '
+            "the most layers that fit the GPU memory of the nodes the pool can land on, from the model's GGUF "
+            'header (status.gguf; "all" while that or the GPU memory is unknown). Default: "all" on a pool with '
+            "GPUs, 0 on a CPU pool. Lower it when the GPU runs out of memory."
         ),
     ),
 ]
@@ -186,8 +188,8 @@ class LLMModelSpec(Spec):
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.gpuLayers) || (type(self.gpuLayers) == int ? self.gpuLayers >= 0"
-                    " : self.gpuLayers == 'all')",
-                    "message": 'gpuLayers must be a number >= 0 or "all"',
+                    " : self.gpuLayers in ['all', 'auto'])",
+                    "message": 'gpuLayers must be a number >= 0, "all" or "auto"',
                 },
                 {
                     "rule": "self.kvCacheType == 'f16' || self.flashAttention != 'off'",

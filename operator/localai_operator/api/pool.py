@@ -32,6 +32,15 @@ class Accelerator(Spec):
         pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
         description="GPU product label value (nvidia.com/gpu.product), e.g. NVIDIA-A100-SXM4-80GB: a node selector.",
     )
+    memory_mib: int | None = Field(
+        default=None,
+        alias="memoryMiB",
+        ge=1,
+        le=16_777_216,
+        description="Memory of one GPU in MiB, for the GPU-memory fit of the pool's models when no node the pool "
+        "can land on has the nvidia.com/gpu.memory label (which NVIDIA GPU Feature Discovery sets, and which "
+        "wins when present).",
+    )
     runtime_class_name: str | None = Field(
         default=None,
         description='RuntimeClass for GPU pods, e.g. "nvidia" on GPU Operator clusters with containerd.',

@@ -21,6 +21,7 @@ from aiohttp import web
 from localai_operator.api.kinds import CUSTOM
 from localai_operator.control.cache import Cache, Index
 from localai_operator.control.elastic import INTERVAL_SECONDS, Elastic
+from localai_operator.control.headers import Headers
 from localai_operator.control.kube import Api, ApiError
 from localai_operator.control.leader import LeaderElector
 from localai_operator.control.metrics import Metrics
@@ -41,6 +42,8 @@ class Options:
     metrics_port: int = 0
     # How often the elastic loop reads the routers' demand and decides the autoscaled pools' sizes.
     autoscale_seconds: float = INTERVAL_SECONDS
+    # Read each model's GGUF header from its source (status.gguf, the GPU-memory fit of GPU pools).
+    read_headers: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Controller:
     queue: WorkQueue = field(default_factory=WorkQueue)
     renders: Renders = field(default_factory=Renders)
     secrets: Secrets = field(init=False)
+    headers: Headers = field(init=False)
     last_inputs: dict[Key, int] = field(
         default_factory=dict
     )  # (a hash of) each key's inputs at its last good pass
@@ -70,6 +74,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "secrets", Secrets(self.api))  # reads by name through the one client
+        object.__setattr__(self, "headers", Headers(self._header_read, enabled=self.options.read_headers))
 
     def __copy__(self) -> Controller:
         """Kopf copies the memo for every object it sees: all copies would share every field anyway."""
@@ -86,7 +91,18 @@ class Controller:
             self.secrets,
             last_inputs=self.last_inputs,
             refused_inputs=self.refused_inputs,
+            headers=self.headers,
         )
+
+    def _header_read(self, keys: set[Key]) -> None:
+        self.header_known(keys)
+
+    def header_known(self, keys: set[Key]) -> None:
+        """A GGUF header was read or reported: the passes that asked for it run again, even over inputs that are
+        otherwise unchanged (a model's fingerprint does not hold its header)."""
+        for key in keys:
+            self.last_inputs.pop(key, None)
+            self.queue.add(key)
 
     def enqueue(
         self, kind: str, namespace: str, names: str | list[str] | set[str], *, background: bool = False
@@ -133,6 +149,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.headers.close()
         if self.elector is not None:
             # Within a second of SIGTERM: a standby that misses the hand-back waits for the Lease to expire.
             with contextlib.suppress(TimeoutError):

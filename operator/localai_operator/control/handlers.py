@@ -30,8 +30,10 @@ from localai_operator.api.kinds import (
 from localai_operator.constants import APP_NAME, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
 from localai_operator.control import cache
 from localai_operator.control.controller import Controller
+from localai_operator.control.headers import fetched_headers
 from localai_operator.control.kube import login as kube_login
 from localai_operator.control.plan import routes_clashing_with
+from localai_operator.control.queue import Key
 from localai_operator.render.common import ROUTER_COMPONENT
 
 MANAGED = f"{LABEL_MANAGED_BY}={APP_NAME}"
@@ -245,11 +247,16 @@ for _kind in OWNED:
 
 @kopf.on.event(*_on(POD), id="pool-pod")
 async def pod_changed(body: kopf.Body, namespace: str | None, memo: Controller, **_: Any) -> None:
-    """Scheduling failures show on the pods first (the Deployment only counts them)."""
+    """Scheduling failures show on the pods first (the Deployment only counts them), and so do the headers
+    fetch-models reports when it is done (the pod is Pending until LocalAI starts; the watch's last event of it,
+    as it turns Running, still carries them)."""
     memo.synced.set()
     pool = cache.pool_of_pod(body)
     if pool:
         memo.enqueue(INFERENCE_POOL.kind, _ns(namespace), pool, background=True)
+        # Its fetch-models may have reported the headers of models the operator could not read itself.
+        reported = memo.headers.report(_ns(namespace), fetched_headers(body))
+        memo.header_known({Key(LLM_MODEL.kind, _ns(namespace), model) for model in reported})
 
 
 @kopf.on.event(*_on(NODE), id="node")

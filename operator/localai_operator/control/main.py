@@ -42,6 +42,7 @@ class RunOptions:
     workers: int = 64
     api_qps: float = 200.0
     api_burst: int = 400
+    read_model_headers: bool = True
 
     @property
     def watched(self) -> list[str] | None:
@@ -104,6 +105,7 @@ def controller(options: RunOptions, settings: kopf.OperatorSettings) -> Controll
             resync_seconds=resync,
             metrics_port=options.metrics_port,
             autoscale_seconds=autoscale,
+            read_headers=options.read_model_headers,
         ),
         elector=elector,
         tracer=PassTracer.start(os.environ),

@@ -18,10 +18,12 @@ from pydantic import ValidationError
 from localai_operator.api import FallbackRoute, InferencePool, LLMModel
 from localai_operator.api.base import SecretKeyRef, validation_problems
 from localai_operator.api.kinds import HTTP_ROUTE
+from localai_operator.api.llmmodel import GGUFStatus
 from localai_operator.api.route import RouteCost
 from localai_operator.constants import ANNOTATION_APPLIED, GPU_PRODUCT_LABEL
 from localai_operator.control import status as st
 from localai_operator.control.autoscale import ScaleState
+from localai_operator.control.gpufit import Header, decide
 from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.common import content_hash
 from localai_operator.render.pool import endpoint as pool_endpoint
@@ -60,6 +62,8 @@ class PoolObserved:
         default_factory=dict
     )  # pool_secret_names(body)
     scale: ScaleState | None = None  # the autoscaler's last decision (spec.autoscaling)
+    # Per model of a GPU pool, its GGUF header (None while it is read); empty when the operator reads none.
+    headers: Mapping[str, Header | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class RouteObserved:
 class ModelObserved:
     body: Body
     served_by: tuple[str, ...]
+    reads_headers: bool = False  # the operator reads GGUF headers (then `header`: None while it is read)
+    header: Header | None = None
 
 
 def _version(body: Body | None) -> tuple[Any, Any] | None:
@@ -89,7 +95,8 @@ def _version(body: Body | None) -> tuple[Any, Any] | None:
 
 def model_fingerprint(version: tuple[Any, Any] | None, served_by: tuple[str, ...]) -> Hashable:
     """A model's fingerprint from its (uid, resourceVersion) and the pools serving it: all a model pass reads,
-    so a resync can tell an unchanged model without unpacking its body."""
+    so a resync can tell an unchanged model without unpacking its body. (Its GGUF header too: whoever learns a
+    new one forgets the model's last inputs, Controller.header_known.)"""
     return (version, served_by)
 
 
@@ -116,7 +123,21 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
         )
     models = tuple((name, _version(body)) for name, body in observed.models.items())
     nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
-    return (_version(observed.body), models, owned, observed.unschedulable, nodes, secrets, observed.scale)
+    headers = tuple((n, _header_version(h)) for n, h in (observed.headers or {}).items())
+    return (
+        _version(observed.body),
+        models,
+        owned,
+        observed.unschedulable,
+        nodes,
+        secrets,
+        observed.scale,
+        headers,
+    )
+
+
+def _header_version(header: Header | None) -> tuple[str, int] | None:
+    return (header.state, header.serial) if header is not None else None
 
 
 def dependencies(observed: PoolObserved | RouteObserved | ModelObserved) -> Hashable:
@@ -131,7 +152,8 @@ def dependencies(observed: PoolObserved | RouteObserved | ModelObserved) -> Hash
         return (_identity(observed.body), pools, secrets, models)
     models = tuple((name, _identity(body or {})) for name, body in observed.models.items())
     nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
-    return (_identity(observed.body), models, secrets, nodes, observed.scale)
+    headers = tuple((n, _header_version(h)) for n, h in (observed.headers or {}).items())
+    return (_identity(observed.body), models, secrets, nodes, observed.scale, headers)
 
 
 def conflict_message(
@@ -295,6 +317,18 @@ def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders
     facts = dataclasses.replace(facts, spec_checks=checks)
     if any(c.ok is False for c in checks):
         return Plan(None, facts)
+    decision = (
+        decide(pool, models, observed.headers, observed.gpu_nodes) if observed.headers is not None else None
+    )
+    if decision is not None and decision.check is not None:
+        facts = dataclasses.replace(facts, gpu_memory=decision.check, held=decision.hold)
+        if decision.hold:
+            # Nothing is applied: the Deployment and its ConfigMap stay as they are, the old replicas serving.
+            deployment = observed.owned.get(("Deployment", pool.name))
+            return Plan(None, dataclasses.replace(facts, deployment=deployment))
+    for name, layers in (decision.gpu_layers if decision is not None else {}).items():
+        model = models[name]
+        models[name] = model.model_copy(update={"spec": model.spec.model_copy(update={"gpu_layers": layers})})
     arguments = pool_render_arguments(pool, observed.secrets)
     desired = desired_replicas(pool, observed)
     facts = dataclasses.replace(
@@ -311,6 +345,7 @@ def plan_pool(observed: PoolObserved, settings: RenderSettings, renders: Renders
         tuple(_identity(observed.models[n] or {}) for n in spec.models),
         tuple(sorted(arguments.items())),
         desired,
+        tuple(sorted(decision.gpu_layers.items())) if decision is not None else (),
     )
     try:
         objects = renders.get(
@@ -533,9 +568,73 @@ def _primary_and_models(
 
 
 def plan_model(observed: ModelObserved) -> Plan[st.ModelFacts]:
-    """A model owns nothing; its status names the pools serving it (from the pools' index, never a read)."""
+    """A model owns nothing; its status names the pools serving it (from the pools' index, never a read) and what
+    its GGUF header says."""
     try:
         model = LLMModel.parse(observed.body)
     except ValidationError as err:
         return Plan(None, st.ModelFacts(invalid=validation_problems(err), served_by=observed.served_by))
-    return Plan(None, st.ModelFacts(served_by=observed.served_by, file=model.spec.source.file_name()))
+    facts = st.ModelFacts(served_by=observed.served_by, file=model.spec.source.file_name())
+    if not observed.reads_headers:
+        return Plan(None, facts)
+    header = observed.header
+    return Plan(
+        None,
+        dataclasses.replace(
+            facts,
+            header=header_check(header),
+            gguf=header.gguf if header is not None else None,
+            context_size=model.spec.context_size,
+        ),
+    )
+
+
+HEADER = "GGUFHeader"
+
+
+def header_check(header: Header | None) -> st.Check:
+    """The model's GGUFHeader condition. Only a file that is no GGUF model makes the model not Ready: llama.cpp
+    could not load it. One the operator cannot read (no route to it, a gated source) is said so and left to the
+    download: the model stays usable, and its pools' GPU-memory fit is not checked."""
+    if header is None:
+        return st.Check(HEADER, None, "Reading", "Reading the model file's GGUF header.", advisory=True)
+    if header.state == "NotGGUF":
+        message = header.message or f"{header.problem}: llama.cpp cannot load it; fix spec.source."
+        return st.Check(HEADER, False, "NotGGUF", message)
+    if header.state == "Unreadable" or header.gguf is None:
+        message = header.message or (
+            f"The GGUF header was not read ({header.problem or 'the source needs a token'}): status.gguf stays "
+            "empty and the GPU-memory fit of the pools serving the model is not checked."
+        )
+        return st.Check(HEADER, None, "Unreadable", message, advisory=True)
+    g = header.gguf
+    message = (
+        f"{g.architecture}, {g.parameter_count / 1e9:.2f} B parameters, {g.layers} layers, {g.quantization}, "
+        f"trained context {g.trained_context} tokens, {g.file_size} bytes."
+    )
+    return st.Check(HEADER, True, "Read", message)
+
+
+def stored_header(body: Body, *, read_only: bool = False) -> Header | None:
+    """What the stored status says of the header, if a previous pass wrote it for the current spec
+    (observedGeneration): status.gguf, or (unless `read_only`) that the file is no GGUF model or could not be read.
+    What the model is known to be while its source is read again, or cannot be read now (after a restart, say):
+    a restart then writes no status and holds no pool."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"):
+        return None
+    stored = status.get("gguf")
+    if stored:
+        try:
+            return Header("Read", 0, gguf=GGUFStatus.model_validate(stored), source="status.gguf")
+        except ValidationError:
+            return None
+    if read_only:
+        return None
+    condition: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == HEADER), {}
+    )
+    reason, message = condition.get("reason"), condition.get("message")
+    if reason in ("NotGGUF", "Unreadable") and isinstance(message, str):
+        return Header(reason, 0, message=message)
+    return None

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from localai_operator.api.base import Spec
 from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
+from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control import plan as pl
 from localai_operator.control import status as st
 from localai_operator.control.cache import Cache, owned_key, owner_of
+from localai_operator.control.gpufit import Header
+from localai_operator.control.headers import Headers, source_of
 from localai_operator.control.kube import Api, ApiError, contains
 from localai_operator.control.plan import SecretInfo
 from localai_operator.control.queue import Key, WorkQueue
@@ -73,6 +78,7 @@ class Context:
     last_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
     refused_inputs: dict[Key, int] = dataclasses.field(default_factory=dict)
     clock: Callable[[], str] = now
+    headers: Headers | None = None  # the models' GGUF headers; None: the operator reads none
 
 
 async def reconcile(key: Key, ctx: Context) -> Failure | None:
@@ -88,7 +94,7 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     secrets = await ctx.secrets.read(key.namespace, _secret_names(ctx.cache, kind, key, body))
     if any(found is None for found in secrets.values()):
         ctx.queue.add_after(key, RECHECK_SECONDS)  # no watch tells when it appears
-    observed = _gather(ctx.cache, kind, key, body, secrets)
+    observed = _gather(ctx.cache, kind, key, body, secrets, ctx.headers)
     inputs = hash(pl.fingerprint(observed))
     if ctx.last_inputs.get(key) == inputs:
         return None  # the last pass saw exactly this and succeeded
@@ -133,20 +139,30 @@ def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]
 
 
 def _gather(
-    cache: Cache, kind: Kind, key: Key, body: pl.Body, secrets: Mapping[str, SecretInfo | None]
+    cache: Cache,
+    kind: Kind,
+    key: Key,
+    body: pl.Body,
+    secrets: Mapping[str, SecretInfo | None],
+    headers: Headers | None = None,
 ) -> pl.PoolObserved | pl.RouteObserved | pl.ModelObserved:
-    """Everything a pass reads, from the caches (and the Secrets it names, read by name)."""
+    """Everything a pass reads, from the caches (and the Secrets it names, read by name; the GGUF headers of a
+    GPU pool's models, or of a model, as far as they are read)."""
     meta, spec = body["metadata"], body.get("spec") or {}
     if kind is INFERENCE_POOL:
         gpus = int((spec.get("accelerator") or {}).get("gpus") or 0)
+        models = {m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []}
         return pl.PoolObserved(
             body=body,
-            models={m: cache.get(LLM_MODEL, key.namespace, m) for m in spec.get("models") or []},
+            models=models,
             owned=cache.owned(key.namespace, meta["uid"]),
             unschedulable=cache.unschedulable(key.namespace, key.name),
             gpu_nodes=cache.gpu_nodes() if gpus else (),
             secrets=secrets,
             scale=cache.scales.get((key.namespace, key.name)),
+            headers={m: _header(headers, key, b) for m, b in models.items() if b is not None}
+            if headers is not None and gpus
+            else None,
         )
     if kind is FALLBACK_ROUTE:
         pools = {p: cache.get(INFERENCE_POOL, key.namespace, p) for p in pl.route_pool_names(body)}
@@ -165,7 +181,37 @@ def _gather(
             gateway_api=cache.gateway_api(),
         )
     assert kind is LLM_MODEL, f"no pass for {key}"
-    return pl.ModelObserved(body=body, served_by=cache.served_by(key.namespace, key.name))
+    served_by = cache.served_by(key.namespace, key.name)
+    if headers is None:
+        return pl.ModelObserved(body=body, served_by=served_by)
+    return pl.ModelObserved(body, served_by, reads_headers=True, header=_header(headers, key, body))
+
+
+NEEDS_TOKEN = Header(
+    "Unreadable",
+    0,
+    problem="the source needs a token (spec.source.huggingFace.tokenSecretRef), which the operator does not read",
+)
+
+
+def _header(headers: Headers, asker: Key, model: pl.Body) -> Header | None:
+    """A model's GGUF header as far as it is known (None: being read, and `asker` runs again when it is; while
+    it is, what the stored status says of the same spec). One that the operator cannot read falls back on what a
+    pool's fetch-models reported for the same file, else on the status.gguf written for the same spec."""
+    try:
+        source = ModelSource.model_validate((model.get("spec") or {}).get("source"))
+    except ValidationError:
+        return None
+    key = source_of(source)
+    header = headers.get(key, asker) if key is not None else NEEDS_TOKEN
+    if header is None:
+        return pl.stored_header(model)  # being read: what the status says of this spec meanwhile, if anything
+    if header.state == "Unreadable":
+        name = str((model.get("metadata") or {}).get("name", ""))
+        sha = (source.sha256 or "").lower() or None
+        reported = headers.fetched(asker.namespace, name, source.file_name(), sha)
+        return reported or pl.stored_header(model, read_only=True) or header
+    return header
 
 
 async def _pool(ctx: Context, key: Key, observed: pl.PoolObserved) -> Failure | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localai_operator.api.base import Condition, Spec
-from localai_operator.api.llmmodel import LLMModelStatus
+from localai_operator.api.llmmodel import GGUFStatus, LLMModelStatus
 from localai_operator.api.pool import AutoscalingStatus, InferencePoolStatus
 from localai_operator.api.route import (
     FallbackRouteStatus,
@@ -27,23 +27,24 @@ READY = "Ready"
 
 @dataclass(frozen=True)
 class Check:
-    """One kind-specific condition: ok is None while unknown (e.g. pods still starting)."""
+    """One kind-specific condition: ok is None while unknown (e.g. pods still starting). An `advisory` one is
+    shown but does not decide Ready."""
 
     type: str
     ok: bool | None
     reason: str
     message: str
-    # False: reported, but Ready does not depend on it (what the router serves works without it).
-    gates_ready: bool = True
+    # True: reported, but Ready does not depend on it (what the resource serves works without it).
+    advisory: bool = False
 
 
 def conditions(
     checks: Sequence[Check], previous: Sequence[Mapping[str, Any]], generation: int | None, now: str
 ) -> list[Condition]:
     """The checks plus a Ready summary; lastTransitionTime moves only when a condition's status flips."""
-    gating = [c for c in checks if c.gates_ready]
-    failing = next((c for c in gating if c.ok is False), None) or next(
-        (c for c in gating if c.ok is None), None
+    deciding = [c for c in checks if not c.advisory]
+    failing = next((c for c in deciding if c.ok is False), None) or next(
+        (c for c in deciding if c.ok is None), None
     )
     if failing is None:
         ready = Check(READY, True, "Ready", "All conditions are met.")
@@ -205,6 +206,9 @@ class PoolFacts:
     endpoint: str | None = None
     autoscaled: bool = False
     scale: ScaleState | None = None
+    # The GPU-memory fit (control/gpufit.py); `held`: nothing was applied because of it.
+    gpu_memory: Check | None = None
+    held: bool = False
 
 
 def pool_checks(f: PoolFacts) -> list[Check]:
@@ -243,6 +247,10 @@ def pool_checks(f: PoolFacts) -> list[Check]:
             checks[same] = check
     if any(c.ok is False for c in f.spec_checks):
         return checks
+    if f.gpu_memory is not None:
+        checks.append(f.gpu_memory)
+        if f.held:
+            return checks
     checks.append(_applied(f.applied))
     if not f.applied.ok:
         return checks
@@ -489,11 +497,11 @@ def http_route_check(g: GatewayFacts, namespace: str) -> Check:
             "spec.gateway is set but this cluster serves no HTTPRoute (gateway.networking.k8s.io/v1): no "
             "HTTPRoute was made. Install the Gateway API CRDs and the route gets one; it serves in the cluster "
             "meanwhile.",
-            gates_ready=False,
+            advisory=True,
         )
     if g.live is None:
         return Check(
-            HTTP_ROUTE_ACCEPTED, None, "Pending", f'HTTPRoute "{g.name}" is being made.', gates_ready=False
+            HTTP_ROUTE_ACCEPTED, None, "Pending", f'HTTPRoute "{g.name}" is being made.', advisory=True
         )
     parents = parents_of(g.live)
     if not parents:
@@ -502,7 +510,7 @@ def http_route_check(g: GatewayFacts, namespace: str) -> Check:
             None,
             "Pending",
             f'No Gateway controller has reported on HTTPRoute "{g.name}" yet.',
-            gates_ready=False,
+            advisory=True,
         )
     for parent in parents:
         for c in parent.conditions:
@@ -513,12 +521,12 @@ def http_route_check(g: GatewayFacts, namespace: str) -> Check:
                     False if c.status == "False" else None,
                     c.reason,
                     f"{where}: {c.type} is {c.status}: {c.message}",
-                    gates_ready=False,
+                    advisory=True,
                 )
         if {c.type for c in parent.conditions} != set(PARENT_CONDITIONS):
             where = _parent_name(parent.parent_ref, namespace)
             return Check(
-                HTTP_ROUTE_ACCEPTED, None, "Pending", f"{where} has not reported yet.", gates_ready=False
+                HTTP_ROUTE_ACCEPTED, None, "Pending", f"{where} has not reported yet.", advisory=True
             )
     names = ", ".join(_parent_name(p.parent_ref, namespace) for p in parents)
     return Check(
@@ -526,7 +534,7 @@ def http_route_check(g: GatewayFacts, namespace: str) -> Check:
         True,
         "Accepted",
         f'HTTPRoute "{g.name}" is accepted by {names}.',
-        gates_ready=False,
+        advisory=True,
     )
 
 
@@ -556,14 +564,34 @@ class ModelFacts:
     invalid: str | None = None
     served_by: tuple[str, ...] = ()
     file: str | None = None
+    # The GGUF header: its condition (None when the operator reads no headers), and what it says.
+    header: Check | None = None
+    gguf: GGUFStatus | None = None
+    context_size: int | None = None
 
 
 def model_checks(f: ModelFacts) -> list[Check]:
     if f.invalid:
         return [invalid(f.invalid)]
     if f.served_by:
-        return [Check("Served", True, "Served", f"Served by InferencePool {', '.join(f.served_by)}.")]
-    return [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
+        checks = [Check("Served", True, "Served", f"Served by InferencePool {', '.join(f.served_by)}.")]
+    else:
+        checks = [Check("Served", True, "NotReferenced", "Valid; no InferencePool serves this model yet.")]
+    if f.header is not None:
+        checks.append(f.header)
+    trained = f.gguf.trained_context if f.gguf is not None else 0
+    if trained and f.context_size is not None:
+        if f.context_size > trained:
+            message = (
+                f"spec.contextSize {f.context_size} is more than the {trained} tokens the model was trained for: "
+                "llama.cpp runs it, but answers past the trained context degrade (lower contextSize, or use a "
+                "model trained for a longer context)."
+            )
+            checks.append(Check("ContextFits", False, "ContextBeyondTraining", message, advisory=True))
+        else:
+            message = f"spec.contextSize {f.context_size} is within the trained context of {trained} tokens."
+            checks.append(Check("ContextFits", True, "WithinTraining", message, advisory=True))
+    return checks
 
 
 def model_status(
@@ -573,5 +601,6 @@ def model_status(
         observed_generation=generation,
         served_by=list(f.served_by),
         file=f.file,
+        gguf=f.gguf,
         conditions=conditions(model_checks(f), (previous or {}).get("conditions") or [], generation, now),
     )

@@ -27,7 +27,8 @@ def slots(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) 
 
 def model_config(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> dict[str, Any]:
     spec = model.spec
-    if spec.gpu_layers is None:
+    # "auto" reaches here only where the fit could not resolve it to a number (control/gpufit.py): the default.
+    if spec.gpu_layers is None or spec.gpu_layers == "auto":
         gpu_layers = ALL_LAYERS if gpu else 0
     else:
         gpu_layers = ALL_LAYERS if spec.gpu_layers == "all" else int(spec.gpu_layers)

@@ -1,0 +1,238 @@
+"""The GGUF headers of the models' sources, read by the operator with one HTTP range read each, in the background.
+
+A pass asks `Headers.get(source)`: the answer is the result when known, else None and a read starts (at most
+CONCURRENT at once, each in a thread: the parse is CPU work of up to seconds on hostile input). When it ends, the
+keys that asked are queued again. A result is kept per source (download URL and sha256), so a source is read once
+per process, not every pass; a failed read is tried again after RETRY_SECONDS.
+
+Where the operator cannot read a source, the pool's `fetch-models` init container reports the headers of the files
+it downloaded in its termination message (fetch.header_report), which the operator sees on the pod while it is
+Pending (`Headers.report`); a pass uses it for a model whose file and sha256 it names.
+
+A read is bounded: it asks for the first MAX_HEADER_BYTES (`Range: bytes=0-...`), stops as soon as the header
+is parsed, and gives up after DEADLINE_SECONDS in all (each socket read after TIMEOUT_SECONDS). A server that
+ignores Range is read the same way, up to the same bound. Sources that need a token (a gated Hugging Face
+repository) are not read: the operator keeps no Secret values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from http.client import HTTPResponse
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from localai_operator import __version__
+from localai_operator.api.llmmodel import GGUFStatus, ModelSource
+from localai_operator.control.gpufit import Header
+from localai_operator.control.queue import Key
+from localai_operator.gguf.facts import gguf_status
+from localai_operator.gguf.header import MAX_HEADER_BYTES, GGUFError, NotGGUF, read_header
+
+log = logging.getLogger(__name__)
+
+CONCURRENT: Final = 2
+TIMEOUT_SECONDS: Final = 10.0
+DEADLINE_SECONDS: Final = 30.0
+RETRY_SECONDS: Final = 300.0
+MAX_SOURCES: Final = 1024  # results kept, the least recently used dropped first
+
+Source = tuple[str, str | None]  # (download URL, sha256)
+
+
+def source_of(source: ModelSource) -> Source | None:
+    """The key a model source's header is kept under; None for a source the operator does not read."""
+    if source.hugging_face is not None and source.hugging_face.token_secret_ref is not None:
+        return None
+    return source.download_url(), (source.sha256 or "").lower() or None
+
+
+class _Deadline:
+    """A response body that refuses to be read past a deadline: a server trickling bytes cannot hold a thread."""
+
+    def __init__(self, response: HTTPResponse, deadline: float) -> None:
+        self.response = response
+        self.deadline = deadline
+
+    def read(self, size: int, /) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"no GGUF header within {DEADLINE_SECONDS:g} s")
+        return self.response.read(size)
+
+
+def read_source(url: str, *, counter: itertools.count[int]) -> Header:
+    """One blocking range read of `url` and the parse of its header (run it in a thread)."""
+    request = urllib.request.Request(
+        url,
+        headers={"Range": f"bytes=0-{MAX_HEADER_BYTES - 1}", "User-Agent": f"localai-operator/{__version__}"},
+    )
+    where = _without_query(url)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+            size = _file_size(response)
+            header = read_header(_Deadline(response, time.monotonic() + DEADLINE_SECONDS), file_size=size)
+            status = gguf_status(header, file_size=size)
+    except NotGGUF:
+        # Not its first bytes: a URL's answer is no business of whoever may create an LLMModel.
+        problem = f"{where} is no GGUF file (it does not start with the GGUF magic)"
+        return Header("NotGGUF", next(counter), problem=problem, source=where)
+    except GGUFError as err:
+        return Header("NotGGUF", next(counter), problem=f"{where} is no GGUF model: {err}", source=where)
+    except urllib.error.HTTPError as err:
+        return Header("Unreadable", next(counter), problem=f"{where} answered HTTP {err.code}", source=where)
+    except (OSError, ValueError) as err:  # URLError, timeouts, resets, a malformed answer
+        reason = getattr(err, "reason", None) or err
+        return Header(
+            "Unreadable", next(counter), problem=f"{where} could not be read: {reason}", source=where
+        )
+    return Header("Read", next(counter), gguf=status, source=where)
+
+
+def _file_size(response: HTTPResponse) -> int | None:
+    """The whole file's size: Content-Range's total on a 206, Content-Length on a 200."""
+    if response.status == 206:
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length") or ""
+    return int(length) if length.isdigit() else None
+
+
+def _without_query(url: str) -> str:
+    """Query strings may carry signatures: never in a status or a log."""
+    return url.split("?", 1)[0]
+
+
+OFF = Header("Unreadable", 0, problem="the operator reads no sources (run --no-read-model-headers)")
+FETCH_CONTAINER = "fetch-models"
+MAX_REPORTED = 32
+
+
+def fetched_headers(pod: Mapping[str, Any]) -> list[tuple[str, str, str | None, GGUFStatus]]:
+    """(model, file, sha256, status.gguf) from the termination message of a pod's finished fetch-models container
+    (at most 4 KiB, the kubelet's bound; hostile: every entry is validated, invalid ones are dropped)."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if status.get("name") != FETCH_CONTAINER:
+            continue
+        terminated = (status.get("state") or {}).get("terminated") or {}
+        message = terminated.get("message")
+        if terminated.get("exitCode") != 0 or not isinstance(message, str) or len(message) > 4096:
+            return []
+        try:
+            entries = json.loads(message).get("gguf")
+        except (ValueError, AttributeError):
+            return []
+        found = []
+        for entry in entries[:MAX_REPORTED] if isinstance(entries, list) else []:
+            try:
+                model, file, sha = entry["model"], entry["file"], entry.get("sha256")
+                if not (isinstance(model, str) and isinstance(file, str) and isinstance(sha, str | None)):
+                    continue
+                found.append(
+                    (model, file, sha.lower() if sha else None, GGUFStatus.model_validate(entry["gguf"]))
+                )
+            except (KeyError, TypeError, AttributeError, ValidationError):
+                continue
+        return found
+    return []
+
+
+class Headers:
+    def __init__(
+        self,
+        notify: Callable[[set[Key]], None],
+        *,
+        read: Callable[[str], Header] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
+    ) -> None:
+        self._notify = notify
+        self._enabled = enabled  # False: no source is read; only fetch-models reports count
+        self._counter = itertools.count(1)
+        self._read = read or (lambda url: read_source(url, counter=self._counter))
+        self._clock = clock
+        self._known: OrderedDict[Source, tuple[Header, float]] = OrderedDict()
+        self._reading: dict[Source, set[Key]] = {}
+        # (namespace, model) -> (file, sha256, header) as a pool's fetch-models reported it
+        self._fetched: OrderedDict[tuple[str, str], tuple[str, str | None, Header]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(CONCURRENT)
+        self.reads = 0  # range reads started, for tests and metrics
+
+    def get(self, source: Source, asker: Key) -> Header | None:
+        """The header of `source`, or None while it is being read (then `asker` is queued when it is)."""
+        if not self._enabled:
+            return OFF
+        known = self._known.get(source)
+        if known is not None:
+            header, at = known
+            if header.state != "Unreadable" or self._clock() - at < RETRY_SECONDS:
+                self._known.move_to_end(source)
+                return header
+        if source in self._reading:
+            self._reading[source].add(asker)
+            return None
+        if known is not None:
+            # A failed read is tried again, but the pass keeps its result meanwhile (pools do not wait on it again).
+            self._start(source, {asker})
+            return known[0]
+        self._start(source, {asker})
+        return None
+
+    def _start(self, source: Source, askers: set[Key]) -> None:
+        self._reading[source] = askers
+        task = asyncio.get_running_loop().create_task(self._run(source), name=f"gguf-header {source[0][:80]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, source: Source) -> None:
+        try:
+            async with self._slots:
+                self.reads += 1
+                header = await asyncio.to_thread(self._read, source[0])
+        except Exception as err:  # a bug in the reader: said once, the source tried again later
+            log.exception("reading the GGUF header of %s failed", _without_query(source[0]))
+            header = Header(
+                "Unreadable", next(self._counter), problem=f"reading failed: {type(err).__name__}"
+            )
+        if header.state == "Unreadable":
+            log.info("GGUF header of %s: %s", _without_query(source[0]), header.problem)
+        self._known[source] = (header, self._clock())
+        while len(self._known) > MAX_SOURCES:
+            self._known.popitem(last=False)
+        self._notify(self._reading.pop(source, set()))
+
+    def report(self, namespace: str, entries: list[tuple[str, str, str | None, GGUFStatus]]) -> set[str]:
+        """Keeps what a fetch-models container reported; returns the models whose header is new."""
+        changed = set()
+        for model, file, sha, gguf in entries:
+            known = self._fetched.get((namespace, model))
+            if known is not None and known[:2] == (file, sha) and known[2].gguf == gguf:
+                continue
+            header = Header("Read", next(self._counter), gguf=gguf, source="the fetch-models report")
+            self._fetched[(namespace, model)] = (file, sha, header)
+            self._fetched.move_to_end((namespace, model))
+            changed.add(model)
+        while len(self._fetched) > MAX_SOURCES:
+            self._fetched.popitem(last=False)
+        return changed
+
+    def fetched(self, namespace: str, model: str, file: str, sha256: str | None) -> Header | None:
+        """The header a fetch-models container reported for this model's current file (and sha256), if any."""
+        known = self._fetched.get((namespace, model))
+        if known is None or known[:2] != (file, sha256):
+            return None
+        return known[2]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
