@@ -10,7 +10,7 @@ from aiohttp import web
 
 from localai_operator.constants import SERVED_BY_LOCAL
 from localai_operator.router import body as bodies
-from localai_operator.router import codec
+from localai_operator.router import codec, tokens
 from localai_operator.router.paths import ApiPath, StreamFormat
 from localai_operator.router.policy import FallbackReason
 from localai_operator.router.upstream import Cloud, Route
@@ -49,6 +49,14 @@ class Attempt:
     blocked: str | None = None
     # The cloud was asked for a stream's usage that the client did not ask for: its usage event is not relayed.
     usage_hidden: bool = False
+    # The prompt's tokens by the estimator, once asked for.
+    _prompt_tokens: int | None = None
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens by the estimator (router/tokens.py), counted once."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = tokens.prompt_tokens(self.body)
+        return self._prompt_tokens
 
     @property
     def client_stream(self) -> bool:
