@@ -79,7 +79,17 @@ SSE_FIRST_TOKEN = 0.1
 # Request/response: the pinned LocalAI v4.9.0, whose role chunk comes with the first token; with nothing to
 # wait for, the stand-in writes the whole (instant) stream at once.
 PINNED_SHAPE = "with_first_token"
-TARGETS = ("direct", "router", "router-asyncio", "relay", "nginx", "litellm")
+TARGETS = (
+    "direct",
+    "router",
+    "router-asyncio",
+    "router-baseline",
+    "router-2pods",
+    "router-2pods-affinity",
+    "relay",
+    "nginx",
+    "litellm",
+)
 PEERS = ("relay", "nginx", "litellm")
 STARTUP_SECONDS = 60.0
 INSTALL_HINTS = {
@@ -97,14 +107,14 @@ WITHOUT_UVLOOP = (
 )
 
 
-def shipped_python() -> Path:
+def shipped_python(repo: Path = REPO) -> Path:
     """The python of a venv holding what the image installs: the wheels `pip wheel .` builds (the Dockerfile's
     build stage), installed with --no-index. Cached by the content of pyproject.toml and the package."""
     import hashlib
 
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes())
-    for path in sorted((REPO / "operator").rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    digest = hashlib.sha256((repo / "pyproject.toml").read_bytes())
+    for path in sorted((repo / "operator").rglob("*.py")):
+        digest.update(path.relative_to(repo).as_posix().encode() + path.read_bytes())
     root = Path.home() / ".cache" / "localai-operator" / "bench" / f"router-venv-{digest.hexdigest()[:12]}"
     python = root / "venv" / "bin" / "python"
     if python.exists():
@@ -112,7 +122,7 @@ def shipped_python() -> Path:
     print(f"building the shipped dependency set in {root} (once per source change)", flush=True)
     wheels = root / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(REPO)], check=True
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(repo)], check=True
     )
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
     subprocess.run(
@@ -132,11 +142,33 @@ def shipped_python() -> Path:
     return python
 
 
+def baseline_python(ref: str) -> Path:
+    """The shipped dependency set of the router at git ref `ref` of this repository (`git archive`, so no checkout's
+    working tree is touched): the "before" of a before/after in one run."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = Path.home() / ".cache" / "localai-operator" / "bench" / f"source-{commit[:12]}"
+    if not (tree / "pyproject.toml").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return shipped_python(tree)
+
+
 def router_argv(
-    args: argparse.Namespace, config: Path, port: int, *flags: str, asyncio_only: bool = False
+    args: argparse.Namespace,
+    config: Path,
+    port: int,
+    *flags: str,
+    asyncio_only: bool = False,
+    python_path: Path | None = None,
 ) -> list[str]:
     """`localai-operator router` for `config` on `port`, from the chosen dependency set."""
-    python = str(args.router_python)
+    python = str(python_path or args.router_python)
     command = [python, "-c", WITHOUT_UVLOOP] if asyncio_only else [python, "-m", "localai_operator"]
     return [*command, "router", "--config", str(config), "--host", HOST, "--port", str(port), *flags]
 
@@ -588,21 +620,39 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
 
     # Our router, through its production entry point.
     env = {**os.environ, FALLBACK_API_KEY_ENV: API_KEY}
-    scenarios = list(router_configs(ports).items())
-    scenarios.append(("asyncio", router_configs(ports)["main"]))
+    configs = router_configs(ports)
+    scenarios = list(configs.items())
+    scenarios.append(("asyncio", configs["main"]))
+    if args.baseline_python is not None:
+        scenarios += [("baseline", configs["main"]), ("baseline-sse", configs["sse"])]
+    if args.affinity:
+        # Two pods (two stand-in processes) behind one route: prefix affinity off, then on (every request carries
+        # the same prompt, so every one is keyed and placed by the table).
+        _, second = processes.spawn(
+            standin_process, "local", Behaviour(role_chunk=PINNED_SHAPE), free_port(), loop
+        )
+        two = router_config(local, cloud)
+        two["local"]["endpoints"].append(f"http://{HOST}:{second}/v1")
+        scenarios.append(("2pods", {**two, "policy": {"affinity": {"enabled": False}}}))
+        scenarios.append(("2pods-affinity", two))
     for scenario, config in scenarios:
         path = workdir / f"router-{scenario}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
-        process = processes.command(
-            f"router-{scenario}", router_argv(args, path, port, asyncio_only=scenario == "asyncio"), env
-        )
+        python = args.baseline_python if scenario.startswith("baseline") else None
+        argv = router_argv(args, path, port, asyncio_only=scenario == "asyncio", python_path=python)
+        process = processes.command(f"router-{scenario}", argv, env)
         wait_for_port(port, deadline, lambda p=process: p.poll() is None)
-        name = "router-asyncio" if scenario == "asyncio" else "router"
+        special = ("asyncio", "baseline", "2pods", "2pods-affinity")
+        name = "router-baseline" if scenario == "baseline-sse" else "router"
+        if scenario in special:
+            name = f"router-{scenario}"
         target = Target(name, f"http://{HOST}:{port}/v1", pids=lambda pid=process.pid: [pid])
-        if scenario == "asyncio":
-            setup.request["router-asyncio"] = target
-            setup.loops["router-asyncio"] = router_loop(target.base)
+        if scenario in special:
+            setup.request[name] = target
+            setup.loops[name] = router_loop(target.base)
+        elif scenario == "baseline-sse":
+            setup.sse[name] = target
         elif scenario == "main":
             setup.request["router"] = target
             setup.loops["router"] = router_loop(target.base)
@@ -1257,6 +1307,21 @@ def report(
             f"{times(router[f'rps_{HIGH}'], slow[f'rps_{HIGH}'])}, at {LOW}: "
             f"{times(router[f'rps_{LOW}'], slow[f'rps_{LOW}'])}"
         )
+    if "router-baseline" in summary:
+        before = summary["router-baseline"]
+        print(
+            f"- router vs the router at {args.baseline} (before/after): RPS at {HIGH}: "
+            f"{times(router[f'rps_{HIGH}'], before[f'rps_{HIGH}'])}, at {LOW}: "
+            f"{times(router[f'rps_{LOW}'], before[f'rps_{LOW}'])}; CPU/request "
+            f"{ms(router[f'cpu_{HIGH}'], 3)} vs {ms(before[f'cpu_{HIGH}'], 3)} ms"
+        )
+    if "router-2pods" in summary and "router-2pods-affinity" in summary:
+        off, on = summary["router-2pods"], summary["router-2pods-affinity"]
+        print(
+            f"- two pods, prefix affinity on vs off: RPS at {HIGH}: {times(on[f'rps_{HIGH}'], off[f'rps_{HIGH}'])}, "
+            f"at {LOW}: {times(on[f'rps_{LOW}'], off[f'rps_{LOW}'])}; CPU/request {ms(on[f'cpu_{HIGH}'], 3)} vs "
+            f"{ms(off[f'cpu_{HIGH}'], 3)} ms"
+        )
 
     print(f"\n## Targets (issues 10 and 20; router on {loop})")
     relay_ratio = router[f"rps_{HIGH}"] / max(summary.get("relay", {}).get(f"rps_{HIGH}", 0), 1e-9)
@@ -1271,14 +1336,16 @@ def report(
     else:
         print("- RPS >= 50x LiteLLM: not measured (LiteLLM not run)")
     for streams in (LOW, HIGH):
-        direct, routed = more["sse"].get(("direct", streams)), more["sse"].get(("router", streams))
-        if direct is not None and routed is not None and direct.first and routed.first:
-            d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
-            print(
-                f"- time to first content token, {streams} stream(s): router {ms(r, 1)} ms vs direct {ms(d, 1)} ms "
-                f"p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, content after "
-                f"{SSE_FIRST_TOKEN * 1000:.0f} ms)"
-            )
+        direct = more["sse"].get(("direct", streams))
+        for name in ("router", "router-baseline"):
+            routed = more["sse"].get((name, streams))
+            if direct is not None and routed is not None and direct.first and routed.first:
+                d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
+                print(
+                    f"- time to first content token, {streams} stream(s): {name} {ms(r, 1)} ms vs direct "
+                    f"{ms(d, 1)} ms p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, "
+                    f"content after {SSE_FIRST_TOKEN * 1000:.0f} ms)"
+                )
     refused = failovers.get(("refused", "router"))
     if refused is not None:
         print(f"- failover on refused: {ms(refused)} ms added p50")
@@ -1319,6 +1386,17 @@ def main() -> int:
         default=0,
         help="connections for the overload phase (0: as rendered for 256 Mi)",
     )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git ref of this repository (e.g. main): its router too, as router-baseline, for a before/after "
+        "in one run (built from `git archive`, cached like the shipped set)",
+    )
+    parser.add_argument(
+        "--affinity",
+        action="store_true",
+        help="also two-pod routes with prefix affinity off and on (router-2pods, router-2pods-affinity)",
+    )
     parser.add_argument("--nginx", default=shutil.which("nginx") or "")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "")
@@ -1340,6 +1418,7 @@ def main() -> int:
         print("(or skip a peer with --without nginx,litellm)", file=sys.stderr)
         return 2
 
+    args.baseline_python = baseline_python(args.baseline) if args.baseline else None
     if args.router_python == "shipped":
         args.router_python = shipped_python()
     elif args.router_python == "current":
