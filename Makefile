@@ -3,9 +3,9 @@ PYTHON ?= python3
 STAMP := .tools/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install cluster-binaries node-packages node-binaries tools image-tools images actionlint lint typecheck \
+.PHONY: help install cluster-binaries node-packages node-binaries registry tools image-tools images actionlint lint typecheck \
         unit integration e2e test crds docs golden install-manifest dev-up dev-status dev-down bench-router \
-        bench-operator bench-model-server bench-real-node clean clean-images
+        bench-operator bench-real-node clean clean-images
 
 help: ## list every developer command
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -25,13 +25,16 @@ node-packages: ## the real node's Debian packages (runc, iptables, gcc, ...; as 
 node-binaries: install node-packages ## build (once) and cache the real node's kubelet, kube-proxy, containerd, CNI plugins, CoreDNS, pause
 	$(PYTHON) -m localai_operator.devcluster --node
 
+registry: install ## build (once) and cache the OCI registry (CNCF distribution) the release e2e test pushes the chart to
+	$(PYTHON) -m localai_operator.devcluster --registry
+
 tools: ## put helm into .tools/bin
 	./hack/tools.sh
 
 image-tools: ## install the Debian packages that build images without Docker (buildah, mmdebstrap, skopeo; root)
 	./hack/image-tools.sh
 
-images: install image-tools ## build (or take from the cache) the operator and model-server images as OCI archives
+images: install image-tools ## build (or take from the cache) the operator, LocalAI (from source) and model-mirror images as OCI archives
 	$(PYTHON) -m localai_operator.devcluster.images
 
 actionlint: ## check the GitHub workflows (actionlint, built once from its pinned Go module into .tools/bin)
@@ -42,9 +45,9 @@ lint: install actionlint ## ruff lint + format check, import-linter layer contra
 	ruff format --check operator tests benchmarks
 	lint-imports
 
-typecheck: install ## mypy --strict on the package and on the model server (not a package: its own image's program)
+typecheck: install ## mypy --strict on the package and on the model mirror (not a package: its own image's program)
 	mypy
-	mypy --strict --ignore-missing-imports operator/localai_operator/devcluster/images/model-server/model_server.py
+	mypy --strict operator/localai_operator/devcluster/images/model-mirror/mirror.py
 
 unit: install tools ## fast tests: render golden files, API, router, chart (no cluster)
 	$(PYTHON) -m pytest tests/unit
@@ -52,10 +55,10 @@ unit: install tools ## fast tests: render golden files, API, router, chart (no c
 integration: install cluster-binaries node-binaries images ## tests on the local control plane with its real node (or --kubeconfig), and the images
 	$(PYTHON) -m pytest tests/integration
 
-e2e: install cluster-binaries node-binaries tools images ## the user's path: helm install (kwok, and on the real node with the built images), kubectl apply, dev up
+e2e: install cluster-binaries node-binaries registry tools images ## the user's path: helm install (kwok, and on the real node with the built images), kubectl apply, dev up
 	$(PYTHON) -m pytest tests/e2e
 
-test: install cluster-binaries node-binaries tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
+test: install cluster-binaries node-binaries registry tools images lint typecheck ## everything CI runs: lint, types, images, every test tier
 	$(PYTHON) -m pytest
 
 crds: install tools ## regenerate crds/, the chart's crds/ and manifests/install.yaml from the API models
@@ -87,9 +90,6 @@ bench-router: install ## router vs direct, a minimal aiohttp relay, nginx (Debia
 
 bench-operator: install cluster-binaries ## operator at 1,000 models / 100 pools vs a naive Kopf peer (by hand)
 	$(PYTHON) benchmarks/operator_scale.py
-
-bench-model-server: install images ## tokens/s of the model server's image vs llama.cpp in-process in the same image (by hand)
-	$(PYTHON) benchmarks/model_server.py
 
 bench-real-node: install ## tokens/s of the model direct vs through the route's router pod, and the cluster's memory (by hand, after dev-up)
 	$(PYTHON) benchmarks/real_node.py

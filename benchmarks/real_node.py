@@ -10,6 +10,13 @@ everything in the real node's PID namespace: containerd, kubelet, kube-proxy, Co
 container), as RSS and PSS.
 
     localai-operator dev up && python benchmarks/real_node.py [--rounds 10] [--max-tokens 64]
+
+With `--knobs` (root, the images built; no cluster): each CPU-pool knob the operator exposes (threads, batch,
+kvCacheType, parallel, mmap) tried alone on the real LocalAI binary, run on loopback from its image with what the
+operator renders for the sample pool, as the conformance tier runs it: load time, time to first token of a new
+~400-token prompt, decode tokens/s, and tokens/s of two streams at once.
+
+    python benchmarks/real_node.py --knobs [--rounds 5] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -63,13 +70,116 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# The knobs the operator exposes for a CPU pool, each tried alone on top of the real-node sample (threads 2,
+# batch 512, kvCacheType f16, parallel 2, mmap true): (label, InferencePool spec, LLMModel spec).
+KNOBS: tuple[tuple[str, dict[str, object], dict[str, object]], ...] = (
+    ("sample", {}, {}),
+    ("threads 1", {"threads": 1}, {}),
+    ("batch 128", {}, {"batch": 128}),
+    ("batch 2048", {}, {"batch": 2048}),
+    ("kvCacheType q8_0", {}, {"kvCacheType": "q8_0"}),
+    ("kvCacheType q4_0", {}, {"kvCacheType": "q4_0"}),
+    ("parallel 1", {}, {"parallel": 1}),
+    ("parallel 4", {}, {"parallel": 4}),
+    ("mmap false", {}, {"mmap": False}),
+)
+
+
+def knobs(rounds: int, max_tokens: int) -> int:
+    """Each knob on the real LocalAI binary (the localai image's local-ai on loopback, with what the operator
+    renders for the sample pool changed by that knob alone): load time, time to first token of a ~400-token
+    prompt never seen before (prompt evaluation), decode tokens/s of one stream, and tokens/s of two streams at
+    once (what slots share). Medians of `rounds`."""
+    import concurrent.futures
+    import json
+    import tempfile
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.real_localai import copy_models, fetch_models, free_port, render, start, wait_ready
+
+    from localai_operator.devcluster import images
+
+    image, operator_image, mirror_image = (images.build(w) for w in ("localai", "operator", "model-mirror"))
+
+    def stream(base: str, prompt: str) -> tuple[float, float, int]:
+        body = {
+            "model": stack.MODEL,
+            "prompt": prompt,
+            "stream": True,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+        }
+        request = urllib.request.Request(
+            f"{base}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        stamps = []
+        with urllib.request.urlopen(request, timeout=300) as response:
+            for line in response:
+                if line.startswith(b"data: {") and b'"text"' in line:
+                    stamps.append(time.perf_counter())
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+        return stamps[0] - started, rate, len(stamps)
+
+    with tempfile.TemporaryDirectory(prefix="bench-knobs-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
+        with images.Container(mirror_image, argv, log=work / "mirror.log"):
+            time.sleep(2)
+            code, fetched, log = fetch_models(
+                operator_image, f"http://127.0.0.1:{port}", render().config, work / "f"
+            )
+        assert code == 0, log
+        print(
+            f"LocalAI {image.ref} on loopback; {rounds} rounds, {max_tokens} tokens; load "
+            f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {time.strftime('%Y-%m-%d %H:%M')}"
+        )
+        print(f"{'knob':<18} {'ready s':>8} {'TTFT ms':>8} {'tok/s':>7} {'2 streams tok/s':>16}")
+        for n, (label, pool_spec, model_spec) in enumerate(KNOBS):
+            rendered = render(pool_spec=pool_spec, model_spec=model_spec)
+            models = copy_models(fetched, work / f"m{n}", rendered.config)
+            started = time.perf_counter()
+            localai = start(image, models, rendered.env(), work / f"localai-{n}.log")
+            try:
+                wait_ready(localai)
+                ready = time.perf_counter() - started
+                stream(localai.base, "Warm up.")
+                ttfts, rates, pairs = [], [], []
+                for r in range(rounds):
+                    prompt = " ".join(f"word{i}x{n}r{r}" for i in range(200))  # a new prefix each time
+                    ttft, rate, _ = stream(localai.base, prompt)
+                    ttfts.append(ttft * 1000)
+                    rates.append(rate)
+                    prompts = [f"Story {i} of round {r}:" for i in range(2)]
+                    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                        t0 = time.perf_counter()
+                        done = list(pool.map(stream, [localai.base] * 2, prompts))
+                        pairs.append(sum(d[2] for d in done) / (time.perf_counter() - t0))
+            finally:
+                localai.stop()
+            print(
+                f"{label:<18} {ready:>8.1f} {median(ttfts):>8.0f} {median(rates):>7.1f} {median(pairs):>16.1f}",
+                flush=True,
+            )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--knobs",
+        action="store_true",
+        help="each CPU-pool knob on the LocalAI binary on loopback (no cluster)",
+    )
     args = parser.parse_args()
+    if args.knobs:
+        return knobs(args.rounds, args.max_tokens)
     state = DevState.load(state_root())
     cluster = Cluster.attach(state.cluster_dir)
     if cluster.real_node is None or not cluster.is_running():

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that build the project's images without a Docker engine: mmdebstrap (the base
-# root filesystems), buildah (the Dockerfile builds, chroot isolation, no daemon) and skopeo (OCI archives).
+# root filesystems), buildah (the Dockerfile builds, chroot isolation, no daemon), skopeo (OCI archives) and patch
+# (LocalAI's source archive is patched before its build; Go, Node.js and npm come with the machine).
 # Idempotent: a second run checks that the packages are installed and returns. Needs root and Debian's apt;
 # CI runs as root on a fresh machine. Where apt is absent, it says what to install.
 set -euo pipefail
 
-PACKAGES=(buildah mmdebstrap skopeo uidmap)
+PACKAGES=(buildah mmdebstrap skopeo uidmap patch)
 
 log() { printf '[image-tools] %s\n' "$*" >&2; }
 

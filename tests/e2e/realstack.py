@@ -26,7 +26,9 @@ from tests.helpers import ClusterAccess, kubectl, kubectl_binary, wait_for
 # The image names in kubeconfig mode (kind: the workflow builds them with Docker and loads them); locally the
 # tests build and import them.
 OPERATOR_IMAGE_ENV = "LOCALAI_OPERATOR_E2E_IMAGE"
-MODEL_SERVER_IMAGE_ENV = "LOCALAI_OPERATOR_E2E_MODEL_SERVER_IMAGE"
+LOCALAI_IMAGE_ENV = "LOCALAI_OPERATOR_E2E_LOCALAI_IMAGE"
+MIRROR_IMAGE_ENV = "LOCALAI_OPERATOR_E2E_MIRROR_IMAGE"
+IMAGE_ENVS = (OPERATOR_IMAGE_ENV, LOCALAI_IMAGE_ENV, MIRROR_IMAGE_ENV)
 # Apart from test_install.py's release, so that both can run against one kind cluster.
 RELEASE = "localai-operator-e2e"
 OPERATOR_NAMESPACE = "localai-operator-e2e"
@@ -75,8 +77,8 @@ else:
 
 @dataclass(frozen=True)
 class StartupSample:
-    """One look at the pool while its first pod started: its Ready condition, and whether the model server in
-    the pod answered a completion on its own port at that moment."""
+    """One look at the pool while its first pod started: its Ready condition, and whether LocalAI in the pod
+    answered a completion on its own port at that moment."""
 
     seconds: float
     pool_ready: bool
@@ -296,14 +298,9 @@ class RealStack:
         )
 
     def model_answers_in(self, pod: client.V1Pod) -> bool:
-        """Whether the model server in `pod` answers a one-token completion on its own port (exec in the pod, so
-        the pool's NetworkPolicy, enforced on kind, is not in the way)."""
-        probe = (
-            "import json, urllib.request; r = urllib.request.Request('http://127.0.0.1:8080/v1/completions', "
-            f"json.dumps({{'model': '{stack.MODEL}', 'prompt': 'Hi', 'max_tokens': 1}}).encode(), "
-            "{'Content-Type': 'application/json'}); "
-            "print(json.load(urllib.request.urlopen(r, timeout=20))['choices'][0]['text'] is not None)"
-        )
+        """Whether LocalAI in `pod` answers a one-token completion on its own port: curl in its container (LocalAI's
+        images carry curl), so the pool's NetworkPolicy, enforced on kind, is not in the way."""
+        body = json.dumps({"model": stack.MODEL, "prompt": "Hi", "max_tokens": 1})
         result = kubectl(
             self.access,
             "exec",
@@ -313,11 +310,23 @@ class RealStack:
             "-c",
             "localai",
             "--",
-            "python",
-            "-c",
-            probe,
+            "curl",
+            "-sS",
+            "-m",
+            "20",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            "http://127.0.0.1:8080/v1/completions",
         )
-        return result.returncode == 0 and result.stdout.strip() == "True"
+        if result.returncode != 0:
+            return False
+        try:
+            answer = json.loads(result.stdout)
+        except ValueError:
+            return False
+        return isinstance(answer, dict) and bool(answer.get("choices"))
 
     def router_lists_a_pod(self, route: str) -> bool:
         endpoints = self.readyz(route).get("endpoints") or []
@@ -401,16 +410,16 @@ def watch_startup(stack_: RealStack, timeout: float = READY_TIMEOUT) -> list[Sta
 
 
 def images_for(access: ClusterAccess) -> stack.StackImages:
-    """Locally: build both images (cached) and import them into the harness's real node. On a cluster given with
+    """Locally: build the images (cached) and import them into the harness's real node. On a cluster given with
     --kubeconfig: the names in the environment, of images already loaded there (kind: `kind load docker-image`)."""
     if access.harness is None:
-        names = (os.environ.get(OPERATOR_IMAGE_ENV), os.environ.get(MODEL_SERVER_IMAGE_ENV))
+        names = [os.environ.get(name) for name in IMAGE_ENVS]
         if not all(names):
             raise AssertionError(
-                f"set {OPERATOR_IMAGE_ENV} and {MODEL_SERVER_IMAGE_ENV} to the operator and model-server images "
-                "loaded into the cluster (.github/workflows/e2e-kind.yaml builds them with Docker)"
+                f"set {', '.join(IMAGE_ENVS)} to the operator, LocalAI and model-mirror images loaded into the "
+                "cluster (.github/workflows/e2e-kind.yaml builds them with Docker)"
             )
-        return stack.StackImages(str(names[0]), str(names[1]))
+        return stack.StackImages(*(str(name) for name in names))
     node = access.harness.real_node
     assert node is not None, "the e2e stack needs the real node"
     built = stack.build_images()

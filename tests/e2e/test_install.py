@@ -6,20 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import yaml
 
-from localai_operator.devcluster import BinariesError, Cluster
-from localai_operator.devcluster import find as find_binaries
-from tests.helpers import ClusterAccess, wait_for
+from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL
+from tests.e2e.kube import Kube, fresh_cluster, helm_binary, kubectl_binary
+from tests.helpers import wait_for
 from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
@@ -33,72 +30,13 @@ RELEASE = "localai-operator"
 # kwok never pulls the image; on kind, set LOCALAI_OPERATOR_E2E_IMAGE to one loaded into the cluster.
 IMAGE = os.environ.get("LOCALAI_OPERATOR_E2E_IMAGE", "localai-operator:e2e")
 CRDS = sorted(p.stem for p in (ROOT / "crds").glob("*.yaml"))
-KINDS = "llmmodels,inferencepools,fallbackroutes"
+KINDS = ",".join(kind.resource for kind in (LLM_MODEL, INFERENCE_POOL, FALLBACK_ROUTE))
 FORBIDDEN = re.compile(r"forbidden|\(403\)", re.IGNORECASE)
-
-
-@dataclass
-class Kube:
-    """kubectl and helm bound to one cluster's admin kubeconfig."""
-
-    kubeconfig: Path
-    kubectl_path: str
-    helm_path: str
-
-    def kubectl(
-        self, *args: str, check: bool = True, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        return self._run([self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args], check, timeout)
-
-    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self._run([self.helm_path, "--kubeconfig", str(self.kubeconfig), *args], check, timeout)
-
-    def exists(self, *resource: str) -> bool:
-        return self.kubectl("get", *resource, "--ignore-not-found", "-o", "name").stdout.strip() != ""
-
-    @staticmethod
-    def _run(argv: list[str], check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-            )
-        return result
-
-
-def kubectl_binary() -> str:
-    """KUBECTL, else the harness's own kubectl (matching its apiserver), else the one on PATH."""
-    if env := os.environ.get("KUBECTL"):
-        return env
-    try:
-        return str(find_binaries(build=False).kubectl)
-    except BinariesError:  # no harness binaries: an external cluster with its own kubectl
-        found = shutil.which("kubectl")
-        assert found, "no kubectl: set KUBECTL or run `make cluster-binaries`"
-        return found
 
 
 @pytest.fixture(scope="module")
 def helm_path() -> str:
-    tools = subprocess.run(
-        ["bash", str(ROOT / "hack" / "tools.sh")], check=True, capture_output=True, text=True
-    )
-    return str(Path(tools.stdout.strip().splitlines()[-1]) / "helm")
-
-
-@contextmanager
-def fresh_cluster(request: pytest.FixtureRequest) -> Iterator[ClusterAccess]:
-    """A control plane of its own (no other operator watching), or the cluster given with --kubeconfig."""
-    external = request.config.getoption("--kubeconfig")
-    if external:
-        access = ClusterAccess.connect(Path(external).expanduser())
-        yield access
-        access.api.close()
-        return
-    with Cluster.start() as harness:
-        access = ClusterAccess.connect(harness.kubeconfig, harness)
-        yield access
-        access.api.close()
+    return helm_binary()
 
 
 @pytest.fixture(scope="module")

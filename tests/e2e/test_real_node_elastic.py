@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.devcluster.stack import POOL, ROUTE, SENSITIVE_ROUTE
 from tests.e2e.realstack import RealStack, pod_ready
 from tests.helpers import wait_for
@@ -30,7 +31,14 @@ HELD_SECONDS = 2.0
 
 def patch_pool(real: RealStack, spec: dict[str, Any]) -> None:
     real.kubectl(
-        "patch", "inferencepool", POOL, "-n", real.namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+        "patch",
+        INFERENCE_POOL.resource,
+        POOL,
+        "-n",
+        real.namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": spec}),
     )
 
 

@@ -1,13 +1,17 @@
-"""The operator for the integration tests: CRDs installed once, one `localai-operator run -A` per session."""
+"""The operator for the integration tests: CRDs installed once, one `localai-operator run -A` per session; and the
+images with what fetch-models makes of the real-node sample, for the image and LocalAI conformance tests."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ClusterAccess
+from localai_operator.devcluster import images
+from tests.helpers import ClusterAccess, wait_for
+from tests.integration.real_localai import fetch_models, free_port, render
 from tests.operator_process import CustomResources, OperatorProcess, install_crds
 
 
@@ -23,3 +27,54 @@ def operator(cluster: ClusterAccess, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def crs(cluster: ClusterAccess, namespace: str, operator: OperatorProcess) -> CustomResources:
     return CustomResources(cluster.api, namespace)
+
+
+# The images `make images` builds, and what the pool's init container makes of the real-node sample with them.
+# Session-scoped so that test_images.py and test_localai.py (the LocalAI conformance tier) build and fetch once.
+
+
+@pytest.fixture(scope="session")
+def operator_image() -> images.Image:
+    return images.build("operator")
+
+
+@pytest.fixture(scope="session")
+def localai_image() -> images.Image:
+    return images.build("localai")
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The model-mirror image's program on a loopback port; yields its base URL."""
+    image = images.build("model-mirror")
+    port = free_port()
+    log = tmp_path_factory.mktemp("mirror") / "mirror.log"
+    argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
+    with images.Container(image, argv, log=log) as container:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: _answers(f"{base}/healthz") or container.poll() is not None,
+            60,
+            "the mirror to listen",
+            describe=log.read_text,
+        )
+        assert container.poll() is None, log.read_text()
+        yield base
+
+
+@pytest.fixture(scope="session")
+def fetched(operator_image: images.Image, mirror: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The models directory fetch-models made for the real-node sample pool (its rendered ConfigMap)."""
+    code, models_dir, log = fetch_models(
+        operator_image, mirror, render().config, tmp_path_factory.mktemp("fetch")
+    )
+    assert code == 0, log
+    return models_dir
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

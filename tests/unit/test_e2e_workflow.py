@@ -1,5 +1,6 @@
 """The kind workflow (.github/workflows/e2e-kind.yaml) runs the e2e tier as the local run does: a worker made the real
-node with the harness's own label and taint, both images built and loaded, their names where the tests look."""
+node with the harness's own label and taint, the three images built and loaded (LocalAI's the published image of the
+version built locally, with its backend inside), their names where the tests look."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import yaml
 
 from localai_operator.devcluster import REAL_NODE_LABEL, REAL_NODE_TAINT
-from tests.e2e.realstack import MODEL_SERVER_IMAGE_ENV, OPERATOR_IMAGE_ENV
+from localai_operator.devcluster.localai import LOCALAI_VERSION
+from tests.e2e.realstack import LOCALAI_IMAGE_ENV, MIRROR_IMAGE_ENV, OPERATOR_IMAGE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "e2e-kind.yaml"
@@ -42,18 +44,28 @@ def test_the_kind_worker_gets_the_real_nodes_label_and_taint() -> None:
     assert 'kubectl taint node "$CLUSTER-worker" "$REAL_NODE_TAINT"' in labelling
 
 
-def test_both_images_are_built_loaded_into_kind_and_named_for_the_e2e_tier() -> None:
+def test_the_three_images_are_built_loaded_into_kind_and_named_for_the_e2e_tier() -> None:
     assert 'docker build -t "$IMAGE" .' in step("Build the operator image")["run"]
-    model_server = step("Build the model-server image")["run"]
-    assert "operator/localai_operator/devcluster/images/model-server" in model_server
-    assert {"BUILD_IMAGE", "RUNTIME_IMAGE"} <= {
-        arg.split("=")[0] for arg in model_server.split("--build-arg ")[1:]
-    }
-    assert '"$IMAGE" "$MODEL_SERVER_IMAGE"' in step("Load both images into kind")["run"]
+    mirror = step("Build the model-mirror image")["run"]
+    assert "operator/localai_operator/devcluster/images/model-mirror" in mirror
+    assert "--build-arg PYTHON_IMAGE=" in mirror
+    assert '"$IMAGE" "$LOCALAI_IMAGE" "$MIRROR_IMAGE"' in step("Load the three images into kind")["run"]
     e2e = step("The e2e tier against kind")
     assert e2e["env"][OPERATOR_IMAGE_ENV] == "${{ env.IMAGE }}"
-    assert e2e["env"][MODEL_SERVER_IMAGE_ENV] == "${{ env.MODEL_SERVER_IMAGE }}"
+    assert e2e["env"][LOCALAI_IMAGE_ENV] == "${{ env.LOCALAI_IMAGE }}"
+    assert e2e["env"][MIRROR_IMAGE_ENV] == "${{ env.MIRROR_IMAGE }}"
     assert "tests/e2e --kubeconfig" in e2e["run"]
+
+
+def test_kind_runs_localais_published_image_of_the_version_built_here_with_its_backend_at_that_release() -> (
+    None
+):
+    assert workflow()["env"]["LOCALAI_VERSION"] == LOCALAI_VERSION
+    build = step("LocalAI's published CPU image")["run"]
+    assert "FROM localai/localai:%s" in build
+    assert "local-ai backends install --backends-path=/backends" in build
+    assert "local-ai-backends:%s-cpu-llama-cpp llama-cpp" in build
+    assert "latest" not in build
 
 
 def test_the_integration_tier_runs_apart_from_the_e2e_tier() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localai_operator.devcluster import images
+from localai_operator.devcluster import images, localai
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,3 +97,26 @@ def test_an_image_reference_is_what_kubernetes_resolves_to_the_imported_name() -
     image = images.Image("localai-operator", "dev-0123456789ab", Path("/x.oci.tar"))
     assert image.ref == "localai-operator:dev-0123456789ab"
     assert image.containerd_ref == "docker.io/library/localai-operator:dev-0123456789ab"
+
+
+def test_changing_a_pinned_localai_source_changes_the_localai_images_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    builder = images._Builder(Path("/nonexistent"), {})
+    before = builder.planned(images.recipes()["localai"]).tag
+    monkeypatch.setattr(localai, "PINS", (*localai.PINS, "llama-cpp-python 0.3.36"))
+    assert builder.planned(images.recipes()["localai"]).tag != before
+
+
+def test_the_localai_sources_default_to_the_shared_archives_beside_the_checkout_and_git_is_one_variable() -> (
+    None
+):
+    assert localai.source_setting({}) == str(ROOT.parent / "shared" / "localai-src")
+    assert localai.source_setting({localai.SOURCE_ENV: "git"}) == localai.GIT_SOURCE
+
+
+def test_a_missing_source_archive_directory_names_the_variable_that_points_elsewhere(tmp_path: Path) -> None:
+    env = {localai.SOURCE_ENV: str(tmp_path / "nowhere")}
+    build = localai.Build(tmp_path / "cache", env, lambda argv, volumes: None, "base")
+    with pytest.raises(localai.LocalAIBuildError, match=localai.SOURCE_ENV):
+        build._sources()

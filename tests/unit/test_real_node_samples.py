@@ -18,7 +18,9 @@ from localai_operator.render.route import route_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = stack.StackImages(
-    "localai-operator:dev-0123456789ab", "localai-operator-model-server:dev-0123456789ab"
+    "localai-operator:dev-0123456789ab",
+    "localai-operator-localai:dev-0123456789ab",
+    "localai-operator-model-mirror:dev-0123456789ab",
 )
 SETTINGS = RenderSettings(operator_image=IMAGES.operator, downloader_image=IMAGES.operator)
 # Of the node's 2 CPUs, what every real-node pod together may request (the rest is the control plane's and the
@@ -60,7 +62,7 @@ def test_every_pod_of_the_samples_selects_and_tolerates_the_real_node() -> None:
 def test_every_image_of_the_samples_is_a_built_one_that_is_never_pulled() -> None:
     for name, spec in pod_specs():
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
-            assert container["image"] in (IMAGES.operator, IMAGES.model_server), name
+            assert container["image"] in (IMAGES.operator, IMAGES.localai, IMAGES.mirror), name
             assert not container["image"].endswith(":latest"), name
             assert container.get("imagePullPolicy", "IfNotPresent") in ("IfNotPresent", "Never"), name
 
@@ -86,8 +88,10 @@ def test_the_pool_serves_gemma_from_the_in_cluster_mirror_with_its_checksum_and_
     )
     assert model["spec"]["source"]["sha256"] == MODEL_SHA256
     assert model["spec"]["contextSize"] == 2048
-    assert pool["spec"]["image"] == IMAGES.model_server
+    assert pool["spec"]["image"] == IMAGES.localai
     assert pool["spec"]["preinstallBackends"] == []
+    mirror = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == stack.MIRROR)
+    assert mirror["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGES.mirror
     assert pool["spec"]["rollout"] == {"maxSurge": 0, "maxUnavailable": 1}
 
 

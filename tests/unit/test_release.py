@@ -4,11 +4,14 @@ step) defaults to the image the release pushed, and so does the install.yaml ren
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from localai_operator import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "1.2.3"
@@ -78,5 +81,28 @@ def test_the_release_workflow_pushes_a_multi_arch_image_with_provenance() -> Non
     assert set(build["with"]["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
     assert build["with"]["push"] is True
     assert build["with"]["provenance"] == "mode=max"
-    chart_steps = " ".join(s.get("run", "") for s in workflow["jobs"]["chart"]["steps"])
-    assert './hack/release-chart.sh "$VERSION" "$IMAGE" dist' in chart_steps
+
+
+def test_the_release_workflow_packages_pushes_and_checks_the_chart_with_the_tested_script() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yaml").read_text())
+    runs = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
+    assert [r for r in runs if "release-chart.sh" in r] == [
+        './hack/release-chart.sh "$VERSION" "$IMAGE" dist "oci://$CHARTS"'
+    ], "one packaging and push step, the one tests/e2e/test_oci_release.py runs against a registry"
+    assert not [r for r in runs if "helm push" in r or "helm package" in r], "no second packaging or push"
+
+
+def test_the_chart_app_version_is_the_package_version_and_the_default_image_tag() -> None:
+    chart = yaml.safe_load((ROOT / "charts" / "localai-operator" / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["version"] == chart["appVersion"] == project["version"] == __version__
+    rendered = subprocess.run(
+        [_helm(), "template", "localai-operator", str(ROOT / "charts" / "localai-operator")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    container = _operator_container(list(yaml.safe_load_all(rendered)))
+    assert container["image"] == f"localai-operator:{chart['appVersion']}", "image.tag defaults to appVersion"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LOCALAI_OPERATOR_IMAGE"] == container["image"]

@@ -24,6 +24,12 @@ class Kind:
     def version(self) -> str:
         return self.api_version.rpartition("/")[2]
 
+    @property
+    def resource(self) -> str:
+        """`plural.group`, the name kubectl resolves to this kind alone: other groups may serve the same kind and
+        plural (the Gateway API Inference Extension's InferencePool)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
     def path(self, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
         """The API server path of the collection, or of one object (and its subresource)."""
         base = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"

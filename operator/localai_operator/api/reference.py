@@ -11,7 +11,9 @@ from localai_operator.api.crd import crds
 HEADER = """# API reference
 
 Generated from the pydantic models by `make docs` (the same source as the CRDs); a test fails when it is stale.
-Group `llm.localai-operator.io`, version `v1alpha1`. `kubectl explain <kind>.spec` shows the same text.
+Group `llm.localai-operator.io`, version `v1alpha1`. `kubectl explain <short name>.spec` shows the same text
+(`kubectl explain ipool.spec`). Name the kinds by short name or by full resource name
+(`inferencepools.llm.localai-operator.io`): the Gateway API Inference Extension has an `InferencePool` too.
 """
 
 

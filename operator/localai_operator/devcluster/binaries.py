@@ -1,9 +1,11 @@
 """Finds, or builds from pinned Go modules, the binaries the harness runs, cached per version: the control plane
-(etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok) and the real node's (kubelet,
-kube-proxy, containerd, the CNI plugins, CoreDNS and the pause binary).
+(etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok), the real node's (kubelet,
+kube-proxy, containerd, the CNI plugins, CoreDNS and the pause binary) and the OCI registry the release test pushes
+the chart to (the CNCF distribution registry).
 
-`python -m localai_operator.devcluster [--node] [--print-dir]` is the one build command (`hack/cluster-binaries.sh`
-and `make cluster-binaries` call it), so an installed package can build without the repository.
+`python -m localai_operator.devcluster [--node | --registry] [--print-dir]` is the one build command
+(`hack/cluster-binaries.sh`, `make cluster-binaries`, `make node-binaries` and `make registry` call it), so an
+installed package can build without the repository.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ETCD_VERSION: Final = "v3.6.16"
 CONTAINERD_VERSION: Final = "v2.4.2"
 CNI_PLUGINS_VERSION: Final = "v1.10.0"
 COREDNS_VERSION: Final = "v1.15.0"
+# The CNCF distribution registry (the `registry` of `helm push` and `helm install oci://` in the release test).
+REGISTRY_VERSION: Final = "v3.1.2"
 # The tag of Kubernetes' build/pause/Makefile at K8S_VERSION: the pause binary is built from that source.
 PAUSE_VERSION: Final = "3.10.1"
 
@@ -47,6 +51,16 @@ CNI_DIR: Final = "cni"
 # CoreDNS built with only what cluster DNS needs: no `forward` plugin exists in the binary, so it cannot send a
 # query out of the machine whatever its Corefile says. Order matters: it is the plugin chain's order upstream.
 COREDNS_PLUGINS: Final = ("bind", "ready", "health", "errors", "cache", "template", "kubernetes")
+
+# The registry built with only the storage drivers a loopback registry uses: its cmd/registry links the Azure, GCS
+# and S3 SDKs too (the way CoreDNS is trimmed above, a main package of our own).
+REGISTRY_MODULE: Final = "github.com/distribution/distribution/v3"
+REGISTRY_PACKAGES: Final = (
+    "registry",
+    "registry/storage/driver/filesystem",
+    "registry/storage/driver/inmemory",
+)
+REGISTRY_NAME: Final = "registry"
 
 _LOG_PREFIX = "[cluster-binaries]"
 
@@ -155,6 +169,10 @@ def node_cache_dir(versions: NodeVersions | None = None, env: Mapping[str, str] 
     return cache_root(env) / "bin" / (versions or NodeVersions.from_env(env)).directory_name
 
 
+def registry_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return cache_root(env) / "bin" / f"registry-{env.get('REGISTRY_VERSION', REGISTRY_VERSION)}"
+
+
 def find(*, build: bool = True, env: Mapping[str, str] = os.environ) -> Binaries:
     """Each binary from `KUBEBUILDER_ASSETS`, then `PATH` (if its `--version` matches), then the cache.
 
@@ -192,6 +210,20 @@ def find_node(*, build: bool = True, env: Mapping[str, str] = os.environ) -> Nod
             )
         build_node(versions, env=env)
     return NodeBinaries.in_directory(directory.resolve())
+
+
+def find_registry(*, build: bool = True, env: Mapping[str, str] = os.environ) -> Path:
+    """The registry binary from the cache, built into it first when missing and `build` is true (once: 2.6 CPU
+    minutes with empty Go caches, 330 MB of modules downloaded)."""
+    path = registry_cache_dir(env) / REGISTRY_NAME
+    if _executable(path) is None:
+        if not build:
+            raise BinariesError(
+                f"missing the OCI registry (distribution {env.get('REGISTRY_VERSION', REGISTRY_VERSION)}): "
+                "run `make registry`"
+            )
+        build_registry(env=env)
+    return path.resolve()
 
 
 def _missing_node_binaries(directory: Path) -> list[str]:
@@ -254,7 +286,7 @@ def build_all(versions: Versions | None = None, *, env: Mapping[str, str] = os.e
         go = shutil.which("go", path=env.get("PATH"))
         if go is None:
             raise BinariesError("Go is required to build the control plane (or set KUBEBUILDER_ASSETS)")
-        builder = _Builder(go, _go_env(env), versions, bin_dir, work, jobs=env.get("JOBS", "2"))
+        builder = _Builder(go, go_env(env), versions, bin_dir, work, jobs=env.get("JOBS", "2"))
         if any(name in missing for name in KUBERNETES_COMMANDS):
             builder.kubernetes([name for name in KUBERNETES_COMMANDS if name in missing])
         if "kwok" in missing:
@@ -283,7 +315,7 @@ def build_node(versions: NodeVersions | None = None, *, env: Mapping[str, str] =
             raise BinariesError("Go is required to build the real node's binaries")
         builder = _Builder(
             go,
-            _go_env(env),
+            go_env(env),
             Versions(kubernetes=versions.kubernetes),
             bin_dir,
             work,
@@ -303,7 +335,27 @@ def build_node(versions: NodeVersions | None = None, *, env: Mapping[str, str] =
     return bin_dir
 
 
-def _go_env(env: Mapping[str, str]) -> dict[str, str]:
+def build_registry(*, env: Mapping[str, str] = os.environ) -> Path:
+    """Builds the registry into its cache directory unless it is there (under the same lock as `build_all`)."""
+    root = cache_root(env)
+    bin_dir = registry_cache_dir(env)
+    work = root / "build"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    with _lock(root / "build.lock"):
+        if _executable(bin_dir / REGISTRY_NAME) is not None:
+            _log(f"cached in {bin_dir}")
+            return bin_dir
+        go = shutil.which("go", path=env.get("PATH"))
+        if go is None:
+            raise BinariesError("Go is required to build the OCI registry")
+        builder = _Builder(go, go_env(env), Versions(), bin_dir, work, jobs=env.get("JOBS", "2"))
+        builder.registry(env.get("REGISTRY_VERSION", REGISTRY_VERSION))
+    _log(f"ready in {bin_dir}")
+    return bin_dir
+
+
+def go_env(env: Mapping[str, str]) -> dict[str, str]:
     return {
         **env,
         "GOTOOLCHAIN": "local",
@@ -413,6 +465,17 @@ class _Builder:
             module_dir, ".", "coredns", ["-ldflags", f"-s -w -X {module}/coremain.GitCommit={version}"]
         )
 
+    def registry(self, version: str) -> None:
+        module = REGISTRY_MODULE
+        module_dir = self._wrapper(
+            "distribution", version, [f"{module}/{package}@{version}" for package in REGISTRY_PACKAGES]
+        )
+        (module_dir / "main.go").write_text(registry_main(module))
+        _log(f"building the distribution registry {version} (filesystem and inmemory storage only)")
+        self._build(
+            module_dir, ".", REGISTRY_NAME, ["-ldflags", f"-s -w -X {module}/version.version={version}"]
+        )
+
     def pause(self, env: Mapping[str, str]) -> None:
         # Kubernetes' own pause.c, from the k8s.io/kubernetes module already downloaded for the kubelet.
         cc = shutil.which("cc", path=env.get("PATH")) or shutil.which("gcc", path=env.get("PATH"))
@@ -503,6 +566,16 @@ def coredns_main(module: str) -> str:
     )
 
 
+def registry_main(module: str) -> str:
+    """main.go of a distribution registry with only the REGISTRY_PACKAGES storage drivers (its cmd/registry's
+    main, minus the cloud drivers, auth and pull-through proxy)."""
+    drivers = "\n".join(f'\t_ "{module}/{package}"' for package in REGISTRY_PACKAGES[1:])
+    return (
+        f'package main\n\nimport (\n\t"{module}/registry"\n{drivers}\n)\n\n'
+        "func main() { _ = registry.RootCmd.Execute() }\n"
+    )
+
+
 def kubernetes_version_ldflags(version: str) -> str:
     # Unstamped builds report v0.0.0-master, which breaks helm's kubeVersion checks and kubectl's skew warning.
     minor = version.removeprefix("v1.").split(".")[0]
@@ -535,15 +608,19 @@ def _log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cluster-binaries", description=__doc__)
     parser.add_argument("--print-dir", action="store_true", help="print the cache directory and exit")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--node", action="store_true", help="the real node's binaries (kubelet, containerd, ...) instead"
+    )
+    which.add_argument(
+        "--registry", action="store_true", help="the OCI registry (CNCF distribution) the release test uses"
     )
     args = parser.parse_args(argv)
     if args.print_dir:
-        print(node_cache_dir() if args.node else cache_dir())
+        print(node_cache_dir() if args.node else registry_cache_dir() if args.registry else cache_dir())
         return 0
     try:
-        print(build_node() if args.node else build_all())
+        print(build_node() if args.node else build_registry() if args.registry else build_all())
     except BinariesError as err:
         _log(str(err))
         return 1

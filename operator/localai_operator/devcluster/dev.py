@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.constants import (
     FALLBACK_API_KEY_ENV,
     FALLBACK_REASON_HEADER,
@@ -224,10 +225,11 @@ def _seconds_since_start(start_ticks: int) -> float:
 
 
 def _built_images() -> list[images_module.Image]:
-    if not all(images_module.cached(which) for which in ("operator", "model-server")):
+    if not all(images_module.cached(which) for which in stack.STACK_IMAGES):
         say(
-            "building the operator and model-server images (buildah, no Docker; the first time about 10-15"
-            " minutes on 2 cores, then cached by content); progress follows"
+            "building the operator, LocalAI and model-mirror images (buildah, no Docker; LocalAI v4.9.0 and its"
+            " llama-cpp backend from source: the first time about half an hour on 2 cores, then cached by"
+            " content); progress follows"
         )
     return stack.build_images()
 
@@ -603,7 +605,15 @@ def _scale_pool(cluster: Cluster, kube: Kube, replicas: int) -> None:
     if pool is not None and pool["spec"].get("replicas") != replicas:
         patch = json.dumps({"spec": {"replicas": replicas}})
         _kubectl(
-            cluster, "patch", "inferencepool", stack.POOL, "-n", stack.NAMESPACE, "--type=merge", "-p", patch
+            cluster,
+            "patch",
+            INFERENCE_POOL.resource,
+            stack.POOL,
+            "-n",
+            stack.NAMESPACE,
+            "--type=merge",
+            "-p",
+            patch,
         )
 
 
@@ -644,7 +654,7 @@ def _real_demo(cluster: Cluster, kube: Kube) -> None:
     base = f"http://{service['spec']['clusterIP']}/v1"
     say(
         f"FallbackRoute {stack.NAMESPACE}/{stack.ROUTE} on {base} (its Service's ClusterIP; this host routes to"
-        f" ClusterIPs): local = InferencePool {stack.POOL} (Gemma 3 270M Q4_K_M, llama.cpp on the real node's CPU),"
+        f" ClusterIPs): local = InferencePool {stack.POOL} (LocalAI v4.9.0 serving Gemma 3 270M Q4_K_M on the real node's CPU),"
         f" fallback = the cloud stand-in pod"
     )
     # The route is Ready when its router is; the router finds the pool's pods by DNS every few seconds.
@@ -679,7 +689,7 @@ def _real_demo(cluster: Cluster, kube: Kube) -> None:
     seconds = _wait(f"InferencePool {stack.POOL} to be Ready again", 300, lambda: _pool_ready(kube))
     say(
         f"{stack.POOL} scaled back to 1: Ready again in {seconds:.1f} s (a cold start: fetch-models downloaded the"
-        f" 253 MB GGUF from the mirror pod and checked its sha256, the model server loaded it)"
+        f" 253 MB GGUF from the mirror pod and checked its sha256, LocalAI loaded it)"
     )
 
 
@@ -725,7 +735,7 @@ def _print_access(cluster: Cluster, *, real: bool) -> None:
     if real:
         ns, pool, route = stack.NAMESPACE, stack.POOL, stack.ROUTE
         print(
-            f"kubectl -n {ns} logs deploy/{pool}                # the model server (-c fetch-models: the download)\n"
+            f"kubectl -n {ns} logs deploy/{pool}                # LocalAI (-c fetch-models: the download)\n"
             f"kubectl -n {ns} exec deploy/{pool} -- ls -l /models\n"
             f"kubectl -n {ns} port-forward svc/{route} 8000:80   # then OPENAI_BASE_URL=http://127.0.0.1:8000/v1",
             flush=True,

@@ -1,13 +1,15 @@
 """Builds the project's container images without a Docker engine, cached by the content of their inputs.
 
 Debian root filesystems made with mmdebstrap are the base images; buildah (chroot isolation, no daemon) builds the
-root `Dockerfile` (the operator image, with `PYTHON_IMAGE` pointing at the local base) and the model-server image
-(package data in `images/model-server/`); each result is written as an OCI archive that `ctr images import`
-names `docker.io/library/<name>:<tag>`, the reference Kubernetes resolves `<name>:<tag>` to. The tag is
-`dev-` plus the first 12 hex digits of the inputs' key, so a rebuild happens only when an input changes.
+root `Dockerfile` (the operator image, with `PYTHON_IMAGE` pointing at the local base), LocalAI itself (`localai`:
+LocalAI v4.9.0 and its llama-cpp backend built from pinned sources by `localai.py`, package data in
+`images/localai/`) and the real node's model mirror (`images/model-mirror/`); each result is written as an OCI
+archive that `ctr images import` names `docker.io/library/<name>:<tag>`, the reference Kubernetes resolves
+`<name>:<tag>` to. The tag is `dev-` plus the first 12 hex digits of the inputs' key, so a rebuild happens only
+when an input changes.
 
-`python -m localai_operator.devcluster.images [operator|model-server|all]` (what `make images` runs) builds and
-prints one line per image: `<name>:<tag> <archive>`. The Debian tools come from `hack/image-tools.sh`.
+`python -m localai_operator.devcluster.images [operator|localai|model-mirror|all]` (what `make images` runs) builds
+and prints one line per image: `<name>:<tag> <archive>`. The Debian tools come from `hack/image-tools.sh`.
 """
 
 from __future__ import annotations
@@ -26,37 +28,55 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from localai_operator.devcluster import localai
 from localai_operator.devcluster.binaries import cache_root
 
 SUITE: Final = "bookworm"
-# Runtime base: what the root Dockerfile's stages and the model server need (Debian's python3 is 3.11, like CI's).
-# libgomp1: llama.cpp's OpenMP threads.
+# Runtime base of the operator image and the model mirror (Debian's python3 is 3.11, like CI's).
 RUNTIME_PACKAGES: Final = (
     "python3",
     "python3-venv",
     "python3-pip",
     "python-is-python3",
     "ca-certificates",
-    "libgomp1",
 )
-BUILD_PACKAGES: Final = (*RUNTIME_PACKAGES, "build-essential", "cmake", "ninja-build", "python3-dev")
+# LocalAI's runtime base: its CPU image has ca-certificates and curl (its healthcheck.sh uses curl); the backend
+# carries every library it links, its loader included (images/localai/build.sh).
+LOCALAI_RUNTIME_PACKAGES: Final = ("ca-certificates", "curl")
+# What LocalAI's llama-cpp backend builds with: gRPC, protobuf and abseil from Debian (gRPC 1.51), CMake and Ninja.
+LOCALAI_BUILD_PACKAGES: Final = (
+    "build-essential",
+    "cmake",
+    "ninja-build",
+    "pkg-config",
+    "patch",
+    "libgrpc++-dev",
+    "protobuf-compiler-grpc",
+    "libprotobuf-dev",
+    "protobuf-compiler",
+    "libabsl-dev",
+)
 MIRROR_ENV: Final = "LOCALAI_OPERATOR_DEBIAN_MIRROR"
 OPERATOR_IMAGE: Final = "localai-operator"
-MODEL_SERVER_IMAGE: Final = "localai-operator-model-server"
+LOCALAI_IMAGE: Final = "localai-operator-localai"
+MODEL_MIRROR_IMAGE: Final = "localai-operator-model-mirror"
 CONTAINERD_PREFIX: Final = "docker.io/library/"
-# What the model-server image serves as the mirror (`mirror` command) at /<file>, and what fetch-models verifies.
+# What the model-mirror image serves at /<file>, and what fetch-models verifies.
 MODEL_FILE: Final = "gemma-3-270m-q4_k_m.gguf"
 MODEL_SHA256: Final = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 MODEL_SIZE: Final = 253_113_024
-# The model-server program inside its image, and the directory the mirror serves.
-MODEL_SERVER_PROGRAM: Final = "/opt/model-server/model_server.py"
+# The mirror program inside its image, and the directory it serves.
+MIRROR_PROGRAM: Final = "/opt/model-mirror/mirror.py"
 MIRROR_DIR: Final = "/srv/mirror"
+# LocalAI's binary and its backends directory in the localai image (where LocalAI's own image has them).
+LOCALAI_PROGRAM: Final = "/local-ai"
+LOCALAI_BACKENDS: Final = "/backends"
 _LOG_PREFIX: Final = "[images]"
 _TOOLS_HINT: Final = (
     "run `make images` (it installs them with hack/image-tools.sh) or `hack/image-tools.sh` as root"
@@ -109,7 +129,8 @@ class Base:
 
 BASES: Final = {
     "python": Base("python", RUNTIME_PACKAGES),
-    "python-build": Base("python-build", BUILD_PACKAGES),
+    "localai": Base("localai", LOCALAI_RUNTIME_PACKAGES),
+    "localai-build": Base("localai-build", LOCALAI_BUILD_PACKAGES),
 }
 
 _MMDEBSTRAP_OPTIONS: Final = (
@@ -127,17 +148,24 @@ _MMDEBSTRAP_OPTIONS: Final = (
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one image is built: a Containerfile, its context, and which bases fill which build args."""
+    """How one image is built: a Containerfile, its context, and which bases fill which build args. `prepare`, when
+    given, adds built files to a copy of the context before the build (LocalAI's binary and backend), and `pins`
+    name what those are built from."""
 
     name: str
     containerfile: Path
     context: Path
     base_args: Mapping[str, str] = field(default_factory=dict)
+    args: Mapping[str, str] = field(default_factory=dict)
+    pins: tuple[str, ...] = ()
+    prepare: Callable[[_Builder, Path], None] | None = None
 
     def inputs(self) -> list[str]:
         """What the key covers: the Containerfile, every file the context sends (after .dockerignore), the args."""
         parts = [self.name, _file_digest(self.containerfile)]
         parts += [f"{arg}={base}" for arg, base in sorted(self.base_args.items())]
+        parts += [f"{arg}={value}" for arg, value in sorted(self.args.items())]
+        parts += list(self.pins)
         parts += [f"{path} {digest}" for path, digest in context_files(self.context)]
         return parts
 
@@ -151,15 +179,38 @@ def repository_root() -> Path:
     return root
 
 
-def recipes() -> dict[str, Recipe]:
-    model_server = Path(__file__).resolve().parent / "images" / "model-server"
-    recipes = {
-        "model-server": Recipe(
-            MODEL_SERVER_IMAGE,
-            model_server / "Containerfile",
-            model_server,
-            {"BUILD_IMAGE": "python-build", "RUNTIME_IMAGE": "python"},
+def _stage_localai(builder: _Builder, context: Path) -> None:
+    base = BASES["localai-build"]
+
+    def run_in_base(argv: Sequence[str], volumes: Mapping[Path, str]) -> None:
+        builder.run_in_base(base, argv, volumes)
+
+    try:
+        localai.Build(builder.root / "localai", builder.env, run_in_base, base.key(builder.env)).stage(
+            context
         )
+    except localai.LocalAIBuildError as err:
+        raise ImageError(str(err)) from err
+
+
+def recipes() -> dict[str, Recipe]:
+    packaged = Path(__file__).resolve().parent / "images"
+    recipes = {
+        "localai": Recipe(
+            LOCALAI_IMAGE,
+            packaged / "localai" / "Containerfile",
+            packaged / "localai",
+            {"LOCALAI_IMAGE": "localai", "LOCALAI_BUILD_IMAGE": "localai-build"},
+            args={"LOCALAI_VERSION": localai.LOCALAI_VERSION},
+            pins=localai.PINS,
+            prepare=_stage_localai,
+        ),
+        "model-mirror": Recipe(
+            MODEL_MIRROR_IMAGE,
+            packaged / "model-mirror" / "Containerfile",
+            packaged / "model-mirror",
+            {"PYTHON_IMAGE": "python"},
+        ),
     }
     try:
         root = repository_root()
@@ -176,7 +227,8 @@ def images_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def build(which: str, *, env: Mapping[str, str] = os.environ) -> Image:
-    """The image `which` ("operator" or "model-server"), built unless an archive with the same key exists."""
+    """The image `which` ("operator", "localai" or "model-mirror"), built unless an archive with the same key
+    exists."""
     available = recipes()
     if which not in available:
         raise ImageError(f"unknown image {which!r}: choose from {', '.join(available)}")
@@ -216,10 +268,18 @@ class _Builder:
             if image.archive.is_file():
                 return image
             self._check_tools()
-            args = {arg: self.base(BASES[base]) for arg, base in recipe.base_args.items()}
             started = time.monotonic()
-            _log(f"building {image.ref} from {recipe.containerfile} (buildah, chroot isolation)")
-            self._build(recipe, image, args)
+            args = {arg: self.base(BASES[base]) for arg, base in recipe.base_args.items()}
+            with contextlib.ExitStack() as stack:
+                context = recipe.context
+                if recipe.prepare is not None:
+                    (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+                    staged = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.root / "tmp")))
+                    context = staged / "context"
+                    shutil.copytree(recipe.context, context)
+                    recipe.prepare(self, context)
+                _log(f"building {image.ref} from {recipe.containerfile} (buildah, chroot isolation)")
+                self._build(recipe, image, {**args, **recipe.args}, context)
             self._export(image)
             self._forget_older(image)
             _log(f"{image.ref}: built in {time.monotonic() - started:.0f} s ({image.archive})")
@@ -272,7 +332,22 @@ class _Builder:
             self._buildah(["rm", container], check=False, quiet=True)
         return ref
 
-    def _build(self, recipe: Recipe, image: Image, args: Mapping[str, str]) -> None:
+    def run_in_base(self, base: Base, argv: Sequence[str], volumes: Mapping[Path, str]) -> None:
+        """Runs `argv` in a working container of `base` (chroot isolation) with host directories mounted."""
+        container = self._buildah(
+            ["from", "--pull=never", "--quiet", self.base(base)], capture=True
+        ).stdout.strip()
+        try:
+            mounts = [arg for host, inside in volumes.items() for arg in ("-v", f"{host}:{inside}")]
+            jobs = ["--env", f"JOBS={self.env.get('JOBS', '2')}"]
+            self._buildah(
+                ["run", "--isolation", "chroot", *jobs, *mounts, container, "--", *argv],
+                what=f"`{' '.join(argv)}` in the {base.name} base",
+            )
+        finally:
+            self._buildah(["rm", container], check=False, quiet=True)
+
+    def _build(self, recipe: Recipe, image: Image, args: Mapping[str, str], context: Path) -> None:
         argv = [
             "build",
             "--isolation",
@@ -289,7 +364,7 @@ class _Builder:
         ca = next((path for path in _ca_candidates(self.env) if Path(path).is_file()), None)
         if ca is not None:
             argv += ["-v", f"{ca}:{_IMAGE_CA_BUNDLE}:ro"]
-        self._buildah([*argv, str(recipe.context)], what=f"the build of {image.ref}")
+        self._buildah([*argv, str(context)], what=f"the build of {image.ref}")
 
     def _export(self, image: Image) -> None:
         image.archive.parent.mkdir(parents=True, exist_ok=True)
@@ -611,7 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="images", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "operator", "model-server"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["all", "operator", "localai", "model-mirror"]
+    )
     parser.add_argument("--clean", action="store_true", help="remove the image cache instead of building")
     args = parser.parse_args(argv)
     if args.clean:

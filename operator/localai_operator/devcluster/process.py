@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +61,15 @@ def _stat(pid: int) -> _Stat | None:
 
 
 def spawn(
-    argv: Sequence[str], log_path: Path, *, die_with_parent: bool, pass_fds: Sequence[int] = ()
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    die_with_parent: bool,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts `argv` as the leader of a new session, stdout and stderr appended to `log_path` (and the file
-    descriptors `pass_fds` left open in it).
+    descriptors `pass_fds` left open in it), with `env` added to this process' environment.
 
     With `die_with_parent` the kernel kills it if the starting *thread* exits, even by SIGKILL: the last line of
     defence for tests. `dev up` passes False so the control plane outlives the command.
@@ -83,6 +88,7 @@ def spawn(
             preexec_fn=preexec,
             close_fds=True,
             pass_fds=tuple(pass_fds),
+            env={**os.environ, **env} if env else None,
         )
 
 

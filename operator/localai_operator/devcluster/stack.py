@@ -1,6 +1,6 @@
 """The operator installed from its Helm chart with the images this checkout builds, and the real-node samples
-(manifests/real-node/): a CPU pool serving Gemma 3 270M through llama.cpp, its in-cluster model mirror, a cloud
-stand-in and two routes, all on the real node. What `localai-operator dev up` starts and what the e2e tier
+(manifests/real-node/): a CPU pool of LocalAI v4.9.0 (built here) serving Gemma 3 270M, its in-cluster model mirror,
+a cloud stand-in and two routes, all on the real node. What `localai-operator dev up` starts and what the e2e tier
 drives; everything goes through the real clients (helm, kubectl) and the chart's own values."""
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ RELEASE: Final = "localai-operator"
 OPERATOR_NAMESPACE: Final = "localai-operator"
 # The placeholders the samples carry for the images (envsubst syntax, so a user can fill them in by hand).
 OPERATOR_PLACEHOLDER: Final = "${OPERATOR_IMAGE}"
-MODEL_SERVER_PLACEHOLDER: Final = "${MODEL_SERVER_IMAGE}"
+LOCALAI_PLACEHOLDER: Final = "${LOCALAI_IMAGE}"
+MIRROR_PLACEHOLDER: Final = "${MIRROR_IMAGE}"
+PLACEHOLDERS: Final = (OPERATOR_PLACEHOLDER, LOCALAI_PLACEHOLDER, MIRROR_PLACEHOLDER)
+# What `make images` builds for the stack, in the order StackImages names them.
+STACK_IMAGES: Final = ("operator", "localai", "model-mirror")
 
 
 class StackError(RuntimeError):
@@ -35,16 +39,27 @@ class StackError(RuntimeError):
 
 @dataclass(frozen=True)
 class StackImages:
-    """The two images as pods name them (`name:tag`): the operator's (also the routers', fetch-models' and the
-    cloud stand-in's) and the model server's (the pool and the mirror)."""
+    """The images as pods name them (`name:tag`): the operator's (also the routers', fetch-models' and the cloud
+    stand-in's), LocalAI's (the pool) and the model mirror's."""
 
     operator: str
-    model_server: str
+    localai: str
+    mirror: str
 
     @classmethod
     def of(cls, built: Sequence[images_module.Image]) -> StackImages:
         by_name = {image.name: image.ref for image in built}
-        return cls(by_name[images_module.OPERATOR_IMAGE], by_name[images_module.MODEL_SERVER_IMAGE])
+        return cls(
+            by_name[images_module.OPERATOR_IMAGE],
+            by_name[images_module.LOCALAI_IMAGE],
+            by_name[images_module.MODEL_MIRROR_IMAGE],
+        )
+
+    def fill(self, text: str) -> str:
+        """`text` with the samples' image placeholders replaced."""
+        for placeholder, ref in zip(PLACEHOLDERS, (self.operator, self.localai, self.mirror), strict=True):
+            text = text.replace(placeholder, ref)
+        return text
 
 
 def split_image(ref: str) -> tuple[str, str]:
@@ -77,8 +92,9 @@ def chart_values(root: Path | None = None) -> Path:
 
 
 def build_images() -> list[images_module.Image]:
-    """Both images, built unless cached (the first build takes 10-15 minutes on 2 cores)."""
-    return [images_module.build("operator"), images_module.build("model-server")]
+    """The stack's images, built unless cached (the first build, LocalAI's mostly, takes about half an hour on 2
+    cores)."""
+    return [images_module.build(which) for which in STACK_IMAGES]
 
 
 def import_images(node: RealNode, built: Sequence[images_module.Image]) -> list[str]:
@@ -96,11 +112,8 @@ def sample_manifests(stack_images: StackImages, namespace: str = NAMESPACE, root
     (every mention of the samples' own: object namespaces and the in-cluster URLs alike)."""
     parts = []
     for path in sorted(samples_dir(root).glob("*.yaml")):
-        text = path.read_text()
-        text = text.replace(OPERATOR_PLACEHOLDER, stack_images.operator)
-        text = text.replace(MODEL_SERVER_PLACEHOLDER, stack_images.model_server)
-        parts.append(text.replace(NAMESPACE, namespace))
-    left = [p for p in (OPERATOR_PLACEHOLDER, MODEL_SERVER_PLACEHOLDER) if any(p in part for part in parts)]
+        parts.append(stack_images.fill(path.read_text()).replace(NAMESPACE, namespace))
+    left = [p for p in PLACEHOLDERS if any(p in part for part in parts)]
     assert not left, f"unfilled placeholders {left}"
     return "".join(f"---\n{part}" for part in parts)
 

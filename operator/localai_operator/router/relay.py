@@ -150,6 +150,18 @@ class _StreamFailure(Exception):
         self.detail = detail
 
 
+def _raise_if_echoed_error(following: list[Any], fmt: StreamFormat) -> None:
+    """LocalAI v4.9.0 streams a backend error (a prompt longer than the context, say) as a content delta holding
+    the error's text, then the error event, in one write (seen on the binary): an error event that arrived with
+    the first content, before any other content, means that content was the error, not an answer."""
+    for payload in following:
+        kind = sse.kind_of(payload, fmt)
+        if kind is sse.Kind.ERROR:
+            raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
+        if kind is sse.Kind.CONTENT:
+            return
+
+
 @dataclass(slots=True)
 class _Held:
     """A stream read up to its first content: the events so far (nothing sent yet) and the reader state."""
@@ -630,6 +642,8 @@ class Relay:
                         held.events.append(events[index])
                     held.payloads.append(payload)
                     if kind is sse.Kind.CONTENT:
+                        if not clean:
+                            _raise_if_echoed_error(payloads[index + 1 :], fmt)
                         held.rest = events[index + 1 :] if events is not None else []
                         held.rest_payloads = payloads[index + 1 :]
                         held.rest_done = done
@@ -641,7 +655,8 @@ class Relay:
                     )
                 continue
             assert events is not None
-            for index, (kind, payload) in enumerate(sse.classify_all(events, fmt)):
+            classified = sse.classify_all(events, fmt)
+            for index, (kind, payload) in enumerate(classified):
                 if kind is sse.Kind.ERROR:
                     raise _StreamFailure(FallbackReason.STREAM_ERROR, sse.error_message(payload))
                 if kind is sse.Kind.DONE:
@@ -651,6 +666,9 @@ class Relay:
                 held.events.append(events[index])
                 held.payloads.append(payload)
                 if kind is sse.Kind.CONTENT:
+                    _raise_if_echoed_error(
+                        [p for k, p in classified[index + 1 :] if k is not sse.Kind.DONE], fmt
+                    )
                     held.rest = events[index + 1 :]
                     return held
 

@@ -1,21 +1,26 @@
 """In-process stand-ins for a LocalAI server and a cloud provider, with scriptable behaviour.
 
-The LocalAI stand-in answers the way LocalAI's source says it does (mudler/LocalAI):
-- chat streams send `{"delta":{"role":"assistant"}}` first and at once, before any token
-  (`core/http/endpoints/openai/chat.go` at v3.12.0, line 41: `responses <- initialMessage` precedes
-  `ComputeChoices`); at v4.9.0 the role chunk comes with the first token (`chat_stream_workers.go`,
-  `sentInitialRole`): `Behaviour(role_chunk="with_first_token")`;
-- every v3.12.0 chunk carries a `usage` object (zeros in the role chunk; `core/schema/openai.go`,
-  `Usage OpenAIUsage json:"usage"`); a `stream_options.include_usage` request also gets the v4.9.0
-  trailer `{"choices":[],"usage":…}` (`chat.go` lines 664-681);
-- the stream ends with a chunk carrying `finish_reason` and an empty delta, then `data: [DONE]`;
-- an inference error after the stream started is a chunk whose `delta.content` is
-  `"Internal error: <err>"` with `finish_reason: "stop"`, then `data: [DONE]`, under HTTP 200 (v3.12.0
-  `chat.go` lines 579-603); completions send `text: "Internal error: <err>"` and no [DONE]
-  (`completion.go` lines 153-176); v4.9.0 sends `data: {"error":{"message":…,"type":"server_error"}}` then
-  `data: [DONE]` (`chat.go` lines 505-521): `Behaviour(error_shape="event")`;
-- a non-stream answer is written only when generation is over (v3.12.0 `chat.go`, the `default:` branch
-  at line 639).
+The LocalAI stand-in (`local_standin`, dialect "localai") answers in the shapes the real LocalAI v4.9.0 binary
+was seen to send, each pinned by a test against the binary (tests/integration/test_localai.py):
+- a chat stream sends nothing before the first token; then, together, `delta: {"role":"assistant","content":null}`,
+  `delta: {"content":null}` and the first token; one event per token; two more `{"content":null}` events after the
+  text; a last event with `finish_reason` ("length" when max_tokens cut the text) and `delta: {"content":null}`; a
+  `{"choices":[],"usage":…}` trailer only with `stream_options.include_usage`; `data: [DONE]`. No `usage` in the
+  other events; `id` is the `X-Correlation-Id` header's UUID;
+- a completion stream: an event without `text`, one per token, one more without `text`, a last one with
+  `finish_reason: "stop"` whatever cut the text, `data: [DONE]`;
+- a non-streamed completion reports `usage` all zeros and `finish_reason: "stop"`; a non-streamed chat reports
+  usage, `finish_reason: "length"` when max_tokens cut it, and a UUID `id` of its own;
+- an unknown model is a 404 `model "<m>" not found. To see available models, call GET /v1/models`; a missing key
+  a 401 `An authentication key is required` (Bearer, `x-api-key` or `xi-api-key` accepted); `/readyz` and
+  `/healthz` answer 200 with an empty body and no key; `/v1/models` lists `{"id","object"}` only.
+Behaviours reproduce older or rarer shapes on demand: `role_chunk="at_once"` (v3.12.0 sent the role chunk at once,
+before any token: `core/http/endpoints/openai/chat.go` at v3.12.0, line 41), an inference error after the stream
+started as `data: {"error":{"message":…,"type":"server_error"}}` then `data: [DONE]` (v4.9.0, `chat.go` lines
+505-521, `error_shape="event"`) or as a chunk whose content is `"Internal error: <err>"` with `finish_reason:
+"stop"` (v3.12.0, `error_shape="content"`), or, as v4.9.0 reports a backend error (a prompt longer than the context,
+seen on the binary), as the error's text in a content delta followed by the error event (`error_shape="echoed"`).
+The cloud stand-in (dialect "openai") keeps the shapes of OpenAI's API.
 
 Tests, the benchmark and `dev up` start them; `python -m localai_operator.testing.standins` serves one.
 The router never imports this package (an import-linter contract).
@@ -34,6 +39,7 @@ import socket
 import ssl
 import struct
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
@@ -45,6 +51,21 @@ from localai_operator.testing.prefill import PromptCache
 DEFAULT_LOCAL_MODELS: Final = ("mistral-7b-instruct",)
 DEFAULT_CLOUD_MODELS: Final = ("deepseek-v3.2",)
 LOCALAI_ERROR_PREFIX: Final = "Internal error: "
+# LocalAI v4.9.0's answers (seen on the binary; tests/integration/test_localai.py pins each).
+LOCALAI_UNAUTHORIZED: Final = {
+    "error": {"code": 401, "message": "An authentication key is required", "type": "invalid_request_error"}
+}
+LOCALAI_KEY_HEADERS: Final = ("x-api-key", "xi-api-key")
+# The `{"content":null}` events LocalAI sends after the text, before the one with finish_reason.
+LOCALAI_TRAILING_NULL_EVENTS: Final = 2
+Dialect = Literal["localai", "openai"]
+
+
+def localai_unknown_model(model: str) -> dict[str, Any]:
+    message = f'model "{model}" not found. To see available models, call GET /v1/models'
+    return {"error": {"code": 404, "message": message, "type": "invalid_request_error"}}
+
+
 _RECORDED_MAX: Final = 1000
 _PROMPT_TOKENS: Final = 7
 
@@ -65,7 +86,9 @@ class Behaviour:
     abort_after_tokens: int | None = None
     # Inference fails after this many tokens (0: before the first), reported in the stream as LocalAI does.
     fail_after_tokens: int | None = None
-    error_shape: Literal["content", "event"] = "content"
+    # "echoed": LocalAI v4.9.0 on a backend error (a prompt longer than the context, seen on the binary): the error's
+    # text as a content delta, then the error event and [DONE], all at once.
+    error_shape: Literal["content", "event", "echoed"] = "content"
     role_chunk: Literal["at_once", "with_first_token"] = "at_once"
     # Streams: a `: keep-alive` comment this often while waiting for the first token (0: none).
     keepalive_interval: float = 0.0
@@ -186,6 +209,8 @@ class OpenAIStandIn:
     counters: Counters = field(default_factory=Counters)
     # What `/standin/behaviour` changes are applied on top of (the CLI's flags), None: the defaults.
     initial: Behaviour | None = None
+    # "localai": the shapes of the LocalAI v4.9.0 binary (the module docstring); "openai": OpenAI's.
+    dialect: Dialect = "openai"
     # Slots, and a first token that waits for the prompt as llama.cpp's prompt cache makes it (testing/prefill.py).
     prompt_cache: PromptCache | None = None
     port: int = field(default=0, init=False)
@@ -275,6 +300,8 @@ class OpenAIStandIn:
         self.behaviour = replace(Behaviour(), **changes)
 
     async def _ok(self, request: web.Request) -> web.Response:
+        if self.dialect == "localai":
+            return web.Response(status=200)  # LocalAI's probes: no body, no Content-Type
         return web.Response(text="ok")
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -283,14 +310,22 @@ class OpenAIStandIn:
         )
         if not self._authorized(request):
             return self._unauthorized()
-        data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
+        if self.dialect == "localai":
+            data = [{"id": m, "object": "model"} for m in self.models]
+        else:
+            data = [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
     def _authorized(self, request: web.Request) -> bool:
-        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        if self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return True
+        return self.dialect == "localai" and any(
+            request.headers.get(name) == self.api_key for name in LOCALAI_KEY_HEADERS
+        )
 
-    @staticmethod
-    def _unauthorized() -> web.Response:
+    def _unauthorized(self) -> web.Response:
+        if self.dialect == "localai":
+            return web.json_response(LOCALAI_UNAUTHORIZED, status=401)
         return web.json_response(
             {"error": {"message": "invalid API key", "type": "invalid_request_error"}}, status=401
         )
@@ -340,6 +375,8 @@ class OpenAIStandIn:
                 )
         payload = payload or {}
         model = str(payload.get("model") or self.models[0])
+        if self.dialect == "localai" and model not in self.models:
+            return web.json_response(localai_unknown_model(model), status=404)
         await asyncio.sleep(b.delay_before_headers)
         if b.redirect is not None:
             return web.Response(status=307, headers={"Location": b.redirect})
@@ -356,6 +393,10 @@ class OpenAIStandIn:
         path = request.path.removeprefix("/v1/")
         if path in ("chat/completions", "completions"):
             chat = path == "chat/completions"
+            if self.dialect == "localai":
+                if payload.get("stream"):
+                    return await self._localai_stream(request, payload, model, chat, b)
+                return await self._localai_complete(payload, model, chat, b)
             if payload.get("stream"):
                 return await self._stream(request, payload, model, chat, b)
             return await self._complete(request, payload, model, chat, b)
@@ -530,6 +571,146 @@ class OpenAIStandIn:
         await response.write_eof()
         return response
 
+    @staticmethod
+    def _localai_length(payload: dict[str, Any], b: Behaviour) -> tuple[int, bool]:
+        """How many tokens LocalAI generates for `payload`, and whether max_tokens cut them."""
+        limit = payload.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < b.tokens:
+            return limit, True
+        return b.tokens, False
+
+    async def _localai_complete(
+        self, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        """A non-streamed answer as LocalAI v4.9.0 writes it once generation is over."""
+        await self._wait_first_token(b, None)
+        headers = {"X-Correlation-Id": str(uuid.uuid4())}
+        if b.fail_after_tokens is not None:
+            error = {"code": 500, "message": f"{self.name} stand-in: inference failed", "type": ""}
+            return web.json_response({"error": error}, status=500, headers=headers)
+        count, cut = self._localai_length(payload, b)
+        await asyncio.sleep(max(0, count - 1) * b.token_interval)
+        text = "".join(self._token(i) for i in range(count))
+        choice: dict[str, Any] = {"index": 0}
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": None if b.tool_call else text}
+            if b.tool_call:
+                message["tool_calls"] = [_tool_call_whole()]
+            choice["finish_reason"] = "tool_calls" if b.tool_call else ("length" if cut else "stop")
+            choice["message"] = message
+            usage = _usage(count)
+        else:
+            # LocalAI reports neither the length cut nor any usage for completions.
+            choice["finish_reason"] = "stop"
+            choice["text"] = text
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        answer = {
+            "created": int(time.time()),
+            "object": "chat.completion" if chat else "text_completion",
+            "id": str(uuid.uuid4()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+        if b.answer_padding:
+            answer["padding"] = "x" * b.answer_padding
+        return web.json_response(answer, headers=headers)
+
+    async def _localai_stream(
+        self, request: web.Request, payload: dict[str, Any], model: str, chat: bool, b: Behaviour
+    ) -> web.StreamResponse:
+        """A stream as LocalAI v4.9.0 sends it (the module docstring): headers and the first events together with
+        the first token, unless `role_chunk="at_once"` or keep-alives need the headers earlier."""
+        ident = str(uuid.uuid4())
+        created = int(time.time())
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Correlation-Id": ident,
+        }
+        count, cut = self._localai_length(payload, b)
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+
+        def event(choice: dict[str, Any]) -> bytes:
+            body = {
+                "created": created,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "id": ident,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": None, **choice}],
+            }
+            return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+        if chat:
+            opening = [
+                event({"delta": {"role": "assistant", "content": None}}),
+                event({"delta": {"content": None}}),
+            ]
+            if b.fail_after_tokens == 0 and b.error_shape == "echoed":
+                opening = opening[:1]  # the backend's error text is the first "token" LocalAI gets
+            closing = [event({"delta": {"content": None}})] * LOCALAI_TRAILING_NULL_EVENTS
+            finish = "tool_calls" if b.tool_call else ("length" if cut else "stop")
+            closing.append(event({"finish_reason": finish, "delta": {"content": None}}))
+            pieces: list[Any] = _tool_call_pieces() if b.tool_call else [self._token(i) for i in range(count)]
+        else:
+            opening = [event({})]
+            closing = [event({}), event({"finish_reason": "stop"})]
+            pieces = [self._token(i) for i in range(count)]
+        if chat and include_usage:
+            trailer = {
+                "id": ident,
+                "created": created,
+                "model": model,
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": _usage(len(pieces)),
+            }
+            closing.append(b"data: " + json.dumps(trailer, separators=(",", ":")).encode() + b"\n\n")
+        response = web.StreamResponse(headers=headers)
+        out: list[bytes] = []
+        if b.role_chunk == "at_once" or b.keepalive_interval:
+            await response.prepare(request)
+            if b.role_chunk == "at_once":
+                await response.write(b"".join(opening))
+            else:
+                out = list(opening)
+            await self._wait_first_token(b, response)
+        else:
+            await self._wait_first_token(b, None)
+            await response.prepare(request)
+            out = list(opening)
+        for index, piece in enumerate(pieces):
+            if b.abort_after_tokens is not None and index == b.abort_after_tokens:
+                if out:
+                    await response.write(b"".join(out))
+                assert request.transport is not None
+                request.transport.abort()
+                await asyncio.Event().wait()
+            if b.fail_after_tokens is not None and index == b.fail_after_tokens:
+                out.append(self._error_event(model, chat, b, index))
+                await response.write(b"".join(out))
+                await response.write_eof()
+                return response
+            if index and b.token_interval:
+                await response.write(b"".join(out))
+                out = []
+                await asyncio.sleep(b.token_interval)
+            if isinstance(piece, dict):
+                out.append(event({"delta": piece}))
+            elif chat and payload.get("logprobs"):
+                out.append(event({"delta": {"content": piece}, "logprobs": {"content": [_logprob(piece)]}}))
+            elif chat:
+                out.append(event({"delta": {"content": piece}}))
+            else:
+                out.append(event({"text": piece}))
+        if b.fail_after_tokens is not None and b.fail_after_tokens >= len(pieces):
+            out.append(self._error_event(model, chat, b, len(pieces)))
+        elif not b.truncate:
+            out += [*closing, b"data: [DONE]\n\n"]
+        await response.write(b"".join(out))
+        await response.write_eof()
+        return response
+
     def _instant(self, b: Behaviour) -> bool:
         """Nothing to wait for, fail or vary: the stream can be written at once, from `_instant_stream`."""
         key = (b.tokens, b.role_chunk)
@@ -553,11 +734,13 @@ class OpenAIStandIn:
 
     def _error_event(self, model: str, chat: bool, b: Behaviour, index: int) -> bytes:
         message = f"{self.name} stand-in: inference failed"
+        error = {"error": {"code": "server_error", "message": message, "type": "server_error"}}
         if b.error_shape == "event":
-            return (
-                _sse({"error": {"message": message, "type": "server_error", "code": "server_error"}})
-                + b"data: [DONE]\n\n"
-            )
+            return _sse(error) + b"data: [DONE]\n\n"
+        if b.error_shape == "echoed":
+            echo = self._chunk(model, chat, {"content": message}, message, None, index)
+            echo.pop("usage")
+            return _sse(echo) + _sse(error) + b"data: [DONE]\n\n"
         text = LOCALAI_ERROR_PREFIX + message
         event = _sse(self._chunk(model, chat, {"content": text}, text, "stop", index))
         return event + (b"data: [DONE]\n\n" if chat else b"")
@@ -701,7 +884,9 @@ def _reset(request: web.Request) -> None:
 
 
 def local_standin(**kwargs: Any) -> OpenAIStandIn:
-    return OpenAIStandIn(name="local", models=DEFAULT_LOCAL_MODELS, **kwargs)
+    """A LocalAI v4.9.0 (its shapes: the module docstring)."""
+    kwargs.setdefault("models", DEFAULT_LOCAL_MODELS)
+    return OpenAIStandIn(name="local", dialect="localai", **kwargs)
 
 
 def cloud_standin(api_key: str | None = None, **kwargs: Any) -> OpenAIStandIn:

@@ -15,6 +15,7 @@ from tests.unit.router.conftest import StartRouter, route_config, sdk_client
 async def test_the_query_string_reaches_local_byte_for_byte(
     local: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
+    local.models = (*local.models, "m")  # LocalAI answers 404 for a model it does not serve
     router = await start_router(route_config(local.url))
     url = router.v1("/chat/completions") + "?q=a%20b%23c%25d&x=%2525"
     async with client.post(aiohttp.client.URL(url, encoded=True), json={"model": "m"}) as response:
@@ -79,6 +80,7 @@ async def test_a_model_with_invalid_utf8_is_a_400_invalid_json(
 async def test_every_connection_header_line_is_honoured(
     local: OpenAIStandIn, start_router: StartRouter
 ) -> None:
+    local.models = (*local.models, "m")
     router = await start_router(route_config(local.url))
     reader, writer = await asyncio.open_connection("127.0.0.1", int(router.url.rsplit(":", 1)[1]))
     body = b'{"model": "m"}'

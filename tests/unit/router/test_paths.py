@@ -80,6 +80,7 @@ async def test_speech_is_streamed_from_local_as_it_is_produced(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter
 ) -> None:
     local.set(tokens=4, token_interval=0.3)
+    local.models = (LOCAL_MODEL, "tts")  # LocalAI answers 404 for a model it does not serve
     router = await start_router(route_config(local.url, cloud.url))
     async with (
         sdk_client(router, sync=False) as sdk,
@@ -93,6 +94,7 @@ async def test_speech_is_streamed_from_local_as_it_is_produced(
 async def test_image_generation_transcription_rerank_and_tokenize_are_relayed(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
+    local.models = (LOCAL_MODEL, "sd", "whisper", "reranker")
     router = await start_router(route_config(local.url, cloud.url))
     async with sdk_client(router, sync=False) as sdk:
         image = await sdk.images.generate(model="sd", prompt="a cat")
@@ -154,6 +156,7 @@ async def test_a_path_the_cloud_does_not_offer_never_falls_back(
     local: OpenAIStandIn, cloud: OpenAIStandIn, start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
     local.set(status=500)
+    local.models = (LOCAL_MODEL, "reranker")
     router = await start_router(route_config(local.url, cloud.url))
     answer = await post(
         client, router, "/rerank", body={"model": "reranker", "query": "q", "documents": ["a"]}

@@ -1,0 +1,539 @@
+"""The LocalAI conformance tier: every fact about LocalAI v4.9.0 the operator and the router depend on
+(docs/localai-facts.md) that the binary shows, checked on the binary itself: `local-ai` from the image `make images`
+builds, run as a process on this host's loopback from the image's root filesystem (`buildah run`), with the model
+YAML, environment and probe paths the operator renders for the real-node sample pool and /models laid out by the real
+fetch-models. A process rather than a pod: each fact is then one HTTP exchange away from the test, with LocalAI's
+own log at hand, in seconds; the e2e tier runs the same image in pods on the real node.
+
+The in-process LocalAI stand-in the unit tests use (`local_standin`) is held to the same shapes here, request by
+request: a shape the binary changes fails its test here before it misleads a unit test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localai_operator.api import FallbackRoute
+from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
+from localai_operator.devcluster import images, stack
+from localai_operator.render import RenderSettings, route_objects
+from localai_operator.testing.standins import (
+    LOCALAI_TRAILING_NULL_EVENTS,
+    Behaviour,
+    OpenAIStandIn,
+    local_standin,
+)
+from tests.helpers import wait_for
+from tests.integration.real_localai import (
+    API_KEY,
+    KEY_SECRET,
+    LocalAI,
+    copy_models,
+    free_port,
+    in_image,
+    render,
+    running,
+    start,
+)
+
+pytestmark = pytest.mark.harness
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTS = ROOT / "docs" / "localai-facts.md"
+MODEL = stack.MODEL
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}]}
+PROMPT = {"model": MODEL, "prompt": "Kubernetes is"}
+# What the stand-in generates when max_tokens does not cut it; requests ask for fewer, as they do of the binary.
+STANDIN_TOKENS = 8
+CUT = 4
+# Values for every model-YAML key the renderer writes, unlike LocalAI's defaults, so the binary's log shows each
+# was taken (docs/localai-facts.md §7).
+TUNED_MODEL = {
+    "contextSize": 1536,
+    "batch": 256,
+    "kvCacheType": "q8_0",
+    "mmap": False,
+    "parallel": 3,
+    "parameters": {
+        "temperature": 0.3,
+        "topP": 0.8,
+        "topK": 21,
+        "maxTokens": 5,
+        "seed": 11,
+        "repeatPenalty": 1.2,
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------- the binary
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Any:
+    """The sample pool with an API key Secret, rendered."""
+    return render(pool_spec={"apiKeySecretRef": KEY_SECRET})
+
+
+@pytest.fixture(scope="module")
+def localai(
+    localai_image: images.Image, fetched: Path, keyed: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalAI]:
+    """LocalAI with the rendered env (the pool's key set) and the rendered models directory."""
+    work = tmp_path_factory.mktemp("localai")
+    models = copy_models(fetched, work / "models", keyed.config)
+    with running(localai_image, models, keyed.env(LOCALAI_LOG_LEVEL="debug"), work / "localai.log") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[OpenAIStandIn]:
+    """The LocalAI stand-in of the unit tests on a loopback port, in a thread of its own."""
+    fake: OpenAIStandIn = local_standin(models=(MODEL,), api_key=API_KEY)
+    fake.behaviour = Behaviour(tokens=STANDIN_TOKENS)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    yield fake
+    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def like(localai: LocalAI, other: str | OpenAIStandIn) -> LocalAI:
+    """A client of another server (the stand-in, the router) with the same helpers and key."""
+    base = other if isinstance(other, str) else other.url.removesuffix("/v1")
+    return LocalAI(localai.container, base, localai.log, localai.key)
+
+
+def skeleton(value: Any, key: str = "") -> Any:
+    """A JSON value's shape: strings and numbers by type, except the fields whose values are the shape
+    (`object`, `role`, `finish_reason`, `type`); null stays null (LocalAI's content:null events are shape)."""
+    if isinstance(value, dict):
+        return {k: skeleton(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [skeleton(v, key) for v in value]
+    if isinstance(value, str):
+        return value if key in ("object", "role", "finish_reason", "type") else "str"
+    if isinstance(value, bool) or value is None:
+        return value
+    return "number"
+
+
+def stream_shape(events: list[Any]) -> list[Any]:
+    """The skeletons of a stream's events, each run of equal ones (the tokens) as one."""
+    shapes: list[Any] = []
+    for event in events:
+        shape = skeleton(event)
+        if not shapes or shapes[-1] != shape:
+            shapes.append(shape)
+    return shapes
+
+
+def test_every_localai_variable_the_pool_renders_is_one_the_binary_reads(
+    localai_image: images.Image, keyed: Any, tmp_path: Path
+) -> None:
+    code, text = in_image(localai_image, [images.LOCALAI_PROGRAM, "run", "--help"], tmp_path / "help.log")
+    assert code == 0, text
+    known = set(re.findall(r"\$(LOCALAI_[A-Z0-9_]+)", text))
+    rendered = {name for name in keyed.env() if name.startswith("LOCALAI_")}
+    assert rendered - known == set()
+
+
+def test_readyz_answers_only_once_the_preloaded_model_is_in_memory(
+    localai_image: images.Image, fetched: Path, tmp_path: Path
+) -> None:
+    rendered = render()
+    models = copy_models(fetched, tmp_path / "models", rendered.config)
+    # Debug level only so that the backend's own lines (its slots, once the model is loaded) are in the log.
+    localai = start(localai_image, models, rendered.env(LOCALAI_LOG_LEVEL="debug"), tmp_path / "localai.log")
+    refused = 0
+    try:
+
+        def ready() -> bool:
+            nonlocal refused
+            if localai.ready():
+                return True
+            refused += not localai.listening()
+            return localai.container.poll() is not None
+
+        wait_for(ready, 180, "LocalAI's /readyz", interval=0.05, describe=lambda: localai.log_text()[-2000:])
+        assert localai.container.poll() is None, localai.log_text()[-3000:]
+        log = localai.log_text()
+    finally:
+        localai.stop()
+    assert refused > 0, "the port never refused a connection: the preload was not seen"
+    # The backend has loaded the model (its slots exist) before the HTTP server says it listens.
+    assert log.index("n_slots = 2") < log.index("LocalAI is started and running")
+
+
+def test_the_probes_are_open_without_the_key_and_answer_an_empty_200(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    for server in (localai, like(localai, standin)):
+        for path in ("/readyz", "/healthz"):
+            status, headers, body = server.call("GET", path, key=None)
+            assert (status, body, headers.get("Content-Type")) == (200, b"", None), (
+                server.base,
+                path,
+                headers,
+            )
+
+
+def test_the_api_needs_the_pool_key_as_bearer_or_x_api_key(localai: LocalAI, standin: OpenAIStandIn) -> None:
+    for server in (localai, like(localai, standin)):
+        status, _, body = server.call("GET", "/v1/models", key=None)
+        assert (status, json.loads(body)) == (
+            401,
+            {
+                "error": {
+                    "code": 401,
+                    "message": "An authentication key is required",
+                    "type": "invalid_request_error",
+                }
+            },
+        ), server.base
+        assert server.call("GET", "/v1/models", key="not-the-key")[0] == 401
+        assert server.call("GET", "/v1/models")[0] == 200
+        assert server.call("GET", "/v1/models", key=None, headers={"x-api-key": API_KEY})[0] == 200
+
+
+def test_models_lists_exactly_the_yamls_in_models_without_the_weights_or_the_markers(
+    localai: LocalAI, standin: OpenAIStandIn, fetched: Path
+) -> None:
+    assert (fetched / ".localai-operator").is_dir(), "fetch-models keeps its verified markers there"
+    for server in (localai, like(localai, standin)):
+        status, _, body = server.call("GET", "/v1/models")
+        assert (status, json.loads(body)) == (
+            200,
+            {"object": "list", "data": [{"id": MODEL, "object": "model"}]},
+        )
+
+
+def test_an_unknown_model_is_a_404_naming_it(localai: LocalAI, standin: OpenAIStandIn) -> None:
+    expected = {
+        "error": {
+            "code": 404,
+            "message": 'model "nope" not found. To see available models, call GET /v1/models',
+            "type": "invalid_request_error",
+        }
+    }
+    for server in (localai, like(localai, standin)):
+        for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", PROMPT)):
+            status, _, answer = server.post(path, {**body, "model": "nope"})
+            assert (status, answer) == (404, expected), (server.base, path)
+
+
+def test_the_gallery_ui_and_install_endpoints_are_404_and_inference_is_unaffected(localai: LocalAI) -> None:
+    for method, path in (
+        ("POST", "/models/apply"),
+        ("GET", "/models/available"),
+        ("POST", "/backends/apply"),
+        ("GET", "/backends"),
+        ("GET", "/"),
+        ("POST", "/api/backends/install-external"),
+        ("GET", "/api/settings"),
+    ):
+        assert localai.call(method, path, {})[0] == 404, (method, path)
+    status, _, answer = localai.post("/v1/chat/completions", {**CHAT, "max_tokens": 2})
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+
+
+def test_a_chat_stream_has_localais_exact_shape(localai: LocalAI, standin: OpenAIStandIn) -> None:
+    body = {**CHAT, "stream": True, "max_tokens": CUT}
+    headers, events = localai.events("/v1/chat/completions", body)
+    role, null, *rest = events
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert null["choices"][0]["delta"] == {"content": None}
+    assert rest[-1] == "[DONE]"
+    tokens, trailing = rest[:CUT], rest[CUT:-1]
+    assert all(isinstance(e["choices"][0]["delta"]["content"], str) for e in tokens)
+    assert [e["choices"][0]["delta"] for e in trailing] == [{"content": None}] * (
+        LOCALAI_TRAILING_NULL_EVENTS + 1
+    )
+    assert [e["choices"][0]["finish_reason"] for e in trailing] == [None] * LOCALAI_TRAILING_NULL_EVENTS + [
+        "length"
+    ]
+    assert all("usage" not in e for e in events[:-1])
+    assert {e["id"] for e in events[:-1]} == {headers["X-Correlation-Id"]}
+    assert (headers["Content-Type"], headers["Cache-Control"]) == ("text/event-stream", "no-cache")
+    _, mimic = like(localai, standin).events("/v1/chat/completions", body)
+    assert stream_shape(mimic) == stream_shape(events)
+
+
+def test_a_chat_stream_reports_usage_only_in_the_trailer_include_usage_asks_for(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    body = {**CHAT, "stream": True, "max_tokens": CUT, "stream_options": {"include_usage": True}}
+    _, events = localai.events("/v1/chat/completions", body)
+    trailer = events[-2]
+    assert trailer["choices"] == [] and trailer["usage"]["completion_tokens"] == CUT
+    assert all("usage" not in e for e in events[:-2])
+    _, mimic = like(localai, standin).events("/v1/chat/completions", body)
+    assert stream_shape(mimic) == stream_shape(events)
+
+
+def test_a_completion_stream_opens_and_closes_without_text_and_always_says_stop(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    body = {**PROMPT, "stream": True, "max_tokens": CUT}
+    _, events = localai.events("/v1/completions", body)
+    assert events[-1] == "[DONE]"
+    choices = [e["choices"][0] for e in events[:-1]]
+    assert "text" not in choices[0] and "text" not in choices[-2]
+    assert len([c for c in choices if "text" in c]) == CUT
+    assert choices[-1] == {"index": 0, "finish_reason": "stop"}  # although max_tokens cut the text
+    _, mimic = like(localai, standin).events("/v1/completions", body)
+    assert stream_shape(mimic) == stream_shape(events)
+
+
+def test_a_completion_reports_zero_usage_and_stop_when_max_tokens_cut_it(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    status, _, answer = localai.post("/v1/completions", {**PROMPT, "max_tokens": CUT})
+    assert status == 200 and answer["choices"][0]["text"]
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    _, _, mimic = like(localai, standin).post("/v1/completions", {**PROMPT, "max_tokens": CUT})
+    assert skeleton(mimic) == skeleton(answer)
+    assert (mimic["usage"], mimic["choices"][0]["finish_reason"]) == (answer["usage"], "stop")
+
+
+def test_a_chat_answer_reports_usage_and_length_when_max_tokens_cut_it(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    status, headers, answer = localai.post("/v1/chat/completions", {**CHAT, "max_tokens": CUT})
+    assert status == 200
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == CUT and answer["usage"]["prompt_tokens"] > 0
+    assert re.fullmatch(r"[0-9a-f-]{36}", answer["id"]) and "system_fingerprint" not in answer
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["X-Correlation-Id"])
+    _, _, mimic = like(localai, standin).post("/v1/chat/completions", {**CHAT, "max_tokens": CUT})
+    assert skeleton(mimic) == skeleton(answer)
+
+
+def test_parallel_slots_serve_that_many_requests_at_once(localai: LocalAI) -> None:
+    # The sample model renders options [parallel:2]: a second stream makes progress while the first one runs.
+    body = {**PROMPT, "stream": True, "max_tokens": 24, "ignore_eos": True}
+
+    def timed() -> list[float]:
+        stamps = []
+        with urllib.request.urlopen(
+            localai.request("POST", "/v1/completions", body), timeout=120
+        ) as response:
+            for line in response:
+                if line.startswith(b"data: {") and b'"text"' in line:
+                    stamps.append(time.monotonic())
+        return stamps
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: timed(), range(2))
+    assert first and second
+    # Interleaved: each produced tokens before the other had finished.
+    assert second[0] < first[-1] and first[0] < second[-1]
+
+
+def test_every_rendered_model_yaml_key_reaches_the_backend(
+    localai_image: images.Image, fetched: Path, tmp_path: Path
+) -> None:
+    # LocalAI reads the YAML without strict decoding (core/config/model_config_loader.go, yaml.Unmarshal): an
+    # unknown key is dropped without a word. So each value the renderer writes is looked for where the binary
+    # logs what it hands the backend, at debug level: the gRPC ModelOptions ("Options options=…",
+    # pkg/model/initializers.go) and the backend's own print of each prediction's parameters.
+    rendered = render(model_spec=TUNED_MODEL)
+    written = rendered.model_yaml()
+    models = copy_models(fetched, tmp_path / "models", rendered.config)
+    with running(
+        localai_image, models, rendered.env(LOCALAI_LOG_LEVEL="debug"), tmp_path / "localai.log"
+    ) as served:
+        status, _, _ = served.post("/v1/completions", PROMPT)
+        assert status == 200
+        log = re.sub(r"\x1b\[[0-9;]*m", "", served.log_text())
+    [options] = re.findall(r"DEBUG Options options=(.*?) caller=", log)
+    assert f"ContextSize:{written['context_size']}" in options
+    assert f"NBatch:{written['parameters']['batch']}" in options
+    assert "MMap:true" not in options and written["mmap"] is False
+    assert f'CacheTypeKey:"{written["cache_type_k"]}"' in options
+    assert f'CacheTypeValue:"{written["cache_type_v"]}"' in options
+    assert f'FlashAttention:"{written["flash_attention"]}"' in options
+    assert f"Seed:{written['parameters']['seed']}" in options
+    assert f'Options:"{written["options"][0]}"' in options
+    assert f"n_slots = {TUNED_MODEL['parallel']}" in log
+    predicted = {key: value for key, value in re.findall(r'line="  \\"(\w+)\\": ([^,"]+),?"', log)}
+    parameters = written["parameters"]
+    assert float(predicted["temperature"]) == pytest.approx(parameters["temperature"])
+    assert float(predicted["top_p"]) == pytest.approx(parameters["top_p"])
+    assert int(predicted["top_k"]) == parameters["top_k"]
+    assert float(predicted["repeat_penalty"]) == pytest.approx(parameters["repeat_penalty"])
+    assert int(predicted["n_predict"]) == parameters["max_tokens"]
+    assert int(predicted["seed"]) == parameters["seed"]
+
+
+def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: LocalAI) -> None:
+    log = re.sub(r"\x1b\[[0-9;]*m", "", localai.log_text())
+    [options] = re.findall(r"DEBUG Options options=(.*?) caller=", log)
+    rendered = set(render().model_yaml()["options"])
+    added = set(re.findall(r'Options:"([^"]+)"', options)) - rendered
+    assert added == {"cache_reuse:256", "use_jinja:true"}
+    facts = FACTS.read_text()
+    assert all(f"`{option}`" in facts for option in added), added
+
+
+# ---------------------------------------------------------------------------------------------- the router
+
+
+@contextlib.contextmanager
+def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[str]:
+    """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
+    key) and a cloud stand-in, with a first-token budget of `budget_ms`; yields its base URL."""
+    work.mkdir(parents=True, exist_ok=True)
+    cloud_port, router_port = free_port(), free_port()
+    route = FallbackRoute.parse(
+        {**sample_route(), "metadata": {**sample_route()["metadata"], "uid": "r-uid"}}
+    )
+    objects = route_objects(route, RenderSettings())
+    config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["router.yaml"])
+    for key in ("discovery", "pool"):  # one static endpoint instead of the pool's pods found by DNS
+        config["local"].pop(key)
+    config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
+    config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
+    config["policy"]["firstTokenTimeoutMs"] = budget_ms
+    config["server"]["stateDirectory"] = str(work / "state")
+    path = work / "router.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: "unused", "LOCAL_KEY": API_KEY}
+    cloud = subprocess.Popen(
+        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    argv = ["router", "--config", str(path), "--host", "127.0.0.1", "--port", str(router_port)]
+    with (work / "router.log").open("w") as log:
+        router = subprocess.Popen(
+            [sys.executable, "-m", "localai_operator.cli", *argv], env=env, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{router_port}"
+    try:
+        wait_for(
+            lambda: _endpoint_ready(base),
+            60,
+            "the router to list LocalAI",
+            describe=lambda: (work / "router.log").read_text(),
+        )
+        yield base
+    finally:
+        for process in (router, cloud):
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with router_in_front(localai, tmp_path_factory.mktemp("router"), 5000) as base:
+        yield base
+
+
+def sample_route() -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        d
+        for d in yaml.safe_load_all(stack.sample_manifests(stack.StackImages("o:t", "l:t", "m:t")))
+        if d and d["kind"] == "FallbackRoute" and d["metadata"]["name"] == stack.ROUTE
+    )
+    return found
+
+
+def _endpoint_ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            endpoints = json.loads(response.read()).get("endpoints") or []
+    except (OSError, ValueError):
+        return False
+    return any(e.get("breaker") == "closed" for e in endpoints)
+
+
+def test_the_router_relays_localais_content_less_events_and_answers_locally(
+    localai: LocalAI, routed: str
+) -> None:
+    base = routed
+    body = {**CHAT, "stream": True, "max_tokens": CUT}
+    _, direct = localai.events("/v1/chat/completions", body)
+    headers, relayed = like(localai, base).events("/v1/chat/completions", body)
+    assert headers[SERVED_BY_HEADER] == "local"
+    assert stream_shape(relayed) == stream_shape(direct)
+
+
+def test_the_first_token_budget_fires_on_localais_slow_first_token(localai: LocalAI, tmp_path: Path) -> None:
+    # A long prompt never seen before (a new prefix: nothing cached) takes LocalAI a while to evaluate, and it sends
+    # nothing, not even headers, before the first token: a route with a 250 ms budget answers from the cloud.
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+    ]
+    text = f"{time.monotonic_ns()} " + " ".join(words[n % len(words)] for n in range(1200))
+    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    with router_in_front(localai, tmp_path, 250) as base:
+        request = like(localai, base).request("POST", "/v1/chat/completions", body)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+            served, reason = response.headers[SERVED_BY_HEADER], response.headers.get(FALLBACK_REASON_HEADER)
+    assert (served, reason) == ("fallback", "first_token_timeout")
+
+
+def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_answers_with(
+    localai: LocalAI, standin: OpenAIStandIn, routed: str
+) -> None:
+    # LocalAI streams the backend's error as a content delta holding its text, then the error event (two writes,
+    # about a millisecond apart on loopback).
+    text = " ".join(f"w{n}" for n in range(3000))
+    body = {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+    _, events = localai.events("/v1/chat/completions", body)
+    role, echo, error, done = events
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert "exceeds the available context size" in echo["choices"][0]["delta"]["content"]
+    assert error["error"]["type"] == "server_error"
+    assert "exceeds the available context size" in error["error"]["message"]
+    assert done == "[DONE]"
+    standin.behaviour = Behaviour(tokens=STANDIN_TOKENS, fail_after_tokens=0, error_shape="echoed")
+    try:
+        _, mimic = like(localai, standin).events("/v1/chat/completions", body)
+    finally:
+        standin.behaviour = Behaviour(tokens=STANDIN_TOKENS)
+    assert stream_shape(mimic) == stream_shape(events)
+    # The router falls back from it when the echo arrives in one read with the error event (the unit test of error
+    # shape "echoed"); when the two writes reach it in two reads it has already taken the echo for the first token
+    # and passes the failure on as an error event at the end of a local answer. Either way the client never gets
+    # the error as an answer. (Falling back in the second case too needs the relay to look past the first content
+    # event: not done here.)
+    headers, relayed = like(localai, routed).events("/v1/chat/completions", body)
+    if headers[SERVED_BY_HEADER] == "fallback":
+        assert headers.get(FALLBACK_REASON_HEADER) == "stream_error"
+        assert not any("exceeds" in json.dumps(e) for e in relayed)
+    else:
+        assert any(isinstance(e, dict) and "error" in e for e in relayed), relayed
