@@ -134,7 +134,8 @@ def watched_route(port: int) -> dict[str, Any]:
         },
         "pool": "gpu-pool",
     }
-    return route_config([], None, local_extra=local, sensitive=True)
+    # Requests spread by in-flight count (no prefix affinity), so that each pod is asked in turn.
+    return route_config([], None, local_extra=local, sensitive=True, affinity={"enabled": False})
 
 
 def endpoints(router: RunningRouter) -> list[str]:
