@@ -49,6 +49,7 @@ LOAD_FACTOR: Final = 1.25
 _USER_ROLE: Final = re.compile(rb'"role"\s*:\s*"user"')
 _USER_FIRST: Final = re.compile(rb'\{\s*"role"\s*:\s*"user"')
 _NEXT_ITEM: Final = re.compile(rb'\{\s*"role"\s*:')
+_ROLE_FIRST: Final = re.compile(rb'\[\s*\{\s*"role"\s*:')
 # What separates two array items, or ends the array: cut so that a conversation's first turn and its later ones
 # end their key on the same byte.
 _SEPARATORS: Final = b" \t\r\n,"
@@ -78,7 +79,7 @@ def _window(raw: bytes | bytearray, start: int, end: int, room: int) -> bytes | 
     window = raw[start : min(end, start + room)]
     if window[:1] != b"[":
         return window
-    user = _USER_FIRST.search(window)
+    user = _USER_FIRST.search(window) if b'"user"' in window else None
     if user is not None:
         # Messages written role first (every SDK does): the next one opens with `{"role"`, found by one search.
         following = _NEXT_ITEM.search(window, user.end())
@@ -87,6 +88,8 @@ def _window(raw: bytes | bytearray, start: int, end: int, room: int) -> bytes | 
         if end <= start + room:
             return window[:-1].rstrip(_SEPARATORS)  # the whole array: its user message is its last
         return window
+    if _ROLE_FIRST.match(window):
+        return window  # written role first, and no user message within the window: all of it
     for item_start, item_end in item_spans(window, 0):
         if _USER_ROLE.search(window, item_start, item_end):
             return window[:item_end]
