@@ -174,16 +174,31 @@ class Affinity:
     pods, and the counts of each outcome. Shared by every config snapshot of a router, so a reload or a new pod
     keeps them."""
 
-    __slots__ = ("_ring", "_ring_urls", "_table", "outcomes")
+    __slots__ = ("_pods", "_ring", "_ring_urls", "_table", "outcomes")
 
     def __init__(self) -> None:
         self._table: OrderedDict[int, str] = OrderedDict()
         self._ring: Ring | None = None
         self._ring_urls: tuple[str, ...] = ()
+        self._pods: frozenset[str] = frozenset()
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
 
     def __len__(self) -> int:
         return len(self._table)
+
+    def keep(self, urls: Sequence[str]) -> None:
+        """The pods are `urls` now: forget every key whose home is not among them. A pod that left the ready set
+        holds no prompt while it is gone (its keys are placed anew, by the ring), and one that comes back under
+        the same address, perhaps restarted with an empty cache, is home to none of its old keys."""
+        pods = frozenset(urls)
+        if pods == self._pods:
+            return
+        gone = self._pods - pods
+        self._pods = pods
+        if gone:
+            table = self._table
+            for key in [key for key, home in table.items() if home in gone]:
+                del table[key]
 
     def ring(self, urls: tuple[str, ...]) -> Ring:
         if self._ring is None or urls != self._ring_urls:
@@ -206,7 +221,7 @@ class Affinity:
         home = table.get(key)
         if home is not None:
             table.move_to_end(key)
-            index = urls.index(home) if home in urls else -1  # a pod that left: the key is new again
+            index = urls.index(home) if home in urls else -1  # a pod that left since `keep`: the key is new
             if index >= 0:
                 endpoint = endpoints[index]
                 if endpoint is exclude or not endpoint.breaker.available(now):

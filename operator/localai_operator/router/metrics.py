@@ -461,8 +461,9 @@ class RouterMetrics:
             ReadCounter(
                 "localai_router_affinity_requests_total",
                 "Generation requests placed by prefix affinity, by result: hit (the pod that served the prompt's "
-                "start or session last), override (that pod busy or unavailable: the least-outstanding pod), new "
-                "(no pod served it yet: the ring's choice).",
+                "start or session last), override (that pod busy: the least-outstanding pod, and the prompt stays "
+                "home), moved (that pod's breaker open or its connection failed: the least-outstanding pod, home "
+                "now), new (no pod known now served it: the ring's choice).",
                 ("result",),
                 affinity,
             )

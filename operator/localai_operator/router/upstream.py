@@ -207,6 +207,8 @@ class Route:
         self.rates = rates if rates is not None else PrefillRates()
         # None: the route balances by requests in flight only (policy.affinity.enabled false).
         self.affinity = self.table if policy.affinity.enabled else None
+        self.urls = tuple(e.base_url for e in endpoints)
+        self.table.keep(self.urls)
         self.prefix_bytes = policy.affinity.prefix_bytes
         self.slots = config.local.slots
         self.pool = config.local.pool
@@ -231,7 +233,6 @@ class Route:
         self.budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
         # The most a prompt-aware first-token budget adds to `budget`.
         self.max_extension = (policy.first_token_cap_ms - policy.first_token_timeout_ms) / 1000
-        self.urls = tuple(e.base_url for e in endpoints)
         self._rotation = itertools.count()
 
     def pick(

@@ -12,12 +12,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
+from localai_operator.router import affinity as affinities
 from localai_operator.router import body as bodies
 from localai_operator.router.affinity import TABLE_SIZE, Affinity, Outcome, Ring, request_key
 from localai_operator.router.policy import Breaker
 from localai_operator.testing.prefill import PromptCache
 from localai_operator.testing.standins import OpenAIStandIn, local_standin
+from localai_operator.wire import RouterConfig
 from tests.unit.router.conftest import (
     LOCAL_MODEL,
     RunningRouter,
@@ -197,6 +200,56 @@ async def test_a_warm_pod_that_refuses_connections_hands_its_prompts_to_the_othe
     assert await affinity_counts(client, router) == {"hit": 3, "override": 0, "moved": 1, "new": 1}
 
 
+async def remembered_keys(client: aiohttp.ClientSession, router: RunningRouter) -> int:
+    async with client.get(f"{router.url}/readyz") as response:
+        keys = (await response.json())["affinity"]["keys"]
+    assert isinstance(keys, int)
+    return keys
+
+
+async def test_a_pod_that_leaves_the_ready_set_takes_its_prompts_with_it(
+    pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    router = await start_router(pool(pods))
+    messages = conversation("leaves: " + text(200, 6), "hi")
+    await sdk_chat(router, sync=False, stream=True, messages=messages)
+    await sdk_chat(router, sync=False, stream=True, messages=conversation("stays: " + text(200, 7), "hi"))
+    (warm,) = pods_that_saw(pods, "leaves:")
+    (stays,) = pods_that_saw(pods, "stays:")
+    assert stays != warm, "two new prompts on two pods with free slots: one each"
+    # The warm pod leaves the ready set (the same snapshot swap as an EndpointSlice or config change): its key is
+    # forgotten, the other pod's is kept.
+    router.router.apply(RouterConfig.from_yaml(yaml.safe_dump(pool([pods[stays]])).encode()))
+    assert await remembered_keys(client, router) == 1
+    assert (await sdk_chat(router, sync=False, stream=True, messages=messages)).served_by == "local"
+    assert pods_that_saw(pods, "leaves:") == {0, 1}
+    # It comes back under the same address (a restarted pod would, with an empty cache): it is home to nothing,
+    # so its old prompt is placed anew rather than called warm.
+    router.router.apply(RouterConfig.from_yaml(yaml.safe_dump(pool(pods)).encode()))
+    await sdk_chat(router, sync=False, stream=True, messages=messages)
+    assert await affinity_counts(client, router) == {"hit": 0, "override": 0, "moved": 0, "new": 3}
+
+
+async def test_endless_distinct_prompts_are_remembered_up_to_the_table_size(
+    pods: list[OpenAIStandIn],
+    start_router: StartRouter,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(affinities, "TABLE_SIZE", 4)
+    router = await start_router(pool(pods))
+    for seed in range(12):
+        messages = conversation(f"hostile {seed}: " + text(20, seed), "hi")
+        assert (await sdk_chat(router, sync=False, stream=False, messages=messages)).served_by == "local"
+        assert await remembered_keys(client, router) == min(seed + 1, 4)
+    # The newest are remembered: a repeat of the last prompt is a hit, one of the first a new key again.
+    await sdk_chat(
+        router, sync=False, stream=False, messages=conversation("hostile 11: " + text(20, 11), "hi")
+    )
+    await sdk_chat(router, sync=False, stream=False, messages=conversation("hostile 0: " + text(20, 0), "hi"))
+    assert await affinity_counts(client, router) == {"hit": 1, "override": 0, "moved": 0, "new": 13}
+
+
 def key_of(messages: list[dict[str, str]], limit: int = 4096, model: str = "m", **extra: Any) -> int | None:
     return request_key(
         bodies.parse(json.dumps({"model": model, "messages": messages, **extra}).encode()), None, limit
@@ -248,6 +301,20 @@ def test_the_table_forgets_the_oldest_keys_beyond_its_size() -> None:
     for key in range(TABLE_SIZE + 100):
         table.served(key, "http://pod-a/v1", Outcome.NEW)
     assert len(table) == TABLE_SIZE
+
+
+def test_keys_whose_home_left_are_forgotten_and_the_others_kept() -> None:
+    table = Affinity()
+    a, b = "http://10.0.0.1:8080/v1", "http://10.0.0.2:8080/v1"
+    table.keep((a, b))
+    for key in range(10):
+        table.served(key, a if key % 2 else b, Outcome.NEW)
+    table.keep((a, b))
+    assert len(table) == 10
+    table.keep((b,))
+    assert len(table) == 5
+    table.keep((a, b))
+    assert len(table) == 5
 
 
 class Pod:
