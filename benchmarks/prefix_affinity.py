@@ -258,15 +258,18 @@ async def standin_pods(rate: float) -> AsyncIterator[list[str]]:
             await pod.stop()
 
 
-def model_yaml(gguf: Path) -> str:
+def model_yaml(gguf: Path, options: list[str]) -> str:
     return (
         f"name: {MODEL}\nbackend: llama-cpp\nparameters:\n  model: {gguf.name}\n  temperature: 0\n"
         "context_size: 8192\nthreads: 1\ngpu_layers: 0\nmmap: true\noptions:\n- parallel:2\n"
+        + "".join(f"- {option}\n" for option in options)
     )
 
 
 @contextlib.contextmanager
-def localai_pods(binary: Path, backends: Path, gguf: Path, workdir: Path) -> Iterator[list[str]]:
+def localai_pods(
+    binary: Path, backends: Path, gguf: Path, workdir: Path, options: list[str]
+) -> Iterator[list[str]]:
     """Two `local-ai` processes, as the operator configures a pool's (galleries off, the model preloaded)."""
     processes: list[subprocess.Popen[bytes]] = []
     urls = []
@@ -276,7 +279,7 @@ def localai_pods(binary: Path, backends: Path, gguf: Path, workdir: Path) -> Ite
             models = root / "models"
             models.mkdir(parents=True)
             (models / gguf.name).symlink_to(gguf.resolve())
-            (models / f"{MODEL}.yaml").write_text(model_yaml(gguf))
+            (models / f"{MODEL}.yaml").write_text(model_yaml(gguf, options))
             port = free_port()
             env = {
                 **os.environ,
@@ -554,6 +557,13 @@ def main() -> int:
         "--backends", type=Path, help="with --localai: the backends directory (llama-cpp/run.sh)"
     )
     parser.add_argument("--gguf", type=Path, help="with --localai: the model file (Gemma 3 270M Q4_K_M)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="with --localai: a llama-cpp backend option for the model (e.g. kv_unified:false), repeatable",
+    )
+    parser.add_argument("--keep-logs", type=Path, help="with --localai: copy each process's log here")
     args = parser.parse_args()
     args.order = [o.strip() for o in args.order.split(",") if o.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -572,9 +582,15 @@ def main() -> int:
         elif args.localai:
             if not (args.backends and args.gguf):
                 parser.error("--localai needs --backends and --gguf")
-            with localai_pods(args.localai, args.backends, args.gguf, workdir) as urls:
-                phases = asyncio.run(main_async(args, urls))
-            label = "two real local-ai v4.9.0 processes (1 thread, parallel:2 each)"
+            try:
+                with localai_pods(args.localai, args.backends, args.gguf, workdir, args.option) as urls:
+                    phases = asyncio.run(main_async(args, urls))
+            finally:
+                if args.keep_logs is not None:
+                    args.keep_logs.mkdir(parents=True, exist_ok=True)
+                    for log in workdir.glob("localai-*/localai.log"):
+                        shutil.copy(log, args.keep_logs / f"{log.parent.name}.log")
+            label = f"two real local-ai v4.9.0 processes (1 thread, {', '.join(['parallel:2', *args.option])} each)"
         else:
 
             async def standins() -> list[Phase]:
