@@ -268,7 +268,7 @@ def model_yaml(gguf: Path, options: list[str]) -> str:
 
 @contextlib.contextmanager
 def localai_pods(
-    binary: Path, backends: Path, gguf: Path, workdir: Path, options: list[str]
+    binary: Path, backends: Path, gguf: Path, workdir: Path, options: list[str], log_level: str = "info"
 ) -> Iterator[list[str]]:
     """Two `local-ai` processes, as the operator configures a pool's (galleries off, the model preloaded)."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -289,7 +289,7 @@ def localai_pods(
                 "LOCALAI_DATA_PATH": str(root / "data"),
                 "LOCALAI_CONFIG_DIR": str(root / "config"),
                 "LOCALAI_THREADS": "1",
-                "LOCALAI_LOG_LEVEL": "info",
+                "LOCALAI_LOG_LEVEL": log_level,
                 "LOCALAI_GALLERIES": "[]",
                 "LOCALAI_BACKEND_GALLERIES": "[]",
                 "LOCALAI_AUTOLOAD_GALLERIES": "false",
@@ -563,6 +563,9 @@ def main() -> int:
         default=[],
         help="with --localai: a llama-cpp backend option for the model (e.g. kv_unified:false), repeatable",
     )
+    parser.add_argument(
+        "--log-level", default="info", help="with --localai: LOCALAI_LOG_LEVEL (debug: llama.cpp's)"
+    )
     parser.add_argument("--keep-logs", type=Path, help="with --localai: copy each process's log here")
     args = parser.parse_args()
     args.order = [o.strip() for o in args.order.split(",") if o.strip()]
@@ -583,7 +586,9 @@ def main() -> int:
             if not (args.backends and args.gguf):
                 parser.error("--localai needs --backends and --gguf")
             try:
-                with localai_pods(args.localai, args.backends, args.gguf, workdir, args.option) as urls:
+                with localai_pods(
+                    args.localai, args.backends, args.gguf, workdir, args.option, args.log_level
+                ) as urls:
                     phases = asyncio.run(main_async(args, urls))
             finally:
                 if args.keep_logs is not None:
