@@ -92,6 +92,23 @@ async def test_the_repeats_of_a_prompt_go_to_the_pod_that_served_it(
     assert await affinity_counts(client, router) == {"hit": 9, "override": 0, "moved": 0, "new": 3}
 
 
+async def test_four_prompts_on_two_pods_with_two_slots_are_homed_two_and_two(
+    pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
+) -> None:
+    # llama.cpp keeps a pod's prompts resident only while it has no more live prompts than slots: whatever the
+    # ring positions of this run's ports, each pod is home to exactly two of the four, and stays so.
+    systems = [f"live prompt {i}: " + text(400, 10 + i) for i in range(4)]
+    router = await start_router(pool(pods))
+    for _ in range(3):
+        for system in systems:
+            reply = await sdk_chat(router, sync=False, stream=False, messages=conversation(system, "hi"))
+            assert reply.served_by == "local"
+    homes = [pods_that_saw(pods, f"live prompt {i}:") for i in range(4)]
+    assert all(len(home) == 1 for home in homes), homes
+    assert sorted(next(iter(home)) for home in homes) == [0, 0, 1, 1]
+    assert await affinity_counts(client, router) == {"hit": 8, "override": 0, "moved": 0, "new": 4}
+
+
 async def test_without_affinity_the_same_prompt_lands_on_both_pods(
     pods: list[OpenAIStandIn], start_router: StartRouter, client: aiohttp.ClientSession
 ) -> None:
