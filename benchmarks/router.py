@@ -86,6 +86,8 @@ TARGETS = (
     "router-traced",
     "router-sampled",
     "router-asyncio",
+    "router-2pods",
+    "router-2pods-affinity",
     "relay",
     "nginx",
     "litellm",
@@ -1340,6 +1342,21 @@ def report(
             f"{times(router[f'rps_{HIGH}'], slow[f'rps_{HIGH}'])}, at {LOW}: "
             f"{times(router[f'rps_{LOW}'], slow[f'rps_{LOW}'])}"
         )
+    if "router-baseline" in summary:
+        before = summary["router-baseline"]
+        print(
+            f"- router vs the router at {args.baseline} (before/after): RPS at {HIGH}: "
+            f"{times(router[f'rps_{HIGH}'], before[f'rps_{HIGH}'])}, at {LOW}: "
+            f"{times(router[f'rps_{LOW}'], before[f'rps_{LOW}'])}; CPU/request "
+            f"{ms(router[f'cpu_{HIGH}'], 3)} vs {ms(before[f'cpu_{HIGH}'], 3)} ms"
+        )
+    if "router-2pods" in summary and "router-2pods-affinity" in summary:
+        off, on = summary["router-2pods"], summary["router-2pods-affinity"]
+        print(
+            f"- two pods, prefix affinity on vs off: RPS at {HIGH}: {times(on[f'rps_{HIGH}'], off[f'rps_{HIGH}'])}, "
+            f"at {LOW}: {times(on[f'rps_{LOW}'], off[f'rps_{LOW}'])}; CPU/request {ms(on[f'cpu_{HIGH}'], 3)} vs "
+            f"{ms(off[f'cpu_{HIGH}'], 3)} ms"
+        )
 
     print(f"\n## Targets (issues 10 and 20; router on {loop})")
     relay_ratio = router[f"rps_{HIGH}"] / max(summary.get("relay", {}).get(f"rps_{HIGH}", 0), 1e-9)
@@ -1354,14 +1371,16 @@ def report(
     else:
         print("- RPS >= 50x LiteLLM: not measured (LiteLLM not run)")
     for streams in (LOW, HIGH):
-        direct, routed = more["sse"].get(("direct", streams)), more["sse"].get(("router", streams))
-        if direct is not None and routed is not None and direct.first and routed.first:
-            d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
-            print(
-                f"- time to first content token, {streams} stream(s): router {ms(r, 1)} ms vs direct {ms(d, 1)} ms "
-                f"p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, content after "
-                f"{SSE_FIRST_TOKEN * 1000:.0f} ms)"
-            )
+        direct = more["sse"].get(("direct", streams))
+        for name in ("router", "router-baseline"):
+            routed = more["sse"].get((name, streams))
+            if direct is not None and routed is not None and direct.first and routed.first:
+                d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
+                print(
+                    f"- time to first content token, {streams} stream(s): {name} {ms(r, 1)} ms vs direct "
+                    f"{ms(d, 1)} ms p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, "
+                    f"content after {SSE_FIRST_TOKEN * 1000:.0f} ms)"
+                )
     refused = failovers.get(("refused", "router"))
     if refused is not None:
         print(f"- failover on refused: {ms(refused)} ms added p50")
@@ -1468,6 +1487,11 @@ def main() -> int:
         type=int,
         default=0,
         help="connections for the overload phase (0: as rendered for 256 Mi)",
+    )
+    parser.add_argument(
+        "--affinity",
+        action="store_true",
+        help="also two-pod routes with prefix affinity off and on (router-2pods, router-2pods-affinity)",
     )
     parser.add_argument("--nginx", default=shutil.which("nginx") or "")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")

@@ -31,6 +31,8 @@ DEFAULT_BODY_BUFFER_BYTES: Final = 96 * MIB
 # The caps of the overload guard when the config does not say (what the renderer derives from 256 Mi).
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 URL_PATTERN: Final = r"^https?://[^\s]+$"
+# The cap of a prompt-aware first-token budget when policy.maxFirstTokenTimeoutMs is unset.
+DEFAULT_MAX_FIRST_TOKEN_TIMEOUT_MS: Final = 60_000
 
 # The OpenAI API paths a generic OpenAI-compatible provider serves (relative to its /v1 base URL); a path
 # not listed here is never sent to the cloud.
@@ -76,7 +78,43 @@ class RateLimit(_Model):
     burst: int = Field(default=50, ge=1, le=100000, description="Bucket size: requests allowed at once.")
 
 
+class Affinity(_Model):
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Send a chat, completion or responses request to the pod that served its prompt's start (or its "
+            "session) most recently, while that pod has a free slot: llama.cpp answers a prompt whose start it "
+            "still holds 10-60x sooner. A new prompt goes where consistent hashing puts it, within a bounded "
+            "load; a busy pod or an open breaker sends the request to the pod with the fewest in flight. false: "
+            "always the pod with the fewest requests in flight."
+        ),
+    )
+    prefix_bytes: int = Field(
+        default=4096,
+        ge=64,
+        le=65536,
+        description=(
+            "How much of the prompt keys a request: its first bytes as the client's JSON sent them, the system "
+            "message and the turns up to the first user message. A session (the X-Session-Id header, or the "
+            "body's prompt_cache_key, session_id, session or user) is the key instead when present."
+        ),
+    )
+
+
 class Policy(_Model):
+    model_config = _Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.maxFirstTokenTimeoutMs) || !has(self.firstTokenTimeoutMs)"
+                    " || self.maxFirstTokenTimeoutMs >= self.firstTokenTimeoutMs",
+                    "message": "maxFirstTokenTimeoutMs is below firstTokenTimeoutMs: raise it (equal turns the "
+                    "prompt-aware budget off)",
+                }
+            ]
+        }
+    }
+
     first_token_timeout_ms: int = Field(
         default=3000,
         ge=1,
@@ -85,7 +123,19 @@ class Policy(_Model):
             "Fall back when local has not produced its first content token this long after the router "
             "started asking it (the request body read), streaming or not: a role-only chunk, an empty delta "
             "or a keep-alive does not count. Chat, completions and responses; embeddings and rerank count "
-            "their first byte; media endpoints have no budget. Applies only when a fallback exists."
+            "their first byte; media endpoints have no budget. Applies only when a fallback exists. Chat, "
+            "completions and responses get more on a pod whose prefill rate the router has learned: the "
+            "prompt's estimated tokens at that rate, up to maxFirstTokenTimeoutMs."
+        ),
+    )
+    max_first_token_timeout_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=600000,
+        description=(
+            "The most a first-token budget grows for a long prompt: firstTokenTimeoutMs plus the prompt's "
+            "estimated tokens divided by the pod's learned prefill rate, capped here. Unset: 60000, or "
+            "firstTokenTimeoutMs when larger. Equal to firstTokenTimeoutMs: every prompt gets the fixed budget."
         ),
     )
     request_timeout_seconds: float = Field(
@@ -147,6 +197,27 @@ class Policy(_Model):
             "firstTokenTimeoutMs plus this, then gets 503 with Retry-After. 0: wait firstTokenTimeoutMs only."
         ),
     )
+    affinity: Affinity = Field(
+        default_factory=Affinity,
+        description="Prefix-aware balancing between the pool's pods, bounded by their free slots.",
+    )
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> Policy:
+        cap = self.max_first_token_timeout_ms
+        if cap is not None and cap < self.first_token_timeout_ms:
+            raise ValueError(
+                f"policy.maxFirstTokenTimeoutMs ({cap}) is below policy.firstTokenTimeoutMs "
+                f"({self.first_token_timeout_ms}): raise it (equal turns the prompt-aware budget off)"
+            )
+        return self
+
+    @property
+    def first_token_cap_ms(self) -> int:
+        """The most a prompt-aware first-token budget may be."""
+        if self.max_first_token_timeout_ms is not None:
+            return self.max_first_token_timeout_ms
+        return max(self.first_token_timeout_ms, DEFAULT_MAX_FIRST_TOKEN_TIMEOUT_MS)
 
 
 class RouteRef(_Model):

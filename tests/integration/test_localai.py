@@ -527,6 +527,45 @@ def echoed_by_the_standin_and_never_the_routers_answer(
     assert not any("exceeds" in json.dumps(e) for e in relayed), relayed
 
 
+def fresh_prompt(words: int) -> dict[str, Any]:
+    """A streamed chat request whose prompt no cache holds (it opens with a new number), `words` words long."""
+    text = f"{time.monotonic_ns()} " + " ".join(BUDGET_WORDS[n % len(BUDGET_WORDS)] for n in range(words))
+    return {**CHAT, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": text}]}
+
+
+BUDGET_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+LONG_WORDS = 1200
+SHORT_WORDS = LONG_WORDS // 6  # ~1,300 characters: over the learner's 256 estimated tokens
+
+
+def test_a_long_prompt_stays_local_once_localais_prefill_rate_is_learned(
+    localai: LocalAI, tmp_path: Path
+) -> None:
+    # How long LocalAI takes to a long new prompt's first token, asked directly; the route's base budget is half of
+    # that, so a fixed budget would send the prompt to the cloud (as the test above shows). Prompts a sixth as long
+    # make it in time and teach the router LocalAI's prefill rate; then a long new prompt gets the base budget plus
+    # its tokens at that rate (about the whole time again: 1.5x what it needs), and stays local.
+    started = time.monotonic()
+    headers, _ = localai.events("/v1/chat/completions", fresh_prompt(LONG_WORDS))
+    long_seconds = time.monotonic() - started
+    base_ms = max(500, int(long_seconds * 1000 / 2))
+    with router_in_front(localai, tmp_path, base_ms) as base:
+        router = like(localai, base)
+        served = [router.events("/v1/chat/completions", fresh_prompt(SHORT_WORDS))[0] for _ in range(6)]
+        assert [h[SERVED_BY_HEADER] for h in served].count("local") >= 4, (base_ms, served)
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            (endpoint,) = json.loads(response.read())["endpoints"]
+        assert endpoint.get("prefillTokensPerSecond", {}).get(MODEL, 0) > 0, endpoint
+        started = time.monotonic()
+        headers, _ = router.events("/v1/chat/completions", fresh_prompt(LONG_WORDS))
+        took = time.monotonic() - started
+    assert (headers[SERVED_BY_HEADER], headers.get(FALLBACK_REASON_HEADER)) == ("local", None), (
+        base_ms,
+        took,
+    )
+    assert took > base_ms / 1000, "the long prompt took longer than the base budget, and still stayed local"
+
+
 def test_a_prompt_longer_than_the_context_is_an_echoed_error_the_router_never_answers_with(
     localai: LocalAI, standin: OpenAIStandIn, routed: str
 ) -> None:

@@ -67,6 +67,7 @@ def test_cross_field_rules_are_cel_validations() -> None:
     assert "has(self.huggingFace) != has(self.url)" in text
     assert "has(self.poolRef) != has(self.url)" in text
     assert "a sensitive route never calls the cloud" in text
+    assert "maxFirstTokenTimeoutMs is below firstTokenTimeoutMs" in text
 
 
 def test_docs_reference_matches_the_models() -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from localai_operator.constants import SERVED_BY_LOCAL
 from localai_operator.router import body as bodies
-from localai_operator.router import codec
+from localai_operator.router import codec, tokens
 from localai_operator.router.paths import ApiPath, StreamFormat
 from localai_operator.router.policy import FallbackReason
 from localai_operator.router.upstream import Cloud, Route
@@ -54,6 +54,14 @@ class Attempt:
     usage_hidden: bool = False
     # The request's spans, when the router's telemetry is on (router/telemetry.py).
     trace: RequestTrace | None = None
+    # The prompt's tokens by the estimator, once asked for.
+    _prompt_tokens: int | None = None
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens by the estimator (router/tokens.py), counted once."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = tokens.prompt_tokens(self.body)
+        return self._prompt_tokens
 
     @property
     def client_stream(self) -> bool:

@@ -216,6 +216,26 @@ def _skip_value(raw: Buffer, pos: int) -> int:
                 return at
 
 
+def item_spans(raw: Buffer, start: int) -> list[tuple[int, int]]:
+    """The (start, end) of each element of the JSON array opening at `start`, as far as `raw` holds whole
+    ones: a window cut from a longer body ends at its last complete element instead of failing."""
+    spans: list[tuple[int, int]] = []
+    if start >= len(raw) or raw[start] != ord("["):
+        return spans
+    pos = _skip_ws(raw, start + 1)
+    try:
+        while pos < len(raw) and raw[pos] != ord("]"):
+            end = _skip_value(raw, pos)
+            spans.append((pos, end))
+            pos = _skip_ws(raw, end)
+            if pos >= len(raw) or raw[pos] != ord(","):
+                break
+            pos = _skip_ws(raw, pos + 1)
+    except BodyError:
+        pass
+    return spans
+
+
 _DECODER: Final[Any] = json.decoder.JSONDecoder()
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = json.scanner.make_scanner(_DECODER)
 _SCAN_STRING: Final[Callable[[str, int], tuple[str, int]]] = json.decoder.scanstring  # type: ignore[attr-defined]

@@ -202,6 +202,9 @@ TOKEN_INTERVAL_BUCKETS: Final = (
     2.5,
 )
 
+# First-token budgets, from the default fixed one (3 s) to the largest cap (600 s).
+BUDGET_BUCKETS: Final = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
 GaugeRead = Callable[[], Iterable[tuple[LabelValues, float]]]
 
 
@@ -234,6 +237,8 @@ class RouterMetrics:
         buffer_waits: GaugeRead = _nothing,
         connections: GaugeRead = _nothing,
         overloaded: GaugeRead = _nothing,
+        prefill_rates: GaugeRead = _nothing,
+        affinity: GaugeRead = _nothing,
     ) -> None:
         self.registry = Registry()
         add = self.registry.add
@@ -431,6 +436,36 @@ class RouterMetrics:
                 "Integral of demand_in_flight over time: its rate is the average concurrency between two scrapes.",
                 (),
                 demand_seconds,
+            )
+        )
+        self.budgets = add(
+            Histogram(
+                "localai_router_first_token_budget_seconds",
+                "First-token budgets granted to local attempts on chat, completions and responses: "
+                "firstTokenTimeoutMs plus the prompt's estimated tokens at the pod's learned prefill rate, up to "
+                "maxFirstTokenTimeoutMs.",
+                (),
+                BUDGET_BUCKETS,
+            )
+        )
+        self.prefill_rates = add(
+            Gauge(
+                "localai_router_prefill_tokens_per_second",
+                "Learned prompt tokens per second to the first token, per local endpoint (pod) and model: the lower "
+                "quartile of its last 32 cache-miss-like first tokens.",
+                ("endpoint", "model"),
+                prefill_rates,
+            )
+        )
+        self.affinity = add(
+            ReadCounter(
+                "localai_router_affinity_requests_total",
+                "Generation requests placed by prefix affinity, by result: hit (the pod that served the prompt's "
+                "start or session last), override (that pod busy: the least-outstanding pod, and the prompt stays "
+                "home), moved (that pod's breaker open or its connection failed: the least-outstanding pod, home "
+                "now), new (no pod known now served it: the ring's choice).",
+                ("result",),
+                affinity,
             )
         )
         self.waiting = add(

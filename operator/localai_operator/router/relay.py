@@ -32,14 +32,15 @@ from yarl import URL
 from localai_operator.constants import SERVED_BY_FALLBACK, SERVED_BY_LOCAL, SERVED_BY_ROUTER
 from localai_operator.router import body as bodies
 from localai_operator.router import codec, http, replies, sse, tokens
+from localai_operator.router.affinity import SESSION_HEADER, request_key
 from localai_operator.router.assemble import Assembler
 from localai_operator.router.attempt import Attempt
-from localai_operator.router.capacity import Demand
+from localai_operator.router.capacity import Demand, model_key
 from localai_operator.router.ledger import Ledger
 from localai_operator.router.listing import Catalog
 from localai_operator.router.metrics import RouterMetrics
 from localai_operator.router.overload import Guard
-from localai_operator.router.paths import StreamFormat
+from localai_operator.router.paths import Budget, StreamFormat
 from localai_operator.router.policy import (
     BUDGET_EXHAUSTED,
     UNPRICED,
@@ -49,6 +50,7 @@ from localai_operator.router.policy import (
 )
 from localai_operator.router.upstream import (
     ASSEMBLED_DROPPED,
+    Choice,
     Cloud,
     Endpoint,
     Route,
@@ -441,13 +443,14 @@ class Relay:
                 if isinstance(value, int) and value > 0:
                     answer = value
                     break
-        return fallback.cost(tokens.prompt_tokens(a.body), answer)
+        return fallback.cost(a.prompt_tokens(), answer)
 
     # ------------------------------------------------------------------ local
 
     async def _local(self, a: Attempt) -> web.StreamResponse | LocalFailure:
         route = a.route
         model = a.body.model if a.body is not None else None
+        key = self._key(a, route)
         tried: Endpoint | None = None
         failure: LocalFailure | None = None
         waiting: _Wait | None = None
@@ -456,9 +459,9 @@ class Relay:
             while True:
                 if waiting is None and a.cloud is None and route.endpoints and route.waiters.waiting(model):
                     # Others wait for this model's slots already: a new request queues behind them.
-                    choice: tuple[Endpoint, bool] | Unavailable = Unavailable.FULL
+                    choice: Choice | Unavailable = Unavailable.FULL
                 else:
-                    choice = route.pick(self.clock(), exclude=tried, model=model)
+                    choice = route.pick(self.clock(), exclude=tried, model=model, key=key)
                 if isinstance(choice, Unavailable):
                     if failure is not None:
                         return failure
@@ -475,15 +478,17 @@ class Relay:
                         )
                     if self.current is not None:
                         route = a.route = self.current()
+                        if key is None:
+                            key = self._key(a, route)
                     continue
                 if waiting is not None:
                     waiting.result = "local"
                     self._end_wait(waiting)
                     waiting = None
-                endpoint, probe = choice
+                endpoint = choice.endpoint
                 if a.trace is not None:
                     a.trace.local(a, endpoint)
-                result = await self._local_once(a, endpoint, probe, model)
+                result = await self._local_once(a, endpoint, choice.probe, model, choice.warm)
                 if a.trace is not None:
                     a.trace.attempt_ended(
                         result.status, None if isinstance(result, web.StreamResponse) else result.reason.value
@@ -527,6 +532,13 @@ class Relay:
         # that moment to leave before its failure stands.
         self.unreachable()
         return await endpoint.departure(UNAVAILABLE_SETTLE_SECONDS)
+
+    @staticmethod
+    def _key(a: Attempt, route: Route) -> int | None:
+        """The request's prefix-affinity key (router/affinity.py), when the route has several pods to choose from."""
+        if route.affinity is None or len(route.endpoints) < 2 or a.api.budget is not Budget.FIRST_TOKEN:
+            return None
+        return request_key(a.body, a.request.headers.get(SESSION_HEADER), route.prefix_bytes)
 
     def _unavailable(self, route: Route, why: Unavailable, model: str | None) -> LocalFailure:
         now = self.clock()
@@ -620,13 +632,35 @@ class Relay:
             raise _StreamFailure(FallbackReason.EMPTY_RESPONSE, "local answered an empty 200")
         return first
 
+    def _deadline(self, a: Attempt, endpoint: Endpoint, model: str | None) -> float | None:
+        """When this attempt's first-token budget ends: the request's own, plus its prompt at the pod's learned
+        prefill rate (router/prefill.py) on paths that count a first token."""
+        if a.deadline is None or a.api.budget is not Budget.FIRST_TOKEN:
+            return a.deadline
+        route = a.route
+        base = route.budget or 0.0
+        rate = route.rates.rate(endpoint.base_url, model_key(model))
+        extra = min(a.prompt_tokens() / rate, route.max_extension) if rate else 0.0
+        self.metrics.budgets.observe((), base + extra)
+        return a.deadline + extra
+
+    def _learn(self, a: Attempt, endpoint: Endpoint, model: str | None, sent: float, warm: bool) -> None:
+        """A first token within the budget: a sample of the pod's prefill rate."""
+        assert a.first_token_at is not None
+        if a.deadline is not None and a.api.budget is Budget.FIRST_TOKEN:
+            a.route.rates.learn(
+                endpoint.base_url, model_key(model), a.prompt_tokens(), a.first_token_at - sent, warm
+            )
+
     async def _local_once(
-        self, a: Attempt, endpoint: Endpoint, probe: bool, model: str | None
+        self, a: Attempt, endpoint: Endpoint, probe: bool, model: str | None, warm: bool = False
     ) -> web.StreamResponse | LocalFailure:
         endpoint.take(model)
         verdict = False
         upstream: http.Response | None = None
-        budget = _Budget(a.deadline) if a.deadline is not None else None
+        deadline = self._deadline(a, endpoint, model)
+        budget = _Budget(deadline) if deadline is not None else None
+        sent = self.clock()
         try:
             async with _Departure(a, endpoint):
                 try:
@@ -662,6 +696,7 @@ class Relay:
                 if isinstance(opened, _Held):
                     a.first_token_at = self.clock()
                     self.metrics.ttft.observe((SERVED_BY_LOCAL,), a.first_token_at - a.started)
+                    self._learn(a, endpoint, model, sent, warm)
                     if a.streamed_from_local:
                         return await self._assembled(a, upstream, opened, endpoint)
                     return await self._stream(
@@ -988,7 +1023,7 @@ class Relay:
                 text = tokens.answer_text(codec.loads(body))
             except ValueError:
                 text = ""
-            usage = Usage(tokens.prompt_tokens(a.body), tokens.text_tokens(text))
+            usage = Usage(a.prompt_tokens(), tokens.text_tokens(text))
         self._finish(a, status, usage, None)
         return response
 
@@ -1038,7 +1073,7 @@ class Relay:
             a.trace.answered(last)
         if usage is None and self._estimated(a):
             # Too large to keep for its text: its bytes, at the estimator's rate.
-            usage = Usage(tokens.prompt_tokens(a.body), math.ceil(relayed / tokens.CHARS_PER_TOKEN))
+            usage = Usage(a.prompt_tokens(), math.ceil(relayed / tokens.CHARS_PER_TOKEN))
         self._settle_cost(a, status, usage)
 
     async def _stream(
@@ -1160,7 +1195,7 @@ class Relay:
         if a.trace is not None:
             a.trace.answered(tail, text)
         if usage is None and text is not None and self._estimated(a):
-            usage = Usage(tokens.prompt_tokens(a.body), tokens.text_tokens("".join(text)))
+            usage = Usage(a.prompt_tokens(), tokens.text_tokens("".join(text)))
         self._settle_cost(a, status, usage)
         return usage
 

@@ -110,6 +110,8 @@ class Router:
             buffer_waits=lambda: [((), float(self.buffer.waits))],
             connections=lambda: [((), float(self.guard.connections))],
             overloaded=lambda: [((what,), float(n)) for what, n in self.guard.refused.items()],
+            prefill_rates=self._prefill_rates,
+            affinity=lambda: [((o.value,), float(n)) for o, n in self.route.table.outcomes.items()],
             build_info=lambda: [((__version__, loop_name(), platform.python_version()), 1.0)],
         )
         self.listing = Listing(self.metrics, clock)
@@ -250,6 +252,10 @@ class Router:
         route = self.route
         return [((e.base_url, model), float(n)) for e in route.endpoints for model, n in route.slots.items()]
 
+    def _prefill_rates(self) -> Iterable[tuple[LabelValues, float]]:
+        route = self.route
+        return [((pod, model or ""), rate) for pod, model, rate in route.rates.figures(frozenset(route.urls))]
+
     def _budget_exhausted(self) -> Iterable[tuple[LabelValues, float]]:
         fallback = self.route.cloud.fallback if self.route.cloud is not None else None
         if fallback is None:
@@ -368,6 +374,7 @@ class Router:
             return web.json_response({"status": "ready"})
         route = self.route
         now = self.clock()
+        learned = list(route.rates.figures(frozenset(route.urls)))
         body: dict[str, Any] = {
             "status": "ready",
             "route": route.name,
@@ -379,10 +386,16 @@ class Router:
                     "breaker": e.breaker.state(now).name.lower(),
                     "outstanding": e.outstanding,
                     **({"byModel": dict(e.by_model)} if route.slots else {}),
+                    **(
+                        {"prefillTokensPerSecond": rates}
+                        if (rates := {m or "": round(r, 1) for p, m, r in learned if p == e.base_url})
+                        else {}
+                    ),
                 }
                 for e in route.endpoints
             ],
             "problems": self.problems(),
+            "affinity": {"enabled": route.affinity is not None, "keys": len(route.table)},
         }
         if route.slots:
             body["slots"] = dict(route.slots)

@@ -11,14 +11,16 @@ import itertools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_FALLBACK, SERVED_BY_HEADER
+from localai_operator.router.affinity import Affinity, Outcome
 from localai_operator.router.capacity import Queues
 from localai_operator.router.policy import FULL, NO_CHOICE, Breaker, TokenBucket, choose
+from localai_operator.router.prefill import PrefillRates
 from localai_operator.router.proxy import Proxy, ProxyConfigError, proxy_for
 from localai_operator.wire import Fallback, RouterConfig
 
@@ -211,6 +213,15 @@ class Unavailable(enum.Enum):
     FULL = "full"
 
 
+class Choice(NamedTuple):
+    """The endpoint for an attempt, whether it is its breaker's half-open probe, and whether it served the
+    request's affinity key last (its cache likely holds the prompt's start)."""
+
+    endpoint: Endpoint
+    probe: bool
+    warm: bool = False
+
+
 class Route:
     """A snapshot of the config and the endpoints known when it was built."""
 
@@ -223,10 +234,20 @@ class Route:
         local_key: str | None,
         problems: tuple[str, ...],
         waiters: Queues | None = None,
+        table: Affinity | None = None,
+        rates: PrefillRates | None = None,
     ) -> None:
         policy = config.policy
-        # Requests waiting for a slot or a pod, shared by every snapshot of the router.
+        # Requests waiting for a slot or a pod, the affinity table and the learned prefill rates: shared by every
+        # snapshot of the router.
         self.waiters = waiters if waiters is not None else Queues()
+        self.table = table if table is not None else Affinity()
+        self.rates = rates if rates is not None else PrefillRates()
+        # None: the route balances by requests in flight only (policy.affinity.enabled false).
+        self.affinity = self.table if policy.affinity.enabled else None
+        self.urls = tuple(e.base_url for e in endpoints)
+        self.table.keep(self.urls)
+        self.prefix_bytes = policy.affinity.prefix_bytes
         self.slots = config.local.slots
         self.pool = config.local.pool
         self.queue_timeout = policy.queue_timeout_ms / 1000
@@ -248,29 +269,41 @@ class Route:
         self.listing_timeout = min(policy.request_timeout_seconds, 10.0)
         # Abandoning a slow local answer only helps when there is somewhere else to go.
         self.budget: float | None = policy.first_token_timeout_ms / 1000 if cloud else None
+        # The most a prompt-aware first-token budget adds to `budget`.
+        self.max_extension = (policy.first_token_cap_ms - policy.first_token_timeout_ms) / 1000
         self._rotation = itertools.count()
 
     def pick(
-        self, now: float, exclude: Endpoint | None = None, model: str | None = None
-    ) -> tuple[Endpoint, bool] | Unavailable:
-        """The local endpoint for the next attempt and whether it is a half-open probe, or why none can take
-        it now: a model with slots goes only to a pod with one free."""
+        self, now: float, exclude: Endpoint | None = None, model: str | None = None, key: int | None = None
+    ) -> Choice | Unavailable:
+        """The local endpoint for the next attempt, or why none can take it now: a model with slots goes only to a
+        pod with one free. A request with an affinity `key` goes to the pod that served the key last while it
+        can take it (router/affinity.py), else to the pod with the fewest requests in flight."""
         endpoints = self.endpoints
         if not endpoints:
             return Unavailable.NONE
-        start = next(self._rotation) % len(endpoints) if len(endpoints) > 1 else 0
         limit = self.slots.get(model) if model is not None else None
-        if model is None or limit is None:
-            index = choose(endpoints, now, start, exclude)
-        else:
+        has_room: Callable[[Endpoint], bool] | None = None
+        if model is not None and limit is not None:
             wanted = model
-            index = choose(endpoints, now, start, exclude, lambda e: e.by_model.get(wanted, 0) < limit)
+            has_room = lambda e: e.by_model.get(wanted, 0) < limit  # noqa: E731
+        outcome: Outcome | None = None
+        index = NO_CHOICE
+        if key is not None and self.affinity is not None and len(endpoints) > 1:
+            found, outcome = self.affinity.choose(key, endpoints, self.urls, now, exclude, has_room, limit)
+            if found is not None:
+                index = found
+        if index == NO_CHOICE:
+            start = next(self._rotation) % len(endpoints) if len(endpoints) > 1 else 0
+            index = choose(endpoints, now, start, exclude, has_room)
         if index == NO_CHOICE:
             return Unavailable.BREAKERS
         if index == FULL:
             return Unavailable.FULL
         endpoint = endpoints[index]
-        return endpoint, endpoint.breaker.begin(now)
+        if outcome is not None and key is not None and self.affinity is not None:
+            self.affinity.served(key, endpoint.base_url, outcome)
+        return Choice(endpoint, endpoint.breaker.begin(now), outcome is Outcome.HIT)
 
     def slots_of(self, model: str | None) -> int | None:
         """Slots per pod for `model`, None when it has no limit."""
@@ -348,7 +381,9 @@ def build_route(
             limiter = TokenBucket(limit.requests_per_second, limit.burst, now)
     if waiters is None and previous is not None:
         waiters = previous.waiters
-    return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems), waiters)
+    table = previous.table if previous is not None else None
+    rates = previous.rates if previous is not None else None
+    return Route(config, tuple(endpoints), cloud, limiter, local_key, tuple(problems), waiters, table, rates)
 
 
 def departed(previous: Route, current: Route) -> list[Endpoint]:

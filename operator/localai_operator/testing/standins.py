@@ -46,6 +46,8 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from localai_operator.testing.prefill import PromptCache
+
 DEFAULT_LOCAL_MODELS: Final = ("mistral-7b-instruct",)
 DEFAULT_CLOUD_MODELS: Final = ("deepseek-v3.2",)
 LOCALAI_ERROR_PREFIX: Final = "Internal error: "
@@ -122,6 +124,13 @@ class Behaviour:
     usage: Literal["every_chunk", "when_asked", "never"] = "every_chunk"
     # Added to every response (e.g. what a provider sends that must not reach clients: Set-Cookie).
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _raw_query(request: web.Request) -> str:
@@ -213,6 +222,8 @@ class OpenAIStandIn:
     initial: Behaviour | None = None
     # "localai": the shapes of the LocalAI v4.9.0 binary (the module docstring); "openai": OpenAI's.
     dialect: Dialect = "openai"
+    # Slots, and a first token that waits for the prompt as llama.cpp's prompt cache makes it (testing/prefill.py).
+    prompt_cache: PromptCache | None = None
     port: int = field(default=0, init=False)
     scheme: str = field(default="http", init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
@@ -339,7 +350,13 @@ class OpenAIStandIn:
         counters.started += 1
         counters.active += 1
         try:
-            response = await self._answer(request, body, self.behaviour)
+            if self.prompt_cache is None:
+                response = await self._answer(request, body, self.behaviour)
+            else:
+                async with self.prompt_cache.serving(_json_or_none(body)) as prefill:
+                    b = self.behaviour
+                    b = replace(b, delay_before_first_chunk=b.delay_before_first_chunk + prefill)
+                    response = await self._answer(request, body, b)
             counters.completed += 1
             return response
         except (asyncio.CancelledError, ConnectionError):

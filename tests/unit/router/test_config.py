@@ -53,6 +53,19 @@ def test_policy_defaults_are_the_documented_ones() -> None:
     )
     assert (policy.circuit_breaker.failure_threshold, policy.circuit_breaker.open_seconds) == (5, 30)
     assert policy.max_request_bytes == 16 * 1024 * 1024
+    assert (policy.affinity.enabled, policy.affinity.prefix_bytes) == (True, 4096)
+    assert (policy.max_first_token_timeout_ms, policy.first_token_cap_ms) == (None, 60_000)
+
+
+def test_an_unset_first_token_cap_is_never_below_the_base_budget() -> None:
+    assert rc.Policy(first_token_timeout_ms=90_000).first_token_cap_ms == 90_000
+
+
+def test_a_first_token_cap_below_the_base_budget_is_refused_naming_both() -> None:
+    with pytest.raises(
+        ValueError, match=r"maxFirstTokenTimeoutMs \(1000\) is below policy.firstTokenTimeoutMs \(3000\)"
+    ):
+        load({"local": {"endpoints": ["http://a/v1"]}, "policy": {"maxFirstTokenTimeoutMs": 1000}})
 
 
 def test_a_rendered_config_round_trips() -> None:

@@ -65,7 +65,8 @@ async def test_least_outstanding_balancing_sends_requests_to_the_idle_endpoint(
     try:
         for standin in (local, other):
             standin.set(tokens=1000, token_interval=0.05)
-        router = await start_router(route_config([local.url, other.url]))
+        # Least-outstanding alone: with prefix affinity the repeats of one prompt go to its pod (test_affinity.py).
+        router = await start_router(route_config([local.url, other.url], affinity={"enabled": False}))
         stream = await client.post(router.v1("/chat/completions"), json=chat_body(stream=True))
         await stream.content.readline()
         busy, idle = (local, other) if local.counters.active == 1 else (other, local)
@@ -85,7 +86,7 @@ async def test_requests_spread_over_equally_loaded_endpoints(
     other = local_standin()
     await other.start()
     try:
-        router = await start_router(route_config([local.url, other.url]))
+        router = await start_router(route_config([local.url, other.url], affinity={"enabled": False}))
         for _ in range(6):
             await post(client, router)
         assert (local.counters.started, other.counters.started) == (3, 3)

@@ -26,7 +26,13 @@ async def test_with_two_pods_one_dead_no_request_fails_and_only_that_pods_breake
 ) -> None:
     dead = refused_url()
     router = await start_router(
-        route_config([dead, local.url], cloud.url, circuitBreaker={"failureThreshold": 2, "openSeconds": 60})
+        # Every pod in turn (no prefix affinity): the dead one is asked until its breaker opens.
+        route_config(
+            [dead, local.url],
+            cloud.url,
+            circuitBreaker={"failureThreshold": 2, "openSeconds": 60},
+            affinity={"enabled": False},
+        )
     )
     replies = [await sdk_chat(router, sync=False, stream=i % 2 == 1) for i in range(8)]
     assert all(r.served_by == "local" for r in replies)
@@ -42,7 +48,11 @@ async def test_a_pod_that_times_out_on_connect_is_retried_on_another_pod(
 ) -> None:
     listener = UnacceptingListener()
     try:
-        router = await start_router(route_config([listener.url, local.url], cloud.url, connectTimeoutMs=200))
+        router = await start_router(
+            route_config(
+                [listener.url, local.url], cloud.url, connectTimeoutMs=200, affinity={"enabled": False}
+            )
+        )
         answers = [await post(client, router) for _ in range(4)]
     finally:
         listener.close()

@@ -138,7 +138,8 @@ def watched_route(port: int, cloud: str | None = None) -> dict[str, Any]:
         },
         "pool": "gpu-pool",
     }
-    return route_config([], cloud, local_extra=local, sensitive=cloud is None)
+    # Requests spread by in-flight count (no prefix affinity), so that each pod is asked in turn.
+    return route_config([], cloud, local_extra=local, sensitive=cloud is None, affinity={"enabled": False})
 
 
 def endpoints(router: RunningRouter) -> list[str]:
