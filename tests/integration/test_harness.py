@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -166,13 +167,21 @@ def test_a_stopped_harness_leaves_no_process_port_or_directory_behind() -> None:
 
 
 # A test session of its own that uses the `cluster` fixture, prints the harness's state directory and waits.
+# On SIGUSR1 it writes every thread's stack: what a session slow to stop is doing.
 SLEEPING_TEST = """\
+import faulthandler
+import signal
 import time
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 def test_sleeps(cluster):
     print("STATE_DIR=" + str(cluster.harness.state_dir), flush=True)
     time.sleep(600)
 """
+
+
+STOP_SECONDS = 60
 
 
 @pytest.mark.harness
@@ -208,7 +217,16 @@ def test_an_interrupted_test_session_stops_its_harness(sig: signal.Signals, tmp_
         assert harness.is_running()
 
         session.send_signal(sig)
-        output, _ = session.communicate(timeout=60)
+        try:
+            output, _ = session.communicate(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            # Slow to stop (seen once in a full run on a loaded 2-core machine, never alone): its stacks say where
+            # it is; it still has to stop, with everything it started, within as long again.
+            session.send_signal(signal.SIGUSR1)
+            output, _ = session.communicate(timeout=STOP_SECONDS)
+            warnings.warn(
+                f"the interrupted session took over {STOP_SECONDS} s to stop:\n{output}", stacklevel=1
+            )
     finally:
         session.kill()
         session.wait()
