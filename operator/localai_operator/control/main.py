@@ -14,6 +14,7 @@ import kopf
 from localai_operator.constants import ROUTER_OTLP_ENDPOINT_ENV, ROUTER_SAMPLING_RATIO_ENV
 from localai_operator.control import (
     handlers,  # noqa: F401  (registers the handlers with Kopf)
+    kopfwatch,
     startgate,
 )
 from localai_operator.control.controller import Controller, Options
@@ -126,6 +127,7 @@ def run(options: RunOptions) -> int:
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     startgate.make_linear()
+    kopfwatch.install()
     settings = kopf.OperatorSettings()
     watched = options.watched
     operator = kopf.operator(
