@@ -19,7 +19,9 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
 from openai import OpenAI, OpenAIError
 
 from localai_operator.devcluster.stack import MODEL, POOL, ROUTE
@@ -96,14 +98,18 @@ class PodWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            stream = watch.Watch().stream(
-                self.real.core.list_namespaced_pod,
-                self.real.namespace,
-                label_selector=POOL_SELECTOR,
-                timeout_seconds=2,
-            )
-            for event in stream:
-                self._see(event["object"], time.time())
+            try:
+                for event in watch.Watch().stream(
+                    self.real.core.list_namespaced_pod,
+                    self.real.namespace,
+                    label_selector=POOL_SELECTOR,
+                    timeout_seconds=2,
+                    _request_timeout=10,
+                ):
+                    self._see(event["object"], time.time())
+            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+                # Watched again: the pods are relisted, their Ready times still bounded by the condition's.
+                self._stop.wait(0.1)
 
     def _see(self, pod: Any, seen: float) -> None:
         name = pod.metadata.name
