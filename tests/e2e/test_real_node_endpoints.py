@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,6 +139,10 @@ class PodWatch:
         self._thread.join(timeout=10)
 
 
+def at_address(url: str, address: str) -> bool:
+    return urllib.parse.urlsplit(url).hostname == address
+
+
 def listed(base: str) -> list[str]:
     """The local endpoints (pod URLs) the route's router lists in its /readyz."""
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as answer:
@@ -165,7 +170,11 @@ class Listing:
     def dropped(self, address: str, since: float) -> float | None:
         """The first time from `since` on that the router did not list `address`."""
         return next(
-            (at for at, urls in list(self.samples) if at >= since and not any(address in u for u in urls)),
+            (
+                at
+                for at, urls in list(self.samples)
+                if at >= since and not any(at_address(u, address) for u in urls)
+            ),
             None,
         )
 
@@ -242,7 +251,9 @@ def test_a_deleted_pool_pod_gets_no_new_request_a_second_after_its_deletion(
     pod = real.ready_pool_pod()
     name, address = pod.metadata.name, pod.status.pod_ip
     wait_for(
-        lambda: any(address in url for url in listed(route)), 60, f"the router to list pod {name} ({address})"
+        lambda: any(at_address(url, address) for url in listed(route)),
+        60,
+        f"the router to list pod {name} ({address})",
     )
     with PodWatch(real) as pods, Listing(route) as listing, Load(f"{route}/v1") as load:
         wait_for(lambda: load.local_since(0), 60, f"a local answer from pod {name}")
