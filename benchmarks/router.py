@@ -1394,7 +1394,7 @@ def report(
                 d, r = pct(direct.first, 0.5), pct(routed.first, 0.5)
                 print(
                     f"- time to first content token, {streams} stream(s): {name} {ms(r, 1)} ms vs direct "
-                    f"{ms(d, 1)} ms p50 = {r / d:.3f}x (+{ms(r - d, 1)} ms; the stand-in's role chunk is instant, "
+                    f"{ms(d, 1)} ms p50 = {r / d:.3f}x ({(r - d) * 1000:+.1f} ms; the stand-in's role chunk is instant, "
                     f"content after {SSE_FIRST_TOKEN * 1000:.0f} ms)"
                 )
     added = {
@@ -1408,14 +1408,14 @@ def report(
         router_added = added["router", LOW]
         verdict = "met" if router_added <= 0.002 else "NOT met"
         print(
-            f"- time to first content token <= direct + 2 ms at {LOW} stream: +{ms(router_added, 1)} ms -> {verdict}"
+            f"- time to first content token <= direct + 2 ms at {LOW} stream: {router_added * 1000:+.1f} ms -> {verdict}"
         )
     if ("router", HIGH) in added and ("relay", HIGH) in added:
         router_added, relay_added = added["router", HIGH], added["relay", HIGH]
         verdict = "met" if router_added <= relay_added else "NOT met"
         print(
             f"- time to first content token at {HIGH} streams added no more than the relay adds: router "
-            f"+{ms(router_added, 1)} ms, relay +{ms(relay_added, 1)} ms -> {verdict}"
+            f"{router_added * 1000:+.1f} ms, relay {relay_added * 1000:+.1f} ms -> {verdict}"
         )
     refused = failovers.get(("refused", "router"))
     if refused is not None:
