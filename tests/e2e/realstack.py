@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.constants import LABEL_COMPONENT, LABEL_INSTANCE
 from localai_operator.devcluster import REAL_NODE_LABEL, REAL_NODE_TOLERATION, stack
 from tests.helpers import ClusterAccess, kubectl, kubectl_binary, wait_for
@@ -245,6 +247,35 @@ class RealStack:
         finally:
             running.stop()
 
+    @contextlib.contextmanager
+    def forward(self, service: str, port: int = 80) -> Iterator[str]:
+        """`kubectl port-forward svc/<service>` on a free loopback port; yields `http://127.0.0.1:<port>`."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        forward = subprocess.Popen(
+            [
+                kubectl_binary(self.access),
+                f"--kubeconfig={self.access.kubeconfig}",
+                "port-forward",
+                "-n",
+                self.namespace,
+                f"svc/{service}",
+                f"{local}:{port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert forward.stdout is not None
+            first = forward.stdout.readline()
+            assert first.startswith("Forwarding from 127.0.0.1"), first
+            yield f"http://127.0.0.1:{local}"
+        finally:
+            forward.terminate()
+            forward.wait(timeout=10)
+
     def _exec_argv(self, interactive: bool, *python_args: str) -> list[str]:
         """`kubectl exec` of python in the client pod; with `interactive` its stdin stays open (closing it ends a
         loop)."""
@@ -277,6 +308,19 @@ class RealStack:
             READY_TIMEOUT,
             f"a Ready pod of InferencePool {self.namespace}/{stack.POOL}",
             describe=lambda: [(p.metadata.name, p.status.phase) for p in self.pool_pods()],
+        )
+
+    def patch_pool(self, spec: dict[str, Any]) -> None:
+        """A merge patch of the sample pool's spec."""
+        self.kubectl(
+            "patch",
+            INFERENCE_POOL.resource,
+            stack.POOL,
+            "-n",
+            self.namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": spec}),
         )
 
     def custom(self, plural: str, name: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -153,31 +152,8 @@ def test_the_pool_pod_runs_localais_own_process_and_kubectl_logs_shows_it_servin
 @pytest.fixture
 def forwarded_route(real: RealStack) -> Iterator[str]:
     """`kubectl port-forward svc/<route>` on a free loopback port; yields the OpenAI base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    forward = subprocess.Popen(
-        [
-            kubectl_binary(real.access),
-            f"--kubeconfig={real.access.kubeconfig}",
-            "port-forward",
-            "-n",
-            real.namespace,
-            f"svc/{ROUTE}",
-            f"{port}:80",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert forward.stdout is not None
-        first = forward.stdout.readline()
-        assert first.startswith("Forwarding from 127.0.0.1"), first
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        forward.terminate()
-        forward.wait(timeout=10)
+    with real.forward(ROUTE) as base:
+        yield f"{base}/v1"
 
 
 def test_kubectl_port_forward_to_the_route_serves_the_openai_sdk_from_loopback(forwarded_route: str) -> None:

@@ -6,7 +6,6 @@ Named to run after test_real_node.py: it changes the shared pool and puts it bac
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -14,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.devcluster.stack import POOL, ROUTE, SENSITIVE_ROUTE
 from tests.e2e.realstack import RealStack, pod_ready
 from tests.helpers import wait_for
@@ -27,19 +25,6 @@ SCALE_TIMEOUT = 120.0
 POD_TIMEOUT = 300.0
 # A four-token answer from the model takes well under a second: one that took longer waited for a pod.
 HELD_SECONDS = 2.0
-
-
-def patch_pool(real: RealStack, spec: dict[str, Any]) -> None:
-    real.kubectl(
-        "patch",
-        INFERENCE_POOL.resource,
-        POOL,
-        "-n",
-        real.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": spec}),
-    )
 
 
 def autoscaling(real: RealStack) -> dict[str, Any]:
@@ -57,7 +42,7 @@ def at_zero(real: RealStack) -> bool:
 @pytest.fixture
 def elastic(real: RealStack) -> Iterator[RealStack]:
     """The sample pool autoscaled from zero, idle until scaled there; afterwards back at its fixed replica."""
-    patch_pool(real, {"autoscaling": AUTOSCALING})
+    real.patch_pool({"autoscaling": AUTOSCALING})
     try:
         wait_for(
             lambda: at_zero(real),
@@ -67,7 +52,7 @@ def elastic(real: RealStack) -> Iterator[RealStack]:
         )
         yield real
     finally:
-        patch_pool(real, {"autoscaling": None})
+        real.patch_pool({"autoscaling": None})
         real.ready_pool_pod()
         wait_for(
             lambda: real.router_lists_a_pod(ROUTE) and real.router_lists_a_pod(SENSITIVE_ROUTE),
@@ -117,8 +102,7 @@ def test_sustained_demand_scales_the_pool_up_to_max_replicas_and_back_after_the_
     real: RealStack,
 ) -> None:
     # One client in a loop keeps about one request in flight: above 2 slots x 0.2, the demand of 2 replicas.
-    patch_pool(
-        real,
+    real.patch_pool(
         {
             "autoscaling": {
                 "minReplicas": 1,
@@ -159,17 +143,17 @@ def test_sustained_demand_scales_the_pool_up_to_max_replicas_and_back_after_the_
         assert scaled_down > last_answer, (down, last_answer)
         wait_for(lambda: len(real.pool_pods()) == 1, SCALE_TIMEOUT, "one pool pod left")
     finally:
-        patch_pool(real, {"autoscaling": None})
+        real.patch_pool({"autoscaling": None})
         real.ready_pool_pod()
 
 
 def test_the_routes_spend_and_avoided_cost_show_in_its_status(real: RealStack) -> None:
-    patch_pool(real, {"replicas": 0})
+    real.patch_pool({"replicas": 0})
     try:
         wait_for(lambda: not real.pool_pods(), SCALE_TIMEOUT, f"{POOL} at 0 replicas")
         assert real.chat(ROUTE).get("served_by") == "fallback"
     finally:
-        patch_pool(real, {"replicas": 1})
+        real.patch_pool({"replicas": 1})
     real.ready_pool_pod()
     wait_for(lambda: real.chat(ROUTE).get("served_by") == "local", POD_TIMEOUT, "a local answer")
 

@@ -9,14 +9,12 @@ Named to run after test_real_node_elastic.py: it changes the shared pool and put
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from localai_operator.api.kinds import INFERENCE_POOL
 from localai_operator.constants import LABEL_COMPONENT, LABEL_INSTANCE, ROUTER_METRICS_PORT, ROUTER_PORT
 from localai_operator.devcluster import REAL_NODE_LABEL, REAL_NODE_TOLERATION
 from localai_operator.devcluster.stack import POOL, ROUTE, SENSITIVE_ROUTE
@@ -57,19 +55,6 @@ class Metrics(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("", PORT), Metrics).serve_forever()
 """.replace("PORT", str(ROUTER_METRICS_PORT))
-
-
-def patch_pool(real: RealStack, spec: dict[str, Any]) -> None:
-    real.kubectl(
-        "patch",
-        INFERENCE_POOL.resource,
-        POOL,
-        "-n",
-        real.namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": spec}),
-    )
 
 
 def tenant_token(real: RealStack) -> str:
@@ -174,7 +159,7 @@ def avoided(real: RealStack, route: str) -> float:
 @pytest.fixture
 def tenant(real: RealStack) -> Iterator[RealStack]:
     """The sample pool autoscaled (at its one replica: nothing moves), and the tenant's pod in the route's slice."""
-    patch_pool(real, {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}})
+    real.patch_pool({"autoscaling": {"minReplicas": 1, "maxReplicas": 1}})
     token = tenant_token(real)
     try:
         with real.access.client_for_token(token) as api:
@@ -193,7 +178,7 @@ def tenant(real: RealStack) -> Iterator[RealStack]:
             real.core.delete_namespaced_service_account,
         ):
             delete("tenant", real.namespace)
-        patch_pool(real, {"autoscaling": None})
+        real.patch_pool({"autoscaling": None})
         wait_for(
             lambda: (
                 not any(

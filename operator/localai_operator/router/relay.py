@@ -287,6 +287,14 @@ class _Departure:
             raise _Departed from exc
 
 
+class _HeldStreamResponse(web.StreamResponse):
+    """A stream whose first events are already here: its headers go out in the same write as those events (aiohttp
+    sends a StreamResponse's headers on their own at prepare, which costs the client a read of its own before the
+    first token)."""
+
+    _send_headers_immediately = False
+
+
 def shown(model: str | None) -> str:
     """A client-chosen model name as a message quotes it: bounded."""
     text = repr(model)
@@ -1088,7 +1096,9 @@ class Relay:
         headers = response_headers(upstream.headers, a.served_by, self._reason(a))
         # Ask buffering reverse proxies (nginx ingress) to pass chunks through as they come.
         headers["X-Accel-Buffering"] = "no"
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = (_HeldStreamResponse if held is not None else web.StreamResponse)(
+            status=upstream.status, headers=headers
+        )
         splitter = held.splitter if held is not None else sse.EventSplitter()
         tail = sse.Tail(fmt)
         recent: deque[bytes] = deque(maxlen=_TAIL_EVENTS)
