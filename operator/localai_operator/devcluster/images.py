@@ -503,6 +503,12 @@ class Container:
             )
         return self
 
+    @property
+    def pid(self) -> int:
+        """The `buildah run` process's; the container's processes are below it."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def poll(self) -> int | None:
         assert self._process is not None, "not started"
         return self._process.poll()
