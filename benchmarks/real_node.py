@@ -185,7 +185,7 @@ def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> in
         for pid in descendants(localai.container.pid):
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                if comm == "local-ai" or comm.startswith("llama"):
+                if comm in ("local-ai", "ld.so") or comm.startswith("llama"):  # the backend runs under ld.so
                     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
                     total += sum(int(line.split()[1]) for line in rollup if line.startswith("Rss:"))
             except OSError:
