@@ -12,11 +12,13 @@ container), as RSS and PSS.
     localai-operator dev up && python benchmarks/real_node.py [--rounds 10] [--max-tokens 64]
 
 With `--knobs` (root, the images built; no cluster): each CPU-pool knob the operator exposes (threads, batch,
-kvCacheType, parallel, mmap) tried alone on the real LocalAI binary, run on loopback from its image with what the
-operator renders for the sample pool, as the conformance tier runs it: load time, time to first token of a new
-~400-token prompt, decode tokens/s, and tokens/s of two streams at once.
+kvCacheType, parallel, mmap) moved alone from the operator's CPU-pool defaults, on the real LocalAI binary run on
+loopback from its image with what the operator renders, as the conformance tier runs it. One server per setting,
+all started first, then measured round by round in a new random order each round: time to first token of a new
+~600-token prompt, decode tokens/s, and tokens/s of two streams at once; medians, quartiles, and each setting's
+ratio to the default's figure of the same round (with the rounds it beat the default in).
 
-    python benchmarks/real_node.py --knobs [--rounds 5] [--max-tokens 64]
+    python benchmarks/real_node.py --knobs [--rounds 10] [--minutes 15] [--max-tokens 64] [--prompt-words 600]
 """
 
 from __future__ import annotations
@@ -70,39 +72,90 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-# The knobs the operator exposes for a CPU pool, each tried alone on top of the real-node sample (threads 2,
-# batch 512, kvCacheType f16, parallel 2, mmap true): (label, InferencePool spec, LLMModel spec).
+# The knobs the operator exposes for a CPU pool, each moved alone from what the operator renders by default for a
+# CPU pool on this 2-core machine: threads 2 (the CPU request in whole cores: threads = cores), batch 512,
+# kvCacheType f16, one slot (LLMModel.spec.parallel unset), mmap on; with the real-node sample's model otherwise
+# (contextSize 2048, its sampling). (label, InferencePool spec, LLMModel spec) merged into the sample's specs.
+DEFAULT_KNOBS: dict[str, object] = {"parallel": None}
 KNOBS: tuple[tuple[str, dict[str, object], dict[str, object]], ...] = (
-    ("sample", {}, {}),
+    ("default", {"threads": 2}, {}),
     ("threads 1", {"threads": 1}, {}),
-    ("batch 128", {}, {"batch": 128}),
-    ("batch 2048", {}, {"batch": 2048}),
-    ("kvCacheType q8_0", {}, {"kvCacheType": "q8_0"}),
-    ("kvCacheType q4_0", {}, {"kvCacheType": "q4_0"}),
-    ("parallel 1", {}, {"parallel": 1}),
-    ("parallel 4", {}, {"parallel": 4}),
-    ("mmap false", {}, {"mmap": False}),
+    # What a pool without a CPU request renders (LocalAI's own default too): more threads than this machine's cores.
+    ("threads 4", {"threads": 4}, {}),
+    ("batch 128", {"threads": 2}, {"batch": 128}),
+    ("batch 2048", {"threads": 2}, {"batch": 2048}),
+    ("kvCacheType q8_0", {"threads": 2}, {"kvCacheType": "q8_0"}),
+    ("kvCacheType q4_0", {"threads": 2}, {"kvCacheType": "q4_0"}),
+    ("parallel 2", {"threads": 2}, {"parallel": 2}),
+    ("parallel 4", {"threads": 2}, {"parallel": 4}),
+    ("mmap false", {"threads": 2}, {"mmap": False}),
+)
+# Common words, one token each with their leading space: a prompt of N of them in a random order is ~N tokens and
+# shares no prefix with any other, so every time to first token is a cold prompt evaluation.
+WORDS_TEXT = (
+    "the of and to in is was for on that with as by at from his her they this had not are but which one were all "
+    "their there been has when who will more no if out so said what up its about into than them can only other new "
+    "some could time these two may then do first any my now such like our over man me even most made after also "
+    "did many before must through back years where much your way well down should because each just those people "
+    "how too little state good very make world still own see men work long get here between both life being under"
 )
 
 
-def knobs(rounds: int, max_tokens: int) -> int:
+def spread(values: list[float]) -> str:
+    """Median and the range of the middle half (quartiles), as `median [q1-q3]`."""
+    if len(values) < 2:
+        return f"{median(values):.0f}"
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    digits = 0 if median(values) >= 100 else 1
+    return f"{median(values):.{digits}f} [{q1:.{digits}f}-{q3:.{digits}f}]"
+
+
+def versus(values: list[float], baseline: list[float], *, lower_is_better: bool) -> str:
+    """The median of the per-round ratios to the default's figure in the same round, and in how many rounds the
+    setting did better than the default: pairing by round cancels what the shared machine's load did that round."""
+    pairs = [(v, b) for v, b in zip(values, baseline, strict=True) if b == b and v == v and b > 0]
+    if not pairs:
+        return "-"
+    ratio = median([v / b for v, b in pairs])
+    better = sum(1 for v, b in pairs if (v < b if lower_is_better else v > b))
+    return f"{ratio:.2f}x {better}/{len(pairs)}"
+
+
+def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> int:
     """Each knob on the real LocalAI binary (the localai image's local-ai on loopback, with what the operator
-    renders for the sample pool changed by that knob alone): load time, time to first token of a ~400-token
-    prompt never seen before (prompt evaluation), decode tokens/s of one stream, and tokens/s of two streams at
-    once (what slots share). Medians of `rounds`."""
+    renders for a default CPU pool changed by that knob alone), one server per setting, all started first and
+    then measured round by round in a new random order each round, so a busy minute on the shared machine falls
+    on every setting alike: time to first token of a ~`prompt_words`-token prompt never seen before (prompt
+    evaluation), decode tokens/s of that stream, and tokens/s of two streams at once (what slots share). Each
+    setting's figures are medians with quartiles, and its ratio to the default's figure of the same round."""
     import concurrent.futures
     import json
+    import random
     import tempfile
     import urllib.request
 
     sys.path.insert(0, str(ROOT))
-    from tests.integration.real_localai import copy_models, fetch_models, free_port, render, start, wait_ready
+    from tests.integration.real_localai import (
+        LocalAI,
+        copy_models,
+        fetch_models,
+        free_port,
+        render,
+        start,
+        wait_ready,
+    )
 
     from localai_operator.devcluster import images
 
     image, operator_image, mirror_image = (images.build(w) for w in ("localai", "operator", "model-mirror"))
 
+    def post(base: str, path: str, body: dict[str, object]) -> urllib.request.Request:
+        return urllib.request.Request(
+            f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+
     def stream(base: str, prompt: str) -> tuple[float, float, int]:
+        """(seconds to the first token, decode tokens/s after it, tokens) of one streamed completion."""
         body = {
             "model": stack.MODEL,
             "prompt": prompt,
@@ -110,18 +163,47 @@ def knobs(rounds: int, max_tokens: int) -> int:
             "max_tokens": max_tokens,
             "ignore_eos": True,
         }
-        request = urllib.request.Request(
-            f"{base}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
         started = time.perf_counter()
         stamps = []
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(post(base, "/v1/completions", body), timeout=600) as response:
             for line in response:
                 if line.startswith(b"data: {") and b'"text"' in line:
                     stamps.append(time.perf_counter())
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
         return stamps[0] - started, rate, len(stamps)
 
+    def two_streams(base: str, prompts: list[str]) -> float:
+        """Tokens per second of two streamed completions sent at once."""
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            started = time.perf_counter()
+            done = list(pool.map(stream, [base] * 2, prompts))
+            return sum(d[2] for d in done) / (time.perf_counter() - started)
+
+    def rss_mib(localai: LocalAI) -> float:
+        """Resident memory of local-ai and its llama.cpp backend (below the container's `buildah run`)."""
+        total = 0
+        for pid in descendants(localai.container.pid):
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                if comm in ("local-ai", "ld.so") or comm.startswith("llama"):  # the backend runs under ld.so
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                    total += sum(int(line.split()[1]) for line in rollup if line.startswith("Rss:"))
+            except OSError:
+                continue
+        return total / 1024
+
+    rng = random.Random(7)
+    words = WORDS_TEXT.split()
+
+    def new_prompt() -> str:
+        return " ".join(rng.choice(words) for _ in range(prompt_words)).capitalize()
+
+    labels = [label for label, _, _ in KNOBS]
+    ttft: dict[str, list[float]] = {label: [] for label in labels}
+    decode: dict[str, list[float]] = {label: [] for label in labels}
+    pair: dict[str, list[float]] = {label: [] for label in labels}
+    ready: dict[str, float] = {}
+    servers: dict[str, LocalAI] = {}
     with tempfile.TemporaryDirectory(prefix="bench-knobs-") as tmp:
         work = Path(tmp)
         port = free_port()
@@ -132,37 +214,69 @@ def knobs(rounds: int, max_tokens: int) -> int:
                 operator_image, f"http://127.0.0.1:{port}", render().config, work / "f"
             )
         assert code == 0, log
-        print(
-            f"LocalAI {image.ref} on loopback; {rounds} rounds, {max_tokens} tokens; load "
-            f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {time.strftime('%Y-%m-%d %H:%M')}"
-        )
-        print(f"{'knob':<18} {'ready s':>8} {'TTFT ms':>8} {'tok/s':>7} {'2 streams tok/s':>16}")
-        for n, (label, pool_spec, model_spec) in enumerate(KNOBS):
-            rendered = render(pool_spec=pool_spec, model_spec=model_spec)
-            models = copy_models(fetched, work / f"m{n}", rendered.config)
-            started = time.perf_counter()
-            localai = start(image, models, rendered.env(), work / f"localai-{n}.log")
-            try:
-                wait_ready(localai)
-                ready = time.perf_counter() - started
-                stream(localai.base, "Warm up.")
-                ttfts, rates, pairs = [], [], []
-                for r in range(rounds):
-                    prompt = " ".join(f"word{i}x{n}r{r}" for i in range(200))  # a new prefix each time
-                    ttft, rate, _ = stream(localai.base, prompt)
-                    ttfts.append(ttft * 1000)
-                    rates.append(rate)
-                    prompts = [f"Story {i} of round {r}:" for i in range(2)]
-                    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                        t0 = time.perf_counter()
-                        done = list(pool.map(stream, [localai.base] * 2, prompts))
-                        pairs.append(sum(d[2] for d in done) / (time.perf_counter() - t0))
-            finally:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        began = time.strftime("%Y-%m-%d %H:%M")
+        try:
+            for n, (label, pool_spec, model_spec) in enumerate(KNOBS):
+                rendered = render(pool_spec=pool_spec, model_spec={**DEFAULT_KNOBS, **model_spec})
+                models = copy_models(fetched, work / f"m{n}", rendered.config)
+                started = time.perf_counter()
+                servers[label] = start(image, models, rendered.env(), work / f"localai-{n}.log")
+                wait_ready(servers[label])
+                ready[label] = time.perf_counter() - started
+                stream(servers[label].base, "Warm up.")
+            with urllib.request.urlopen(
+                post(
+                    servers["default"].base, "/v1/tokenize", {"model": stack.MODEL, "content": new_prompt()}
+                ),
+                timeout=60,
+            ) as response:
+                prompt_tokens = len(json.loads(response.read())["tokens"])
+            measuring = time.monotonic()
+            done = 0
+            while done < rounds and time.monotonic() - measuring < minutes * 60:
+                order = list(labels)
+                rng.shuffle(order)
+                for label in order:
+                    first, rate, _ = stream(servers[label].base, new_prompt())
+                    ttft[label].append(first * 1000)
+                    decode[label].append(rate)
+                    pair[label].append(
+                        two_streams(servers[label].base, [new_prompt()[:60] for _ in range(2)])
+                    )
+                    print(  # every figure as it comes, should the run be cut short
+                        f"round {done + 1} {label}: TTFT {ttft[label][-1]:.0f} ms, decode {rate:.1f} tok/s, "
+                        f"2 streams {pair[label][-1]:.1f} tok/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                done += 1
+            elapsed = time.monotonic() - measuring
+            rss = {label: rss_mib(localai) for label, localai in servers.items()}
+        finally:
+            for localai in servers.values():
                 localai.stop()
-            print(
-                f"{label:<18} {ready:>8.1f} {median(ttfts):>8.0f} {median(rates):>7.1f} {median(pairs):>16.1f}",
-                flush=True,
-            )
+    print(
+        f"LocalAI {image.ref} on loopback, one server per setting; {done} rounds in "
+        f"{elapsed / 60:.1f} min, each setting once per round in a new random order; prompt "
+        f"~{prompt_tokens} tokens, {max_tokens} tokens out; load {load} at the start, "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])} at the end; {began}"
+    )
+    print("medians [quartiles]; vs default: median of the per-round ratios, rounds better than the default")
+    header = (
+        f"{'setting':<17} {'ready s':>7} {'RSS MiB':>7}  {'TTFT ms':<19} {'vs default':<11} "
+        f"{'decode tok/s':<18} {'vs default':<11} {'2 streams tok/s':<18} {'vs default':<11}"
+    )
+    print(header)
+    base = "default"
+    for label in labels:
+        print(
+            f"{label:<17} {ready[label]:>7.1f} {rss[label]:>7.0f}  {spread(ttft[label]):<19} "
+            f"{versus(ttft[label], ttft[base], lower_is_better=True):<11} {spread(decode[label]):<18} "
+            f"{versus(decode[label], decode[base], lower_is_better=False):<11} {spread(pair[label]):<18} "
+            f"{versus(pair[label], pair[base], lower_is_better=False):<11}",
+            flush=True,
+        )
     return 0
 
 
@@ -177,9 +291,16 @@ def main() -> int:
         action="store_true",
         help="each CPU-pool knob on the LocalAI binary on loopback (no cluster)",
     )
+    parser.add_argument("--prompt-words", type=int, default=600, help="--knobs: the new prompt's length")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=15,
+        help="--knobs: start no round after this many minutes of measuring",
+    )
     args = parser.parse_args()
     if args.knobs:
-        return knobs(args.rounds, args.max_tokens)
+        return knobs(args.rounds, args.max_tokens, args.prompt_words, args.minutes)
     state = DevState.load(state_root())
     cluster = Cluster.attach(state.cluster_dir)
     if cluster.real_node is None or not cluster.is_running():

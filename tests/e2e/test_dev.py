@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from localai_operator.devcluster import real_node_unavailable_reason
+from localai_operator.devcluster import real_node_unavailable_reason, stack
 from localai_operator.devcluster.process import ProcessRecord
 
 pytestmark = [pytest.mark.cluster, pytest.mark.harness]
@@ -66,6 +66,15 @@ def test_dev_up_serves_the_model_from_the_real_node_through_the_route_and_falls_
     _, up = first_up
     assert up.returncode == 0, up.stdout + up.stderr
 
+    # The one pod the router lists for the pool answers request 1, and it runs LocalAI's own process.
+    listed = re.search(
+        rf"the router lists the pool's pod http://[0-9.]+:8080/v1 .*: pod {stack.POOL}-\S+, process 1 of its "
+        r"localai container: (\S+)$",
+        up.stdout,
+        re.M,
+    )
+    assert listed, up.stdout
+    assert listed.group(1).rsplit("/", 1)[-1] == "local-ai", listed.group(0)
     local = re.search(
         r"request 1: POST /v1/completions .* X-Served-By: local +first token \d+ ms, (\d+) tokens, "
         r"[0-9.]+ tokens/s\n +Kubernetes is (\S.*)",
@@ -73,7 +82,9 @@ def test_dev_up_serves_the_model_from_the_real_node_through_the_route_and_falls_
     )
     assert local, up.stdout
     assert int(local.group(1)) > 1
-    assert re.search(r"request 2: .*pool scaled to 0.* X-Served-By: fallback", up.stdout), up.stdout
+    assert re.search(
+        r"request 2: .*pool scaled to 0.* X-Served-By: fallback +X-Fallback-Reason: pool_cold", up.stdout
+    ), up.stdout
     for row in ("InferencePool  llm-real-node/gemma-cpu", "FallbackRoute  llm-real-node/gemma-chat"):
         assert ready_row(up.stdout, row), row
     assert re.search(r"^localai-operator/localai-operator-\S+ +real-node +Running +1/1", up.stdout, re.M), (

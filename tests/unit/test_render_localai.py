@@ -293,10 +293,10 @@ def test_a_models_slots_are_rendered_as_localai_options_ahead_of_the_passthrough
     assert config["options"] == ["parallel:8", "context_shift", "cache_ram:4096"]
 
 
-def test_slots_default_to_four_on_gpu_pools_and_one_on_cpu_pools() -> None:
+def test_slots_default_to_four_on_gpu_pools_and_two_on_cpu_pools() -> None:
     assert model_yaml(render(pool(gpus=1)))["options"] == ["parallel:4"]
-    assert model_yaml(render(pool(gpus=0)))["options"] == ["parallel:1"]
-    assert (slots(model(), gpu=True), slots(model(), gpu=False)) == (4, 1)
+    assert model_yaml(render(pool(gpus=0)))["options"] == ["parallel:2"]
+    assert (slots(model(), gpu=True), slots(model(), gpu=False)) == (4, 2)
 
 
 def test_parallel_requests_false_serializes_every_model_of_the_pool() -> None:

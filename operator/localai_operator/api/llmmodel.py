@@ -215,7 +215,8 @@ class LLMModelSpec(Spec):
         le=64,
         description="Requests this model answers at once (llama.cpp slots, rendered as LocalAI's "
         "options: [parallel:N]; without it llama-cpp serves one request at a time). The slots share contextSize. "
-        "Default: 4 on a pool with GPUs (llama.cpp server's own default slot count), 1 on a CPU pool.",
+        "Default: 4 on a pool with GPUs (llama.cpp server's own default slot count), 2 on a CPU pool (measured: "
+        "two concurrent requests get 1.36x the tokens/s of one slot, a lone one loses nothing).",
     )
     f16: bool | None = Field(
         default=None,

@@ -37,6 +37,7 @@ from localai_operator.devcluster.cluster import Cluster, ClusterError
 from localai_operator.devcluster.errors import RealNodeError
 from localai_operator.devcluster.process import ProcessRecord, free_ports, record, spawn, stop_groups
 from localai_operator.devcluster.realnode import unavailable_reason as real_node_unavailable_reason
+from localai_operator.render.pool import LOCALAI_CONTAINER
 
 STATE_FILE = "dev.json"
 KINDS = ("LLMModel", "InferencePool", "FallbackRoute")
@@ -648,6 +649,19 @@ def _router_endpoints(base: str, breaker: str | None = "closed") -> list[str] | 
     return [e["url"] for e in body.get("endpoints") or [] if breaker in (None, e.get("breaker"))]
 
 
+def _pod_process(cluster: Cluster, kube: Kube, url: str) -> str:
+    """The pool's pod behind a router endpoint URL and the program its LocalAI container runs as process 1."""
+    host = url.split("://", 1)[-1].split(":", 1)[0]
+    pods = kube.list("Pod", stack.NAMESPACE, label_selector=POOL_POD_SELECTOR)
+    name = next((p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("podIP") == host), None)
+    if name is None:
+        return f"no pod of the pool has the address {host}"
+    command = _kubectl(
+        cluster, "exec", "-n", stack.NAMESPACE, name, "-c", LOCALAI_CONTAINER, "--", "cat", "/proc/1/cmdline"
+    )
+    return f"pod {name}, process 1 of its {LOCALAI_CONTAINER} container: {command.split(chr(0))[0]}"
+
+
 def _real_demo(cluster: Cluster, kube: Kube) -> None:
     service = kube.get("Service", stack.NAMESPACE, stack.ROUTE)
     assert service is not None, "the route's Service exists once the route is Ready"
@@ -659,8 +673,10 @@ def _real_demo(cluster: Cluster, kube: Kube) -> None:
     )
     # The route is Ready when its router is; the router finds the pool's pods by DNS every few seconds.
     seconds = _wait("the router to list a pod of the pool (its /readyz)", 60, lambda: _router_endpoints(base))
+    listed = _router_endpoints(base) or []
     say(
-        f"the router lists the pool's pod {', '.join(_router_endpoints(base) or [])} ({seconds:.1f} s after Ready)"
+        f"the router lists the pool's pod {', '.join(listed)} ({seconds:.1f} s after Ready): "
+        f"{'; '.join(_pod_process(cluster, kube, url) for url in listed)}"
     )
     answer = complete(base, REAL_PROMPT)
     rate = f"{answer.tokens_per_second:.1f} tokens/s" if answer.tokens_per_second else "-"

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -476,6 +477,10 @@ class Container:
 
     def start(self) -> Container:
         buildah = buildah_argv()
+        # LocalAI v4.9.0 opens a pidfd per check of its backend process and leaves it to Go's garbage collector:
+        # ~1,000 within two idle minutes, and then buildah's default limit of 1,024 open files stalls its accept
+        # loop for seconds until a GC closes them. All this process may give instead.
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         source = self.image.local_ref
         if (
             subprocess.run([*buildah, "inspect", "--type", "image", source], capture_output=True).returncode
@@ -483,7 +488,17 @@ class Container:
         ):
             source = f"oci-archive:{self.image.archive}"
         subprocess.run(
-            [*buildah, "from", "--pull=never", "--quiet", "--name", self.name, source],
+            [
+                *buildah,
+                "from",
+                "--pull=never",
+                "--quiet",
+                "--ulimit",
+                f"nofile={nofile}:{nofile}",
+                "--name",
+                self.name,
+                source,
+            ],
             check=True,
             capture_output=True,
         )
@@ -502,6 +517,12 @@ class Container:
                 start_new_session=True,
             )
         return self
+
+    @property
+    def pid(self) -> int:
+        """The `buildah run` process's; the container's processes are below it."""
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     def poll(self) -> int | None:
         assert self._process is not None, "not started"

@@ -11,9 +11,11 @@ from localai_operator.api.llmmodel import LLMModel
 # llama.cpp clamps to the model's layer count, so a large number offloads every layer.
 ALL_LAYERS = 999
 # Slots when LLMModel.spec.parallel is unset: llama.cpp server's own default on a GPU (it picks 4 slots with a unified
-# KV cache when -np is left automatic), one on a CPU pool, where concurrent requests only split the same cores.
+# KV cache when -np is left automatic; not measured here), two on a CPU pool: measured on LocalAI v4.9.0 with 2 cores
+# (benchmarks/README.md, real_node.py --knobs), two slots gave two concurrent streams 1.36x the tokens/s of one slot,
+# which serves them in turn (6 rounds of 6), and cost a lone request nothing.
 DEFAULT_GPU_SLOTS = 4
-DEFAULT_CPU_SLOTS = 1
+DEFAULT_CPU_SLOTS = 2
 
 
 def slots(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> int:

@@ -47,6 +47,8 @@ from localai_operator.render.model_config import model_config_yaml
 
 APP = "localai"
 COMPONENT = "inference-server"
+# The pool pod's LocalAI container (`kubectl logs -c`, `kubectl exec -c`).
+LOCALAI_CONTAINER = "localai"
 CONFIG_DIR = "/etc/localai-operator/models"
 DOWNLOADS_FILE = "downloads.json"
 # A ConfigMap key that is no `<model>.yaml` (object names hold no "_"), so fetch-models never installs it as a model.
@@ -504,7 +506,7 @@ def _localai_container(
         return {"httpGet": {"path": path, "port": "http"}, "timeoutSeconds": 5}
 
     return {
-        "name": "localai",
+        "name": LOCALAI_CONTAINER,
         "image": image_of(pool, settings),
         "ports": [{"name": "http", "containerPort": LOCALAI_PORT, "protocol": "TCP"}],
         "env": _env(pool, settings),
