@@ -4,12 +4,13 @@ conversations share long system prompts, through the router to two LocalAI repli
 Workload (issue 22's acceptance): 20 conversations over 4 distinct system prompts of ~1,500 tokens (6,000
 characters of prose), 3 user turns each (the model's answers kept in the history), 2 requests at a time (half the
 pool's 4 slots: an autoscaled pool's headroom) and then 4 (all of them), streamed with the openai SDK; time to
-first token = from the call to the first content chunk. Users think between turns: the conversations advance round by round, each round in a new random order, so a conversation's next
-turn does not arrive right behind its previous one (which would let least-outstanding land it on the same pod).
-Each policy gets its own 4 fresh system prompts, so neither finds the other's in a cache. The router runs in this
-process from the production app (`create_app`), `local.slots` 2 per pod, no fallback (a request waits for a slot
-rather than leaving), prefix affinity on or off. Its per-pod in-flight counts are sampled every 10 ms: the most a
-pod held, and how often a request waited at the router while some pod had a free slot (both must stay 0 / <= 2).
+first token = from the call to the first content chunk. Users think between turns: the conversations advance round
+by round, each round in a new random order, so a conversation's next turn does not arrive right behind its previous
+one (which would let least-outstanding land it on the same pod). Each policy gets its own 4 (--prompts) fresh
+system prompts, so neither finds the other's in a cache. The router runs in this process from the production app
+(`create_app`), `local.slots` 2 per pod, no fallback (a request waits for a slot rather than leaving), prefix
+affinity on or off. Its per-pod in-flight counts are sampled every 10 ms: the most a pod held, and how often a
+request waited at the router while some pod had a free slot (both must stay 0 / <= 2).
 
 Pods, one of:
   (default)                 two LocalAI stand-ins with llama.cpp's slots and three prompt-cache tiers
@@ -380,7 +381,7 @@ async def run_phase(
 ) -> Phase:
     phase = Phase("prefix affinity" if affinity else "least-outstanding", concurrency)
     rng = random.Random(seed)
-    systems = [f"You are assistant {seed}-{i}. " + prose(SYSTEM_CHARS, rng) for i in range(4)]
+    systems = [f"You are assistant {seed}-{i}. " + prose(SYSTEM_CHARS, rng) for i in range(args.prompts)]
     histories = [
         [{"role": "system", "content": systems[c % len(systems)]}] for c in range(args.conversations)
     ]
@@ -549,6 +550,12 @@ def main() -> int:
     )
     parser.add_argument("--conversations", type=int, default=20)
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=4,
+        help="distinct system prompts the conversations share (4: the acceptance's)",
+    )
     parser.add_argument(
         "--concurrency",
         default="2,4",
