@@ -244,13 +244,12 @@ class PodWork:
     """What the pods' llama.cpp logs say about one phase's prompts."""
 
     tasks: int = 0
-    full_reads: int = 0  # read a system prompt (>= FULL_READ_TOKENS): no cache of either kind had it
-    warm_tokens: list[int] = field(
-        default_factory=list
-    )  # the others: tokens evaluated past the cached prefix
-    ram_restores: int | None = (
-        None  # a slot loaded from the RAM prompt cache (a trace line: option verbosity:4)
-    )
+    # Read a system prompt (>= FULL_READ_TOKENS): neither the slots nor the RAM cache had it.
+    full_reads: int = 0
+    # The others: the tokens each evaluated past the cached prefix.
+    warm_tokens: list[int] = field(default_factory=list)
+    # Slots loaded from the RAM prompt cache (a trace line: None without the option verbosity:4).
+    ram_restores: int | None = None
 
     @classmethod
     def of(cls, text: str) -> PodWork:
