@@ -10,7 +10,14 @@ header; every file here is its header followed by a hole as long as its tensor d
 stored) and headers shaped like Llama 3 8B and Mistral 7B (Q4_K, written with llama.cpp's `gguf` package). The
 weights are loaded as zeros: no token is computed, only the buffers are sized.
 
+With `--localai`, the same comparison through the real `local-ai` v4.9.0 binary instead (what a pool runs): for each
+Gemma case, the model YAML the operator renders for a CPU pool (which adds swa_full:true) and for a GPU pool (the
+sliding window kept; on this CPU-only build every layer stays on the CPU either way), one `local-ai` process each
+with the model preloaded, the sizes read from its log (LocalAI relays its backend's stderr at debug level), against
+the operator's estimate for the same rendered options (control/gpufit.py's settings).
+
     python benchmarks/gguf_fit.py --llama-cpp /path/to/llama.cpp [--json]
+    python benchmarks/gguf_fit.py --localai PATH/local-ai --backends PATH/backends --gguf PATH/gemma-3-270m-q4_k_m.gguf
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.unit.gguf_samples: the sample headers
 
+from localai_process import localai_processes  # noqa: E402
 from tests.unit.gguf_samples import LLAMA_3_8B, MISTRAL_7B, sparse_gemma, write_header  # noqa: E402
 
-from localai_operator.api.llmmodel import KVCacheType  # noqa: E402
+from localai_operator.api.llmmodel import KVCacheType, LLMModel  # noqa: E402
 from localai_operator.gguf import fit  # noqa: E402
 from localai_operator.gguf.facts import gguf_status  # noqa: E402
 from localai_operator.gguf.header import read_header  # noqa: E402
+from localai_operator.render.model_config import backend_options, model_config_yaml, slots  # noqa: E402
+from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes  # noqa: E402
 
 PROBE = Path(__file__).with_name("llama_memory_probe.cpp")
 MIB = 1024 * 1024
@@ -120,6 +130,7 @@ class Row:
     case: Case
     llama_cpp: dict[str, float]
     estimate: dict[str, float]
+    through: str = "probe"  # what loaded the model: the probe, or local-ai with a CPU or a GPU pool's YAML
 
     def error(self, kind: str) -> float:
         return self.estimate[kind] / self.llama_cpp[kind] - 1
@@ -143,15 +154,75 @@ def estimate(path: Path, case: Case) -> dict[str, float]:
     return {"model": weights / MIB, "KV": gpu.kv_cache / MIB, "compute": gpu.compute / MIB}
 
 
+def rendered(case: Case, gguf: Path) -> LLMModel:
+    """The LLMModel of `case` serving `gguf`, as a user would declare it, with the option that makes the backend
+    log its buffer sizes."""
+    spec = {
+        "options": [VERBOSE_OPTION],
+        "source": {"url": f"https://models.invalid/{gguf.name}", "sha256": "0" * 64},
+        "contextSize": case.context,
+        "parallel": case.slots,
+        "batch": case.batch,
+        "kvCacheType": case.kv_type,
+        "flashAttention": case.flash,
+    }
+    return LLMModel.parse(
+        {"kind": "LLMModel", "metadata": {"name": case.model, "namespace": "bench"}, "spec": spec}
+    )
+
+
+def rendered_estimate(path: Path, model: LLMModel, gpu: bool) -> dict[str, float]:
+    """The operator's estimate for `model` as a pool of that kind renders it, every layer offloaded."""
+    with path.open("rb") as f:
+        header = read_header(f)
+    status = gguf_status(header)
+    settings = fit.settings_of(
+        model.spec,
+        gpu_layers=status.layers + 1,
+        slots=slots(model, gpu=gpu),
+        options=backend_options(model, gpu=gpu),
+    )
+    (usage,) = fit.gpu_memory(fit.Model(model.name, status, settings), gpus=1)
+    weights = sum(t.n_bytes for t in header.tensors)
+    return {"model": weights / MIB, "KV": usage.kv_cache / MIB, "compute": usage.compute / MIB}
+
+
+def localai_rows(binary: Path, backends: Path, gguf: Path, work: Path) -> list[Row]:
+    """The Gemma cases through `local-ai`, one process at a time, with a CPU and a GPU pool's model YAML each."""
+    rows = []
+    for number, case in enumerate(c for c in CASES if c.model == "gemma-3-270m"):
+        model = rendered(case, gguf)
+        for gpu in (False, True):
+            root = work / f"case-{number}-{'gpu' if gpu else 'cpu'}"
+            text = model_config_yaml(model, gpu=gpu)
+            with localai_processes(binary, backends, gguf, [root], model.name, text):
+                log = (root / "localai.log").read_text(errors="replace")
+            sizes = buffer_sizes(log)
+            through = f"local-ai, {'GPU' if gpu else 'CPU'} pool's YAML"
+            rows.append(Row(case, sizes, rendered_estimate(gguf, model, gpu), through))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--llama-cpp", type=Path, help="a llama.cpp tree built with static libraries")
+    parser.add_argument("--localai", type=Path, help="a local-ai binary: the Gemma cases through it instead")
     parser.add_argument(
-        "--llama-cpp", type=Path, required=True, help="a llama.cpp tree built with static libraries"
+        "--backends", type=Path, help="with --localai: the backends directory (llama-cpp/run.sh)"
     )
+    parser.add_argument("--gguf", type=Path, help="with --localai: the model file (Gemma 3 270M Q4_K_M)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args()
+    if args.localai is not None:
+        if args.backends is None or args.gguf is None:
+            parser.error("--localai needs --backends and --gguf")
+        with tempfile.TemporaryDirectory(prefix="gguf-fit-") as tmp:
+            report(localai_rows(args.localai, args.backends, args.gguf, Path(tmp)), args.json)
+        return
+    if args.llama_cpp is None:
+        parser.error("give --llama-cpp or --localai")
     with tempfile.TemporaryDirectory(prefix="gguf-fit-") as tmp:
         work = Path(tmp)
         probe = build_probe(args.llama_cpp.resolve(), work)
@@ -164,27 +235,36 @@ def main() -> None:
         for case in CASES:
             path, repack = models[case.model]
             rows.append(Row(case, llama_cpp_buffers(probe, path, case, repack), estimate(path, case)))
+    report(rows, args.json)
+
+
+def report(rows: list[Row], as_json: bool) -> None:
     print(
-        "| model | context | slots | batch | KV type | flash | llama.cpp model / KV / compute MiB "
-        "| estimate model / KV / compute MiB | compute error | total error |"
+        "| model | context | slots | batch | KV type | flash | through | llama.cpp model / KV / compute MiB "
+        "| estimate model / KV / compute MiB | KV error | compute error | total error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    worst_compute = worst_total = 0.0
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    worst_kv = worst_compute = worst_total = 0.0
     for row in rows:
         c, ll, es = row.case, row.llama_cpp, row.estimate
         total = (
             sum(es[k] for k in ("model", "KV", "compute")) / sum(ll[k] for k in ("model", "KV", "compute"))
             - 1
         )
+        worst_kv = max(worst_kv, abs(row.error("KV")))
         worst_compute = max(worst_compute, abs(row.error("compute")))
         worst_total = max(worst_total, abs(total))
         print(
-            f"| {c.model} | {c.context} | {c.slots} | {c.batch} | {c.kv_type} | {c.flash} "
+            f"| {c.model} | {c.context} | {c.slots} | {c.batch} | {c.kv_type} | {c.flash} | {row.through} "
             f"| {ll['model']:.1f} / {ll['KV']:.1f} / {ll['compute']:.1f} "
-            f"| {es['model']:.1f} / {es['KV']:.1f} / {es['compute']:.1f} | {row.error('compute'):+.1%} | {total:+.1%} |"
+            f"| {es['model']:.1f} / {es['KV']:.1f} / {es['compute']:.1f} | {row.error('KV'):+.1%} "
+            f"| {row.error('compute'):+.1%} | {total:+.1%} |"
         )
-    print(f"\nworst compute-buffer error {worst_compute:.1%}, worst total error {worst_total:.1%}")
-    if args.json:
+    print(
+        f"\nworst KV error {worst_kv:.1%}, worst compute-buffer error {worst_compute:.1%}, "
+        f"worst total error {worst_total:.1%}"
+    )
+    if as_json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
 
 

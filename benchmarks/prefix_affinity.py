@@ -3,13 +3,14 @@ conversations share long system prompts, through the router to two LocalAI repli
 
 Workload (issue 22's acceptance): 20 conversations over 4 distinct system prompts of ~1,500 tokens (6,000
 characters of prose), 3 user turns each (the model's answers kept in the history), 2 requests at a time (half the
-pool's 4 slots: an autoscaled pool's headroom) and then 4 (all of them), streamed with the openai SDK; time to first token = from the call to the first content chunk. Users think
-between turns: the conversations advance round by round, each round in a new random order, so a conversation's next
-turn does not arrive right behind its previous one (which would let least-outstanding land it on the same pod).
-Each policy gets its own 4 fresh system prompts, so neither finds the other's in a cache. The router runs in this
-process from the production app (`create_app`), `local.slots` 2 per pod, no fallback (a request waits for a slot
-rather than leaving), prefix affinity on or off. Its per-pod in-flight counts are sampled every 10 ms: the most a
-pod held, and how often a request waited at the router while some pod had a free slot (both must stay 0 / <= 2).
+pool's 4 slots: an autoscaled pool's headroom) and then 4 (all of them), streamed with the openai SDK; time to
+first token = from the call to the first content chunk. Users think between turns: the conversations advance round
+by round, each round in a new random order, so a conversation's next turn does not arrive right behind its previous
+one (which would let least-outstanding land it on the same pod). Each policy gets its own 4 (--prompts) fresh
+system prompts, so neither finds the other's in a cache. The router runs in this process from the production app
+(`create_app`), `local.slots` 2 per pod, no fallback (a request waits for a slot rather than leaving), prefix
+affinity on or off. Its per-pod in-flight counts are sampled every 10 ms: the most a pod held, and how often a
+request waited at the router while some pod had a free slot (both must stay 0 / <= 2).
 
 Pods, one of:
   (default)                 two LocalAI stand-ins with llama.cpp's slots and three prompt-cache tiers
@@ -17,8 +18,12 @@ Pods, one of:
                             thread: ~220; the default 2,200 runs ten times faster with the same ratios)
   --pods URL,URL            two running LocalAI servers (pods through `kubectl port-forward`, or processes)
   --localai BIN --backends DIR --gguf FILE
-                            starts two real `local-ai` processes on loopback, one thread and `parallel:2` each,
-                            the model preloaded (what shared/REAL-LOCALAI.md measured)
+                            starts two real `local-ai` processes on loopback, one thread each, the model preloaded
+                            with the model YAML the operator renders for a CPU pool (`parallel: 2`, LLMModel's
+                            default contextSize 4096 unless --context-size, swa_full:true), plus any --option;
+                            at debug level (the default) their logs say what llama.cpp did in each phase: how many
+                            requests read a system prompt, how many tokens the others evaluated, and (with
+                            --option verbosity:4) how many were restored from the RAM prompt cache
 
 Then the cost of affinity itself on the router's path (key + choice, µs per request, on vs off) for a small and a
 6 KB body.
@@ -36,23 +41,23 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import timeit
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openai
+from localai_process import localai_processes
 
+from localai_operator.api.llmmodel import LLMModel, LLMModelSpec
+from localai_operator.render.model_config import model_config_yaml
 from localai_operator.router import body as bodies
 from localai_operator.router.affinity import request_key
 from localai_operator.router.server import ROUTER, create_app, start
@@ -202,7 +207,12 @@ WORDS = [
     "take",
     "three",
 ]
-STARTUP_SECONDS = 300.0
+# llama.cpp's per-task line in a pod's log (LocalAI at debug level relays the backend's stderr), and what it says
+# about the cache: a task that evaluated this many prompt tokens or more read a system prompt, not only its turns.
+PROMPT_EVAL = re.compile(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens")
+RAM_RESTORE = "found better prompt"
+TRACE = "cache state:"
+FULL_READ_TOKENS = 1000
 
 
 def prose(characters: int, rng: random.Random) -> str:
@@ -226,17 +236,43 @@ class Phase:
     waited_with_free_slot: int = 0
     samples: int = 0
     seconds: float = 0.0
+    pods: PodWork | None = None
+
+
+@dataclass
+class PodWork:
+    """What the pods' llama.cpp logs say about one phase's prompts."""
+
+    tasks: int = 0
+    # Read a system prompt (>= FULL_READ_TOKENS): neither the slots nor the RAM cache had it.
+    full_reads: int = 0
+    # The others: the tokens each evaluated past the cached prefix.
+    warm_tokens: list[int] = field(default_factory=list)
+    # Slots loaded from the RAM prompt cache (a trace line: None without the option verbosity:4).
+    ram_restores: int | None = None
+
+    @classmethod
+    def of(cls, text: str) -> PodWork:
+        work = cls(ram_restores=text.count(RAM_RESTORE) if TRACE in text else None)
+        for _, tokens in PROMPT_EVAL.findall(text):
+            work.tasks += 1
+            if int(tokens) >= FULL_READ_TOKENS:
+                work.full_reads += 1
+            else:
+                work.warm_tokens.append(int(tokens))
+        return work
+
+    def summary(self) -> str:
+        warm = f"a median {statistics.median(self.warm_tokens):.0f} tokens" if self.warm_tokens else "nothing"
+        restores = "" if self.ram_restores is None else f"; {self.ram_restores} restores from the RAM cache"
+        return (
+            f"{self.full_reads} of {self.tasks} read a system prompt; the others evaluated {warm}{restores}"
+        )
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- pods
@@ -258,81 +294,39 @@ async def standin_pods(rate: float) -> AsyncIterator[list[str]]:
             await pod.stop()
 
 
-def model_yaml(gguf: Path, options: list[str]) -> str:
-    return (
-        f"name: {MODEL}\nbackend: llama-cpp\nparameters:\n  model: {gguf.name}\n  temperature: 0\n"
-        "context_size: 8192\nthreads: 1\ngpu_layers: 0\nmmap: true\noptions:\n- parallel:2\n"
-        + "".join(f"- {option}\n" for option in options)
+def model_yaml(gguf: Path, options: list[str], context_size: int | None) -> str:
+    """The model YAML the operator renders for a CPU pool serving `gguf` with 2 slots (render/model_config.py: its
+    defaults, contextSize included, unless `context_size`), greedy, then `options` (the backend reads them in order,
+    so a later one wins)."""
+    spec: dict[str, Any] = {
+        "source": {"url": f"https://models.invalid/{gguf.name}", "sha256": "0" * 64},
+        "parallel": SLOTS,
+        "parameters": {"temperature": 0},
+        "options": options,
+    }
+    if context_size is not None:
+        spec["contextSize"] = context_size
+    model = LLMModel.parse(
+        {"kind": "LLMModel", "metadata": {"name": MODEL, "namespace": "bench"}, "spec": spec}
     )
+    return model_config_yaml(model, gpu=False)
 
 
 @contextlib.contextmanager
 def localai_pods(
-    binary: Path, backends: Path, gguf: Path, workdir: Path, options: list[str], log_level: str = "info"
+    binary: Path,
+    backends: Path,
+    gguf: Path,
+    workdir: Path,
+    options: list[str],
+    context_size: int | None,
+    log_level: str = "debug",
 ) -> Iterator[list[str]]:
     """Two `local-ai` processes, as the operator configures a pool's (galleries off, the model preloaded)."""
-    processes: list[subprocess.Popen[bytes]] = []
-    urls = []
-    try:
-        for index in range(2):
-            root = workdir / f"localai-{index}"
-            models = root / "models"
-            models.mkdir(parents=True)
-            (models / gguf.name).symlink_to(gguf.resolve())
-            (models / f"{MODEL}.yaml").write_text(model_yaml(gguf, options))
-            port = free_port()
-            env = {
-                **os.environ,
-                "LOCALAI_ADDRESS": f"127.0.0.1:{port}",
-                "LOCALAI_MODELS_PATH": str(models),
-                "LOCALAI_BACKENDS_PATH": str(backends.resolve()),
-                "LOCALAI_DATA_PATH": str(root / "data"),
-                "LOCALAI_CONFIG_DIR": str(root / "config"),
-                "LOCALAI_THREADS": "1",
-                "LOCALAI_LOG_LEVEL": log_level,
-                "LOCALAI_GALLERIES": "[]",
-                "LOCALAI_BACKEND_GALLERIES": "[]",
-                "LOCALAI_AUTOLOAD_GALLERIES": "false",
-                "LOCALAI_AUTOLOAD_BACKEND_GALLERIES": "false",
-                "LOCALAI_DISABLE_WEBUI": "true",
-                "LOCALAI_LOAD_TO_MEMORY": MODEL,
-            }
-            log = (root / "localai.log").open("wb")
-            processes.append(
-                subprocess.Popen(
-                    [str(binary), "run"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}/v1")
-        deadline = time.monotonic() + STARTUP_SECONDS
-        for url, process in zip(urls, processes, strict=True):
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"local-ai for {url} exited; see {workdir}/localai-*/localai.log")
-                with (
-                    contextlib.suppress(OSError),
-                    urllib.request.urlopen(url.removesuffix("/v1") + "/readyz", timeout=2) as answer,
-                ):
-                    if answer.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"local-ai for {url} not ready after {STARTUP_SECONDS:.0f} s")
-                time.sleep(0.5)
+    roots = [workdir / f"localai-{index}" for index in range(2)]
+    yaml_text = model_yaml(gguf, options, context_size)
+    with localai_processes(binary, backends, gguf, roots, MODEL, yaml_text, log_level=log_level) as urls:
         yield urls
-    finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- the workload
@@ -386,7 +380,7 @@ async def run_phase(
 ) -> Phase:
     phase = Phase("prefix affinity" if affinity else "least-outstanding", concurrency)
     rng = random.Random(seed)
-    systems = [f"You are assistant {seed}-{i}. " + prose(SYSTEM_CHARS, rng) for i in range(4)]
+    systems = [f"You are assistant {seed}-{i}. " + prose(SYSTEM_CHARS, rng) for i in range(args.prompts)]
     histories = [
         [{"role": "system", "content": systems[c % len(systems)]}] for c in range(args.conversations)
     ]
@@ -519,6 +513,9 @@ def report(phases: list[Phase], pods: str) -> None:
                 f"- {concurrency} at a time: p50 TTFT with prefix affinity {pct(on.ttft, 0.5):.3f} s = {ratio:.3f}x "
                 f"least-outstanding's {pct(off.ttft, 0.5):.3f} s (target <= 0.5x: {verdict})"
             )
+    for p in phases:
+        if p.pods is not None:
+            print(f"- {p.concurrency} at a time, {p.name}, the pods' logs: {p.pods.summary()}")
     tokens = [t for p in phases for t in p.prompt_tokens]
     if tokens:
         print(
@@ -526,13 +523,23 @@ def report(phases: list[Phase], pods: str) -> None:
         )
 
 
-async def main_async(args: argparse.Namespace, urls: list[str]) -> list[Phase]:
+async def main_async(args: argparse.Namespace, urls: list[str], logs: tuple[Path, ...] = ()) -> list[Phase]:
+    """The phases in turn; with the pods' `logs`, what llama.cpp did in each (the lines each phase added)."""
     phases = []
     for concurrency in args.concurrency:
         for name in args.order:
             print(f"  {name}, {concurrency} at a time ...", flush=True)
             seed = 1000 * (len(phases) + 1) + args.seed
-            phases.append(await run_phase(args, urls, name == "affinity", concurrency, seed))
+            offsets = [log.stat().st_size for log in logs]
+            phase = await run_phase(args, urls, name == "affinity", concurrency, seed)
+            if logs:
+                text = ""
+                for log, offset in zip(logs, offsets, strict=True):
+                    with log.open("rb") as f:
+                        f.seek(offset)
+                        text += f.read().decode(errors="replace")
+                phase.pods = PodWork.of(text)
+            phases.append(phase)
     return phases
 
 
@@ -542,6 +549,12 @@ def main() -> int:
     )
     parser.add_argument("--conversations", type=int, default=20)
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=4,
+        help="distinct system prompts the conversations share (4: the acceptance's)",
+    )
     parser.add_argument(
         "--concurrency",
         default="2,4",
@@ -564,7 +577,14 @@ def main() -> int:
         help="with --localai: a llama-cpp backend option for the model (e.g. kv_unified:false), repeatable",
     )
     parser.add_argument(
-        "--log-level", default="info", help="with --localai: LOCALAI_LOG_LEVEL (debug: llama.cpp's)"
+        "--context-size",
+        type=int,
+        help="with --localai: the model's contextSize (default: LLMModel's); the RAM prompt cache holds as many tokens",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="debug",
+        help="with --localai: LOCALAI_LOG_LEVEL (debug relays llama.cpp's lines, which the report counts)",
     )
     parser.add_argument("--keep-logs", type=Path, help="with --localai: copy each process's log here")
     args = parser.parse_args()
@@ -587,15 +607,25 @@ def main() -> int:
                 parser.error("--localai needs --backends and --gguf")
             try:
                 with localai_pods(
-                    args.localai, args.backends, args.gguf, workdir, args.option, args.log_level
+                    args.localai,
+                    args.backends,
+                    args.gguf,
+                    workdir,
+                    args.option,
+                    args.context_size,
+                    args.log_level,
                 ) as urls:
-                    phases = asyncio.run(main_async(args, urls))
+                    logs = tuple(workdir / f"localai-{i}" / "localai.log" for i in range(len(urls)))
+                    phases = asyncio.run(main_async(args, urls, logs))
             finally:
                 if args.keep_logs is not None:
                     args.keep_logs.mkdir(parents=True, exist_ok=True)
                     for log in workdir.glob("localai-*/localai.log"):
                         shutil.copy(log, args.keep_logs / f"{log.parent.name}.log")
-            label = f"two real local-ai v4.9.0 processes (1 thread, {', '.join(['parallel:2', *args.option])} each)"
+            default = LLMModelSpec.model_fields["context_size"].default
+            context = f"contextSize {args.context_size or default}"
+            options = ", ".join(["rendered options", *args.option])
+            label = f"two real local-ai v4.9.0 processes (1 thread, {context}, {options})"
         else:
 
             async def standins() -> list[Phase]:

@@ -48,10 +48,12 @@ def sample(kind: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Rendered:
-    """What the operator renders for one pool: the ConfigMap's data and the `localai` container."""
+    """What the operator renders for one pool: the ConfigMap's data and the `localai` container (and the model it
+    was rendered from)."""
 
     config: dict[str, str]
     container: dict[str, Any]
+    model: LLMModel
 
     def env(self, **overrides: str) -> dict[str, str]:
         """The container's environment, the API key Secret's value filled in, then `overrides`."""
@@ -84,7 +86,7 @@ def render(
     config_map = next(o for o in objects if o["kind"] == "ConfigMap")
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    return Rendered(dict(config_map["data"]), container)
+    return Rendered(dict(config_map["data"]), container, model)
 
 
 def fetch_models(

@@ -31,7 +31,12 @@ import yaml
 from localai_operator.api import FallbackRoute
 from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
+from localai_operator.gguf import fit
+from localai_operator.gguf.facts import gguf_status
+from localai_operator.gguf.header import read_header
 from localai_operator.render import RenderSettings, route_objects
+from localai_operator.render.model_config import backend_options, slots
+from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
     Behaviour,
@@ -60,6 +65,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour.
 PROMPT = {"model": MODEL, "prompt": "Kubernetes is"}
 # What the stand-in generates when max_tokens does not cut it; requests ask for fewer, as they do of the binary.
 STANDIN_TOKENS = 8
+MIB = 1024 * 1024
 CUT = 4
 # Values for every model-YAML key the renderer writes, unlike LocalAI's defaults, so the binary's log shows each
 # was taken (docs/localai-facts.md §7).
@@ -382,6 +388,37 @@ def test_every_rendered_model_yaml_key_reaches_the_backend(
     assert float(predicted["repeat_penalty"]) == pytest.approx(parameters["repeat_penalty"])
     assert int(predicted["n_predict"]) == parameters["max_tokens"]
     assert int(predicted["seed"]) == parameters["seed"]
+
+
+def test_the_gpu_memory_estimate_is_within_10_percent_of_the_buffers_localais_backend_allocates(
+    localai_image: images.Image, fetched: Path, tmp_path: Path
+) -> None:
+    # The sample pool's model as rendered for its CPU pool (swa_full:true included), and the option that makes the
+    # backend print llama.cpp's buffer sizes (logging only). On the CPU every layer's buffers are where a GPU would
+    # hold them with every layer offloaded: the estimate gpufit makes for such a pool.
+    rendered = render(model_spec={"options": [VERBOSE_OPTION]})
+    models = copy_models(fetched, tmp_path / "models", rendered.config)
+    with running(
+        localai_image, models, rendered.env(LOCALAI_LOG_LEVEL="debug"), tmp_path / "localai.log"
+    ) as served:
+        logged = buffer_sizes(served.log_text())
+    model = rendered.model
+    with (models / model.spec.source.file_name()).open("rb") as f:
+        header = read_header(f)
+    status = gguf_status(header)
+    settings = fit.settings_of(
+        model.spec,
+        gpu_layers=status.layers + 1,
+        slots=slots(model, gpu=False),
+        options=backend_options(model, gpu=False),
+    )
+    (usage,) = fit.gpu_memory(fit.Model(model.name, status, settings), gpus=1)
+    weights = sum(t.n_bytes for t in header.tensors) / MIB  # on the CPU each tensor once (CPU_Mapped)
+    assert logged["model"] == pytest.approx(weights, rel=0.01)
+    assert logged["KV"] == pytest.approx(usage.kv_cache / MIB, rel=0.10)
+    assert logged["compute"] == pytest.approx(usage.compute / MIB, rel=0.10)
+    total = weights + (usage.kv_cache + usage.compute) / MIB
+    assert logged["model"] + logged["KV"] + logged["compute"] == pytest.approx(total, rel=0.10)
 
 
 def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: LocalAI) -> None:

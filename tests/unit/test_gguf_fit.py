@@ -260,6 +260,35 @@ def test_gemma_kv_cache_and_compute_buffer_match_what_llama_cpp_logged(gemma: GG
         assert usage.compute == pytest.approx(compute * MiB, rel=0.10)
 
 
+def test_with_swa_full_the_sliding_window_layers_hold_the_whole_context_as_local_ai_logged(
+    gemma: GGUFStatus,
+) -> None:
+    # The real local-ai v4.9.0 with a CPU pool's rendered YAML (options parallel:N, swa_full:true), this file,
+    # batch 512, flash attention auto (benchmarks/gguf_fit.py --localai):
+    #   context 4096, 1 slot:  KV 72.00 MiB (4096 cells x 18 layers), compute 25.77 MiB
+    #   context 8192, 4 slots: KV 144.00 MiB (8192 x 18), compute 33.77 MiB
+    for context, slots, kv, compute in ((4096, 1, 72.0, 25.77), (8192, 4, 144.0, 33.77)):
+        (usage,) = fit.gpu_memory(model(gemma, context_size=context, slots=slots, swa_full=True), gpus=1)
+
+        assert usage.kv_cache == kv * MiB
+        assert usage.compute == pytest.approx(compute * MiB, rel=0.10)
+
+
+@pytest.mark.parametrize(
+    ("options", "full"),
+    [
+        ([], False),
+        (["swa_full:true"], True),
+        (["swa_full:on", "context_shift"], True),
+        (["swa_full:true", "swa_full:0"], False),  # the backend reads them in order: the last wins
+        (["swa_full:maybe"], False),  # a value it does not parse leaves its default
+        (["swa_fullness:true"], False),
+    ],
+)
+def test_swa_full_is_read_from_the_options_as_the_backend_reads_them(options: list[str], full: bool) -> None:
+    assert fit.swa_full_of(options) is full
+
+
 def test_without_flash_attention_the_scores_matrix_dominates(llama: GGUFStatus) -> None:
     (usage,) = fit.gpu_memory(model(llama, flash_attention=False), gpus=1)
 
@@ -293,3 +322,6 @@ def test_settings_come_from_the_spec_as_the_pool_renders_it() -> None:
     )
     off = spec.model_copy(update={"flash_attention": "off", "kv_cache_type": "f16", "tensor_split": None})
     assert not fit.settings_of(off, gpu_layers=0, slots=1).flash_attention
+    assert fit.settings_of(spec, gpu_layers=0, slots=1, options=["parallel:1", "swa_full:true"]).swa_full
+    with_option = spec.model_copy(update={"options": ["swa_full:true"]})
+    assert fit.settings_of(with_option, gpu_layers=0, slots=1).swa_full

@@ -294,14 +294,24 @@ def test_a_models_slots_are_rendered_as_localai_options_ahead_of_the_passthrough
 
 
 def test_slots_default_to_four_on_gpu_pools_and_two_on_cpu_pools() -> None:
-    assert model_yaml(render(pool(gpus=1)))["options"] == ["parallel:4"]
-    assert model_yaml(render(pool(gpus=0)))["options"] == ["parallel:2"]
+    assert model_yaml(render(pool(gpus=1)))["options"][0] == "parallel:4"
+    assert model_yaml(render(pool(gpus=0)))["options"][0] == "parallel:2"
     assert (slots(model(), gpu=True), slots(model(), gpu=False)) == (4, 2)
+
+
+def test_a_cpu_pool_gives_sliding_window_layers_a_full_size_cache_and_a_gpu_pool_keeps_the_window() -> None:
+    assert model_yaml(render(pool(gpus=0)))["options"] == ["parallel:2", "swa_full:true"]
+    assert model_yaml(render(pool(gpus=1)))["options"] == ["parallel:4"]
+
+
+def test_a_models_own_swa_full_option_replaces_the_cpu_pools_default() -> None:
+    config = model_yaml(render(pool(gpus=0), model(options=["swa_full:false", "context_shift"])))
+    assert config["options"] == ["parallel:2", "swa_full:false", "context_shift"]
 
 
 def test_parallel_requests_false_serializes_every_model_of_the_pool() -> None:
     config = model_yaml(render(pool(parallelRequests=False), model(parallel=8)))
-    assert config["options"] == ["parallel:1"]
+    assert config["options"][0] == "parallel:1"
 
 
 def test_the_removed_parallel_requests_and_f16_switches_are_not_rendered() -> None:

@@ -286,7 +286,9 @@ class LLMModelSpec(Spec):
             "x-kubernetes-validations": [{"rule": NO_PARALLEL_OPTION, "message": NO_PARALLEL_MESSAGE}]
         },
         description="LocalAI backend options passed through as name:value (e.g. context_shift, cache_ram:4096, "
-        "use_jinja); the llama-cpp backend ignores names it does not know.",
+        "use_jinja); the llama-cpp backend ignores names it does not know. On a CPU pool the operator adds "
+        "swa_full:true (a sliding-window model reuses a shared prompt's cache exactly) unless one of these names "
+        "swa_full.",
     )
     parameters: SamplingParameters = Field(
         default_factory=SamplingParameters, description="Sampling defaults."

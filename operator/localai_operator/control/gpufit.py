@@ -18,7 +18,7 @@ from localai_operator.api.llmmodel import GGUFStatus
 from localai_operator.constants import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL
 from localai_operator.control.status import Check
 from localai_operator.gguf import fit
-from localai_operator.render.model_config import ALL_LAYERS, slots
+from localai_operator.render.model_config import ALL_LAYERS, backend_options, slots
 
 MiB: Final = 1024 * 1024
 GPU_MEMORY = "GPUMemory"
@@ -163,7 +163,10 @@ def _model(
     header = headers[model.name]
     assert header is not None and header.gguf is not None, "only models with a header are fitted"
     count = slots(model, gpu=True, parallel_requests=pool.spec.parallel_requests)
-    return fit.Model(model.name, header.gguf, fit.settings_of(model.spec, gpu_layers=layers, slots=count))
+    options = backend_options(model, gpu=True)
+    return fit.Model(
+        model.name, header.gguf, fit.settings_of(model.spec, gpu_layers=layers, slots=count, options=options)
+    )
 
 
 def _quoted(names: Sequence[str]) -> str:

@@ -9,7 +9,8 @@ src/llama-context.cpp sched_reserve):
 - Layers are split over the GPUs in contiguous runs, evenly (or by tensorSplit), the output layer on the last one.
 - The KV cache of a layer lives where the layer does. LocalAI turns on the unified KV cache: one cache of
   contextSize cells (padded to 256) that the parallel slots share. A sliding-window layer keeps
-  min(contextSize, window x slots + batch) cells instead (llama_kv_cache_iswa, swa_full off).
+  min(contextSize, window x slots + batch) cells instead (llama_kv_cache_iswa), or contextSize with the backend
+  option swa_full:true (which the operator renders on CPU pools only: render/model_config.py).
 - Compute buffers: see `compute_bytes`; with layers left on the CPU, the first GPU also holds a copy of one layer's
   weights, which llama.cpp sends it to run the prompt's products there (op offload). That term is not measured
   here (no GPU on this machine): it errs on the side of not fitting.
@@ -37,6 +38,9 @@ KV_CACHE_TYPES: Final[tuple[KVCacheType, ...]] = get_args(KVCacheType)  # the mo
 FLOAT32: Final = 4
 # ggml-cuda runs an operation whose weights stay in RAM on the GPU from this batch size on (GGML_OP_OFFLOAD_MIN_BATCH).
 OP_OFFLOAD_MIN_BATCH: Final = 32
+# How grpc-server.cpp reads a boolean option's value.
+_TRUE: Final = frozenset({"true", "1", "yes", "on", "enabled"})
+_FALSE: Final = frozenset({"false", "0", "no", "off", "disabled"})
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,17 @@ class Settings:
     batch: int = 512  # n_batch and n_ubatch: LocalAI sets both from batch
     flash_attention: bool = True  # "auto" resolves to on wherever the GPU supports it
     tensor_split: tuple[float, ...] = ()
+    swa_full: bool = False  # sliding-window layers keep every cell (backend option swa_full)
 
 
-def settings_of(spec: LLMModelSpec, *, gpu_layers: int, slots: int) -> Settings:
-    """The fit's settings for a model as a pool renders it: `gpu_layers` and `slots` as render.model_config
-    resolves them (gpuLayers "all" or unset on a GPU pool: a number past the layer count; parallel per pool)."""
+def settings_of(
+    spec: LLMModelSpec, *, gpu_layers: int, slots: int, options: Sequence[str] | None = None
+) -> Settings:
+    """The fit's settings for a model as a pool renders it: `gpu_layers`, `slots` and the backend `options` as
+    render.model_config resolves them (gpuLayers "all" or unset on a GPU pool: a number past the layer count;
+    parallel per pool; options: the model's own when not given)."""
+    if options is None:
+        options = spec.options
     return Settings(
         context_size=spec.context_size,
         gpu_layers=gpu_layers,
@@ -66,7 +76,23 @@ def settings_of(spec: LLMModelSpec, *, gpu_layers: int, slots: int) -> Settings:
         tensor_split=tuple(float(p) for p in re.split(r"[,/]", spec.tensor_split))
         if spec.tensor_split
         else (),
+        swa_full=swa_full_of(options),
     )
+
+
+def swa_full_of(options: Sequence[str]) -> bool:
+    """Whether LocalAI's llama-cpp backend runs with swa_full given these model options: it reads them in order, so
+    the last that names it wins; values as grpc-server.cpp parses them, anything else leaves the default (off)."""
+    value = False
+    for option in options:
+        name, _, raw = option.partition(":")
+        if name.strip() == "swa_full":
+            text = raw.strip()
+            if text in _TRUE:
+                value = True
+            elif text in _FALSE:
+                value = False
+    return value
 
 
 @dataclass(frozen=True)
@@ -251,6 +277,8 @@ def _cells(s: Settings) -> int:
 
 
 def _swa_cells(g: GGUFStatus, s: Settings) -> int:
+    if s.swa_full:
+        return _cells(s)
     window = g.sliding_window or 0
     ubatch = min(_cells(s), s.batch)
     wanted = min(_cells(s), window * s.slots + ubatch)

@@ -16,6 +16,17 @@ ALL_LAYERS = 999
 # which serves them in turn (6 rounds of 6), and cost a lone request nothing.
 DEFAULT_GPU_SLOTS = 4
 DEFAULT_CPU_SLOTS = 2
+# Backend options a CPU pool gets unless the model's own options name them. swa_full: a sliding-window layer keeps
+# every position instead of the window, so llama.cpp can cut a slot back to exactly where a new prompt leaves the
+# cached one. Without it LocalAI's gRPC backend (no message spans, so no checkpoint at a user message) re-reads
+# hundreds of tokens of a shared system prompt on every new conversation, and on a CPU that is seconds
+# (benchmarks/README.md, prefix affinity). A GPU reads them in milliseconds and its memory is the scarce thing, so a
+# GPU pool keeps the window. Models without sliding-window layers ignore it.
+CPU_OPTIONS: tuple[str, ...] = ("swa_full:true",)
+
+
+def option_name(option: str) -> str:
+    return option.split(":", 1)[0]
 
 
 def slots(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> int:
@@ -63,7 +74,10 @@ def model_config(model: LLMModel, *, gpu: bool, parallel_requests: bool | None =
         "flash_attention": flash,
         # The backend reads slots only from this list (or env LLAMACPP_PARALLEL) and defaults to 1
         # (backend/cpp/llama-cpp/grpc-server.cpp, params.n_parallel).
-        "options": [f"parallel:{slots(model, gpu=gpu, parallel_requests=parallel_requests)}", *spec.options],
+        "options": [
+            f"parallel:{slots(model, gpu=gpu, parallel_requests=parallel_requests)}",
+            *backend_options(model, gpu=gpu),
+        ],
     }
     if spec.embeddings:
         config["embeddings"] = True
@@ -94,6 +108,14 @@ def model_config(model: LLMModel, *, gpu: bool, parallel_requests: bool | None =
     if spec.description:
         config["description"] = spec.description
     return config
+
+
+def backend_options(model: LLMModel, *, gpu: bool) -> list[str]:
+    """The model's backend options as rendered after parallel: the operator's defaults for the pool's kind, less
+    those the model names itself, then the model's own."""
+    named = {option_name(option) for option in model.spec.options}
+    defaults = () if gpu else CPU_OPTIONS
+    return [*(option for option in defaults if option_name(option) not in named), *model.spec.options]
 
 
 # libyaml's emitter writes the same YAML as PyYAML's pure-Python one, about six times faster: rendering is most
