@@ -8,7 +8,9 @@ message 4 tokens of framing on top of its text (OpenAI's chat format: role and s
 priming, each image part 85 tokens (OpenAI's base cost of an image). A prompt given as token ids counts exactly.
 
 `prompt_tokens(body)` reads what a request asks (`messages`, `prompt` or `input`); `text_tokens(text)` reads
-relayed answer text. Both are what docs/router.md documents as "the estimator".
+relayed answer text, and `TextCount` counts a stream's text the same way as its events pass (characters only, no
+text kept). They are what docs/router.md documents as "the estimator": used for cloud answers without usage and
+for local answers whose usage is missing or all zero (LocalAI's completions).
 """
 
 from __future__ import annotations
@@ -40,6 +42,28 @@ def text_tokens(text: str | bytes) -> int:
         return math.ceil(len(text) / CHARS_PER_TOKEN)
     ascii_chars = sum(1 for char in text if char < "\x80")
     return math.ceil(ascii_chars / CHARS_PER_TOKEN) + (len(text) - ascii_chars)
+
+
+class TextCount:
+    """A stream's text, counted as it passes: `tokens` equals `text_tokens` of all the text added."""
+
+    __slots__ = ("ascii", "other")
+
+    def __init__(self) -> None:
+        self.ascii = 0
+        self.other = 0
+
+    def add(self, text: str) -> None:
+        if text.isascii():
+            self.ascii += len(text)
+            return
+        ascii_chars = sum(1 for char in text if char < "\x80")
+        self.ascii += ascii_chars
+        self.other += len(text) - ascii_chars
+
+    @property
+    def tokens(self) -> int:
+        return math.ceil(self.ascii / CHARS_PER_TOKEN) + self.other
 
 
 def _content_tokens(content: Any) -> int:
