@@ -32,6 +32,7 @@ from localai_operator.api import FallbackRoute
 from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
 from localai_operator.render import RenderSettings, route_objects
+from localai_operator.router import tokens
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
     Behaviour,
@@ -398,9 +399,12 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 
 
 @contextlib.contextmanager
-def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[str]:
+def router_in_front(
+    localai: LocalAI, work: Path, budget_ms: int, prices: dict[str, float] | None = None
+) -> Iterator[str]:
     """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in, with a first-token budget of `budget_ms`; yields its base URL."""
+    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback);
+    yields its base URL."""
     work.mkdir(parents=True, exist_ok=True)
     cloud_port, router_port = free_port(), free_port()
     route = FallbackRoute.parse(
@@ -413,6 +417,7 @@ def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[st
     config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
     config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
     config["policy"]["firstTokenTimeoutMs"] = budget_ms
+    config["fallback"].update(prices or {})
     config["server"]["stateDirectory"] = str(work / "state")
     path = work / "router.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -561,3 +566,91 @@ def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_with
     echoed_by_the_standin_and_never_the_routers_answer(
         localai, standin, routed, "/v1/completions", body, events
     )
+
+
+def _router_figures(base: str) -> dict[str, float]:
+    """The router's token and cost counters, by series (labels as exported)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = (
+        "localai_router_tokens_total",
+        "localai_router_estimated_tokens_total",
+        "localai_router_avoided_cost_total",
+        "localai_router_time_per_output_token_seconds_count",
+    )
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(wanted):
+            figures[name] = float(value)
+    return figures
+
+
+def _delta(before: dict[str, float], after: dict[str, float], series: str) -> float:
+    return after.get(series, 0.0) - before.get(series, 0.0)
+
+
+LOCAL_COMPLETION = 'localai_router_tokens_total{upstream="local",kind="completion"}'
+LOCAL_PROMPT = 'localai_router_tokens_total{upstream="local",kind="prompt"}'
+ESTIMATED_COMPLETION = 'localai_router_estimated_tokens_total{upstream="local",kind="completion"}'
+AVOIDED = "localai_router_avoided_cost_total"
+# The estimator's documented tolerance on English text against the model's own tokenizer (docs/router.md).
+ESTIMATE_RANGE = (0.5, 1.5)
+
+
+def test_the_routers_token_figures_count_the_text_localai_returned_when_it_reports_no_usage(
+    localai: LocalAI, tmp_path: Path
+) -> None:
+    prices = {"inputPricePerMillionTokens": 1.0, "outputPricePerMillionTokens": 4.0}
+    words = 48
+    with router_in_front(localai, tmp_path, 5000, prices) as base:
+        client = like(localai, base)
+        # A completion, whole and streamed: LocalAI reports zeros (or nothing), so the router counts the text.
+        for stream in (False, True):
+            before = _router_figures(base)
+            body = {**PROMPT, "max_tokens": words}
+            if stream:
+                _, events = client.events("/v1/completions", {**body, "stream": True})
+                assert all("usage" not in e for e in events if isinstance(e, dict)), (
+                    "usage the client did not ask for"
+                )
+                text = "".join(
+                    e["choices"][0].get("text") or "" for e in events if isinstance(e, dict) and e["choices"]
+                )
+            else:
+                status, _, answer = client.post("/v1/completions", body)
+                assert status == 200
+                text = answer["choices"][0]["text"]
+            after = _router_figures(base)
+            counted = tokens.text_tokens(text)
+            assert text and counted > 1, text
+            assert _delta(before, after, LOCAL_COMPLETION) == counted, (stream, text)
+            assert _delta(before, after, ESTIMATED_COMPLETION) == counted
+            prompt = tokens.text_tokens(PROMPT["prompt"])
+            assert _delta(before, after, LOCAL_PROMPT) == prompt
+            assert _delta(before, after, AVOIDED) == pytest.approx((prompt + counted * 4.0) / 1e6)
+            assert (
+                _delta(before, after, 'localai_router_time_per_output_token_seconds_count{upstream="local"}')
+                == 1
+            )
+
+        # A chat stream that did not ask for usage: the router asked for it, so LocalAI's own count is used, and
+        # the estimator on the same text stays within its documented tolerance of it.
+        before = _router_figures(base)
+        body = {**CHAT, "messages": [{"role": "user", "content": "Describe the sea in a long paragraph."}]}
+        _, events = client.events("/v1/chat/completions", {**body, "stream": True, "max_tokens": words})
+        assert all("usage" not in e for e in events if isinstance(e, dict)), (
+            "usage the client did not ask for"
+        )
+        text = "".join(
+            (e["choices"][0]["delta"].get("content") or "")
+            for e in events
+            if isinstance(e, dict) and e["choices"]
+        )
+        after = _router_figures(base)
+        reported = _delta(before, after, LOCAL_COMPLETION)
+        assert _delta(before, after, ESTIMATED_COMPLETION) == 0
+        assert 1 < reported <= words
+        ratio = tokens.text_tokens(text) / reported
+        print(f"estimator / Gemma 3 tokens on {reported:.0f} tokens of English: {ratio:.2f}")
+        assert ESTIMATE_RANGE[0] <= ratio <= ESTIMATE_RANGE[1], (ratio, text)
