@@ -1066,7 +1066,8 @@ class Relay:
         pending = [*held.events, *held.rest] if held is not None else []
         # The stream's text, counted for the estimator when the upstream reports no usage (or zeros), and kept
         # when the trace captures content.
-        counted = tokens.TextCount() if a.api.token_usage else None
+        text_keys = tokens.TEXT_KEYS.get(fmt)
+        counted = tokens.TextCount() if a.api.token_usage and text_keys else None
         text: list[str] | None = [] if a.trace is not None and a.trace.capture else None
         hide_usage = a.usage_hidden
         gone = False
@@ -1094,12 +1095,10 @@ class Relay:
                             break
                     tail.see(event)
                     recent.append(event)
-                    if counted is not None or text is not None:
-                        said = tokens.answer_text(sse.classify(sse.event_data(event), fmt)[1])
-                        if counted is not None:
-                            counted.add(said)
-                        if text is not None:
-                            text.append(said)
+                    if counted is not None:
+                        counted.add_event(event, text_keys or ())
+                    if text is not None:
+                        text.append(tokens.answer_text(sse.classify(sse.event_data(event), fmt)[1]))
                     if hide_usage and sse.usage_only(event):
                         continue  # asked for by the router, not by the client
                     out.append(event)

@@ -16,10 +16,12 @@ for local answers whose usage is missing or all zero (LocalAI's completions).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Final
 
 from localai_operator.router import codec
 from localai_operator.router.body import JsonBody
+from localai_operator.router.paths import StreamFormat
 
 CHARS_PER_TOKEN: Final = 4
 MESSAGE_TOKENS: Final = 4
@@ -28,6 +30,18 @@ IMAGE_TOKENS: Final = 85
 # Members of a request body that hold the prompt, by API: chat (messages), completions (prompt), embeddings and
 # the Responses API (input), and the Responses API's system text (instructions).
 PROMPT_MEMBERS: Final = ("messages", "prompt", "input", "instructions")
+# The string members of a stream event that hold answer text (those `answer_text` reads), by stream format: found in
+# the event's bytes, so the text is counted without decoding the event. A Responses API stream's text is its
+# `delta`s only (its done events repeat the whole text as `text`).
+_CHAT_KEYS: Final = (b'"content"', b'"reasoning_content"', b'"refusal"', b'"arguments"')
+TEXT_KEYS: Final = {
+    StreamFormat.CHAT: _CHAT_KEYS,
+    StreamFormat.COMPLETION: (b'"text"',),
+    StreamFormat.RESPONSES: (b'"delta"',),
+}
+_QUOTE: Final = ord('"')
+_BETWEEN: Final = b" \t\r\n:"
+_STRING_END: Final = re.compile(rb'(?:[^"\\]|\\.)*"')
 
 
 def text_tokens(text: str | bytes) -> int:
@@ -60,6 +74,38 @@ class TextCount:
         ascii_chars = sum(1 for char in text if char < "\x80")
         self.ascii += ascii_chars
         self.other += len(text) - ascii_chars
+
+    def add_event(self, event: bytes, keys: tuple[bytes, ...]) -> None:
+        """The text of a stream event (its SSE bytes; `keys`: TEXT_KEYS of its format), read from the bytes: each
+        text member once (an event has one of each), a plain ASCII string by its length, one with escapes or
+        non-ASCII characters decoded on its own."""
+        for key in keys:
+            at = event.find(key)
+            while at >= 0:
+                start = at + len(key)
+                while start < len(event) and event[start] in _BETWEEN:  # `: ` between a key and its value
+                    start += 1
+                if start < len(event) and event[start] == _QUOTE and b":" in event[at + len(key) : start]:
+                    self._add_string(event, start + 1)
+                    break
+                at = event.find(key, start)
+
+    def _add_string(self, event: bytes, start: int) -> None:
+        """The JSON string that starts at `start` (after its opening quote)."""
+        end = event.find(b'"', start)
+        if end < 0:
+            return
+        value = event[start:end]
+        if b"\\" not in value and value.isascii():
+            self.ascii += len(value)
+            return
+        found = _STRING_END.match(event, start)
+        if found is None:
+            return
+        try:
+            self.add(codec.loads(b'"' + event[start : found.end()]))
+        except ValueError:
+            return
 
     @property
     def tokens(self) -> int:

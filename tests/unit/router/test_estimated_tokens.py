@@ -4,6 +4,7 @@ estimator (router/tokens.py); tokens, avoided cost and time per output token the
 
 from __future__ import annotations
 
+import json
 import re
 
 import aiohttp
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from localai_operator.router import tokens
+from localai_operator.router.paths import StreamFormat
 from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import LOCAL_MODEL, RunningRouter, StartRouter, route_config, scrape
 
@@ -113,3 +115,27 @@ async def test_a_client_that_asks_for_usage_still_gets_it(
     )
     received = [chunk async for chunk in chunks]
     assert received[-1].usage is not None and received[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("text", ["plain words", 'a "quote", a \\ and\na line', "héllo wörld 日本語", ""])
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "spaced"])
+@pytest.mark.parametrize("escaped", [True, False], ids=["escaped", "raw"])
+def test_a_streams_text_counted_from_its_bytes_is_the_estimate_of_its_decoded_text(
+    text: str, compact: bool, escaped: bool
+) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    events = {
+        StreamFormat.CHAT: {"id": "content", "choices": [{"delta": {"role": "assistant", "content": text}}]},
+        StreamFormat.COMPLETION: {"choices": [{"index": 0, "text": text}]},
+        StreamFormat.RESPONSES: {"type": "response.output_text.delta", "delta": text},
+    }
+    for fmt, payload in events.items():
+        event = (
+            b"data: " + json.dumps(payload, ensure_ascii=escaped, separators=separators).encode() + b"\n\n"
+        )
+        counted = tokens.TextCount()
+        counted.add_event(event, tokens.TEXT_KEYS[fmt])
+        counted.add_event(b'data: {"choices":[{"delta":{"content":null}}]}\n\n', tokens.TEXT_KEYS[fmt])
+        assert counted.tokens == tokens.text_tokens(text), (fmt, event)
+        # The same as decoding the event.
+        assert counted.tokens == tokens.text_tokens(tokens.answer_text(json.loads(event[6:])))
