@@ -400,11 +400,15 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 
 @contextlib.contextmanager
 def router_in_front(
-    localai: LocalAI, work: Path, budget_ms: int, prices: dict[str, float] | None = None
+    localai: LocalAI,
+    work: Path,
+    budget_ms: int,
+    prices: dict[str, float] | None = None,
+    fallback: bool = True,
 ) -> Iterator[str]:
     """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback);
-    yields its base URL."""
+    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback, or
+    without a fallback: then requests go to LocalAI as sent, with no budget); yields its base URL."""
     work.mkdir(parents=True, exist_ok=True)
     cloud_port, router_port = free_port(), free_port()
     route = FallbackRoute.parse(
@@ -418,6 +422,8 @@ def router_in_front(
     config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
     config["policy"]["firstTokenTimeoutMs"] = budget_ms
     config["fallback"].update(prices or {})
+    if not fallback:
+        config.pop("fallback")
     config["server"]["stateDirectory"] = str(work / "state")
     path = work / "router.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -570,7 +576,8 @@ def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_with
 
 def _router_figures(base: str) -> dict[str, float]:
     """The router's token and cost counters, by series (labels as exported)."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     wanted = (
         "localai_router_tokens_total",
@@ -598,59 +605,80 @@ AVOIDED = "localai_router_avoided_cost_total"
 ESTIMATE_RANGE = (0.5, 1.5)
 
 
+def _counted(
+    before: dict[str, float], after: dict[str, float], text: str, limit: int, prices: dict[str, float] | None
+) -> str:
+    """Check one local answer's figures against the text it returned: estimated (LocalAI reported nothing or
+    zeros) exactly the estimator on that text, else LocalAI's own count, which the estimator on the same text
+    stays within its tolerance of. Says which it was."""
+    completion = _delta(before, after, LOCAL_COMPLETION)
+    estimated = _delta(before, after, ESTIMATED_COMPLETION)
+    estimate = tokens.text_tokens(text)
+    assert text and estimate > 1, text
+    if estimated:
+        assert estimated == completion == estimate, (estimated, completion, text)
+        how = "estimated"
+    else:
+        assert 1 < completion <= limit, (completion, text)
+        ratio = estimate / completion
+        assert ESTIMATE_RANGE[0] <= ratio <= ESTIMATE_RANGE[1], (ratio, text)
+        how = f"LocalAI's count, estimator/count {ratio:.2f}"
+    prompt = _delta(before, after, LOCAL_PROMPT)
+    assert prompt > 0
+    if prices is not None:
+        expected = (
+            prompt * prices["inputPricePerMillionTokens"] + completion * prices["outputPricePerMillionTokens"]
+        ) / 1e6
+        assert _delta(before, after, AVOIDED) == pytest.approx(expected)
+    return how
+
+
 def test_the_routers_token_figures_count_the_text_localai_returned_when_it_reports_no_usage(
     localai: LocalAI, tmp_path: Path
 ) -> None:
     prices = {"inputPricePerMillionTokens": 1.0, "outputPricePerMillionTokens": 4.0}
     words = 48
-    with router_in_front(localai, tmp_path, 5000, prices) as base:
+    tpot = 'localai_router_time_per_output_token_seconds_count{upstream="local"}'
+    # Without a fallback a completion goes to LocalAI as sent, and its usage is all zeros (pinned above): the
+    # router's figures are the estimator on the text.
+    with router_in_front(localai, tmp_path / "local-only", 5000, fallback=False) as base:
+        before = _router_figures(base)
+        status, _, answer = like(localai, base).post("/v1/completions", {**PROMPT, "max_tokens": words})
+        assert status == 200
+        text = answer["choices"][0]["text"]
+        after = _router_figures(base)
+        assert _counted(before, after, text, words, None) == "estimated"
+        assert _delta(before, after, LOCAL_PROMPT) == tokens.text_tokens(PROMPT["prompt"])
+    # With a fallback: a completion (sent to LocalAI as a stream) whole and streamed, and a chat stream that did
+    # not ask for usage (the router asks LocalAI for it and hides it from the client).
+    with router_in_front(localai, tmp_path / "routed", 5000, prices) as base:
         client = like(localai, base)
-        # A completion, whole and streamed: LocalAI reports zeros (or nothing), so the router counts the text.
-        for stream in (False, True):
+        for path, body, stream in (
+            ("/v1/completions", {**PROMPT, "max_tokens": words}, False),
+            ("/v1/completions", {**PROMPT, "max_tokens": words, "stream": True}, True),
+            (
+                "/v1/chat/completions",
+                {
+                    **CHAT,
+                    "messages": [{"role": "user", "content": "Describe the sea in a long paragraph."}],
+                    "max_tokens": words,
+                    "stream": True,
+                },
+                True,
+            ),
+        ):
             before = _router_figures(base)
-            body = {**PROMPT, "max_tokens": words}
             if stream:
-                _, events = client.events("/v1/completions", {**body, "stream": True})
-                assert all("usage" not in e for e in events if isinstance(e, dict)), (
-                    "usage the client did not ask for"
-                )
-                text = "".join(
-                    e["choices"][0].get("text") or "" for e in events if isinstance(e, dict) and e["choices"]
-                )
+                _, events = client.events(path, body)
+                data = [e for e in events if isinstance(e, dict)]
+                assert all("usage" not in e for e in data), "usage the client did not ask for"
+                choices = [e["choices"][0] for e in data if e["choices"]]
+                text = "".join(c.get("text") or (c.get("delta") or {}).get("content") or "" for c in choices)
             else:
-                status, _, answer = client.post("/v1/completions", body)
+                status, _, answer = client.post(path, body)
                 assert status == 200
                 text = answer["choices"][0]["text"]
             after = _router_figures(base)
-            counted = tokens.text_tokens(text)
-            assert text and counted > 1, text
-            assert _delta(before, after, LOCAL_COMPLETION) == counted, (stream, text)
-            assert _delta(before, after, ESTIMATED_COMPLETION) == counted
-            prompt = tokens.text_tokens(PROMPT["prompt"])
-            assert _delta(before, after, LOCAL_PROMPT) == prompt
-            assert _delta(before, after, AVOIDED) == pytest.approx((prompt + counted * 4.0) / 1e6)
-            assert (
-                _delta(before, after, 'localai_router_time_per_output_token_seconds_count{upstream="local"}')
-                == 1
-            )
-
-        # A chat stream that did not ask for usage: the router asked for it, so LocalAI's own count is used, and
-        # the estimator on the same text stays within its documented tolerance of it.
-        before = _router_figures(base)
-        body = {**CHAT, "messages": [{"role": "user", "content": "Describe the sea in a long paragraph."}]}
-        _, events = client.events("/v1/chat/completions", {**body, "stream": True, "max_tokens": words})
-        assert all("usage" not in e for e in events if isinstance(e, dict)), (
-            "usage the client did not ask for"
-        )
-        text = "".join(
-            (e["choices"][0]["delta"].get("content") or "")
-            for e in events
-            if isinstance(e, dict) and e["choices"]
-        )
-        after = _router_figures(base)
-        reported = _delta(before, after, LOCAL_COMPLETION)
-        assert _delta(before, after, ESTIMATED_COMPLETION) == 0
-        assert 1 < reported <= words
-        ratio = tokens.text_tokens(text) / reported
-        print(f"estimator / Gemma 3 tokens on {reported:.0f} tokens of English: {ratio:.2f}")
-        assert ESTIMATE_RANGE[0] <= ratio <= ESTIMATE_RANGE[1], (ratio, text)
+            how = _counted(before, after, text, words, prices)
+            print(f"{path} stream={stream}: {how}")
+            assert _delta(before, after, tpot) == 1
