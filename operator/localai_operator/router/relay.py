@@ -1040,9 +1040,11 @@ class Relay:
         usage = usage_of(last)
         if a.trace is not None:
             a.trace.answered(last)
-        if a.api.token_usage and _unreported(usage):
-            # Too large to keep for its text: its bytes, at the estimator's rate.
-            usage = self._estimated_usage(a, math.ceil(relayed / tokens.CHARS_PER_TOKEN))
+        if status < 300 and a.api.token_usage and _unreported(usage):
+            # Too large to keep for its text: a generation's bytes at the estimator's rate (an embedding's vectors
+            # are no output tokens).
+            generated = math.ceil(relayed / tokens.CHARS_PER_TOKEN) if a.api.converts_to_stream else 0
+            usage = self._estimated_usage(a, generated)
         self._settle_cost(a, status, usage)
 
     async def _stream(
@@ -1171,7 +1173,7 @@ class Relay:
         usage = usage_of(tail)
         if a.trace is not None:
             a.trace.answered(tail, text)
-        if counted is not None and _unreported(usage):
+        if counted is not None and status < 300 and _unreported(usage):
             usage = self._estimated_usage(a, counted.tokens)
         self._settle_cost(a, status, usage)
         return usage
