@@ -32,6 +32,7 @@ from localai_operator.api import FallbackRoute
 from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
 from localai_operator.render import RenderSettings, route_objects
+from localai_operator.router import tokens
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
     Behaviour,
@@ -398,9 +399,16 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 
 
 @contextlib.contextmanager
-def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[str]:
+def router_in_front(
+    localai: LocalAI,
+    work: Path,
+    budget_ms: int,
+    prices: dict[str, float] | None = None,
+    fallback: bool = True,
+) -> Iterator[str]:
     """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in, with a first-token budget of `budget_ms`; yields its base URL."""
+    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback, or
+    without a fallback: then requests go to LocalAI as sent, with no budget); yields its base URL."""
     work.mkdir(parents=True, exist_ok=True)
     cloud_port, router_port = free_port(), free_port()
     route = FallbackRoute.parse(
@@ -413,6 +421,9 @@ def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[st
     config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
     config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
     config["policy"]["firstTokenTimeoutMs"] = budget_ms
+    config["fallback"].update(prices or {})
+    if not fallback:
+        config.pop("fallback")
     config["server"]["stateDirectory"] = str(work / "state")
     path = work / "router.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -600,3 +611,113 @@ def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_with
     echoed_by_the_standin_and_never_the_routers_answer(
         localai, standin, routed, "/v1/completions", body, events
     )
+
+
+def _router_figures(base: str) -> dict[str, float]:
+    """The router's token and cost counters, by series (labels as exported)."""
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    wanted = (
+        "localai_router_tokens_total",
+        "localai_router_estimated_tokens_total",
+        "localai_router_avoided_cost_total",
+        "localai_router_time_per_output_token_seconds_count",
+    )
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(wanted):
+            figures[name] = float(value)
+    return figures
+
+
+def _delta(before: dict[str, float], after: dict[str, float], series: str) -> float:
+    return after.get(series, 0.0) - before.get(series, 0.0)
+
+
+LOCAL_COMPLETION = 'localai_router_tokens_total{upstream="local",kind="completion"}'
+LOCAL_PROMPT = 'localai_router_tokens_total{upstream="local",kind="prompt"}'
+ESTIMATED_COMPLETION = 'localai_router_estimated_tokens_total{upstream="local",kind="completion"}'
+AVOIDED = "localai_router_avoided_cost_total"
+# The estimator's documented tolerance on English text against the model's own tokenizer (docs/router.md).
+ESTIMATE_RANGE = (0.5, 1.5)
+
+
+def _counted(
+    before: dict[str, float], after: dict[str, float], text: str, limit: int, prices: dict[str, float] | None
+) -> str:
+    """Check one local answer's figures against the text it returned: estimated (LocalAI reported nothing or
+    zeros) exactly the estimator on that text, else LocalAI's own count, which the estimator on the same text
+    stays within its tolerance of. Says which it was."""
+    completion = _delta(before, after, LOCAL_COMPLETION)
+    estimated = _delta(before, after, ESTIMATED_COMPLETION)
+    estimate = tokens.text_tokens(text)
+    assert text and estimate > 1, text
+    if estimated:
+        assert estimated == completion == estimate, (estimated, completion, text)
+        how = "estimated"
+    else:
+        assert 1 < completion <= limit, (completion, text)
+        ratio = estimate / completion
+        assert ESTIMATE_RANGE[0] <= ratio <= ESTIMATE_RANGE[1], (ratio, text)
+        how = f"LocalAI's count, estimator/count {ratio:.2f}"
+    prompt = _delta(before, after, LOCAL_PROMPT)
+    assert prompt > 0
+    if prices is not None:
+        expected = (
+            prompt * prices["inputPricePerMillionTokens"] + completion * prices["outputPricePerMillionTokens"]
+        ) / 1e6
+        assert _delta(before, after, AVOIDED) == pytest.approx(expected)
+    return how
+
+
+def test_the_routers_token_figures_count_the_text_localai_returned_when_it_reports_no_usage(
+    localai: LocalAI, tmp_path: Path
+) -> None:
+    prices = {"inputPricePerMillionTokens": 1.0, "outputPricePerMillionTokens": 4.0}
+    words = 48
+    tpot = 'localai_router_time_per_output_token_seconds_count{upstream="local"}'
+    # Without a fallback a completion goes to LocalAI as sent, and its usage is all zeros (pinned above): the
+    # router's figures are the estimator on the text.
+    with router_in_front(localai, tmp_path / "local-only", 5000, fallback=False) as base:
+        before = _router_figures(base)
+        status, _, answer = like(localai, base).post("/v1/completions", {**PROMPT, "max_tokens": words})
+        assert status == 200
+        text = answer["choices"][0]["text"]
+        after = _router_figures(base)
+        assert _counted(before, after, text, words, None) == "estimated"
+        assert _delta(before, after, LOCAL_PROMPT) == tokens.text_tokens(PROMPT["prompt"])
+    # With a fallback: a completion (sent to LocalAI as a stream) whole and streamed, and a chat stream that did
+    # not ask for usage (the router asks LocalAI for it and hides it from the client).
+    with router_in_front(localai, tmp_path / "routed", 5000, prices) as base:
+        client = like(localai, base)
+        for path, body, stream in (
+            ("/v1/completions", {**PROMPT, "max_tokens": words}, False),
+            ("/v1/completions", {**PROMPT, "max_tokens": words, "stream": True}, True),
+            (
+                "/v1/chat/completions",
+                {
+                    **CHAT,
+                    "messages": [{"role": "user", "content": "Describe the sea in a long paragraph."}],
+                    "max_tokens": words,
+                    "stream": True,
+                },
+                True,
+            ),
+        ):
+            before = _router_figures(base)
+            if stream:
+                _, events = client.events(path, body)
+                data = [e for e in events if isinstance(e, dict)]
+                assert all("usage" not in e for e in data), "usage the client did not ask for"
+                choices = [e["choices"][0] for e in data if e["choices"]]
+                text = "".join(c.get("text") or (c.get("delta") or {}).get("content") or "" for c in choices)
+            else:
+                status, _, answer = client.post(path, body)
+                assert status == 200
+                text = answer["choices"][0]["text"]
+            after = _router_figures(base)
+            how = _counted(before, after, text, words, prices)
+            print(f"{path} stream={stream}: {how}")
+            assert _delta(before, after, tpot) == 1
