@@ -1316,15 +1316,18 @@ class Relay:
     def _estimated_usage(self, a: Attempt, completion: int) -> Usage:
         """An answer's tokens by the estimator (tokens.py): its request's prompt and `completion` counted from
         its text; counted apart too, so the share of estimated figures shows."""
-        usage = Usage(a.prompt_tokens(), completion)
+        usage = Usage(a.prompt_tokens(), completion, estimated=True)
         self.metrics.estimated_tokens.inc((a.served_by, "prompt"), usage.prompt_tokens)
         self.metrics.estimated_tokens.inc((a.served_by, "completion"), usage.completion_tokens)
         return usage
 
     def _settle_cost(self, a: Attempt, status: int, usage: Usage | None) -> None:
-        """Count a successful answer's tokens and cost: by its usage, or its path's per-request price."""
+        """Count a successful answer's tokens and cost: by its usage, or its path's per-request price. The one
+        place an answer's token figures are settled: the trace gets the same ones."""
         if status >= 300:
             return
+        if a.trace is not None:
+            a.trace.counted(usage)
         if usage is not None:
             self._count_tokens(a, usage)
             return

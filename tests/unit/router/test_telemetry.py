@@ -22,7 +22,7 @@ import yaml
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.telemetry import METRICS
-from localai_operator.testing.otlp import OtlpReceiver, ReceivedSpan
+from localai_operator.testing.otlp import OtlpReceiver, ReceivedPoint, ReceivedSpan
 from localai_operator.testing.standins import Behaviour, OpenAIStandIn
 from tests.unit.router.conftest import (
     API_KEY,
@@ -32,8 +32,10 @@ from tests.unit.router.conftest import (
     eventually,
     post,
     route_config,
+    scrape,
 )
 from tests.unit.router.test_entrypoint import free_port, is_ready, router_command
+from tests.unit.router.test_estimated_tokens import series
 
 CLIENT_KEY_NAME = "billing-service"
 CLIENT_KEY = "sk-client-billing-" + "7c1e" * 6
@@ -232,6 +234,69 @@ async def test_a_request_served_locally_is_a_span_with_one_attempt_and_the_pod_g
     assert "localai_operator.fallback.reason" not in request.attributes
     assert attempt.attributes["gen_ai.usage.output_tokens"] == answer.json()["usage"]["completion_tokens"]
     assert local.requests[-1].headers["traceparent"] == f"00-{trace_id}-{attempt.span_id}-01"
+
+
+async def request_spans(receiver: OtlpReceiver, trace_id: str) -> list[ReceivedSpan]:
+    """A request's span and its one attempt's, once both arrived."""
+    found: list[ReceivedSpan] = await eventually(
+        lambda: len(receiver.trace(trace_id)) >= 2 and receiver.trace(trace_id),
+        20,
+        f"the spans of {trace_id}",
+    )
+    return found
+
+
+async def test_telemetry_takes_the_routers_token_figures_and_leaves_its_estimates_out_of_usage(
+    receiver: OtlpReceiver, start_router: StartRouter, local: OpenAIStandIn, client: aiohttp.ClientSession
+) -> None:
+    local.set(tokens=8, token_interval=0.005)
+    router = await start_router(route_config(local.url), env=telemetry_env(receiver))
+    # LocalAI's completions report zeros (whole) or nothing (streamed): the router's figures are its estimate,
+    # which the spans and the token metric leave out, and by which the time per output token divides.
+    for stream in (False, True):
+        header, trace_id, _ = traceparent()
+        body = {"model": LOCAL_MODEL, "prompt": PROMPT, "stream": stream}
+        answer = await post(client, router, "/completions", body, headers={"traceparent": header})
+        assert answer.status == 200
+        for span in await request_spans(receiver, trace_id):
+            assert not {"gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"} & set(span.attributes), (
+                span
+            )
+    estimated = series(
+        await scrape(client, router),
+        "localai_router_estimated_tokens_total",
+        upstream="local",
+        kind="completion",
+    )
+    assert estimated > 1
+
+    def completion_points(metric: str) -> list[ReceivedPoint]:
+        return [
+            p
+            for p in receiver.points
+            if p.metric == metric and p.attributes["gen_ai.operation.name"] == "text_completion"
+        ]
+
+    await eventually(
+        lambda: completion_points("gen_ai.server.time_per_output_token"),
+        20,
+        "the completion's time per token",
+    )
+    assert not completion_points("gen_ai.client.token.usage")
+
+    # A chat stream's usage, asked for by the router: LocalAI's own count, in the spans as in the router's metrics.
+    header, trace_id, _ = traceparent()
+    body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    assert (await post(client, router, body=body, headers={"traceparent": header})).status == 200
+    spans = await request_spans(receiver, trace_id)
+    request, (attempt,) = by_role(spans)
+    text = await scrape(client, router)
+    counted = series(text, "localai_router_tokens_total", upstream="local", kind="completion") - estimated
+    assert (
+        request.attributes["gen_ai.usage.output_tokens"] == attempt.attributes["gen_ai.usage.output_tokens"]
+    )
+    assert request.attributes["gen_ai.usage.output_tokens"] == counted == 8
+    assert series(text, "localai_router_estimated_tokens_total", kind="completion") == estimated
 
 
 async def test_a_request_without_a_traceparent_starts_a_trace_of_its_own(
