@@ -12,11 +12,8 @@ request: a shape the binary changes fails its test here before it misleads a uni
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,12 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from localai_operator.api import FallbackRoute
-from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
+from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
-from localai_operator.render import RenderSettings, route_objects
 from localai_operator.router import tokens
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
@@ -45,9 +39,9 @@ from tests.integration.real_localai import (
     KEY_SECRET,
     LocalAI,
     copy_models,
-    free_port,
     in_image,
     render,
+    router_in_front,
     running,
     start,
 )
@@ -398,83 +392,10 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 # ---------------------------------------------------------------------------------------------- the router
 
 
-@contextlib.contextmanager
-def router_in_front(
-    localai: LocalAI,
-    work: Path,
-    budget_ms: int,
-    prices: dict[str, float] | None = None,
-    fallback: bool = True,
-) -> Iterator[str]:
-    """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback, or
-    without a fallback: then requests go to LocalAI as sent, with no budget); yields its base URL."""
-    work.mkdir(parents=True, exist_ok=True)
-    cloud_port, router_port = free_port(), free_port()
-    route = FallbackRoute.parse(
-        {**sample_route(), "metadata": {**sample_route()["metadata"], "uid": "r-uid"}}
-    )
-    objects = route_objects(route, RenderSettings())
-    config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["router.yaml"])
-    for key in ("discovery", "pool"):  # one static endpoint instead of the pool's pods found by DNS
-        config["local"].pop(key)
-    config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
-    config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
-    config["policy"]["firstTokenTimeoutMs"] = budget_ms
-    config["fallback"].update(prices or {})
-    if not fallback:
-        config.pop("fallback")
-    config["server"]["stateDirectory"] = str(work / "state")
-    path = work / "router.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: "unused", "LOCAL_KEY": API_KEY}
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    argv = ["router", "--config", str(path), "--host", "127.0.0.1", "--port", str(router_port)]
-    with (work / "router.log").open("w") as log:
-        router = subprocess.Popen(
-            [sys.executable, "-m", "localai_operator.cli", *argv], env=env, stdout=log, stderr=log
-        )
-    base = f"http://127.0.0.1:{router_port}"
-    try:
-        wait_for(
-            lambda: _endpoint_ready(base),
-            60,
-            "the router to list LocalAI",
-            describe=lambda: (work / "router.log").read_text(),
-        )
-        yield base
-    finally:
-        for process in (router, cloud):
-            process.terminate()
-            process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with router_in_front(localai, tmp_path_factory.mktemp("router"), 5000) as base:
         yield base
-
-
-def sample_route() -> dict[str, Any]:
-    found: dict[str, Any] = next(
-        d
-        for d in yaml.safe_load_all(stack.sample_manifests(stack.StackImages("o:t", "l:t", "m:t")))
-        if d and d["kind"] == "FallbackRoute" and d["metadata"]["name"] == stack.ROUTE
-    )
-    return found
-
-
-def _endpoint_ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-            endpoints = json.loads(response.read()).get("endpoints") or []
-    except (OSError, ValueError):
-        return False
-    return any(e.get("breaker") == "closed" for e in endpoints)
 
 
 def test_the_router_relays_localais_content_less_events_and_answers_locally(
