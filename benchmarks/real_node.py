@@ -101,35 +101,14 @@ def fetched_models(work: Path) -> Path:
     """The sample pool's models directory, laid out by the operator image's fetch-models from the mirror image
     (as the conformance tier does)."""
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import wait_for
-    from tests.integration.real_localai import fetch_models, free_port, render
+    from tests.integration.real_localai import fetch_models, mirror_serving, render
 
     from localai_operator.devcluster import images
 
-    operator_image, mirror_image = (images.build(w) for w in ("operator", "model-mirror"))
-    port = free_port()
-    argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
-    with images.Container(mirror_image, argv, log=work / "mirror.log") as mirror:
-        wait_for(
-            lambda: _answers(f"http://127.0.0.1:{port}/healthz") or mirror.poll() is not None,
-            60,
-            "the mirror to listen",
-        )
-        code, fetched, log = fetch_models(
-            operator_image, f"http://127.0.0.1:{port}", render().config, work / "f"
-        )
+    with mirror_serving(work / "mirror.log") as mirror:
+        code, fetched, log = fetch_models(images.build("operator"), mirror, render().config, work / "f")
     assert code == 0, log
     return fetched
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def knobs(rounds: int, max_tokens: int) -> int:

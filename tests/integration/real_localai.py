@@ -91,6 +91,33 @@ def render(
     return Rendered(dict(config_map["data"]), container)
 
 
+@contextmanager
+def mirror_serving(log: Path) -> Iterator[str]:
+    """The model-mirror image's program on a loopback port, once it answers; yields its base URL."""
+    image = images.build("model-mirror")
+    port = free_port()
+    argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
+    with images.Container(image, argv, log=log) as container:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: answers(f"{base}/healthz") or container.poll() is not None,
+            60,
+            "the mirror to listen",
+            describe=log.read_text,
+        )
+        assert container.poll() is None, log.read_text()
+        yield base
+
+
+def answers(url: str) -> bool:
+    """`url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def fetch_models(
     operator_image: images.Image, mirror: str, config: Mapping[str, str], work: Path
 ) -> tuple[int, Path, str]:
