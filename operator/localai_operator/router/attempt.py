@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 _STREAMED: dict[str, bytes] = {"stream": b"true", "stream_options": b'{"include_usage":true}'}
 _STREAMED_KEYS: Final = frozenset(_STREAMED)
 _STREAMED_MEMBERS: Final = b",".join(b'"' + k.encode() + b'":' + v for k, v in _STREAMED.items())
-# The member a client stream gets when it did not ask for usage: LocalAI's chat streams carry usage only then.
+# The member a client stream gets when it did not ask for usage: LocalAI's streams carry usage only then.
 _USAGE_KEYS: Final = frozenset({"stream_options"})
 _USAGE_MEMBER: Final = b'"stream_options":{"include_usage":true}'
 _USAGE_FORMATS: Final = (StreamFormat.CHAT, StreamFormat.COMPLETION)
@@ -87,7 +87,7 @@ class Attempt:
             appended = self.body.appended(_STREAMED_KEYS, _STREAMED_MEMBERS)
             return appended if appended is not None else self.body.rewritten(drop=(), put=_STREAMED)
         if self.body is not None and self.body.stream and self.api.stream in _USAGE_FORMATS:
-            # Counted tokens: LocalAI's chat streams send usage only when asked (docs/localai-facts.md §12).
+            # Counted tokens: LocalAI's streams send usage only when asked (docs/localai-facts.md §12).
             options = self.body.value("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 self.usage_hidden = True

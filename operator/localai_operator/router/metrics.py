@@ -356,7 +356,7 @@ class RouterMetrics:
             Counter(
                 "localai_router_estimated_tokens_total",
                 "The part of localai_router_tokens_total the router estimated from the request and the relayed text "
-                "because the answer reported no usage or all zeros (LocalAI's completions), by upstream and kind.",
+                "because the answer reported no usage or all zeros (LocalAI's non-streamed completions), by upstream and kind.",
                 ("upstream", "kind"),
             )
         )

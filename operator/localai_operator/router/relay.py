@@ -920,7 +920,7 @@ class Relay:
             a.trace.answered(response.body)
         usage = usage_from(answer.get("usage"))
         if _unreported(usage):
-            # LocalAI's completions report zeros: the estimator on the assembled text.
+            # No usage trailer (the stream cut short) or zeros: the estimator on the assembled text.
             usage = self._estimated_usage(a, tokens.text_tokens(tokens.answer_text(answer)))
         self._finish(a, 200, usage, last)
         return response
@@ -1365,7 +1365,7 @@ class Relay:
 
 
 def _unreported(usage: Usage | None) -> bool:
-    """No usage, or LocalAI's all-zero one (its completions): the estimator counts instead."""
+    """No usage, or LocalAI's all-zero one (its non-streamed completions): the estimator counts instead."""
     return usage is None or (not usage.prompt_tokens and not usage.completion_tokens)
 
 

@@ -10,7 +10,7 @@ priming, each image part 85 tokens (OpenAI's base cost of an image). A prompt gi
 `prompt_tokens(body)` reads what a request asks (`messages`, `prompt` or `input`); `text_tokens(text)` reads
 relayed answer text, and `TextCount` counts a stream's text the same way as its events pass (characters only, no
 text kept). They are what docs/router.md documents as "the estimator": used for cloud answers without usage and
-for local answers whose usage is missing or all zero (LocalAI's completions).
+for local answers whose usage is missing or all zero (LocalAI's non-streamed completions).
 """
 
 from __future__ import annotations
