@@ -256,8 +256,9 @@ def compare(targets: dict[str, str], rounds: int, max_tokens: int, key: str) -> 
             results[name]["decode"].append(decode)
             results[name]["e2e"].append(e2e)
             served[name].add(by)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(
-        f"{rounds} rounds, {max_tokens} tokens, streamed chat; load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; {time.strftime('%Y-%m-%d %H:%M')}"
+        f"{rounds} rounds, {max_tokens} tokens, streamed chat; load {load}; {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print(
         f"{'target':<8} {'p50 first token ms':>19} {'p50 decode tok/s':>17} {'p50 end-to-end tok/s':>21}  X-Served-By"
