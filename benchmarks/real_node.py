@@ -19,6 +19,18 @@ all started first, then measured round by round in a new random order each round
 ratio to the default's figure of the same round (with the rounds it beat the default in).
 
     python benchmarks/real_node.py --knobs [--rounds 10] [--minutes 15] [--max-tokens 64] [--prompt-words 600]
+
+With `--router` (root, the images built; no cluster): the router's cost on the real binary. The LocalAI binary on
+loopback as `--knobs` runs it (the sample pool rendered with its API key), and the router in front of it on
+loopback with the sample route's config as the operator renders it (one static endpoint, the cloud a stand-in that
+is never reached). Each round sends the same streamed chat request (`--max-tokens` tokens, `ignore_eos`) directly
+and through the router, in an order that alternates per round; every request has the same prompt, so LocalAI's
+prompt cache gives each the same warm prefill and the difference is the router's. Figures: p50 time to the first
+content token (a delta with text, not LocalAI's role and null events), p50 decode tokens/s (content events after
+the first, between the first and the last) and p50 end-to-end tokens/s (LocalAI's usage count over the whole
+request), each as router / direct.
+
+    python benchmarks/real_node.py --router [--rounds 40] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -121,6 +133,20 @@ def versus(values: list[float], baseline: list[float], *, lower_is_better: bool)
     return f"{ratio:.2f}x {better}/{len(pairs)}"
 
 
+def fetched_models(work: Path) -> Path:
+    """The sample pool's models directory, laid out by the operator image's fetch-models from the mirror image
+    (as the conformance tier does)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.real_localai import fetch_models, mirror_serving, render
+
+    from localai_operator.devcluster import images
+
+    with mirror_serving(work / "mirror.log") as mirror:
+        code, fetched, log = fetch_models(images.build("operator"), mirror, render().config, work / "f")
+    assert code == 0, log
+    return fetched
+
+
 def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> int:
     """Each knob on the real LocalAI binary (the localai image's local-ai on loopback, with what the operator
     renders for a default CPU pool changed by that knob alone), one server per setting, all started first and
@@ -135,19 +161,11 @@ def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> in
     import urllib.request
 
     sys.path.insert(0, str(ROOT))
-    from tests.integration.real_localai import (
-        LocalAI,
-        copy_models,
-        fetch_models,
-        free_port,
-        render,
-        start,
-        wait_ready,
-    )
+    from tests.integration.real_localai import LocalAI, copy_models, render, start, wait_ready
 
     from localai_operator.devcluster import images
 
-    image, operator_image, mirror_image = (images.build(w) for w in ("localai", "operator", "model-mirror"))
+    image = images.build("localai")
 
     def post(base: str, path: str, body: dict[str, object]) -> urllib.request.Request:
         return urllib.request.Request(
@@ -206,14 +224,7 @@ def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> in
     servers: dict[str, LocalAI] = {}
     with tempfile.TemporaryDirectory(prefix="bench-knobs-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
-        with images.Container(mirror_image, argv, log=work / "mirror.log"):
-            time.sleep(2)
-            code, fetched, log = fetch_models(
-                operator_image, f"http://127.0.0.1:{port}", render().config, work / "f"
-            )
-        assert code == 0, log
+        fetched = fetched_models(work)
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         began = time.strftime("%Y-%m-%d %H:%M")
         try:
@@ -280,6 +291,133 @@ def knobs(rounds: int, max_tokens: int, prompt_words: int, minutes: float) -> in
     return 0
 
 
+# The route's first-token budget here: far above any first token of these requests, so none falls back (each
+# answer's X-Served-By is checked).
+ROUTER_BUDGET_MS = 60_000
+CHAT_PROMPT = "Write a long story about a lighthouse keeper and the sea."
+
+
+def chat_body(max_tokens: int) -> bytes:
+    """The streamed chat request every round sends: the same prompt, `max_tokens` generated whatever the model
+    says (`ignore_eos`), LocalAI's usage asked for (its count of the tokens)."""
+    import json
+
+    return json.dumps(
+        {
+            "model": stack.MODEL,
+            "messages": [{"role": "user", "content": CHAT_PROMPT}],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+
+
+def streamed_chat(base: str, body: bytes, key: str) -> tuple[float, float, float, str]:
+    """One streamed chat request to `base`: (time to the first content token s, decode tokens/s, end-to-end
+    tokens/s, X-Served-By)."""
+    import json
+    import urllib.request
+
+    from localai_operator.constants import SERVED_BY_HEADER
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(f"{base}/v1/chat/completions", body, headers)
+    started = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    with urllib.request.urlopen(request, timeout=300) as response:
+        served = response.headers.get(SERVED_BY_HEADER, "-")
+        for line in response:
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            if any((c.get("delta") or {}).get("content") for c in event.get("choices") or ()):
+                stamps.append(time.perf_counter())
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    ended = time.perf_counter()
+    assert stamps and tokens, f"{base}: no content or no usage"
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return stamps[0] - started, decode, tokens / (ended - started), served
+
+
+def compare(targets: dict[str, str], rounds: int, max_tokens: int, key: str) -> bool:
+    """The same streamed chat to each target every round, in an order that alternates per round, after one
+    uncounted request each; prints the p50s and target / first target ratios. True when every answer came from
+    local."""
+    body = chat_body(max_tokens)
+    for base in targets.values():  # warm-up (the prompt cached), not counted
+        streamed_chat(base, body, key)
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"ttft": [], "decode": [], "e2e": []} for name in targets
+    }
+    served: dict[str, set[str]] = {name: set() for name in targets}
+    for round_ in range(rounds):
+        order = list(targets.items()) if round_ % 2 == 0 else list(reversed(targets.items()))
+        for name, base in order:
+            ttft, decode, e2e, by = streamed_chat(base, body, key)
+            results[name]["ttft"].append(ttft * 1000)
+            results[name]["decode"].append(decode)
+            results[name]["e2e"].append(e2e)
+            served[name].add(by)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(
+        f"{rounds} rounds, {max_tokens} tokens, streamed chat; load {load}; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    print(
+        f"{'target':<8} {'p50 first token ms':>19} {'p50 decode tok/s':>17} {'p50 end-to-end tok/s':>21}  X-Served-By"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<8} {median(r['ttft']):>19.1f} {median(r['decode']):>17.2f} {median(r['e2e']):>21.2f}  "
+            f"{','.join(sorted(served[name]))}"
+        )
+    first, *others = targets
+    base_r = results[first]
+    for name in others:
+        r = results[name]
+        print(
+            f"{name} / {first}: first token {median(r['ttft']) / median(base_r['ttft']):.3f}x "
+            f"({median(r['ttft']) - median(base_r['ttft']):+.1f} ms), decode "
+            f"{median(r['decode']) / median(base_r['decode']):.3f}x, end-to-end "
+            f"{median(r['e2e']) / median(base_r['e2e']):.3f}x"
+        )
+    return all(by <= {"local", "-"} for by in served.values())
+
+
+def router_vs_direct(rounds: int, max_tokens: int) -> int:
+    """The router on loopback in front of the real LocalAI binary against the binary asked directly: p50 time to
+    the first content token, decode and end-to-end tokens/s of the same streamed chat request, as ratios."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.real_localai import (
+        API_KEY,
+        KEY_SECRET,
+        copy_models,
+        render,
+        router_in_front,
+        running,
+    )
+
+    from localai_operator.devcluster import images
+
+    image = images.build("localai")
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        work = Path(tmp)
+        rendered = render(pool_spec={"apiKeySecretRef": KEY_SECRET})
+        models = copy_models(fetched_models(work), work / "models", rendered.config)
+        with (
+            running(image, models, rendered.env(), work / "localai.log") as localai,
+            router_in_front(localai, work / "router", ROUTER_BUDGET_MS) as routed,
+        ):
+            print(f"LocalAI {image.ref} on loopback (direct), the router on loopback in front of it (router)")
+            local = compare({"direct": localai.base, "router": routed}, rounds, max_tokens, API_KEY)
+    return 0 if local else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,7 +436,14 @@ def main() -> int:
         default=15,
         help="--knobs: start no round after this many minutes of measuring",
     )
+    parser.add_argument(
+        "--router",
+        action="store_true",
+        help="the router on loopback in front of the LocalAI binary vs the binary directly (no cluster)",
+    )
     args = parser.parse_args()
+    if args.router:
+        return router_vs_direct(args.rounds, args.max_tokens)
     if args.knobs:
         return knobs(args.rounds, args.max_tokens, args.prompt_words, args.minutes)
     state = DevState.load(state_root())

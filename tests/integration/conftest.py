@@ -3,15 +3,14 @@ images with what fetch-models makes of the real-node sample, for the image and L
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localai_operator.devcluster import images
-from tests.helpers import ClusterAccess, wait_for
-from tests.integration.real_localai import fetch_models, free_port, render
+from tests.helpers import ClusterAccess
+from tests.integration.real_localai import fetch_models, mirror_serving, render
 from tests.operator_process import CustomResources, OperatorProcess, install_crds
 
 
@@ -46,19 +45,7 @@ def localai_image() -> images.Image:
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model-mirror image's program on a loopback port; yields its base URL."""
-    image = images.build("model-mirror")
-    port = free_port()
-    log = tmp_path_factory.mktemp("mirror") / "mirror.log"
-    argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
-    with images.Container(image, argv, log=log) as container:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(
-            lambda: _answers(f"{base}/healthz") or container.poll() is not None,
-            60,
-            "the mirror to listen",
-            describe=log.read_text,
-        )
-        assert container.poll() is None, log.read_text()
+    with mirror_serving(tmp_path_factory.mktemp("mirror") / "mirror.log") as base:
         yield base
 
 
@@ -70,11 +57,3 @@ def fetched(operator_image: images.Image, mirror: str, tmp_path_factory: pytest.
     )
     assert code == 0, log
     return models_dir
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False

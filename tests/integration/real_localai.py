@@ -1,7 +1,9 @@
 """LocalAI v4.9.0 from the image `make images` builds, run as a process on this host's loopback (`buildah run`,
 chroot isolation, the host's network) with exactly what the operator renders for the real-node sample pool: its
 model YAMLs, laid out in /models by the real fetch-models from the in-cluster mirror's image, and the environment of
-its `localai` container. A pod adds Kubernetes around the same process; the e2e tier runs that too."""
+its `localai` container. A pod adds Kubernetes around the same process; the e2e tier runs that too. The sample
+route's router can stand in front of it (`router_in_front`), as the conformance tier and benchmarks/real_node.py
+--router run it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -20,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from localai_operator.api import InferencePool, LLMModel
+from localai_operator.api import FallbackRoute, InferencePool, LLMModel
+from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.devcluster import images, stack
-from localai_operator.render import RenderSettings, pool_objects
+from localai_operator.render import RenderSettings, pool_objects, route_objects
 from localai_operator.render.pool import CONFIG_DIR, DOWNLOADS_FILE
 from tests.helpers import wait_for
 
@@ -87,6 +91,33 @@ def render(
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     return Rendered(dict(config_map["data"]), container, model)
+
+
+@contextmanager
+def mirror_serving(log: Path) -> Iterator[str]:
+    """The model-mirror image's program on a loopback port, once it answers; yields its base URL."""
+    image = images.build("model-mirror")
+    port = free_port()
+    argv = ["python", images.MIRROR_PROGRAM, "--host", "127.0.0.1", "--port", str(port)]
+    with images.Container(image, argv, log=log) as container:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: answers(f"{base}/healthz") or container.poll() is not None,
+            60,
+            "the mirror to listen",
+            describe=log.read_text,
+        )
+        assert container.poll() is None, log.read_text()
+        yield base
+
+
+def answers(url: str) -> bool:
+    """`url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def fetch_models(
@@ -264,3 +295,76 @@ def in_image(image: images.Image, argv: list[str], log: Path) -> tuple[int, str]
 
 def run_checked(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+@contextmanager
+def router_in_front(
+    localai: LocalAI,
+    work: Path,
+    budget_ms: int,
+    prices: dict[str, float] | None = None,
+    fallback: bool = True,
+) -> Iterator[str]:
+    """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
+    key) and a cloud stand-in, with a first-token budget of `budget_ms` (and `prices` added to its fallback, or
+    without a fallback: then requests go to LocalAI as sent, with no budget); yields its base URL."""
+    work.mkdir(parents=True, exist_ok=True)
+    cloud_port, router_port = free_port(), free_port()
+    route = FallbackRoute.parse(
+        {**sample_route(), "metadata": {**sample_route()["metadata"], "uid": "r-uid"}}
+    )
+    objects = route_objects(route, RenderSettings())
+    config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["router.yaml"])
+    for key in ("discovery", "pool"):  # one static endpoint instead of the pool's pods found by DNS
+        config["local"].pop(key)
+    config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
+    config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
+    config["policy"]["firstTokenTimeoutMs"] = budget_ms
+    config["fallback"].update(prices or {})
+    if not fallback:
+        config.pop("fallback")
+    config["server"]["stateDirectory"] = str(work / "state")
+    path = work / "router.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: "unused", "LOCAL_KEY": API_KEY}
+    cloud = subprocess.Popen(
+        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    argv = ["router", "--config", str(path), "--host", "127.0.0.1", "--port", str(router_port)]
+    with (work / "router.log").open("w") as log:
+        router = subprocess.Popen(
+            [sys.executable, "-m", "localai_operator.cli", *argv], env=env, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{router_port}"
+    try:
+        wait_for(
+            lambda: _endpoint_ready(base),
+            60,
+            "the router to list LocalAI",
+            describe=lambda: (work / "router.log").read_text(),
+        )
+        yield base
+    finally:
+        for process in (router, cloud):
+            process.terminate()
+            process.wait(10)
+
+
+def sample_route() -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        d
+        for d in yaml.safe_load_all(stack.sample_manifests(stack.StackImages("o:t", "l:t", "m:t")))
+        if d and d["kind"] == "FallbackRoute" and d["metadata"]["name"] == stack.ROUTE
+    )
+    return found
+
+
+def _endpoint_ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            endpoints = json.loads(response.read()).get("endpoints") or []
+    except (OSError, ValueError):
+        return False
+    return any(e.get("breaker") == "closed" for e in endpoints)

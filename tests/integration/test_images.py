@@ -13,7 +13,7 @@ import pytest
 
 from localai_operator.devcluster import images
 from tests.helpers import wait_for
-from tests.integration.real_localai import fetch_models, free_port, render
+from tests.integration.real_localai import answers, fetch_models, free_port, render
 
 # These build and run images on this machine (root, buildah), like the harness: with --kubeconfig (kind in
 # GitHub Actions, where Docker builds the images) they have nothing to test.
@@ -77,7 +77,7 @@ def test_the_router_in_the_operator_image_runs_on_uvloop_and_says_so(
     ) as container:
         base = f"http://127.0.0.1:{port}"
         wait_for(
-            lambda: _answers(f"{base}/healthz") or container.poll() is not None, 60, "the router to listen"
+            lambda: answers(f"{base}/healthz") or container.poll() is not None, 60, "the router to listen"
         )
         assert container.poll() is None, log.read_text()
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
@@ -85,11 +85,3 @@ def test_the_router_in_the_operator_image_runs_on_uvloop_and_says_so(
     assert status == 200
     assert 'loop="uvloop"' in metrics.decode(), metrics.decode()
     assert "event loop: uvloop" in log.read_text(), log.read_text()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False

@@ -12,11 +12,8 @@ request: a shape the binary changes fails its test here before it misleads a uni
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from localai_operator.api import FallbackRoute
-from localai_operator.constants import FALLBACK_API_KEY_ENV, FALLBACK_REASON_HEADER, SERVED_BY_HEADER
+from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
 from localai_operator.gguf import fit
 from localai_operator.gguf.facts import gguf_status
 from localai_operator.gguf.header import read_header
-from localai_operator.render import RenderSettings, route_objects
 from localai_operator.render.model_config import backend_options, slots
+from localai_operator.router import tokens
 from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
@@ -49,9 +44,9 @@ from tests.integration.real_localai import (
     KEY_SECRET,
     LocalAI,
     copy_models,
-    free_port,
     in_image,
     render,
+    router_in_front,
     running,
     start,
 )
@@ -308,6 +303,21 @@ def test_a_completion_stream_opens_and_closes_without_text_and_always_says_stop(
     assert stream_shape(mimic) == stream_shape(events)
 
 
+def test_a_completion_stream_reports_its_count_in_the_trailer_include_usage_asks_for(
+    localai: LocalAI, standin: OpenAIStandIn
+) -> None:
+    body = {**PROMPT, "stream": True, "max_tokens": CUT, "stream_options": {"include_usage": True}}
+    _, events = localai.events("/v1/completions", body)
+    trailer = events[-2]
+    # Counted as the tokens streamed, unlike a non-streamed completion's zeros (completion.go keeps the last
+    # token callback's usage for this trailer only).
+    assert trailer["choices"] == [] and trailer["usage"]["completion_tokens"] == CUT
+    assert trailer["usage"]["prompt_tokens"] > 0
+    assert all("usage" not in e for e in events[:-2])
+    _, mimic = like(localai, standin).events("/v1/completions", body)
+    assert stream_shape(mimic) == stream_shape(events)
+
+
 def test_a_completion_reports_zero_usage_and_stop_when_max_tokens_cut_it(
     localai: LocalAI, standin: OpenAIStandIn
 ) -> None:
@@ -434,73 +444,10 @@ def test_the_options_localai_adds_by_itself_are_in_the_facts_page(localai: Local
 # ---------------------------------------------------------------------------------------------- the router
 
 
-@contextlib.contextmanager
-def router_in_front(localai: LocalAI, work: Path, budget_ms: int) -> Iterator[str]:
-    """The sample route's router, its config as the operator renders it, in front of this LocalAI (with the pool's
-    key) and a cloud stand-in, with a first-token budget of `budget_ms`; yields its base URL."""
-    work.mkdir(parents=True, exist_ok=True)
-    cloud_port, router_port = free_port(), free_port()
-    route = FallbackRoute.parse(
-        {**sample_route(), "metadata": {**sample_route()["metadata"], "uid": "r-uid"}}
-    )
-    objects = route_objects(route, RenderSettings())
-    config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["router.yaml"])
-    for key in ("discovery", "pool"):  # one static endpoint instead of the pool's pods found by DNS
-        config["local"].pop(key)
-    config["local"].update(endpoints=[f"{localai.base}/v1"], apiKeyEnv="LOCAL_KEY")
-    config["fallback"]["baseURL"] = f"http://127.0.0.1:{cloud_port}/v1"
-    config["policy"]["firstTokenTimeoutMs"] = budget_ms
-    config["server"]["stateDirectory"] = str(work / "state")
-    path = work / "router.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {"PATH": "/usr/bin:/bin", FALLBACK_API_KEY_ENV: "unused", "LOCAL_KEY": API_KEY}
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "localai_operator.testing.standins", "cloud", "--port", str(cloud_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    argv = ["router", "--config", str(path), "--host", "127.0.0.1", "--port", str(router_port)]
-    with (work / "router.log").open("w") as log:
-        router = subprocess.Popen(
-            [sys.executable, "-m", "localai_operator.cli", *argv], env=env, stdout=log, stderr=log
-        )
-    base = f"http://127.0.0.1:{router_port}"
-    try:
-        wait_for(
-            lambda: _endpoint_ready(base),
-            60,
-            "the router to list LocalAI",
-            describe=lambda: (work / "router.log").read_text(),
-        )
-        yield base
-    finally:
-        for process in (router, cloud):
-            process.terminate()
-            process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def routed(localai: LocalAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with router_in_front(localai, tmp_path_factory.mktemp("router"), 5000) as base:
         yield base
-
-
-def sample_route() -> dict[str, Any]:
-    found: dict[str, Any] = next(
-        d
-        for d in yaml.safe_load_all(stack.sample_manifests(stack.StackImages("o:t", "l:t", "m:t")))
-        if d and d["kind"] == "FallbackRoute" and d["metadata"]["name"] == stack.ROUTE
-    )
-    return found
-
-
-def _endpoint_ready(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-            endpoints = json.loads(response.read()).get("endpoints") or []
-    except (OSError, ValueError):
-        return False
-    return any(e.get("breaker") == "closed" for e in endpoints)
 
 
 def test_the_router_relays_localais_content_less_events_and_answers_locally(
@@ -637,3 +584,115 @@ def test_a_prompt_longer_than_the_context_in_a_completion_stream_is_an_echo_with
     echoed_by_the_standin_and_never_the_routers_answer(
         localai, standin, routed, "/v1/completions", body, events
     )
+
+
+def _router_figures(base: str) -> dict[str, float]:
+    """The router's token and cost counters, by series (labels as exported)."""
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    wanted = (
+        "localai_router_tokens_total",
+        "localai_router_estimated_tokens_total",
+        "localai_router_avoided_cost_total",
+        "localai_router_time_per_output_token_seconds_count",
+    )
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(wanted):
+            figures[name] = float(value)
+    return figures
+
+
+def _delta(before: dict[str, float], after: dict[str, float], series: str) -> float:
+    return after.get(series, 0.0) - before.get(series, 0.0)
+
+
+LOCAL_COMPLETION = 'localai_router_tokens_total{upstream="local",kind="completion"}'
+LOCAL_PROMPT = 'localai_router_tokens_total{upstream="local",kind="prompt"}'
+ESTIMATED_COMPLETION = 'localai_router_estimated_tokens_total{upstream="local",kind="completion"}'
+AVOIDED = "localai_router_avoided_cost_total"
+# The estimator's documented tolerance on English text against the model's own tokenizer (docs/router.md).
+ESTIMATE_RANGE = (0.5, 1.5)
+
+
+def _counted(
+    before: dict[str, float], after: dict[str, float], text: str, limit: int, prices: dict[str, float] | None
+) -> str:
+    """Check one local answer's figures against the text it returned: estimated (LocalAI reported nothing or
+    zeros) exactly the estimator on that text, else LocalAI's own count, which the estimator on the same text
+    stays within its tolerance of. Says which it was."""
+    completion = _delta(before, after, LOCAL_COMPLETION)
+    estimated = _delta(before, after, ESTIMATED_COMPLETION)
+    estimate = tokens.text_tokens(text)
+    assert text and estimate > 1, text
+    if estimated:
+        assert estimated == completion == estimate, (estimated, completion, text)
+        how = "estimated"
+    else:
+        assert 1 < completion <= limit, (completion, text)
+        ratio = estimate / completion
+        assert ESTIMATE_RANGE[0] <= ratio <= ESTIMATE_RANGE[1], (ratio, text)
+        how = f"LocalAI's count, estimator/count {ratio:.2f}"
+    prompt = _delta(before, after, LOCAL_PROMPT)
+    assert prompt > 0
+    if prices is not None:
+        expected = (
+            prompt * prices["inputPricePerMillionTokens"] + completion * prices["outputPricePerMillionTokens"]
+        ) / 1e6
+        assert _delta(before, after, AVOIDED) == pytest.approx(expected)
+    return how
+
+
+def test_the_routers_token_figures_count_the_text_localai_returned_when_it_reports_no_usage(
+    localai: LocalAI, tmp_path: Path
+) -> None:
+    prices = {"inputPricePerMillionTokens": 1.0, "outputPricePerMillionTokens": 4.0}
+    words = 48
+    tpot = 'localai_router_time_per_output_token_seconds_count{upstream="local"}'
+    # Without a fallback a completion goes to LocalAI as sent, and its usage is all zeros (pinned above): the
+    # router's figures are the estimator on the text.
+    with router_in_front(localai, tmp_path / "local-only", 5000, fallback=False) as base:
+        before = _router_figures(base)
+        status, _, answer = like(localai, base).post("/v1/completions", {**PROMPT, "max_tokens": words})
+        assert status == 200
+        text = answer["choices"][0]["text"]
+        after = _router_figures(base)
+        assert _counted(before, after, text, words, None) == "estimated"
+        assert _delta(before, after, LOCAL_PROMPT) == tokens.text_tokens(PROMPT["prompt"])
+    # With a fallback: a completion (sent to LocalAI as a stream) whole and streamed, and a chat stream that did
+    # not ask for usage: the router asks LocalAI for its usage (and hides it from the client), so each is LocalAI's
+    # own count.
+    with router_in_front(localai, tmp_path / "routed", 5000, prices) as base:
+        client = like(localai, base)
+        for path, body, stream in (
+            ("/v1/completions", {**PROMPT, "max_tokens": words}, False),
+            ("/v1/completions", {**PROMPT, "max_tokens": words, "stream": True}, True),
+            (
+                "/v1/chat/completions",
+                {
+                    **CHAT,
+                    "messages": [{"role": "user", "content": "Describe the sea in a long paragraph."}],
+                    "max_tokens": words,
+                    "stream": True,
+                },
+                True,
+            ),
+        ):
+            before = _router_figures(base)
+            if stream:
+                _, events = client.events(path, body)
+                data = [e for e in events if isinstance(e, dict)]
+                assert all("usage" not in e for e in data), "usage the client did not ask for"
+                choices = [e["choices"][0] for e in data if e["choices"]]
+                text = "".join(c.get("text") or (c.get("delta") or {}).get("content") or "" for c in choices)
+            else:
+                status, _, answer = client.post(path, body)
+                assert status == 200
+                text = answer["choices"][0]["text"]
+            after = _router_figures(base)
+            how = _counted(before, after, text, words, prices)
+            print(f"{path} stream={stream}: {how}")
+            assert how.startswith("LocalAI's count"), how
+            assert _delta(before, after, tpot) == 1

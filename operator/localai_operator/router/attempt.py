@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _STREAMED: dict[str, bytes] = {"stream": b"true", "stream_options": b'{"include_usage":true}'}
 _STREAMED_KEYS: Final = frozenset(_STREAMED)
 _STREAMED_MEMBERS: Final = b",".join(b'"' + k.encode() + b'":' + v for k, v in _STREAMED.items())
+# The member a client stream gets when it did not ask for usage: LocalAI's streams carry usage only then.
+_USAGE_KEYS: Final = frozenset({"stream_options"})
+_USAGE_MEMBER: Final = b'"stream_options":{"include_usage":true}'
+_USAGE_FORMATS: Final = (StreamFormat.CHAT, StreamFormat.COMPLETION)
 
 
 @dataclass(slots=True)
@@ -50,7 +54,8 @@ class Attempt:
     committed: bool = False
     # Why a request that would have had a cloud has none (the spend cap is reached), for the metrics.
     blocked: str | None = None
-    # The cloud was asked for a stream's usage that the client did not ask for: its usage event is not relayed.
+    # The upstream (local or cloud) was asked for a stream's usage that the client did not ask for: its usage
+    # event is not relayed.
     usage_hidden: bool = False
     # The request's spans, when the router's telemetry is on (router/telemetry.py).
     trace: RequestTrace | None = None
@@ -81,6 +86,17 @@ class Attempt:
         if self.body is not None and self.streamed_from_local:
             appended = self.body.appended(_STREAMED_KEYS, _STREAMED_MEMBERS)
             return appended if appended is not None else self.body.rewritten(drop=(), put=_STREAMED)
+        if self.body is not None and self.body.stream and self.api.stream in _USAGE_FORMATS:
+            # Counted tokens: LocalAI's streams send usage only when asked (docs/localai-facts.md §12).
+            options = self.body.value("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                self.usage_hidden = True
+                appended = self.body.appended(_USAGE_KEYS, _USAGE_MEMBER)
+                if appended is not None:
+                    return appended
+                options = options if isinstance(options, dict) else {}
+                put = {"stream_options": codec.dumps({**options, "include_usage": True})}
+                return self.body.rewritten(drop=(), put=put)
         return self.raw
 
     def cloud_body(self, cloud: Cloud, cloud_lists: bool) -> list[bodies.Segment] | bytes | bytearray:

@@ -347,7 +347,16 @@ class RouterMetrics:
         self.tokens = add(
             Counter(
                 "localai_router_tokens_total",
-                "Tokens reported in OpenAI `usage`, by upstream and kind (prompt, completion).",
+                "Tokens of answered requests, by upstream and kind (prompt, completion): OpenAI `usage` as reported, "
+                "else the router's estimate (see localai_router_estimated_tokens_total).",
+                ("upstream", "kind"),
+            )
+        )
+        self.estimated_tokens = add(
+            Counter(
+                "localai_router_estimated_tokens_total",
+                "The part of localai_router_tokens_total the router estimated from the request and the relayed text "
+                "because the answer reported no usage or all zeros (LocalAI's non-streamed completions), by upstream and kind.",
                 ("upstream", "kind"),
             )
         )

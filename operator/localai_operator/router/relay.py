@@ -926,7 +926,11 @@ class Relay:
         response = web.Response(body=codec.dumps(answer), content_type="application/json", headers=headers)
         if a.trace is not None and isinstance(response.body, bytes):
             a.trace.answered(response.body)
-        self._finish(a, 200, usage_from(answer.get("usage")), last)
+        usage = usage_from(answer.get("usage"))
+        if _unreported(usage):
+            # No usage trailer (the stream cut short) or zeros: the estimator on the assembled text.
+            usage = self._estimated_usage(a, tokens.text_tokens(tokens.answer_text(answer)))
+        self._finish(a, 200, usage, last)
         return response
 
     # ------------------------------------------------------------------ cloud
@@ -1026,12 +1030,12 @@ class Relay:
         usage = usage_of(body) if status < 300 else None
         if a.trace is not None:
             a.trace.answered(body)
-        if usage is None and status < 300 and self._estimated(a):
+        if status < 300 and a.api.token_usage and _unreported(usage):
             try:
                 text = tokens.answer_text(codec.loads(body))
             except ValueError:
                 text = ""
-            usage = Usage(a.prompt_tokens(), tokens.text_tokens(text))
+            usage = self._estimated_usage(a, tokens.text_tokens(text))
         self._finish(a, status, usage, None)
         return response
 
@@ -1079,9 +1083,11 @@ class Relay:
         usage = usage_of(last)
         if a.trace is not None:
             a.trace.answered(last)
-        if usage is None and self._estimated(a):
-            # Too large to keep for its text: its bytes, at the estimator's rate.
-            usage = Usage(a.prompt_tokens(), math.ceil(relayed / tokens.CHARS_PER_TOKEN))
+        if status < 300 and a.api.token_usage and _unreported(usage):
+            # Too large to keep for its text: a generation's bytes at the estimator's rate (an embedding's vectors
+            # are no output tokens).
+            generated = math.ceil(relayed / tokens.CHARS_PER_TOKEN) if a.api.converts_to_stream else 0
+            usage = self._estimated_usage(a, generated)
         self._settle_cost(a, status, usage)
 
     async def _stream(
@@ -1105,10 +1111,11 @@ class Relay:
         content_seen = held is not None
         last_token = a.first_token_at
         pending = [*held.events, *held.rest] if held is not None else []
-        # A cloud stream's text, for the estimator when the provider reports no usage.
-        text: list[str] | None = (
-            [] if self._estimated(a) or (a.trace is not None and a.trace.capture) else None
-        )
+        # The stream's text, counted for the estimator when the upstream reports no usage (or zeros), and kept
+        # when the trace captures content.
+        text_keys = tokens.TEXT_KEYS.get(fmt)
+        counted = tokens.TextCount() if a.api.token_usage and text_keys else None
+        text: list[str] | None = [] if a.trace is not None and a.trace.capture else None
         hide_usage = a.usage_hidden
         gone = False
         try:
@@ -1135,6 +1142,8 @@ class Relay:
                             break
                     tail.see(event)
                     recent.append(event)
+                    if counted is not None:
+                        counted.add_event(event, text_keys or ())
                     if text is not None:
                         text.append(tokens.answer_text(sse.classify(sse.event_data(event), fmt)[1]))
                     if hide_usage and sse.usage_only(event):
@@ -1187,25 +1196,30 @@ class Relay:
             gone = True
         except asyncio.CancelledError:
             # The client left and aiohttp cancelled the handler: the same, then stop.
-            self._stream_cost(a, upstream.status, recent, text)
+            self._stream_cost(a, upstream.status, recent, text, counted)
             raise
         finally:
             self._account(a.served_by, upstream.status, a.started)
-        usage = self._stream_cost(a, upstream.status, recent, text)
+        usage = self._stream_cost(a, upstream.status, recent, text, counted)
         if upstream.status < 300 and not gone:
             self._observe_tpot(a, usage, last_token, tail.events)
         return response
 
     def _stream_cost(
-        self, a: Attempt, status: int, recent: deque[bytes], text: list[str] | None
+        self,
+        a: Attempt,
+        status: int,
+        recent: deque[bytes],
+        text: list[str] | None,
+        counted: tokens.TextCount | None,
     ) -> Usage | None:
-        """Count a stream's tokens and cost from its usage event, else (cloud) the estimator on its text."""
+        """Count a stream's tokens and cost from its usage event, else the estimator on its text."""
         tail = b"".join(recent)
         usage = usage_of(tail)
         if a.trace is not None:
             a.trace.answered(tail, text)
-        if usage is None and text is not None and self._estimated(a):
-            usage = Usage(a.prompt_tokens(), tokens.text_tokens("".join(text)))
+        if counted is not None and status < 300 and _unreported(usage):
+            usage = self._estimated_usage(a, counted.tokens)
         self._settle_cost(a, status, usage)
         return usage
 
@@ -1309,15 +1323,21 @@ class Relay:
         if usage is not None and status < 300:
             self._observe_tpot(a, usage, last_token, 0)
 
-    @staticmethod
-    def _estimated(a: Attempt) -> bool:
-        """A cloud answer on a path priced by tokens: its tokens are estimated when the provider reports none."""
-        return a.served_by == SERVED_BY_FALLBACK and a.api.token_usage
+    def _estimated_usage(self, a: Attempt, completion: int) -> Usage:
+        """An answer's tokens by the estimator (tokens.py): its request's prompt and `completion` counted from
+        its text; counted apart too, so the share of estimated figures shows."""
+        usage = Usage(a.prompt_tokens(), completion, estimated=True)
+        self.metrics.estimated_tokens.inc((a.served_by, "prompt"), usage.prompt_tokens)
+        self.metrics.estimated_tokens.inc((a.served_by, "completion"), usage.completion_tokens)
+        return usage
 
     def _settle_cost(self, a: Attempt, status: int, usage: Usage | None) -> None:
-        """Count a successful answer's tokens and cost: by its usage, or its path's per-request price."""
+        """Count a successful answer's tokens and cost: by its usage, or its path's per-request price. The one
+        place an answer's token figures are settled: the trace gets the same ones."""
         if status >= 300:
             return
+        if a.trace is not None:
+            a.trace.counted(usage)
         if usage is not None:
             self._count_tokens(a, usage)
             return
@@ -1352,6 +1372,11 @@ class Relay:
         else:
             self.metrics.avoided.inc((), cost)
             self.ledger.add(AVOIDED, cost)
+
+
+def _unreported(usage: Usage | None) -> bool:
+    """No usage, or LocalAI's all-zero one (its non-streamed completions): the estimator counts instead."""
+    return usage is None or (not usage.prompt_tokens and not usage.completion_tokens)
 
 
 def usage_from(usage: Any) -> Usage | None:

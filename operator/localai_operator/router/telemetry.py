@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from localai_operator import __version__, otel
 from localai_operator.constants import ROUTER_SERVICE_NAME, SERVED_BY_FALLBACK, SERVED_BY_LOCAL
 from localai_operator.router import codec, tokens
-from localai_operator.router.usage import usage_of
+from localai_operator.router.usage import Usage
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -369,6 +369,7 @@ class RequestTrace:
         "a",
         "context",
         "input_tokens",
+        "output_count",
         "output_text",
         "output_tokens",
         "response_model",
@@ -394,6 +395,8 @@ class RequestTrace:
         self.response_model: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        # Output tokens for the time per output token: reported, else the router's estimate.
+        self.output_count: int | None = None
         self.output_text: str | None = None
 
     @property
@@ -417,7 +420,7 @@ class RequestTrace:
     ) -> None:
         self._end_attempt(None, None)
         self.response_model = self.output_text = None
-        self.input_tokens = self.output_tokens = None
+        self.input_tokens = self.output_tokens = self.output_count = None
         self._provider = provider
         self._server = (host, port)
         op = operation(a.api.pattern)
@@ -508,13 +511,9 @@ class RequestTrace:
             attributes["gen_ai.usage.output_tokens"] = self.output_tokens
 
     def answered(self, data: bytes | bytearray, text: list[str] | None = None) -> None:
-        """An answer (or a stream's last events, and its text when collected): the model and the usage it
-        reports (only reported usage: the semantic conventions leave estimates out), and with captureContent
-        its text."""
+        """An answer (or a stream's last events, and its text when collected): the model it names, and with
+        captureContent its text."""
         self.response_model = response_model(data) or self.response_model
-        usage = usage_of(bytes(data) if isinstance(data, bytearray) else data)
-        if usage is not None:
-            self.input_tokens, self.output_tokens = usage.prompt_tokens, usage.completion_tokens
         if self.capture:
             if text is not None:
                 self.output_text = "".join(text)
@@ -523,6 +522,15 @@ class RequestTrace:
                     self.output_text = tokens.answer_text(codec.loads(bytes(data)))
                 except ValueError:
                     self.output_text = None
+
+    def counted(self, usage: Usage | None) -> None:
+        """A successful answer's token figures, as the relay settled them for its metrics and cost: the usage
+        attributes and token metric take only what the upstream reported (the semantic conventions leave
+        estimates out unless asked for; LocalAI's all-zero usage is none), the time per output token every
+        count."""
+        self.output_count = usage.completion_tokens if usage is not None else None
+        if usage is not None and not usage.estimated and (usage.prompt_tokens or usage.completion_tokens):
+            self.input_tokens, self.output_tokens = usage.prompt_tokens, usage.completion_tokens
 
     # ------------------------------------------------------------------ the end
 
@@ -602,8 +610,8 @@ class RequestTrace:
         metrics.record("gen_ai.server.request.duration", now - a.started, attributes)
         if a.first_token_at is not None:
             metrics.record("gen_ai.server.time_to_first_token", a.first_token_at - a.started, attributes)
-            if self.output_tokens is not None and self.output_tokens > 1:
-                per_token = (now - a.first_token_at) / (self.output_tokens - 1)
+            if self.output_count is not None and self.output_count > 1:
+                per_token = (now - a.first_token_at) / (self.output_count - 1)
                 metrics.record("gen_ai.server.time_per_output_token", per_token, attributes)
         if self.input_tokens is not None:
             metrics.record(

@@ -8,16 +8,20 @@ message 4 tokens of framing on top of its text (OpenAI's chat format: role and s
 priming, each image part 85 tokens (OpenAI's base cost of an image). A prompt given as token ids counts exactly.
 
 `prompt_tokens(body)` reads what a request asks (`messages`, `prompt` or `input`); `text_tokens(text)` reads
-relayed answer text. Both are what docs/router.md documents as "the estimator".
+relayed answer text, and `TextCount` counts a stream's text the same way as its events pass (characters only, no
+text kept). They are what docs/router.md documents as "the estimator": used for cloud answers without usage and
+for local answers whose usage is missing or all zero (LocalAI's non-streamed completions).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Final
 
 from localai_operator.router import codec
 from localai_operator.router.body import JsonBody
+from localai_operator.router.paths import StreamFormat
 
 CHARS_PER_TOKEN: Final = 4
 MESSAGE_TOKENS: Final = 4
@@ -26,6 +30,18 @@ IMAGE_TOKENS: Final = 85
 # Members of a request body that hold the prompt, by API: chat (messages), completions (prompt), embeddings and
 # the Responses API (input), and the Responses API's system text (instructions).
 PROMPT_MEMBERS: Final = ("messages", "prompt", "input", "instructions")
+# The string members of a stream event that hold answer text (those `answer_text` reads), by stream format: found in
+# the event's bytes, so the text is counted without decoding the event. A Responses API stream's text is its
+# `delta`s only (its done events repeat the whole text as `text`).
+_CHAT_KEYS: Final = (b'"content"', b'"reasoning_content"', b'"refusal"', b'"arguments"')
+TEXT_KEYS: Final = {
+    StreamFormat.CHAT: _CHAT_KEYS,
+    StreamFormat.COMPLETION: (b'"text"',),
+    StreamFormat.RESPONSES: (b'"delta"',),
+}
+_QUOTE: Final = ord('"')
+_BETWEEN: Final = b" \t\r\n:"
+_STRING_END: Final = re.compile(rb'(?:[^"\\]|\\.)*"')
 
 
 def text_tokens(text: str | bytes) -> int:
@@ -40,6 +56,60 @@ def text_tokens(text: str | bytes) -> int:
         return math.ceil(len(text) / CHARS_PER_TOKEN)
     ascii_chars = sum(1 for char in text if char < "\x80")
     return math.ceil(ascii_chars / CHARS_PER_TOKEN) + (len(text) - ascii_chars)
+
+
+class TextCount:
+    """A stream's text, counted as it passes: `tokens` equals `text_tokens` of all the text added."""
+
+    __slots__ = ("ascii", "other")
+
+    def __init__(self) -> None:
+        self.ascii = 0
+        self.other = 0
+
+    def add(self, text: str) -> None:
+        if text.isascii():
+            self.ascii += len(text)
+            return
+        ascii_chars = sum(1 for char in text if char < "\x80")
+        self.ascii += ascii_chars
+        self.other += len(text) - ascii_chars
+
+    def add_event(self, event: bytes, keys: tuple[bytes, ...]) -> None:
+        """The text of a stream event (its SSE bytes; `keys`: TEXT_KEYS of its format), read from the bytes: each
+        text member once (an event has one of each), a plain ASCII string by its length, one with escapes or
+        non-ASCII characters decoded on its own."""
+        for key in keys:
+            at = event.find(key)
+            while at >= 0:
+                start = at + len(key)
+                while start < len(event) and event[start] in _BETWEEN:  # `: ` between a key and its value
+                    start += 1
+                if start < len(event) and event[start] == _QUOTE and b":" in event[at + len(key) : start]:
+                    self._add_string(event, start + 1)
+                    break
+                at = event.find(key, start)
+
+    def _add_string(self, event: bytes, start: int) -> None:
+        """The JSON string that starts at `start` (after its opening quote)."""
+        end = event.find(b'"', start)
+        if end < 0:
+            return
+        value = event[start:end]
+        if b"\\" not in value and value.isascii():
+            self.ascii += len(value)
+            return
+        found = _STRING_END.match(event, start)
+        if found is None:
+            return
+        try:
+            self.add(codec.loads(b'"' + event[start : found.end()]))
+        except ValueError:
+            return
+
+    @property
+    def tokens(self) -> int:
+        return math.ceil(self.ascii / CHARS_PER_TOKEN) + self.other
 
 
 def _content_tokens(content: Any) -> int:

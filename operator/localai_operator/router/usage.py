@@ -18,6 +18,8 @@ _COMPLETION: Final = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 class Usage(NamedTuple):
     prompt_tokens: int
     completion_tokens: int
+    # Counted by the router's estimator (router/tokens.py), not reported by the upstream.
+    estimated: bool = False
 
 
 def usage_of(data: bytes) -> Usage | None:

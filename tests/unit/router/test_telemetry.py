@@ -22,7 +22,7 @@ import yaml
 
 from localai_operator.constants import FALLBACK_API_KEY_ENV
 from localai_operator.router.telemetry import METRICS
-from localai_operator.testing.otlp import OtlpReceiver, ReceivedSpan
+from localai_operator.testing.otlp import OtlpReceiver, ReceivedPoint, ReceivedSpan
 from localai_operator.testing.standins import Behaviour, OpenAIStandIn
 from tests.unit.router.conftest import (
     API_KEY,
@@ -32,8 +32,10 @@ from tests.unit.router.conftest import (
     eventually,
     post,
     route_config,
+    scrape,
 )
 from tests.unit.router.test_entrypoint import free_port, is_ready, router_command
+from tests.unit.router.test_estimated_tokens import series
 
 CLIENT_KEY_NAME = "billing-service"
 CLIENT_KEY = "sk-client-billing-" + "7c1e" * 6
@@ -232,6 +234,82 @@ async def test_a_request_served_locally_is_a_span_with_one_attempt_and_the_pod_g
     assert "localai_operator.fallback.reason" not in request.attributes
     assert attempt.attributes["gen_ai.usage.output_tokens"] == answer.json()["usage"]["completion_tokens"]
     assert local.requests[-1].headers["traceparent"] == f"00-{trace_id}-{attempt.span_id}-01"
+
+
+async def request_spans(receiver: OtlpReceiver, trace_id: str) -> list[ReceivedSpan]:
+    """A request's span and its one attempt's, once both arrived."""
+    found: list[ReceivedSpan] = await eventually(
+        lambda: len(receiver.trace(trace_id)) >= 2 and receiver.trace(trace_id),
+        20,
+        f"the spans of {trace_id}",
+    )
+    return found
+
+
+async def test_telemetry_takes_the_routers_token_figures_and_leaves_its_estimates_out_of_usage(
+    receiver: OtlpReceiver,
+    start_router: StartRouter,
+    local: OpenAIStandIn,
+    cloud: OpenAIStandIn,
+    client: aiohttp.ClientSession,
+) -> None:
+    local.set(tokens=8, token_interval=0.005)
+    # LocalAI's non-streamed completion reports zeros: no usage, in the spans or the token metric.
+    alone = await start_router(route_config(local.url), env=telemetry_env(receiver))
+    header, trace_id, _ = traceparent()
+    body = {"model": LOCAL_MODEL, "prompt": PROMPT}
+    assert (await post(client, alone, "/completions", body, headers={"traceparent": header})).status == 200
+    for span in await request_spans(receiver, trace_id):
+        assert not {"gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"} & set(span.attributes), span
+
+    # A cloud completion stream without usage: the router's estimate, which the spans and the token metric leave
+    # out, and by which the time per output token divides.
+    router = await start_router(route_config(local.url, cloud.url), env=telemetry_env(receiver))
+    local.set(status=500)
+    cloud.set(tokens=8, token_interval=0.005, usage="never")
+    header, trace_id, _ = traceparent()
+    body = {"model": LOCAL_MODEL, "prompt": PROMPT, "stream": True}
+    answer = await post(client, router, "/completions", body, headers={"traceparent": header})
+    assert (answer.status, answer.served_by) == (200, "fallback")
+    spans = await eventually(
+        lambda: len(receiver.trace(trace_id)) >= 3 and receiver.trace(trace_id), 20, "spans"
+    )
+    for span in spans:
+        assert not {"gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"} & set(span.attributes), span
+    estimated = series(
+        await scrape(client, router), "localai_router_estimated_tokens_total", kind="completion"
+    )
+    assert estimated > 1
+
+    def completion_points(metric: str) -> list[ReceivedPoint]:
+        return [
+            p
+            for p in receiver.points
+            if p.metric == metric and p.attributes["gen_ai.operation.name"] == "text_completion"
+        ]
+
+    await eventually(
+        lambda: completion_points("gen_ai.server.time_per_output_token"),
+        20,
+        "the completion's time per token",
+    )
+    assert not completion_points("gen_ai.client.token.usage")
+
+    # A local chat stream's usage, asked for by the router: LocalAI's own count, in the spans as in the router's
+    # metrics.
+    local.set(tokens=8, token_interval=0.005)
+    header, trace_id, _ = traceparent()
+    body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    assert (await post(client, router, body=body, headers={"traceparent": header})).status == 200
+    request, (attempt,) = by_role(await request_spans(receiver, trace_id))
+    text = await scrape(client, router)
+    assert (
+        request.attributes["gen_ai.usage.output_tokens"]
+        == attempt.attributes["gen_ai.usage.output_tokens"]
+        == series(text, "localai_router_tokens_total", upstream="local", kind="completion")
+        == 8
+    )
+    assert series(text, "localai_router_estimated_tokens_total", kind="completion") == estimated
 
 
 async def test_a_request_without_a_traceparent_starts_a_trace_of_its_own(
