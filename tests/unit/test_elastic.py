@@ -277,7 +277,7 @@ POOL = {
 MODEL = {
     "kind": "LLMModel",
     "metadata": {"name": "m", "namespace": "team-a", "uid": "m-uid", "generation": 1},
-    "spec": {"source": {"url": "https://models.example/m.gguf"}},
+    "spec": {"source": {"url": "https://models.example/m.gguf"}, "parallel": 1},  # 3 in flight: 3 replicas
 }
 
 
