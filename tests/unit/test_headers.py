@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,33 @@ def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile
     assert seen[0] is None
     assert [h.serial for h in seen[1:] if h is not None] == [1, 1]
     assert len(calls) == 2
+
+
+def test_how_long_a_read_has_been_asked_for_is_known_until_it_ends() -> None:
+    now = [10.0]
+    release = threading.Event()
+
+    def slow(url: str) -> Header:
+        release.wait(5)
+        return Header("Unreadable", 1, problem="no route to host")
+
+    async def scenario() -> list[float | None]:
+        headers = Headers(lambda keys: None, read=slow, clock=lambda: now[0])
+        key, source = Key("LLMModel", "ns", "m"), ("http://10.0.0.1/m.gguf", None)
+        seen = [headers.reading_for(source)]
+        headers.get(source, key)
+        now[0] = 10.4
+        seen.append(headers.reading_for(source))
+        release.set()
+        while headers.get(source, key) is None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.reading_for(source))
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None
+    assert seen[1] == pytest.approx(0.4)
 
 
 def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:

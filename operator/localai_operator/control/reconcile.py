@@ -108,7 +108,11 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     elif isinstance(observed, pl.RouteObserved):
         failure = await _route(ctx, key, observed)
     else:
-        failure = await _model(ctx, key, observed)
+        wait = _header_wait(ctx, observed)
+        if wait > 0:
+            ctx.queue.add_after(key, wait)  # or sooner: the read's end queues the key
+            return None
+        failure, inputs = await _model(ctx, key, observed, inputs)
     if failure is None:
         ctx.last_inputs[key] = inputs
         ctx.refused_inputs.pop(key, None)
@@ -238,12 +242,36 @@ def _failure(applied: st.Applied) -> Failure | None:
     return None
 
 
-async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> Failure | None:
+# How long a model's status may wait for the GGUF header read its pass started: a read that ends within it (an
+# answer from a nearby server, a name that does not resolve) costs the model one status write, not two.
+HEADER_WAIT_SECONDS = 1.0
+
+
+def _header_wait(ctx: Context, observed: pl.ModelObserved) -> float:
+    """Seconds the pass of a model whose header is being read, with nothing about it in the status yet, should
+    wait before it writes that it is reading; 0: write now."""
+    if ctx.headers is None or not observed.reads_headers or observed.header is not None:
+        return 0.0
+    try:
+        source = source_of(ModelSource.model_validate((observed.body.get("spec") or {}).get("source")))
+    except ValidationError:
+        return 0.0
+    waited = ctx.headers.reading_for(source) if source is not None else None
+    return 0.0 if waited is None else max(0.0, HEADER_WAIT_SECONDS - waited)
+
+
+async def _model(
+    ctx: Context, key: Key, observed: pl.ModelObserved, inputs: int
+) -> tuple[Failure | None, int]:
+    """The model's one status write; returns the inputs its next pass would see if nothing else changed (its own
+    write moves the model's resourceVersion: a resync after it then has nothing to unpack)."""
     planned = pl.plan_model(observed)
-    await _write_status(
+    live = await _write_status(
         ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
     )
-    return None
+    if live is not None:
+        inputs = hash(pl.fingerprint(dataclasses.replace(observed, body=live)))
+    return None, inputs
 
 
 def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
@@ -253,9 +281,10 @@ def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
 
 async def _write(
     ctx: Context, key: Key, target: tuple[str, str, str], send: Awaitable[dict[str, Any]]
-) -> None:
+) -> dict[str, Any]:
     """Sends one write to `target` (kind, namespace, name) and tells the cache, which holds back the watch's
-    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change."""
+    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change. Returns the
+    object written."""
     ctx.cache.writing(*target)
     try:
         live = await send
@@ -265,6 +294,7 @@ async def _write(
         raise
     if ctx.cache.wrote(live):
         ctx.queue.add(key)
+    return live
 
 
 class Taken(Exception):
@@ -355,24 +385,24 @@ def replaced(err: ApiError) -> bool:
     return err.status == 422 and "metadata.uid" in err.message
 
 
-async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:
+async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> dict[str, Any] | None:
     """One status write, only if it changes something; an Event when Ready turns False or (for pools and
-    routes) True."""
+    routes) True. Returns the object written (None: nothing was)."""
     patch = st.patch_of(status)
     stored = body.get("status")
     if st.unchanged(stored, patch):
-        return
+        return None
     kind = of(key.kind)
     try:
         send = ctx.api.patch_status(kind, key.namespace, key.name, patch)
-        await _write(ctx, key, (key.kind, key.namespace, key.name), send)
+        live = await _write(ctx, key, (key.kind, key.namespace, key.name), send)
     except ApiError as err:
         if err.status == 404:
-            return  # deleted meanwhile
+            return None  # deleted meanwhile
         raise
     before, after = st.ready_of(stored), st.ready_of(patch)
     if after is None or (before is not None and before[:2] == after[:2]):
-        return
+        return live
     ready, reason, message = after
     if ready == "False" or (ready == "True" and kind is not LLM_MODEL):
         involved = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": body["metadata"]}
@@ -383,3 +413,4 @@ async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> 
             message=message,
             now=ctx.clock(),
         )
+    return live
