@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic_core
+
 from localai_operator.api.kinds import INFERENCE_POOL, LLM_MODEL
 from localai_operator.control import cache as c
 from localai_operator.control.cache import Cache
@@ -226,3 +228,19 @@ def test_the_identity_of_a_resource_is_read_without_unpacking_and_follows_our_ne
     cache.wrote(obj("LLMModel", "m", "11"))
     assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "11", False)
     assert cache.identity(LLM_MODEL, "ns", "gone") is None
+
+
+def test_a_large_object_is_kept_compressed_and_read_back_whole() -> None:
+    config_map = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "p-models", "namespace": "ns", "uid": "u", "resourceVersion": "7"},
+        "data": {f"m{i}.yaml": f"name: m{i}\nparameters:\n  model: m{i}.gguf\n" * 8 for i in range(10)},
+    }
+    small = {
+        "kind": "LLMModel",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "v", "resourceVersion": "8"},
+    }
+    packed, unpacked = c.pack(config_map), c.pack(small)
+    assert len(packed.raw) < len(pydantic_core.to_json(config_map)) // 3
+    assert packed.body() == config_map and unpacked.body() == small
+    assert (packed.uid, packed.resource_version, unpacked.raw[:1]) == ("u", "7", b"{")
