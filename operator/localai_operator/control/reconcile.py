@@ -112,7 +112,7 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
         if wait > 0:
             ctx.queue.add_after(key, wait)  # or sooner: the read's end queues the key
             return None
-        failure, inputs = await _model(ctx, key, observed, inputs)
+        failure, inputs = None, await _model(ctx, key, observed, inputs)
     if failure is None:
         ctx.last_inputs[key] = inputs
         ctx.refused_inputs.pop(key, None)
@@ -260,18 +260,16 @@ def _header_wait(ctx: Context, observed: pl.ModelObserved) -> float:
     return 0.0 if waited is None else max(0.0, HEADER_WAIT_SECONDS - waited)
 
 
-async def _model(
-    ctx: Context, key: Key, observed: pl.ModelObserved, inputs: int
-) -> tuple[Failure | None, int]:
-    """The model's one status write; returns the inputs its next pass would see if nothing else changed (its own
-    write moves the model's resourceVersion: a resync after it then has nothing to unpack)."""
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved, inputs: int) -> int:
+    """The model's one status write; returns the inputs its next pass sees if nothing else changes (its own write
+    moves the model's resourceVersion: a resync after it then has nothing to unpack)."""
     planned = pl.plan_model(observed)
     live = await _write_status(
         ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
     )
     if live is not None:
         inputs = hash(pl.fingerprint(dataclasses.replace(observed, body=live)))
-    return None, inputs
+    return inputs
 
 
 def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
