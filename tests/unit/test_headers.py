@@ -165,6 +165,42 @@ def test_how_long_a_read_has_been_asked_for_is_known_until_it_ends() -> None:
     assert seen[1] == pytest.approx(0.4)
 
 
+def test_after_a_server_could_not_be_reached_its_other_sources_are_unreadable_at_once_for_a_minute() -> None:
+    now = [0.0]
+    calls: list[str] = []
+
+    def read(url: str) -> Header:
+        calls.append(url)
+        if "down.example" in url:
+            problem = f"{url} could not be read: [Errno -2] Name or service not known"
+            return Header("Unreadable", len(calls), problem=problem, unreachable=True)
+        return Header("Unreadable", len(calls), problem=f"{url} answered HTTP 404")
+
+    async def scenario() -> list[Header | None]:
+        headers = Headers(lambda keys: None, read=read, clock=lambda: now[0])
+        key = Key("LLMModel", "ns", "m")
+        seen = [headers.get(("https://down.example/a.gguf", None), key)]
+        while headers.reading_for(("https://down.example/a.gguf", None)) is not None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # not read
+        seen.append(headers.get(("https://up.example/c.gguf", None), key))  # another server: read
+        now[0] = 61.0
+        seen.append(headers.get(("https://down.example/d.gguf", None), key))  # the minute is over: read
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # and this one again
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None and seen[3] is None
+    skipped = seen[1]
+    assert skipped is not None and skipped.state == "Unreadable"
+    assert skipped.problem == (
+        "https://down.example/b.gguf could not be read: [Errno -2] Name or service not known"
+    )
+    assert seen[4] is skipped  # its result meanwhile, while it is read again
+    assert not any("b.gguf" in url for url in calls[:3])
+
+
 def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:
     terminated = {"exitCode": exit_code, "message": message}
     return {
