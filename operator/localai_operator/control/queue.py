@@ -92,9 +92,8 @@ class WorkQueue:
         self._low: dict[Key, None] = {}
         self._processing: set[Key] = set()
         self._processing_background: set[Key] = set()
-        self._again: dict[
-            Key, int
-        ] = {}  # added while processing -> its most urgent level (URGENT, BACKGROUND, LOW)
+        # Added while processing -> the most urgent level it was added at (URGENT, BACKGROUND, LOW).
+        self._again: dict[Key, int] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._patience: asyncio.TimerHandle | None = None
