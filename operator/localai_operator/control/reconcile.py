@@ -112,7 +112,7 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
         if wait > 0:
             ctx.queue.add_after(key, wait)  # or sooner: the read's end queues the key
             return None
-        failure, inputs = None, await _model(ctx, key, observed, inputs)
+        failure, inputs = None, await _model(ctx, key, observed, inputs)  # a model pass never fails
     if failure is None:
         ctx.last_inputs[key] = inputs
         ctx.refused_inputs.pop(key, None)
