@@ -369,6 +369,21 @@ class Cache:
                 out[(key[0], key[2])] = written
         return out
 
+    def owned_versions(self, namespace: str, owner_uid: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(kind, name) -> (uid, resourceVersion) of what owned() would return, without unpacking it."""
+        out = {
+            (p.kind, p.name): (p.uid, p.resource_version) for p in self._values(OWNED, (namespace, owner_uid))
+        }
+        for key in list(self._written_by_owner.get((namespace, owner_uid), ())):
+            written = self._fresh(key)
+            if written is None:
+                continue
+            seen = out.get((key[0], key[2]))
+            if seen is None or _version(written) > _number(seen[1]):
+                meta = written["metadata"]
+                out[(key[0], key[2])] = (meta.get("uid"), meta.get("resourceVersion"))
+        return out
+
     def unschedulable(self, namespace: str, pool: str) -> str | None:
         return next(iter(sorted(self._values(UNSCHEDULABLE, (namespace, pool)))), None)
 

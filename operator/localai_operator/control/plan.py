@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -122,19 +122,38 @@ def fingerprint(observed: PoolObserved | RouteObserved | ModelObserved) -> Hasha
             observed.carried,
             observed.gateway_api,
         )
-    models = tuple((name, _version(body)) for name, body in observed.models.items())
     nodes = tuple(sorted((tuple(sorted(labels.items())), gpus) for labels, gpus in observed.gpu_nodes))
     headers = tuple((n, _header_version(h)) for n, h in (observed.headers or {}).items())
-    return (
+    return pool_fingerprint(
         _version(observed.body),
-        models,
+        [(name, _version(body)) for name, body in observed.models.items()],
         owned,
         observed.unschedulable,
-        nodes,
-        secrets,
         observed.scale,
-        headers,
+        nodes=nodes,
+        secrets=secrets,
+        headers=headers,
     )
+
+
+Version = tuple[Any, Any] | None  # (uid, resourceVersion) of an object; None when absent
+
+
+def pool_fingerprint(
+    version: Version,
+    models: Sequence[tuple[str, Version]],
+    owned: Iterable[tuple[tuple[str, str], Version]],
+    unschedulable: str | None,
+    scale: ScaleState | None,
+    *,
+    nodes: Hashable = (),
+    secrets: Hashable = (),
+    headers: Hashable = (),
+) -> Hashable:
+    """A pool's fingerprint from the versions of what it reads: the pool, its models in spec order, the objects it
+    owns, and the facts from the caches (GPU nodes, Secrets and headers are empty for a CPU pool without a key), so
+    a resync can tell an unchanged pool from the caches' versions alone."""
+    return (version, tuple(models), tuple(sorted(owned)), unschedulable, nodes, secrets, scale, headers)
 
 
 def _header_version(header: Header | None) -> tuple[str, int] | None:

@@ -86,6 +86,8 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     kind = of(key.kind)
     if kind is LLM_MODEL and _model_unchanged(ctx, key):
         return None  # most of a resync: ten models to a pool, and nothing to unpack to know
+    if kind is INFERENCE_POOL and _pool_unchanged(ctx, key):
+        return None  # a resync, a pod's event: nothing but the pool's own small body to unpack to know
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         ctx.last_inputs.pop(key, None)
@@ -130,6 +132,32 @@ def _model_unchanged(ctx: Context, key: Key) -> bool:
         return False
     seen = pl.model_fingerprint((identity[0], identity[1]), ctx.cache.served_by(key.namespace, key.name))
     return ctx.last_inputs.get(key) == hash(seen)
+
+
+def _pool_unchanged(ctx: Context, key: Key) -> bool:
+    """Whether a CPU pool without a key Secret saw at its last pass what the caches hold now (pl.fingerprint of
+    its PoolObserved, from the versions of its models and objects alone); GPU pools and pools with a key always
+    pass (their nodes, headers and Secret are read by the pass)."""
+    last = ctx.last_inputs.get(key)
+    identity = ctx.cache.identity(INFERENCE_POOL, key.namespace, key.name)
+    if last is None or identity is None or identity[2]:
+        return False
+    body = ctx.cache.get(INFERENCE_POOL, key.namespace, key.name) or {}
+    spec = body.get("spec") or {}
+    if (spec.get("accelerator") or {}).get("gpus") or pl.pool_secret_names(body):
+        return False
+    models = []
+    for name in dict.fromkeys(spec.get("models") or []):
+        model = ctx.cache.identity(LLM_MODEL, key.namespace, str(name))
+        models.append((name, model[:2] if model is not None else None))
+    seen = pl.pool_fingerprint(
+        identity[:2],
+        models,
+        ctx.cache.owned_versions(key.namespace, identity[0]).items(),
+        ctx.cache.unschedulable(key.namespace, key.name),
+        ctx.cache.scales.get((key.namespace, key.name)),
+    )
+    return last == hash(seen)
 
 
 def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]:
