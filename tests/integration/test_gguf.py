@@ -30,7 +30,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     directory = tmp_path_factory.mktemp("origin")
     sparse_gemma(directory)
     write_header(LLAMA_3_8B, directory / "llama-3-8b.gguf", sparse_data=True)
-    write_header(LLAMA_3_8B, directory / "quick.gguf")  # read by one test only
+    write_header(LLAMA_3_8B, directory / "quick.gguf", sparse_data=True)  # read by one test only
     (directory / "notes.gguf").write_text("these are not the weights you are looking for\n")
     with serve_files(directory) as server:
         yield server
