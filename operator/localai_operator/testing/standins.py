@@ -8,8 +8,7 @@ was seen to send, each pinned by a test against the binary (tests/integration/te
   `{"choices":[],"usage":…}` trailer only with `stream_options.include_usage`; `data: [DONE]`. No `usage` in the
   other events; `id` is the `X-Correlation-Id` header's UUID;
 - a completion stream: an event without `text`, one per token, one more without `text`, a last one with
-  `finish_reason: "stop"` whatever cut the text, the same usage trailer as chat's with
-  `stream_options.include_usage` (its count, unlike a non-streamed completion's zeros), `data: [DONE]`;
+  `finish_reason: "stop"` whatever cut the text, `data: [DONE]`;
 - a non-streamed completion reports `usage` all zeros and `finish_reason: "stop"`; a non-streamed chat reports
   usage, `finish_reason: "length"` when max_tokens cut it, and a UUID `id` of its own;
 - an unknown model is a 404 `model "<m>" not found. To see available models, call GET /v1/models`; a missing key
@@ -692,8 +691,7 @@ class OpenAIStandIn:
             opening = [] if b.fail_after_tokens == 0 and b.error_shape == "echoed" else [event({})]
             closing = [event({}), event({"finish_reason": "stop"})]
             pieces = [self._token(i) for i in range(count)]
-        if include_usage:
-            # A completion stream's trailer says "chat.completion.chunk" too (chat_emit.go, streamUsageTrailerJSON).
+        if chat and include_usage:
             trailer = {
                 "id": ident,
                 "created": created,
