@@ -41,8 +41,8 @@ from localai_operator.api.llmmodel import KVCacheType, LLMModel  # noqa: E402
 from localai_operator.gguf import fit  # noqa: E402
 from localai_operator.gguf.facts import gguf_status  # noqa: E402
 from localai_operator.gguf.header import read_header  # noqa: E402
-from localai_operator.render.model_config import backend_options, model_config_yaml, slots  # noqa: E402
-from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes  # noqa: E402
+from localai_operator.render.model_config import model_config_yaml  # noqa: E402
+from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes, rendered_estimate  # noqa: E402
 
 PROBE = Path(__file__).with_name("llama_memory_probe.cpp")
 MIB = 1024 * 1024
@@ -171,22 +171,6 @@ def rendered(case: Case, gguf: Path) -> LLMModel:
     )
 
 
-def rendered_estimate(path: Path, model: LLMModel, gpu: bool) -> dict[str, float]:
-    """The operator's estimate for `model` as a pool of that kind renders it, every layer offloaded."""
-    with path.open("rb") as f:
-        header = read_header(f)
-    status = gguf_status(header)
-    settings = fit.settings_of(
-        model.spec,
-        gpu_layers=status.layers + 1,
-        slots=slots(model, gpu=gpu),
-        options=backend_options(model, gpu=gpu),
-    )
-    (usage,) = fit.gpu_memory(fit.Model(model.name, status, settings), gpus=1)
-    weights = sum(t.n_bytes for t in header.tensors)
-    return {"model": weights / MIB, "KV": usage.kv_cache / MIB, "compute": usage.compute / MIB}
-
-
 def localai_rows(binary: Path, backends: Path, gguf: Path, work: Path) -> list[Row]:
     """The Gemma cases through `local-ai`, one process at a time, with a CPU and a GPU pool's model YAML each."""
     rows = []
@@ -199,7 +183,7 @@ def localai_rows(binary: Path, backends: Path, gguf: Path, work: Path) -> list[R
                 log = (root / "localai.log").read_text(errors="replace")
             sizes = buffer_sizes(log)
             through = f"local-ai, {'GPU' if gpu else 'CPU'} pool's YAML"
-            rows.append(Row(case, sizes, rendered_estimate(gguf, model, gpu), through))
+            rows.append(Row(case, sizes, rendered_estimate(gguf, model, gpu=gpu), through))
     return rows
 
 

@@ -26,12 +26,8 @@ import pytest
 
 from localai_operator.constants import FALLBACK_REASON_HEADER, SERVED_BY_HEADER
 from localai_operator.devcluster import images, stack
-from localai_operator.gguf import fit
-from localai_operator.gguf.facts import gguf_status
-from localai_operator.gguf.header import read_header
-from localai_operator.render.model_config import backend_options, slots
 from localai_operator.router import tokens
-from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes
+from localai_operator.testing.llama_log import VERBOSE_OPTION, buffer_sizes, rendered_estimate
 from localai_operator.testing.standins import (
     LOCALAI_TRAILING_NULL_EVENTS,
     Behaviour,
@@ -60,7 +56,6 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour.
 PROMPT = {"model": MODEL, "prompt": "Kubernetes is"}
 # What the stand-in generates when max_tokens does not cut it; requests ask for fewer, as they do of the binary.
 STANDIN_TOKENS = 8
-MIB = 1024 * 1024
 CUT = 4
 # Values for every model-YAML key the renderer writes, unlike LocalAI's defaults, so the binary's log shows each
 # was taken (docs/localai-facts.md §7).
@@ -398,21 +393,11 @@ def test_the_gpu_memory_estimate_is_within_10_percent_of_the_buffers_localais_ba
     ) as served:
         logged = buffer_sizes(served.log_text())
     model = rendered.model
-    with (models / model.spec.source.file_name()).open("rb") as f:
-        header = read_header(f)
-    status = gguf_status(header)
-    settings = fit.settings_of(
-        model.spec,
-        gpu_layers=status.layers + 1,
-        slots=slots(model, gpu=False),
-        options=backend_options(model, gpu=False),
-    )
-    (usage,) = fit.gpu_memory(fit.Model(model.name, status, settings), gpus=1)
-    weights = sum(t.n_bytes for t in header.tensors) / MIB  # on the CPU each tensor once (CPU_Mapped)
-    assert logged["model"] == pytest.approx(weights, rel=0.01)
-    assert logged["KV"] == pytest.approx(usage.kv_cache / MIB, rel=0.10)
-    assert logged["compute"] == pytest.approx(usage.compute / MIB, rel=0.10)
-    total = weights + (usage.kv_cache + usage.compute) / MIB
+    estimate = rendered_estimate(models / model.spec.source.file_name(), model, gpu=False)
+    assert logged["model"] == pytest.approx(estimate["model"], rel=0.01)
+    assert logged["KV"] == pytest.approx(estimate["KV"], rel=0.10)
+    assert logged["compute"] == pytest.approx(estimate["compute"], rel=0.10)
+    total = estimate["model"] + estimate["KV"] + estimate["compute"]
     assert logged["model"] + logged["KV"] + logged["compute"] == pytest.approx(total, rel=0.10)
 
 

@@ -6,7 +6,16 @@ hold the operator's GPU-memory estimate (gguf/fit.py) to the binary's own figure
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Final
+
+from localai_operator.api.llmmodel import LLMModel
+from localai_operator.gguf import fit
+from localai_operator.gguf.facts import gguf_status
+from localai_operator.gguf.header import read_header
+from localai_operator.render.model_config import backend_options, slots
+
+MIB: Final = 1024 * 1024
 
 # e.g. `load_tensors:   CPU_Mapped model buffer size =   235.16 MiB`, `llama_kv_cache:        CPU KV buffer size =
 # 24.00 MiB` (one per cache: a sliding-window model has two), `sched_reserve:        CPU compute buffer size = 25.77 MiB`
@@ -25,3 +34,20 @@ def buffer_sizes(log: str) -> dict[str, float]:
             buffer, kind, mib = match.groups()
             sizes["repack" if buffer.endswith("REPACK") else kind] += float(mib)
     return sizes
+
+
+def rendered_estimate(path: Path, model: LLMModel, *, gpu: bool) -> dict[str, float]:
+    """The operator's estimate in MiB, keyed as `buffer_sizes`, for `model` (its GGUF file at `path`) as a pool of
+    that kind renders it, every layer offloaded: "model" is every tensor once (CPU_Mapped)."""
+    with path.open("rb") as f:
+        header = read_header(f)
+    status = gguf_status(header)
+    settings = fit.settings_of(
+        model.spec,
+        gpu_layers=status.layers + 1,
+        slots=slots(model, gpu=gpu),
+        options=backend_options(model, gpu=gpu),
+    )
+    (usage,) = fit.gpu_memory(fit.Model(model.name, status, settings), gpus=1)
+    weights = sum(t.n_bytes for t in header.tensors)
+    return {"model": weights / MIB, "KV": usage.kv_cache / MIB, "compute": usage.compute / MIB}
