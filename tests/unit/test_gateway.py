@@ -225,6 +225,22 @@ def test_the_gateway_api_counts_as_served_once_its_crd_is_established_with_v1_se
     assert not serves({**crd, "spec": {"versions": [{"name": "v1beta1", "served": True}]}}, "v1")
 
 
+def test_a_gateway_api_crd_being_deleted_counts_as_not_served_so_no_httproute_is_applied_to_hold_its_deletion() -> (
+    None
+):
+    """Server-side apply creates objects of a terminating CRD (only POST is refused), so the operator must stop
+    applying as soon as the CRD is being deleted: the CI run that removed the Gateway API with a route live timed
+    out after 120 s while the operator re-made its HTTPRoute behind the API server's clean-up."""
+    crd = {
+        "spec": {"versions": [{"name": "v1", "served": True}]},
+        "status": {"conditions": [{"type": "Established", "status": "True"}]},
+    }
+    deleting = {**crd, "metadata": {"deletionTimestamp": "2026-12-08T00:00:00Z"}}
+    assert serves(crd, "v1") and not serves(deleting, "v1")
+    terminating = {"type": "Terminating", "status": "True", "reason": "InstanceDeletionInProgress"}
+    assert not serves({**crd, "status": {"conditions": [*crd["status"]["conditions"], terminating]}}, "v1")
+
+
 def gateway_section_yaml() -> list[list[dict[str, Any]]]:
     """The YAML blocks of docs/router.md's Gateway section, each as its documents."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "router.md").read_text()

@@ -206,8 +206,17 @@ def hpa_target_pool(hpa: Mapping[str, Any]) -> str | None:
 
 
 def serves(crd: Mapping[str, Any], version: str) -> bool:
-    """Whether a CustomResourceDefinition is Established and serves `version`."""
+    """Whether a CustomResourceDefinition is Established, not being deleted, and serves `version`.
+
+    A CRD being deleted stays Established until its objects are gone, and the API server refuses to create them
+    then, but only by POST: a server-side apply (PATCH) still creates one. An operator that kept applying its
+    HTTPRoute while the Gateway API was being removed would hold the CRD's deletion (the API server's clean-up
+    deletes what it finds, waits a minute, and starts again) for as long as it kept re-making it."""
+    if (crd.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     conditions = (crd.get("status") or {}).get("conditions") or []
+    if any(c.get("type") == "Terminating" and c.get("status") == "True" for c in conditions):
+        return False
     established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
     versions = (crd.get("spec") or {}).get("versions") or []
     return established and any(v.get("name") == version and v.get("served") for v in versions)
