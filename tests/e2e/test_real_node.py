@@ -149,6 +149,26 @@ def test_the_pool_pod_runs_localais_own_process_and_kubectl_logs_shows_it_servin
     assert 'LocalAI is started and running address=":8080"' in log
 
 
+def test_localai_in_the_pool_pod_may_open_far_more_files_than_the_pidfds_it_holds_until_a_gc(
+    real: RealStack,
+) -> None:
+    """LocalAI v4.9.0 keeps a pidfd per check of its backend until Go's GC closes it (~1,000 in two idle minutes)
+    and stalls its accept loop at a limit of 1,024 (benchmarks/README.md). In a pod it inherits the runtime's limit
+    (the harness gives systemd's default for containerd 2, 1,024 soft / 524,288 hard, or less hard where its caller
+    has less) and, as a Go program, raises its soft limit to the hard one: what keeps a pod serving after minutes of
+    probes. Go collects at least every two minutes, so 8,192 leaves that count eight times over."""
+    pod = real.ready_pool_pod()
+
+    limits = real.kubectl(
+        "exec", "-n", real.namespace, pod.metadata.name, "-c", "localai", "--", "cat", "/proc/1/limits"
+    )
+
+    found = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
+    assert found, limits
+    soft, hard = int(found.group(1)), int(found.group(2))
+    assert soft == hard >= 8192, limits
+
+
 @pytest.fixture
 def forwarded_route(real: RealStack) -> Iterator[str]:
     """`kubectl port-forward svc/<route>` on a free loopback port; yields the OpenAI base URL."""

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -259,7 +260,15 @@ class RealNode:
 
         launcher.spawn_component(
             "containerd",
-            self._in_node([str(binaries.containerd), f"--config={self.node_dir / 'containerd.toml'}"]),
+            self._in_node(
+                [
+                    "prlimit",
+                    "--nofile={}:{}".format(*containerd_nofile()),
+                    "--",
+                    str(binaries.containerd),
+                    f"--config={self.node_dir / 'containerd.toml'}",
+                ]
+            ),
         )
         launcher.wait_until("containerd to serve its socket", self._containerd_answers)
         pause = write_image(
@@ -595,6 +604,24 @@ def remove_stale_nodes(min_age: float = 60.0) -> None:
             if not Path(f"/sys/class/net/{_LINK_PREFIX}{cgroup.name.removeprefix('node')}").exists():
                 nodeinit._remove_cgroup(cgroup)
     _remove_empty_cgroup_parents()
+
+
+# The open-files limit containerd runs with, and so every container (its CRI plugin drops the default spec's
+# 1,024 and the containers inherit the shim's): systemd's default for a unit that sets none, as containerd 2's own
+# containerd.service no longer does, with the hard limit lowered to the caller's where that is less (raising it
+# needs CAP_SYS_RESOURCE). LocalAI v4.9.0 holds a pidfd per check of its backend until Go's garbage collector
+# closes it (~1,000 in two idle minutes) and stalls its accept loop at a hard limit of 1,024; as a Go program it
+# raises its soft limit to the hard one, which is what keeps it clear on a real node (test_real_node.py reads it).
+CONTAINERD_NOFILE: Final = (1024, 524288)
+
+
+def containerd_nofile() -> tuple[int, int]:
+    """(soft, hard) open files for containerd: CONTAINERD_NOFILE within what this process may give."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        hard = CONTAINERD_NOFILE[1]
+    hard = min(hard, CONTAINERD_NOFILE[1])
+    return min(CONTAINERD_NOFILE[0], hard), hard
 
 
 def containerd_config(node_dir: Path, binaries: NodeBinaries, socket: Path) -> str:
