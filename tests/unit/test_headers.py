@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,69 @@ def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile
     assert seen[0] is None
     assert [h.serial for h in seen[1:] if h is not None] == [1, 1]
     assert len(calls) == 2
+
+
+def test_how_long_a_read_has_been_asked_for_is_known_until_it_ends() -> None:
+    now = [10.0]
+    release = threading.Event()
+
+    def slow(url: str) -> Header:
+        release.wait(5)
+        return Header("Unreadable", 1, problem="no route to host")
+
+    async def scenario() -> list[float | None]:
+        headers = Headers(lambda keys: None, read=slow, clock=lambda: now[0])
+        key, source = Key("LLMModel", "ns", "m"), ("http://10.0.0.1/m.gguf", None)
+        seen = [headers.reading_for(source)]
+        headers.get(source, key)
+        now[0] = 10.4
+        seen.append(headers.reading_for(source))
+        release.set()
+        while headers.get(source, key) is None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.reading_for(source))
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None
+    assert seen[1] == pytest.approx(0.4)
+
+
+def test_after_a_server_could_not_be_reached_its_other_sources_are_unreadable_at_once_for_a_minute() -> None:
+    now = [0.0]
+    calls: list[str] = []
+
+    def read(url: str) -> Header:
+        calls.append(url)
+        if "down.example" in url:
+            problem = f"{url} could not be read: [Errno -2] Name or service not known"
+            return Header("Unreadable", len(calls), problem=problem, unreachable=True)
+        return Header("Unreadable", len(calls), problem=f"{url} answered HTTP 404")
+
+    async def scenario() -> list[Header | None]:
+        headers = Headers(lambda keys: None, read=read, clock=lambda: now[0])
+        key = Key("LLMModel", "ns", "m")
+        seen = [headers.get(("https://down.example/a.gguf", None), key)]
+        while headers.reading_for(("https://down.example/a.gguf", None)) is not None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # not read
+        seen.append(headers.get(("https://up.example/c.gguf", None), key))  # another server: read
+        now[0] = 61.0
+        seen.append(headers.get(("https://down.example/d.gguf", None), key))  # the minute is over: read
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # and this one again
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None and seen[3] is None
+    skipped = seen[1]
+    assert skipped is not None and skipped.state == "Unreadable"
+    assert skipped.problem == (
+        "https://down.example/b.gguf could not be read: [Errno -2] Name or service not known"
+    )
+    assert seen[4] is skipped  # its result meanwhile, while it is read again
+    assert not any("b.gguf" in url for url in calls[:3])
 
 
 def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:
