@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +16,18 @@ import pytest
 from localai_operator import fetch
 from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control.gpufit import Header
-from localai_operator.control.headers import Headers, fetched_headers, read_source, source_of
+from localai_operator.control.headers import (
+    Headers,
+    fetched_headers,
+    opener,
+    read_source,
+    source_of,
+    tls_context,
+)
 from localai_operator.control.queue import Key
 from localai_operator.testing.file_server import FileServer, serve_files
 from tests.unit.gguf_samples import GEMMA_FILE_SIZE, GEMMA_HEADER_BYTES, sparse_gemma
+from tests.unit.router.conftest import tls_contexts
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +45,7 @@ def origin(models_dir: Path) -> Iterator[FileServer]:
 
 
 def read(url: str) -> Header:
-    return read_source(url, counter=itertools.count(1))
+    return read_source(url, counter=itertools.count(1), reader=opener(tls_context()))
 
 
 def test_the_header_of_a_real_gguf_is_read_with_one_range_request_and_not_the_whole_file(
@@ -107,6 +116,34 @@ def test_a_source_is_read_once_and_every_pass_that_asked_runs_again(origin: File
     assert first is None and again is not None and again.state == "Read"
     assert reads == 1 and len(origin.requests) == 1
     assert notified == [{Key("LLMModel", "ns", "gemma"), Key("InferencePool", "ns", "gpu")}]
+
+
+def test_every_https_read_of_a_headers_shares_its_one_tls_context(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = tls_contexts(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA the context trusts
+
+    async def scenario(origin: FileServer) -> tuple[list[Header | None], int]:
+        notified: list[set[Key]] = []
+        headers = Headers(notified.append)
+        sources = [
+            (origin.url(name, host="localhost"), None) for name in ("gemma-header-only.gguf", "page.gguf")
+        ]
+        for i, source in enumerate(sources):
+            headers.get(source, Key("LLMModel", "ns", f"m{i}"))
+        deadline = time.monotonic() + 10
+        while len(notified) < len(sources) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        results = [headers.get(source, Key("LLMModel", "ns", "again")) for source in sources]
+        await headers.close()
+        return results, headers.tls.session_stats()["connect"]
+
+    with serve_files(models_dir, tls=server) as origin:
+        results, connects = asyncio.run(scenario(origin))
+    assert [r.state if r else None for r in results] == ["Read", "NotGGUF"]
+    # Both connections were made with the Headers' context: none loaded the CA certificates again.
+    assert connects == 2 and len(origin.requests) == 2
 
 
 def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile() -> None:
