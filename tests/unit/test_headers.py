@@ -17,6 +17,7 @@ from localai_operator import fetch
 from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control.gpufit import Header
 from localai_operator.control.headers import (
+    CONCURRENT,
     Headers,
     fetched_headers,
     opener,
@@ -236,6 +237,36 @@ def test_after_a_server_could_not_be_reached_its_other_sources_are_unreadable_at
     )
     assert seen[4] is skipped  # its result meanwhile, while it is read again
     assert not any("b.gguf" in url for url in calls[:3])
+
+
+def test_reads_waiting_for_their_turn_when_their_server_could_not_be_reached_are_not_made() -> None:
+    calls: list[str] = []
+
+    def read(url: str) -> Header:
+        calls.append(url)
+        problem = f"{url} could not be read: [Errno -2] Name or service not known"
+        return Header("Unreadable", len(calls), problem=problem, unreachable=True)
+
+    async def scenario() -> tuple[list[set[Key]], list[Header | None], int]:
+        notified: list[set[Key]] = []
+        headers = Headers(notified.append, read=read)
+        sources = [(f"https://down.example/{i}.gguf", None) for i in range(6)]
+        for i, source in enumerate(sources):  # many models created at once
+            assert headers.get(source, Key("LLMModel", "ns", f"m{i}")) is None
+        while any(headers.reading_for(source) is not None for source in sources):
+            await asyncio.sleep(0.01)
+        seen = [headers.get(source, Key("LLMModel", "ns", "again")) for source in sources]
+        await headers.close()
+        return notified, seen, headers.reads
+
+    notified, seen, reads = asyncio.run(scenario())
+    # The first CONCURRENT reads were under way when the first failed; the others waited and are not made.
+    assert reads == CONCURRENT and len(calls) == CONCURRENT
+    assert [h.state if h else None for h in seen] == ["Unreadable"] * 6
+    assert seen[5] is not None and seen[5].problem == (
+        "https://down.example/5.gguf could not be read: [Errno -2] Name or service not known"
+    )
+    assert set().union(*notified) == {Key("LLMModel", "ns", f"m{i}") for i in range(6)}
 
 
 def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:

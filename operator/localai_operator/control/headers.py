@@ -223,11 +223,9 @@ class Headers:
         if source in self._reading:
             self._reading[source].add(asker)
             return None
-        skipped = self._skipped(source)
+        skipped = self._skip(source)
         if skipped is not None:
-            # Read when the server's window ends (if a pass asks then), not RETRY_SECONDS from now.
-            self._keep(source, skipped[0], at=skipped[1] + UNREACHABLE_SECONDS - RETRY_SECONDS)
-            return skipped[0]
+            return skipped
         if known is not None:
             # A failed read is tried again, but the pass keeps its result meanwhile (pools do not wait on it again).
             self._start(source, {asker})
@@ -248,15 +246,23 @@ class Headers:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, source: Source) -> None:
-        try:
-            async with self._slots:
+        async with self._slots:
+            # Its server could not be reached while this read waited for its turn (1,000 models asked at once):
+            # Unreadable as get() would have said, unread.
+            if self._skip(source) is None:
                 self.reads += 1
-                header = await asyncio.to_thread(self._read, source[0])
+                self._done(source, await self._read_now(source))
+        self._asked.pop(source, None)
+        self._notify(self._reading.pop(source, set()))
+
+    async def _read_now(self, source: Source) -> Header:
+        try:
+            return await asyncio.to_thread(self._read, source[0])
         except Exception as err:  # a bug in the reader: said once, the source tried again later
             log.exception("reading the GGUF header of %s failed", _without_query(source[0]))
-            header = Header(
-                "Unreadable", next(self._counter), problem=f"reading failed: {type(err).__name__}"
-            )
+            return Header("Unreadable", next(self._counter), problem=f"reading failed: {type(err).__name__}")
+
+    def _done(self, source: Source, header: Header) -> None:
         if header.state == "Unreadable":
             log.info("GGUF header of %s: %s", _without_query(source[0]), header.problem)
         server = _server(source[0])
@@ -268,14 +274,21 @@ class Headers:
         else:
             self._unreachable.pop(server, None)
         self._keep(source, header)
-        self._asked.pop(source, None)
-        self._notify(self._reading.pop(source, set()))
 
     def _keep(self, source: Source, header: Header, at: float | None = None) -> None:
         self._known[source] = (header, self._clock() if at is None else at)
         self._known.move_to_end(source)
         while len(self._known) > MAX_SOURCES:
             self._known.popitem(last=False)
+
+    def _skip(self, source: Source) -> Header | None:
+        """_skipped's header, kept until the server's window ends (a pass that asks then has it read), not for
+        RETRY_SECONDS."""
+        skipped = self._skipped(source)
+        if skipped is None:
+            return None
+        self._keep(source, skipped[0], at=skipped[1] + UNREACHABLE_SECONDS - RETRY_SECONDS)
+        return skipped[0]
 
     def _skipped(self, source: Source) -> tuple[Header, float] | None:
         """Unreadable without a read, if a read from the same server could not connect a moment ago (and when)."""
