@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from localai_operator.constants import GPU_MEMORY_LABEL
+from localai_operator.constants import GPU_MEMORY_LABEL, GROUP, VERSION
 from localai_operator.devcluster.nodes import FakeNode
 from localai_operator.testing.file_server import FileServer, serve_files
 from tests.helpers import ClusterAccess, kubectl, wait_for
@@ -29,6 +30,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     directory = tmp_path_factory.mktemp("origin")
     sparse_gemma(directory)
     write_header(LLAMA_3_8B, directory / "llama-3-8b.gguf", sparse_data=True)
+    write_header(LLAMA_3_8B, directory / "quick.gguf", sparse_data=True)  # read by one test only
     (directory / "notes.gguf").write_text("these are not the weights you are looking for\n")
     with serve_files(directory) as server:
         yield server
@@ -80,6 +82,27 @@ def test_a_models_status_shows_its_gguf_header_read_once_with_a_range_request(
     reads = [r for r in origin.requests if r[0] == "gemma-header-only.gguf"]
     assert reads == [("gemma-header-only.gguf", "bytes=0-67108863")]
     assert origin.sent["gemma-header-only.gguf"] < GEMMA_FILE_SIZE // 4
+
+
+def test_a_header_read_within_a_second_is_in_the_models_first_status_write(
+    crs: CustomResources, origin: FileServer, operator: OperatorProcess
+) -> None:
+    created = crs.create(served(origin, "quick", "quick.gguf"))
+    events = watch.Watch().stream(
+        crs.api.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        crs.namespace,
+        CustomResources.PLURALS["LLMModel"],
+        field_selector="metadata.name=quick",
+        resource_version=created["metadata"]["resourceVersion"],
+        timeout_seconds=T,
+    )
+    first = next((e["object"] for e in events if (e["object"].get("status") or {})), None)
+    assert first is not None, "no status written within the timeout"
+    status = first["status"]
+    # Not a status saying the header is being read, then a second one with it.
+    assert (status.get("gguf") or {}).get("architecture") == "llama", status
 
 
 def test_a_file_that_is_no_gguf_makes_the_model_not_ready_and_says_why(

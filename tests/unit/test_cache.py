@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydantic_core
+
 from localai_operator.api.kinds import INFERENCE_POOL, LLM_MODEL
 from localai_operator.control import cache as c
+from localai_operator.control import plan as pl
+from localai_operator.control import reconcile
 from localai_operator.control.cache import Cache
+from localai_operator.control.plan import Renders
+from localai_operator.control.queue import Key, WorkQueue
+from localai_operator.render import RenderSettings
 
 OWNER = {
     "apiVersion": "llm.localai-operator.io/v1alpha1",
@@ -226,3 +233,42 @@ def test_the_identity_of_a_resource_is_read_without_unpacking_and_follows_our_ne
     cache.wrote(obj("LLMModel", "m", "11"))
     assert cache.identity(LLM_MODEL, "ns", "m") == ("m-uid", "11", False)
     assert cache.identity(LLM_MODEL, "ns", "gone") is None
+
+
+def test_a_large_object_is_kept_compressed_and_read_back_whole() -> None:
+    config_map = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "p-models", "namespace": "ns", "uid": "u", "resourceVersion": "7"},
+        "data": {f"m{i}.yaml": f"name: m{i}\nparameters:\n  model: m{i}.gguf\n" * 8 for i in range(10)},
+    }
+    small = {
+        "kind": "LLMModel",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "v", "resourceVersion": "8"},
+    }
+    packed, unpacked = c.pack(config_map), c.pack(small)
+    assert len(packed.raw) < len(pydantic_core.to_json(config_map)) // 3
+    assert packed.body() == config_map and unpacked.body() == small
+    assert (packed.uid, packed.resource_version, unpacked.raw[:1]) == ("u", "7", b"{")
+
+
+def test_a_pools_fingerprint_from_the_caches_versions_is_the_one_its_pass_computes() -> None:
+    pool = obj("InferencePool", "p", "3", generation=1)
+    pool["metadata"]["uid"] = "p-uid"
+    pool["spec"] = {"models": ["m1", "m2", "m1"], "accelerator": {"gpus": 0}}
+    cache = bound(
+        pools={("pool", "ns", "p"): [pool]},
+        models={("model", "ns", "m1"): [obj("LLMModel", "m1", "4")]},
+        owned={("ns", "p-uid"): [obj("ConfigMap", "p-models", "7", ownerReferences=[OWNER])]},
+    )
+    cache.wrote(obj("Service", "p", "9", ownerReferences=[OWNER]))  # not delivered by the watch yet
+    key = Key("InferencePool", "ns", "p")
+    observed = reconcile._gather(cache, INFERENCE_POOL, key, cache.get(INFERENCE_POOL, "ns", "p") or {}, {})
+    none: Any = None
+    ctx = reconcile.Context(none, cache, Renders(), RenderSettings(), WorkQueue(), none)
+    ctx.last_inputs[key] = hash(pl.fingerprint(observed))
+    assert reconcile._pool_unchanged(ctx, key)
+    cache.wrote(obj("LLMModel", "m1", "10"))  # a model it serves changed (its status, say)
+    assert not reconcile._pool_unchanged(ctx, key)
+    observed = reconcile._gather(cache, INFERENCE_POOL, key, cache.get(INFERENCE_POOL, "ns", "p") or {}, {})
+    ctx.last_inputs[key] = hash(pl.fingerprint(observed))
+    assert reconcile._pool_unchanged(ctx, key)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,19 @@ import pytest
 from localai_operator import fetch
 from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control.gpufit import Header
-from localai_operator.control.headers import Headers, fetched_headers, read_source, source_of
+from localai_operator.control.headers import (
+    CONCURRENT,
+    Headers,
+    fetched_headers,
+    opener,
+    read_source,
+    source_of,
+    tls_context,
+)
 from localai_operator.control.queue import Key
 from localai_operator.testing.file_server import FileServer, serve_files
 from tests.unit.gguf_samples import GEMMA_FILE_SIZE, GEMMA_HEADER_BYTES, sparse_gemma
+from tests.unit.router.conftest import tls_contexts
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +46,7 @@ def origin(models_dir: Path) -> Iterator[FileServer]:
 
 
 def read(url: str) -> Header:
-    return read_source(url, counter=itertools.count(1))
+    return read_source(url, counter=itertools.count(1), reader=opener(tls_context()))
 
 
 def test_the_header_of_a_real_gguf_is_read_with_one_range_request_and_not_the_whole_file(
@@ -108,6 +119,34 @@ def test_a_source_is_read_once_and_every_pass_that_asked_runs_again(origin: File
     assert notified == [{Key("LLMModel", "ns", "gemma"), Key("InferencePool", "ns", "gpu")}]
 
 
+def test_every_https_read_of_a_headers_shares_its_one_tls_context(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = tls_contexts(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # the one CA the context trusts
+
+    async def scenario(origin: FileServer) -> tuple[list[Header | None], int]:
+        notified: list[set[Key]] = []
+        headers = Headers(notified.append)
+        sources = [
+            (origin.url(name, host="localhost"), None) for name in ("gemma-header-only.gguf", "page.gguf")
+        ]
+        for i, source in enumerate(sources):
+            headers.get(source, Key("LLMModel", "ns", f"m{i}"))
+        deadline = time.monotonic() + 10
+        while len(notified) < len(sources) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        results = [headers.get(source, Key("LLMModel", "ns", "again")) for source in sources]
+        await headers.close()
+        return results, headers.tls.session_stats()["connect"]
+
+    with serve_files(models_dir, tls=server) as origin:
+        results, connects = asyncio.run(scenario(origin))
+    assert [r.state if r else None for r in results] == ["Read", "NotGGUF"]
+    # Both connections were made with the Headers' context: none loaded the CA certificates again.
+    assert connects == 2 and len(origin.requests) == 2
+
+
 def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile() -> None:
     now = [0.0]
     calls: list[str] = []
@@ -135,6 +174,99 @@ def test_a_failed_read_is_tried_again_after_a_while_keeping_its_result_meanwhile
     assert seen[0] is None
     assert [h.serial for h in seen[1:] if h is not None] == [1, 1]
     assert len(calls) == 2
+
+
+def test_how_long_a_read_has_been_asked_for_is_known_until_it_ends() -> None:
+    now = [10.0]
+    release = threading.Event()
+
+    def slow(url: str) -> Header:
+        release.wait(5)
+        return Header("Unreadable", 1, problem="no route to host")
+
+    async def scenario() -> list[float | None]:
+        headers = Headers(lambda keys: None, read=slow, clock=lambda: now[0])
+        key, source = Key("LLMModel", "ns", "m"), ("http://10.0.0.1/m.gguf", None)
+        seen = [headers.reading_for(source)]
+        headers.get(source, key)
+        now[0] = 10.4
+        seen.append(headers.reading_for(source))
+        release.set()
+        while headers.get(source, key) is None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.reading_for(source))
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None
+    assert seen[1] == pytest.approx(0.4)
+
+
+def test_after_a_server_could_not_be_reached_its_other_sources_are_unreadable_at_once_for_a_minute() -> None:
+    now = [0.0]
+    calls: list[str] = []
+
+    def read(url: str) -> Header:
+        calls.append(url)
+        if "down.example" in url:
+            problem = f"{url} could not be read: [Errno -2] Name or service not known"
+            return Header("Unreadable", len(calls), problem=problem, unreachable=True)
+        return Header("Unreadable", len(calls), problem=f"{url} answered HTTP 404")
+
+    async def scenario() -> list[Header | None]:
+        headers = Headers(lambda keys: None, read=read, clock=lambda: now[0])
+        key = Key("LLMModel", "ns", "m")
+        seen = [headers.get(("https://down.example/a.gguf", None), key)]
+        while headers.reading_for(("https://down.example/a.gguf", None)) is not None:
+            await asyncio.sleep(0.01)
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # not read
+        seen.append(headers.get(("https://up.example/c.gguf", None), key))  # another server: read
+        now[0] = 61.0
+        seen.append(headers.get(("https://down.example/d.gguf", None), key))  # the minute is over: read
+        seen.append(headers.get(("https://down.example/b.gguf?sig=secret", None), key))  # and this one again
+        await headers.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is None and seen[2] is None and seen[3] is None
+    skipped = seen[1]
+    assert skipped is not None and skipped.state == "Unreadable"
+    assert skipped.problem == (
+        "https://down.example/b.gguf could not be read: [Errno -2] Name or service not known"
+    )
+    assert seen[4] is skipped  # its result meanwhile, while it is read again
+    assert not any("b.gguf" in url for url in calls[:3])
+
+
+def test_reads_waiting_for_their_turn_when_their_server_could_not_be_reached_are_not_made() -> None:
+    calls: list[str] = []
+
+    def read(url: str) -> Header:
+        calls.append(url)
+        problem = f"{url} could not be read: [Errno -2] Name or service not known"
+        return Header("Unreadable", len(calls), problem=problem, unreachable=True)
+
+    async def scenario() -> tuple[list[set[Key]], list[Header | None], int]:
+        notified: list[set[Key]] = []
+        headers = Headers(notified.append, read=read)
+        sources = [(f"https://down.example/{i}.gguf", None) for i in range(6)]
+        for i, source in enumerate(sources):  # many models created at once
+            assert headers.get(source, Key("LLMModel", "ns", f"m{i}")) is None
+        while any(headers.reading_for(source) is not None for source in sources):
+            await asyncio.sleep(0.01)
+        seen = [headers.get(source, Key("LLMModel", "ns", "again")) for source in sources]
+        await headers.close()
+        return notified, seen, headers.reads
+
+    notified, seen, reads = asyncio.run(scenario())
+    # The first CONCURRENT reads were under way when the first failed; the others waited and are not made.
+    assert reads == CONCURRENT and len(calls) == CONCURRENT
+    assert [h.state if h else None for h in seen] == ["Unreadable"] * 6
+    assert seen[5] is not None and seen[5].problem == (
+        "https://down.example/5.gguf could not be read: [Errno -2] Name or service not known"
+    )
+    assert set().union(*notified) == {Key("LLMModel", "ns", f"m{i}") for i in range(6)}
 
 
 def pod_with_report(message: str, exit_code: int = 0) -> dict[str, object]:

@@ -45,6 +45,27 @@ async def test_an_urgent_add_promotes_a_background_key() -> None:
     assert await drain(queue) == [A, C]
 
 
+async def test_low_keys_go_behind_background_ones_and_an_earlier_level_promotes_them() -> None:
+    queue = WorkQueue()
+    queue.add(C, low=True)
+    queue.add(B, low=True)
+    queue.add(A, background=True)
+    queue.add(B, background=True)  # promoted from low
+    queue.add(A, low=True)  # stays background
+    assert await drain(queue) == [A, B, C]
+
+
+async def test_a_key_added_while_in_flight_comes_back_at_the_most_urgent_level_it_was_added_at() -> None:
+    queue = WorkQueue()
+    queue.add(C, low=True)
+    first = await queue.get()
+    queue.add(C, low=True)
+    queue.add(C, background=True)
+    queue.add(A, low=True)
+    queue.done(first)
+    assert await drain(queue) == [C, A]
+
+
 async def test_background_keys_leave_workers_free_for_urgent_ones() -> None:
     queue = WorkQueue(background_limit=1)
     queue.add(B, background=True)

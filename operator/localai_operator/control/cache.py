@@ -8,6 +8,7 @@ never starts on half-listed caches. What each index holds is defined here, next 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,34 +77,41 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": meta}
 
 
+# Objects larger than this as JSON (a pool's ConfigMap of model configs, its Deployment) are kept compressed: a
+# third of their size, for ~30 us per event and ~20 us per read.
+COMPRESS_ABOVE = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """A watched object as compact JSON, with what is looked at without reading it: a fifth of the memory of its
-    dicts (10,000 models and 1,000 pools' objects are most of what the operator holds). A pass unpacks what it
-    reads."""
+    """A watched object as compact JSON (compressed when large), with what is looked at without reading it: a fifth
+    of the memory of its dicts or less (10,000 models and 1,000 pools' objects are most of what the operator holds).
+    A pass unpacks what it reads."""
 
     kind: str
     name: str
     uid: str
     resource_version: str
     deleting: bool
-    raw: bytes
+    raw: bytes  # JSON (starts with "{"), or zlib's stream of it (starts with "x")
 
     def body(self) -> dict[str, Any]:
-        unpacked: dict[str, Any] = pydantic_core.from_json(self.raw)
+        raw = zlib.decompress(self.raw) if self.raw[:1] == b"x" else self.raw
+        unpacked: dict[str, Any] = pydantic_core.from_json(raw)
         return unpacked
 
 
 def pack(body: Mapping[str, Any]) -> Packed:
     slimmed = slim(body)
     meta = slimmed["metadata"]
+    raw = pydantic_core.to_json(slimmed)
     return Packed(
         str(slimmed.get("kind", "")),
         str(meta.get("name", "")),
         str(meta.get("uid", "")),
         str(meta.get("resourceVersion", "")),
         bool(meta.get("deletionTimestamp")),
-        pydantic_core.to_json(slimmed),
+        zlib.compress(raw, 1) if len(raw) > COMPRESS_ABOVE else raw,
     )
 
 
@@ -368,6 +376,21 @@ class Cache:
             seen = out.get((key[0], key[2]))
             if seen is None or _version(written) > _version(seen):
                 out[(key[0], key[2])] = written
+        return out
+
+    def owned_versions(self, namespace: str, owner_uid: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(kind, name) -> (uid, resourceVersion) of what owned() would return, without unpacking it."""
+        out = {
+            (p.kind, p.name): (p.uid, p.resource_version) for p in self._values(OWNED, (namespace, owner_uid))
+        }
+        for key in list(self._written_by_owner.get((namespace, owner_uid), ())):
+            written = self._fresh(key)
+            if written is None:
+                continue
+            seen = out.get((key[0], key[2]))
+            if seen is None or _version(written) > _number(seen[1]):
+                meta = written["metadata"]
+                out[(key[0], key[2])] = (meta.get("uid"), meta.get("resourceVersion"))
         return out
 
     def unschedulable(self, namespace: str, pool: str) -> str | None:

@@ -105,16 +105,23 @@ class Controller:
             self.queue.add(key)
 
     def enqueue(
-        self, kind: str, namespace: str, names: str | list[str] | set[str], *, background: bool = False
+        self,
+        kind: str,
+        namespace: str,
+        names: str | list[str] | set[str],
+        *,
+        background: bool = False,
+        low: bool = False,
     ) -> None:
         for name in [names] if isinstance(names, str) else sorted(names):
-            self.queue.add(Key(kind, namespace, name), background=background)
+            self.queue.add(Key(kind, namespace, name), background=background, low=low)
 
     def resync(self) -> None:
-        """Every custom resource into the queue, behind whatever is urgent; the caches say which exist."""
+        """Every custom resource into the queue, behind whatever is urgent or rolling out; the caches say which
+        exist."""
         for kind in CUSTOM:
             for namespace, name in self.cache.keys(kind):
-                self.queue.add(Key(kind.kind, namespace, name), background=True)
+                self.queue.add(Key(kind.kind, namespace, name), low=True)
 
     async def start(self, indexes: Mapping[str, Index]) -> None:
         self.cache.bind(indexes)

@@ -39,6 +39,7 @@ class Header:
     problem: str | None = None
     source: str = ""  # where it was read from, for messages
     message: str | None = None  # the GGUFHeader condition's message as stored, for a result carried over
+    unreachable: bool = False  # Unreadable because no connection to the server could be made
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ async def pool_changed(
     memo.synced.set()
     ns, gone = _ns(namespace), type == DELETED
     served = memo.cache.pool_models_changed(ns, name, spec.get("models") or [], gone)
-    memo.enqueue(LLM_MODEL.kind, ns, served, background=True)  # their servedBy
+    memo.enqueue(LLM_MODEL.kind, ns, served, low=True)  # their servedBy, behind the pools' rollouts
     if memo.cache.spec_changed(INFERENCE_POOL, ns, name, meta.get("generation"), gone):
         routes = set(memo.cache.routes_using_pool(ns, name))
         routes |= {r for r in routes_clashing_with(name) if memo.cache.get(FALLBACK_ROUTE, ns, r)}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import kopf
+import pydantic_core
 
 from localai_operator.api.kinds import CUSTOM_RESOURCE_DEFINITION, EVENT, Kind, of
 from localai_operator.constants import APP_NAME, FIELD_MANAGER
@@ -155,8 +156,10 @@ class Api:
         content_type: str = JSON,
         query: dict[str, str] | None = None,
     ) -> Any:
-        """One request: rate-limited, counted by verb and kind; raises ApiError unless the answer is 2xx."""
-        payload = None if body is None else json.dumps(body, separators=(",", ":"))
+        """One request: rate-limited, counted by verb and kind; raises ApiError unless the answer is 2xx. JSON is
+        read and written by pydantic's Rust codec: each status write and apply answers with the whole object, and
+        the stdlib's codec took ~5 % of the operator's CPU at 1,000 models (py-spy)."""
+        payload = None if body is None else pydantic_core.to_json(body)
         for attempt in (1, 2):
             started = time.monotonic()
             await self._bucket.take()
@@ -169,7 +172,7 @@ class Api:
                     params=query,
                     headers={"Content-Type": content_type, "Accept": JSON},
                 ) as response:
-                    text = await response.text()
+                    raw = await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError):
                 self._count(verb, kind.kind, 0, time.monotonic() - started)
@@ -179,8 +182,8 @@ class Api:
                 await self.close()  # a rotated ServiceAccount token: log in again and retry once
                 continue
             if not 200 <= status < 300:
-                raise ApiError.from_response(status, text)
-            return json.loads(text) if text else None
+                raise ApiError.from_response(status, raw.decode(errors="replace"))
+            return pydantic_core.from_json(raw) if raw else None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def apply(

@@ -5,10 +5,10 @@ worker, and one added meanwhile comes back once the first pass is done. Failed k
 jittered exponential backoff of one of two kinds: seconds for a failure that passes by itself (a dropped
 connection, an overloaded API server), minutes for one that the user must fix (a refused object), which is
 "held" until then unless its inputs change. Urgent keys (something the user or the cluster changed) go before background ones
-(resyncs, derived fields such as a model's servedBy, a Deployment's rollout). Background keys wait while urgent
-passes run (the oldest at most `patience` seconds) and never take more than `background_limit` workers: a
-resync or a thousand servedBy updates do not compete with a burst of new pools, at the workers or at the API
-server, and are not starved by it either.
+(a Deployment's rollout), and those before low ones (resyncs, derived fields such as a model's servedBy). Background
+and low keys wait while urgent passes run (the oldest at most `patience` seconds) and never take more than
+`background_limit` workers: a resync or a thousand servedBy updates do not compete with a burst of new pools, at
+the workers or at the API server, nor delay the rollouts that make those pools Ready, and are not starved either.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class Key:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
+
+
+URGENT, BACKGROUND, LOW = 0, 1, 2
 
 
 class ShutDown(Exception):
@@ -86,35 +89,44 @@ class WorkQueue:
         self._since: dict[Key, float] = {}
         self._urgent: dict[Key, None] = {}  # insertion-ordered sets
         self._background: dict[Key, None] = {}
+        self._low: dict[Key, None] = {}
         self._processing: set[Key] = set()
         self._processing_background: set[Key] = set()
-        self._again: dict[Key, bool] = {}  # added while processing -> urgent?
+        # Added while processing -> the most urgent level it was added at (URGENT, BACKGROUND, LOW).
+        self._again: dict[Key, int] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._patience: asyncio.TimerHandle | None = None
         self._shut = False
 
     def __len__(self) -> int:
-        return len(self._urgent) + len(self._background)
+        return len(self._urgent) + len(self._background) + len(self._low)
 
     @property
     def held_count(self) -> int:
         """Keys waiting for a slow retry: resources the user must fix."""
         return len(self._held)
 
-    def add(self, key: Key, *, background: bool = False) -> None:
+    def add(self, key: Key, *, background: bool = False, low: bool = False) -> None:
+        """Queues `key`: urgent, else `background`, else (`low`) behind every background key too."""
         if self._shut:
             return
+        level = LOW if low else BACKGROUND if background else URGENT
         if key in self._processing:
-            self._again[key] = self._again.get(key, False) or not background
+            self._again[key] = min(self._again.get(key, LOW), level)
             return
-        if key in self._urgent or (background and key in self._background):
+        if (
+            key in self._urgent
+            or (level > URGENT and key in self._background)
+            or (level == LOW and key in self._low)
+        ):
             return
-        if background:
-            self._background[key] = None
-        else:
+        self._low.pop(key, None)
+        if level == URGENT:
             self._background.pop(key, None)
             self._urgent[key] = None
+        else:
+            (self._background if level == BACKGROUND else self._low)[key] = None
         self._since.setdefault(key, time.monotonic())
         self._wake_one()
 
@@ -181,8 +193,9 @@ class WorkQueue:
                 return self._take(key)
             wait = self._background_wait()
             if wait == 0:
-                key = next(iter(self._background))
-                del self._background[key]
+                waiting = self._background or self._low
+                key = next(iter(waiting))
+                del waiting[key]
                 self._processing_background.add(key)
                 return self._take(key)
             if wait is not None and self._patience is None:
@@ -208,14 +221,17 @@ class WorkQueue:
         self._wake_one()
 
     def _background_wait(self) -> float | None:
-        """0 if a background key may run now, else how long until the oldest one may anyway (None: never
+        """0 if a background (or low) key may run now, else how long until the oldest one may anyway (None: never
         without another event)."""
-        if not self._background or len(self._processing_background) >= self.background_limit:
+        waiting = self._background or self._low
+        if not waiting or len(self._processing_background) >= self.background_limit:
             return None
         if not self._processing - self._processing_background:
             return 0  # no urgent pass running
-        waited = time.monotonic() - self._since.get(next(iter(self._background)), time.monotonic())
-        return max(0.0, self.patience - waited)
+        oldest = min(
+            self._since.get(next(iter(w)), time.monotonic()) for w in (self._background, self._low) if w
+        )
+        return max(0.0, self.patience - (time.monotonic() - oldest))
 
     def _take(self, key: Key) -> Key:
         self._processing.add(key)
@@ -228,7 +244,8 @@ class WorkQueue:
         self._processing.discard(key)
         self._processing_background.discard(key)
         if key in self._again:
-            self.add(key, background=not self._again.pop(key))
+            level = self._again.pop(key)
+            self.add(key, background=level == BACKGROUND, low=level == LOW)
         elif self._urgent or self._background_wait() == 0:
             self._wake_one()  # a waiting background key may run now
 

@@ -86,6 +86,8 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     kind = of(key.kind)
     if kind is LLM_MODEL and _model_unchanged(ctx, key):
         return None  # most of a resync: ten models to a pool, and nothing to unpack to know
+    if kind is INFERENCE_POOL and _pool_unchanged(ctx, key):
+        return None  # a resync, a pod's event: nothing but the pool's own small body to unpack to know
     body = ctx.cache.get(kind, key.namespace, key.name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         ctx.last_inputs.pop(key, None)
@@ -108,7 +110,11 @@ async def reconcile(key: Key, ctx: Context) -> Failure | None:
     elif isinstance(observed, pl.RouteObserved):
         failure = await _route(ctx, key, observed)
     else:
-        failure = await _model(ctx, key, observed)
+        wait = _header_wait(ctx, observed)
+        if wait > 0:
+            ctx.queue.add_after(key, wait)  # or sooner: the read's end queues the key
+            return None
+        failure, inputs = None, await _model(ctx, key, observed, inputs)  # a model pass never fails
     if failure is None:
         ctx.last_inputs[key] = inputs
         ctx.refused_inputs.pop(key, None)
@@ -126,6 +132,32 @@ def _model_unchanged(ctx: Context, key: Key) -> bool:
         return False
     seen = pl.model_fingerprint((identity[0], identity[1]), ctx.cache.served_by(key.namespace, key.name))
     return ctx.last_inputs.get(key) == hash(seen)
+
+
+def _pool_unchanged(ctx: Context, key: Key) -> bool:
+    """Whether a CPU pool without a key Secret saw at its last pass what the caches hold now (pl.fingerprint of
+    its PoolObserved, from the versions of its models and objects alone); GPU pools and pools with a key always
+    pass (their nodes, headers and Secret are read by the pass)."""
+    last = ctx.last_inputs.get(key)
+    identity = ctx.cache.identity(INFERENCE_POOL, key.namespace, key.name)
+    if last is None or identity is None or identity[2]:
+        return False
+    body = ctx.cache.get(INFERENCE_POOL, key.namespace, key.name) or {}
+    spec = body.get("spec") or {}
+    if (spec.get("accelerator") or {}).get("gpus") or pl.pool_secret_names(body):
+        return False
+    models = []
+    for name in dict.fromkeys(spec.get("models") or []):
+        model = ctx.cache.identity(LLM_MODEL, key.namespace, str(name))
+        models.append((name, model[:2] if model is not None else None))
+    seen = pl.pool_fingerprint(
+        identity[:2],
+        models,
+        ctx.cache.owned_versions(key.namespace, identity[0]).items(),
+        ctx.cache.unschedulable(key.namespace, key.name),
+        ctx.cache.scales.get((key.namespace, key.name)),
+    )
+    return last == hash(seen)
 
 
 def _secret_names(cache: Cache, kind: Kind, key: Key, body: pl.Body) -> set[str]:
@@ -238,12 +270,34 @@ def _failure(applied: st.Applied) -> Failure | None:
     return None
 
 
-async def _model(ctx: Context, key: Key, observed: pl.ModelObserved) -> Failure | None:
+# How long a model's status may wait for the GGUF header read its pass started: a read that ends within it (an
+# answer from a nearby server, a name that does not resolve) costs the model one status write, not two.
+HEADER_WAIT_SECONDS = 1.0
+
+
+def _header_wait(ctx: Context, observed: pl.ModelObserved) -> float:
+    """Seconds the pass of a model whose header is being read, with nothing about it in the status yet, should
+    wait before it writes that it is reading; 0: write now."""
+    if ctx.headers is None or not observed.reads_headers or observed.header is not None:
+        return 0.0
+    try:
+        source = source_of(ModelSource.model_validate((observed.body.get("spec") or {}).get("source")))
+    except ValidationError:
+        return 0.0
+    waited = ctx.headers.reading_for(source) if source is not None else None
+    return 0.0 if waited is None else max(0.0, HEADER_WAIT_SECONDS - waited)
+
+
+async def _model(ctx: Context, key: Key, observed: pl.ModelObserved, inputs: int) -> int:
+    """The model's one status write; returns the inputs its next pass sees if nothing else changes (its own write
+    moves the model's resourceVersion: a resync after it then has nothing to unpack)."""
     planned = pl.plan_model(observed)
-    await _write_status(
+    live = await _write_status(
         ctx, key, observed.body, st.model_status(planned.facts, *_previous(observed.body, ctx))
     )
-    return None
+    if live is not None:
+        inputs = hash(pl.fingerprint(dataclasses.replace(observed, body=live)))
+    return inputs
 
 
 def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
@@ -253,9 +307,10 @@ def _previous(body: pl.Body, ctx: Context) -> tuple[Any, Any, str]:
 
 async def _write(
     ctx: Context, key: Key, target: tuple[str, str, str], send: Awaitable[dict[str, Any]]
-) -> None:
+) -> dict[str, Any]:
     """Sends one write to `target` (kind, namespace, name) and tells the cache, which holds back the watch's
-    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change."""
+    events for it meanwhile: the pass of `key` runs again if one of them was someone else's change. Returns the
+    object written."""
     ctx.cache.writing(*target)
     try:
         live = await send
@@ -265,6 +320,7 @@ async def _write(
         raise
     if ctx.cache.wrote(live):
         ctx.queue.add(key)
+    return live
 
 
 class Taken(Exception):
@@ -355,24 +411,24 @@ def replaced(err: ApiError) -> bool:
     return err.status == 422 and "metadata.uid" in err.message
 
 
-async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> None:
+async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> dict[str, Any] | None:
     """One status write, only if it changes something; an Event when Ready turns False or (for pools and
-    routes) True."""
+    routes) True. Returns the object written (None: nothing was)."""
     patch = st.patch_of(status)
     stored = body.get("status")
     if st.unchanged(stored, patch):
-        return
+        return None
     kind = of(key.kind)
     try:
         send = ctx.api.patch_status(kind, key.namespace, key.name, patch)
-        await _write(ctx, key, (key.kind, key.namespace, key.name), send)
+        live = await _write(ctx, key, (key.kind, key.namespace, key.name), send)
     except ApiError as err:
         if err.status == 404:
-            return  # deleted meanwhile
+            return None  # deleted meanwhile
         raise
     before, after = st.ready_of(stored), st.ready_of(patch)
     if after is None or (before is not None and before[:2] == after[:2]):
-        return
+        return live
     ready, reason, message = after
     if ready == "False" or (ready == "True" and kind is not LLM_MODEL):
         involved = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": body["metadata"]}
@@ -383,3 +439,4 @@ async def _write_status(ctx: Context, key: Key, body: pl.Body, status: Spec) -> 
             message=message,
             now=ctx.clock(),
         )
+    return live

@@ -123,7 +123,11 @@ def backend_options(model: LLMModel, *, gpu: bool) -> list[str]:
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def dump_yaml(data: Any) -> str:
+    """`data` as YAML, keys in their order."""
+    text: str = yaml.dump(data, Dumper=_DUMPER, sort_keys=False)
+    return text
+
+
 def model_config_yaml(model: LLMModel, *, gpu: bool, parallel_requests: bool | None = None) -> str:
-    return yaml.dump(
-        model_config(model, gpu=gpu, parallel_requests=parallel_requests), Dumper=_DUMPER, sort_keys=False
-    )
+    return dump_yaml(model_config(model, gpu=gpu, parallel_requests=parallel_requests))

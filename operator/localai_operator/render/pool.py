@@ -11,8 +11,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from localai_operator import __version__
 from localai_operator.api.llmmodel import LLMModel, ModelSource
 from localai_operator.api.pool import MAX_THREADS, InferencePool
@@ -43,7 +41,7 @@ from localai_operator.render.common import (
     restricted_container_security,
     selector,
 )
-from localai_operator.render.model_config import model_config_yaml
+from localai_operator.render.model_config import dump_yaml, model_config_yaml
 
 APP = "localai"
 COMPONENT = "inference-server"
@@ -248,20 +246,24 @@ def config_map_data(pool: InferencePool, models: list[LLMModel], settings: Rende
     manifest = download_manifest(models, models_volume_bytes(pool, models))
     data[DOWNLOADS_FILE] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if pool.spec.preinstall_backends:
-        data[GALLERY_KEY] = yaml.safe_dump(
-            backend_gallery(image_of(pool, settings), settings), sort_keys=False
-        )
+        data[GALLERY_KEY] = dump_yaml(backend_gallery(image_of(pool, settings), settings))
     return data
 
 
-def config_map(pool: InferencePool, models: list[LLMModel], settings: RenderSettings) -> dict[str, Any]:
+def config_map(
+    pool: InferencePool,
+    models: list[LLMModel],
+    settings: RenderSettings,
+    data: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """`data`: config_map_data's, when the caller has it already."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(
             pool, config_map_name(pool), name=APP, component="model-config", version=settings.operator_version
         ),
-        "data": config_map_data(pool, models, settings),
+        "data": dict(data) if data is not None else config_map_data(pool, models, settings),
     }
 
 
@@ -530,7 +532,9 @@ def deployment(
     models: list[LLMModel],
     settings: RenderSettings,
     api_key_version: str | None = None,
+    config_data: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`config_data`: config_map_data's, when the caller has it already (YAML is most of a pool's render)."""
     spec = pool.spec
     gpus = spec.accelerator.gpus
     node_selector = dict(spec.node_selector)
@@ -578,7 +582,8 @@ def deployment(
     pod_labels = labels(pool, name=APP, component=COMPONENT, version=None)
     # Everything that needs a restart: the model files and YAMLs (read only at start), the pod spec itself and a
     # rotated API key (its Secret's version, never its value: env from a Secret is read at container start).
-    config_hash = content_hash(config_map_data(pool, models, settings), pod_spec, api_key_version)
+    data = config_data if config_data is not None else config_map_data(pool, models, settings)
+    config_hash = content_hash(dict(data), pod_spec, api_key_version)
     annotations = {ANNOTATION_CONFIG_HASH: config_hash, "kubectl.kubernetes.io/default-container": "localai"}
     return {
         "apiVersion": "apps/v1",
@@ -618,10 +623,11 @@ def pool_objects(
     settings = settings or RenderSettings()
     served = [models[name] for name in pool.spec.models]
     version = settings.operator_version
+    data = config_map_data(pool, served, settings)
     objects = [
-        config_map(pool, served, settings),
+        config_map(pool, served, settings, data),
         persistent_volume_claim(pool, version),
-        deployment(pool, served, settings, api_key_version),
+        deployment(pool, served, settings, api_key_version, data),
         service(pool, version),
         pod_disruption_budget(pool, version),
         network_policy(pool, version),

@@ -4,6 +4,7 @@ and records each request's Range and the bytes it sent, so a test can see a head
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +20,12 @@ class FileServer:
     root: Path
     port: int = 0
     ranges: bool = True  # False: answer every GET with the whole file (a server that ignores Range)
+    scheme: str = "http"
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     sent: dict[str, int] = field(default_factory=dict)  # path -> bytes of body sent
 
     def url(self, name: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}/{name}"
+        return f"{self.scheme}://{host}:{self.port}/{name}"
 
 
 def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -75,10 +77,15 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve_files(root: Path, *, host: str = "127.0.0.1", ranges: bool = True) -> Iterator[FileServer]:
-    """Serves the files of `root` (by name) on an ephemeral port of `host` until the block ends."""
-    state = FileServer(root, ranges=ranges)
+def serve_files(
+    root: Path, *, host: str = "127.0.0.1", ranges: bool = True, tls: ssl.SSLContext | None = None
+) -> Iterator[FileServer]:
+    """Serves the files of `root` (by name) on an ephemeral port of `host` until the block ends; over https with
+    `tls`, a server context."""
+    state = FileServer(root, ranges=ranges, scheme="http" if tls is None else "https")
     httpd = ThreadingHTTPServer((host, 0), _handler(state))
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, name="file-server", daemon=True)
