@@ -20,11 +20,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from localai_operator.api.base import Spec
-from localai_operator.api.kinds import FALLBACK_ROUTE, INFERENCE_POOL, LLM_MODEL, Kind, of
+from localai_operator.api.kinds import (
+    CUSTOM_RESOURCE_DEFINITION,
+    FALLBACK_ROUTE,
+    HTTP_ROUTE,
+    INFERENCE_POOL,
+    LLM_MODEL,
+    Kind,
+    of,
+)
 from localai_operator.api.llmmodel import ModelSource
 from localai_operator.control import plan as pl
 from localai_operator.control import status as st
-from localai_operator.control.cache import Cache, owned_key, owner_of
+from localai_operator.control.cache import Cache, owned_key, owner_of, serves
 from localai_operator.control.gpufit import Header
 from localai_operator.control.headers import Headers, source_of
 from localai_operator.control.kube import Api, ApiError, contains
@@ -337,6 +345,9 @@ async def _converge(
     if objects is None:
         return st.Applied()
     changed = [o for o in objects if not contains(owned.get((o["kind"], o["metadata"]["name"])), o)]
+    if any(_makes_http_route(o, owned) for o in changed) and not await _gateway_api_served_now(ctx):
+        objects = tuple(o for o in objects if o["kind"] != HTTP_ROUTE.kind)
+        changed = [o for o in changed if o["kind"] != HTTP_ROUTE.kind]
     results = await asyncio.gather(
         *(
             _write(
@@ -372,6 +383,21 @@ async def _converge(
             return st.Applied(f"deleting {kind} {name} was refused: {err.message}", user_must_fix(err))
         ctx.cache.deleted(kind, key.namespace, name)
     return st.Applied()
+
+
+def _makes_http_route(obj: dict[str, Any], owned: pl.Owned) -> bool:
+    return obj["kind"] == HTTP_ROUTE.kind and (obj["kind"], obj["metadata"]["name"]) not in owned
+
+
+async def _gateway_api_served_now(ctx: Context) -> bool:
+    """The HTTPRoute CRD as the API server has it now, not as the watch last told: asked before an HTTPRoute is
+    made. The API server refuses to create objects of a CRD being deleted only by POST, and a server-side apply
+    creates one all the same; its clean-up deletes the CRD's objects, then waits a minute for none to be left. An
+    HTTPRoute of ours deleted by that clean-up brings the route's pass here (the watch of HTTPRoutes and that of
+    CRDs are separate streams, so the pass may run before the CRD's own event says it is being deleted); this read
+    comes after the deletion that started the clean-up, so it sees it, and the HTTPRoute is not made again."""
+    crd = await ctx.api.get(CUSTOM_RESOURCE_DEFINITION, None, HTTP_ROUTE.resource)
+    return crd is not None and serves(crd, HTTP_ROUTE.version)
 
 
 async def _apply(
