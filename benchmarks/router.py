@@ -816,6 +816,10 @@ class WrkRun:
     p99: float
     errors: int
     cpu: float  # the proxy's CPU seconds during the run
+    # Pinned runs: CPU seconds the proxies' cores spent on anything but the proxy (other processes, interrupts), and
+    # lost to the hypervisor (steal), during the run: work the pinning cannot keep off those cores.
+    other: float = 0.0
+    steal: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -831,6 +835,19 @@ def wrk_script(workdir: Path, target: Target) -> Path:
     return path
 
 
+def core_seconds(cores: set[int]) -> tuple[float, float]:
+    """(busy, steal) CPU seconds of these cores since boot, from /proc/stat (Linux)."""
+    busy = steal = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            user, nice, system, _idle, _iowait, irq, softirq, stolen = map(int, fields[:8])
+            busy += (user + nice + system + irq + softirq) / tick
+            steal += stolen / tick
+    return busy, steal
+
+
 def wrk(
     args: argparse.Namespace,
     script: Path,
@@ -838,10 +855,13 @@ def wrk(
     connections: int,
     seconds: float,
     cores: set[int] | None = None,
+    watched: set[int] | None = None,
 ) -> WrkRun:
-    """One wrk run against `target`, wrk itself on `cores` when given."""
+    """One wrk run against `target`, wrk itself on `cores` when given; the time `watched` cores (the proxy's)
+    spent on other work is counted."""
     pids = target.pids()
     before = cpu_seconds(pids)
+    cores_before = core_seconds(watched) if watched else (0.0, 0.0)
     argv = [
         args.wrk,
         "-t1",
@@ -862,12 +882,23 @@ def wrk(
         preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
     )
     cpu = cpu_seconds(pids) - before
+    busy, steal = (
+        (b - a for b, a in zip(core_seconds(watched), cores_before, strict=True)) if watched else (0, 0)
+    )
     match = re.search(r"^WRKRESULT (.+)$", run.stdout, re.MULTILINE)
     if run.returncode != 0 or match is None:
         raise RuntimeError(f"wrk failed on {target.name}: {run.stdout}\n{run.stderr}")
     n, duration_us, p50, p99, *errors = match.group(1).split()
+    other = max(0.0, busy - cpu) if watched and target.name != "direct" else 0.0
     return WrkRun(
-        int(n), int(duration_us) / 1e6, float(p50) / 1e6, float(p99) / 1e6, sum(map(int, errors)), cpu
+        int(n),
+        int(duration_us) / 1e6,
+        float(p50) / 1e6,
+        float(p99) / 1e6,
+        sum(map(int, errors)),
+        cpu,
+        other,
+        float(steal),
     )
 
 
@@ -897,6 +928,7 @@ def request_response(
     split = split_cores() if args.pin else None
     everywhere = os.sched_getaffinity(0)
     generator: set[int] | None = None
+    proxies: set[int] | None = None
     if split is not None:
         generator, proxies = split
         pin(setup.upstreams, generator)
@@ -908,7 +940,7 @@ def request_response(
     scripts = {name: wrk_script(workdir, target) for name, target in targets.items()}
     try:
         for name, target in targets.items():  # warm-up: connection pools, first-request paths
-            wrk(args, scripts[name], target, HIGH, args.warmup, generator)
+            wrk(args, scripts[name], target, HIGH, args.warmup, generator, proxies)
         runs: dict[tuple[str, int], list[WrkRun]] = {(n, c): [] for n in targets for c in (LOW, HIGH)}
         names = list(targets)
         for round_ in range(args.rounds):
@@ -916,7 +948,7 @@ def request_response(
             for connections in (LOW, HIGH):
                 for name in order:
                     runs[name, connections].append(
-                        wrk(args, scripts[name], targets[name], connections, args.seconds, generator)
+                        wrk(args, scripts[name], targets[name], connections, args.seconds, generator, proxies)
                     )
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     finally:
@@ -1537,6 +1569,23 @@ def comparisons(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, in
         print(f"- the traced router's collector received {requests} ({size / 1024 / 1024:.1f} MiB of OTLP)")
 
 
+def interference(setup: Setup, runs: dict[tuple[str, int], list[WrkRun]]) -> None:
+    """How much of the proxies' core went to other work during the pinned 64-client runs: a round where another
+    session's work took a share of it measured the machine, not the proxy."""
+    cells = []
+    for name in setup.request:
+        r = runs[name, HIGH]
+        if name == "direct" or not any(x.other or x.steal for x in r):
+            continue
+        shares = [(x.other + x.steal) / x.seconds for x in r]
+        cells.append(f"{name} {med(shares):.0%} (max {max(shares):.0%})")
+    if cells:
+        print(
+            f"- the proxies' core on other work (other processes, interrupts, steal) during the {HIGH}-client runs, "
+            "median share of the run: " + ", ".join(cells)
+        )
+
+
 def request_report(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, int], list[WrkRun]]) -> None:
     """The request/response figures alone (--request-only)."""
     names = [n for n in TARGETS if n in setup.request]
@@ -1680,11 +1729,13 @@ def main() -> int:
         if args.request_only:
             request_report(args, setup, runs)
             comparisons(args, setup, runs)
+            interference(setup, runs)
             print(f"load average (1/5/15 min) at start: {load_at_start}; at end: {load_average()}")
             return 0
         more = asyncio.run(streaming_and_failover(args, setup))
         report(args, setup, runs, more)
         comparisons(args, setup, runs)
+        interference(setup, runs)
         print("  memory phase (the other targets are stopped first)", flush=True)
         processes.stop()
         processes = Processes(workdir)
