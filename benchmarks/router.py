@@ -3,6 +3,7 @@
 Targets, all on loopback, each in its own process(es), sharing this machine's cores:
   direct   the LocalAI stand-in itself (the baseline every "added" figure is taken against)
   router   `localai-operator router --config ...` (its production entry point; uvloop when installed)
+  router-local-only  the same route without its fallback: no first-token budget, so the relay's work
   relay    a minimal aiohttp relay (the reference peer of shared/PERF.md)
   nginx    Debian's nginx with the seed article's nginx.conf settings (least_conn, keepalive 64,
            HTTP/1.1 upstream, Connection "", 300 s timeouts, proxy_buffering on), minus its
@@ -86,6 +87,7 @@ TARGETS = (
     "router-traced",
     "router-sampled",
     "router-asyncio",
+    "router-local-only",
     "router-2pods",
     "router-2pods-affinity",
     "relay",
@@ -653,6 +655,12 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
         scenarios.append(("main", router_configs(ports)["main"]))
     if "asyncio" not in args.without:
         scenarios.append(("asyncio", router_configs(ports)["main"]))
+    if "local-only" not in args.without:
+        # The same route without a fallback: no first-token budget, so a non-stream request goes to local as sent
+        # and its JSON answer is relayed as it comes, the work the relay does.
+        local_only = router_configs(ports)["main"]
+        del local_only["fallback"]
+        scenarios.append(("local-only", local_only))
     if args.baseline:
         scenarios.append(("baseline", router_configs(ports)["main"]))
         if not args.request_only:
@@ -665,6 +673,7 @@ def start_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> 
         scenarios.append(("sampled", router_configs(ports)["main"]))
     extra = {
         "asyncio": "router-asyncio",
+        "local-only": "router-local-only",
         "baseline": "router-baseline",
         "traced": "router-traced",
         "sampled": "router-sampled",
@@ -1528,6 +1537,16 @@ def comparisons(args: argparse.Namespace, setup: Setup, runs: dict[tuple[str, in
     pairs = [
         ("router", "relay", "router vs the bare aiohttp relay"),
         ("router-baseline", "relay", f"the router at {args.baseline} vs the bare aiohttp relay"),
+        (
+            "router-local-only",
+            "relay",
+            "the router on a route without a fallback (no first-token budget: the relay's work) vs the relay",
+        ),
+        (
+            "router",
+            "router-local-only",
+            "the first-token budget (non-stream requests streamed from local and assembled) vs none",
+        ),
         ("router", "router-baseline", f"this tree vs {args.baseline} (telemetry off in both)"),
         (
             "router-traced",
@@ -1666,7 +1685,9 @@ def main() -> int:
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "")
     parser.add_argument(
-        "--without", default="", help="comma-separated targets to skip: relay,nginx,litellm,asyncio"
+        "--without",
+        default="",
+        help="comma-separated targets to skip: relay,nginx,litellm,asyncio,local-only",
     )
     parser.add_argument(
         "--baseline",
