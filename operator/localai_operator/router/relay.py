@@ -282,7 +282,10 @@ class _Departure:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, _: object
     ) -> None:
         assert self._unregister is not None and self._task is not None
-        self._unregister()
+        # Dropped, not only called: it holds the hook bound to this scope, a reference cycle that kept the attempt
+        # (its body, up to maxRequestBytes) alive past its request until the next garbage collection.
+        unregister, self._unregister = self._unregister, None
+        unregister()
         if self._fired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise _Departed from exc
 
