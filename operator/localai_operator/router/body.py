@@ -287,35 +287,43 @@ def _members_small(raw: Buffer) -> list[Member]:
     return members
 
 
-def _members_large(raw: Buffer) -> list[Member]:
-    pos = _skip_ws(raw, 0)
-    if pos >= len(raw) or raw[pos] != ord("{"):
+def object_members(raw: Buffer, start: int) -> tuple[list[Member], int]:
+    """The members of the JSON object opening at `start` (values skipped over the bytes, nothing of their size
+    allocated), and one past its closing brace; raises BodyError."""
+    if start >= len(raw) or raw[start] != ord("{"):
         raise BodyError("the request body must be a JSON object")
     members: list[Member] = []
-    pos = _skip_ws(raw, pos + 1)
+    pos = _skip_ws(raw, start + 1)
     if pos < len(raw) and raw[pos] == ord("}"):
-        pos += 1
-    else:
-        while True:
-            if pos >= len(raw) or raw[pos] != _QUOTE:
-                raise _error("expected a key", pos)
-            start = pos
-            key_end = _skip_string(raw, pos)
-            key = json.loads(raw[pos:key_end])
-            pos = _skip_ws(raw, key_end)
-            if pos >= len(raw) or raw[pos] != ord(":"):
-                raise _error("expected ':'", pos)
-            value_start = _skip_ws(raw, pos + 1)
-            end = _skip_value(raw, value_start)
-            members.append(Member(key, start, value_start, end))
-            pos = _skip_ws(raw, end)
-            if pos < len(raw) and raw[pos] == ord(","):
-                pos = _skip_ws(raw, pos + 1)
-                continue
-            if pos < len(raw) and raw[pos] == ord("}"):
-                pos += 1
-                break
-            raise _error("expected ',' or '}'", pos)
+        return members, pos + 1
+    while True:
+        if pos >= len(raw) or raw[pos] != _QUOTE:
+            raise _error("expected a key", pos)
+        key_start = pos
+        key_end = _skip_string(raw, pos)
+        key = json.loads(raw[pos:key_end])
+        pos = _skip_ws(raw, key_end)
+        if pos >= len(raw) or raw[pos] != ord(":"):
+            raise _error("expected ':'", pos)
+        value_start = _skip_ws(raw, pos + 1)
+        end = _skip_value(raw, value_start)
+        members.append(Member(key, key_start, value_start, end))
+        pos = _skip_ws(raw, end)
+        if pos < len(raw) and raw[pos] == ord(","):
+            pos = _skip_ws(raw, pos + 1)
+            continue
+        if pos < len(raw) and raw[pos] == ord("}"):
+            return members, pos + 1
+        raise _error("expected ',' or '}'", pos)
+
+
+def skip_value(raw: Buffer, start: int) -> int:
+    """One past the JSON value starting at `start`; raises BodyError."""
+    return _skip_value(raw, start)
+
+
+def _members_large(raw: Buffer) -> list[Member]:
+    members, pos = object_members(raw, _skip_ws(raw, 0))
     if _skip_ws(raw, pos) != len(raw):
         raise _error("unexpected data after the object", pos)
     return members

@@ -15,12 +15,13 @@ for local answers whose usage is missing or all zero (LocalAI's non-streamed com
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Final
 
 from localai_operator.router import codec
-from localai_operator.router.body import JsonBody
+from localai_operator.router.body import BodyError, Buffer, JsonBody, item_spans, object_members, skip_value
 from localai_operator.router.paths import StreamFormat
 
 CHARS_PER_TOKEN: Final = 4
@@ -42,6 +43,13 @@ TEXT_KEYS: Final = {
 _QUOTE: Final = ord('"')
 _BETWEEN: Final = b" \t\r\n:"
 _STRING_END: Final = re.compile(rb'(?:[^"\\]|\\.)*"')
+# A prompt value up to this size is decoded and counted; a larger one (a 16 MiB inline image, a long document) is
+# read from the body's bytes, its strings counted in windows of this size: never a copy of the body.
+DECODE_LIMIT: Final = 64 * 1024
+# The longest JSON escape (a surrogate pair, \uXXXX\uXXXX): a window never ends inside one.
+_ESCAPE_BYTES: Final = 12
+_INT: Final = re.compile(rb"-?[0-9]+(?![0-9.eE])")
+_HIGH_SURROGATE: Final = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 
 
 def text_tokens(text: str | bytes) -> int:
@@ -155,18 +163,148 @@ def prompt_tokens(body: JsonBody | None) -> int:
         if member.key not in PROMPT_MEMBERS:
             continue
         try:
-            value = codec.loads(bytes(body.raw[member.value_start : member.end]))
-        except ValueError:
+            if member.key == "messages":
+                total += _messages_tokens(body.raw, member.value_start, member.end)
+            else:
+                total += _value_tokens_at(body.raw, member.value_start, member.end)
+        except (ValueError, BodyError):
             continue
-        if member.key == "messages" and isinstance(value, list):
-            total += REPLY_PRIMING_TOKENS
-            for message in value:
-                if isinstance(message, dict):
-                    total += MESSAGE_TOKENS + _content_tokens(message.get("content"))
-                    total += text_tokens(str(message.get("name") or ""))
-        else:
-            total += _value_tokens(value)
     return total
+
+
+def _decoded(raw: Buffer, start: int, end: int) -> Any:
+    return codec.loads(bytes(raw[start:end]))
+
+
+def _message_tokens(message: Any) -> int:
+    if not isinstance(message, dict):
+        return 0
+    return (
+        MESSAGE_TOKENS + _content_tokens(message.get("content")) + text_tokens(str(message.get("name") or ""))
+    )
+
+
+def _messages_tokens(raw: Buffer, start: int, end: int) -> int:
+    if end - start <= DECODE_LIMIT:
+        value = _decoded(raw, start, end)
+        if not isinstance(value, list):
+            return _value_tokens(value)
+        return REPLY_PRIMING_TOKENS + sum(_message_tokens(message) for message in value)
+    if raw[start] != ord("["):
+        return _value_tokens_at(raw, start, end)
+    return REPLY_PRIMING_TOKENS + sum(_message_tokens_at(raw, s, e) for s, e in item_spans(raw, start))
+
+
+def _message_tokens_at(raw: Buffer, start: int, end: int) -> int:
+    """`_message_tokens` of the message at raw[start:end], read from the bytes when it is large."""
+    if end - start <= DECODE_LIMIT:
+        return _message_tokens(_decoded(raw, start, end))
+    if raw[start] != ord("{"):
+        return 0
+    total = MESSAGE_TOKENS
+    members, _ = object_members(raw, start)
+    for member in members:
+        if member.key == "content":
+            total += _content_tokens_at(raw, member.value_start, member.end)
+        elif member.key == "name":
+            total += _scalar_text_tokens_at(raw, member.value_start, member.end)
+    return total
+
+
+def _content_tokens_at(raw: Buffer, start: int, end: int) -> int:
+    """`_content_tokens` of the content at raw[start:end], read from the bytes when it is large."""
+    if end - start <= DECODE_LIMIT:
+        return _content_tokens(_decoded(raw, start, end))
+    first = raw[start]
+    if first == _QUOTE:
+        return _string_tokens(raw, start, end)
+    if first != ord("["):
+        return 0
+    total = 0
+    for s, e in item_spans(raw, start):
+        if e - s <= DECODE_LIMIT:
+            total += _content_tokens([_decoded(raw, s, e)])
+        elif raw[s] == ord("{"):
+            total += _part_tokens_at(raw, s)
+        else:
+            total += _value_tokens_at(raw, s, e)
+    return total
+
+
+def _part_tokens_at(raw: Buffer, start: int) -> int:
+    """A large content part (an object): an image, audio or file part by its type, else its text."""
+    members, _ = object_members(raw, start)
+    spans = {m.key: (m.value_start, m.end) for m in members}
+    if "type" in spans:
+        kind = _decoded(raw, *spans["type"]) if spans["type"][1] - spans["type"][0] <= DECODE_LIMIT else None
+        if isinstance(kind, str) and ("image" in kind or "audio" in kind or "file" in kind):
+            return IMAGE_TOKENS
+    for key in ("text", "content"):
+        if key in spans:
+            return _scalar_text_tokens_at(raw, *spans[key])
+    return 0
+
+
+def _scalar_text_tokens_at(raw: Buffer, start: int, end: int) -> int:
+    """`text_tokens(str(value))` of a string (or a small value) at raw[start:end]."""
+    if raw[start] == _QUOTE:
+        return _string_tokens(raw, start, end)
+    if end - start <= DECODE_LIMIT:
+        return text_tokens(str(_decoded(raw, start, end) or ""))
+    return 0
+
+
+def _value_tokens_at(raw: Buffer, start: int, end: int) -> int:
+    """`_value_tokens` of the value at raw[start:end], read from the bytes when it is large."""
+    if end - start <= DECODE_LIMIT:
+        return _value_tokens(_decoded(raw, start, end))
+    first = raw[start]
+    if first == _QUOTE:
+        return _string_tokens(raw, start, end)
+    if first == ord("["):
+        return sum(_value_tokens_at(raw, s, e) for s, e in item_spans(raw, start))
+    if first == ord("{"):
+        return _message_tokens_at(raw, start, end)
+    return 1 if _INT.match(raw, start) or raw.startswith((b"true", b"false"), start) else 0
+
+
+def _string_tokens(raw: Buffer, start: int, end: int) -> int:
+    """`text_tokens` of the JSON string raw[start:end] (quotes included), decoded window by window: a window ends
+    neither inside a UTF-8 sequence nor inside an escape."""
+    end = min(end, skip_value(raw, start)) - 1
+    count = TextCount()
+    pos = start + 1
+    while pos < end:
+        cut = min(pos + DECODE_LIMIT, end)
+        if cut < end:
+            while cut > pos and 0x80 <= raw[cut] < 0xC0:
+                cut -= 1
+            back = raw.rfind(b"\\", max(pos, cut - _ESCAPE_BYTES), cut)
+            if back >= 0:
+                run = back
+                while run > pos and raw[run - 1] == 0x5C:
+                    run -= 1
+                if run > pos:
+                    cut = run
+                    # Nor between the two escapes of a surrogate pair (one character).
+                    if cut - 6 > pos and _HIGH_SURROGATE.fullmatch(raw, cut - 6, cut):
+                        cut -= 6
+                else:  # a window of backslashes: cut after an even number of them, between two escapes
+                    length = back + 1 - pos
+                    cut = pos + length - length % 2
+        window = bytes(raw[pos:cut])
+        if 0x5C not in window:
+            if window.isascii():
+                count.ascii += len(window)
+            else:
+                count.add(window.decode("utf-8", "replace"))
+        else:
+            try:
+                count.add(json.loads(b'"' + window + b'"', strict=False))
+            except ValueError:
+                count.add(window.decode("utf-8", "replace"))
+        pos = cut
+    return count.tokens
 
 
 def answer_text(payload: Any) -> str:

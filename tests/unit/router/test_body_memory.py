@@ -12,7 +12,8 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from localai_operator.router import intake
+from localai_operator.router import intake, tokens
+from localai_operator.router.body import parse
 from localai_operator.testing.standins import OpenAIStandIn
 from tests.unit.router.conftest import LOCAL_MODEL, StartRouter, post, route_config
 
@@ -81,3 +82,46 @@ async def test_a_request_body_is_freed_when_its_answer_ends_without_waiting_for_
         assert (answer.status, answer.served_by) == (200, served_by)
     assert router.router.buffer.used == 0
     assert body_bytes_alive() < MIB // 4, f"{body_bytes_alive() / MIB:.1f} MiB of request bodies still alive"
+
+
+def estimate(raw: bytes, decode_limit: int | None = None) -> int:
+    """The estimator's prompt tokens of a body; `decode_limit` raised to decode every value whole (the reference)."""
+    if decode_limit is None:
+        return tokens.prompt_tokens(parse(raw))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "DECODE_LIMIT", decode_limit)
+        return tokens.prompt_tokens(parse(raw))
+
+
+LARGE_PROMPTS = {
+    "inline image": image_chat(3 * MIB),
+    "long ascii text": json.dumps({"messages": [{"role": "user", "content": "word " * 300_000}]}).encode(),
+    # Escapes, 2- to 4-byte characters and surrogate pairs cross every window boundary somewhere.
+    "escapes and non-ascii": json.dumps(
+        {"messages": [{"role": "user", "name": "n", "content": 'a\n"\\é日😀\t' * 60_000}]}, ensure_ascii=False
+    ).encode(),
+    "escaped non-ascii": json.dumps({"messages": [{"role": "user", "content": "é日😀x" * 50_000}]}).encode(),
+    "backslashes": json.dumps({"prompt": "\\" * 200_001 + "x"}).encode(),
+    "text parts": json.dumps(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "abc " * 100_000}] * 3}]}
+    ).encode(),
+    "prompt list": json.dumps({"prompt": ["abcd" * 20_000, [1, 2, 3], "日本" * 40_000]}).encode(),
+    "input items": json.dumps(
+        {"input": [{"role": "user", "content": "x" * 200_000}], "instructions": "be brief " * 20_000}
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("raw", LARGE_PROMPTS.values(), ids=LARGE_PROMPTS.keys())
+def test_a_large_prompt_is_estimated_from_its_bytes_as_if_decoded_whole(raw: bytes) -> None:
+    assert estimate(raw) == estimate(raw, decode_limit=1 << 40) > 0
+
+
+def test_estimating_a_max_size_prompt_allocates_no_copy_of_it(no_collector: None) -> None:
+    # The estimator used to decode the whole `messages` value: a copy of its bytes and a string as large, 32 MiB
+    # more for each 16 MiB request it priced or learned a prefill rate from.
+    body = parse(image_chat(16 * MIB))
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    assert estimate(body.raw) == tokens.REPLY_PRIMING_TOKENS + tokens.MESSAGE_TOKENS + 2 + tokens.IMAGE_TOKENS
+    assert tracemalloc.get_traced_memory()[1] - before < MIB
