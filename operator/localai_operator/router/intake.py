@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from localai_operator.constants import SERVED_BY_ROUTER
 from localai_operator.router import body as bodies
@@ -176,6 +176,8 @@ async def read_body(
     # A body of known size takes its whole room once its first bytes came, so it never waits half-read; one of
     # unknown size (chunked, compressed) takes room piece by piece.
     known = length if length is not None and not decoded else None
+    if known is not None:
+        return await _read_known(content, known, claim, idle, deadline)
     body = bytearray()
     while True:
         async with asyncio.timeout(min(idle, deadline - loop.time())):
@@ -184,13 +186,35 @@ async def read_body(
             break
         if len(body) + len(chunk) > limit:
             raise BodyTooLarge
-        wanted = len(chunk) if known is None else (known if not body else 0)
-        if wanted and not claim.take_now(wanted):
-            await claim.take(wanted, deadline - loop.time())
+        if not claim.take_now(len(chunk)):
+            await claim.take(len(chunk), deadline - loop.time())
         body += chunk
-    if length is not None and not decoded and len(body) != length:
-        raise ConnectionResetError("the client closed the connection before sending its whole body")
     return body
+
+
+async def _read_known(
+    content: StreamReader, length: int, claim: Claim, idle: float, deadline: float
+) -> bytearray:
+    """A body of `length` bytes into one buffer of that size, made once its first bytes came: never grown, so
+    never copied into a larger one (two bodies' worth for a moment) nor left with spare room."""
+    loop = asyncio.get_running_loop()
+    body: bytearray | None = None
+    filled = 0
+    while True:
+        async with asyncio.timeout(min(idle, deadline - loop.time())):
+            chunk = await content.readany()
+        if not chunk:
+            break
+        assert filled + len(chunk) <= length, "aiohttp's parser ends a body at its Content-Length"
+        if body is None:
+            if not claim.take_now(length):
+                await claim.take(length, deadline - loop.time())
+            body = bytearray(length)
+        body[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled != length:
+        raise ConnectionResetError("the client closed the connection before sending its whole body")
+    return body if body is not None else bytearray()
 
 
 class Intake:
