@@ -3,19 +3,27 @@ holds no more body bytes than its body budget (server.bodyBufferBytes) allows, w
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import os
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
+from localai_operator.api import FallbackRoute
+from localai_operator.constants import FALLBACK_API_KEY_ENV
+from localai_operator.render.route import DEFAULT_MEMORY_LIMIT, memory_bytes, router_config
 from localai_operator.router import intake, tokens
 from localai_operator.router.body import parse
 from localai_operator.testing.standins import OpenAIStandIn
-from tests.unit.router.conftest import LOCAL_MODEL, StartRouter, post, route_config
+from tests.unit.router.conftest import API_KEY, LOCAL_MODEL, StartRouter, eventually, post, route_config
+from tests.unit.router.test_entrypoint import free_port, is_ready, router_command
 
 MIB = 1024 * 1024
 
@@ -125,3 +133,67 @@ def test_estimating_a_max_size_prompt_allocates_no_copy_of_it(no_collector: None
     before = tracemalloc.get_traced_memory()[0]
     assert estimate(body.raw) == tokens.REPLY_PRIMING_TOKENS + tokens.MESSAGE_TOKENS + 2 + tokens.IMAGE_TOKENS
     assert tracemalloc.get_traced_memory()[1] - before < MIB
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+async def test_eight_max_size_bodies_at_once_keep_the_router_under_the_memory_limit_it_is_rendered_for(
+    local: OpenAIStandIn, cloud: OpenAIStandIn, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The router process with the config the operator renders for a route with the defaults (256 Mi limit, 96 MiB
+    # body budget, 16 MiB bodies), eight max-size bodies at once: to local (first token after 0.5 s), then with
+    # local failing, to the cloud. Peak RSS (VmHWM) of each phase: 272 / 382-417 MiB on main before the bodies were
+    # freed with their requests and read into buffers of their size, 160 / 163-169 MiB after (benchmarks/router.py).
+    route = FallbackRoute.parse(
+        {
+            "metadata": {"name": "chat", "namespace": "team-a"},
+            "spec": {
+                "primary": {"url": local.url},
+                "fallback": {"baseURL": cloud.url, "apiKeySecretRef": {"name": "k", "key": "k"}},
+            },
+        }
+    )
+    config = router_config(route)
+    limit = memory_bytes(DEFAULT_MEMORY_LIMIT)
+    assert limit is not None and config.server.body_buffer_bytes < limit
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *router_command(path, "--host", "127.0.0.1", "--port", str(port)),
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), FALLBACK_API_KEY_ENV: API_KEY},
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    body = image_chat(config.policy.max_request_bytes - 64)
+    local.behaviour = replace(local.behaviour, delay_before_first_chunk=0.5, role_chunk="with_first_token")
+
+    async def one() -> int:
+        async with client.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as response:
+            await response.read()
+            return response.status
+
+    try:
+        await eventually(lambda: is_ready(client, port), 30, "the router process to be ready")
+        assert await one() == 200  # imports and first connections
+        peaks = {}
+        for phase in ("local", "cloud"):
+            if phase == "cloud":
+                local.behaviour = replace(local.behaviour, status=500)
+            Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+            assert await asyncio.gather(*(one() for _ in range(8))) == [200] * 8
+            peaks[phase] = vm_kib(process.pid, "VmHWM") * 1024
+        assert local.counters.started and cloud.counters.started
+        assert max(peaks.values()) < limit, {phase: f"{peak / MIB:.0f} MiB" for phase, peak in peaks.items()}
+    finally:
+        process.terminate()
+        await process.wait()
