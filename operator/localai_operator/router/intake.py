@@ -1,7 +1,8 @@
 """Admission of one /v1 request: the path, the client key, the rate limit, then the body, read once into
 a bounded buffer; the request then goes to the listing or, as an `Attempt`, to the relay.
 
-Memory: every body is held once, in a buffer that grows as its bytes arrive (up to `maxRequestBytes`), and
+Memory: every body is held once, in a buffer of its size (made when its first bytes came) or, of unknown size, one
+that grows as its bytes arrive (up to `maxRequestBytes`), and
 the router holds at most `server.bodyBufferBytes` of bodies at once, taken as the bytes arrive: a connection
 that sends headers and no body holds nothing, one whose body stalls for `policy.clientBodyTimeoutSeconds` is
 answered 408, and a body that finds no room waits, unread (TCP pushes back on its sender).
