@@ -1147,6 +1147,16 @@ def memory_config(local: int, cloud: int) -> dict[str, Any]:
     return rendered_config(route).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def memory_phase(args: argparse.Namespace, workdir: Path) -> None:
+    """The memory phase on processes of its own, stopped after: this script's last phase and benchmarks/
+    router_memory.py's every round."""
+    processes = Processes(workdir)
+    try:
+        memory_report(asyncio.run(memory_peak(args, processes, workdir)))
+    finally:
+        processes.stop()
+
+
 async def memory_peak(args: argparse.Namespace, processes: Processes, workdir: Path) -> MemoryResult:
     """Peak RSS of the router while `clients` max-size requests are in flight at once: to local (streamed
     from it and assembled), then with local failing, to the cloud (the body rewritten for it)."""
@@ -1759,9 +1769,7 @@ def main() -> int:
         interference(setup, runs)
         print("  memory phase (the other targets are stopped first)", flush=True)
         processes.stop()
-        processes = Processes(workdir)
-        memory_report(asyncio.run(memory_peak(args, processes, workdir)))
-        processes.stop()
+        memory_phase(args, workdir)
         processes = Processes(workdir)
         print(asyncio.run(overload_rss(args, processes, workdir)))
         print(f"load average (1/5/15 min) at start: {load_at_start}; at end: {load_average()}")

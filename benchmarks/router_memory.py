@@ -12,7 +12,6 @@ Without it: this tree's shipped router.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import subprocess
@@ -83,11 +82,9 @@ def main() -> int:
     print(f"router: {args.ref or 'this tree'} ({python})", flush=True)
     for _ in range(max(args.rounds, 1)):
         workdir = Path(tempfile.mkdtemp(prefix="router-memory-"))
-        processes = bench.Processes(workdir)
         try:
-            bench.memory_report(asyncio.run(bench.memory_peak(run, processes, workdir)))
+            bench.memory_phase(run, workdir)
         finally:
-            processes.stop()
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
